@@ -1,0 +1,55 @@
+"""The `lamina` command line: `main()` runs the click group and turns every lamina
+error (DockerfileError, StoreError, BuildError) into one message on stderr and a
+non-zero exit. A Python traceback shown to a user is a bug."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from grammar import DockerfileError
+from store import StoreError
+from builder.errors import BuildError
+from builder.cli.app import cli
+from builder.cli import build as _build  # noqa: F401  (registers `build`)
+
+for _module in ("images", "archive", "maintenance"):
+    try:  # command modules land one by one
+        __import__(f"builder.cli.{_module}")
+    except ModuleNotFoundError as _e:  # pragma: no cover
+        if _e.name != f"builder.cli.{_module}":
+            raise
+
+# exit codes: 1 user/build error, 2 usage (click), 130 interrupted
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="lamina", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("lamina: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("lamina: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except (DockerfileError, StoreError, BuildError) as e:
+        click.echo(f"lamina: {e}", err=True)
+        return EXIT_ERROR
+    except OSError as e:
+        # disk full, permission denied, ...: one line naming the path
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        click.echo(f"lamina: {e.strerror or e}{where}", err=True)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":  # python -m builder.cli
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The `lamina` click group and its global options (`--root`).
+
+Command modules (build, images, archive, maintenance) register themselves on
+`cli`; `builder.cli.main` wraps it so that every lamina error becomes one clear
+message and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+
+def default_root() -> Path:
+    """The store: $LAMINA_ROOT, else /var/lib/lamina for root, else $XDG_DATA_HOME/lamina."""
+    env = os.environ.get("LAMINA_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/lamina")
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(xdg) / "lamina"
+
+
+@dataclass(frozen=True)
+class Globals:
+    """What the global options decided, handed to every command via the click context."""
+
+    root: Path
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Store directory (default: $LAMINA_ROOT, /var/lib/lamina for root, "
+                   "else $XDG_DATA_HOME/lamina).")
+@click.version_option(package_name="lamina", prog_name="lamina")
+@click.pass_context
+def cli(ctx: click.Context, root: Path | None) -> None:
+    """lamina: build OCI images from Dockerfiles, without a daemon."""
+    ctx.obj = Globals(root=root if root is not None else default_root())

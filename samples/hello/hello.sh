@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "$GREETING from lamina, running as $(id -u) in $(pwd)"
