@@ -1,0 +1,608 @@
+"""Shell-word processing: variable substitution, quote removal and escapes.
+
+Owns the behaviour of BuildKit's `frontend/dockerfile/shell` lexer (ProcessWord /
+ProcessWords), re-implemented from its documented and observed semantics:
+
+    expand(word, env, *, escape="\\")        -> str        (ProcessWord)
+    split_words(word, env, *, escape="\\")   -> list[str]  (ProcessWords)
+    referenced_names(word, escape="\\")      -> frozenset[str]
+
+What a word may contain:
+
+* `$name`, `${name}` and the modifiers `${n:-w} ${n-w} ${n:+w} ${n+w} ${n:?m}
+  ${n?m} ${n#p} ${n##p} ${n%p} ${n%%p} ${n/p/r} ${n//p/r}`; the word part may
+  itself hold quotes and expansions (all of them are evaluated, whatever the
+  variable's value). A name is letters, digits and `_`, or a run of digits, or
+  one special parameter (`@ * # ? - $ ! 0`). `$` followed by anything else is a
+  literal `$`.
+* Patterns (`#`, `%`, `/`) use `*` and `?` and `\\`-escapes of `* ? \\ } /`; like
+  BuildKit, bracket expressions are *not* supported: `[` and `]` are literal.
+  Prefix/suffix trimming is shortest (`#`, `%`) or longest (`##`, `%%`);
+  replacement is leftmost with a greedy `*`; in `//` the replacement is a Go
+  regexp template (`$0`/`${0}` = the match, `$$` = `$`, any other `$name` = "").
+* `'...'` keeps everything literally; `"..."` expands `$` and lets the escape
+  token escape only `"`, `$` and the escape token itself; outside quotes the
+  escape token escapes any character (and is dropped at the end of the word).
+  The escape token is `\\` or, after `# escape=\``, a backtick.
+* `<<` followed by blanks is kept together with the next word when splitting
+  (BuildKit does this so that `RUN <<  EOF` still names a heredoc).
+
+Errors are `DockerfileError`s whose message is BuildKit's, e.g.
+`failed to process "${v:?}": v: is not allowed to be unset`.
+
+Flags for the other uses BuildKit makes of this lexer (all default off):
+`raw_quotes` keeps quote characters, `raw_escapes` keeps escape tokens,
+`skip_unset` leaves references to unset variables as written, and
+`process_quotes=False` treats quotes as ordinary characters (heredoc bodies).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+
+from grammar.errors import DockerfileError
+
+__all__ = ["expand", "split_words", "referenced_names"]
+
+_EOF = ""
+# What Go's %c / string(rune) print for the EOF rune (-1).
+_BAD_RUNE = "\ufffd"
+# Go's unicode.IsSpace (Python's str.isspace also accepts U+001C..U+001F).
+_GO_SPACE = frozenset(
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# Blanks that BuildKit lets stand between `<<` and a heredoc word.
+_HEREDOC_BLANK = frozenset("\t\r ")
+# POSIX special parameters, accepted as one-character names.
+_SPECIAL_PARAMS = frozenset("@*#?-$!0")
+_MODIFIERS = frozenset("+-?#%")
+_BOM = "\ufeff"
+
+
+class _ShellError(Exception):
+    """Internal: a BuildKit error message, wrapped into a DockerfileError at the top."""
+
+
+def _is_digit(ch: str) -> bool:
+    return ch.isdecimal()  # Go unicode.IsDigit: general category Nd
+
+
+def _is_name_char(ch: str) -> bool:
+    return ch.isalpha() or ch.isdecimal() or ch == "_"
+
+
+# --------------------------------------------------------------------------- words
+
+
+class _Words:
+    """Word splitting as the lexer goes: unquoted blanks end a word."""
+
+    __slots__ = ("buf", "words", "in_word")
+
+    def __init__(self) -> None:
+        self.buf = ""
+        self.words: list[str] = []
+        self.in_word = False
+
+    def add_char(self, ch: str) -> None:
+        if ch in _GO_SPACE:
+            if self.in_word and self.buf:
+                self.words.append(self.buf)
+                self.buf = ""
+                self.in_word = False
+        else:
+            self.buf += ch
+            self.in_word = True
+
+    def add_string(self, text: str) -> None:
+        for ch in text:
+            self.add_char(ch)
+
+    def add_raw(self, text: str) -> None:
+        self.buf += text
+        self.in_word = True
+
+    def result(self) -> list[str]:
+        if self.buf:
+            self.words.append(self.buf)
+            self.buf = ""
+            self.in_word = False
+        return self.words
+
+
+# --------------------------------------------------------------------------- lexer
+
+
+class _Lexer:
+    """One pass over one word. `lookup(name)` returns the value, or None if unset."""
+
+    __slots__ = ("src", "pos", "lookup", "escape", "raw_quotes", "raw_escapes",
+                 "process_quotes", "skip_unset", "names")
+
+    def __init__(self, src: str, lookup: Callable[[str], str | None], escape: str, *,
+                 raw_quotes: bool, raw_escapes: bool, process_quotes: bool,
+                 skip_unset: bool) -> None:
+        # Go's text/scanner ignores a byte order mark at the very start.
+        self.src = src
+        self.pos = 1 if src.startswith(_BOM) else 0
+        self.lookup = lookup
+        self.escape = escape
+        self.raw_quotes = raw_quotes
+        self.raw_escapes = raw_escapes
+        self.process_quotes = process_quotes
+        self.skip_unset = skip_unset
+        self.names: set[str] = set()
+
+    # scanner -----------------------------------------------------------------
+
+    def peek(self) -> str:
+        return self.src[self.pos] if self.pos < len(self.src) else _EOF
+
+    def next(self) -> str:
+        if self.pos < len(self.src):
+            ch = self.src[self.pos]
+            self.pos += 1
+            return ch
+        return _EOF
+
+    def get(self, name: str) -> str | None:
+        self.names.add(name)
+        return self.lookup(name)
+
+    # the grammar ---------------------------------------------------------------
+
+    def run(self, words: _Words | None) -> str:
+        return self.stop_on(_EOF, self.raw_escapes, words)
+
+    def stop_on(self, stop: str, raw_escapes: bool, words: _Words | None = None) -> str:
+        """Process up to (and consuming) `stop`, or to the end when stop is EOF."""
+        saved = self.raw_escapes
+        self.raw_escapes = raw_escapes
+        try:
+            out: list[str] = []
+            while True:
+                ch = self.peek()
+                if ch == _EOF:
+                    break
+                if stop and ch == stop:
+                    self.next()
+                    return "".join(out)
+                if ch == "$":
+                    text = self.dollar()
+                    out.append(text)
+                    if words is not None:
+                        words.add_string(text)  # expansions are split on blanks
+                    continue
+                if ch == "<" or (self.process_quotes and ch in "'\""):
+                    if ch == "<":
+                        text = self.possible_heredoc()
+                    elif ch == "'":
+                        text = self.single_quote()
+                    else:
+                        text = self.double_quote()
+                    out.append(text)
+                    if words is not None:
+                        words.add_raw(text)  # quoted text is never split
+                    continue
+                ch = self.next()
+                if ch == self.escape:
+                    if self.raw_escapes:
+                        out.append(ch)
+                        if words is not None:
+                            words.add_raw(ch)
+                    ch = self.next()
+                    if ch == _EOF:
+                        break  # an escape at the end of the word is dropped
+                    if words is not None:
+                        words.add_raw(ch)
+                elif words is not None:
+                    words.add_char(ch)
+                out.append(ch)
+            if stop:
+                raise _ShellError(
+                    f"unexpected end of statement while looking for matching {stop}")
+            return "".join(out)
+        finally:
+            self.raw_escapes = saved
+
+    def single_quote(self) -> str:
+        out: list[str] = []
+        quote = self.next()
+        if self.raw_quotes:
+            out.append(quote)
+        while True:
+            ch = self.next()
+            if ch == _EOF:
+                raise _ShellError(
+                    "unexpected end of statement while looking for matching single-quote")
+            if ch == "'":
+                if self.raw_quotes:
+                    out.append(ch)
+                return "".join(out)
+            out.append(ch)
+
+    def double_quote(self) -> str:
+        out: list[str] = []
+        quote = self.next()
+        if self.raw_quotes:
+            out.append(quote)
+        while True:
+            ch = self.peek()
+            if ch == _EOF:
+                raise _ShellError(
+                    "unexpected end of statement while looking for matching double-quote")
+            if ch == '"':
+                self.next()
+                if self.raw_quotes:
+                    out.append(ch)
+                return "".join(out)
+            if ch == "$":
+                out.append(self.dollar())
+                continue
+            ch = self.next()
+            if ch == self.escape:
+                if self.raw_escapes:
+                    out.append(ch)
+                follower = self.peek()
+                if follower == _EOF:
+                    continue  # the unterminated quote is reported on the next turn
+                if follower in ('"', "$", self.escape):
+                    ch = self.next()
+                # any other escape stays literal inside double quotes
+            out.append(ch)
+
+    def possible_heredoc(self) -> str:
+        self.next()
+        if self.peek() != "<":
+            return "<"
+        self.next()
+        blanks: list[str] = []
+        while self.peek() in _HEREDOC_BLANK:
+            blanks.append(self.next())
+        return "<<" + "".join(blanks)
+
+    def name(self) -> str:
+        chars: list[str] = []
+        while True:
+            ch = self.peek()
+            if ch == _EOF:
+                break
+            if not chars and _is_digit(ch):
+                while self.peek() != _EOF and _is_digit(self.peek()):
+                    chars.append(self.next())
+                return "".join(chars)
+            if not chars and ch in _SPECIAL_PARAMS:
+                return self.next()
+            if not _is_name_char(ch):
+                break
+            chars.append(self.next())
+        return "".join(chars)
+
+    def dollar(self) -> str:
+        self.next()  # the '$'
+        if self.peek() != "{":
+            name = self.name()
+            if not name:
+                return "$"
+            value = self.get(name)
+            if value is None:
+                return "$" + name if self.skip_unset else ""
+            return value
+
+        self.next()  # the '{'
+        ch = self.peek()
+        if ch == _EOF:
+            raise _ShellError("syntax error: missing '}'")
+        if ch in "{}:":
+            raise _ShellError("syntax error: bad substitution")
+        name = self.name()
+        ch = self.next()
+        mods = ch or _BAD_RUNE
+
+        if ch == "}":
+            value = self.get(name)
+            if value is None:
+                return "${" + name + "}" if self.skip_unset else ""
+            return value
+
+        null_is_unset = False
+        if ch == ":":
+            null_is_unset = True
+            ch = self.next()
+            mods += ch or _BAD_RUNE
+        elif ch == "/":
+            return self.replace(name)
+        elif ch not in _MODIFIERS or ch == _EOF:
+            raise _ShellError(f"unsupported modifier ({mods}) in substitution")
+
+        pattern_like = ch in ("#", "%") and ch != _EOF
+        if null_is_unset and pattern_like:
+            raise _ShellError(f"unsupported modifier ({mods}) in substitution")
+        try:
+            word = self.stop_on("}", pattern_like)
+        except _ShellError:
+            if self.peek() == _EOF:
+                raise _ShellError("syntax error: missing '}'") from None
+            raise
+
+        value = self.get(name)
+        if value is None and self.skip_unset:
+            return "${" + name + mods + word + "}"
+        is_set = value is not None
+        value = value or ""
+        empty_or_unset = not is_set or (null_is_unset and value == "")
+
+        if ch == "-":
+            return word if empty_or_unset else value
+        if ch == "+":
+            return "" if empty_or_unset else word
+        if ch == "?":
+            if not is_set:
+                raise _ShellError(f"{name}: {word or 'is not allowed to be unset'}")
+            if null_is_unset and value == "":
+                raise _ShellError(f"{name}: {word or 'is not allowed to be empty'}")
+            return value
+        if pattern_like:
+            longest = word[:1] == ch
+            if longest:
+                word = word[1:]
+            if ch == "%":
+                return _trim_suffix(word, value, longest)
+            return _trim_prefix(word, value, longest)
+        raise _ShellError(f"unsupported modifier ({mods}) in substitution")
+
+    def replace(self, name: str) -> str:
+        replace_all = self.peek() == "/"
+        if replace_all:
+            self.next()
+        try:
+            pattern = self.stop_on("/", True)
+        except _ShellError:
+            if self.peek() == _EOF:
+                raise _ShellError("syntax error: missing '/' in ${}") from None
+            raise
+        try:
+            replacement = self.stop_on("}", True)
+        except _ShellError:
+            if self.peek() == _EOF:
+                raise _ShellError("syntax error: missing '}'") from None
+            raise
+
+        value = self.get(name)
+        if value is None and self.skip_unset:
+            return "${" + name + "/" + pattern + "/" + replacement + "}"
+        value = value or ""
+        regex = _compile_pattern(pattern, greedy=True, anchored=False)
+        if replace_all:
+            return _go_replace_all(regex, value, replacement)
+        match = regex.search(value)
+        if match is None:
+            return value
+        return value[:match.start()] + replacement + value[match.end():]
+
+
+# --------------------------------------------------------------------------- patterns
+
+
+def _compile_pattern(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
+    """A shell pattern as a regular expression, the way BuildKit converts it."""
+    out = ["^"] if anchored else []
+    star = ".*" if greedy else ".*?"
+    i = 1 if pattern.startswith(_BOM) else 0  # text/scanner again
+    n = len(pattern)
+    while i < n:
+        ch = pattern[i]
+        i += 1
+        if ch == "*":
+            out.append(star)
+        elif ch == "?":
+            out.append(".")
+        elif ch == "\\":
+            follower = pattern[i] if i < n else _EOF
+            if follower in ("}", "/") and follower != _EOF:
+                continue  # the escape only served the ${...} syntax
+            if follower == _EOF or follower not in ("*", "?", "\\"):
+                raise _ShellError(
+                    f"invalid pattern ({pattern}) in substitution: "
+                    f"invalid escape '\\{follower or _BAD_RUNE}'")
+            i += 1
+            out.append(re.escape(follower))
+        else:
+            out.append(re.escape(ch))
+    try:
+        return re.compile("".join(out))
+    except re.error as exc:  # pragma: no cover - every literal is escaped
+        raise _ShellError(f"invalid pattern ({pattern}) in substitution: {exc}") from None
+
+
+def _trim_prefix(pattern: str, value: str, longest: bool) -> str:
+    match = _compile_pattern(pattern, greedy=longest, anchored=True).search(value)
+    return value[match.end():] if match else value
+
+
+def _reverse_pattern(pattern: str) -> str:
+    """Reverse a pattern, keeping each `\\x` pair in order (a\\*c -> c\\*a)."""
+    pieces: list[str] = []
+    i, last = 0, len(pattern) - 1
+    while i <= last:
+        if pattern[i] == "\\" and i != last:
+            pieces.append(pattern[i:i + 2])
+            i += 2
+        else:
+            pieces.append(pattern[i])
+            i += 1
+    return "".join(reversed(pieces))
+
+
+def _trim_suffix(pattern: str, value: str, longest: bool) -> str:
+    # A regexp finds leftmost matches only: reverse pattern and value instead.
+    return _trim_prefix(_reverse_pattern(pattern), value[::-1], longest)[::-1]
+
+
+def _go_template(template: str, match: str) -> str:
+    """Expand a Go regexp replacement template for a match with no groups."""
+    out: list[str] = []
+    i, n = 0, len(template)
+    while i < n:
+        dollar = template.find("$", i)
+        if dollar < 0:
+            break
+        out.append(template[i:dollar])
+        i = dollar + 1
+        if i < n and template[i] == "$":
+            out.append("$")
+            i += 1
+            continue
+        j = i
+        brace = j < n and template[j] == "{"
+        if brace:
+            j += 1
+        start = j
+        while j < n and _is_name_char(template[j]):
+            j += 1
+        name = template[start:j]
+        if not name or (brace and (j >= n or template[j] != "}")):
+            out.append("$")  # malformed: the '$' is plain text
+            continue
+        if brace:
+            j += 1
+        i = j
+        if name == "0":  # group 0 is the whole match ("00" is no number for Go)
+            out.append(match)
+        # every other number or name refers to a group that does not exist
+    out.append(template[i:])
+    return "".join(out)
+
+
+def _go_replace_all(regex: re.Pattern[str], value: str, template: str) -> str:
+    """Go's Regexp.ReplaceAllString: an empty match right after a match is skipped."""
+    out: list[str] = []
+    last_end = 0
+    pos = 0
+    end = len(value)
+    while pos <= end:
+        match = regex.search(value, pos)
+        if match is None:
+            break
+        start, stop = match.span()
+        out.append(value[last_end:start])
+        if stop > last_end or start == 0:
+            out.append(_go_template(template, match.group(0)))
+        last_end = stop
+        width = 1 if pos < end else 0
+        if pos + width > stop:
+            pos += width
+        elif pos + 1 > stop:
+            pos += 1
+        else:
+            pos = stop
+    out.append(value[last_end:])
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- API
+
+
+def _go_quote(text: str) -> str:
+    """Go's %q of a string (strconv.Quote), as BuildKit's messages show words."""
+    out = ['"']
+    named = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+             "\t": "\\t", "\v": "\\v", '"': '\\"', "\\": "\\\\"}
+    for ch in text:
+        if ch in named:
+            out.append(named[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            if code < 0x20 or code == 0x7F:
+                out.append(f"\\x{code:02x}")
+            elif code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def _check_escape(escape: str) -> None:
+    if len(escape) != 1:
+        raise ValueError(f"escape token must be one character, not {escape!r}")
+
+
+def _lookup_in(env: Mapping[str, str] | None) -> Callable[[str], str | None]:
+    if not env:
+        return lambda name: None
+    return lambda name: env[name] if name in env else None
+
+
+def _process(word: str, lookup: Callable[[str], str | None], escape: str,
+             words: _Words | None, *, raw_quotes: bool, raw_escapes: bool,
+             process_quotes: bool, skip_unset: bool) -> tuple[str, _Lexer]:
+    _check_escape(escape)
+    lexer = _Lexer(word, lookup, escape, raw_quotes=raw_quotes, raw_escapes=raw_escapes,
+                   process_quotes=process_quotes, skip_unset=skip_unset)
+    try:
+        return lexer.run(words), lexer
+    except _ShellError as exc:
+        raise DockerfileError(f"failed to process {_go_quote(word)}: {exc}") from None
+    except RecursionError:
+        raise DockerfileError(
+            f"failed to process {_go_quote(word)}: substitutions nested too deeply") from None
+
+
+def _plain(word: str, escape: str, process_quotes: bool) -> bool:
+    """True when the word holds nothing the lexer would change."""
+    if "$" in word or "<" in word or escape in word or word.startswith(_BOM):
+        return False
+    return not process_quotes or ("'" not in word and '"' not in word)
+
+
+def expand(word: str, env: Mapping[str, str] | None, *, escape: str = "\\",
+           raw_quotes: bool = False, raw_escapes: bool = False,
+           skip_unset: bool = False, process_quotes: bool = True) -> str:
+    """One word after substitution, quote removal and escapes (BuildKit ProcessWord)."""
+    if _plain(word, escape, process_quotes):
+        _check_escape(escape)
+        return word
+    result, _ = _process(word, _lookup_in(env), escape, None, raw_quotes=raw_quotes,
+                         raw_escapes=raw_escapes, process_quotes=process_quotes,
+                         skip_unset=skip_unset)
+    return result
+
+
+def split_words(word: str, env: Mapping[str, str] | None, *, escape: str = "\\",
+                raw_quotes: bool = False, raw_escapes: bool = False,
+                skip_unset: bool = False, process_quotes: bool = True) -> list[str]:
+    """The words of a text after expansion (BuildKit ProcessWords).
+
+    Unquoted, unescaped blanks separate words, and so do blanks inside the value
+    of an unquoted expansion; quoted text never splits. Empty words are dropped
+    (so `""` alone yields no word at all).
+    """
+    words = _Words()
+    _process(word, _lookup_in(env), escape, words, raw_quotes=raw_quotes,
+             raw_escapes=raw_escapes, process_quotes=process_quotes,
+             skip_unset=skip_unset)
+    return words.result()
+
+
+def referenced_names(word: str, escape: str = "\\", *,
+                     process_quotes: bool = True) -> frozenset[str]:
+    """The variable names whose values can change what `expand(word, ...)` yields.
+
+    BuildKit evaluates every expansion in a word, including the ones nested in a
+    modifier's word part, so this set does not depend on the environment. Raises
+    DockerfileError for a word that is malformed in every environment.
+    """
+    if _plain(word, escape, process_quotes):
+        _check_escape(escape)
+        return frozenset()
+    # Every variable set and non-empty: no `?` modifier fails, and only the
+    # word's own syntax can raise.
+    _, lexer = _process(word, lambda name: "x", escape, None, raw_quotes=False,
+                        raw_escapes=False, process_quotes=process_quotes,
+                        skip_unset=False)
+    return frozenset(lexer.names)
