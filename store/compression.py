@@ -1,0 +1,320 @@
+"""Layer compression: deterministic compressors and a sniffing decompressor.
+
+Owns the byte-level choices that make a compressed layer reproducible:
+
+- gzip: header written here (no filename, MTIME=0, XFL=0, OS=255 "unknown" - the same
+  header Go's compress/gzip writes, so the choice matches most of the container world),
+  raw deflate from zlib at level GZIP_LEVEL, memLevel 8, then CRC32 and ISIZE.
+- zstd: level ZSTD_LEVEL, no worker threads (threads=0: multi-threaded output differs
+  from single-threaded), checksum flag on, content size absent (unknown when streaming),
+  no dictionary, one frame.
+- Input reaches the compressor in fixed CHUNK-sized pieces whatever the caller's write
+  pattern, so output depends only on the input bytes (and the zlib/libzstd versions:
+  a different zlib implementation, e.g. zlib-ng, may emit other deflate bytes).
+
+Decompression detects gzip / zstd / plain tar by magic bytes and streams.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from contextlib import contextmanager
+from typing import BinaryIO, Iterator, Literal
+
+import zstandard
+
+from store.errors import CorruptContent, StoreError
+
+Compression = Literal["zstd", "gzip", "none"]
+
+MEDIA_TYPES: dict[str, str] = {
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "none": "application/vnd.oci.image.layer.v1.tar",
+}
+
+# media types we read (docker schema2 and OCI, incl. non-distributable variants)
+_KIND_OF_MEDIA_TYPE: dict[str, str] = {
+    **{mt: kind for kind, mt in MEDIA_TYPES.items()},
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar": "none",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": "zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
+}
+
+GZIP_LEVEL = 6
+ZSTD_LEVEL = 3
+CHUNK = 1 << 20
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GZIP_HEADER = GZIP_MAGIC + b"\x08" + b"\x00" + b"\x00\x00\x00\x00" + b"\x00" + b"\xff"
+
+
+def media_type_for(kind: str) -> str:
+    try:
+        return MEDIA_TYPES[kind]
+    except KeyError:
+        raise StoreError(f"unknown layer compression {kind!r} "
+                         f"(expected one of {', '.join(MEDIA_TYPES)})") from None
+
+
+def kind_for_media_type(media_type: str) -> str:
+    try:
+        return _KIND_OF_MEDIA_TYPE[media_type]
+    except KeyError:
+        raise StoreError(f"unsupported layer media type {media_type!r}") from None
+
+
+class _Chunker:
+    """Feeds `sink(bytes)` with exactly CHUNK-sized pieces (plus one final short one)."""
+
+    def __init__(self, sink) -> None:
+        self._sink = sink
+        self._buf = bytearray()
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        self._buf += data
+        if len(self._buf) >= CHUNK:
+            buf = self._buf
+            whole = len(buf) - len(buf) % CHUNK
+            for off in range(0, whole, CHUNK):
+                self._sink(bytes(buf[off:off + CHUNK]))
+            del buf[:whole]
+        return n
+
+    def drain(self) -> None:
+        if self._buf:
+            self._sink(bytes(self._buf))
+            self._buf.clear()
+
+
+class _GzipWriter:
+    def __init__(self, out: BinaryIO, level: int) -> None:
+        self._out = out
+        self._z = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, zlib.Z_DEFAULT_STRATEGY)
+        self._crc = 0
+        self._len = 0
+        out.write(_GZIP_HEADER)
+
+    def feed(self, data: bytes) -> None:
+        self._crc = zlib.crc32(data, self._crc)
+        self._len += len(data)
+        out = self._z.compress(data)
+        if out:
+            self._out.write(out)
+
+    def finish(self) -> None:
+        self._out.write(self._z.flush(zlib.Z_FINISH))
+        self._out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._len & 0xFFFFFFFF))
+
+
+class _ZstdWriter:
+    def __init__(self, out: BinaryIO, level: int) -> None:
+        self._out = out
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=0, write_checksum=1, write_content_size=0, write_dict_id=0)
+        self._c = zstandard.ZstdCompressor(compression_params=params).compressobj()
+
+    def feed(self, data: bytes) -> None:
+        out = self._c.compress(data)
+        if out:
+            self._out.write(out)
+
+    def finish(self) -> None:
+        self._out.write(self._c.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+
+
+class _PlainWriter:
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+
+    def feed(self, data: bytes) -> None:
+        self._out.write(data)
+
+    def finish(self) -> None:
+        pass
+
+
+class CompressedWriter:
+    """Writable file-like: bytes written are compressed into `out`. `close()` ends the
+    stream (trailer written) but does not close `out`."""
+
+    def __init__(self, kind: str, out: BinaryIO) -> None:
+        if kind == "gzip":
+            self._enc = _GzipWriter(out, GZIP_LEVEL)
+        elif kind == "zstd":
+            self._enc = _ZstdWriter(out, ZSTD_LEVEL)
+        elif kind == "none":
+            self._enc = _PlainWriter(out)
+        else:
+            media_type_for(kind)  # raises the clear error
+        self.kind = kind
+        self._chunker = _Chunker(self._enc.feed)
+        self.closed = False
+
+    def write(self, data) -> int:
+        return self._chunker.write(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._chunker.drain()
+            self._enc.finish()
+
+    def __enter__(self) -> "CompressedWriter":
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.closed = True  # leave the stream unfinished: the caller aborts it
+
+
+def compress_stream(kind: str, out: BinaryIO) -> CompressedWriter:
+    """A writable context manager compressing into `out` with the fixed parameters above;
+    leaving the block normally writes the trailer."""
+    return CompressedWriter(kind, out)
+
+
+class PrefixedReader:
+    """A readable stream that yields `prefix` and then the rest of `raw`."""
+
+    def __init__(self, prefix: bytes, raw: BinaryIO) -> None:
+        self._prefix = prefix
+        self._raw = raw
+
+    def read(self, n: int = -1) -> bytes:
+        if self._prefix:
+            if n is None or n < 0:
+                data, self._prefix = self._prefix + self._raw.read(), b""
+                return data
+            data, self._prefix = self._prefix[:n], self._prefix[n:]
+            if len(data) < n:
+                data += self._raw.read(n - len(data))
+            return data
+        return self._raw.read(n)
+
+    def readable(self) -> bool:
+        return True
+
+
+class _GzipReader:
+    """Streaming gzip decoder (multi-member, zero padding after a member tolerated);
+    CorruptContent on bad data or truncation."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._z = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._started = False  # the current member has received input
+        self._pending = b""
+        self._buf = bytearray()
+        self._eof = False
+
+    def _fill(self, want: int) -> None:
+        while len(self._buf) < want and not self._eof:
+            if self._z.unconsumed_tail:
+                src = self._z.unconsumed_tail
+            elif self._pending:
+                src, self._pending = self._pending, b""
+            else:
+                src = self._raw.read(CHUNK)
+                if not src:
+                    if self._started:
+                        raise CorruptContent("gzip stream is truncated")
+                    self._eof = True
+                    break
+            if not self._started:
+                src = src.lstrip(b"\0")
+                if not src:
+                    continue
+                self._started = True
+            try:
+                self._buf += self._z.decompress(src, CHUNK)
+            except zlib.error as e:
+                raise CorruptContent(f"gzip stream is corrupt: {e}") from None
+            if self._z.eof:
+                self._pending = self._z.unused_data
+                self._z = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                self._started = False
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = []
+            while True:
+                chunk = self.read(CHUNK)
+                if not chunk:
+                    return b"".join(parts)
+                parts.append(chunk)
+        self._fill(n)
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class _ZstdReader:
+    def __init__(self, raw: BinaryIO) -> None:
+        self._r = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True,
+                                                             closefd=False)
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            if n is None or n < 0:
+                return self._r.readall()
+            out = bytearray()
+            while len(out) < n:  # stream_reader may return short reads
+                chunk = self._r.read(n - len(out))
+                if not chunk:
+                    break
+                out += chunk
+            return bytes(out)
+        except zstandard.ZstdError as e:
+            raise CorruptContent(f"zstd stream is corrupt: {e}") from None
+
+    def readable(self) -> bool:
+        return True
+
+
+def detect(prefix: bytes) -> str:
+    """The compression kind of a stream starting with `prefix` (>= 4 bytes if any)."""
+    if prefix.startswith(GZIP_MAGIC):
+        return "gzip"
+    if prefix.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if prefix.startswith(b"\xfd7zXZ\x00") or prefix.startswith(b"BZh"):
+        raise StoreError("layer is xz/bzip2-compressed: only gzip, zstd and plain tar are supported")
+    return "none"
+
+
+def open_decompressed(fileobj: BinaryIO) -> BinaryIO:
+    """Readable stream of the uncompressed bytes of `fileobj` (gzip, zstd or plain),
+    detected by magic bytes; reads sequentially, never seeks. Full reads: `read(n)`
+    returns n bytes unless at EOF."""
+    prefix = b""
+    while len(prefix) < 6:
+        chunk = fileobj.read(6 - len(prefix))
+        if not chunk:
+            break
+        prefix += chunk
+    kind = detect(prefix)
+    raw = PrefixedReader(prefix, fileobj)
+    if kind == "gzip":
+        return _GzipReader(raw)  # type: ignore[return-value]
+    if kind == "zstd":
+        return _ZstdReader(raw)  # type: ignore[return-value]
+    return raw  # type: ignore[return-value]

