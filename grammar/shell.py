@@ -1,4 +1,4 @@
-"""Shell-word processing: variable substitution, quote removal and escapes.
+r"""Shell-word processing: variable substitution, quote removal and escapes.
 
 Owns the behaviour of BuildKit's `frontend/dockerfile/shell` lexer (ProcessWord /
 ProcessWords), re-implemented from its documented and observed semantics:
@@ -533,7 +533,7 @@ def _check_escape(escape: str) -> None:
 
 
 def _lookup_in(env: Mapping[str, str] | None) -> Callable[[str], str | None]:
-    if not env:
+    if env is None:
         return lambda name: None
     return lambda name: env[name] if name in env else None
 
