@@ -1,0 +1,332 @@
+"""Image archives: `save` images of a Store to a docker-archive or an OCI archive,
+and `load` either kind (from lamina, docker, podman, skopeo, buildkit) into it.
+
+The formats themselves live in store.docker_archive and store.oci_archive, the tar
+container in store.archive_tar; this module joins them to the Store:
+
+- save: resolve references, collect the stored manifest/config bytes and layers,
+  write the archive into a temp file next to the destination and rename it into
+  place (a failed save leaves no partial file). Same images -> same archive bytes.
+- load: detect the format by content (an OCI layout wins when an archive has both,
+  as docker >= 25 writes, because it keeps the manifests); read each layer member
+  once, streaming it into the blob store while hashing the blob and, through a
+  decompressor, the diff_id, both checked against the manifest and the config;
+  memory use does not depend on layer size. Configs and manifests keep their exact
+  bytes, so image IDs and manifest digests are those of the source; a docker-archive
+  has no manifest, so an OCI manifest is synthesised (canonical JSON: the same
+  archive always gives the same manifest digest). Any failure raises one
+  StoreError and removes the blobs this load added: the store is as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal, Sequence
+
+from store import compression, oci, refs
+from store.archive_tar import CHUNK, ArchivedImage, ArchivedLayer, ArchiveReader, ExportImage
+from store.blobs import BlobStore
+from store.docker_archive import MANIFEST_JSON, read_docker_archive, write_docker_archive
+from store.errors import CorruptContent, StoreError
+from store.oci_archive import INDEX_JSON, OCI_LAYOUT, read_oci_archive, write_oci_archive
+
+Format = Literal["docker", "oci"]
+FORMATS: tuple[str, ...] = ("docker", "oci")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One image a load added: its store record and the names it was tagged with."""
+
+    image: object  # store.store.Image
+    names: tuple[str, ...]
+
+    @property
+    def config_digest(self) -> str:
+        return self.image.config_digest  # type: ignore[attr-defined]
+
+    @property
+    def manifest_digest(self) -> str:
+        return self.image.manifest_digest  # type: ignore[attr-defined]
+
+
+# -- save --------------------------------------------------------------------------
+
+def _names_for(ref: str) -> tuple[str, ...]:
+    """The name a save records for `ref`: its canonical tag form; none for an image
+    ID, a digest or a name@digest reference (as docker does)."""
+    if refs.looks_like_id(ref) or "@" in ref:
+        return ()
+    try:
+        return (str(refs.parse_tag(ref)),)
+    except StoreError:
+        return ()
+
+
+def export_images(store, references: Sequence[str]) -> list[ExportImage]:
+    """Resolve `references` to ExportImages: one per distinct manifest, in the order
+    first named, with the names of all references that resolved to it."""
+    if not references:
+        raise StoreError("nothing to save: give at least one image reference")
+    order: list[str] = []
+    found: dict[str, tuple[object, list[str]]] = {}
+    for ref in references:
+        image = store.resolve(ref)
+        key = image.manifest_digest
+        if key not in found:
+            found[key] = (image, [])
+            order.append(key)
+        for n in _names_for(ref):
+            if n not in found[key][1]:
+                found[key][1].append(n)
+    out: list[ExportImage] = []
+    for key in order:
+        image, names = found[key]
+        out.append(ExportImage(
+            manifest_digest=image.manifest_digest, manifest=store.blobs.read(image.manifest_digest),
+            config_digest=image.config_digest, config=store.blobs.read(image.config_digest),
+            layers=tuple(image.layers), names=tuple(names)))
+    return out
+
+
+def write_archive(out: BinaryIO, images: Sequence[ExportImage], blobs: BlobStore, fmt: Format) -> None:
+    if fmt == "docker":
+        # one manifest.json entry per image ID: images sharing a config merge names
+        by_config: dict[str, ExportImage] = {}
+        for img in images:
+            prev = by_config.get(img.config_digest)
+            if prev is None:
+                by_config[img.config_digest] = img
+            else:
+                by_config[img.config_digest] = ExportImage(
+                    prev.manifest_digest, prev.manifest, prev.config_digest, prev.config, prev.layers,
+                    prev.names + tuple(n for n in img.names if n not in prev.names))
+        write_docker_archive(out, list(by_config.values()), blobs)
+    elif fmt == "oci":
+        write_oci_archive(out, images, blobs)
+    else:
+        raise StoreError(f"unknown archive format {fmt!r} (expected docker or oci)")
+
+
+def save(store, references: Sequence[str], dest: str | os.PathLike | BinaryIO, *,
+         fmt: Format = "docker") -> list[ExportImage]:
+    """Write the images `references` name to `dest` (a path, or a binary stream such as
+    stdout). A path is written through a temp file renamed into place."""
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown archive format {fmt!r} (expected docker or oci)")
+    images = export_images(store, references)
+    if not isinstance(dest, (str, os.PathLike)):
+        write_archive(dest, images, store.blobs, fmt)
+        dest.flush()
+        return images
+    path = Path(dest)
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory: give a file name to save to", path=str(path))
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise StoreError(f"cannot save to {path}: directory {parent} does not exist", path=str(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_archive(f, images, store.blobs, fmt)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return images
+
+
+# -- load --------------------------------------------------------------------------
+
+def detect_format(reader: ArchiveReader) -> Format:
+    """'oci' when the archive holds an OCI layout (oci-layout + index.json), else
+    'docker' when it has manifest.json; StoreError for anything else."""
+    if reader.has(OCI_LAYOUT) and reader.has(INDEX_JSON):
+        return "oci"
+    if reader.has(MANIFEST_JSON):
+        return "docker"
+    if reader.has("repositories"):
+        raise StoreError(f"{reader.path}: a pre-1.10 docker archive (no manifest.json) is not "
+                         "supported", path=reader.path)
+    raise StoreError(f"{reader.path}: not an image archive (no manifest.json, no oci-layout "
+                     "and index.json)", path=reader.path)
+
+
+def read_images(reader: ArchiveReader) -> tuple[Format, list[ArchivedImage]]:
+    fmt = detect_format(reader)
+    return fmt, (read_oci_archive(reader) if fmt == "oci" else read_docker_archive(reader))
+
+
+class _Tee:
+    """A reader that passes everything read from `src` on to `sink` (or only hashes
+    it when `sink` is None), remembering the first bytes for format sniffing."""
+
+    def __init__(self, src, sink) -> None:
+        self._src = src
+        self._sink = sink
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.head = b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        if data:
+            if len(self.head) < 8:
+                self.head += data[:8 - len(self.head)]
+            self.hash.update(data)
+            self.size += len(data)
+            if self._sink is not None:
+                self._sink.write(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+def ingest_layer(blobs: BlobStore, reader: ArchiveReader, layer: ArchivedLayer, added: list[str]):
+    """Stream one layer member into the blob store, checking the blob digest (when the
+    manifest gives one), the compression its media type promises and the diff_id.
+    Returns a store.layers.LayerBlob; appends the digest to `added` if it is new."""
+    from store.layers import LayerBlob
+
+    where = f"{reader.path}: layer {layer.member}"
+    known = layer.digest is not None and blobs.exists(layer.digest)
+    writer = None if known else blobs.writer()
+    try:
+        with reader.open(layer.member) as src:
+            tee = _Tee(src, writer)
+            plain = compression.open_decompressed(tee)
+            h = hashlib.sha256()
+            usize = 0
+            while True:
+                chunk = plain.read(CHUNK)
+                if not chunk:
+                    break
+                h.update(chunk)
+                usize += len(chunk)
+            tee.drain()
+        kind = compression.detect(tee.head)
+        if layer.media_type is not None:
+            declared = compression.kind_for_media_type(layer.media_type)
+            if declared != kind:
+                raise CorruptContent(f"{where}: media type {layer.media_type} promises "
+                                     f"{declared} but the blob is {kind}", path=reader.path)
+            media_type = layer.media_type
+        else:
+            media_type = compression.media_type_for(kind)
+        if layer.digest is not None and tee.digest != layer.digest:
+            raise CorruptContent(f"{where}: content does not match its digest {layer.digest}",
+                                 path=reader.path, digest=layer.digest)
+        diff_id = "sha256:" + h.hexdigest()
+        if diff_id != layer.diff_id:
+            raise CorruptContent(f"{where}: uncompressed content hashes to {diff_id}, but the image "
+                                 f"config says diff_id {layer.diff_id}", path=reader.path,
+                                 digest=layer.diff_id)
+        if writer is not None:
+            existed = blobs.exists(tee.digest)
+            digest, _ = writer.commit(tee.digest)
+            if not existed:
+                added.append(digest)
+    except CorruptContent as e:
+        if e.path is None:  # from the decompressor: say which member
+            raise CorruptContent(f"{where}: {e.message}", path=reader.path) from None
+        raise
+    except StoreError as e:
+        raise StoreError(f"{where}: {e.message}", path=reader.path) from None
+    finally:
+        if writer is not None:
+            writer.abort()  # no-op after a commit
+    return LayerBlob(diff_id=diff_id, digest=tee.digest, size=tee.size, media_type=media_type,
+                     uncompressed_size=usize)
+
+
+def synthesise_manifest(config: bytes, config_digest: str, layers: Sequence) -> bytes:
+    """The OCI manifest of a docker-archive image: canonical, so the same archive
+    always gives the same manifest digest."""
+    m = oci.build_manifest(oci.Descriptor(oci.OCI_CONFIG, config_digest, len(config)),
+                           [oci.Descriptor(l.media_type, l.digest, l.size) for l in layers])
+    return oci.encode(m, "manifest")
+
+
+def _put(blobs: BlobStore, data: bytes, added: list[str]) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    if not blobs.exists(digest):
+        blobs.put(data)
+        added.append(digest)
+    return digest
+
+
+def load(store, source: str | os.PathLike) -> list[Loaded]:
+    """Load every image of the archive at `source` into `store` (see module docstring)."""
+    blobs: BlobStore = store.blobs
+    added: list[str] = []
+    registered = False
+    with ArchiveReader(source, tmp_dir=blobs.tmp_dir) as reader, _gc_guard(store):
+        try:
+            _fmt, images = read_images(reader)
+            staged = []
+            for img in images:
+                layers = tuple(ingest_layer(blobs, reader, l, added) for l in img.layers)
+                manifest = img.manifest
+                if manifest is None:
+                    manifest = synthesise_manifest(img.config, img.config_digest, layers)
+                _put(blobs, img.config, added)
+                _put(blobs, manifest, added)
+                staged.append((manifest, img, layers))
+            out: list[Loaded] = []
+            for manifest, img, layers in staged:
+                for layer in layers:
+                    store.record_layer(layer)
+                registered = True
+                image = store.add_manifest(manifest, img.config, layers, img.names)
+                out.append(Loaded(image=image, names=img.names))
+            return out
+        except BaseException:
+            if not registered:
+                for digest in added:
+                    blobs.delete(digest)
+            raise
+
+
+def _gc_guard(store):
+    """Hold the store's gc lock shared while blobs are written and not yet recorded
+    (when the Store offers one)."""
+    from contextlib import nullcontext
+
+    guard = getattr(store, "gc_lock", None)
+    if guard is not None and hasattr(guard, "shared"):
+        return guard.shared()
+    return nullcontext()
+
+
+def load_stream(store, stream: BinaryIO) -> list[Loaded]:
+    """`load` from a non-seekable stream (stdin): spooled to a temp file in the store."""
+    blobs: BlobStore = store.blobs
+    with tempfile.NamedTemporaryFile(dir=blobs.tmp_dir, prefix="load-", suffix=".tar") as tmp:
+        while True:
+            chunk = stream.read(CHUNK)
+            if not chunk:
+                break
+            tmp.write(chunk)
+        tmp.flush()
+        if tmp.tell() == 0:
+            raise StoreError("no archive on standard input (use -i FILE)")
+        return load(store, tmp.name)

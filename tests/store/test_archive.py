@@ -1,0 +1,298 @@
+"""docker-archive and OCI archive: writing (structure, determinism), reading by name
+(links, hostile names, truncation), and load/save through the Store (digests kept,
+diff_ids checked, failed loads leave the store unchanged)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from store import oci
+from store.archive import (detect_format, export_images, ingest_layer, load, read_images, save,
+                           write_archive)
+from store.archive_tar import ArchivedLayer, ArchiveReader, ExportImage, TarWriter
+from store.blobs import BlobStore
+from store.docker_archive import chain_ids, v1_ids
+from store.errors import CorruptContent, StoreError
+from store.layers import LayerBlob, write_layer
+
+EPOCH = "1970-01-01T00:00:00Z"
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def make_tree(root: Path, files: dict[str, bytes]) -> Path:
+    root.mkdir(parents=True)
+    for name, data in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        os.utime(p, (0, 0))
+    return root
+
+
+def make_image(blobs: BlobStore, tmp: Path, layer_files: list[dict[str, bytes]], *,
+               compression: str = "zstd", names: tuple[str, ...] = (), cmd=("/bin/sh",)) -> ExportImage:
+    """An image built with the byte layer and oci.py (independent of the archive code)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    layers = []
+    for i, files in enumerate(layer_files):
+        d = make_tree(tmp / f"l{len(list(tmp.iterdir()))}-{i}", files)
+        layers.append(write_layer(blobs, d, compression=compression, source_date_epoch=0))
+    cfg = oci.build_config(diff_ids=[l.diff_id for l in layers],
+                           history=[{"created": EPOCH, "created_by": f"layer {i}"} for i in range(len(layers))],
+                           container_config={"Cmd": list(cmd)}, created=EPOCH,
+                           platform_={"architecture": "amd64", "os": "linux"})
+    config = oci.encode(cfg, "config")
+    config_digest = blobs.put(config)
+    manifest = oci.encode(oci.build_manifest(
+        oci.Descriptor(oci.OCI_CONFIG, config_digest, len(config)),
+        [oci.Descriptor(l.media_type, l.digest, l.size) for l in layers]), "manifest")
+    manifest_digest = blobs.put(manifest)
+    return ExportImage(manifest_digest, manifest, config_digest, config, tuple(layers), names)
+
+
+def archive_bytes(images, blobs, fmt) -> bytes:
+    buf = io.BytesIO()
+    write_archive(buf, images, blobs, fmt)
+    return buf.getvalue()
+
+
+def members(data: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return {m.name: m for m in tf.getmembers()}
+
+
+def member_bytes(data: bytes, name: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return tf.extractfile(name).read()
+
+
+@pytest.fixture
+def blobs(tmp_path) -> BlobStore:
+    return BlobStore(tmp_path / "store")
+
+
+@pytest.fixture
+def image(blobs, tmp_path) -> ExportImage:
+    return make_image(blobs, tmp_path / "trees", [
+        {"bin/hello": b"#!/bin/sh\necho hello\n", "etc/os-release": b"ID=test\n"},
+        {"etc/os-release": b"ID=changed\n"},
+    ], names=("docker.io/library/app:1.0",))
+
+
+# -- docker-archive writing ------------------------------------------------------
+
+def test_docker_archive_layout(image, blobs):
+    data = archive_bytes([image], blobs, "docker")
+    ms = members(data)
+    ids = v1_ids([l.diff_id for l in image.layers])
+    cfg_name = image.config_digest.split(":")[1] + ".json"
+    expected = {cfg_name, "manifest.json", "repositories"}
+    for v1 in ids:
+        expected |= {v1, f"{v1}/VERSION", f"{v1}/json", f"{v1}/layer.tar"}
+    assert set(ms) == expected
+    manifest = json.loads(member_bytes(data, "manifest.json"))
+    assert manifest == [{"Config": cfg_name, "RepoTags": ["app:1.0"],
+                         "Layers": [f"{v1}/layer.tar" for v1 in ids]}]
+    assert json.loads(member_bytes(data, "repositories")) == {"app": {"1.0": ids[-1]}}
+    assert member_bytes(data, cfg_name) == image.config
+    # each layer.tar is the uncompressed layer: its sha256 is the diff_id from the config
+    diff_ids = json.loads(image.config)["rootfs"]["diff_ids"]
+    assert [sha(member_bytes(data, f"{v1}/layer.tar")) for v1 in ids] == diff_ids
+    assert member_bytes(data, f"{ids[0]}/VERSION") == b"1.0"
+    legacy = json.loads(member_bytes(data, f"{ids[1]}/json"))
+    assert legacy["id"] == ids[1] and legacy["parent"] == ids[0]
+
+
+def test_archives_have_fixed_headers_and_walk_order(image, blobs):
+    for fmt in ("docker", "oci"):
+        data = archive_bytes([image], blobs, fmt)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            infos = tf.getmembers()
+        for m in infos:
+            assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
+            assert m.mode == (0o755 if m.isdir() else 0o644)
+            assert m.isdir() or m.isreg()
+        names = [m.name for m in infos]
+        assert names == sorted(names, key=lambda n: n.split("/"))
+        assert data[-1024:] == b"\0" * 1024
+
+
+def test_gnu_tar_lists_the_archive(image, blobs, tmp_path):
+    path = tmp_path / "a.tar"
+    path.write_bytes(archive_bytes([image], blobs, "docker"))
+    out = subprocess.run(["tar", "-tvf", str(path)], capture_output=True, text=True, check=True)
+    assert "manifest.json" in out.stdout and out.stderr == ""
+
+
+def test_same_image_same_bytes_from_independent_stores(tmp_path):
+    files = [{"a": b"x" * 5000, "d/b": b"y"}, {"c": b"z"}]
+    outs = {}
+    for k in ("one", "two"):
+        bs = BlobStore(tmp_path / k / "store")
+        img = make_image(bs, tmp_path / k / "trees", files, names=("docker.io/library/x:1",))
+        outs[k] = (archive_bytes([img], bs, "docker"), archive_bytes([img], bs, "oci"))
+    assert outs["one"] == outs["two"]
+    assert outs["one"][0] != outs["one"][1]
+
+
+def test_chain_ids_follow_the_spec():
+    # image-spec config.md: ChainID(L0|L1) = sha256(ChainID(L0) + " " + DiffID(L1))
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    assert chain_ids([a, b]) == [a, "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()]
+    # positions with the same diff_id get distinct directories
+    assert len(set(v1_ids([a, a, a]))) == 3
+
+
+def test_shared_base_layers_are_written_once(blobs, tmp_path):
+    base = {"base": b"base layer"}
+    one = make_image(blobs, tmp_path / "t", [base, {"one": b"1"}], names=("docker.io/library/one:latest",))
+    two = make_image(blobs, tmp_path / "t", [base, {"two": b"2"}], names=("docker.io/library/two:latest",))
+    data = archive_bytes([one, two], blobs, "docker")
+    layer_members = [n for n in members(data) if n.endswith("/layer.tar")]
+    assert len(layer_members) == 3
+    manifest = json.loads(member_bytes(data, "manifest.json"))
+    assert manifest[0]["Layers"][0] == manifest[1]["Layers"][0]
+    assert [m["RepoTags"] for m in manifest] == [["one:latest"], ["two:latest"]]
+
+
+def test_untagged_image_has_null_repotags_and_no_repositories(blobs, tmp_path):
+    img = make_image(blobs, tmp_path / "t", [{"f": b"1"}])
+    data = archive_bytes([img], blobs, "docker")
+    assert json.loads(member_bytes(data, "manifest.json"))[0]["RepoTags"] is None
+    assert "repositories" not in members(data)
+
+
+def test_docker_archive_detects_corrupt_store_blob(image, blobs):
+    layer = image.layers[0]
+    path = blobs.path(layer.digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"\x28\xb5\x2f\xfd" + b"garbage")
+    with pytest.raises(StoreError):
+        archive_bytes([image], blobs, "docker")
+
+
+# -- OCI archive writing ---------------------------------------------------------
+
+def test_oci_archive_layout(image, blobs):
+    data = archive_bytes([image], blobs, "oci")
+    ms = members(data)
+    blob_names = {f"blobs/sha256/{d.split(':')[1]}" for d in
+                  [image.manifest_digest, image.config_digest] + [l.digest for l in image.layers]}
+    assert set(ms) == {"oci-layout", "index.json", "blobs", "blobs/sha256"} | blob_names
+    assert json.loads(member_bytes(data, "oci-layout")) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads(member_bytes(data, "index.json"))
+    assert index["schemaVersion"] == 2
+    assert index["manifests"] == [{
+        "mediaType": oci.OCI_MANIFEST, "digest": image.manifest_digest, "size": len(image.manifest),
+        "annotations": {"io.containerd.image.name": "docker.io/library/app:1.0",
+                        "org.opencontainers.image.ref.name": "docker.io/library/app:1.0"}}]
+    for name in blob_names:  # content addressed: every blob hashes to its name
+        assert sha(member_bytes(data, name)) == "sha256:" + name.rsplit("/", 1)[1]
+
+
+# -- reading by name ---------------------------------------------------------------
+
+def craft_tar(path: Path, entries) -> Path:
+    """entries: (name, bytes) for files, (name, '->', target) symlinks, (name, '=>', target) hard links."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for e in entries:
+            info = tarfile.TarInfo(e[0])
+            if len(e) == 3:
+                info.type = tarfile.SYMTYPE if e[1] == "->" else tarfile.LNKTYPE
+                info.linkname = e[2]
+                tf.addfile(info)
+            else:
+                info.size = len(e[1])
+                tf.addfile(info, io.BytesIO(e[1]))
+    return path
+
+
+def test_reader_follows_links_inside_the_archive(tmp_path):
+    path = craft_tar(tmp_path / "a.tar", [
+        ("abc.tar", b"layer"), ("id/layer.tar", "->", "../abc.tar"),
+        ("hard", "=>", "abc.tar"), ("dir", "->", "id"), ("abs", "->", "/abc.tar"),
+        ("up", "->", "../../../../abc.tar"),
+    ])
+    with ArchiveReader(path) as r:
+        for name in ("abc.tar", "id/layer.tar", "./id/layer.tar", "hard", "dir/layer.tar", "abs", "up"):
+            assert r.open(name).read() == b"layer", name
+
+
+def test_reader_never_finds_hostile_names(tmp_path):
+    path = craft_tar(tmp_path / "a.tar", [("../evil", b"x"), ("/abs", b"y"), ("ok", b"z"),
+                                          ("loop1", "->", "loop2"), ("loop2", "->", "loop1")])
+    with ArchiveReader(path) as r:
+        assert r.names() == ["ok", "loop1", "loop2"]
+        for name in ("../evil", "evil", "/abs", "abs"):
+            with pytest.raises(CorruptContent, match="missing"):
+                r.resolve(name)
+        with pytest.raises(CorruptContent, match="too many links"):
+            r.resolve("loop1")
+    assert not (tmp_path.parent / "evil").exists()
+
+
+@pytest.mark.parametrize("cut", [100, 1536, -2000])
+def test_reader_rejects_truncated_and_non_tar_files(image, blobs, tmp_path, cut):
+    data = archive_bytes([image], blobs, "docker")
+    path = tmp_path / "t.tar"
+    path.write_bytes(data[:cut])
+    with pytest.raises(CorruptContent):
+        with ArchiveReader(path) as r:
+            fmt, images = read_images(r)
+            for img in images:
+                for l in img.layers:
+                    r.open(l.member).read()
+    (tmp_path / "junk").write_bytes(b"this is not a tar file at all" * 50)
+    with pytest.raises(StoreError):
+        with ArchiveReader(tmp_path / "junk") as r:
+            detect_format(r)
+
+
+def test_reader_reads_gzip_compressed_archives(image, blobs, tmp_path):
+    data = archive_bytes([image], blobs, "docker")
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(gzip.compress(data))
+    with ArchiveReader(path, tmp_dir=tmp_path) as r:
+        assert detect_format(r) == "docker"
+        fmt, images = read_images(r)
+        assert images[0].config_digest == image.config_digest
+        assert images[0].names == ("docker.io/library/app:1.0",)
+
+
+# -- ingesting layers --------------------------------------------------------------
+
+def test_ingest_checks_diff_id_and_keeps_store_clean(image, blobs, tmp_path):
+    data = archive_bytes([image], blobs, "oci")
+    path = tmp_path / "a.tar"
+    path.write_bytes(data)
+    target = BlobStore(tmp_path / "target")
+    with ArchiveReader(path) as r:
+        _, [found] = read_images(r)
+        good = found.layers[0]
+        added: list[str] = []
+        lb = ingest_layer(target, r, good, added)
+        assert lb == image.layers[0]
+        assert added == [good.digest] and target.exists(good.digest)
+        bad = ArchivedLayer(good.member, found.layers[1].diff_id, good.digest, good.media_type, good.size)
+        before = set(target.digests())
+        with pytest.raises(CorruptContent, match="diff_id"):
+            ingest_layer(target, r, bad, [])
+        wrong_type = ArchivedLayer(good.member, good.diff_id, good.digest, oci.OCI_LAYER_GZIP, good.size)
+        with pytest.raises(CorruptContent, match="promises gzip"):
+            ingest_layer(BlobStore(tmp_path / "t2"), r, wrong_type, [])
+        assert set(target.digests()) == before
+    assert list((tmp_path / "target" / "tmp").iterdir()) == []
