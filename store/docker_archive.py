@@ -20,6 +20,10 @@ A v1 id is sha256 of the canonical JSON {"layer_id": <chain id>, "parent": <pare
 v1 id>} - deterministic, shared by images with a common base (written once), and
 independent of the image config. Everything else is deterministic too: entries in
 walk order, fixed header fields (store.archive_tar).
+
+RepoTags and repositories hold canonical names (`docker.io/library/app:1.0`, as
+skopeo writes them) rather than docker's short `app:1.0`: docker normalises both
+to the same name, while podman would read a short name as `localhost/app:1.0`.
 """
 
 from __future__ import annotations
@@ -69,10 +73,10 @@ def _legacy_json(v1_id: str, parent: str | None) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _familiar(name: str) -> tuple[str, str]:
-    """('app', 'latest') for 'docker.io/library/app:latest': docker's RepoTags form."""
+def _repo_tag(name: str) -> tuple[str, str]:
+    """('docker.io/library/app', 'latest') for a canonical reference."""
     r = refs.parse(name)
-    return r.familiar_name, r.tag or refs.DEFAULT_TAG
+    return r.name, r.tag or refs.DEFAULT_TAG
 
 
 def _uncompressed_chunks(blobs: BlobStore, layer: LayerLike) -> Iterator[bytes]:
@@ -117,8 +121,8 @@ def write_docker_archive(out: BinaryIO, images: Sequence[ExportImage], blobs: Bl
             files[f"{v1}/json"] = _legacy_json(v1, parent)
             files[f"{v1}/layer.tar"] = layer
             parent = v1
-        tags = [f"{repo}:{tag}" for repo, tag in map(_familiar, img.names)]
-        for repo, tag in map(_familiar, img.names):
+        tags = [f"{repo}:{tag}" for repo, tag in map(_repo_tag, img.names)]
+        for repo, tag in map(_repo_tag, img.names):
             if ids:
                 repositories.setdefault(repo, {})[tag] = ids[-1]
         manifest.append({"Config": config_name, "RepoTags": tags or None,

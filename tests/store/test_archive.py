@@ -105,9 +105,9 @@ def test_docker_archive_layout(image, blobs):
         expected |= {v1, f"{v1}/VERSION", f"{v1}/json", f"{v1}/layer.tar"}
     assert set(ms) == expected
     manifest = json.loads(member_bytes(data, "manifest.json"))
-    assert manifest == [{"Config": cfg_name, "RepoTags": ["app:1.0"],
+    assert manifest == [{"Config": cfg_name, "RepoTags": ["docker.io/library/app:1.0"],
                          "Layers": [f"{v1}/layer.tar" for v1 in ids]}]
-    assert json.loads(member_bytes(data, "repositories")) == {"app": {"1.0": ids[-1]}}
+    assert json.loads(member_bytes(data, "repositories")) == {"docker.io/library/app": {"1.0": ids[-1]}}
     assert member_bytes(data, cfg_name) == image.config
     # each layer.tar is the uncompressed layer: its sha256 is the diff_id from the config
     diff_ids = json.loads(image.config)["rootfs"]["diff_ids"]
@@ -166,7 +166,7 @@ def test_shared_base_layers_are_written_once(blobs, tmp_path):
     assert len(layer_members) == 3
     manifest = json.loads(member_bytes(data, "manifest.json"))
     assert manifest[0]["Layers"][0] == manifest[1]["Layers"][0]
-    assert [m["RepoTags"] for m in manifest] == [["one:latest"], ["two:latest"]]
+    assert [m["RepoTags"] for m in manifest] == [["docker.io/library/one:latest"], ["docker.io/library/two:latest"]]
 
 
 def test_untagged_image_has_null_repotags_and_no_repositories(blobs, tmp_path):

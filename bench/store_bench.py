@@ -1,0 +1,178 @@
+"""Store throughput: `lamina import`, `lamina save` (docker and OCI), `lamina load`
+against `tar -c | zstd -T0` and `skopeo copy` on the same ~200 MB root filesystem.
+
+    python3 bench/store_bench.py [--size-mb 200] [--runs 3] [--work DIR] [--keep]
+
+The root filesystem is generated deterministically from this host: files of
+/usr/share and then /usr/lib, walked in sorted order (directories and names sorted
+by bytes), regular files up to 16 MiB each and symlinks, until each half reaches
+size/2 MB. Its content therefore depends on the host's installed packages (the
+printed file count, byte count and diff_id identify it); on one machine it is the
+same on every run. (debootstrap --variant=minbase would give a distribution-
+independent tree but needs a package mirror; this machine has no network.)
+
+Every tool runs as a subprocess on warm page cache; each measurement is the best
+of --runs. MB/s are of the uncompressed tar of the tree (1 MB = 10^6 bytes).
+Prints a table and ratios; exits non-zero only if a tool fails. Not a unit test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCES = ("/usr/share", "/usr/lib")
+MAX_FILE = 16 << 20
+REF = "bench/rootfs:1"
+
+
+def generate_rootfs(dest: Path, size_mb: int) -> tuple[int, int]:
+    """Copy the deterministic selection into dest; returns (files, bytes)."""
+    budget = size_mb * 1_000_000 // len(SOURCES)
+    files = total = 0
+    for src in SOURCES:
+        taken = 0
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort(key=os.fsencode)
+            if taken >= budget:
+                dirnames.clear()
+                break
+            rel_dir = Path(dirpath).relative_to("/")
+            for name in sorted(filenames, key=os.fsencode):
+                if taken >= budget:
+                    break
+                s = Path(dirpath) / name
+                try:
+                    st = s.lstat()
+                except OSError:
+                    continue
+                target = dest / rel_dir / name
+                if stat.S_ISLNK(st.st_mode):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(os.readlink(s), target)
+                elif stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        shutil.copyfile(s, target)
+                    except OSError:
+                        continue
+                    os.chmod(target, st.st_mode & 0o7777)
+                    taken += st.st_size
+                    total += st.st_size
+                else:
+                    continue
+                files += 1
+    return files, total
+
+
+def lamina(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "builder.cli", "--root", str(root), *args]
+
+
+def timed(cmd: list[str] | str, runs: int, *, before=None, shell: bool = False) -> float:
+    """Best wall time of `runs` runs of cmd (before() runs untimed before each)."""
+    best = float("inf")
+    for _ in range(runs):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, shell=shell, cwd=REPO, capture_output=True, text=True)
+        dt = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise SystemExit(f"failed: {cmd}\n{p.stdout}\n{p.stderr}")
+        best = min(best, dt)
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mb", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=None, help="work dir (default: a temp dir, removed)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    a = ap.parse_args()
+    for tool in ("tar", "zstd", "skopeo"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed")
+    work = a.work or Path(tempfile.mkdtemp(prefix="lamina-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        rootfs = work / "rootfs"
+        if not rootfs.exists():
+            files, nbytes = generate_rootfs(rootfs, a.size_mb)
+            print(f"rootfs: {files} entries, {nbytes / 1e6:.1f} MB of file data from {', '.join(SOURCES)}")
+        tarball = work / "rootfs.tar"
+        subprocess.run(["tar", "-C", str(rootfs), "--sort=name", "--owner=0", "--group=0",
+                        "--numeric-owner", "--mtime=@0", "-cf", str(tarball), "."], check=True)
+        mb = tarball.stat().st_size / 1e6
+        print(f"tar of it: {mb:.1f} MB, {os.cpu_count()} CPUs, best of {a.runs}")
+        results: dict[str, float] = {}
+
+        results["tar -c | zstd -T0 (3)"] = timed(
+            f"tar -C {rootfs} --sort=name -cf - . | zstd -T0 -3 -q -f -o {work}/rootfs.tar.zst",
+            a.runs, shell=True)
+
+        store = work / "store"
+
+        def fresh_store() -> None:
+            shutil.rmtree(store, ignore_errors=True)
+
+        results["lamina import"] = timed(lamina(store, "import", str(tarball), REF), a.runs,
+                                         before=fresh_store)
+        results["lamina save (docker)"] = timed(
+            lamina(store, "save", REF, "-o", str(work / "l-docker.tar")), a.runs)
+        results["lamina save --format oci"] = timed(
+            lamina(store, "save", "--format", "oci", REF, "-o", str(work / "l-oci.tar")), a.runs)
+        store2 = work / "store2"
+        results["lamina load (docker-archive)"] = timed(
+            lamina(store2, "load", "-q", "-i", str(work / "l-docker.tar")), a.runs,
+            before=lambda: shutil.rmtree(store2, ignore_errors=True))
+        results["lamina load (oci-archive)"] = timed(
+            lamina(store2, "load", "-q", "-i", str(work / "l-oci.tar")), a.runs,
+            before=lambda: shutil.rmtree(store2, ignore_errors=True))
+
+        def rm(p: Path):
+            return lambda: p.unlink(missing_ok=True)
+
+        results["skopeo copy oci-archive: -> docker-archive:"] = timed(
+            ["skopeo", "copy", "-q", f"oci-archive:{work}/l-oci.tar", f"docker-archive:{work}/s-docker.tar:{REF}"],
+            a.runs, before=rm(work / "s-docker.tar"))
+        results["skopeo copy docker-archive: -> oci-archive:"] = timed(
+            ["skopeo", "copy", "-q", f"docker-archive:{work}/l-docker.tar", f"oci-archive:{work}/s-oci.tar:{REF}"],
+            a.runs, before=rm(work / "s-oci.tar"))
+
+        sizes = {"zstd": (work / "rootfs.tar.zst").stat().st_size,
+                 "lamina oci": (work / "l-oci.tar").stat().st_size}
+        width = max(map(len, results))
+        print()
+        print(f"{'operation'.ljust(width)}  {'seconds':>8}  {'MB/s':>8}")
+        for name, secs in results.items():
+            print(f"{name.ljust(width)}  {secs:8.2f}  {mb / secs:8.1f}")
+        print()
+        r = results
+        print(f"lamina import / tar|zstd -T0 throughput:            "
+              f"{r['tar -c | zstd -T0 (3)'] / r['lamina import']:.2f}x")
+        print(f"lamina save (docker) / skopeo oci->docker:          "
+              f"{r['skopeo copy oci-archive: -> docker-archive:'] / r['lamina save (docker)']:.2f}x")
+        print(f"lamina save --format oci / skopeo docker->oci:      "
+              f"{r['skopeo copy docker-archive: -> oci-archive:'] / r['lamina save --format oci']:.2f}x")
+        print(f"compressed size: zstd -T0 -3 {sizes['zstd'] / 1e6:.1f} MB, "
+              f"lamina OCI archive {sizes['lamina oci'] / 1e6:.1f} MB")
+        print(json.dumps({"tar_mb": round(mb, 1), "seconds": {k: round(v, 3) for k, v in r.items()}}))
+    finally:
+        if not a.keep and a.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
