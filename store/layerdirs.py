@@ -1,0 +1,219 @@
+"""Extracted layer directories (ROOT/layers/<name>) and file-level dedup.
+
+A layer's directory holds its content in overlay lower-dir form (whiteouts as 0/0
+char devices, opaque dirs marked with trusted.overlay.opaque=y) and serves directly
+as an overlay lowerdir. Names are short (the first 12 hex digits of the diff_id,
+longer only on a collision) because an overlay mount's options must fit in one
+page.
+
+A directory is made under ROOT/tmp (extracted from the layer blob, or adopted from
+a build's upper dir), deduplicated, flushed to disk, and renamed into place; only
+then is it recorded in the database. Readers therefore only ever see complete
+directories. ROOT/locks/<name>.lock serialises the making of one name.
+
+Dedup: every regular file (non-empty) gets a key = sha256 of its content digest,
+mode, uid, gid, mtime and xattrs. The `content` table maps a key to one canonical
+path in some layer dir; a file with a known key is replaced by a hard link to that
+path. The mtime is part of the key because a lower dir's file times are visible to
+RUN steps (and carried into later layers by `COPY --from`); two files differing only
+in mtime stay separate. Directory times are restored after the relinking.
+
+INVARIANT: files in ROOT/layers are never modified in place. Overlay lower dirs are
+read-only (overlayfs copies a file up before writing it), and nothing else in
+lamina writes there; a hard-linked file changed in place would change every layer
+sharing it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from store.db import Database
+from store.errors import StoreError
+
+HASH_CHUNK = 1 << 20
+NAME_LENGTHS = (12, 16, 24, 32, 64)
+
+
+def candidate_names(diff_id: str) -> list[str]:
+    hex_ = diff_id.split(":", 1)[1]
+    return [hex_[:n] for n in NAME_LENGTHS]
+
+
+@dataclass(frozen=True)
+class DedupResult:
+    files: int            # regular files looked at
+    linked: int           # replaced by a link to an existing copy
+    saved_bytes: int      # their apparent size
+    new_keys: tuple[tuple[str, str], ...]   # (key, relpath) to record as canonical copies
+
+
+def _content_key(path: str, st: os.stat_result) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            chunk = f.read(HASH_CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+    meta = hashlib.sha256()
+    meta.update(f"{h.hexdigest()}\0{stat.S_IMODE(st.st_mode):o}\0{st.st_uid}\0{st.st_gid}\0"
+                f"{st.st_mtime_ns}\0".encode())
+    try:
+        names = sorted(os.listxattr(path, follow_symlinks=False))
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            value = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+        meta.update(name.encode() + b"\0" + len(value).to_bytes(8, "big") + value)
+    return meta.hexdigest()
+
+
+def _same_meta(a: os.stat_result, b: os.stat_result) -> bool:
+    return (stat.S_ISREG(b.st_mode) and a.st_size == b.st_size and a.st_mode == b.st_mode
+            and a.st_uid == b.st_uid and a.st_gid == b.st_gid and a.st_mtime_ns == b.st_mtime_ns)
+
+
+def _regular_files(tree: Path) -> Iterator[tuple[str, os.stat_result]]:
+    for dirpath, dirnames, filenames in os.walk(tree, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield p, st
+
+
+def dedup_tree(db: Database, layers_root: Path, tree: Path) -> DedupResult:
+    """Replace files of `tree` by hard links to identical files already recorded in
+    the content index. `tree` is not yet in ROOT/layers; the returned new_keys are
+    recorded by the caller once it is."""
+    by_inode: dict[tuple[int, int], list[str]] = {}
+    first_stat: dict[tuple[int, int], os.stat_result] = {}
+    for p, st in _regular_files(tree):
+        ino = (st.st_dev, st.st_ino)
+        by_inode.setdefault(ino, []).append(p)
+        first_stat.setdefault(ino, st)
+    files = linked = saved = 0
+    new_keys: list[tuple[str, str]] = []
+    touched_dirs: dict[str, os.stat_result] = {}
+    for ino, paths in by_inode.items():
+        st = first_stat[ino]
+        files += len(paths)
+        if st.st_size == 0:
+            continue
+        key = _content_key(paths[0], st)
+        row = db.query_one("SELECT dir, relpath FROM content WHERE key=?", (key,))
+        canonical = None
+        if row is not None:
+            cand = layers_root / row["dir"] / row["relpath"]
+            try:
+                cst = os.lstat(cand)
+            except OSError:
+                cst = None
+            if cst is not None and _same_meta(st, cst) and (cst.st_dev, cst.st_ino) != ino:
+                canonical = cand
+        if canonical is None:
+            new_keys.append((key, os.path.relpath(paths[0], tree)))
+            continue
+        done = 0
+        for p in paths:
+            parent = os.path.dirname(p)
+            if parent not in touched_dirs:
+                touched_dirs[parent] = os.lstat(parent)
+            tmp = os.path.join(parent, f".lamina-link-{os.getpid()}-{done}")
+            try:
+                os.link(canonical, tmp)
+            except OSError as e:
+                if e.errno == errno.EMLINK:  # the canonical copy has too many links
+                    break
+                raise
+            os.rename(tmp, p)
+            done += 1
+        if done < len(paths):
+            new_keys.append((key, os.path.relpath(paths[done], tree)))
+        linked += done
+        saved += st.st_size * (1 if done == len(paths) else 0)
+    # linking changed the directories' times: put back what the layer said
+    for d, dst in touched_dirs.items():
+        os.utime(d, ns=(dst.st_atime_ns, dst.st_mtime_ns), follow_symlinks=False)
+    return DedupResult(files, linked, saved, tuple(new_keys))
+
+
+def record_keys(c, dir_name: str, keys: tuple[tuple[str, str], ...]) -> None:
+    c.executemany("INSERT OR IGNORE INTO content(key, dir, relpath) VALUES (?,?,?)",
+                  [(k, dir_name, rel) for k, rel in keys])
+
+
+_libc = None
+
+
+def sync_tree(path: Path) -> None:
+    """Flush the filesystem holding `path` (one syncfs instead of fsync per file)."""
+    global _libc
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        if _libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def place(tmp: Path, target: Path) -> None:
+    """Rename a finished directory into ROOT/layers; StoreError if it cannot."""
+    try:
+        os.rename(tmp, target)
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            raise StoreError(f"cannot move {tmp} into the store at {target}: not on the same "
+                             f"filesystem", path=str(tmp)) from None
+        raise
+    fsync_dir(target.parent)
+
+
+def dir_usage(path: Path, seen: set[tuple[int, int]] | None,
+              on_file: Callable[[os.stat_result], None] | None = None) -> tuple[int, int, int]:
+    """(logical bytes of regular files, apparent bytes of inodes not in `seen`,
+    allocated bytes of inodes not in `seen`) of a tree; adds inodes to `seen`."""
+    logical = unique = blocks = 0
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        for name in filenames + dirnames:
+            p = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                logical += st.st_size
+            ino = (st.st_dev, st.st_ino)
+            if seen is not None:
+                if ino in seen:
+                    continue
+                seen.add(ino)
+            if stat.S_ISREG(st.st_mode):
+                unique += st.st_size
+            blocks += st.st_blocks * 512
+    return logical, unique, blocks
