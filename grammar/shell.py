@@ -27,20 +27,31 @@ What a word may contain:
 * `<<` followed by blanks is kept together with the next word when splitting
   (BuildKit does this so that `RUN <<  EOF` still names a heredoc).
 
-Errors are `DockerfileError`s whose message is BuildKit's, e.g.
+Pattern matching lives in grammar.shellpattern. Errors are `DockerfileError`s
+whose message is BuildKit's, e.g.
 `failed to process "${v:?}": v: is not allowed to be unset`.
 
 Flags for the other uses BuildKit makes of this lexer (all default off):
 `raw_quotes` keeps quote characters, `raw_escapes` keeps escape tokens,
 `skip_unset` leaves references to unset variables as written, and
 `process_quotes=False` treats quotes as ordinary characters (heredoc bodies).
+
+Known differences from BuildKit (v0.13+):
+* In ProcessWords BuildKit shares one word buffer with the nested pass over a
+  modifier's word, so the text before `${v:-w}` (and the like) in the same word
+  is lost (`a${v:-b}c` -> ["bc"]); here it is kept (["abc"]), as older BuildKit did.
+* Nesting deeper than Python's recursion allows (hundreds of `${v:-${...}}`
+  levels) is a DockerfileError instead of working.
+* Letters, digits and blanks follow Python's Unicode tables, which may be a
+  different Unicode version than Go's.
+* Environment names are case-sensitive (BuildKit folds case on Windows only).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 
+from grammar import shellpattern
 from grammar.errors import DockerfileError
 
 __all__ = ["expand", "split_words", "referenced_names"]
@@ -348,9 +359,11 @@ class _Lexer:
             longest = word[:1] == ch
             if longest:
                 word = word[1:]
-            if ch == "%":
-                return _trim_suffix(word, value, longest)
-            return _trim_prefix(word, value, longest)
+            trim = shellpattern.trim_suffix if ch == "%" else shellpattern.trim_prefix
+            try:
+                return trim(word, value, longest)
+            except shellpattern.PatternError as exc:
+                raise _ShellError(str(exc)) from None
         raise _ShellError(f"unsupported modifier ({mods}) in substitution")
 
     def replace(self, name: str) -> str:
@@ -373,133 +386,10 @@ class _Lexer:
         value = self.get(name)
         if value is None and self.skip_unset:
             return "${" + name + "/" + pattern + "/" + replacement + "}"
-        value = value or ""
-        regex = _compile_pattern(pattern, greedy=True, anchored=False)
-        if replace_all:
-            return _go_replace_all(regex, value, replacement)
-        match = regex.search(value)
-        if match is None:
-            return value
-        return value[:match.start()] + replacement + value[match.end():]
-
-
-# --------------------------------------------------------------------------- patterns
-
-
-def _compile_pattern(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
-    """A shell pattern as a regular expression, the way BuildKit converts it."""
-    out = ["^"] if anchored else []
-    star = ".*" if greedy else ".*?"
-    i = 1 if pattern.startswith(_BOM) else 0  # text/scanner again
-    n = len(pattern)
-    while i < n:
-        ch = pattern[i]
-        i += 1
-        if ch == "*":
-            out.append(star)
-        elif ch == "?":
-            out.append(".")
-        elif ch == "\\":
-            follower = pattern[i] if i < n else _EOF
-            if follower in ("}", "/") and follower != _EOF:
-                continue  # the escape only served the ${...} syntax
-            if follower == _EOF or follower not in ("*", "?", "\\"):
-                raise _ShellError(
-                    f"invalid pattern ({pattern}) in substitution: "
-                    f"invalid escape '\\{follower or _BAD_RUNE}'")
-            i += 1
-            out.append(re.escape(follower))
-        else:
-            out.append(re.escape(ch))
-    try:
-        return re.compile("".join(out))
-    except re.error as exc:  # pragma: no cover - every literal is escaped
-        raise _ShellError(f"invalid pattern ({pattern}) in substitution: {exc}") from None
-
-
-def _trim_prefix(pattern: str, value: str, longest: bool) -> str:
-    match = _compile_pattern(pattern, greedy=longest, anchored=True).search(value)
-    return value[match.end():] if match else value
-
-
-def _reverse_pattern(pattern: str) -> str:
-    """Reverse a pattern, keeping each `\\x` pair in order (a\\*c -> c\\*a)."""
-    pieces: list[str] = []
-    i, last = 0, len(pattern) - 1
-    while i <= last:
-        if pattern[i] == "\\" and i != last:
-            pieces.append(pattern[i:i + 2])
-            i += 2
-        else:
-            pieces.append(pattern[i])
-            i += 1
-    return "".join(reversed(pieces))
-
-
-def _trim_suffix(pattern: str, value: str, longest: bool) -> str:
-    # A regexp finds leftmost matches only: reverse pattern and value instead.
-    return _trim_prefix(_reverse_pattern(pattern), value[::-1], longest)[::-1]
-
-
-def _go_template(template: str, match: str) -> str:
-    """Expand a Go regexp replacement template for a match with no groups."""
-    out: list[str] = []
-    i, n = 0, len(template)
-    while i < n:
-        dollar = template.find("$", i)
-        if dollar < 0:
-            break
-        out.append(template[i:dollar])
-        i = dollar + 1
-        if i < n and template[i] == "$":
-            out.append("$")
-            i += 1
-            continue
-        j = i
-        brace = j < n and template[j] == "{"
-        if brace:
-            j += 1
-        start = j
-        while j < n and _is_name_char(template[j]):
-            j += 1
-        name = template[start:j]
-        if not name or (brace and (j >= n or template[j] != "}")):
-            out.append("$")  # malformed: the '$' is plain text
-            continue
-        if brace:
-            j += 1
-        i = j
-        if name == "0":  # group 0 is the whole match ("00" is no number for Go)
-            out.append(match)
-        # every other number or name refers to a group that does not exist
-    out.append(template[i:])
-    return "".join(out)
-
-
-def _go_replace_all(regex: re.Pattern[str], value: str, template: str) -> str:
-    """Go's Regexp.ReplaceAllString: an empty match right after a match is skipped."""
-    out: list[str] = []
-    last_end = 0
-    pos = 0
-    end = len(value)
-    while pos <= end:
-        match = regex.search(value, pos)
-        if match is None:
-            break
-        start, stop = match.span()
-        out.append(value[last_end:start])
-        if stop > last_end or start == 0:
-            out.append(_go_template(template, match.group(0)))
-        last_end = stop
-        width = 1 if pos < end else 0
-        if pos + width > stop:
-            pos += width
-        elif pos + 1 > stop:
-            pos += 1
-        else:
-            pos = stop
-    out.append(value[last_end:])
-    return "".join(out)
+        try:
+            return shellpattern.replace(pattern, value or "", replacement, replace_all)
+        except shellpattern.PatternError as exc:
+            raise _ShellError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- API
