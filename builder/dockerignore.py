@@ -1,0 +1,422 @@
+"""Docker path patterns: `.dockerignore` files and the pattern language they share
+with `COPY --exclude` and `COPY --parents`.
+
+Owns, written after moby/patternmatcher + patternmatcher/ignorefile (read, not copied):
+
+- `go_clean`: Go's `path.Clean`; `go_trim_space`: Go's `strings.TrimSpace`.
+- `GlobPattern`: one Go `filepath.Match` pattern (`*` `?` `[...]` `\\` escapes, `*`/`?`
+  never match `/`), used for COPY source wildcards.
+- `IgnoreRules`: an ordered list of ignore patterns (`**` any number of directories,
+  `!` exceptions, last matching pattern wins, a pattern that matches a directory
+  matches everything below it), with `excluded(path)` and a sound pruning test
+  `may_include_under(dir)` for walkers.
+- `load_ignore_rules(context_dir, dockerfile_path)`: `<Dockerfile>.dockerignore` next to
+  the Dockerfile wins over `<context>/.dockerignore`.
+
+Pure except for `load_ignore_rules`. Errors are `builder.errors.BuildError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from builder.errors import BuildError
+
+__all__ = [
+    "GlobPattern", "IgnorePattern", "IgnoreRules", "MatchInfo", "PatternError",
+    "go_clean", "go_trim_space", "has_wildcards", "load_ignore_rules",
+]
+
+
+class PatternError(BuildError):
+    """A malformed pattern (Go's filepath.ErrBadPattern or an illegal `!`)."""
+
+
+# Go's unicode.IsSpace: Latin-1 space characters plus the White_Space property.
+_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006" \
+            "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def go_trim_space(s: str) -> str:
+    """Go's strings.TrimSpace (Python's str.strip also strips \\x1c-\\x1f, Go does not)."""
+    return s.strip(_GO_SPACE)
+
+
+def go_clean(p: str) -> str:
+    """Go's path.Clean: collapse `//`, drop `.`, resolve `..` lexically (a rooted path
+    never goes above `/`), "" -> ".", no trailing slash except for "/"."""
+    if p == "":
+        return "."
+    rooted = p.startswith("/")
+    parts: list[str] = []
+    for comp in p.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not rooted:
+                parts.append("..")
+            continue
+        parts.append(comp)
+    out = "/".join(parts)
+    if rooted:
+        return "/" + out
+    return out or "."
+
+
+def has_wildcards(component: str) -> bool:
+    """True when a path component holds an unescaped `*`, `?` or `[` (fsutil's
+    containsWildcards: a backslash escapes the next character)."""
+    i = 0
+    while i < len(component):
+        ch = component[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch in "*?[":
+            return True
+        i += 1
+    return False
+
+
+def _char_class(p: str, i: int) -> tuple[str, int]:
+    """Parse a Go filepath.Match character class starting after `[` at index i.
+    Returns (python regex, index after the closing `]`). Raises PatternError on
+    Go's ErrBadPattern cases: empty class, leading `-` or `]`, dangling `\\`,
+    unterminated class, range missing its upper bound."""
+    negated = False
+    if i < len(p) and p[i] == "^":
+        negated = True
+        i += 1
+    ranges: list[tuple[int, int]] = []
+
+    def get_esc(j: int) -> tuple[str, int]:
+        if j >= len(p) or p[j] in "-]":
+            raise PatternError("syntax error in pattern")
+        if p[j] == "\\":
+            j += 1
+            if j >= len(p):
+                raise PatternError("syntax error in pattern")
+        ch = p[j]
+        j += 1
+        if j >= len(p):
+            raise PatternError("syntax error in pattern")
+        return ch, j
+
+    while True:
+        if i < len(p) and p[i] == "]" and ranges:
+            i += 1
+            break
+        lo, i = get_esc(i)
+        hi = lo
+        if p[i] == "-":
+            hi, i = get_esc(i + 1)
+        ranges.append((ord(lo), ord(hi)))
+    parts = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges if lo <= hi)
+    if not parts:  # only empty ranges (lo > hi): Go matches nothing (or anything if negated)
+        return ("[\\s\\S]" if negated else "(?!)"), i
+    return (f"[^{parts}]" if negated else f"[{parts}]"), i
+
+
+def _glob_regex(p: str) -> str:
+    """A Go filepath.Match pattern as a Python regex body (for fullmatch)."""
+    out: list[str] = []
+    i = 0
+    while i < len(p):
+        ch = p[i]
+        i += 1
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "\\":
+            if i >= len(p):
+                raise PatternError("syntax error in pattern")
+            out.append(re.escape(p[i]))
+            i += 1
+        elif ch == "[":
+            cls, i = _char_class(p, i)
+            out.append(cls)
+        else:
+            out.append(re.escape(ch))
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class GlobPattern:
+    """One Go `filepath.Match` pattern. `*` and `?` do not match `/`; a `[...]` class
+    may (as in Go); `**` is not special (it is `*` twice)."""
+
+    text: str
+    regex: re.Pattern
+
+    @classmethod
+    def compile(cls, text: str) -> "GlobPattern":
+        try:
+            return cls(text, re.compile(_glob_regex(text)))
+        except PatternError as e:
+            raise PatternError(f"invalid pattern {text!r}: {e.message}") from None
+
+    def match(self, name: str) -> bool:
+        return self.regex.fullmatch(name) is not None
+
+
+# ---------------------------------------------------------------------------------
+# ignore patterns (moby/patternmatcher semantics)
+
+_EXACT, _PREFIX, _SUFFIX, _REGEX = "exact", "prefix", "suffix", "regex"
+
+
+def _ignore_regex(p: str) -> tuple[str, str]:
+    """Translate a cleaned ignore pattern into (kind, regex body) the way
+    patternmatcher classifies it: exact / prefix (`foo/**`) / suffix (`**/foo`) /
+    regex. `**` followed by `/` (or at the end) matches any number of directories."""
+    out: list[str] = []
+    kind = _EXACT
+    i = 0
+    first = True
+    while i < len(p):
+        ch = p[i]
+        at_start = first
+        first = False
+        i += 1
+        if ch == "*":
+            if i < len(p) and p[i] == "*":
+                i += 1
+                if i < len(p) and p[i] == "/":
+                    i += 1
+                if i >= len(p):
+                    if kind == _EXACT:
+                        kind = _PREFIX
+                    else:
+                        kind = _REGEX
+                    out.append(".*")
+                else:
+                    out.append("(?:.*/)?")
+                    kind = _REGEX
+                if at_start:
+                    kind = _SUFFIX
+            else:
+                out.append("[^/]*")
+                kind = _REGEX
+        elif ch == "?":
+            out.append("[^/]")
+            kind = _REGEX
+        elif ch == "\\":
+            if i >= len(p):
+                raise PatternError("syntax error in pattern")
+            out.append(re.escape(p[i]))
+            i += 1
+            kind = _REGEX
+        elif ch == "[":
+            cls, i = _char_class(p, i)
+            out.append(cls)
+            kind = _REGEX
+        elif ch == "]":
+            out.append(re.escape(ch))
+            kind = _REGEX
+        else:
+            out.append(re.escape(ch))
+    return kind, "".join(out)
+
+
+@dataclass(frozen=True)
+class IgnorePattern:
+    """One cleaned pattern of an ignore list; `exception` for `!` lines."""
+
+    text: str
+    exception: bool
+    kind: str
+    regex: re.Pattern
+    components: tuple[re.Pattern, ...] | None  # per-component regexes, when no `**`/`[`
+
+    @classmethod
+    def compile(cls, raw: str) -> "IgnorePattern":
+        exception = False
+        p = raw
+        if p.startswith("!"):
+            if len(p) == 1:
+                raise PatternError('illegal exclusion pattern: "!"')
+            exception = True
+            p = p[1:]
+        try:
+            kind, body = _ignore_regex(p)
+            comps = None
+            if "**" not in p and "[" not in p and "\\" not in p:
+                comps = tuple(re.compile(_glob_regex(c)) for c in p.split("/"))
+        except PatternError as e:
+            raise PatternError(f"invalid pattern {raw!r}: {e.message}") from None
+        return cls(p, exception, kind, re.compile(body), comps)
+
+    def matches(self, path: str) -> bool:
+        """Does this pattern match `path` itself (no parent matching)?"""
+        if self.kind == _EXACT:
+            return path == self.text
+        if self.kind == _PREFIX:
+            return path.startswith(self.text[:-2])
+        if self.kind == _SUFFIX:
+            suffix = self.text[2:]
+            if path.endswith(suffix):
+                return True
+            return suffix.startswith("/") and path == suffix[1:]
+        return self.regex.fullmatch(path) is not None
+
+    def may_match_below(self, directory: str) -> bool:
+        """Could this pattern match some path strictly below `directory`? Sound
+        (never False when a match exists), precise for patterns without `**`/`[`."""
+        if self.components is None:
+            return True
+        dirs = directory.split("/")
+        if len(self.components) <= len(dirs):
+            return False
+        return all(rx.fullmatch(d) is not None for rx, d in zip(self.components, dirs))
+
+
+MatchInfo = tuple  # per pattern: "matches this path or one of its parent directories"
+
+
+@dataclass(frozen=True)
+class IgnoreRules:
+    """An ordered ignore list. A path is excluded when the last pattern that matches
+    it, or one of its parent directories, is not a `!` exception."""
+
+    patterns: tuple[IgnorePattern, ...] = ()
+    source: str | None = None  # the file the rules came from, for messages
+
+    # -- construction -------------------------------------------------------------
+
+    @classmethod
+    def parse(cls, text: str | bytes, *, source: str | None = None) -> "IgnoreRules":
+        """Parse `.dockerignore` text: UTF-8 BOM dropped, lines starting with `#` are
+        comments (before trimming), lines trimmed, blank lines skipped, `!` then
+        trimmed again, each pattern cleaned (path.Clean) with a leading `/` removed."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "surrogateescape")
+        if text.startswith("\ufeff"):
+            text = text[1:]
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        raw: list[str] = []
+        for line in lines:
+            if line.endswith("\r"):
+                line = line[:-1]
+            if line.startswith("#"):
+                continue
+            pattern = go_trim_space(line)
+            if not pattern:
+                continue
+            invert = pattern.startswith("!")
+            if invert:
+                pattern = go_trim_space(pattern[1:])
+            if pattern:
+                pattern = go_clean(pattern)
+                if len(pattern) > 1 and pattern.startswith("/"):
+                    pattern = pattern[1:]
+            raw.append("!" + pattern if invert else pattern)
+        try:
+            return cls.from_patterns(raw, source=source)
+        except PatternError as e:
+            where = f"{source}: " if source else ""
+            raise PatternError(f"{where}{e.message}") from None
+
+    @classmethod
+    def from_patterns(cls, patterns: Iterable[str], *, source: str | None = None) -> "IgnoreRules":
+        """Patterns as given to patternmatcher.New (COPY --exclude, --parents):
+        trimmed, empty ones skipped, cleaned with path.Clean, `!` for exceptions."""
+        compiled = []
+        for p in patterns:
+            p = go_trim_space(p)
+            if not p:
+                continue
+            compiled.append(IgnorePattern.compile(go_clean(p)))
+        return cls(tuple(compiled), source)
+
+    # -- queries ------------------------------------------------------------------
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    @property
+    def has_exceptions(self) -> bool:
+        return any(p.exception for p in self.patterns)
+
+    def root_info(self) -> MatchInfo:
+        return (False,) * len(self.patterns)
+
+    def match(self, rel_path: str, parent: MatchInfo | None = None) -> tuple[bool, MatchInfo]:
+        """(excluded, info) for `rel_path`, given the info of its parent directory
+        (None: computed from the path's own ancestors). Walkers pass the parent's info
+        down so each path costs one test per pattern."""
+        if parent is None:
+            parent = self.root_info()
+            parts = rel_path.split("/")
+            for i in range(1, len(parts)):
+                _, parent = self.match("/".join(parts[:i]), parent)
+        info = tuple(pm or pat.matches(rel_path) for pm, pat in zip(parent, self.patterns))
+        excluded = False
+        for hit, pat in zip(reversed(info), reversed(self.patterns)):
+            if hit:
+                excluded = not pat.exception
+                break
+        return excluded, info
+
+    def excluded(self, rel_path: str, is_dir: bool = False) -> bool:
+        """Is `rel_path` (relative to the context, `/`-separated) excluded? Docker's
+        patterns do not distinguish files from directories; `is_dir` is accepted
+        for callers' clarity and does not change the answer."""
+        del is_dir
+        if not self.patterns:
+            return False
+        rel = go_clean(rel_path)
+        if rel in (".", "/"):
+            return False  # the context root itself is never excluded
+        rel = rel.lstrip("/")
+        return self.match(rel)[0]
+
+    def may_include_under(self, directory: str) -> bool:
+        """Could any path strictly below `directory` be re-included by an exception?
+        When False a walker may skip an excluded directory entirely."""
+        d = go_clean(directory).lstrip("/")
+        return any(p.exception and p.may_match_below(d) for p in self.patterns)
+
+
+def load_ignore_rules(context_dir: str | os.PathLike, dockerfile_path: str | os.PathLike | None) -> IgnoreRules:
+    """The ignore rules of a build: `<dockerfile_path>.dockerignore` when that file
+    exists (even empty), else `<context_dir>/.dockerignore`, else no rules."""
+    candidates = []
+    if dockerfile_path is not None:
+        candidates.append(Path(os.fspath(dockerfile_path) + ".dockerignore"))
+    candidates.append(Path(context_dir) / ".dockerignore")
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise BuildError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BuildError(f"cannot read {path}: not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read()
+        finally:
+            os.close(fd)
+        return IgnoreRules.parse(data, source=str(path))
+    return IgnoreRules()
+
+
+def ensure_patterns(patterns: Sequence[str] | IgnoreRules | None) -> IgnoreRules:
+    """Accept either ready rules or raw patterns (COPY --exclude values)."""
+    if patterns is None:
+        return IgnoreRules()
+    if isinstance(patterns, IgnoreRules):
+        return patterns
+    return IgnoreRules.from_patterns(patterns)
