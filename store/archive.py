@@ -275,11 +275,13 @@ def _put(blobs: BlobStore, data: bytes, added: list[str]) -> str:
 
 
 def load(store, source: str | os.PathLike) -> list[Loaded]:
-    """Load every image of the archive at `source` into `store` (see module docstring)."""
+    """Load every image of the archive at `source` into `store` (see module docstring).
+    Holds the store's gc lock shared from the first blob written to the last image
+    recorded, so a concurrent gc never removes what this load is about to reference."""
     blobs: BlobStore = store.blobs
     added: list[str] = []
     registered = False
-    with ArchiveReader(source, tmp_dir=blobs.tmp_dir) as reader, _gc_guard(store):
+    with ArchiveReader(source, tmp_dir=blobs.tmp_dir) as reader, store.writing():
         try:
             _fmt, images = read_images(reader)
             staged = []
@@ -293,10 +295,8 @@ def load(store, source: str | os.PathLike) -> list[Loaded]:
                 staged.append((manifest, img, layers))
             out: list[Loaded] = []
             for manifest, img, layers in staged:
-                for layer in layers:
-                    store.record_layer(layer)
-                registered = True
                 image = store.add_manifest(manifest, img.config, layers, img.names)
+                registered = True  # from here on, added blobs are referenced: keep them
                 out.append(Loaded(image=image, names=img.names))
             return out
         except BaseException:
@@ -304,17 +304,6 @@ def load(store, source: str | os.PathLike) -> list[Loaded]:
                 for digest in added:
                     blobs.delete(digest)
             raise
-
-
-def _gc_guard(store):
-    """Hold the store's gc lock shared while blobs are written and not yet recorded
-    (when the Store offers one)."""
-    from contextlib import nullcontext
-
-    guard = getattr(store, "gc_lock", None)
-    if guard is not None and hasattr(guard, "shared"):
-        return guard.shared()
-    return nullcontext()
 
 
 def load_stream(store, stream: BinaryIO) -> list[Loaded]:

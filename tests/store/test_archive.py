@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import subprocess
 import tarfile
 from pathlib import Path
@@ -296,3 +297,197 @@ def test_ingest_checks_diff_id_and_keeps_store_clean(image, blobs, tmp_path):
             ingest_layer(BlobStore(tmp_path / "t2"), r, wrong_type, [])
         assert set(target.digests()) == before
     assert list((tmp_path / "target" / "tmp").iterdir()) == []
+
+
+# -- through the Store -------------------------------------------------------------
+
+from store.store import Store  # noqa: E402
+
+
+def store_state(store: Store) -> tuple:
+    """Everything a load may change: blobs, tags, images."""
+    tags = [tuple(r) for r in store.db.query("SELECT name, manifest_digest FROM tags ORDER BY name")]
+    images = [r[0] for r in store.db.query("SELECT manifest_digest FROM images ORDER BY 1")]
+    return sorted(store.blobs.digests()), tags, images
+
+
+def committed(store: Store, tmp: Path, layer_files, tag: str, compression: str = "zstd"):
+    tmp.mkdir(parents=True, exist_ok=True)
+    layers = []
+    for i, files in enumerate(layer_files):
+        d = make_tree(tmp / f"{tag.replace(':', '_').replace('/', '_')}-{i}", files)
+        layers.append(store.write_layer(d, compression=compression, source_date_epoch=0))
+    cfg = oci.build_config(diff_ids=[l.diff_id for l in layers],
+                           history=[{"created": EPOCH, "created_by": f"step {i}"} for i in range(len(layers))],
+                           container_config={"Cmd": ["/bin/sh"]}, created=EPOCH)
+    return store.commit_image(cfg, layers, [tag])
+
+
+@pytest.fixture
+def src_store(tmp_path) -> Store:
+    s = Store(tmp_path / "src")
+    committed(s, tmp_path / "trees", [{"bin/tool": b"\x7fELF" + random.Random(0).randbytes(3000)}, {"etc/conf": b"k=v\n"}],
+              "app:1.0")
+    return s
+
+
+@pytest.mark.parametrize("fmt", ["docker", "oci"])
+def test_save_load_round_trip_keeps_digests(src_store, tmp_path, fmt):
+    img = src_store.resolve("app:1.0")
+    path = tmp_path / f"app-{fmt}.tar"
+    save(src_store, ["app:1.0"], path, fmt=fmt)
+    dst = Store(tmp_path / f"dst-{fmt}")
+    [loaded] = load(dst, path)
+    assert loaded.names == ("docker.io/library/app:1.0",)
+    got = dst.resolve("app:1.0")
+    assert got.config_digest == img.config_digest
+    assert [l.diff_id for l in got.layers] == [l.diff_id for l in img.layers]
+    if fmt == "oci":
+        assert got.manifest_digest == img.manifest_digest
+        assert got.layers == img.layers
+    else:  # docker-archive holds uncompressed layers and no manifest
+        assert all(l.media_type == oci.OCI_LAYER and l.digest == l.diff_id for l in got.layers)
+        assert got.manifest["config"]["digest"] == img.config_digest
+    # saving the loaded image again gives the same archive bytes
+    again = tmp_path / f"again-{fmt}.tar"
+    save(dst, ["app:1.0"], again, fmt=fmt)
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_docker_archive_load_synthesises_the_same_manifest_every_time(src_store, tmp_path):
+    path = tmp_path / "a.tar"
+    save(src_store, ["app:1.0"], path)
+    digests = {load(Store(tmp_path / f"s{i}"), path)[0].manifest_digest for i in range(2)}
+    assert len(digests) == 1
+
+
+def test_loading_twice_is_idempotent(src_store, tmp_path):
+    path = tmp_path / "a.tar"
+    save(src_store, ["app:1.0"], path, fmt="oci")
+    dst = Store(tmp_path / "dst")
+    load(dst, path)
+    state = store_state(dst)
+    load(dst, path)
+    assert store_state(dst) == state
+
+
+def test_save_several_refs_and_ids(src_store, tmp_path):
+    img = src_store.resolve("app:1.0")
+    src_store.tag("app:other", "app:1.0")
+    committed(src_store, tmp_path / "t2", [{"x": b"x"}], "second:latest")
+    path = tmp_path / "multi.tar"
+    save(src_store, ["app:1.0", "app:other", "second", img.config_digest], path)
+    entries = json.loads(member_bytes(path.read_bytes(), "manifest.json"))
+    assert [e["RepoTags"] for e in entries] == [["docker.io/library/app:1.0", "docker.io/library/app:other"],
+                                                ["docker.io/library/second:latest"]]
+    opath = tmp_path / "multi-oci.tar"
+    save(src_store, ["app:1.0", "app:other", "second"], opath, fmt="oci")
+    index = json.loads(member_bytes(opath.read_bytes(), "index.json"))
+    assert [d["annotations"]["org.opencontainers.image.ref.name"] for d in index["manifests"]] == [
+        "docker.io/library/app:1.0", "docker.io/library/app:other", "docker.io/library/second:latest"]
+    dst = Store(tmp_path / "dst")
+    loaded = load(dst, opath)
+    assert [l.names for l in loaded] == [("docker.io/library/app:1.0", "docker.io/library/app:other"),
+                                         ("docker.io/library/second:latest",)]
+    assert dst.resolve("app:other").manifest_digest == img.manifest_digest
+
+
+def test_save_unknown_ref_writes_nothing(src_store, tmp_path):
+    with pytest.raises(StoreError, match="no such image"):
+        save(src_store, ["app:1.0", "nope:1"], tmp_path / "x.tar")
+    assert list(tmp_path.glob("*x.tar*")) == []
+
+
+def _rewrite(src: Path, dst: Path, change) -> Path:
+    """Copy an archive member by member, letting change(name, data) return new bytes
+    (or None to drop the member)."""
+    with tarfile.open(src) as tin, tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read() if m.isreg() else None
+            if data is not None:
+                data = change(m.name, data)
+                if data is None:
+                    continue
+                m.size = len(data)
+                tout.addfile(m, io.BytesIO(data))
+            else:
+                tout.addfile(m)
+    return dst
+
+
+def _flip_layer_byte(name: str, data: bytes):
+    if name.endswith("layer.tar"):
+        return data[:600] + bytes([data[600] ^ 1]) + data[601:]
+    return data
+
+
+@pytest.mark.parametrize("fmt,change,match", [
+    ("docker", _flip_layer_byte, "diff_id"),
+    ("docker", lambda n, d: None if n.endswith("layer.tar") else d, "missing"),
+    ("oci", lambda n, d: d + b"x" if len(d) > 2000 else d, "bytes"),
+    ("oci", lambda n, d: d.replace(b"docker.io/library/app", b"BAD name") if n == "index.json" else d, None),
+    ("docker", lambda n, d: b"[{" if n == "manifest.json" else d, "JSON"),
+])
+def test_corrupt_archives_are_rejected_and_store_unchanged(src_store, tmp_path, fmt, change, match):
+    good = tmp_path / "good.tar"
+    save(src_store, ["app:1.0"], good, fmt=fmt)
+    dst = Store(tmp_path / "dst")
+    committed(dst, tmp_path / "own", [{"mine": b"mine"}], "mine:1")
+    before = store_state(dst)
+    bad = _rewrite(good, tmp_path / "bad.tar", change)
+    if match is None:  # a bad name in index.json only drops the name: still loads
+        [loaded] = load(dst, bad)
+        assert loaded.names == ()
+        return
+    with pytest.raises(StoreError, match=match):
+        load(dst, bad)
+    assert store_state(dst) == before
+    assert [p.name for p in (tmp_path / "dst" / "tmp").iterdir() if p.name.startswith("blob-")] == []
+
+
+def test_corrupt_second_layer_leaves_no_first_layer_blob(src_store, tmp_path):
+    good = tmp_path / "good.tar"
+    save(src_store, ["app:1.0"], good)
+    img = src_store.resolve("app:1.0")
+    last_dir = json.loads(member_bytes(good.read_bytes(), "manifest.json"))[0]["Layers"][-1]
+    bad = _rewrite(good, tmp_path / "bad.tar",
+                   lambda n, d: _flip_layer_byte(n, d) if n == last_dir else d)
+    dst = Store(tmp_path / "dst")
+    before = store_state(dst)
+    with pytest.raises(CorruptContent, match=img.layers[-1].diff_id):
+        load(dst, bad)
+    assert store_state(dst) == before
+
+
+def test_hostile_member_names_are_not_followed(src_store, tmp_path):
+    good = tmp_path / "good.tar"
+    save(src_store, ["app:1.0"], good)
+    evil = tmp_path / "evil.tar"
+    manifest = json.loads(member_bytes(good.read_bytes(), "manifest.json"))
+    manifest[0]["Layers"][0] = "../../../../etc/passwd"
+    _rewrite(good, evil, lambda n, d: json.dumps(manifest).encode() if n == "manifest.json" else d)
+    with tarfile.open(evil, "a") as tf:  # plus a member that would land outside any root
+        info = tarfile.TarInfo("../../escaped")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    dst = Store(tmp_path / "deep" / "dst")
+    with pytest.raises(StoreError, match="missing"):
+        load(dst, evil)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "deep" / "escaped").exists()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layers=st.lists(st.dictionaries(st.sampled_from(["a", "b", "d/c", "d/e/f"]), st.binary(max_size=3000),
+                                       min_size=1, max_size=3), min_size=1, max_size=3),
+       fmt=st.sampled_from(["docker", "oci"]), comp=st.sampled_from(["zstd", "gzip", "none"]))
+def test_round_trip_property(tmp_path_factory, layers, fmt, comp):
+    tmp = tmp_path_factory.mktemp("prop")
+    src = Store(tmp / "src")
+    img = committed(src, tmp / "trees", layers, "p:1", compression=comp)
+    path = tmp / "a.tar"
+    save(src, ["p:1"], path, fmt=fmt)
+    got = load(Store(tmp / "dst"), path)[0].image
+    assert got.config_digest == img.config_digest
+    assert got.config == img.config
+    if fmt == "oci":
+        assert got.manifest_digest == img.manifest_digest

@@ -1,0 +1,92 @@
+"""`lamina save` / `lamina load` on the command line: files and pipes, both formats,
+docker's messages, one clear error line (no traceback) for user mistakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from store import oci
+from store.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+EPOCH = "1970-01-01T00:00:00Z"
+
+
+def lamina(root: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "builder.cli", "--root", str(root), *args],
+                          cwd=REPO, input=stdin, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def src(tmp_path) -> Store:
+    store = Store(tmp_path / "src")
+    tree = tmp_path / "tree"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "hello").write_bytes(b"#!/bin/sh\necho hello\n")
+    layer = store.write_layer(tree, source_date_epoch=0)
+    cfg = oci.build_config(diff_ids=[layer.diff_id], history=[{"created": EPOCH, "created_by": "x"}],
+                           container_config={"Cmd": ["/bin/hello"]}, created=EPOCH)
+    store.commit_image(cfg, [layer], ["hello:1"])
+    return store
+
+
+@pytest.mark.parametrize("fmt", ["docker", "oci"])
+def test_save_then_load_via_files(src, tmp_path, fmt):
+    out = tmp_path / "hello.tar"
+    p = lamina(src.root, "save", "--format", fmt, "-o", str(out), "hello:1")
+    assert p.returncode == 0, p.stderr
+    with tarfile.open(out) as tf:
+        names = set(tf.getnames())
+    assert ("manifest.json" in names) == (fmt == "docker")
+    assert ("index.json" in names) == (fmt == "oci")
+    p = lamina(tmp_path / "dst", "load", "-i", str(out))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode() == "Loaded image: hello:1\n"
+    assert Store(tmp_path / "dst").resolve("hello:1").config_digest == src.resolve("hello:1").config_digest
+
+
+def test_save_to_stdout_and_load_from_stdin(src, tmp_path):
+    p = lamina(src.root, "save", "hello:1")
+    assert p.returncode == 0, p.stderr
+    with open(tmp_path / "f.tar", "wb") as f:
+        f.write(p.stdout)
+    file_save = lamina(src.root, "save", "-o", str(tmp_path / "g.tar"), "hello:1")
+    assert file_save.returncode == 0
+    assert (tmp_path / "g.tar").read_bytes() == p.stdout  # same bytes either way
+    q = lamina(tmp_path / "dst", "load", stdin=p.stdout)
+    assert q.returncode == 0, q.stderr
+    assert b"Loaded image: hello:1" in q.stdout
+
+
+def test_load_untagged_prints_the_id(src, tmp_path):
+    img = src.resolve("hello:1")
+    out = tmp_path / "byid.tar"
+    assert lamina(src.root, "save", "-o", str(out), img.config_digest).returncode == 0
+    manifest = json.loads(tarfile.open(out).extractfile("manifest.json").read())
+    assert manifest[0]["RepoTags"] is None
+    p = lamina(tmp_path / "dst", "load", "-i", str(out))
+    assert p.stdout.decode() == f"Loaded image ID: {img.config_digest}\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["save", "-o", "{tmp}/x.tar", "nope:1"], "no such image"),
+    (["save", "--format", "zip", "-o", "{tmp}/x.tar", "hello:1"], "Invalid value"),
+    (["save", "-o", "{tmp}/missing/dir/x.tar", "hello:1"], "does not exist"),
+    (["load", "-i", "{tmp}/nonexistent.tar"], "not found"),
+    (["load", "-i", "{tmp}/junk"], "not a valid tar"),
+])
+def test_user_mistakes_give_one_clear_line(src, tmp_path, args, message):
+    (tmp_path / "junk").write_bytes(b"junk" * 1000)
+    p = lamina(src.root, *[a.format(tmp=tmp_path) for a in args])
+    assert p.returncode != 0
+    err = p.stderr.decode()
+    assert message in err
+    assert "Traceback" not in err
+    assert not os.path.exists(tmp_path / "x.tar")
