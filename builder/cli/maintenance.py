@@ -1,0 +1,101 @@
+"""Store maintenance commands: `gc`, `prune` (build cache, like `docker builder
+prune`), `fsck` (non-zero exit naming every problem) and `du`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import click
+
+from builder.cli.app import Globals, cli
+from builder.cli.images import open_store
+from builder.cli.units import human_size, parse_duration, parse_size, table
+from store.errors import StoreError
+
+
+def _gc_lines(report) -> list[str]:
+    return [f"Removed {report.blobs_removed} blob(s), {report.layers_removed} layer(s) "
+            f"({report.dirs_removed} extracted dir(s)), {report.cache_entries_removed} cache entr"
+            f"{'y' if report.cache_entries_removed == 1 else 'ies'}, {report.leases_expired} expired lease(s)",
+            f"Total reclaimed space: {human_size(report.bytes_removed)}"]
+
+
+@cli.command("gc")
+@click.option("--cache-max-age", metavar="DUR", default=None,
+              help="Also drop build cache entries not used for DUR (e.g. 24h, 7d).")
+@click.option("--cache-max-size", metavar="SIZE", default=None,
+              help="Also drop least recently used build cache until it holds at most SIZE (e.g. 10GB).")
+@click.pass_obj
+def gc_cmd(g: Globals, cache_max_age: str | None, cache_max_size: str | None) -> None:
+    """Remove blobs, layers and extracted dirs that no image, cache entry or running
+    build uses."""
+    age = parse_duration(cache_max_age) if cache_max_age else None
+    size = parse_size(cache_max_size) if cache_max_size else None
+    with open_store(g) as store:
+        report = store.gc(cache_max_age=age, cache_max_bytes=size)
+    for line in _gc_lines(report):
+        click.echo(line)
+
+
+@cli.command("prune")
+@click.option("-a", "--all", "all_", is_flag=True, help="Accepted for docker compatibility (all cache "
+              "entries not held by a running build are removed anyway).")
+@click.option("-f", "--force", is_flag=True, help="Do not prompt (lamina never prompts).")
+@click.option("--filter", "filters", multiple=True, metavar="until=DUR",
+              help="Only entries not used for DUR (e.g. until=24h).")
+@click.option("--keep-storage", metavar="SIZE", default=None,
+              help="Keep the most recently used cache up to SIZE.")
+@click.pass_obj
+def prune_cmd(g: Globals, all_: bool, force: bool, filters: tuple[str, ...], keep_storage: str | None) -> None:
+    """Remove build cache entries (and what only they held)."""
+    age = timedelta(0)
+    for f in filters:
+        key, eq, value = f.partition("=")
+        if key != "until" or not eq:
+            raise StoreError(f"unsupported filter {f!r} (supported: until=DUR)")
+        age = parse_duration(value)
+    size = parse_size(keep_storage) if keep_storage else None
+    with open_store(g) as store:
+        if size is not None and not filters:
+            report = store.gc(cache_max_bytes=size)
+        else:
+            report = store.gc(cache_max_age=age, cache_max_bytes=size)
+    for line in _gc_lines(report):
+        click.echo(line)
+
+
+@cli.command("fsck")
+@click.option("--deep", is_flag=True, help="Also decompress every layer blob and check its diff_id.")
+@click.pass_obj
+def fsck_cmd(g: Globals, deep: bool) -> None:
+    """Re-hash every blob and check every reference; exit 1 naming each problem."""
+    with open_store(g) as store:
+        rep = store.fsck(deep=deep)
+    for p in rep.problems:
+        click.echo(f"ERROR: {p}")
+    for n in rep.notes:
+        click.echo(f"note: {n}")
+    click.echo(f"checked {rep.blobs_checked} blobs, {rep.images_checked} images, {rep.layers_checked} layers: "
+               + ("ok" if rep.ok else f"{len(rep.problems)} problem(s)"))
+    if not rep.ok:
+        raise StoreError(f"the store at {g.root} is damaged: {len(rep.problems)} problem(s), listed above")
+
+
+@cli.command("du")
+@click.pass_obj
+def du_cmd(g: Globals) -> None:
+    """Show the store's disk use and what file dedup saves."""
+    with open_store(g) as store:
+        r = store.du()
+    rows = [
+        ["blobs", str(r.blob_count), human_size(r.blob_bytes)],
+        ["layer dirs", str(r.layer_dirs), human_size(r.stored_bytes)],
+        ["  logical (not deduplicated)", "", human_size(r.logical_bytes)],
+        ["  unique files", "", human_size(r.unique_bytes)],
+        ["  saved by dedup", "", human_size(r.dedup_saved_bytes)],
+        ["database", "", human_size(r.db_bytes)],
+        ["total", "", human_size(r.total_bytes)],
+    ]
+    click.echo(table(["WHAT", "COUNT", "SIZE"], rows))
+    click.echo(f"{r.images} image(s), {r.layers} layer(s), {r.cache_entries} cache entr"
+               f"{'y' if r.cache_entries == 1 else 'ies'}")
