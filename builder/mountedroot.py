@@ -1,0 +1,100 @@
+"""Work on a step's merged root from lamina's own Python code (COPY, ADD, WORKDIR),
+so that the overlay upper dir again holds exactly the diff.
+
+`in_mounted_root(lower_dirs, upper_dir, work_dir, scratch_dir, fn)` forks a child
+that dies with lamina (PR_SET_PDEATHSIG), enters a private mount namespace, mounts
+the overlay (lowerdirs = the parent layers, upperdir = the step's fresh dir) and
+calls `fn(root)` there. The mount lives only in the child's namespace: when the
+child ends — normally, with an error, or killed — the kernel undoes it, so no
+mount ever outlives the step. `fn`'s return value (picklable) comes back to the
+caller; a `BuildError` raised by `fn` is raised again in the caller, any other
+exception becomes a BuildError naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import traceback
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from builder import linux
+from builder.errors import BuildError
+from builder.overlay import finalize_upper, mount_overlay
+
+T = TypeVar("T")
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        data = os.read(fd, 1 << 16)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def _child(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Path,
+           fn: Callable[[Path], T], wfd: int) -> None:
+    linux.set_pdeathsig(signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        linux.unshare(linux.CLONE_NEWNS)
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        target = scratch_dir / "root"
+        target.mkdir(parents=True, exist_ok=True)
+        mount_overlay(tuple(lower_dirs), upper_dir, work_dir, target, scratch_dir)
+        result = ("ok", fn(target))
+    except BuildError as e:
+        result = ("build-error", e)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent as a BuildError
+        result = ("error", f"{type(e).__name__}: {e}", traceback.format_exc())
+    try:
+        payload = pickle.dumps(result)
+    except Exception as e:  # an unpicklable result or error
+        payload = pickle.dumps(("error", f"unpicklable result: {e}", ""))
+    os.write(wfd, struct.pack("!Q", len(payload)))
+    view = memoryview(payload)
+    while view:
+        n = os.write(wfd, view)
+        view = view[n:]
+
+
+def in_mounted_root(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Path,
+                    fn: Callable[[Path], T]) -> T:
+    """Run `fn(root)` on the merged overlay of `lower_dirs` (top-most first) with
+    `upper_dir` as upper; returns what `fn` returns. See the module docstring."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(rfd)
+            _child(lower_dirs, Path(upper_dir), Path(work_dir), Path(scratch_dir), fn, wfd)
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    try:
+        data = _read_all(rfd)
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(rfd)
+    finalize_upper(Path(upper_dir))
+    if len(data) < 8:
+        raise BuildError(f"the filesystem step process died (wait status {status})")
+    (size,) = struct.unpack("!Q", data[:8])
+    result = pickle.loads(data[8:8 + size])
+    if result[0] == "ok":
+        return result[1]
+    if result[0] == "build-error":
+        raise result[1]
+    raise BuildError(f"internal error in a filesystem step: {result[1]}\n{result[2]}")
