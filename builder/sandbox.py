@@ -1,0 +1,557 @@
+"""The namespace sandbox that executes one RUN step.
+
+    run(spec: SandboxSpec, on_output: Callable[[bytes], None]) -> int
+
+``SandboxSpec`` (frozen) says what to run and on which layers:
+
+- ``lower_dirs``: the parent layers' dirs, top-most first; may be empty (scratch).
+- ``upper_dir``: a fresh empty dir; afterwards it holds the step's diff in overlay
+  form (whiteout = char 0/0, opaque dir = ``trusted.overlay.opaque=y``), with the
+  mount points the sandbox had to create removed and overlay bookkeeping xattrs
+  stripped (see builder.mountpoints, builder.overlay.finalize_upper).
+- ``work_dir``: overlay workdir, same filesystem as upper_dir; emptied afterwards.
+- ``argv`` (exec'd as is, argv[0] looked up in the PATH of ``env``), ``env`` (the
+  complete environment, nothing of the host's), ``cwd`` (must exist in the image),
+  ``uid``/``gid``/``groups``, ``hostname``, ``network`` ("none": own network
+  namespace with only lo, up; "host": the host's), ``mounts`` (RUN --mount:
+  ``BindMount``, ``TmpfsMount``, ``CacheMount``, ``SecretMount``).
+
+``run`` returns the command's exit status (128+N if killed by signal N), streaming
+its stdout and stderr merged, live, to ``on_output``; stdin is /dev/null. It raises
+``SandboxError`` when the sandbox cannot be set up or the command cannot be
+exec'd (missing executable, missing working dir).
+
+How: the lamina process (P) forks C1, which starts a new session, arms
+PR_SET_PDEATHSIG, unshares mount/PID/IPC/UTS(/net) namespaces, makes / rprivate
+and forks C2 = PID 1 of the new namespace. C2 mounts the overlay (new mount API,
+``lowerdir+``; classic mount(2) as fallback), /proc (with docker's read-only and
+masked paths), a minimal /dev (tmpfs, host nodes null zero full random urandom tty
+bind-mounted, devpts newinstance + ptmx link, shm, fd/std* links), /sys read-only,
+/etc/hosts, /etc/resolv.conf and /etc/hostname as read-only bind mounts (never
+written to the upper dir), then the RUN --mount mounts; it pivot_roots into the
+merged dir, detaches the old root, sets the hostname, brings lo up, forks C3 for
+the command and stays as a tiny init that reaps zombies and exits with C3's status
+— which makes the kernel kill every process left in the namespace. C3 drops the
+capability bounding set to docker's default set, chdirs, sets groups/gid/uid and
+execs. Each process dies with its parent (PDEATHSIG); every mount lives only in
+the private mount namespace, so it is gone when the namespace's processes are.
+On any exception in P (KeyboardInterrupt, an error raised by ``on_output``) P
+SIGKILLs C2, waits for C1 (whose wait for C2 returns only once the namespace is
+empty), cleans up and re-raises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+from builder import linux, overlay
+from builder.errors import SandboxError
+from builder.mountpoints import StubRecorder, remove_stubs
+
+# "auto" | "new" | "classic": which overlay mount API to use (tests force each).
+OVERLAY_API = "auto"
+INIT_TITLE = b"lamina-init"
+_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+_PROC_READONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
+_PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug")
+
+
+@dataclass(frozen=True)
+class BindMount:
+    source: Path
+    target: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class TmpfsMount:
+    target: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class CacheMount:
+    source: Path
+    target: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    source: Path
+    target: str
+    mode: int = 0o400
+    uid: int = 0
+    gid: int = 0
+
+
+Mount = BindMount | TmpfsMount | CacheMount | SecretMount
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    lower_dirs: tuple[Path, ...]
+    upper_dir: Path
+    work_dir: Path
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+    hostname: str = "lamina"
+    network: Literal["none", "host"] = "none"
+    mounts: tuple[Mount, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    run_dir: Path
+    root: Path          # merged mount point (in the child's namespace only)
+    scratch: Path       # tmpfs mount point for secrets / discarded writes
+    hosts: Path
+    resolv: Path
+    hostname: Path
+
+
+# --- parent side -----------------------------------------------------------------
+
+def _validate(spec: SandboxSpec) -> None:
+    if not spec.argv:
+        raise SandboxError("nothing to run: empty command")
+    if spec.network not in ("none", "host"):
+        raise SandboxError(f"unknown network mode {spec.network!r} (expected none or host)")
+    if not spec.cwd.startswith("/"):
+        raise SandboxError(f"working directory {spec.cwd!r} is not an absolute path")
+    if any("\0" in a for a in spec.argv) or any("\0" in k + v or "=" in k or not k
+                                                 for k, v in spec.env):
+        raise SandboxError("command or environment contains a NUL byte or a bad name")
+    overlay.check_upper_work(Path(spec.upper_dir), Path(spec.work_dir))
+    for d in spec.lower_dirs:
+        if not Path(d).is_dir():
+            raise SandboxError(f"layer dir {d} does not exist or is not a directory")
+    for m in spec.mounts:
+        if not m.target.startswith("/"):
+            raise SandboxError(f"mount target {m.target!r} is not an absolute path")
+        if isinstance(m, (BindMount, CacheMount, SecretMount)) and not Path(m.source).exists():
+            raise SandboxError(f"mount source {m.source} (for {m.target}) does not exist")
+        if isinstance(m, CacheMount) and not Path(m.source).is_dir():
+            raise SandboxError(f"cache mount source {m.source} is not a directory")
+        if isinstance(m, SecretMount) and not Path(m.source).is_file():
+            raise SandboxError(f"secret source {m.source} is not a regular file")
+
+
+def _host_resolv_conf() -> bytes:
+    try:
+        return Path("/etc/resolv.conf").read_bytes()
+    except OSError:
+        return b""
+
+
+def _prepare(spec: SandboxSpec) -> _Plan:
+    run_dir = Path(tempfile.mkdtemp(prefix=".lamina-sandbox-", dir=Path(spec.work_dir).parent))
+    plan = _Plan(run_dir=run_dir, root=run_dir / "root", scratch=run_dir / "scratch",
+                 hosts=run_dir / "hosts", resolv=run_dir / "resolv.conf",
+                 hostname=run_dir / "hostname")
+    plan.root.mkdir()
+    plan.scratch.mkdir()
+    plan.hosts.write_text(f"127.0.0.1\tlocalhost {spec.hostname}\n"
+                          "::1\tlocalhost ip6-localhost ip6-loopback\n")
+    plan.resolv.write_bytes(_host_resolv_conf())
+    plan.hostname.write_text(spec.hostname + "\n")
+    for p in (plan.hosts, plan.resolv, plan.hostname):
+        p.chmod(0o644)
+    return plan
+
+
+def _cleanup(spec: SandboxSpec, plan: _Plan, report: dict | None) -> None:
+    if report:
+        remove_stubs(str(spec.upper_dir), report)
+    overlay.finalize_upper(Path(spec.upper_dir))
+    overlay.empty_dir(Path(spec.work_dir))
+    for mp in (plan.root, plan.scratch):
+        try:
+            os.rmdir(mp)  # never rmtree a (possibly) mounted dir
+        except OSError:
+            pass
+    shutil.rmtree(plan.run_dir, ignore_errors=True)
+
+
+def run(spec: SandboxSpec, on_output: Callable[[bytes], None]) -> int:
+    _validate(spec)
+    plan = _prepare(spec)
+    state: dict = {"report": None}
+    try:
+        return _execute(spec, plan, on_output, state)
+    finally:
+        _cleanup(spec, plan, state["report"])
+
+
+class _Control:
+    """Newline-delimited JSON messages the children send P on the control pipe."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.init_pidfd: int | None = None
+        self.errors: list[str] = []
+
+    def feed(self, data: bytes, state: dict) -> None:
+        self.buf += data
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            msg = json.loads(line)
+            if "init" in msg:
+                try:
+                    self.init_pidfd = os.pidfd_open(msg["init"])
+                except OSError:
+                    self.init_pidfd = None
+            if "stubs" in msg:
+                state["report"] = msg["stubs"]
+            if "error" in msg:
+                self.errors.append(msg["error"])
+
+
+def _execute(spec: SandboxSpec, plan: _Plan, on_output: Callable[[bytes], None],
+             state: dict) -> int:
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
+    parent_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 125
+        try:
+            os.close(out_r)
+            os.close(ctl_r)
+            code = _stage1(spec, plan, out_w, ctl_w, parent_pid)
+        except BaseException as exc:  # noqa: BLE001 - the child must never return
+            _send(ctl_w, {"error": _describe(exc, "sandbox setup")})
+        finally:
+            os._exit(code)
+    os.close(out_w)
+    os.close(ctl_w)
+    ctl = _Control()
+    reaped = False
+    try:
+        poller = select.poll()
+        open_fds = {out_r, ctl_r}
+        for fd in open_fds:
+            poller.register(fd, select.POLLIN)
+        while open_fds:
+            for fd, _ in poller.poll():
+                data = os.read(fd, 65536)
+                if not data:
+                    open_fds.discard(fd)
+                    poller.unregister(fd)
+                elif fd == out_r:
+                    on_output(data)
+                else:
+                    ctl.feed(data, state)
+        _, status = os.waitpid(pid, 0)
+        reaped = True
+    except BaseException:
+        _kill_sandbox(pid, ctl, ctl_r, state, reaped)
+        raise
+    finally:
+        os.close(out_r)
+        os.close(ctl_r)
+        if ctl.init_pidfd is not None:
+            os.close(ctl.init_pidfd)
+    if ctl.errors:
+        raise SandboxError(ctl.errors[0])
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _kill_sandbox(pid: int, ctl: _Control, ctl_r: int, state: dict, reaped: bool) -> None:
+    """SIGKILL the namespace's init (the kernel then kills the whole namespace), wait
+    for C1 (its wait for init returns once the namespace is empty), collect the
+    stub report. Signals that arrive meanwhile are held back until we are done."""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        if reaped:
+            return
+        # learn init's pid if C1 has not told us yet (C1 sends it right after fork)
+        poller = select.poll()
+        poller.register(ctl_r, select.POLLIN)
+        while ctl.init_pidfd is None:
+            if not poller.poll(5000):
+                break
+            data = os.read(ctl_r, 65536)
+            if not data:
+                break
+            ctl.feed(data, state)
+        if ctl.init_pidfd is not None:
+            try:
+                signal.pidfd_send_signal(ctl.init_pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.waitpid(pid, 0)
+        os.set_blocking(ctl_r, False)
+        while True:
+            try:
+                data = os.read(ctl_r, 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            ctl.feed(data, state)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+# --- child side ------------------------------------------------------------------
+
+def _describe(exc: BaseException, what: str) -> str:
+    if isinstance(exc, SandboxError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{what}:{where} {linux.errno_text(exc.errno or 0)}"
+    return f"{what}: {type(exc).__name__}: {exc}"
+
+
+def _send(fd: int, msg: dict) -> None:
+    data = json.dumps(msg).encode() + b"\n"
+    while data:
+        try:
+            n = os.write(fd, data)
+        except OSError:
+            return
+        data = data[n:]
+
+
+def _stage1(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, parent_pid: int) -> int:
+    """C1: new session, die with P, unshare, fork the namespace's init, relay its status."""
+    os.setsid()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    linux.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        return 125
+    flags = (linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC
+             | linux.CLONE_NEWUTS)
+    if spec.network == "none":
+        flags |= linux.CLONE_NEWNET
+    linux.unshare(flags)
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 125
+        try:
+            os.close(alive_w)
+            code = _stage2(spec, plan, out_w, ctl_w, alive_r)
+        except BaseException as exc:  # noqa: BLE001
+            _send(ctl_w, {"error": _describe(exc, "sandbox setup")})
+        finally:
+            os._exit(code)
+    _send(ctl_w, {"init": pid})
+    os.close(ctl_w)
+    os.close(out_w)
+    os.close(alive_r)
+    while True:
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            break
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int) -> int:
+    """C2: PID 1 of the namespace. Build the root, pivot into it, run C3, reap."""
+    linux.set_pdeathsig(signal.SIGKILL)
+    poller = select.poll()
+    poller.register(alive_r, select.POLLIN)
+    if poller.poll(0):  # C1 already gone (EOF on its pipe): we would be orphaned
+        return 125
+    os.close(alive_r)
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)
+    linux.set_process_title(INIT_TITLE)
+
+    recorder = None
+    try:
+        overlay.mount_overlay(tuple(Path(p) for p in spec.lower_dirs), Path(spec.upper_dir),
+                              Path(spec.work_dir), plan.root, plan.run_dir, api=OVERLAY_API)
+        recorder = StubRecorder(str(plan.root))
+        linux.mount("tmpfs", plan.scratch, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
+                    "mode=700")
+        _mount_system(spec, plan, recorder)
+        for i, m in enumerate(spec.mounts):
+            _mount_user(m, i, plan, recorder)
+    finally:
+        if recorder is not None:
+            _send(ctl_w, {"stubs": recorder.report()})
+
+    os.chdir(plan.root)
+    linux.pivot_root(".", ".")
+    linux.umount2(".", linux.MNT_DETACH)
+    os.chdir("/")
+    linux.sethostname(spec.hostname)
+    if spec.network == "none":
+        linux.interface_up("lo")
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _stage3(spec, out_w, ctl_w)
+        except BaseException as exc:  # noqa: BLE001
+            _send(ctl_w, {"error": _describe(exc, "sandbox")})
+        finally:
+            os._exit(127)
+    os.close(out_w)
+    # tiny init: reap everything, leave with the command's status
+    while True:
+        try:
+            reaped, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 125
+        if reaped == pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            code = os.waitstatus_to_exitcode(status)
+            return 128 - code if code < 0 else code
+
+
+def _bind(source: str | Path, target: str, readonly: bool) -> None:
+    linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
+    if readonly:
+        linux.mount(None, target, None,
+                    linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_NOSUID
+                    | linux.MS_NODEV)
+
+
+def _mount_system(spec: SandboxSpec, plan: _Plan, rec: StubRecorder) -> None:
+    # /proc
+    proc = rec.ensure("/proc", "dir")
+    linux.mount("proc", proc, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    # /dev
+    dev = rec.ensure("/dev", "dir")
+    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME,
+                "mode=755,size=65536k")
+    for name in _DEV_NODES:
+        node = f"{dev}/{name}"
+        os.close(os.open(node, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        _bind(f"/dev/{name}", node, readonly=False)
+    os.mkdir(f"{dev}/pts", 0o755)
+    linux.mount("devpts", f"{dev}/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
+    os.mkdir(f"{dev}/shm", 0o1777)
+    linux.mount("shm", f"{dev}/shm", "tmpfs",
+                linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, "mode=1777,size=65536k")
+    os.mkdir(f"{dev}/mqueue", 0o755)
+    linux.mount("mqueue", f"{dev}/mqueue", "mqueue",
+                linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                         ("core", "/proc/kcore")):
+        os.symlink(target, f"{dev}/{name}")
+    # docker's masked and read-only /proc paths
+    for name in _PROC_MASKED:
+        path = f"{proc}/{name}"
+        if os.path.isfile(path):
+            linux.mount(f"{dev}/null", path, None, linux.MS_BIND)
+    for name in _PROC_READONLY:
+        path = f"{proc}/{name}"
+        if os.path.exists(path):
+            _bind(path, path, readonly=True)
+    # /sys, read-only
+    sys_dir = rec.ensure("/sys", "dir")
+    linux.mount("sysfs", sys_dir, "sysfs",
+                linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    # injected files: bind mounts, so they never land in the upper dir
+    for image_path, host in (("/etc/hosts", plan.hosts), ("/etc/resolv.conf", plan.resolv),
+                             ("/etc/hostname", plan.hostname)):
+        _bind(host, rec.ensure(image_path, "file"), readonly=True)
+
+
+def _mount_user(m: Mount, index: int, plan: _Plan, rec: StubRecorder) -> None:
+    scratch = plan.scratch / f"m{index}"
+    if isinstance(m, TmpfsMount):
+        target = rec.ensure(m.target, "dir")
+        data = "mode=1777" + (f",size={m.size}" if m.size else "")
+        linux.mount("tmpfs", target, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, data)
+    elif isinstance(m, CacheMount):
+        target = rec.ensure(m.target, "dir")
+        _bind(m.source, target, readonly=m.readonly)
+    elif isinstance(m, SecretMount):
+        target = rec.ensure(m.target, "file")
+        scratch.mkdir()
+        copy = scratch / "secret"
+        copy.write_bytes(Path(m.source).read_bytes())
+        os.chown(copy, m.uid, m.gid)
+        os.chmod(copy, m.mode)
+        _bind(copy, target, readonly=True)
+    elif isinstance(m, BindMount):
+        source = Path(m.source)
+        is_dir = source.is_dir()
+        target = rec.ensure(m.target, "dir" if is_dir else "file")
+        if m.readonly:
+            _bind(source, target, readonly=True)
+        elif is_dir:
+            # writes go to an overlay upper on the scratch tmpfs: discarded
+            for sub in ("", "/u", "/w"):
+                os.mkdir(f"{scratch}{sub}", 0o755)
+            overlay.mount_overlay((source,), scratch / "u", scratch / "w", Path(target),
+                                  scratch, api=OVERLAY_API)
+        else:
+            scratch.mkdir()
+            copy = scratch / "file"
+            shutil.copy2(source, copy)
+            st = os.stat(source)
+            os.chown(copy, st.st_uid, st.st_gid)
+            _bind(copy, target, readonly=False)
+    else:
+        raise SandboxError(f"unknown mount type {type(m).__name__}")
+
+
+def _stage3(spec: SandboxSpec, out_w: int, ctl_w: int) -> None:
+    """C3: the command. stdio, signals, capabilities, cwd, ids, exec."""
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_w, 1)
+    os.dup2(out_w, 2)
+    keep = {0, 1, 2, ctl_w}
+    for fd in os.listdir("/proc/self/fd"):
+        n = int(fd)
+        if n not in keep:
+            try:
+                os.close(n)
+            except OSError:
+                pass
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    os.umask(0o022)
+    linux.drop_bounding_capabilities()
+    try:
+        os.chdir(spec.cwd)
+    except OSError as exc:
+        raise SandboxError(f"cannot change to working directory {spec.cwd}: "
+                           f"{linux.errno_text(exc.errno or 0)}") from None
+    os.setgroups(list(spec.groups))
+    os.setgid(spec.gid)
+    os.setuid(spec.uid)
+    env = {k: v for k, v in spec.env}
+    try:
+        os.execvpe(spec.argv[0], list(spec.argv), env)
+    except OSError as exc:
+        raise SandboxError(f"cannot exec {spec.argv[0]!r}: {linux.errno_text(exc.errno or 0)}"
+                           f" (PATH={env.get('PATH', os.defpath)})") from None
