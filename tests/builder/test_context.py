@@ -297,3 +297,55 @@ def test_open_uses_dockerfile_specific_ignore_and_statcache_dir(ctx_dir, tmp_pat
     ps = paths(c.entries())
     assert "app/main.py" not in ps and "docs/guide.md" in ps
     assert (tmp_path / "root/cache/statcache/statcache.db").exists()
+
+
+# -- differential: buildah (a real peer implementation of .dockerignore) -------------
+
+_DIFF_FILES = ["a.md", "b.txt", "docs/api/README.md", "docs/guide.md", "docs/x/y/z.py",
+               "app/a.py", "app/sub/b.py", "node_modules/p/i.js", "node_modules/p/keep.md",
+               ".git/config", "tempa", "dir/temp1/f", "dir/sub/temporary", "x[1]", "sp ace/f",
+               "deep/a/b/c/d.go"]
+_DIFF_SAME = [
+    "docs\n!docs/api/README.md\n", "*.md\n!README*.md\n", "**/*.md\n",
+    "*/temp*\n*/*/temp*\ntemp?\n", "node_modules\n!node_modules/p/keep.md\n", ".*\n",
+    "*\n!app\napp/sub\n", "deep/**\n!deep/a/b\n", "**\n!app/sub/*.py\n", "x\\[1\\]\n",
+    "app/\n!app/sub/\n", "*/*\n", "**/b*\n", "dir\n!dir/temp1\ndir/temp1/f\n", "/app\n",
+    "*\n!deep/a\n",
+]
+# buildah 1.28 only descends into an excluded directory when an exception pattern's
+# text starts with that directory (the docker/cli#2919 prefix check); BuildKit's
+# walker descends whenever exceptions exist. lamina follows BuildKit: it finds more.
+_DIFF_BUILDAH_PREFIX_BUG = ["*\n!**/*.py\n", "*\n!deep/*/b\n"]
+
+
+def _buildah_context_files(tmp_path, ctx_dir, n):
+    import subprocess
+    from tests.conftest import require_tool
+    buildah = require_tool("buildah")
+    df = tmp_path / f"Dockerfile{n}"
+    df.write_text("FROM scratch\nCOPY . /ctx/\n")
+    out = tmp_path / f"out{n}"
+    r = subprocess.run([buildah, "--root", str(tmp_path / "store"), "--runroot",
+                        str(tmp_path / "run"), "bud", "--isolation", "chroot", "-f", str(df),
+                        "-o", f"type=local,dest={out}", str(ctx_dir)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = out / "ctx"
+    return sorted(str(p.relative_to(got)) for p in got.rglob("*")) if got.exists() else []
+
+
+@pytest.mark.root
+@pytest.mark.interop
+@pytest.mark.parametrize("n,rules", list(enumerate(_DIFF_SAME + _DIFF_BUILDAH_PREFIX_BUG)))
+def test_same_files_as_buildah(tmp_path, n, rules):
+    ctx_dir = tmp_path / "ctx"
+    make_tree(ctx_dir, {f: f for f in _DIFF_FILES})
+    (ctx_dir / "emptydir").mkdir()
+    (ctx_dir / ".dockerignore").write_text(rules)
+    theirs = _buildah_context_files(tmp_path, ctx_dir, n)
+    ours = paths(open_ctx(ctx_dir, rules).entries())
+    if rules in _DIFF_SAME:
+        assert ours == theirs
+    else:
+        assert set(theirs) < set(ours)
+        assert all(IgnoreRules.parse(rules).excluded(p.split("/")[0]) for p in set(ours) - set(theirs))
