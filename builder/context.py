@@ -316,7 +316,8 @@ class SourceTree:
             os.close(fd)
         return False
 
-    def _visible(self, rel: str, is_dir: bool, info: MatchInfo | None = None) -> bool:
+    def visible(self, rel: str, is_dir: bool, info: MatchInfo | None = None) -> bool:
+        """Is `rel` part of the tree as COPY sees it (see the class docstring)?"""
         if not self.rules or rel == "":
             return True
         excluded, info = self.rules.match(rel, info)
@@ -364,7 +365,7 @@ class SourceTree:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 return None
-            if not self._visible(rel, stat.S_ISDIR(st.st_mode)):
+            if not self.visible(rel, stat.S_ISDIR(st.st_mode)):
                 return None
             return self._make_entry(fd, name, rel, st, hash_file)
         finally:

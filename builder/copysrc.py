@@ -123,7 +123,7 @@ def resolve_in_tree(tree: SourceTree, rel: str, *, follow_final: bool = True) ->
         if st is None:
             return None
         if stat.S_ISLNK(st.st_mode) and (parts or follow_final):
-            if not tree._visible(cur, False):
+            if not tree.visible(cur, False):
                 return None
             hops += 1
             if hops > _MAX_SYMLINKS:
@@ -138,7 +138,7 @@ def resolve_in_tree(tree: SourceTree, rel: str, *, follow_final: bool = True) ->
         done.append(comp)
     result = "/".join(done)
     st = tree.lstat(result)
-    if st is None or not tree._visible(result, stat.S_ISDIR(st.st_mode)):
+    if st is None or not tree.visible(result, stat.S_ISDIR(st.st_mode)):
         return None
     return result
 
