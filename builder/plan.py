@@ -301,7 +301,7 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
                 dep, image = _lookup_stage(names, value, allow_index=allow_index,
                                            error=lambda m, inst=inst: error_at(path, inst, m))
                 if dep is not None:
-                    if dep == i or (dep > i and i in _reaches(dep, i)):
+                    if dep == i or (dep > i and _reaches(dep, i)):
                         raise error_at(path, inst, "circular dependency detected on stage: "
                                        f"{names[i] or f'stage-{i}'}")
                     if dep > i:
