@@ -437,12 +437,25 @@ class Step:
             env.setdefault(k, v)
         return tuple(env.items())
 
+    def context_reads(self) -> tuple[str, ...]:
+        """The build-context paths this step reads (COPY/ADD sources without --from,
+        RUN bind mounts without from=): the executor computes their content key."""
+        r = self.resolved
+        if isinstance(r, ResolvedCopy) and r.from_stage is None and r.from_image is None:
+            return tuple(src for src in r.sources if not re.match(r"(?i)^(https?://|git@)", src))
+        if isinstance(r, ResolvedRun):
+            return tuple(m.source or "/" for m in r.mounts
+                         if m.type == "bind" and m.from_stage is None and m.from_image is None)
+        return ()
+
     def cache_inputs(self, parent: str, *, content: str = "",
                      files: Mapping[str, str] | Iterable[tuple[str, str]] = (),
                      sources: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> CacheInputs:
         """The labeled inputs of this step's cache key. `parent` comes from
         builder.cachekey.parent_*; `content`/`files` are the content key (and per-file
-        digests) of what a COPY/ADD reads; `sources` the keys of stages/images read."""
+        digests) of the context files it reads (`context_reads()`); `sources` the keys
+        of the stages/images it reads (COPY --from, RUN --mount from=), e.g.
+        {"stage:builder": <final key of that stage>} or {"image:alpine": <digest>}."""
         r = self.resolved
         common = dict(parent=parent, args=self.used_args, platform=str(self.platform),
                       sources=pairs(sources))
@@ -452,7 +465,8 @@ class Step:
             return CacheInputs(
                 instruction="RUN " + _canon(body), flags=(("security", r.security),),
                 env=self.env, user=self.config.user, workdir=self.config.working_dir,
-                mounts=tuple(m.spec() for m in r.mounts), network=r.network, **common)
+                mounts=tuple(m.spec() for m in r.mounts), network=r.network,
+                content=content, files=pairs(files), **common)
         if isinstance(r, ResolvedCopy):
             body = {"sources": list(r.sources), "dest": r.dest_path, "from": r.from_,
                     "inline": [[f.name, f.data] for f in r.inline]}

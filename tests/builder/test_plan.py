@@ -473,3 +473,66 @@ def test_instruction_and_workdir_changes_change_keys():
     assert explain_miss(ka, kb) == 'WORKDIR changed: "/a" -> "/b"'
     c = target_steps("FROM scratch\nWORKDIR /a\nRUN y\n")
     assert explain_miss(ka, step(c, "RUN").cache_inputs("scratch")) == "instruction text changed"
+
+
+def test_context_reads():
+    text = ("FROM scratch AS s\nFROM scratch\nCOPY a b /d/\nCOPY --from=s /x /y\n"
+            "ADD https://example.com/f /f\nRUN --mount=type=bind,source=src,target=/src "
+            "--mount=type=bind,from=s,target=/s --mount=type=bind,target=/ctx true\n")
+    reads = [s.context_reads() for s in target_steps(text)]
+    assert reads == [("a", "b"), (), (), ("src", "/")]
+
+
+# ----------------------------------------------------------------- differential: buildah
+
+ORACLE = """\
+FROM scratch
+ARG username
+USER ${username:-some_user}
+ARG CONT_IMG_VER
+ENV CONT_IMG_VER=${CONT_IMG_VER:-v1.0.0}
+ENV abc=hello
+ENV abc=bye def=$abc
+ENV ghi=$abc
+LABEL a=1 "b c"="d e" c=$abc
+EXPOSE 80 53/udp
+VOLUME ["/v1", "/v2"]
+VOLUME /data
+WORKDIR /a
+WORKDIR b
+WORKDIR ../c
+STOPSIGNAL SIGTERM
+SHELL ["/bin/bash", "-c"]
+CMD ["serve", "--port", "80"]
+ENTRYPOINT ["/init"]
+HEALTHCHECK --interval=5m --timeout=3s --retries=3 CMD curl -f http://localhost/
+ONBUILD RUN echo later
+"""
+
+
+@pytest.mark.root
+@pytest.mark.interop
+def test_config_matches_buildah(tmp_path):
+    """The config our plan computes equals what buildah (docker-format) commits for a
+    metadata-only Dockerfile (fields where buildah follows docker's semantics)."""
+    import json
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    buildah = require_tool("buildah")
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(ORACLE)
+    base = [buildah, "--storage-driver", "vfs", "--root", str(tmp_path / "root"),
+            "--runroot", str(tmp_path / "runroot")]
+    subprocess.run(base + ["bud", "--format", "docker", "--isolation", "chroot",
+                           "--build-arg", "username=what_user", "-t", "lamina-oracle",
+                           str(tmp_path / "ctx")], check=True, capture_output=True, timeout=300)
+    out = subprocess.run(base + ["inspect", "--type", "image", "lamina-oracle"], check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    theirs = json.loads(out)["Docker"]["config"]
+    theirs["Labels"].pop("io.buildah.version", None)
+    ours = plan_all(make_plan(ORACLE, build_args={"username": "what_user"}))[0].config.to_oci_dict()
+    for key in ("User", "Env", "Labels", "ExposedPorts", "Volumes", "WorkingDir", "StopSignal",
+                "Cmd", "Entrypoint", "Healthcheck", "OnBuild", "Shell"):
+        assert ours.get(key) == theirs.get(key), key
