@@ -325,8 +325,9 @@ def _buildah_context_files(tmp_path, ctx_dir, n):
     df = tmp_path / f"Dockerfile{n}"
     df.write_text("FROM scratch\nCOPY . /ctx/\n")
     out = tmp_path / f"out{n}"
+    # vfs storage: buildah mounts nothing, so nothing can outlive the test
     r = subprocess.run([buildah, "--root", str(tmp_path / "store"), "--runroot",
-                        str(tmp_path / "run"), "bud", "--isolation", "chroot", "-f", str(df),
+                        str(tmp_path / "run"), "--storage-driver", "vfs", "bud", "--isolation", "chroot", "-f", str(df),
                         "-o", f"type=local,dest={out}", str(ctx_dir)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
