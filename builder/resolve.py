@@ -14,7 +14,7 @@ module only reads them through a `ResolveContext`. Pure functions.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from builder.errors import BuildError
@@ -85,6 +85,21 @@ def with_shell(config: ImageConfig, command: ast.Command) -> tuple[tuple[str, ..
     if isinstance(command, ast.ExecForm):
         return tuple(command.args), False
     return config.effective_shell() + (command.text,), True
+
+
+def lookup_stage(names: Sequence[str | None], value: str, *, allow_index: bool,
+                 error) -> tuple[int | None, str | None]:
+    """`--from` value -> (stage index, None) or (None, image reference)."""
+    if allow_index and re.fullmatch(r"[+-]?[0-9]+", value):
+        index = int(value)
+        if not 0 <= index < len(names):
+            raise error(f"invalid stage index {index}")
+        return index, None
+    wanted = value.lower()
+    found = [i for i, n in enumerate(names) if n == wanted]
+    if found:
+        return found[-1], None
+    return None, value
 
 
 # --------------------------------------------------------------------------- metadata
@@ -377,6 +392,7 @@ def resolve_copy(ctx: ResolveContext, inst: ast.Copy | ast.Add) -> ResolvedCopy:
 
 
 __all__ = [
-    "ResolveContext", "StageLookup", "error_at", "with_shell", "resolve_metadata", "resolve_run",
-    "resolve_mount", "resolve_copy", "dest_path", "onbuild_trigger_text",
+    "ResolveContext", "StageLookup", "error_at", "lookup_stage", "with_shell",
+    "resolve_metadata", "resolve_run", "resolve_mount", "resolve_copy", "dest_path",
+    "onbuild_trigger_text",
 ]
