@@ -164,7 +164,9 @@ def collect(store: "Store", *, cache_max_age: timedelta | None = None,
             except FileNotFoundError:
                 pass
         report.temp_removed = clean_stale_temp(store.tmp_dir, keep_tag=store.owner.tag)
-        store.blobs.clean_tmp()
+        # blob temp files: every Store writer holds the gc lock shared while it writes,
+        # so none is live now; the age test also spares a writer working outside it
+        store.blobs.clean_tmp(older_than=60)
 
     for t in trash:
         report.bytes_removed += _tree_bytes(t)
