@@ -536,3 +536,38 @@ def test_config_matches_buildah(tmp_path):
     for key in ("User", "Env", "Labels", "ExposedPorts", "Volumes", "WorkingDir", "StopSignal",
                 "Cmd", "Entrypoint", "Healthcheck", "OnBuild", "Shell"):
         assert ours.get(key) == theirs.get(key), key
+
+
+# ----------------------------------------------------------------- property: arg scope and keys
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+LINES = ["RUN echo step", "ARG A=default", "ARG A", "ENV A=fixed", "ENV B=$A", "COPY f /f"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(LINES), min_size=1, max_size=8))
+def test_changing_a_build_arg_changes_exactly_the_run_steps_that_see_it(lines):
+    text = "FROM scratch\n" + "\n".join(lines) + "\n"
+
+    def keys(**kw):
+        steps = target_steps(text, **kw)
+        return [s.cache_inputs(parent_scratch(), content="c").key() for s in steps
+                if s.keyword == "RUN"]
+
+    before, after = keys(), keys(build_args={"A": "changed"})
+    # the reference's rule: a RUN sees A as an arg once some `ARG A` declared it and
+    # no later `ENV A=...` replaced it (ENV wins over ARG); an ENV B=$A evaluated
+    # while A was the arg carries the value on in the environment
+    expected, arg_live, b_from_arg = [], False, False
+    for line in lines:
+        if line.startswith("ARG A"):
+            arg_live = True
+        elif line == "ENV A=fixed":
+            arg_live = False
+        elif line == "ENV B=$A":
+            b_from_arg = arg_live
+        elif line.startswith("RUN"):
+            expected.append(arg_live or b_from_arg)
+    assert [a != b for a, b in zip(before, after)] == expected
