@@ -168,13 +168,14 @@ def read_images(reader: ArchiveReader) -> tuple[Format, list[ArchivedImage]]:
 
 
 class _Tee:
-    """A reader that passes everything read from `src` on to `sink` (or only hashes
-    it when `sink` is None), remembering the first bytes for format sniffing."""
+    """A reader that passes everything read from `src` on to `sink` (a BlobWriter,
+    which hashes it) or, without a sink, hashes it itself; it remembers the first
+    bytes for format sniffing."""
 
     def __init__(self, src, sink) -> None:
         self._src = src
         self._sink = sink
-        self.hash = hashlib.sha256()
+        self.hash = hashlib.sha256() if sink is None else None
         self.size = 0
         self.head = b""
 
@@ -183,10 +184,11 @@ class _Tee:
         if data:
             if len(self.head) < 8:
                 self.head += data[:8 - len(self.head)]
-            self.hash.update(data)
             self.size += len(data)
             if self._sink is not None:
                 self._sink.write(data)
+            else:
+                self.hash.update(data)
         return data
 
     def readable(self) -> bool:
@@ -198,6 +200,8 @@ class _Tee:
 
     @property
     def digest(self) -> str:
+        if self._sink is not None:
+            return self._sink.digest_so_far()
         return "sha256:" + self.hash.hexdigest()
 
 
