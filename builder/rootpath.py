@@ -83,6 +83,9 @@ class _Walk:
     def __init__(self, root_fd: int) -> None:
         self.fds = [os.dup(root_fd)]
         self.names: list[str] = []
+        #: a `..` went back over a missing component: the kernel would fail (ENOENT)
+        #: where the lexical result continues; stat/open treat the path as missing
+        self.broken = False
 
     @property
     def fd(self) -> int:
@@ -127,6 +130,15 @@ class RootDir:
         except OSError as e:
             raise RootPathError(f"cannot open image root {self.root}: {e.strerror}") from None
 
+    @classmethod
+    def from_fd(cls, fd: int, root: str | os.PathLike) -> "RootDir":
+        """A RootDir on an already open directory (dup'ed): e.g. an archive's extraction
+        root inside an image. `root` is its host path, for messages and host_path."""
+        self = cls.__new__(cls)
+        self.root = Path(root)
+        self.fd = os.dup(fd)
+        return self
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -160,6 +172,7 @@ class RootDir:
                 if comp == "..":
                     if virtual:
                         virtual.pop()
+                        w.broken = True
                     else:
                         w.pop()
                     continue
@@ -255,10 +268,10 @@ class RootDir:
         except RootPathError:
             return None
         try:
+            if w.broken or len(rest) > 1:
+                return None
             if not rest:
                 return os.fstat(w.fd)
-            if len(rest) > 1:
-                return None
             try:
                 return os.stat(rest[0], dir_fd=w.fd, follow_symlinks=False)
             except OSError:
@@ -277,6 +290,8 @@ class RootDir:
         it a missing or non-directory path is an error)."""
         shown = clean_image_path(path)
         w, rest = self._walk(path, follow_final=True, create=create, create_final=True)
+        if w.broken and not rest:
+            rest = [""]
         if rest:
             where = _join(w.path(), rest[0])
             exists = len(rest) == 1 and self._exists(w.fd, rest[0])
@@ -295,6 +310,9 @@ class RootDir:
         error."""
         shown = clean_image_path(path)
         w, rest = self._walk(path, follow_final=follow_final, create=create, create_final=False)
+        if w.broken:
+            w.close()
+            raise RootPathError(f"{shown}: a symlink on the way goes through a missing directory")
         if len(rest) == 1:
             parent = w.path()
             return w.take(), rest[0], parent

@@ -1,0 +1,603 @@
+"""ADD mechanics on top of COPY's: local tar archives auto-extracted, http(s) URLs,
+git repositories.
+
+Public API:
+- `add_local(root, selection, dest, workdir, *, chown, chmod, unpack=True, ...)`:
+  each local source that is a tar archive (by content: plain, gzip, bzip2, xz or
+  zstd - never by name) is extracted into the destination directory; every other
+  source is copied as COPY would (builder.steps.copy).
+- `is_archive(path)`, `extract_archive(root, archive, dest, *, chown, ...)`.
+- `fetch_url(url, dest_tmp, *, checksum, network)` -> FetchedURL(path, digest,
+  filename, mtime_ns): download (the digest belongs to the step's cache key);
+  `add_url(root, fetched, dest, workdir, *, chown, chmod, unpack=False)`.
+- `parse_git_source(src)` -> GitSource | None, `fetch_git(source, dest_tmp, ...)` ->
+  FetchedGit(path, commit, subdir), `add_git(root, fetched, dest, workdir, ...)`.
+
+Semantics (BuildKit's dockerfile2llb + FileOp copy/unpack + http/git sources):
+- Archive extraction (BuildKit `applyRootArchive`): the destination (as written, with
+  or without a trailing `/`) is made a directory (created 0755, owned by --chown or
+  0:0). Member paths are cleaned (a leading `/` dropped); `..` leaving the
+  destination is an error. The destination is the extraction root: symlinks met
+  while extracting - already in the image or from earlier members - are followed
+  inside *it* (an absolute target restarts at the destination, `..` stops there),
+  never outside. Missing parents are created 0755 root:root. Whatever is at a member's
+  path is replaced unless both are directories (a directory member follows an existing
+  symlink to a directory). Ownership comes from the archive unless --chown; mode and
+  mtime from the archive; --chmod does not apply; xattrs are set best-effort
+  (`trusted.*` dropped). `.wh.*` names are NOT whiteouts here: they extract as
+  plain files, as in BuildKit (a consumer of the layer will read them as whiteouts:
+  that is docker's behaviour too). Device members are refused (BuildKit:
+  "unsupported tar entry"); fifos are created.
+- A non-archive local file, and any remote URL (unless `--unpack=true`, Dockerfile
+  1.17), is copied as a file. A URL's file is named after the last path element of
+  the URL (`__unnamed__` if none), has mode 0600 (then --chmod) and owner 0:0 (or
+  --chown), mtime from `Last-Modified` when sent. `--checksum=sha256:<hex>` (or
+  sha384/sha512) must match the downloaded bytes.
+- Git: `https://host/repo.git#ref:subdir`, `##ref=..,commit=..,subdir=..`,
+  `git://`, `ssh://`, `user@host:path`. Cloned with the git CLI (shallow at the ref,
+  full fetch as a fallback for a bare commit id), without the host's git config,
+  `.git` removed unless keep_git_dir, then the content (of `subdir`) copied into the
+  destination as a directory source (owner 0:0 or --chown). Our choice: every checked
+  out file gets the commit time as mtime (a checkout's own times are arbitrary).
+  Submodules are not fetched. `file://` repositories are accepted only with
+  allow_file=True (tests): a Dockerfile must not read host repositories.
+- Network: URLs and remote git need `network=True` (the executor's decision); else a
+  BuildError says so.
+"""
+
+from __future__ import annotations
+
+import bz2
+import email.utils
+import hashlib
+import lzma
+import os
+import posixpath
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from builder.context import SourceTree
+from builder.copysrc import CopySelection, SelectedEntry, SelectedSource, select_sources
+from builder.errors import BuildError
+from builder.linux import set_pdeathsig
+from builder.rootpath import DirSpec, RootDir, RootPathError
+from builder.steps.chmod import ChmodSpec, parse_chmod
+from builder.steps.copy import CopyStats, copy_selection, dest_info
+from store.compression import open_decompressed
+from store.errors import StoreError
+from store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,
+                             Entry, TarReader)
+
+__all__ = ["FetchedGit", "FetchedURL", "GitSource", "URL_FILE_MODE", "add_git", "add_local",
+           "add_url", "extract_archive", "fetch_git", "fetch_url", "is_archive",
+           "is_url_source", "parse_git_source", "url_filename"]
+
+URL_FILE_MODE = 0o600
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_IMPLIED_DIR = DirSpec(0, 0, 0o755, None)
+
+
+def _sum(a: CopyStats, b: CopyStats) -> CopyStats:
+    return CopyStats(**{k: getattr(a, k) + getattr(b, k) for k in a.__dataclass_fields__})
+
+
+# ---------------------------------------------------------------------------------
+# archives
+
+def _open_archive_stream(f: BinaryIO) -> BinaryIO:
+    head = f.read(6)
+    f.seek(0)
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(f)  # type: ignore[return-value]
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(f)  # type: ignore[return-value]
+    return open_decompressed(f)
+
+
+def is_archive(path: str | os.PathLike) -> bool:
+    """Is `path` a regular file holding a tar archive, plain or compressed (gzip,
+    bzip2, xz, zstd)? Decided like BuildKit: the first tar header reads cleanly."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        with open(path, "rb") as f:
+            return TarReader(_open_archive_stream(f)).next() is not None
+    except (StoreError, OSError, EOFError, lzma.LZMAError, ValueError):
+        return False
+
+
+def _clean_member(raw: bytes, what: str) -> str:
+    if b"\0" in raw:
+        raise BuildError(f"archive {what} {os.fsdecode(raw)!r} has a NUL byte")
+    name = posixpath.normpath(os.fsdecode(raw).lstrip("/") or ".")
+    if name == ".." or name.startswith("../"):
+        raise BuildError(f"archive path {os.fsdecode(raw)!r} is outside the extraction root")
+    return "" if name == "." else name
+
+
+class _Extractor:
+    def __init__(self, ext: RootDir, shown: str, chown: tuple[int, int] | None) -> None:
+        self.ext = ext
+        self.shown = shown
+        self.chown = chown
+        self.dirs: list[tuple[str, int]] = []
+        self.n = {"files": 0, "hardlinks": 0, "symlinks": 0, "dirs": 0, "specials": 0,
+                  "skipped": 0, "bytes": 0}
+
+    def owner(self, e: Entry) -> tuple[int, int]:
+        return self.chown if self.chown is not None else (e.uid, e.gid)
+
+    @staticmethod
+    def xattrs(e: Entry, fd: int) -> None:
+        for key, value in e.xattrs.items():
+            if key.startswith(b"trusted."):
+                continue
+            try:
+                os.setxattr(fd, key, value)
+            except OSError:
+                pass  # best effort, as BuildKit (ENOTSUP, EPERM, ...)
+
+    def member(self, e: Entry, reader: TarReader) -> None:
+        name = _clean_member(e.name, "member")
+        if not name:
+            return  # the root entry: BuildKit skips it
+        is_dir = e.type == DIRTYPE
+        parent, leaf, parent_path = self.ext.open_parent(name, create=_IMPLIED_DIR,
+                                                         follow_final=is_dir)
+        try:
+            self.one(e, reader, parent, leaf, posixpath.join(parent_path, leaf), is_dir)
+        finally:
+            os.close(parent)
+
+    def one(self, e: Entry, reader: TarReader, parent: int, leaf: str, path: str,
+            is_dir: bool) -> None:
+        try:
+            st = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not (is_dir and stat.S_ISDIR(st.st_mode)):
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(leaf, dir_fd=parent)
+            else:
+                os.unlink(leaf, dir_fd=parent)
+            st = None
+        uid, gid = self.owner(e)
+        mtime = max(e.mtime_ns, 0)
+        mode = e.mode & 0o7777
+        if is_dir:
+            if st is None:
+                os.mkdir(leaf, 0o700, dir_fd=parent)
+            fd = os.open(leaf, _DIR_FLAGS, dir_fd=parent)
+            try:
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+                self.xattrs(e, fd)
+            finally:
+                os.close(fd)
+            self.dirs.append((path, mtime))
+            self.n["dirs"] += 1
+        elif e.type == REGTYPE:
+            fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=parent)
+            try:
+                with open(fd, "wb", closefd=False, buffering=1 << 20) as f:
+                    self.n["bytes"] += reader.read_data(f.write)
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+                self.xattrs(e, fd)
+                os.utime(fd, ns=(mtime, mtime))
+            finally:
+                os.close(fd)
+            self.n["files"] += 1
+        elif e.type == SYMTYPE:
+            if b"\0" in e.linkname:
+                raise BuildError(f"archive member {os.fsdecode(e.name)!r} has a NUL byte in its "
+                                 "link target")
+            os.symlink(os.fsdecode(e.linkname), leaf, dir_fd=parent)
+            os.chown(leaf, uid, gid, dir_fd=parent, follow_symlinks=False)
+            os.utime(leaf, ns=(mtime, mtime), dir_fd=parent, follow_symlinks=False)
+            self.n["symlinks"] += 1
+        elif e.type == LNKTYPE:
+            target = _clean_member(e.linkname, "hard link target")
+            if not target:
+                raise BuildError(f"archive hard link {os.fsdecode(e.name)!r} targets the "
+                                 "extraction root")
+            try:
+                tparent, tleaf, _ = self.ext.open_parent(target)
+            except RootPathError as err:
+                raise BuildError(f"archive hard link {os.fsdecode(e.name)!r}: {err.message}") from None
+            try:
+                os.link(tleaf, leaf, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
+            except OSError as err:
+                raise BuildError(f"archive hard link {os.fsdecode(e.name)!r} to "
+                                 f"{os.fsdecode(e.linkname)!r}: {err.strerror}") from None
+            finally:
+                os.close(tparent)
+            os.chown(leaf, uid, gid, dir_fd=parent, follow_symlinks=False)
+            if not stat.S_ISLNK(os.stat(leaf, dir_fd=parent, follow_symlinks=False).st_mode):
+                os.chmod(leaf, mode, dir_fd=parent)
+                os.utime(leaf, ns=(mtime, mtime), dir_fd=parent)
+            self.n["hardlinks"] += 1
+        elif e.type == FIFOTYPE:
+            os.mkfifo(leaf, 0o600, dir_fd=parent)
+            os.chown(leaf, uid, gid, dir_fd=parent, follow_symlinks=False)
+            os.chmod(leaf, mode, dir_fd=parent)
+            os.utime(leaf, ns=(mtime, mtime), dir_fd=parent, follow_symlinks=False)
+            self.n["specials"] += 1
+        elif e.type in (CHRTYPE, BLKTYPE):
+            raise BuildError(f"unsupported tar entry {os.fsdecode(e.name)!r}: device nodes are "
+                             "not extracted by ADD")
+        else:
+            raise BuildError(f"unsupported tar entry {os.fsdecode(e.name)!r} "
+                             f"(type {e.type!r})")
+
+    def finish(self) -> None:
+        for path, mtime in reversed(self.dirs):
+            try:
+                fd = self.ext.open_dir(path)
+            except RootPathError:
+                continue  # replaced by a later member
+            try:
+                os.utime(fd, ns=(mtime, mtime))
+            finally:
+                os.close(fd)
+
+
+def extract_archive(root: str | os.PathLike, archive: str | os.PathLike, dest: str, *,
+                    chown: tuple[int, int] | None = None,
+                    source_date_epoch: int | None = None) -> CopyStats:
+    """Extract the tar archive `archive` (plain or compressed) into directory `dest`
+    (an image path, created if missing) of `root`; see the module docstring."""
+    owner = chown or (0, 0)
+    mtime_ns = None if source_date_epoch is None else int(source_date_epoch) * 10**9
+    shown = os.path.basename(os.fspath(archive))
+    with RootDir(root) as r:
+        try:
+            dfd = r.open_dir(dest, create=DirSpec(owner[0], owner[1], 0o755, mtime_ns))
+        except RootPathError as e:
+            raise BuildError(f"ADD failed: cannot extract {shown} into {dest}: {e.message}") from None
+        try:
+            ext = RootDir.from_fd(dfd, r.host_path(dest))
+        finally:
+            os.close(dfd)
+    with ext, open(archive, "rb") as f:
+        x = _Extractor(ext, shown, chown)
+        try:
+            reader = TarReader(_open_archive_stream(f))
+            while True:
+                e = reader.next()
+                if e is None:
+                    break
+                try:
+                    x.member(e, reader)
+                except BuildError as err:
+                    raise BuildError(f"ADD failed: extracting {shown} into {dest}: "
+                                     f"{err.message}") from None
+                except OSError as err:
+                    raise BuildError(f"ADD failed: extracting {shown} into {dest}: member "
+                                     f"{os.fsdecode(e.name)!r}: {err.strerror or err}") from None
+            x.finish()
+        except (StoreError, EOFError, lzma.LZMAError) as err:
+            raise BuildError(f"ADD failed: {shown} is a damaged archive: {err}") from None
+        return CopyStats(**x.n)
+
+
+def add_local(root: str | os.PathLike, selection: CopySelection, dest: str, workdir: str = "/",
+              *, chown: tuple[int, int] | None = None,
+              chmod: "str | int | ChmodSpec | None" = None, unpack: bool = True,
+              source_date_epoch: int | None = None) -> CopyStats:
+    """ADD local sources: archives extracted into `dest`, everything else copied."""
+    spec = parse_chmod(chmod)
+    with RootDir(root) as r:
+        info = dest_info(r, dest, workdir)
+    if len(selection.sources) > 1 and not info.is_dir:
+        raise BuildError("When using ADD with more than one source file, "
+                         "the destination must be a directory and end with a /")
+    total = CopyStats()
+    for src in selection.sources:
+        if unpack and src.kind == "file" and is_archive(src.abs_path):
+            got = extract_archive(root, src.abs_path, info.path, chown=chown,
+                                  source_date_epoch=source_date_epoch)
+        else:
+            one = CopySelection(sources=(src,), preserves_ownership=selection.preserves_ownership)
+            got = copy_selection(root, one, dest, workdir, chown=chown, chmod=spec,
+                                 source_date_epoch=source_date_epoch, instruction="ADD")
+        total = _sum(total, got)
+    return total
+
+
+# ---------------------------------------------------------------------------------
+# URLs
+
+def is_url_source(src: str) -> bool:
+    return src.startswith(("http://", "https://"))
+
+
+def url_filename(url: str) -> str:
+    """The file name BuildKit gives a downloaded URL: the last element of its path
+    (Go's path.Base), `__unnamed__` when there is none."""
+    stripped = urllib.parse.unquote(urllib.parse.urlsplit(url).path).rstrip("/")
+    base = stripped.rpartition("/")[2]
+    if base in ("", ".", ".."):
+        return "__unnamed__"
+    return base
+
+
+_CHECKSUM = re.compile(r"(sha256|sha384|sha512):([0-9a-f]+)")
+_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
+
+
+@dataclass(frozen=True)
+class FetchedURL:
+    """A downloaded URL: `path` (mode 0600, mtime from Last-Modified), the sha256
+    `digest` of its bytes (for the cache key), the `filename` it lands under."""
+
+    url: str
+    path: Path
+    digest: str
+    filename: str
+    size: int
+    mtime_ns: int | None
+
+
+def fetch_url(url: str, dest_tmp: str | os.PathLike, *, checksum: str | None = None,
+              network: bool = True, timeout: float = 60.0) -> FetchedURL:
+    """Download `url` into a new file under the existing directory `dest_tmp`."""
+    if not is_url_source(url):
+        raise BuildError(f"ADD {url}: not an http(s) URL")
+    if not network:
+        raise BuildError(f"ADD {url}: network access is disabled for this build "
+                         "(use --network host)")
+    want = None
+    if checksum:
+        m = _CHECKSUM.fullmatch(checksum.strip())
+        if m is None or len(m.group(2)) != _HEX_LEN[m.group(1)]:
+            raise BuildError(f"ADD {url}: invalid --checksum {checksum!r} "
+                             "(expected sha256:<64 hex digits>)")
+        want = (m.group(1), m.group(2))
+    filename = url_filename(url)
+    outdir = Path(dest_tmp) / f"url-{os.getpid()}-{time.monotonic_ns()}"
+    outdir.mkdir(mode=0o700)
+    out = outdir / filename
+    h256 = hashlib.sha256()
+    hwant = hashlib.new(want[0]) if want else None
+    size = 0
+    req = urllib.request.Request(url, headers={"User-Agent": "lamina"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp, \
+                open(out, "xb") as f:
+            last_modified = resp.headers.get("Last-Modified")
+            while True:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                h256.update(chunk)
+                if hwant is not None:
+                    hwant.update(chunk)
+                f.write(chunk)
+                size += len(chunk)
+    except urllib.error.HTTPError as e:
+        raise BuildError(f"ADD {url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        raise BuildError(f"ADD {url}: download failed: {reason}") from None
+    digest = "sha256:" + h256.hexdigest()
+    if want is not None and hwant is not None and hwant.hexdigest() != want[1]:
+        out.unlink()
+        raise BuildError(f"ADD {url}: checksum mismatch: expected {want[0]}:{want[1]}, "
+                         f"got {want[0]}:{hwant.hexdigest()}")
+    mtime_ns = None
+    if last_modified:
+        try:
+            mtime_ns = int(email.utils.parsedate_to_datetime(last_modified).timestamp()) * 10**9
+        except (TypeError, ValueError, OverflowError):
+            mtime_ns = None
+    os.chmod(out, URL_FILE_MODE)
+    if mtime_ns is not None:
+        os.utime(out, ns=(mtime_ns, mtime_ns))
+    return FetchedURL(url=url, path=out, digest=digest, filename=filename, size=size,
+                      mtime_ns=mtime_ns)
+
+
+def add_url(root: str | os.PathLike, fetched: FetchedURL, dest: str, workdir: str = "/", *,
+            chown: tuple[int, int] | None = None,
+            chmod: "str | int | ChmodSpec | None" = None, unpack: bool = False,
+            source_date_epoch: int | None = None) -> CopyStats:
+    """ADD a downloaded URL: copied as a file (dest rules as for a file), or with
+    unpack=True (`--unpack=true`) extracted when it is an archive."""
+    if unpack and is_archive(fetched.path):
+        with RootDir(root) as r:
+            info = dest_info(r, dest, workdir)
+        return extract_archive(root, fetched.path, info.path, chown=chown,
+                               source_date_epoch=source_date_epoch)
+    st = os.lstat(fetched.path)
+    entry = SelectedEntry(rel="", path=fetched.filename, abs_path=str(fetched.path),
+                          kind="file", mode=stat.S_IMODE(st.st_mode), uid=0, gid=0,
+                          size=st.st_size, link_target=None, digest=fetched.digest)
+    src = SelectedSource(spec=fetched.url, path=fetched.filename, abs_path=str(fetched.path),
+                         name=fetched.filename, kind="file", from_wildcard=False,
+                         parents=False, entries=(entry,))
+    return copy_selection(root, CopySelection(sources=(src,), preserves_ownership=False),
+                          dest, workdir, chown=chown, chmod=chmod,
+                          source_date_epoch=source_date_epoch, instruction="ADD")
+
+
+# ---------------------------------------------------------------------------------
+# git
+
+@dataclass(frozen=True)
+class GitSource:
+    """A git ADD source: `remote` for the git CLI, `ref` (branch, tag, commit; ""
+    = the remote's HEAD), `subdir` inside the repository, `commit` to verify."""
+
+    remote: str
+    ref: str = ""
+    subdir: str = ""
+    commit: str = ""
+
+    @property
+    def is_local(self) -> bool:
+        return self.remote.startswith("file://")
+
+
+_SCP = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:(?!//)")
+_PROTO = re.compile(r"^([A-Za-z0-9]+)://")
+
+
+def _fragment(fragment: str) -> tuple[str, str, str]:
+    if fragment.startswith("#"):
+        ref = subdir = commit = ""
+        for field in (f for f in fragment[1:].split(",") if f):
+            key, sep, value = field.partition("=")
+            if not sep:
+                raise BuildError(f"invalid git URL fragment field {field!r}: must be key=value")
+            key = key.lower()
+            if key == "ref":
+                ref = value
+            elif key == "subdir":
+                subdir = value
+            elif key == "commit":
+                commit = value
+            else:
+                raise BuildError(f"unexpected key {key!r} in git URL fragment "
+                                 "(supported keys: ref, commit, subdir)")
+        return ref or commit, subdir, commit
+    ref, _, subdir = fragment.partition(":")
+    return ref, subdir, ""
+
+
+def parse_git_source(src: str, *, allow_file: bool = False) -> GitSource | None:
+    """The git source `src` names, or None when it is not a git URL (BuildKit's rules:
+    git:// and ssh:// URLs, `user@host:path`, http(s) URLs whose path ends in .git;
+    file:// only with allow_file)."""
+    m = _PROTO.match(src)
+    if m:
+        proto = m.group(1).lower()
+        if proto == "file" and not allow_file:
+            return None
+        if proto not in ("http", "https", "git", "ssh", "file"):
+            return None
+        parts = urllib.parse.urlsplit(src)
+        if proto in ("http", "https") and not parts.path.endswith(".git"):
+            return None
+        remote = urllib.parse.urlunsplit(parts._replace(fragment=""))
+        fragment = src.partition("#")[2]
+    elif _SCP.match(src):
+        remote, _, fragment = src.partition("#")
+    else:
+        return None
+    ref, subdir, commit = _fragment(fragment)
+    return GitSource(remote=remote, ref=ref, subdir=subdir, commit=commit)
+
+
+@dataclass(frozen=True)
+class FetchedGit:
+    """A checked-out repository at `path` (a directory under dest_tmp), at `commit`."""
+
+    source: GitSource
+    path: Path
+    commit: str
+    subdir: str
+
+
+def _git_env(home: Path) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LC_ALL": "C",
+            "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull, "GIT_ASKPASS": "true",
+            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+
+
+def _die_with_parent() -> None:
+    try:
+        set_pdeathsig(signal.SIGKILL)
+    except Exception:  # noqa: BLE001 - best effort in the child, before exec
+        pass
+
+
+def _git(args: list[str], cwd: Path, env: dict[str, str], what: str,
+         timeout: float, allow_file: bool = False) -> str:
+    if shutil.which("git") is None:
+        raise BuildError("ADD of a git repository needs the git command, which is not installed")
+    try:
+        pre = ["-c", "protocol.file.allow=always"] if allow_file else []
+        p = subprocess.run(["git", *pre, *args], cwd=cwd, env=env,
+                           capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=_die_with_parent)
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"{what}: git {args[0]} timed out after {timeout:.0f}s") from None
+    if p.returncode != 0:
+        raise BuildError(f"{what}: git {args[0]} failed: {p.stderr.strip() or p.returncode}")
+    return p.stdout
+
+
+def fetch_git(source: GitSource, dest_tmp: str | os.PathLike, *, keep_git_dir: bool = False,
+              network: bool = True, timeout: float = 600.0) -> FetchedGit:
+    """Clone `source` at its ref into a new directory under `dest_tmp` (shallow when
+    the server allows it). Every file's mtime becomes the commit time."""
+    what = f"ADD {source.remote}"
+    if not network and not source.is_local:
+        raise BuildError(f"{what}: network access is disabled for this build (use --network host)")
+    base = Path(dest_tmp) / f"git-{os.getpid()}-{time.monotonic_ns()}"
+    repo = base / "repo"
+    home = base / "home"
+    home.mkdir(parents=True, mode=0o700)
+    env = _git_env(home)
+    local = source.is_local
+    _git(["init", "-q", str(repo)], base, env, what, timeout)
+    _git(["remote", "add", "origin", source.remote], repo, env, what, timeout)
+    ref = source.ref or "HEAD"
+    try:
+        _git(["fetch", "-q", "--depth=1", "--no-tags", "origin", ref], repo, env, what, timeout,
+             local)
+    except BuildError:
+        if not re.fullmatch(r"[0-9a-f]{7,64}", ref):
+            raise
+        # a commit id some servers do not serve shallowly: fetch everything
+        _git(["fetch", "-q", "--tags", "origin"], repo, env, what, timeout, local)
+        _git(["fetch", "-q", "origin", ref], repo, env, what, timeout, local)
+    _git(["-c", "advice.detachedHead=false", "checkout", "-q", "FETCH_HEAD"], repo, env, what,
+         timeout)
+    commit = _git(["rev-parse", "HEAD"], repo, env, what, timeout).strip()
+    if source.commit and not commit.startswith(source.commit):
+        raise BuildError(f"{what}: ref {ref} is at commit {commit}, not the expected "
+                         f"{source.commit}")
+    ctime = int(_git(["log", "-1", "--format=%ct", "HEAD"], repo, env, what, timeout).strip())
+    if not keep_git_dir:
+        shutil.rmtree(repo / ".git")
+    _set_times(repo, ctime * 10**9)
+    subdir = posixpath.normpath("/" + source.subdir).lstrip("/") if source.subdir else ""
+    return FetchedGit(source=source, path=repo, commit=commit, subdir=subdir)
+
+
+def _set_times(top: Path, ns: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+        for name in filenames + dirnames:
+            os.utime(os.path.join(dirpath, name), ns=(ns, ns), follow_symlinks=False)
+    os.utime(top, ns=(ns, ns))
+
+
+def add_git(root: str | os.PathLike, fetched: FetchedGit, dest: str, workdir: str = "/", *,
+            chown: tuple[int, int] | None = None,
+            chmod: "str | int | ChmodSpec | None" = None,
+            source_date_epoch: int | None = None) -> CopyStats:
+    """Copy the checkout (or its subdir) into `dest`, as a directory source."""
+    tree = SourceTree(fetched.path)
+    tree.preserves_ownership = False
+    try:
+        selection = select_sources(tree, [fetched.subdir or "."])
+    except BuildError:
+        raise BuildError(f"ADD {fetched.source.remote}: subdirectory {fetched.subdir!r} not "
+                         f"found at commit {fetched.commit}") from None
+    return copy_selection(root, selection, dest, workdir, chown=chown, chmod=chmod,
+                          source_date_epoch=source_date_epoch, instruction="ADD")
