@@ -11,7 +11,14 @@ a symlink) inside the archive's own namespace, and hands out bounded streams of
 member data. Nothing is ever extracted to disk, so a hostile member name
 (`../../etc/passwd`, `/abs`) cannot write anywhere; it can only fail to be found.
 A gzip- or zstd-compressed archive (`docker save | gzip`) is first decompressed
-into an anonymous temp file, so members can be read by seeking.
+into an anonymous temp file, so members can be read by seeking. A cut archive
+(no end-of-archive block, a member running past the end) is CorruptContent.
+
+The model both formats share: `ExportImage` (what a save writes: stored bytes and
+names) and `ArchivedImage` / `ArchivedLayer` (what a reader found: config bytes,
+manifest bytes if any, and the member holding each layer with the digests it must
+have). store.docker_archive and store.oci_archive translate between these and
+their layouts; store.archive joins them to the Store.
 """
 
 from __future__ import annotations

@@ -96,11 +96,9 @@ def _uncompressed_chunks(blobs: BlobStore, layer: LayerLike) -> Iterator[bytes]:
 
 
 def _uncompressed_size(blobs: BlobStore, layer: LayerLike) -> int:
-    if layer.uncompressed_size is not None:
+    if layer.uncompressed_size:  # 0 or None: not recorded (a layer tar is never empty)
         return layer.uncompressed_size
-    if compression.kind_for_media_type(layer.media_type) == "none":
-        return layer.size
-    return sum(len(c) for c in _uncompressed_chunks(blobs, layer))  # unknown: count once
+    return sum(len(c) for c in _uncompressed_chunks(blobs, layer))  # count it once
 
 
 def write_docker_archive(out: BinaryIO, images: Sequence[ExportImage], blobs: BlobStore) -> None:

@@ -491,3 +491,78 @@ def test_round_trip_property(tmp_path_factory, layers, fmt, comp):
     assert got.config == img.config
     if fmt == "oci":
         assert got.manifest_digest == img.manifest_digest
+
+
+def _archive_from(members_: dict[str, bytes], path: Path) -> Path:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in members_.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _all_members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isreg()}
+
+
+def test_docker25_style_archive_loads_as_oci_or_via_manifest_json(src_store, tmp_path):
+    """docker >= 25 saves an OCI layout plus a manifest.json pointing into blobs/;
+    buildkit-style index entries carry the name in io.containerd.image.name and a
+    bare tag in ref.name."""
+    img = src_store.resolve("app:1.0")
+    oci_path = tmp_path / "o.tar"
+    save(src_store, ["app:1.0"], oci_path, fmt="oci")
+    ms = _all_members(oci_path)
+    index = json.loads(ms["index.json"])
+    index["manifests"][0]["annotations"] = {"io.containerd.image.name": "docker.io/library/app:1.0",
+                                            "org.opencontainers.image.ref.name": "1.0"}
+    ms["index.json"] = json.dumps(index).encode()
+    # docker 25 stores docker-archive layers uncompressed: point manifest.json at a tar blob
+    layer_tars = []
+    for l in img.layers:
+        with src_store.blobs.open(l.digest) as f:
+            from store.compression import open_decompressed
+            data = open_decompressed(f).read()
+        ms["blobs/sha256/" + sha(data).split(":")[1]] = data
+        layer_tars.append("blobs/sha256/" + sha(data).split(":")[1])
+    ms["manifest.json"] = json.dumps([{"Config": "blobs/sha256/" + img.config_digest.split(":")[1],
+                                       "RepoTags": ["app:1.0"], "Layers": layer_tars}]).encode()
+    both = _archive_from(ms, tmp_path / "docker25.tar")
+    [loaded] = load(Store(tmp_path / "a"), both)
+    assert (loaded.manifest_digest, loaded.names) == (img.manifest_digest, ("docker.io/library/app:1.0",))
+    only_docker = _archive_from({k: v for k, v in ms.items() if k not in ("index.json", "oci-layout")},
+                                tmp_path / "docker-only.tar")
+    [loaded] = load(Store(tmp_path / "b"), only_docker)
+    assert loaded.config_digest == img.config_digest
+    assert loaded.names == ("docker.io/library/app:1.0",)
+
+
+def test_multi_platform_index_resolves_to_the_host_platform(src_store, tmp_path):
+    img = src_store.resolve("app:1.0")
+    oci_path = tmp_path / "o.tar"
+    save(src_store, ["app:1.0"], oci_path, fmt="oci")
+    ms = _all_members(oci_path)
+    host = oci.host_platform()
+    other = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":' \
+            b'{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:' + b"0" * 64 + \
+            b'","size":2},"layers":[]}'
+    nested = oci.encode(oci.build_index([
+        oci.Descriptor(oci.OCI_MANIFEST, sha(other), len(other), platform={"architecture": "s390x", "os": "linux"}),
+        oci.Descriptor(oci.OCI_MANIFEST, img.manifest_digest, len(ms["blobs/sha256/" + img.manifest_digest[7:]]),
+                       platform=host),
+    ]), "index")
+    ms["blobs/sha256/" + sha(other)[7:]] = other
+    ms["blobs/sha256/" + sha(nested)[7:]] = nested
+    ms["index.json"] = oci.encode(oci.build_index([oci.Descriptor(
+        oci.OCI_INDEX, sha(nested), len(nested), {"org.opencontainers.image.ref.name": "app:multi"})]), "index")
+    [loaded] = load(Store(tmp_path / "dst"), _archive_from(ms, tmp_path / "multi.tar"))
+    assert loaded.manifest_digest == img.manifest_digest
+    assert loaded.names == ("docker.io/library/app:multi",)
+
+
+def test_docker_archive_counts_unrecorded_uncompressed_sizes(image, blobs):
+    from dataclasses import replace
+    unknown = replace(image, layers=tuple(replace(l, uncompressed_size=0) for l in image.layers))
+    assert archive_bytes([unknown], blobs, "docker") == archive_bytes([image], blobs, "docker")
