@@ -97,12 +97,14 @@ class GcLock:
         self._shared_fd: int | None = None
         self._shared_depth = 0
         self._pid = os.getpid()
+        self._mine = threading.local()  # this thread's nesting depth
 
     def _reset_after_fork(self) -> None:
         if self._pid != os.getpid():  # a forked child does not own the parent's lock
             self._pid = os.getpid()
             self._shared_fd = None
             self._shared_depth = 0
+            self._mine = threading.local()
 
     @contextmanager
     def shared(self) -> Iterator[None]:
@@ -118,9 +120,11 @@ class GcLock:
                     raise
                 self._shared_fd = fd
             self._shared_depth += 1
+        self._mine.depth = getattr(self._mine, "depth", 0) + 1
         try:
             yield
         finally:
+            self._mine.depth -= 1
             with self._mutex:
                 self._shared_depth -= 1
                 if self._shared_depth == 0 and self._shared_fd is not None:
@@ -131,8 +135,8 @@ class GcLock:
     def exclusive(self) -> Iterator[None]:
         """gc: alone on the store."""
         self._reset_after_fork()
-        if self._shared_depth:
-            raise StoreError("gc cannot run inside a store write of the same process")
+        if getattr(self._mine, "depth", 0):  # would wait for itself forever
+            raise StoreError("gc cannot run inside a store write of the same thread")
         with flocked(self.path, exclusive=True):
             yield
 

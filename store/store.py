@@ -233,6 +233,8 @@ class Store:
             manifest = oci.decode(self.blobs.read(manifest_digest), f"manifest {manifest_digest}")
             config = oci.decode(self.blobs.read(row["config_digest"]), f"config {row['config_digest']}")
         except BlobNotFound as e:
+            if self.db.query_one("SELECT 1 FROM images WHERE manifest_digest=?", (manifest_digest,)) is None:
+                raise ImageNotFound(f"no such image: {ref or manifest_digest} (just removed)", ref=ref) from None
             raise StoreError(f"image {ref or manifest_digest} is damaged: {e} (run `lamina fsck`)",
                              digest=e.digest) from None
         layers = tuple(LayerBlob(diff_id=l["diff_id"], digest=l["digest"], size=l["size"] or 0,
@@ -444,6 +446,17 @@ class Store:
         if row is None:
             raise StoreError(f"layer {diff_id} is not in the store", digest=diff_id)
         return row
+
+    def layer(self, diff_id: str) -> LayerBlob:
+        """The stored blob of a layer (the smallest, when several compressions exist)."""
+        row = self.db.query_one(
+            "SELECT digest, diff_id, media_type, size, uncompressed_size FROM layer_blobs "
+            "WHERE diff_id=? ORDER BY size LIMIT 1", (diff_id,))
+        if row is None:
+            raise StoreError(f"layer {diff_id} has no stored blob", digest=diff_id)
+        return LayerBlob(diff_id=row["diff_id"], digest=row["digest"], size=row["size"],
+                         media_type=row["media_type"],
+                         uncompressed_size=row["uncompressed_size"] or 0)
 
     def layer_dir(self, diff_id: str) -> Path:
         """The extracted directory of a layer (overlay lower form), made on first use."""

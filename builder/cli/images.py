@@ -155,7 +155,8 @@ def images_cmd(g: Globals, quiet: bool, no_trunc: bool, digests: bool, fmt: str,
         summaries = store.images()
     now = datetime.now(timezone.utc)
     rows = []
-    for s in sorted(summaries, key=lambda s: (s.created or "", s.added), reverse=True):
+    epoch = datetime.fromtimestamp(0, timezone.utc)
+    for s in sorted(summaries, key=lambda s: (_created(s.created) or epoch, s.added), reverse=True):
         names = [refs.parse(t, default_tag=False) for t in s.tags] or [None]
         for r in names:
             if want_name is not None:
