@@ -208,10 +208,11 @@ class Parser:
         rest_tree: Tree | None = None
         for item in tokens[1:]:
             if isinstance(item, Token) and item.type == "FLAG":
-                value = unquote_flag(item)
+                word = trim_left_space(item)
+                value = unquote_flag(word)
                 if value == "--":  # a quoted `--""` still ends the flags
                     return self.reparse_after(line, text, base, node, item.end_pos)
-                node.flags.append((value, base + item.start_pos))
+                node.flags.append((value, base + item.end_pos - len(word)))
             elif isinstance(item, Token) and item.type == "DASHDASH":
                 node.rest_offset = base + item.end_pos
             else:
@@ -220,13 +221,14 @@ class Parser:
             if rest_tree is not None:
                 node.child = self.node_from_tree(line, text, base, rest_tree)
                 node.rest_offset = node.child.offset
-                node.rest = trim_space(text[rest_tree.children[0].start_pos:]) if rest_tree.children else ""
+                node.rest = trim_space(text[node.child.offset - base:])
             return node
         if rest_tree is not None and rest_tree.children:
             rest_token = rest_tree.children[-1]
             if rest_token.type in ("REST", "REST_ANY"):
-                node.rest = trim_space(str(rest_token))
-                node.rest_offset = base + rest_token.start_pos
+                content = trim_left_space(rest_token)
+                node.rest = trim_space(content)
+                node.rest_offset = base + rest_token.end_pos - len(content)
         self.split_args(line, node)
         return node
 
