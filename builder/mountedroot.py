@@ -1,10 +1,11 @@
 """Work on a step's merged root from lamina's own Python code (COPY, ADD, WORKDIR),
 so that the overlay upper dir again holds exactly the diff.
 
-`in_mounted_root(lower_dirs, upper_dir, work_dir, scratch_dir, fn)` forks a child
-that dies with lamina (PR_SET_PDEATHSIG), enters a private mount namespace, mounts
-the overlay (lowerdirs = the parent layers, upperdir = the step's fresh dir) and
-calls `fn(root)` there. The mount lives only in the child's namespace: when the
+`in_mounted_root(lower_dirs, upper_dir, work_dir, scratch_dir, fn, views=)` forks a
+child that dies with lamina (PR_SET_PDEATHSIG), enters a private mount namespace,
+mounts the overlay (lowerdirs = the parent layers, upperdir = the step's fresh dir)
+and, read-only, the merged view of every other layer stack named in `views` (the
+stages and images a `COPY --from` reads), then calls `fn(root, view_roots)` there. The mount lives only in the child's namespace: when the
 child ends — normally, with an error, or killed — the kernel undoes it, so no
 mount ever outlives the step. `fn`'s return value (picklable) comes back to the
 caller; a `BuildError` raised by `fn` is raised again in the caller, any other
@@ -19,11 +20,11 @@ import signal
 import struct
 import traceback
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Mapping, TypeVar
 
 from builder import linux
 from builder.errors import BuildError
-from builder.overlay import finalize_upper, mount_overlay
+from builder.overlay import OVERLAY_OPTIONS, finalize_upper, mount_overlay
 
 T = TypeVar("T")
 
@@ -37,17 +38,37 @@ def _read_all(fd: int) -> bytes:
         chunks.append(data)
 
 
-def _child(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Path,
-           fn: Callable[[Path], T], wfd: int) -> None:
+def mount_readonly_view(lower_dirs, target: Path, scratch_dir: Path) -> None:
+    """Mount the merged, read-only view of a layer stack (top-most first) on `target`
+    (overlay without an upper dir; an empty dir stands in for a stack of 0 or 1)."""
+    lowers = [str(p) for p in lower_dirs]
+    empty = scratch_dir / "empty"
+    empty.mkdir(exist_ok=True)
+    while len(lowers) < 2:
+        lowers.append(str(empty))
+    fsfd = linux.fsopen("overlay")
+    try:
+        for p in lowers:
+            linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, "lowerdir+", p)
+        for key, value in OVERLAY_OPTIONS:
+            linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, key, value)
+        linux.fsconfig(fsfd, linux.FSCONFIG_CMD_CREATE)
+        mntfd = linux.fsmount(fsfd)
+        try:
+            linux.move_mount_fd(mntfd, target)
+        finally:
+            os.close(mntfd)
+    finally:
+        os.close(fsfd)
+
+
+def _child(fn: Callable[[], T], wfd: int) -> None:
     linux.set_pdeathsig(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         linux.unshare(linux.CLONE_NEWNS)
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-        target = scratch_dir / "root"
-        target.mkdir(parents=True, exist_ok=True)
-        mount_overlay(tuple(lower_dirs), upper_dir, work_dir, target, scratch_dir)
-        result = ("ok", fn(target))
+        result = ("ok", fn())
     except BuildError as e:
         result = ("build-error", e)
     except BaseException as e:  # noqa: BLE001 - reported to the parent as a BuildError
@@ -63,17 +84,16 @@ def _child(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Path,
         view = view[n:]
 
 
-def in_mounted_root(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Path,
-                    fn: Callable[[Path], T]) -> T:
-    """Run `fn(root)` on the merged overlay of `lower_dirs` (top-most first) with
-    `upper_dir` as upper; returns what `fn` returns. See the module docstring."""
+def run_in_namespace(fn: Callable[[], T]) -> T:
+    """Call `fn()` in a forked child inside a private mount namespace (its mounts die
+    with it); return its (picklable) result, re-raise its BuildError."""
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         code = 0
         try:
             os.close(rfd)
-            _child(lower_dirs, Path(upper_dir), Path(work_dir), Path(scratch_dir), fn, wfd)
+            _child(fn, wfd)
         except BaseException:  # noqa: BLE001
             code = 1
         finally:
@@ -88,7 +108,6 @@ def in_mounted_root(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Pa
         raise
     finally:
         os.close(rfd)
-    finalize_upper(Path(upper_dir))
     if len(data) < 8:
         raise BuildError(f"the filesystem step process died (wait status {status})")
     (size,) = struct.unpack("!Q", data[:8])
@@ -98,3 +117,30 @@ def in_mounted_root(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Pa
     if result[0] == "build-error":
         raise result[1]
     raise BuildError(f"internal error in a filesystem step: {result[1]}\n{result[2]}")
+
+
+def in_mounted_root(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Path,
+                    fn: Callable[[Path, dict], T], *,
+                    views: Mapping[str, tuple] | None = None) -> T:
+    """Run `fn(root, view_roots)` on the merged overlay of `lower_dirs` (top-most
+    first) with `upper_dir` as upper; returns what `fn` returns. See the module
+    docstring."""
+    upper_dir, work_dir, scratch_dir = Path(upper_dir), Path(work_dir), Path(scratch_dir)
+    views = dict(views or {})
+
+    def inside() -> T:
+        target = scratch_dir / "root"
+        target.mkdir(parents=True, exist_ok=True)
+        mount_overlay(tuple(lower_dirs), upper_dir, work_dir, target, scratch_dir)
+        view_roots = {}
+        for i, (name, stack) in enumerate(sorted(views.items())):
+            where = scratch_dir / f"view{i}"
+            where.mkdir(exist_ok=True)
+            mount_readonly_view(stack, where, scratch_dir)
+            view_roots[name] = where
+        return fn(target, view_roots)
+
+    try:
+        return run_in_namespace(inside)
+    finally:
+        finalize_upper(upper_dir)

@@ -31,17 +31,74 @@ from builder.errors import BuildError
 def build(g: Globals, tags, dockerfile, build_args, target, no_cache, network, progress, secrets,
           iidfile, outputs, cache_from, cache_to, context: Path) -> None:
     """Build an image from a Dockerfile and a context directory."""
-    from grammar import parse
+    from builder.executor import Build, BuildOptions
+    from builder.outputs import parse_output, write_output
+    from builder.progress import make_progress
+    from store.store import Store
 
-    path = Path(dockerfile) if dockerfile else context / "Dockerfile"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BuildError(f"cannot read Dockerfile: {path}: no such file")
-    except UnicodeDecodeError:
-        raise BuildError(f"cannot read Dockerfile: {path}: not UTF-8 text")
-    dockerfile_ast = parse(text, path=str(path))
-    raise BuildError(
-        f"parsed {path} ({len(dockerfile_ast.instructions)} instructions); "
-        "the build engine is not implemented yet"
+    if cache_from or cache_to:
+        raise BuildError("--cache-from/--cache-to need a registry, which lamina cannot reach yet")
+    options = BuildOptions(
+        context_dir=context,
+        dockerfile=Path(dockerfile) if dockerfile else context / "Dockerfile",
+        tags=tuple(tags),
+        build_args=_build_args(build_args),
+        target=target,
+        no_cache=no_cache,
+        network="host" if network == "host" else "none",
+        secrets=_secrets(secrets),
     )
+    wanted = [parse_output(o) for o in outputs]
+    progress = make_progress(progress)
+    store = Store(g.root)
+    try:
+        build = Build(store, options, progress)
+        image = build.run()
+        for out in wanted:
+            write_output(store, image, out, epoch=build.epoch)
+    finally:
+        progress.close()
+        store.close()
+    if iidfile:
+        Path(iidfile).write_text(image.config_digest)
+    click.echo(image.config_digest)
+
+
+def _build_args(values) -> dict[str, str]:
+    """`--build-arg K=V`; a bare `--build-arg K` takes K from the environment (docker)."""
+    import os
+
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise BuildError(f"invalid --build-arg {item!r}: expected KEY=VALUE")
+        if not sep:
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        out[key] = value
+    return out
+
+
+def _secrets(values) -> dict[str, Path]:
+    """`--secret id=ID,src=PATH` (also `source=`, and `type=file`), as buildx."""
+    out = {}
+    for item in values:
+        fields = {}
+        for part in item.split(","):
+            k, sep, v = part.partition("=")
+            if not sep:
+                raise BuildError(f"invalid --secret {item!r}: expected id=ID,src=PATH")
+            fields[k.strip().lower()] = v.strip()
+        ident = fields.get("id")
+        src = fields.get("src") or fields.get("source")
+        if fields.get("type", "file") != "file":
+            raise BuildError(f"invalid --secret {item!r}: only type=file is supported")
+        if not ident or not src:
+            raise BuildError(f"invalid --secret {item!r}: both id= and src= are needed")
+        path = Path(src)
+        if not path.is_file():
+            raise BuildError(f"--secret {ident}: {src} is not a readable file")
+        out[ident] = path
+    return out

@@ -33,7 +33,7 @@ def _mounts() -> str:
 def test_writes_land_in_upper_as_a_diff(tmp_path):
     lower, upper, work, scratch = _dirs(tmp_path)
 
-    def change(root: Path) -> list[str]:
+    def change(root: Path, views) -> list[str]:
         (root / "etc" / "new").write_text("new")
         (root / "etc" / "gone").unlink()
         return sorted(os.listdir(root / "etc"))
@@ -50,7 +50,7 @@ def test_writes_land_in_upper_as_a_diff(tmp_path):
 def test_build_error_comes_back_and_mount_is_gone(tmp_path):
     lower, upper, work, scratch = _dirs(tmp_path)
 
-    def fail(root: Path):
+    def fail(root: Path, views):
         raise BuildError("no such source: x")
 
     with pytest.raises(BuildError, match="no such source: x"):
@@ -61,4 +61,28 @@ def test_build_error_comes_back_and_mount_is_gone(tmp_path):
 def test_other_exceptions_become_build_errors(tmp_path):
     lower, upper, work, scratch = _dirs(tmp_path)
     with pytest.raises(BuildError, match="ZeroDivisionError"):
-        in_mounted_root([lower], upper, work, scratch, lambda root: 1 // 0)
+        in_mounted_root([lower], upper, work, scratch, lambda root, views: 1 // 0)
+
+
+def test_views_are_readonly_merged_stacks(tmp_path):
+    lower, upper, work, scratch = _dirs(tmp_path)
+    top = tmp_path / "top"
+    (top / "etc").mkdir(parents=True)
+    (top / "etc" / "extra").write_text("extra")
+    os.mknod(top / "etc" / "gone", stat.S_IFCHR | 0o000, os.makedev(0, 0))  # whiteout
+
+    def look(root: Path, views) -> tuple:
+        view = views["stage:build"]
+        names = sorted(os.listdir(view / "etc"))
+        try:
+            (view / "etc" / "x").write_text("x")
+            wrote = True
+        except OSError:
+            wrote = False
+        return names, wrote
+
+    names, wrote = in_mounted_root([lower], upper, work, scratch, look,
+                                   views={"stage:build": (top, lower)})
+    assert names == ["extra", "keep"]        # the whiteout hides lower's "gone"
+    assert wrote is False                    # read-only
+    assert os.listdir(upper) == []           # nothing leaked into the step's diff

@@ -1,0 +1,386 @@
+"""The build executor: a Dockerfile + a context -> an image in the store.
+
+`Build(store, options, progress).run()` parses the Dockerfile (grammar), plans the
+stages the target needs (builder.plan), and builds them in dependency order. For
+each stage it resolves the base (scratch, a stage built earlier, an image in the
+store), plans its steps (builder.stageplan), and for every filesystem step (RUN,
+COPY, ADD, WORKDIR):
+
+- computes the step's cache inputs (builder.cachekey): the parent chain, the
+  expanded instruction, env/args/user/workdir, the content key of exactly the
+  context files it reads, the keys of stages it reads;
+- on a hit reuses the stored layer without running anything;
+- on a miss says why (which input changed since the last build of that step),
+  runs it over a fresh overlay upper dir — RUN in the sandbox, COPY/ADD/WORKDIR in
+  a private mount namespace — and turns the upper dir into a layer: a blob for the
+  image and, by rename, the layer's extracted dir for the next step's lowerdir. A
+  step whose diff is empty adds no layer (history `empty_layer`, as BuildKit).
+
+Metadata steps (ENV, LABEL, CMD...) only change the config, computed by the plan;
+they are not part of the cache chain, so changing a LABEL never invalidates a RUN
+below it. The image is committed with `created` and history times from
+SOURCE_DATE_EPOCH (default 0: reproducible by default), then tagged.
+Everything the build uses is held by a store lease, so a concurrent gc keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping
+
+from builder.cachekey import CacheInputs, explain_miss, parent_image, parent_scratch, parent_step
+from builder.context import BuildContext
+from builder.copysrc import content_key, select_sources
+from builder.errors import BuildError
+from builder.imageconfig import ImageConfig, platform_config_fields
+from builder.mountedroot import in_mounted_root
+from builder.plan import BuildPlan, Stage, plan_build
+from builder.progress import Progress, StepLabel
+from builder.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun, ResolvedWorkdir
+from builder.stageplan import BaseImage, StagePlan, Step, plan_stage
+from builder.steps.files import apply_copy, apply_workdir, prepare_copy
+from builder.steps.run import RunEnvironment, execute_run
+from grammar import DockerfileError, parse
+from store import StoreError
+from store.cache import CacheEntry
+from store.errors import ImageNotFound
+from store.layers import LayerBlob
+from store.store import Image, Store
+
+DEFAULT_SOURCE_DATE_EPOCH = 0
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What `lamina build` was asked to do."""
+
+    context_dir: Path
+    dockerfile: Path
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    network: str = "none"                     # none | host
+    secrets: Mapping[str, Path] = field(default_factory=dict)
+    source_date_epoch: int | None = None      # None: $SOURCE_DATE_EPOCH, else 0
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """A built stage: its plan, every layer of its image (base first), the OCI
+    history entries, and the cache parent its last filesystem step left."""
+
+    plan: StagePlan
+    layers: tuple[LayerBlob, ...]
+    history: tuple[dict, ...]
+    parent: str
+
+
+def rfc3339(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _resolve_epoch(value: int | None) -> int:
+    if value is not None:
+        return int(value)
+    env = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if env:
+        try:
+            v = int(env)
+        except ValueError:
+            raise BuildError(f"SOURCE_DATE_EPOCH must be a whole number of seconds, got {env!r}") from None
+        if v < 0:
+            raise BuildError(f"SOURCE_DATE_EPOCH must not be negative, got {env!r}")
+        return v
+    return DEFAULT_SOURCE_DATE_EPOCH
+
+
+class Build:
+    """One build on one store. Not reusable: make a new one per build."""
+
+    def __init__(self, store: Store, options: BuildOptions, progress: Progress) -> None:
+        self.store = store
+        self.options = options
+        self.progress = progress
+        self.epoch = _resolve_epoch(options.source_date_epoch)
+        self.results: dict[int, StageResult] = {}
+        self.step_number = 0
+        self.lease = None
+        self.context: BuildContext | None = None
+        self.explain_dir = store.root / "buildinfo"
+        self.run_env = RunEnvironment(
+            context_dir=Path(options.context_dir), cache_mounts_dir=store.root / "cache-mounts",
+            secrets=dict(options.secrets), network=options.network)
+
+    # -- the whole build -----------------------------------------------------------------
+
+    def read_dockerfile(self) -> tuple[str, str]:
+        path = self.options.dockerfile
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except FileNotFoundError:
+            raise BuildError(f"cannot read the Dockerfile {path}: no such file") from None
+        except IsADirectoryError:
+            raise BuildError(f"cannot read the Dockerfile {path}: it is a directory") from None
+        except UnicodeDecodeError:
+            raise BuildError(f"cannot read the Dockerfile {path}: not UTF-8 text") from None
+
+    def plan(self) -> BuildPlan:
+        text, shown = self.read_dockerfile()
+        dockerfile = parse(text, path=shown)
+        return plan_build(dockerfile, build_args=dict(self.options.build_args),
+                          target=self.options.target, platform=Platform.host())
+
+    def run(self) -> Image:
+        started = time.monotonic()
+        plan = self.plan()
+        for warning in plan.warnings:
+            self.progress.note(warning)
+        self.context = BuildContext.open(self.options.context_dir, self.options.dockerfile,
+                                         self.store.root / "cache" / "statcache")
+        try:
+            with self.store.lease() as lease:
+                self.lease = lease
+                for index in plan.order():
+                    self.results[index] = self.build_stage(plan, plan.stage(index))
+                image = self.commit(plan, self.results[plan.target])
+        finally:
+            self.context.stat_cache.close()
+        self.progress.finished(image.config_digest, tuple(self.options.tags),
+                               time.monotonic() - started)
+        return image
+
+    def commit(self, plan: BuildPlan, result: StageResult) -> Image:
+        final = result.plan.final
+        config: dict = {"created": rfc3339(self.epoch)}
+        if final.author:
+            config["author"] = final.author
+        config.update(platform_config_fields(plan.platform))
+        config["config"] = final.config.to_oci_dict()
+        config["rootfs"] = {"type": "layers", "diff_ids": [l.diff_id for l in result.layers]}
+        config["history"] = list(result.history)
+        return self.store.commit_image(config, result.layers, tags=self.options.tags)
+
+    # -- stages --------------------------------------------------------------------------
+
+    def resolve_image(self, ref: str, stage: Stage | None = None) -> Image:
+        try:
+            return self.store.resolve(ref)
+        except ImageNotFound:
+            message = (f"base image {ref!r} is not in the store (lamina cannot pull yet: "
+                       f"`lamina import` or `lamina load` it first)")
+            if stage is not None:
+                raise BuildError(message, file=self.options.dockerfile.as_posix(),
+                                 line=stage.from_.span.start,
+                                 source_line=stage.from_.source.split("\n")[0]) from None
+            raise BuildError(message) from None
+
+    def build_stage(self, plan: BuildPlan, stage: Stage) -> StageResult:
+        if stage.base_stage is not None:
+            base = self.results[stage.base_stage]
+            sp = plan_stage(plan, stage, base=base.plan)
+            layers, history, parent = base.layers, base.history, base.parent
+        elif stage.is_scratch:
+            sp = plan_stage(plan, stage)
+            layers, history, parent = (), (), parent_scratch()
+        else:
+            image = self.resolve_image(stage.base, stage)
+            self.lease.hold(blobs=[image.manifest_digest, image.config_digest],
+                            layers=[l.diff_id for l in image.layers])
+            base = BaseImage(config=ImageConfig.from_oci_dict(image.config.get("config")),
+                             digest=image.config_digest, reference=stage.base)
+            sp = plan_stage(plan, stage, base=base)
+            layers = tuple(image.layers)
+            history = tuple(image.config.get("history") or ())
+            parent = parent_image(image.config_digest)
+        created = rfc3339(self.epoch)
+        history = list(history)
+        layers = list(layers)
+        total = sum(1 for s in sp.steps if isinstance(s.resolved, FILESYSTEM_KINDS))
+        position = 0
+        for step in sp.steps:
+            if isinstance(step.resolved, FILESYSTEM_KINDS):
+                position += 1
+                label = self.label(stage, position, total, step)
+                layer, parent = self.filesystem_step(plan, stage, step, label, layers, parent)
+                if layer is not None:
+                    layers.append(layer)
+                if step.history is not None:
+                    entry = step.history.to_oci_dict(created)
+                    if layer is None:
+                        entry["empty_layer"] = True
+                    else:
+                        entry.pop("empty_layer", None)
+                    history.append(entry)
+            elif step.history is not None:
+                history.append(step.history.to_oci_dict(created))
+        return StageResult(plan=sp, layers=tuple(layers), history=tuple(history), parent=parent)
+
+    def label(self, stage: Stage, position: int, total: int, step: Step) -> StepLabel:
+        self.step_number += 1
+        return StepLabel(number=self.step_number, stage=stage.display_name, index=position,
+                         total=total, text=step.display)
+
+    # -- one filesystem step -------------------------------------------------------------
+
+    def _source_stack(self, r: ResolvedCopy) -> tuple[str, tuple[LayerBlob, ...]] | None:
+        """For COPY --from: (the cache source name and key, its layers)."""
+        if r.from_stage is not None:
+            res = self.results[r.from_stage]
+            return f"stage:{r.from_stage}={res.parent}", res.layers
+        if r.from_image is not None:
+            img = self.resolve_image(r.from_image)
+            self.lease.hold(layers=[l.diff_id for l in img.layers])
+            return f"image:{r.from_image}={img.config_digest}", tuple(img.layers)
+        return None
+
+    def _lower_dirs(self, layers) -> tuple[Path, ...]:
+        return tuple(self.store.layer_dir(l.diff_id) for l in reversed(list(layers)))
+
+    def filesystem_step(self, plan: BuildPlan, stage: Stage, step: Step, label: StepLabel,
+                        layers: list[LayerBlob], parent: str) -> tuple[LayerBlob | None, str]:
+        r = step.resolved
+        content, files, sources = "", (), {}
+        prepared = None
+        source = None
+        download_dir = self.store.temp_path("download")
+        download_dir.mkdir()
+        try:
+            try:
+                if isinstance(r, ResolvedCopy):
+                    source = self._source_stack(r)
+                    if source is not None:
+                        name, _, key = source[0].partition("=")
+                        sources = {name: key}
+                    prepared = prepare_copy(r, self.context, download_dir)
+                    if prepared.selection is not None:
+                        content = content_key(prepared.selection)
+                        files = tuple((e.path, e.digest or e.link_target or e.kind)
+                                      for e in prepared.selection.entries)
+                    remote = [f"url:{u.url}={u.digest}" for u in prepared.urls] + \
+                             [f"git:{g.source}={g.commit}" for g in prepared.gits]
+                    if remote:
+                        content = hashlib.sha256("\n".join([content, *remote]).encode()).hexdigest()
+                elif isinstance(r, ResolvedRun) and step.context_reads():
+                    selection = select_sources(self.context, list(step.context_reads()))
+                    content = content_key(selection)
+                    files = tuple((e.path, e.digest or e.link_target or e.kind)
+                                  for e in selection.entries)
+            except BuildError as e:
+                raise self._at(step, e) from None
+            inputs = step.cache_inputs(parent, content=content, files=files, sources=sources)
+            key = inputs.key()
+            if not self.options.no_cache:
+                entry = self.store.cache.lookup(str(key), lease=self.lease)
+                if entry is not None and self._usable(entry):
+                    self.progress.cached(label)
+                    layer = self.store.layer(entry.diff_id) if entry.diff_id else None
+                    self._remember(stage, step, inputs)
+                    return layer, parent_step(key)
+            self.progress.started(label)
+            self.progress.missed(label, self._why(stage, step, inputs))
+            t0 = time.monotonic()
+            try:
+                layer = self._execute(step, label, layers, prepared, source)
+            except BuildError as e:
+                err = self._at(step, e)
+                self.progress.failed(label, e.message.split("\n")[0])
+                raise err from None
+            self.store.cache.put(str(key), CacheEntry(diff_id=layer.diff_id if layer else None,
+                                                      config_change={}, parent=parent))
+            self._remember(stage, step, inputs)
+            self.progress.done(label, time.monotonic() - t0)
+            return layer, parent_step(key)
+        finally:
+            from store.locks import remove_tree
+            remove_tree(download_dir)
+
+    def _usable(self, entry: CacheEntry) -> bool:
+        if entry.diff_id is None:
+            return True
+        try:
+            self.store.layer(entry.diff_id)
+            return True
+        except StoreError:
+            return False
+
+    def _at(self, step: Step, e: BuildError) -> BuildError:
+        if e.line is not None:
+            return e
+        return step.error(e.message)
+
+    def _execute(self, step: Step, label: StepLabel, layers, prepared, source) -> LayerBlob | None:
+        r = step.resolved
+        upper = self.store.temp_path("upper")
+        work = self.store.temp_path("work")
+        scratch = self.store.temp_path("step")
+        for d in (upper, work, scratch):
+            d.mkdir()
+        from store.locks import remove_tree
+        try:
+            lowers = self._lower_dirs(layers)
+            workdir = step.config.working_dir or "/"
+            if isinstance(r, ResolvedRun):
+                execute_run(r, lower_dirs=lowers, upper_dir=upper, work_dir=work,
+                            scratch_dir=scratch, step_env=step.run_env(), user=step.config.user,
+                            workdir=workdir, env=self.run_env,
+                            on_output=lambda data: self.progress.output(label, data),
+                            fail=step.error)
+                from builder.overlay import finalize_upper
+                finalize_upper(upper)
+            elif isinstance(r, ResolvedCopy):
+                views = {}
+                if source is not None:
+                    views["source"] = self._lower_dirs(source[1])
+                epoch = self.epoch
+
+                def copy(root: Path, view_roots: dict) -> None:
+                    apply_copy(root, r, prepared, workdir=workdir,
+                               source_root=view_roots.get("source"), source_date_epoch=epoch)
+
+                in_mounted_root(lowers, upper, work, scratch, copy, views=views)
+            elif isinstance(r, ResolvedWorkdir):
+                user = step.config.user
+
+                def mkdir(root: Path, view_roots: dict) -> None:
+                    apply_workdir(root, r, user, None)
+
+                in_mounted_root(lowers, upper, work, scratch, mkdir)
+            if not any(upper.iterdir()):
+                return None
+            layer = self.store.write_layer(upper, source_date_epoch=self.epoch, lease=self.lease)
+            self.store.adopt_layer_dir(layer.diff_id, upper)
+            return layer
+        finally:
+            for d in (upper, work, scratch):
+                if d.exists():
+                    remove_tree(d)
+
+    # -- explaining misses ---------------------------------------------------------------
+
+    def _explain_path(self, stage: Stage, step: Step) -> Path:
+        where = json.dumps([os.path.abspath(self.options.dockerfile), stage.display_name,
+                            step.index])
+        return self.explain_dir / hashlib.sha256(where.encode()).hexdigest()[:32]
+
+    def _why(self, stage: Stage, step: Step, inputs: CacheInputs) -> str:
+        if self.options.no_cache:
+            return "--no-cache"
+        try:
+            previous = CacheInputs.from_json(self._explain_path(stage, step).read_text())
+        except (OSError, ValueError, TypeError):
+            return "not built before"
+        return explain_miss(previous, inputs)
+
+    def _remember(self, stage: Stage, step: Step, inputs: CacheInputs) -> None:
+        path = self._explain_path(stage, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(inputs.to_json())
+        os.replace(tmp, path)

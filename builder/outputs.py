@@ -1,0 +1,98 @@
+"""`lamina build --output`: where a built image goes besides the store, as buildx
+names the exporters.
+
+    type=oci,dest=FILE      an OCI image archive (tar of an OCI layout)
+    type=docker,dest=FILE   a docker-archive, for `docker load` / `podman load`
+    type=tar,dest=FILE      a tarball of the image's root filesystem
+    type=local,dest=DIR     the image's root filesystem written into DIR
+
+The root filesystem is the merged, read-only view of the image's layers, mounted
+in a private mount namespace (builder.mountedroot) and written with the store's
+deterministic tar writer; `local` extracts that tar (safely) into DIR.
+A bare `-o DIR` means type=local,dest=DIR, as with buildx.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import BuildError
+from builder.mountedroot import mount_readonly_view
+from store import archive
+from store.store import Image, Store
+from store.tarlayer import extract_tar, write_tar
+
+TYPES = ("oci", "docker", "tar", "local")
+
+
+@dataclass(frozen=True)
+class Output:
+    type: str
+    dest: Path
+
+
+def parse_output(text: str) -> Output:
+    if "=" not in text:
+        return Output("local", Path(text))
+    fields = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise BuildError(f"invalid --output {text!r}: expected type=TYPE,dest=PATH")
+        fields[key.strip()] = value.strip()
+    kind = fields.get("type", "local")
+    if kind not in TYPES:
+        raise BuildError(f"invalid --output {text!r}: type must be one of {', '.join(TYPES)}")
+    dest = fields.get("dest")
+    if not dest:
+        raise BuildError(f"invalid --output {text!r}: dest= is required")
+    return Output(kind, Path(dest))
+
+
+def _rootfs_tar(store: Store, image: Image, out_path: Path, epoch: int | None) -> None:
+    """Write the merged root filesystem of `image` as a tar to `out_path`."""
+    from builder.mountedroot import run_in_namespace
+
+    lowers = tuple(store.layer_dir(l.diff_id) for l in reversed(image.layers))
+    scratch = store.temp_path("export")
+    scratch.mkdir()
+
+    def work() -> None:
+        view = scratch / "view"
+        view.mkdir()
+        mount_readonly_view(lowers, view, scratch)
+        with open(out_path, "wb") as f:
+            write_tar(view, f, source_date_epoch=epoch)
+
+    try:
+        run_in_namespace(work)
+    finally:
+        from store.locks import remove_tree
+        remove_tree(scratch)
+
+
+def write_output(store: Store, image: Image, out: Output, *, epoch: int | None = None) -> None:
+    if out.type in ("oci", "docker"):
+        archive.save(store, [image.config_digest], out.dest, fmt=out.type)
+        return
+    if out.type == "tar":
+        tmp = out.dest.with_name(f".{out.dest.name}.{os.getpid()}.tmp")
+        try:
+            _rootfs_tar(store, image, tmp, epoch)
+            os.replace(tmp, out.dest)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return
+    dest = out.dest
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = store.temp_path("rootfs.tar")
+    try:
+        _rootfs_tar(store, image, tmp, epoch)
+        with open(tmp, "rb") as f:
+            extract_tar(f, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

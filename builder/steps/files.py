@@ -1,0 +1,119 @@
+"""Executing COPY, ADD and WORKDIR: the filesystem steps lamina performs itself,
+on the step's merged root mounted over a fresh upper dir (builder.mountedroot), so
+that the upper dir again holds exactly the diff.
+
+The parent side prepares what must be known before the cache key (the context
+selection and its content key, downloaded URLs, cloned git repositories); the
+`apply_*` functions run inside the mount namespace child and only write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from builder.context import SourceTree
+from builder.copysrc import CopySelection, select_sources
+from builder.errors import BuildError
+from builder.rootpath import mkdir_p_in_root
+from builder.resolved import ResolvedCopy, ResolvedWorkdir
+from builder.steps.add import (
+    FetchedGit, FetchedURL, add_git, add_local, add_url, fetch_git, fetch_url,
+    is_url_source, parse_git_source,
+)
+from builder.steps.copy import HeredocSource, copy_selection
+from builder.users import resolve_user
+
+
+@dataclass(frozen=True)
+class PreparedCopy:
+    """What a COPY/ADD reads, known before its cache key: a selection of context
+    files (None when it reads a stage or image, selected in the child), downloads."""
+
+    selection: CopySelection | None
+    urls: tuple[FetchedURL, ...] = ()
+    gits: tuple[FetchedGit, ...] = ()
+
+
+def remote_sources(r: ResolvedCopy) -> tuple[list[str], list[str]]:
+    """(URLs, git sources) among an ADD's sources."""
+    if r.keyword != "ADD":
+        return [], []
+    urls, gits = [], []
+    for src in r.sources:
+        if parse_git_source(src, allow_file=True) is not None:
+            gits.append(src)
+        elif is_url_source(src):
+            urls.append(src)
+    return urls, gits
+
+
+def prepare_copy(r: ResolvedCopy, context: SourceTree, download_dir: Path) -> PreparedCopy:
+    """Select context sources and fetch remote ones (in the parent, before the key)."""
+    urls, gits = remote_sources(r)
+    local = [s for s in r.sources if s not in urls and s not in gits]
+    fetched_urls = tuple(fetch_url(u, download_dir, checksum=r.checksum or None) for u in urls)
+    fetched_gits = tuple(
+        fetch_git(parse_git_source(g, allow_file=True), download_dir, keep_git_dir=r.keep_git_dir)
+        for g in gits)
+    selection = None
+    if r.from_stage is None and r.from_image is None and local:
+        selection = select_sources(context, local, excludes=r.exclude, parents=r.parents)
+    return PreparedCopy(selection=selection, urls=fetched_urls, gits=fetched_gits)
+
+
+def _owner(root: Path, chown: str) -> tuple[int, int] | None:
+    """--chown user[:group] resolved in the image being built (its merged root)."""
+    if not chown:
+        return None
+
+    def read(path: str) -> bytes | None:
+        try:
+            return (root / path.lstrip("/")).read_bytes()
+        except OSError:
+            return None
+
+    who = resolve_user(read, chown)
+    return who.uid, who.gid
+
+
+def apply_copy(root: Path, r: ResolvedCopy, prepared: PreparedCopy, *, workdir: str,
+               source_root: Path | None, source_date_epoch: int | None) -> None:
+    """Write a COPY/ADD into `root` (runs inside the mount namespace child)."""
+    owner = _owner(root, r.chown)
+    selection = prepared.selection
+    if source_root is not None:  # --from a stage or an image: its merged view
+        tree = SourceTree(source_root)  # keeps owners (preserves_ownership)
+        selection = select_sources(tree, list(r.sources), excludes=r.exclude, parents=r.parents)
+    heredocs = tuple(HeredocSource(f.name, f.data) for f in r.inline)
+    if r.keyword == "ADD":
+        if selection is not None and selection.sources:
+            add_local(root, selection, r.dest_path, workdir, chown=owner, chmod=r.chmod or None,
+                      unpack=r.unpack is not False, source_date_epoch=source_date_epoch)
+        for fetched in prepared.urls:
+            add_url(root, fetched, r.dest_path, workdir, chown=owner, chmod=r.chmod or None,
+                    unpack=bool(r.unpack), source_date_epoch=source_date_epoch)
+        for fetched in prepared.gits:
+            add_git(root, fetched, r.dest_path, workdir, chown=owner, chmod=r.chmod or None,
+                    source_date_epoch=source_date_epoch)
+        if heredocs:
+            empty = CopySelection(sources=(), preserves_ownership=False)
+            copy_selection(root, empty, r.dest_path, workdir, heredocs=heredocs, chown=owner,
+                           chmod=r.chmod or None, source_date_epoch=source_date_epoch,
+                           instruction="ADD")
+        return
+    if selection is None:
+        selection = CopySelection(sources=(), preserves_ownership=False)
+    copy_selection(root, selection, r.dest_path, workdir, heredocs=heredocs, chown=owner,
+                   chmod=r.chmod or None, source_date_epoch=source_date_epoch)
+
+
+def apply_workdir(root: Path, r: ResolvedWorkdir, user: str,
+                  source_date_epoch: int | None) -> None:
+    """mkdir -p the WORKDIR, owned by the USER in force (as BuildKit does)."""
+    if not r.creates_dir or r.path == "/":
+        return
+    who = _owner(root, user) if user else None
+    uid, gid = who if who else (0, 0)
+    mkdir_p_in_root(root, r.path, uid, gid)

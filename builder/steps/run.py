@@ -1,0 +1,178 @@
+"""Executing one RUN step: from a planned `Step` to a `SandboxSpec`, and the sandbox
+run itself (builder.sandbox), leaving the step's diff in an upper dir.
+
+Owns what a RUN needs around the sandbox: the user (names resolved in the image's
+/etc/passwd and /etc/group), HOME, the network mode (the step's `--network`, else
+the build's), `RUN --mount` (bind from the context, cache dirs kept per id in the
+store, tmpfs, secrets from `--secret`, heredoc files at /dev/pipes/), and the error
+a failing command becomes: step, line, exit code and the last lines of output.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import signal
+from collections import deque
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from builder.errors import BuildError
+from builder.resolved import Mount, ResolvedRun
+from builder.rootpath import resolve_in_root
+from builder.sandbox import BindMount, CacheMount, SandboxSpec, SecretMount, TmpfsMount, run
+from builder.users import resolve_user_in_layers
+
+OUTPUT_TAIL = 20  # lines of output a failure message repeats
+
+
+@dataclass(frozen=True)
+class RunEnvironment:
+    """What the build gives every RUN: where the context is, where cache mounts
+    live, the secrets given with --secret, the build's network mode."""
+
+    context_dir: Path
+    cache_mounts_dir: Path
+    secrets: Mapping[str, Path]
+    network: str  # none | host
+
+
+class _Tail:
+    """The last lines of a step's output, for the error message."""
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque(maxlen=OUTPUT_TAIL)
+        self.partial = b""
+
+    def feed(self, data: bytes) -> None:
+        data = self.partial + data
+        *complete, self.partial = data.split(b"\n")
+        for line in complete:
+            self.lines.append(line.decode("utf-8", "replace").rstrip("\r"))
+
+    def text(self) -> str:
+        lines = list(self.lines)
+        if self.partial:
+            lines.append(self.partial.decode("utf-8", "replace"))
+        return "\n".join(lines)
+
+
+def _cache_dir(env: RunEnvironment, m: Mount) -> Path:
+    """A persistent directory per cache id (default: the target path), owned and
+    moded as the mount asks on first creation."""
+    ident = m.id or m.target
+    name = hashlib.sha256(ident.encode()).hexdigest()[:24]
+    path = env.cache_mounts_dir / name
+    if not path.exists():
+        path.mkdir(parents=True, exist_ok=True)
+        os.chown(path, m.uid or 0, m.gid or 0)
+        os.chmod(path, m.mode if m.mode is not None else 0o755)
+    return path
+
+
+def _mounts(step_run: ResolvedRun, env: RunEnvironment, pipes_dir: Path,
+            stack: ExitStack, fail: Callable[[str], BuildError]) -> tuple:
+    out = []
+    for m in step_run.mounts:
+        if m.type == "bind":
+            if m.from_stage is not None or m.from_image is not None:
+                raise fail(f"RUN --mount=type=bind,from={m.from_} is not supported yet "
+                           "(bind mounts from the build context are)")
+            source = resolve_in_root(env.context_dir, m.source or "/")
+            if not source.exists():
+                raise fail(f"RUN --mount=type=bind: source {m.source!r} does not exist in the build context")
+            out.append(BindMount(source=source, target=m.target, readonly=m.readonly))
+        elif m.type == "cache":
+            if m.from_stage is not None or m.from_image is not None:
+                raise fail("RUN --mount=type=cache,from=... is not supported yet")
+            path = _cache_dir(env, m)
+            if m.sharing in ("locked", "private"):
+                # private is served as locked: one build at a time uses the dir
+                lock = open(path.parent / (path.name + ".lock"), "a")
+                stack.callback(lock.close)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            out.append(CacheMount(source=path, target=m.target, readonly=m.readonly))
+        elif m.type == "tmpfs":
+            out.append(TmpfsMount(target=m.target, size=m.size))
+        elif m.type == "secret":
+            src = env.secrets.get(m.id)
+            if src is None:
+                if m.required:
+                    raise fail(f"secret {m.id!r} is required but was not given "
+                               f"(use --secret id={m.id},src=PATH)")
+                continue
+            if m.env:
+                continue  # given through the environment (see secret_env)
+            target = m.target or f"/run/secrets/{m.id}"
+            out.append(SecretMount(source=Path(src), target=target,
+                                   mode=m.mode if m.mode is not None else 0o400,
+                                   uid=m.uid or 0, gid=m.gid or 0))
+        elif m.type == "ssh":
+            raise fail("RUN --mount=type=ssh is not supported by lamina "
+                       "(no SSH agent forwarding); use a secret mount instead")
+        else:
+            raise fail(f"unknown mount type {m.type!r}")
+    for f in step_run.files:
+        path = pipes_dir / f.name
+        path.write_text(f.data)
+        os.chmod(path, f.mode)
+        out.append(BindMount(source=path, target=f"/dev/pipes/{f.name}", readonly=True))
+    return tuple(out)
+
+
+def secret_env(step_run: ResolvedRun, env: RunEnvironment,
+               fail: Callable[[str], BuildError]) -> dict[str, str]:
+    """Secrets given as environment variables (`--mount=type=secret,id=x,env=NAME`)."""
+    out = {}
+    for m in step_run.mounts:
+        if m.type == "secret" and m.env and m.id in env.secrets:
+            try:
+                out[m.env] = Path(env.secrets[m.id]).read_text()
+            except OSError as e:
+                raise fail(f"cannot read secret {m.id!r}: {e.strerror or e}") from None
+    return out
+
+
+def execute_run(step_run: ResolvedRun, *, lower_dirs: tuple[Path, ...], upper_dir: Path,
+                work_dir: Path, scratch_dir: Path, step_env: tuple[tuple[str, str], ...],
+                user: str, workdir: str, env: RunEnvironment,
+                on_output: Callable[[bytes], None], fail: Callable[[str], BuildError]) -> None:
+    """Run the command; the diff stays in `upper_dir`. Raises `fail(...)` with the exit
+    code and the output tail when the command fails."""
+    if step_run.security == "insecure":
+        raise fail("RUN --security=insecure is not allowed (lamina has no entitlements)")
+    network = step_run.network if step_run.network in ("none", "host") else env.network
+    who = resolve_user_in_layers(lower_dirs, user or "0")
+    environ = dict(step_env)
+    environ.setdefault("HOME", who.home or "/")
+    environ.update(secret_env(step_run, env, fail))
+    tail = _Tail()
+
+    def output(data: bytes) -> None:
+        tail.feed(data)
+        on_output(data)
+
+    pipes = scratch_dir / "pipes"
+    pipes.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        spec = SandboxSpec(
+            lower_dirs=tuple(lower_dirs), upper_dir=upper_dir, work_dir=work_dir,
+            argv=tuple(step_run.argv), env=tuple(environ.items()), cwd=workdir or "/",
+            uid=who.uid, gid=who.gid, groups=tuple(who.groups), network=network,
+            mounts=_mounts(step_run, env, pipes, stack, fail))
+        code = run(spec, output)
+    if code != 0:
+        shown = " ".join(step_run.argv)
+        if code > 128:
+            try:
+                why = f"killed by signal {signal.Signals(code - 128).name}"
+            except ValueError:
+                why = f"exit code {code}"
+        else:
+            why = f"exit code {code}"
+        last = tail.text().strip()
+        raise fail(f"process \"{shown}\" did not complete successfully: {why}"
+                   + (f"\n--- last output ---\n{last}" if last else ""))
