@@ -194,6 +194,11 @@ def test_retagging_moves_the_tag(store, tmp_path, busybox_path):
                                      tmp_path / "b.tar"), "other")
     store.tag("app", "other")
     assert store.resolve("app").id == b.id
+    assert store.untag("other") == b.manifest_digest  # untag alone never deletes the image
+    assert store.resolve(b.id).tags == ("app:latest",)
+    with pytest.raises(ImageNotFound):
+        store.untag("other")
+    store.tag("other", "app")
     assert store.resolve(a.id).tags == ()  # dangling, like docker's <none>
     assert {s.config_digest: s.tags for s in store.images()} == {a.id: (), b.id: ("app:latest", "other:latest")}
 
@@ -391,3 +396,48 @@ def test_concurrent_imports_tags_and_gc(tmp_path, busybox_path):
         assert s.fsck().ok
         # after gc only referenced blobs remain
         assert not [n for n in s.fsck().notes if "unreferenced" in n]
+
+
+# -- the layer dirs serve as overlay lower dirs; peers read the documents -----------------
+
+@pytest.mark.root
+def test_deduplicated_layer_dirs_mount_as_overlay_lowers(store, tmp_path, busybox_path):
+    big = os.urandom(50_000)
+    a = store.import_rootfs(make_tar(make_rootfs(tmp_path / "ra", busybox_path, extra={"d/big": big}),
+                                     tmp_path / "a.tar"), "a")
+    b = store.import_rootfs(make_tar(make_rootfs(tmp_path / "rb", busybox_path,
+                                                 extra={"d/big": big, "d/b": b"b"}), tmp_path / "b.tar"), "b")
+    lowers = [store.layer_dir(b.layers[0].diff_id), store.layer_dir(a.layers[0].diff_id)]
+    assert (lowers[0] / "d/big").stat().st_ino == (lowers[1] / "d/big").stat().st_ino
+    upper, work, merged = tmp_path / "upper", tmp_path / "work", tmp_path / "merged"
+    for d in (upper, work, merged):
+        d.mkdir()
+    opts = (f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work},"
+            "redirect_dir=off,metacopy=off,index=off")
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], check=True)
+    try:
+        assert (merged / "d/big").read_bytes() == big and (merged / "d/b").read_bytes() == b"b"
+        with open(merged / "d/big", "r+b") as f:  # copy-up: the shared lower inode is untouched
+            f.write(b"changed")
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    assert (lowers[1] / "d/big").read_bytes() == big and (upper / "d/big").read_bytes()[:7] == b"changed"
+
+
+def test_skopeo_reads_the_manifest_and_config(store, busybox_tar, tmp_path):
+    skopeo = require_tool("skopeo")
+    img = store.import_rootfs(busybox_tar, "bb")
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    for d in [img.manifest_digest, img.config_digest] + [l.digest for l in img.layers]:
+        shutil.copyfile(store.blobs.path(d), layout / "blobs" / "sha256" / d.split(":")[1])
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    desc = {"mediaType": oci.OCI_MANIFEST, "digest": img.manifest_digest,
+            "size": store.blobs.size(img.manifest_digest), "annotations": {oci.ANNOTATION_REF_NAME: "bb"}}
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
+    cfg = subprocess.run([skopeo, "inspect", "--config", f"oci:{layout}:bb"], capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(cfg) == img.config
+    # skopeo verifies every digest while copying
+    subprocess.run([skopeo, "copy", "-q", f"oci:{layout}:bb", f"dir:{tmp_path / 'copy'}"], check=True)
+    assert (tmp_path / "copy" / "manifest.json").read_bytes() == store.blobs.read(img.manifest_digest)
