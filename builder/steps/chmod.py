@@ -32,8 +32,8 @@ UMASK = 0o022
 _U, _G, _O = 0o4700, 0o2070, 0o0007
 _WHO = {"u": _U, "g": _G, "o": _O, "a": _U | _G | _O}
 _CLASS_SHIFT = {"u": 6, "g": 3, "o": 0}
-_CLAUSE = re.compile(r"([ugoa]*)((?:[-+=](?:[rwxXst]*|[ugo]))+)")
-_ACTION = re.compile(r"([-+=])([rwxXst]*|[ugo])")
+_CLAUSE = re.compile(r"([ugoa]*)((?:[-+=](?:[ugo]|[rwxXst]*))+)")
+_ACTION = re.compile(r"([-+=])([ugo]|[rwxXst]*)")
 
 
 @dataclass(frozen=True)
