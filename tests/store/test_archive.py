@@ -566,3 +566,23 @@ def test_docker_archive_counts_unrecorded_uncompressed_sizes(image, blobs):
     from dataclasses import replace
     unknown = replace(image, layers=tuple(replace(l, uncompressed_size=0) for l in image.layers))
     assert archive_bytes([unknown], blobs, "docker") == archive_bytes([image], blobs, "docker")
+
+
+def test_memory_does_not_grow_with_layer_size(tmp_path):
+    """A 24 MB layer is saved and loaded (both formats) with a bounded Python heap."""
+    import tracemalloc
+
+    src = Store(tmp_path / "src")
+    committed(src, tmp_path / "trees", [{"big": random.Random(1).randbytes(24 << 20)}], "big:1",
+              compression="gzip")
+    for fmt in ("docker", "oci"):
+        path = tmp_path / f"big-{fmt}.tar"
+        tracemalloc.start()
+        try:
+            save(src, ["big:1"], path, fmt=fmt)
+            load(Store(tmp_path / f"dst-{fmt}"), path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert path.stat().st_size > 24 << 20
+        assert peak < 12 << 20, f"{fmt}: peak Python heap {peak} bytes"
