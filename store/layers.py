@@ -24,7 +24,24 @@ from store.tarwrite import write_tar
 
 DEFAULT_COMPRESSION: Compression = "zstd"
 MEASUREMENT = """\
-(filled in from bench/layer_bench.py)
+bench/layer_bench.py --levels, 2 vCPU VM, ext4, one thread, write = tar + compress +
+fsync'd blob, extract = decompress + safe extract (noisy: page-cache writeback):
+
+/usr/lib/python3.11 (tar 53.4 MB)     MB   ratio  write s  MB/s  extract s
+  none                             53.36   1.00    0.33  160.8    0.56
+  gzip-6 (zlib default)            15.23   3.50    1.65   32.3    0.79
+  zstd-3 (default)                 14.76   3.62    0.35  150.6    0.76
+  gzip-1 / gzip-9                  17.32 / 15.04   0.59 / 12.11
+  zstd-1 / zstd-9 / zstd-19        16.31 / 12.86 / 11.14   0.26 / 1.37 / 26.1
+busybox + /usr/share/{doc,perl,zoneinfo,i18n,locale} (tar 316.8 MB)
+  none                            316.81   1.00    1.72  184.2    3.37
+  gzip-6                          126.58   2.50   20.48   15.5   10.13
+  zstd-3 (default)                106.35   2.98    6.09   52.1    6.41
+  zstd-9                           93.52   3.39   19.34   16.4    9.38
+
+zstd-3 writes 3-5x faster than gzip-6 and is 3-16% smaller, so it is the default for
+stored layers. gzip stays available for consumers without zstd support (docker < 23,
+old registries); zstd-9 buys ~12% size for 4x the time - a push-time option at most.
 """
 
 CHUNK = 1 << 20
