@@ -247,6 +247,7 @@ def ingest_layer(blobs: BlobStore, reader: ArchiveReader, layer: ArchivedLayer, 
         if writer is not None:
             existed = blobs.exists(tee.digest)
             digest, _ = writer.commit(tee.digest)
+            writer = None
             if not existed:
                 added.append(digest)
     except CorruptContent as e:
@@ -256,8 +257,8 @@ def ingest_layer(blobs: BlobStore, reader: ArchiveReader, layer: ArchivedLayer, 
     except StoreError as e:
         raise StoreError(f"{where}: {e.message}", path=reader.path) from None
     finally:
-        if writer is not None:
-            writer.abort()  # no-op after a commit
+        if writer is not None:  # not committed: drop the temp file
+            writer.abort()
     return LayerBlob(diff_id=diff_id, digest=tee.digest, size=tee.size, media_type=media_type,
                      uncompressed_size=usize)
 
@@ -289,8 +290,15 @@ def load(store, source: str | os.PathLike) -> list[Loaded]:
         try:
             _fmt, images = read_images(reader)
             staged = []
+            seen: dict[tuple, object] = {}  # a member shared by several images is read once
             for img in images:
-                layers = tuple(ingest_layer(blobs, reader, l, added) for l in img.layers)
+                layers = []
+                for l in img.layers:
+                    key = (l.member, l.diff_id, l.digest, l.media_type)
+                    if key not in seen:
+                        seen[key] = ingest_layer(blobs, reader, l, added)
+                    layers.append(seen[key])
+                layers = tuple(layers)
                 manifest = img.manifest
                 if manifest is None:
                     manifest = synthesise_manifest(img.config, img.config_digest, layers)
