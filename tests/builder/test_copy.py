@@ -362,3 +362,12 @@ def test_xattrs_copied_capability_survives_chown(env):
     assert os.getxattr(root / "cap", "user.note") == b"kept"
     assert os.getxattr(root / "cap", "security.capability") == capability
     assert owner(root / "cap") == (1000, 1000)
+
+
+def test_parents_keeps_the_path_below_the_pivot(env):
+    ctx, root, _ = env
+    sel = select_sources(ctx_tree(ctx), ["dir/sub/two", "a.txt"], parents=True)
+    copy_selection(root, sel, "/p/")
+    assert (root / "p" / "dir" / "sub" / "two").read_text() == "22"
+    assert (root / "p" / "a.txt").read_text() == "A"
+    assert not (root / "p" / "dir" / "one").exists()
