@@ -250,7 +250,11 @@ def test_never_crashes(patterns, path):
 
 
 @settings(max_examples=300, deadline=None)
-@given(_patterns.filter(lambda p: not go_trim_space(p).startswith("!")), _paths)
+# Whitespace inside a pattern is excluded here: docker itself treats "/ a" (cleaned to
+# " a", then trimmed again by patternmatcher.New to "a") and "!/ a" (kept as " a")
+# differently, so the property only holds for patterns without blanks.
+@given(_patterns.filter(lambda p: not go_trim_space(p).startswith("!")
+                        and not any(c.isspace() for c in p)), _paths)
 def test_pattern_then_its_exception_excludes_nothing(p, path):
     try:
         only = IgnoreRules.parse(p + "\n")
