@@ -371,3 +371,69 @@ def test_parents_keeps_the_path_below_the_pivot(env):
     assert (root / "p" / "dir" / "sub" / "two").read_text() == "22"
     assert (root / "p" / "a.txt").read_text() == "A"
     assert not (root / "p" / "dir" / "one").exists()
+
+
+@pytest.mark.root
+def test_copy_through_an_overlay_mount_writes_exactly_the_diff(tmp_path):
+    """The DESIGN pitfall "COPY must see the merged view": a destination under a
+    symlinked directory of a lower layer, and a lower file replaced by a directory."""
+    import io
+    import tarfile
+
+    from builder import linux
+    from builder.overlay import mount_overlay
+    from builder.steps.add import extract_archive
+
+    lower, upper, work, merged, ctx = (tmp_path / n for n in ("lower", "upper", "work",
+                                                              "merged", "ctx"))
+    for d in (lower / "srv" / "app", upper, work, merged, ctx / "conf"):
+        d.mkdir(parents=True)
+    os.symlink("/srv/app", lower / "app")
+    (lower / "srv" / "app" / "old").write_text("old")
+    (lower / "etc").mkdir()
+    (lower / "etc" / "conf").write_text("a file in the lower layer")
+    (ctx / "x").write_text("x")
+    (ctx / "conf" / "c").write_text("c")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(r)
+            linux.unshare(linux.CLONE_NEWNS)
+            linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+            mount_overlay([lower], upper, work, merged, tmp_path / "scratch")
+            copy(merged, ctx, ["x"], "/app/")
+            try:  # a directory onto a lower file: BuildKit's MkdirAll fails, so do we
+                copy(merged, ctx, ["conf"], "/etc/conf/")
+                raise AssertionError("COPY dir onto a lower file did not fail")
+            except BuildError as e:
+                assert "not a directory" in e.message, e.message
+            # ADD of an archive replaces it (applyRootArchive removes what is in the way)
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as t:
+                info = tarfile.TarInfo("etc/conf")
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                t.addfile(info)
+                info = tarfile.TarInfo("etc/conf/c")
+                info.size = 1
+                t.addfile(info, io.BytesIO(b"c"))
+            (tmp_path / "a.tar").write_bytes(buf.getvalue())
+            extract_archive(merged, tmp_path / "a.tar", "/")
+            status = 0
+        except BaseException as e:  # report to the parent
+            os.write(w, repr(e).encode())
+        finally:
+            os._exit(status)
+    os.close(w)
+    err = os.read(r, 65536).decode()
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, err
+    assert (upper / "srv" / "app" / "x").read_text() == "x"
+    assert not (upper / "app").exists()                       # the symlink stays in the lower
+    assert not (upper / "srv" / "app" / "old").exists()       # untouched: not copied up
+    # the lower file replaced by a directory: an opaque directory in the upper dir
+    assert (upper / "etc" / "conf" / "c").read_text() == "c"
+    assert os.getxattr(upper / "etc" / "conf", "trusted.overlay.opaque") == b"y"
