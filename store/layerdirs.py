@@ -33,10 +33,15 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from store.db import Database
 from store.errors import StoreError
+from store.layers import extract_layer
+from store.locks import flocked, remove_tree
+
+if TYPE_CHECKING:
+    from store.store import Store
 
 HASH_CHUNK = 1 << 20
 NAME_LENGTHS = (12, 16, 24, 32, 64)
@@ -217,3 +222,74 @@ def dir_usage(path: Path, seen: set[tuple[int, int]] | None,
                 unique += st.st_size
             blocks += st.st_blocks * 512
     return logical, unique, blocks
+
+
+# -- making a layer's directory ---------------------------------------------------------
+
+def _layer_dir_name(store: "Store", diff_id: str) -> str | None:
+    row = store.db.query_one("SELECT dir FROM layers WHERE diff_id=?", (diff_id,))
+    if row is None:
+        raise StoreError(f"layer {diff_id} is not in the store", digest=diff_id)
+    return row["dir"]
+
+
+def make_layer_dir(store: "Store", diff_id: str, src_dir: Path | None) -> Path:
+    """The directory of layer `diff_id`: extracted from its blob (src_dir None) or
+    adopted from `src_dir` (renamed; removed if the layer already has one). Holds the
+    gc lock shared and the lock of the candidate name while it works."""
+    layers_root = store.layers_root
+    with store.writing():
+        for name in candidate_names(diff_id):
+            with flocked(store.locks_dir / f"{name}.lock"):
+                current = _layer_dir_name(store, diff_id)
+                if current:
+                    if current != name:
+                        if (layers_root / current).is_dir():
+                            return _drop_src(src_dir, layers_root / current)
+                        continue  # recorded under another name, now missing: re-make it there
+                    if (layers_root / name).is_dir():
+                        return _drop_src(src_dir, layers_root / name)
+                elif store.db.query_one("SELECT 1 FROM layers WHERE dir=?", (name,)) is not None:
+                    continue  # a prefix collision with another layer: try a longer name
+                target = layers_root / name
+                if os.path.lexists(target):  # left by a crash before it was recorded
+                    trash = store.temp_path("trash")
+                    os.rename(target, trash)
+                    remove_tree(trash)
+                return _fill(store, diff_id, name, target, src_dir)
+    raise StoreError(f"no directory name available for layer {diff_id}", digest=diff_id)
+
+
+def _drop_src(src_dir: Path | None, result: Path) -> Path:
+    if src_dir is not None:
+        remove_tree(src_dir)
+    return result
+
+
+def _fill(store: "Store", diff_id: str, name: str, target: Path, src_dir: Path | None) -> Path:
+    if src_dir is None:
+        blob = store.db.query_one("SELECT digest FROM layer_blobs WHERE diff_id=? ORDER BY size LIMIT 1",
+                                  (diff_id,))
+        if blob is None:
+            raise StoreError(f"layer {diff_id} has no stored blob to extract", digest=diff_id)
+        work = store.temp_path("extract")
+        work.mkdir()
+        try:
+            extract_layer(store.blobs, blob["digest"], work, expected_diff_id=diff_id)
+        except BaseException:
+            remove_tree(work)
+            raise
+    else:
+        work = src_dir
+    try:
+        result = dedup_tree(store.db, store.layers_root, work)
+        sync_tree(work)
+        place(work, target)
+    except BaseException:
+        if src_dir is None:
+            remove_tree(work)
+        raise
+    with store.db.write() as c:
+        c.execute("UPDATE layers SET dir=? WHERE diff_id=?", (name, diff_id))
+        record_keys(c, name, result.new_keys)
+    return target

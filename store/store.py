@@ -18,29 +18,25 @@ bytes that are about to be referenced.
 
 from __future__ import annotations
 
-import bz2
 import errno
 import functools
-import lzma
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from store import oci, refs
 from store.blobs import BlobStore, sha256_digest
 from store.cache import BuildCache, CacheEntry
-from store.compression import PrefixedReader, open_decompressed
 from store.db import Database
 from store.errors import BlobNotFound, CorruptContent, ImageNotFound, StoreError
-from store.layerdirs import candidate_names, dedup_tree, place, record_keys, sync_tree
-from store.layers import DEFAULT_COMPRESSION, LayerBlob, extract_layer, write_layer
+from store.layerdirs import make_layer_dir
+from store.layers import DEFAULT_COMPRESSION, LayerBlob, write_layer
 from store.lease import Lease
-from store.locks import GcLock, Owner, clean_stale_temp, flocked, remove_tree
-from store.tarlayer import extract_tar
+from store.locks import GcLock, Owner, clean_stale_temp
+from store.rootfs import import_rootfs
 
 __all__ = ["Store", "Image", "ImageSummary", "HistoryEntry", "CacheEntry", "LayerBlob"]
 
@@ -410,34 +406,9 @@ class Store:
                       message: str | None = None, compression: str = DEFAULT_COMPRESSION,
                       source_date_epoch: int | None = None) -> Image:
         """`docker import`: a root filesystem tar (plain, gzip, zstd, xz or bzip2)
-        becomes a one-layer image tagged `ref`. `changes` are container config fields
-        (Cmd, Env, ...)."""
-        parsed = [refs.parse_tag(ref)] if ref else []
-        sde = source_date_epoch_value(source_date_epoch)
-        created = oci.format_time(sde if sde is not None else time.time())
-        tarball = Path(tarball)
-        with self.writing():
-            tmp = self.temp_path("import")
-            tmp.mkdir()
-            try:
-                try:
-                    f = open(tarball, "rb")
-                except OSError as e:
-                    raise StoreError(f"cannot read {tarball}: {e.strerror or e}", path=str(tarball)) from None
-                with f:
-                    stream = _open_any_compression(f, tarball)
-                    extract_tar(stream, tmp)
-                layer = write_layer(self.blobs, tmp, compression=compression,  # type: ignore[arg-type]
-                                    source_date_epoch=sde)
-                history = {"created": created, "comment": message or f"Imported from {tarball.name}"}
-                cfg = oci.build_config(diff_ids=[layer.diff_id], history=[history],
-                                       container_config=dict(changes or {}), created=created)
-                image = self.commit_image(cfg, [layer], [str(t) for t in parsed])
-                if sde is None:  # the extracted tree is the layer exactly: keep it
-                    self.adopt_layer_dir(layer.diff_id, tmp)
-            finally:
-                remove_tree(tmp)
-        return self._load_image(image.manifest_digest)
+        becomes a one-layer image tagged `ref` (see store.rootfs)."""
+        return import_rootfs(self, Path(tarball), ref, changes=changes, message=message,
+                             compression=compression, source_date_epoch=source_date_epoch)
 
     # -- layer directories -------------------------------------------------------------
 
@@ -474,62 +445,7 @@ class Store:
 
     @_disk_errors
     def _make_layer_dir(self, diff_id: str, src_dir: Path | None) -> Path:
-        with self.writing():
-            for name in candidate_names(diff_id):
-                with flocked(self.locks_dir / f"{name}.lock"):
-                    row = self._layer_row(diff_id)
-                    if row["dir"]:
-                        if row["dir"] != name:
-                            if (self.layers_root / row["dir"]).is_dir():
-                                return self._drop_src(src_dir, self.layers_root / row["dir"])
-                            continue  # recorded under another name that is missing: re-make it there
-                        target = self.layers_root / name
-                        if target.is_dir():
-                            return self._drop_src(src_dir, target)
-                    else:
-                        other = self.db.query_one("SELECT diff_id FROM layers WHERE dir=?", (name,))
-                        if other is not None:
-                            continue  # a prefix collision with another layer: try a longer name
-                    target = self.layers_root / name
-                    if os.path.lexists(target):  # left by a crash before it was recorded
-                        trash = self.temp_path("trash")
-                        os.rename(target, trash)
-                        remove_tree(trash)
-                    return self._fill_layer_dir(diff_id, name, target, src_dir)
-        raise StoreError(f"no directory name available for layer {diff_id}", digest=diff_id)
-
-    def _drop_src(self, src_dir: Path | None, result: Path) -> Path:
-        if src_dir is not None:
-            remove_tree(src_dir)
-        return result
-
-    def _fill_layer_dir(self, diff_id: str, name: str, target: Path, src_dir: Path | None) -> Path:
-        if src_dir is None:
-            blob = self.db.query_one("SELECT digest FROM layer_blobs WHERE diff_id=? ORDER BY size LIMIT 1",
-                                     (diff_id,))
-            if blob is None:
-                raise StoreError(f"layer {diff_id} has no stored blob to extract", digest=diff_id)
-            work = self.temp_path("extract")
-            work.mkdir()
-            try:
-                extract_layer(self.blobs, blob["digest"], work, expected_diff_id=diff_id)
-            except BaseException:
-                remove_tree(work)
-                raise
-        else:
-            work = src_dir
-        try:
-            result = dedup_tree(self.db, self.layers_root, work)
-            sync_tree(work)
-            place(work, target)
-        except BaseException:
-            if src_dir is None:
-                remove_tree(work)
-            raise
-        with self.db.write() as c:
-            c.execute("UPDATE layers SET dir=? WHERE diff_id=?", (name, diff_id))
-            record_keys(c, name, result.new_keys)
-        return target
+        return make_layer_dir(self, diff_id, src_dir)
 
     # -- history / inspect -------------------------------------------------------------
 
@@ -641,29 +557,3 @@ def _finish_config(config: Mapping[str, Any], layers: Sequence[LayerBlob]) -> di
 def _last_comment(cfg: Mapping[str, Any]) -> str:
     hist = cfg.get("history") or []
     return hist[-1].get("comment", "") if hist else ""
-
-
-def _open_any_compression(f: BinaryIO, path: Path) -> BinaryIO:
-    head = f.read(6)
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return _Checked(lzma.LZMAFile(PrefixedReader(head, f)), path)  # type: ignore[arg-type]
-    if head.startswith(b"BZh"):
-        return _Checked(bz2.BZ2File(PrefixedReader(head, f)), path)  # type: ignore[arg-type]
-    return open_decompressed(PrefixedReader(head, f))  # type: ignore[arg-type]
-
-
-class _Checked:
-    """A decompressing reader whose format errors become CorruptContent."""
-
-    def __init__(self, inner, path: Path) -> None:
-        self._inner = inner
-        self._path = path
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return self._inner.read(n)
-        except (lzma.LZMAError, OSError, EOFError) as e:
-            raise CorruptContent(f"{self._path}: corrupt compressed data ({e})", path=str(self._path)) from None
-
-    def readable(self) -> bool:
-        return True

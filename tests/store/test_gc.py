@@ -11,7 +11,6 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 
 from store import oci
 from store.cache import CacheEntry
