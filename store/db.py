@@ -159,6 +159,14 @@ class Database:
         self._local.conn = None
 
     def _init_schema(self) -> None:
+        try:  # the common case: schema in place, no write lock needed
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.OperationalError:
+            row = None  # no meta table yet
+        except sqlite3.DatabaseError as e:
+            raise _store_error(e, self.path) from None
+        if row is not None and int(row[0]) == SCHEMA_VERSION:
+            return
         with self.write() as c:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
