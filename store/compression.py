@@ -267,24 +267,147 @@ class _GzipReader:
         return True
 
 
-class _ZstdReader:
-    def __init__(self, raw: BinaryIO) -> None:
-        self._r = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True,
-                                                             closefd=False)
+class ZstdFrameTracker:
+    """Follows zstd frame structure (RFC 8878: frame header, block headers, checksum,
+    skippable frames) over the compressed bytes, without decompressing, so a stream cut
+    at any point is told apart from one that ends between frames. (zstandard's stream
+    reader returns a clean EOF for a truncated frame.)"""
+
+    def __init__(self) -> None:
+        self._need = 4  # bytes wanted for the current header piece
+        self._state = "magic"
+        self._buf = b""
+        self._skip = 0  # body bytes still to pass over
+        self._checksum = False
+        self.frames = 0
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._state == "magic" and not self._buf and not self._skip
+
+    def feed(self, data: bytes) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._skip:
+                k = min(self._skip, n - pos)
+                self._skip -= k
+                pos += k
+                if not self._skip and self._state == "after_skip":
+                    self._state, self._need = "magic", 4
+                continue
+            k = min(self._need - len(self._buf), n - pos)
+            self._buf += data[pos:pos + k]
+            pos += k
+            if len(self._buf) == self._need:
+                piece, self._buf = self._buf, b""
+                self._advance(piece)
+
+    def _advance(self, piece: bytes) -> None:
+        st = self._state
+        if st == "magic":
+            magic = int.from_bytes(piece, "little")
+            if magic == 0xFD2FB528:
+                self._state, self._need = "fhd", 1
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:
+                self._state, self._need = "skip_size", 4
+            else:
+                raise CorruptContent("zstd stream is corrupt: bad frame magic")
+        elif st == "skip_size":
+            self._skip = int.from_bytes(piece, "little")
+            self._state = "after_skip"
+            if not self._skip:
+                self._state, self._need = "magic", 4
+        elif st == "fhd":
+            fhd = piece[0]
+            single = fhd & 0x20
+            fcs = (0, 2, 4, 8)[fhd >> 6] or (1 if single else 0)
+            did = (0, 1, 2, 4)[fhd & 3]
+            self._checksum = bool(fhd & 4)
+            rest = (0 if single else 1) + did + fcs
+            if rest:
+                self._state, self._need = "fh_rest", rest
+            else:
+                self._state, self._need = "block", 3
+        elif st == "fh_rest":
+            self._state, self._need = "block", 3
+        elif st == "block":
+            hdr = int.from_bytes(piece, "little")
+            last, btype, size = hdr & 1, (hdr >> 1) & 3, hdr >> 3
+            if btype == 3:
+                raise CorruptContent("zstd stream is corrupt: reserved block type")
+            self._skip = 1 if btype == 1 else size
+            if last:
+                if self._checksum:
+                    self._state, self._need = "checksum", 4
+                else:
+                    self._end_frame()
+            # else: stay in "block" for the next header
+        elif st == "checksum":
+            self._end_frame()
+
+    def _end_frame(self) -> None:
+        self.frames += 1
+        if self._skip:
+            self._state = "after_skip"
+        else:
+            self._state, self._need = "magic", 4
+
+
+class _TrackedRaw:
+    def __init__(self, raw: BinaryIO, tracker: ZstdFrameTracker) -> None:
+        self._raw = raw
+        self._tracker = tracker
+        self.eof = False
 
     def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        if data:
+            self._tracker.feed(data)
+        elif n != 0:
+            self.eof = True
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class _ZstdReader:
+    """Streaming zstd decoder (all frames); CorruptContent on bad data or truncation."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._tracker = ZstdFrameTracker()
+        self._raw = _TrackedRaw(raw, self._tracker)
+        self._r = zstandard.ZstdDecompressor().stream_reader(self._raw, read_across_frames=True,
+                                                             closefd=False)
+        self._done = False
+
+    def _read(self, n: int) -> bytes:
+        out = bytearray()
         try:
-            if n is None or n < 0:
-                return self._r.readall()
-            out = bytearray()
-            while len(out) < n:  # stream_reader may return short reads
+            while len(out) < n and not self._done:  # stream_reader may return short reads
                 chunk = self._r.read(n - len(out))
                 if not chunk:
+                    self._finish()
                     break
                 out += chunk
-            return bytes(out)
         except zstandard.ZstdError as e:
             raise CorruptContent(f"zstd stream is corrupt: {e}") from None
+        return bytes(out)
+
+    def _finish(self) -> None:
+        while self._raw.read(CHUNK):
+            pass
+        self._done = True
+        if not self._tracker.at_boundary or not self._tracker.frames:
+            raise CorruptContent("zstd stream is truncated")
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = []
+            while chunk := self._read(CHUNK):
+                parts.append(chunk)
+            return b"".join(parts)
+        return self._read(n)
 
     def readable(self) -> bool:
         return True
