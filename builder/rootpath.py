@@ -17,8 +17,10 @@ Owns:
 - `RootDir.open_dir(path, create=DirSpec)`: a descriptor of a directory, creating the
   missing ones; `RootDir.open_parent(path)`: the directory holding the final component
   plus its name (the final component is followed only when asked).
+- `RootDir.read_file(path)`: a regular file of the image, read through the same walk
+  (for /etc/passwd and /etc/group when resolving --chown).
 - module functions for one-off use: `resolve_in_root`, `lstat_in_root`,
-  `is_dir_in_root`, `mkdir_p_in_root`.
+  `is_dir_in_root`, `mkdir_p_in_root`, `read_file_in_root`.
 
 Directories created for a destination (docker's "missing parents are created"):
 mode 0755 (set explicitly, whatever the umask), owner 0:0 - or, with `--chown`, the
@@ -44,7 +46,8 @@ from pathlib import Path
 from builder.errors import BuildError
 
 __all__ = ["DirSpec", "MAX_SYMLINKS", "RootDir", "RootPathError", "clean_image_path",
-           "is_dir_in_root", "lstat_in_root", "mkdir_p_in_root", "resolve_in_root"]
+           "is_dir_in_root", "lstat_in_root", "mkdir_p_in_root", "read_file_in_root",
+           "resolve_in_root"]
 
 #: symlinks followed in one resolution (containerd's fs.RootPath, used by BuildKit: 255)
 MAX_SYMLINKS = 255
@@ -329,6 +332,36 @@ class RootDir:
         w.close()
         raise RootPathError(f"{shown}: {where} does not exist")
 
+    def read_file(self, path: str, *, max_bytes: int = 16 << 20) -> bytes | None:
+        """The content of regular file `path` (symlinks followed inside the root), or
+        None when it is missing, not a regular file, or larger than max_bytes. For
+        reading the image's own files, e.g. /etc/passwd for --chown."""
+        try:
+            fd, name, _ = self.open_parent(path, follow_final=True)
+        except RootPathError:
+            return None
+        try:
+            ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                          dir_fd=fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            st = os.fstat(ffd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+                return None
+            chunks = []
+            total = 0
+            while chunk := os.read(ffd, 1 << 20):
+                total += len(chunk)
+                if total > max_bytes:
+                    return None
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(ffd)
+
     @staticmethod
     def _exists(dir_fd: int, name: str) -> bool:
         try:
@@ -344,6 +377,13 @@ def resolve_in_root(root: str | os.PathLike, path: str, *, follow_final: bool = 
     """The host path that image path `path` leads to inside `root` (never outside it)."""
     with RootDir(root) as r:
         return r.host_path(path, follow_final=follow_final)
+
+
+def read_file_in_root(root: str | os.PathLike, path: str) -> bytes | None:
+    """RootDir.read_file for one file: a `rootfs_lookup` for builder.users.resolve_user
+    (`functools.partial(read_file_in_root, root)`)."""
+    with RootDir(root) as r:
+        return r.read_file(path)
 
 
 def lstat_in_root(root: str | os.PathLike, path: str, *,

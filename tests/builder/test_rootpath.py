@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from builder.errors import BuildError
 from builder.rootpath import (DirSpec, RootDir, RootPathError, clean_image_path, is_dir_in_root,
-                              lstat_in_root, mkdir_p_in_root, resolve_in_root)
+                              lstat_in_root, mkdir_p_in_root, read_file_in_root,
+                              resolve_in_root)
 
 
 @pytest.fixture
@@ -204,3 +205,13 @@ def test_resolution_matches_the_kernel_in_a_chroot(tmp_path_factory, layout, que
         for p, k in zip(paths, kernel):
             mine = r.lstat(p, follow_final=True)
             assert (None if mine is None else (mine.st_dev, mine.st_ino)) == k, p
+
+
+def test_read_file_stays_inside(world):
+    root, sentinel = world
+    os.symlink("/etc/passwd", root / "etc" / "alias")
+    os.symlink(str(sentinel / "keep"), root / "etc" / "hostfile")  # re-rooted: missing
+    assert read_file_in_root(root, "/etc/alias") == b"root:x:0:0::/root:/bin/sh\n"
+    assert read_file_in_root(root, "/etc/hostfile") is None
+    assert read_file_in_root(root, "/etc") is None
+    assert read_file_in_root(root, "/nope") is None
