@@ -14,6 +14,17 @@ last (one SQLite transaction). A crash at any point leaves at worst unreferenced
 bytes, which gc removes and fsck only mentions. Writers hold the gc lock shared
 from their first byte to their commit (`Store.writing()`), so gc never deletes
 bytes that are about to be referenced.
+
+Rules for callers (the build engine, archive load):
+- write blobs and record them inside one `with store.writing():` (or use
+  `store.write_layer`, which does); hold what a build uses in `store.lease()`
+  (`cache.lookup(key, lease=...)` holds a hit atomically);
+- never call Store methods inside `store.db.write()` (gc waits for writers while
+  holding the gc lock; a writer waiting for the gc lock inside a transaction
+  would deadlock them both);
+- layer dirs are ROOT/layers/<12+ hex>: mount overlay from cwd=store.layers_root
+  with `lowerdir=<name>:<name>...` (relative names) so that 120+ layers fit in
+  the one-page mount data; never write into a layer dir (dedup hard links).
 """
 
 from __future__ import annotations
