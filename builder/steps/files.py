@@ -86,7 +86,7 @@ def apply_copy(root: Path, r: ResolvedCopy, prepared: PreparedCopy, *, workdir: 
     if source_root is not None:  # --from a stage or an image: its merged view
         tree = SourceTree(source_root)  # keeps owners (preserves_ownership)
         selection = select_sources(tree, list(r.sources), excludes=r.exclude, parents=r.parents)
-    heredocs = tuple(HeredocSource(f.name, f.data) for f in r.inline)
+    heredocs = tuple(HeredocSource(f.name, f.data.encode("utf-8")) for f in r.inline)
     if r.keyword == "ADD":
         if selection is not None and selection.sources:
             add_local(root, selection, r.dest_path, workdir, chown=owner, chmod=r.chmod or None,
