@@ -272,7 +272,7 @@ def resolve_mount(ctx: ResolveContext, value: str, ssh_index: int) -> Mount:
         type=m.type, target=target, source=m.source if m.type != "secret" else "",
         from_=m.from_, from_stage=from_stage, from_image=from_image, id=mount_id,
         sharing=(m.sharing or "shared") if m.type == "cache" else "", readonly=m.readonly,
-        required=m.required, mode=mode, uid=m.uid, gid=m.gid, size=m.size)
+        required=m.required, mode=mode, uid=m.uid, gid=m.gid, size=m.size, env=m.env)
 
 
 def resolve_run(ctx: ResolveContext, inst: ast.Run) -> ResolvedRun:

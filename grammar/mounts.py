@@ -39,6 +39,7 @@ class Mount:
     uid: int | None = None
     gid: int | None = None
     size: int | None = None
+    env: str = ""  # secret: expose it as this environment variable
 
 
 def split_fields(value: str) -> list[str]:
@@ -155,6 +156,8 @@ def parse_mount(value: str) -> Mount:
             m["mode"] = _parse_uint("mode", val, 8)
         elif key in ("uid", "gid"):
             m[key] = _parse_uint(key, val, 10)
+        elif key == "env":
+            m["env"] = val
         else:
             raise MountError(f"unexpected key '{key}' in '{field}'")
     mount = Mount(**m)
@@ -173,6 +176,8 @@ def parse_mount(value: str) -> Mount:
             raise MountError("invalid secret mount. one of source, target required")
         if mount.source and mount.id:
             raise MountError("both source and id can't be set")
+    if mount.env and mount.type != "secret":
+        raise MountError(f"unexpected key 'env' for mount type '{mount.type}'")
     if mount.sharing and mount.type != "cache":
         raise MountError(f"invalid cache sharing set for {mount.type} mount")
     return mount
