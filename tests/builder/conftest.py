@@ -112,3 +112,15 @@ def run_sandbox(step_dirs):
         return code, b"".join(chunks), upper
 
     return run
+
+
+@pytest.fixture(scope="session")
+def build_store(tmp_path_factory):
+    """(store root, image ID) of a store holding the busybox base image `bb`, built with
+    `lamina build` (tests/builder/buildkit.py); shared by the build integration tests,
+    which must treat `bb` as read-only and use Dockerfiles of their own."""
+    from tests.builder.buildkit import make_base
+
+    base = tmp_path_factory.mktemp("build-store")
+    root = base / "store"
+    return root, make_base(root, base / "base-context")
