@@ -1,0 +1,1 @@
+deep/a/b/c.go
