@@ -170,9 +170,9 @@ def execute_run(step_run: ResolvedRun, *, lower_dirs: tuple[Path, ...], upper_di
             try:
                 why = f"killed by signal {signal.Signals(code - 128).name}"
             except ValueError:
-                why = f"exit code {code}"
+                why = f"exit code: {code}"
         else:
-            why = f"exit code {code}"
+            why = f"exit code: {code}"
         last = tail.text().strip()
         raise fail(f"process \"{shown}\" did not complete successfully: {why}"
                    + (f"\n--- last output ---\n{last}" if last else ""))
