@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from pathlib import Path
 from typing import BinaryIO
@@ -48,6 +47,48 @@ Components = tuple[bytes, ...]
 
 def _show(name: bytes) -> str:
     return os.fsdecode(name)
+
+
+def remove_tree(parent: int, name: bytes | str) -> None:
+    """`rm -rf name` inside the directory open as `parent`: iterative (any depth), via
+    dir fds, never following a symlink; holds two fds, going up by ".." and checking
+    the inode. (shutil.rmtree recurses and fails past ~1000 levels.)"""
+    cur = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    stack: list[tuple[tuple[int, int], str | bytes, list[str]]] = []
+    ident = (lambda s: (s.st_dev, s.st_ino))
+    try:
+        stack.append((ident(os.fstat(parent)), name, []))
+        pending_scan = True
+        while stack:
+            if pending_scan:
+                subdirs = []
+                with os.scandir(cur) as it:
+                    for entry in it:
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append(entry.name)
+                        else:
+                            os.unlink(entry.name, dir_fd=cur)
+                stack[-1][2].extend(subdirs)
+                pending_scan = False
+            parent_ident, myname, subdirs = stack[-1]
+            if subdirs:
+                child = subdirs.pop()
+                here = ident(os.fstat(cur))
+                nfd = os.open(child, _DIR_FLAGS, dir_fd=cur)
+                os.close(cur)
+                cur = nfd
+                stack.append((here, child, []))
+                pending_scan = True
+                continue
+            stack.pop()
+            up = os.open("..", _DIR_FLAGS, dir_fd=cur)
+            os.close(cur)
+            cur = up
+            if ident(os.fstat(cur)) != parent_ident:
+                raise StoreError("directory moved while it was removed")
+            os.rmdir(myname, dir_fd=cur)
+    finally:
+        os.close(cur)
 
 
 def normalise(name: bytes, member: bytes) -> Components:
@@ -89,11 +130,21 @@ class _Extractor:
     def open_dir(self, comps: Components, member: bytes, *, create: bool) -> int:
         """An fd (caller closes) of directory `comps` under the root, walked without
         following any symlink; missing dirs are created when `create`."""
-        if self._cache is not None and self._cache[0] == comps:
-            return os.dup(self._cache[1])
-        fd = os.dup(self.root_fd)
+        start = 0
+        fd = self.root_fd
+        if self._cache is not None:
+            ccomps, cfd = self._cache
+            if comps[:len(ccomps)] == ccomps:  # continue from the last dir walked
+                start, fd = len(ccomps), cfd
+            elif comps and comps == ccomps[:-1]:  # its parent (finish() goes up the tree)
+                up = os.open("..", _DIR_FLAGS, dir_fd=cfd)
+                self._drop_cache()
+                self._cache = (comps, up)
+                return os.dup(up)
+        fd = os.dup(fd)
         try:
-            for i, comp in enumerate(comps):
+            for i in range(start, len(comps)):
+                comp = comps[i]
                 try:
                     nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
@@ -117,8 +168,9 @@ class _Extractor:
         except BaseException:
             os.close(fd)
             raise
-        self._drop_cache()
-        self._cache = (comps, os.dup(fd))
+        if start != len(comps):
+            self._drop_cache()
+            self._cache = (comps, os.dup(fd))
         return fd
 
     def remove(self, parent: int, name: bytes) -> os.stat_result | None:
@@ -130,7 +182,7 @@ class _Extractor:
             return None
         if stat.S_ISDIR(st.st_mode):
             self._drop_cache()
-            shutil.rmtree(os.fsdecode(name), dir_fd=parent)
+            remove_tree(parent, name)
         else:
             os.unlink(name, dir_fd=parent)
         return st

@@ -45,9 +45,17 @@ def is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _xattrs(path: bytes) -> dict[bytes, bytes]:
+def _proc(dir_fd: int, name: bytes) -> bytes:
+    """A path naming `name` in the directory open as `dir_fd`, for the calls that have
+    no *at() form (xattrs): the magic link pins the directory, the last component is
+    looked up without following."""
+    return b"/proc/self/fd/%d/" % dir_fd + name
+
+
+def _xattrs(path: bytes | int) -> dict[bytes, bytes]:
+    follow = isinstance(path, int)  # an fd: nothing to follow
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(path, follow_symlinks=follow)
     except OSError as e:
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return {}
@@ -58,7 +66,7 @@ def _xattrs(path: bytes) -> dict[bytes, bytes]:
         if key.startswith(_SKIPPED_XATTR_PREFIXES) or key in _SKIPPED_XATTRS:
             continue
         try:
-            out[key] = os.getxattr(path, name, follow_symlinks=False)
+            out[key] = os.getxattr(path, name, follow_symlinks=follow)
         except OSError as e:
             if e.errno == errno.ENODATA:
                 continue  # removed meanwhile
@@ -66,17 +74,33 @@ def _xattrs(path: bytes) -> dict[bytes, bytes]:
     return dict(sorted(out.items()))
 
 
-def _is_opaque(path: bytes) -> bool:
+def _is_opaque(dir_fd: int) -> bool:
     try:
-        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+        return os.getxattr(dir_fd, OVERLAY_OPAQUE_XATTR) == b"y"
     except OSError:
         return False
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Dir:
+    """One directory on the walk: its identity, tar prefix, mtime and the children still
+    to emit. Only the current directory is open: going back up reopens ".." and checks
+    it is the same inode, so the walk needs two fds at any depth."""
+
+    def __init__(self, st: os.stat_result, prefix: bytes, mtime: int, children: list) -> None:
+        self.ident = (st.st_dev, st.st_ino)
+        self.prefix = prefix
+        self.mtime = mtime
+        self.children = children  # (tarname, name, stat | None), sorted, consumed from the end
+
+
 class _TarWriter:
-    def __init__(self, out: BinaryIO, epoch: int | None) -> None:
+    def __init__(self, out: BinaryIO, epoch: int | None, root: bytes) -> None:
         self.out = out
         self.epoch = epoch
+        self.root = root
         self.links: dict[tuple[int, int], bytes] = {}
 
     def mtime(self, st: os.stat_result) -> int:
@@ -86,33 +110,101 @@ class _TarWriter:
     def emit(self, e: Entry) -> None:
         self.out.write(encode_entry(e))
 
-    def write_file_data(self, path: bytes, rel: bytes, size: int) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    def _where(self, rel: bytes) -> str:
+        return os.fsdecode(self.root + b"/" + rel)
+
+    def regular(self, dir_fd: int, name: bytes, rel: bytes, st: os.stat_result, base: dict) -> None:
+        """Header and data of a regular file, read through one fd (the xattrs too)."""
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
-            left = size
+            now = os.fstat(fd)
+            if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+                raise StoreError(f"file replaced while it was archived: {os.fsdecode(rel)}",
+                                 path=self._where(rel))
+            self.emit(Entry(name=rel, type=REGTYPE, size=st.st_size, xattrs=_xattrs(fd), **base))
+            left = st.st_size
             while left:
                 chunk = os.read(fd, min(CHUNK, left))
                 if not chunk:
                     raise StoreError(f"file shrank while it was archived: {os.fsdecode(rel)}",
-                                     path=os.fsdecode(path))
+                                     path=self._where(rel))
                 self.out.write(chunk)
                 left -= len(chunk)
             if os.read(fd, 1):
                 raise StoreError(f"file grew while it was archived: {os.fsdecode(rel)}",
-                                 path=os.fsdecode(path))
+                                 path=self._where(rel))
         finally:
             os.close(fd)
-        self.out.write(padding(size))
+        self.out.write(padding(st.st_size))
 
-    def entry(self, rel: bytes, path: bytes, st: os.stat_result) -> None:
+    def children(self, dir_fd: int, prefix: bytes, opaque: bool) -> list:
+        with os.scandir(dir_fd) as it:
+            names = [os.fsencode(e.name) for e in it]
+        entries: list = []
+        for name in names:
+            st = os.lstat(name, dir_fd=dir_fd)
+            if is_whiteout(st):
+                tarname = WHITEOUT_PREFIX + name
+            elif name.startswith(WHITEOUT_PREFIX):
+                raise StoreError(
+                    f"cannot archive {os.fsdecode(prefix + name)!r}: names starting with "
+                    f"'.wh.' are reserved for whiteouts in OCI layers",
+                    path=self._where(prefix + name))
+            else:
+                tarname = name
+            entries.append((tarname, name, st))
+        if opaque:
+            entries.append((OPAQUE_MARKER, None, None))
+        entries.sort(key=lambda t: t[0], reverse=True)  # popped from the end
+        return entries
+
+    def run(self, root_fd: int) -> None:
+        root_st = os.fstat(root_fd)
+        cur = os.dup(root_fd)
+        try:
+            stack = [_Dir(root_st, b"", self.mtime(root_st),
+                          self.children(cur, b"", _is_opaque(cur)))]
+            while stack:
+                top = stack[-1]
+                if not top.children:
+                    stack.pop()
+                    if stack:
+                        up = os.open("..", _DIR_FLAGS, dir_fd=cur)
+                        os.close(cur)
+                        cur = up
+                        st = os.fstat(cur)
+                        if (st.st_dev, st.st_ino) != stack[-1].ident:
+                            raise StoreError(f"directory moved while it was archived: "
+                                             f"{self._where(top.prefix)}", path=self._where(top.prefix))
+                    continue
+                tarname, name, st = top.children.pop()
+                rel = top.prefix + tarname
+                if name is None:
+                    self.emit(Entry(name=rel, type=REGTYPE, mode=0, uid=0, gid=0, mtime=top.mtime))
+                elif stat.S_ISDIR(st.st_mode):
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=cur)
+                    os.close(cur)
+                    cur = fd
+                    now = os.fstat(cur)
+                    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                        raise StoreError(f"directory replaced while it was archived: "
+                                         f"{self._where(rel)}", path=self._where(rel))
+                    mtime = self.mtime(st)
+                    self.emit(Entry(name=rel + b"/", type=DIRTYPE, xattrs=_xattrs(cur),
+                                    mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                                    mtime=mtime))
+                    stack.append(_Dir(st, rel + b"/", mtime,
+                                      self.children(cur, rel + b"/", _is_opaque(cur))))
+                else:
+                    self.entry(cur, name, rel, st)
+        finally:
+            os.close(cur)
+
+    def entry(self, dir_fd: int, name: bytes, rel: bytes, st: os.stat_result) -> None:
         mode = st.st_mode
         base = dict(mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid, mtime=self.mtime(st))
         if is_whiteout(st):
             self.emit(Entry(name=rel, type=REGTYPE, **base))
-            return
-        if stat.S_ISDIR(mode):
-            self.emit(Entry(name=rel + b"/", type=DIRTYPE, xattrs=_xattrs(path), **base))
-            self.walk(path, rel + b"/", _is_opaque(path), base["mtime"])
             return
         if stat.S_ISSOCK(mode):
             return
@@ -123,12 +215,13 @@ class _TarWriter:
                 self.emit(Entry(name=rel, type=LNKTYPE, linkname=first, **base))
                 return
             self.links[key] = rel
-        xattrs = _xattrs(path)
         if stat.S_ISREG(mode):
-            self.emit(Entry(name=rel, type=REGTYPE, size=st.st_size, xattrs=xattrs, **base))
-            self.write_file_data(path, rel, st.st_size)
-        elif stat.S_ISLNK(mode):
-            self.emit(Entry(name=rel, type=SYMTYPE, linkname=os.readlink(path), xattrs=xattrs, **base))
+            self.regular(dir_fd, name, rel, st, base)
+            return
+        xattrs = _xattrs(_proc(dir_fd, name))
+        if stat.S_ISLNK(mode):
+            target = os.readlink(name, dir_fd=dir_fd)
+            self.emit(Entry(name=rel, type=SYMTYPE, linkname=target, xattrs=xattrs, **base))
         elif stat.S_ISFIFO(mode):
             self.emit(Entry(name=rel, type=FIFOTYPE, xattrs=xattrs, **base))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -137,43 +230,21 @@ class _TarWriter:
                             xattrs=xattrs, **base))
         else:
             raise StoreError(f"cannot archive {os.fsdecode(rel)!r}: unknown file type {mode:o}",
-                             path=os.fsdecode(path))
-
-    def walk(self, dirpath: bytes, prefix: bytes, opaque: bool, mtime: int) -> None:
-        """Emit the children of `dirpath` (and its opaque marker) in sorted tar-name order."""
-        with os.scandir(dirpath) as it:
-            names = [e.name for e in it]
-        entries: list[tuple[bytes, bytes | None, os.stat_result | None]] = []
-        for name in names:
-            path = dirpath + b"/" + name
-            st = os.lstat(path)
-            if is_whiteout(st):
-                tarname = WHITEOUT_PREFIX + name
-            elif name.startswith(WHITEOUT_PREFIX):
-                raise StoreError(
-                    f"cannot archive {os.fsdecode(prefix + name)!r}: names starting with "
-                    f"'.wh.' are reserved for whiteouts in OCI layers", path=os.fsdecode(path))
-            else:
-                tarname = name
-            entries.append((tarname, path, st))
-        if opaque:
-            entries.append((OPAQUE_MARKER, None, None))
-        entries.sort(key=lambda t: t[0])
-        for tarname, path, st in entries:
-            if path is None:
-                self.emit(Entry(name=prefix + OPAQUE_MARKER, type=REGTYPE, mode=0, uid=0, gid=0,
-                                mtime=mtime))
-            else:
-                self.entry(prefix + tarname, path, st)
+                             path=self._where(rel))
 
 
 def write_tar(src: Path, out: BinaryIO, *, source_date_epoch: int | None = None) -> None:
     """Write the tree under `src` (overlay upper/lower form) to `out` as an uncompressed
-    OCI layer tar. Streams: memory does not grow with file sizes."""
+    OCI layer tar. Streams: memory does not grow with file sizes. The walk uses dir fds
+    (no PATH_MAX, no recursion, two fds at any depth) and never follows a symlink."""
     root = os.fsencode(os.fspath(src))
-    st = os.lstat(root)
-    if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"layer source is not a directory: {os.fsdecode(root)}", path=os.fsdecode(root))
-    w = _TarWriter(out, source_date_epoch)
-    w.walk(root, b"", _is_opaque(root), w.mtime(st))
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (NotADirectoryError, FileNotFoundError):
+        raise StoreError(f"layer source is not a directory: {os.fsdecode(root)}",
+                         path=os.fsdecode(root)) from None
+    try:
+        _TarWriter(out, source_date_epoch, root).run(root_fd)
+    finally:
+        os.close(root_fd)
     out.write(END_OF_ARCHIVE)

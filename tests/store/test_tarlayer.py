@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from store.tarextract import remove_tree
 from store.tarlayer import extract_tar, write_tar
 from tartrees import CAPABILITY, Node, apply_meta, build, snapshot, trees
 
@@ -335,3 +336,53 @@ def test_gnu_tar_lists_our_entries(tmp_path):
     assert any(line.startswith("crw-rw-rw- 0/0") and "1,3" in line for line in lines)
     assert any(line.startswith("drwxrwxrwt") and line.endswith(" tmp/") for line in lines)
     assert all("1970-01-01 00:00" in line for line in lines)
+
+
+def test_very_deep_tree_round_trip(tmp_path):
+    """Deeper than PATH_MAX and than Python's recursion limit: both directions walk with
+    dir fds, not paths. (Cleans up itself: pytest's rmtree recurses and would fail.)"""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    dest.mkdir()
+    top = os.open(tmp_path, os.O_RDONLY)
+    try:
+        _deep_round_trip(src, dest)
+        assert os.listdir(tmp_path) == ["dest"] and os.path.isfile(dest / ("d" * 20))
+    finally:
+        for name in ("src", "dest"):
+            if os.path.isdir(tmp_path / name):
+                remove_tree(top, name)
+        os.close(top)
+
+
+def _deep_round_trip(src, dest, depth=1100, comp="d" * 20):  # ~23 KB of path
+    fd = os.open(src, os.O_RDONLY)
+    for _ in range(depth):
+        os.mkdir(comp, dir_fd=fd)
+        nfd = os.open(comp, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    with open(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+        f.write(b"bottom")
+    os.close(fd)
+    data = tar_bytes(src, 0)
+    extract_tar(io.BytesIO(data), dest)
+    fd = os.open(dest, os.O_RDONLY)
+    for _ in range(depth):
+        nfd = os.open(comp, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    with open(os.open("leaf", os.O_RDONLY, dir_fd=fd), "rb") as f:
+        assert f.read() == b"bottom"
+    os.close(fd)
+    assert tar_bytes(dest, 0) == data
+    # a file member replacing the deep dir removes it (iteratively)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        tf.addfile(tarfile.TarInfo(comp))
+    extract_tar(io.BytesIO(buf.getvalue()), dest)
+    parent = os.open(src.parent, os.O_RDONLY)
+    try:
+        remove_tree(parent, "src")
+    finally:
+        os.close(parent)
