@@ -73,9 +73,12 @@ def _rootfs_tar(store: Store, image: Image, out_path: Path, epoch: int | None) -
         remove_tree(scratch)
 
 
-def write_output(store: Store, image: Image, out: Output, *, epoch: int | None = None) -> None:
+def write_output(store: Store, image: Image, out: Output, *, epoch: int | None = None,
+                 tags: tuple[str, ...] = ()) -> None:
+    """Write `image` as `out` asks. Archives name the image by `tags` (the build's -t,
+    as buildx names the docker/oci exporters' images), else only by its ID."""
     if out.type in ("oci", "docker"):
-        archive.save(store, [image.config_digest], out.dest, fmt=out.type)
+        archive.save(store, list(tags) or [image.config_digest], out.dest, fmt=out.type)
         return
     if out.type == "tar":
         tmp = out.dest.with_name(f".{out.dest.name}.{os.getpid()}.tmp")

@@ -55,7 +55,7 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, network, p
         build = Build(store, options, progress)
         image = build.run()
         for out in wanted:
-            write_output(store, image, out, epoch=build.epoch)
+            write_output(store, image, out, epoch=build.epoch, tags=tuple(tags))
     finally:
         progress.close()
         store.close()
