@@ -158,7 +158,10 @@ def _host_resolv_conf() -> bytes:
 
 
 def _prepare(spec: SandboxSpec) -> _Plan:
-    run_dir = Path(tempfile.mkdtemp(prefix=".lamina-sandbox-", dir=Path(spec.work_dir).parent))
+    # named after the work dir: a store temp dir's owner tag then covers it too, so a
+    # killed lamina's run dir is removed by the next start's stale-temp cleanup
+    work = Path(spec.work_dir)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{work.name}.lamina-sandbox-", dir=work.parent))
     plan = _Plan(run_dir=run_dir, root=run_dir / "root", scratch=run_dir / "scratch",
                  hosts=run_dir / "hosts", resolv=run_dir / "resolv.conf",
                  hostname=run_dir / "hostname")
