@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 
 import click
@@ -52,16 +55,36 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, network, p
     progress = make_progress(progress)
     store = Store(g.root)
     try:
-        build = Build(store, options, progress)
-        image = build.run()
-        for out in wanted:
-            write_output(store, image, out, epoch=build.epoch, tags=tuple(tags))
+        with _sigterm_interrupts():
+            build = Build(store, options, progress)
+            image = build.run()
+            for out in wanted:
+                write_output(store, image, out, epoch=build.epoch, tags=tuple(tags))
     finally:
         progress.close()
         store.close()
     if iidfile:
         Path(iidfile).write_text(image.config_digest)
     click.echo(image.config_digest)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a CI job cancelled, `kill`) stops a build as Ctrl-C does, so that the
+    running step is stopped and its mounts and temp dirs are cleaned up; by default
+    SIGTERM would end Python without running any cleanup."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _build_args(values) -> dict[str, str]:
