@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.builder.buildkit import build, build_rootfs, image_config, make_base, make_context
+from tests.builder.buildkit import build, build_rootfs, image_config, lamina, make_base, make_context
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.root
@@ -223,3 +223,26 @@ def test_progress_plain_streams_output_lines(cache_store, tmp_path):
     ctx = make_context(tmp_path / "ctx", "FROM bb\nRUN echo plain-1 && echo plain-2 >&2\n")
     run = build(root, ctx).check()
     assert run.steps[0].output == ["plain-1", "plain-2"]
+
+
+def test_concurrent_builds_share_the_store_and_cache(cache_store, tmp_path):
+    from tests.builder.buildkit import lamina_argv, python_env
+
+    root, _ = cache_store
+    df = "FROM bb\nRUN echo shared > /s && sleep 0.5\nCOPY f /f\nRUN cat /f /s > /both\n"
+    ctxs = [make_context(tmp_path / f"ctx{i}", df, {"f": "same\n"}) for i in range(2)]
+    procs = [subprocess.Popen(lamina_argv(root, "build", "--progress", "plain", "-t", f"conc:{i}",
+                                          str(c)),
+                              env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for i, c in enumerate(ctxs)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "Traceback" not in err
+    ids = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(ids) == 1  # same inputs, same image, whoever built which step
+    again = build(root, ctxs[0]).check()
+    assert _states(again) == ["cached"] * 3
+    assert again.image_id in ids
+    assert lamina(root, "fsck").code == 0

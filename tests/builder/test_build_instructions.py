@@ -551,3 +551,63 @@ RUN --mount=type=secret,id=tok,env=TOKEN test "$(printf %s "$TOKEN" | md5sum | c
     # the RUN would fail with the other value if it ran: a hit proves the key ignores it
     assert again.code == 0, again.stderr
     assert all(s.cached for s in again.steps)
+
+
+# --- predefined args, network, Dockerfile-specific .dockerignore -------------------------
+
+def test_platform_and_proxy_args(build_store, tmp_path):
+    import platform as host
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(host.machine(), host.machine())
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx", f"""\
+ARG TARGETARCH
+FROM bb AS base-{arch}
+RUN echo {arch} > /picked
+FROM bb AS base-other
+RUN echo other > /picked
+FROM base-${{TARGETARCH}}
+ARG TARGETPLATFORM
+ARG BUILDPLATFORM
+ARG TARGETOS TARGETARCH
+RUN echo "$TARGETPLATFORM $BUILDPLATFORM $TARGETOS $TARGETARCH" > /platform \\
+    && echo "proxy=$HTTP_PROXY" > /proxy
+""")
+    rootfs = tmp_path / "rootfs"
+    build_rootfs(root, ctx, rootfs, "-t", "platform-args",
+                 "--build-arg", "HTTP_PROXY=http://proxy.invalid:3128")
+    assert (rootfs / "picked").read_text() == f"{arch}\n"  # global ARG in FROM
+    assert (rootfs / "platform").read_text() == f"linux/{arch} linux/{arch} linux {arch}\n"
+    # proxy args are predefined: usable without ARG, and kept out of the history
+    assert (rootfs / "proxy").read_text() == "proxy=http://proxy.invalid:3128\n"
+    cfg = image_config(root, "platform-args")
+    assert "proxy.invalid" not in json.dumps(cfg)
+    assert not any(e.startswith("HTTP_PROXY=") for e in cfg["config"]["Env"])
+
+
+def test_network_none_by_default_and_host_on_request(build_store, tmp_path):
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx", """\
+FROM bb
+RUN tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort > /ifaces-none && hostname > /hostname
+RUN --network=host tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort > /ifaces-host
+""")
+    rootfs = tmp_path / "rootfs"
+    build_rootfs(root, ctx, rootfs)
+    assert (rootfs / "ifaces-none").read_text().split() == ["lo"]
+    host_ifaces = sorted(l.split(":")[0].strip() for l in
+                         Path("/proc/net/dev").read_text().splitlines()[2:])
+    assert (rootfs / "ifaces-host").read_text().split() == host_ifaces
+    assert (rootfs / "hostname").read_text().strip() != os.uname().nodename
+
+
+def test_dockerfile_specific_dockerignore(build_store, tmp_path):
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx", None, {
+        "build/app.Dockerfile": "FROM bb\nCOPY . /ctx/\n",
+        "build/app.Dockerfile.dockerignore": "b.txt\nbuild\n",
+        ".dockerignore": "a.txt\n",  # ignored: the Dockerfile's own file wins
+        "a.txt": "a", "b.txt": "b",
+    })
+    rootfs = tmp_path / "rootfs"
+    build_rootfs(root, ctx, rootfs, "-f", str(ctx / "build" / "app.Dockerfile"))
+    assert _tree(rootfs / "ctx") == {"a.txt", ".dockerignore"}
