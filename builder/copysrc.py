@@ -87,12 +87,16 @@ class CopySelection:
 @dataclass(frozen=True)
 class CopyAction:
     """One step of a copy. kind "mkdir": make sure directory `dest` exists (0755 when
-    created, source metadata not applied); other kinds copy `entry` to `dest`."""
+    created, source metadata not applied); other kinds copy `entry` to `dest`.
+    `source` is the source argument the action comes from: hard links are kept among
+    the files of one source argument (its wildcard matches included), never across
+    two (BuildKit runs one fsutil copy, with its own inode map, per source)."""
 
     src_abs: str
     dest: str
     kind: str
     entry: SelectedEntry | None = None
+    source: str = ""
 
 
 # ---------------------------------------------------------------------------------
@@ -369,11 +373,12 @@ def plan_copy(selection: CopySelection, dest: str, workdir: str = "/",
     actions: list[CopyAction] = []
     for src in selection.sources:
         if src.kind == "dir":
-            actions.append(CopyAction(src.abs_path, dest_abs, "mkdir"))
+            actions.append(CopyAction(src.abs_path, dest_abs, "mkdir", source=src.spec))
             for e in src.entries:
-                actions.append(CopyAction(e.abs_path, _join(dest_abs, e.rel), e.kind, e))
+                actions.append(CopyAction(e.abs_path, _join(dest_abs, e.rel), e.kind, e,
+                                          source=src.spec))
         else:
             (e,) = src.entries
             target = _join(dest_abs, src.name) if is_dir else dest_abs
-            actions.append(CopyAction(e.abs_path, target, e.kind, e))
+            actions.append(CopyAction(e.abs_path, target, e.kind, e, source=src.spec))
     return actions

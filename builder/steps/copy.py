@@ -21,7 +21,8 @@ Semantics (BuildKit's FileOp copy through fsutil's copier, read not copied):
 - `--chmod` (octal or symbolic, builder.steps.chmod) replaces/adjusts the mode of
   every copied file and directory (not symlinks).
 - Symlinks are copied as symlinks (never followed); hard links among the files of
-  one copy (same source inode) stay hard links in the destination.
+  one source argument (same source inode) stay hard links in the destination; two
+  source arguments never share a link (one fsutil copy per source in BuildKit).
 - A directory source copies its content; an existing destination directory is
   merged into. Nested directories that already exist get the source's owner, mode,
   mtime and xattrs (fsutil's overwriteTargetMetadata); the top-level destination
@@ -425,7 +426,11 @@ class _Copier:
     # -- actions ------------------------------------------------------------------------
 
     def run(self, actions: Iterable[CopyAction], follow_final: frozenset[str]) -> None:
+        source = None
         for a in actions:
+            if a.source != source:  # a new source argument: a new hard-link scope
+                source = a.source
+                self.inodes.clear()
             if a.kind == "mkdir":
                 self.mkdir_dest(a.dest)
                 continue
