@@ -129,8 +129,11 @@ def _fail(what: str, err: int | None = None, detail: str = "") -> SandboxError:
     return exc
 
 
+_MACHINE = platform.machine()  # looked up once: forked sandbox children must not import
+
+
 def syscall_number(name: str) -> int:
-    machine = platform.machine()
+    machine = _MACHINE
     table = _SYSCALLS.get(machine)
     if table is None:
         raise SandboxError(f"{name}: no syscall number known for machine {machine!r} "

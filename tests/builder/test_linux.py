@@ -88,7 +88,7 @@ def test_fsconfig_error_includes_kernel_log(tmp_path):
 
 
 def test_unknown_machine_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(linux.platform, "machine", lambda: "vax")
+    monkeypatch.setattr(linux, "_MACHINE", "vax")
     with pytest.raises(SandboxError, match="'vax'"):
         linux.syscall_number("pivot_root")
 
