@@ -240,6 +240,17 @@ class Build:
             return f"image:{r.from_image}={img.config_digest}", tuple(img.layers)
         return None
 
+    def _mount_source(self, m) -> tuple[tuple[str, str], tuple[Path, ...], str]:
+        """For RUN --mount from=: ((cache source name, its key), its layer dirs, a name)."""
+        if m.from_stage is not None:
+            res = self.results[m.from_stage]
+            return ((f"stage:{m.from_stage}", res.parent), self._lower_dirs(res.layers),
+                    f"stage {m.from_}")
+        img = self.resolve_image(m.from_image)
+        self.lease.hold(layers=[l.diff_id for l in img.layers])
+        return ((f"image:{m.from_image}", img.config_digest), self._lower_dirs(img.layers),
+                f"image {m.from_image}")
+
     def _lower_dirs(self, layers) -> tuple[Path, ...]:
         return tuple(self.store.layer_dir(l.diff_id) for l in reversed(list(layers)))
 
@@ -272,6 +283,9 @@ class Build:
                     content = content_key(selection)
                     files = tuple((e.path, e.digest or e.link_target or e.kind)
                                   for e in selection.entries)
+                if isinstance(r, ResolvedRun):
+                    sources = dict(self._mount_source(m)[0] for m in r.mounts
+                                   if m.from_stage is not None or m.from_image is not None)
             except BuildError as e:
                 raise self._at(step, e) from None
             inputs = step.cache_inputs(parent, content=content, files=files, sources=sources)
@@ -331,7 +345,7 @@ class Build:
                             scratch_dir=scratch, step_env=step.run_env(), user=step.config.user,
                             workdir=workdir, env=self.run_env,
                             on_output=lambda data: self.progress.output(label, data),
-                            fail=step.error)
+                            fail=step.error, layers_of=lambda m: self._mount_source(m)[1:])
                 from builder.overlay import finalize_upper
                 finalize_upper(upper)
             elif isinstance(r, ResolvedCopy):

@@ -14,7 +14,8 @@
   complete environment, nothing of the host's), ``cwd`` (must exist in the image),
   ``uid``/``gid``/``groups``, ``hostname``, ``network`` ("none": own network
   namespace with only lo, up; "host": the host's), ``mounts`` (RUN --mount:
-  ``BindMount``, ``TmpfsMount``, ``CacheMount``, ``SecretMount``).
+  ``BindMount``, ``TmpfsMount``, ``CacheMount``, ``SecretMount``, ``LayerMount``: a path
+  of another stage's or image's merged layers).
 
 ``run`` returns the command's exit status (128+N if killed by signal N), streaming
 its stdout and stderr merged, live, to ``on_output``; stdin is /dev/null. It raises
@@ -94,7 +95,19 @@ class SecretMount:
     gid: int = 0
 
 
-Mount = BindMount | TmpfsMount | CacheMount | SecretMount
+@dataclass(frozen=True)
+class LayerMount:
+    """`RUN --mount=type=bind,from=<stage|image>`: `source` (an image path) of the
+    merged view of `lower_dirs` (top-most first); writes (readonly=False) discarded."""
+
+    lower_dirs: tuple[Path, ...]
+    source: str
+    target: str
+    readonly: bool = True
+    what: str = ""  # for messages: "stage build", "image alpine"
+
+
+Mount = BindMount | TmpfsMount | CacheMount | SecretMount | LayerMount
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,8 @@ def _validate(spec: SandboxSpec) -> None:
             raise SandboxError(f"cache mount source {m.source} is not a directory")
         if isinstance(m, SecretMount) and not Path(m.source).is_file():
             raise SandboxError(f"secret source {m.source} is not a regular file")
+        if isinstance(m, LayerMount) and not all(Path(d).is_dir() for d in m.lower_dirs):
+            raise SandboxError(f"a layer dir of {m.what or 'the mount source'} is missing")
 
 
 def _host_resolv_conf() -> bytes:
@@ -516,6 +531,18 @@ def _mount_user(m: Mount, index: int, plan: _Plan, rec: StubRecorder) -> None:
             st = os.stat(source)
             os.chown(copy, st.st_uid, st.st_gid)
             _bind(copy, target, readonly=False)
+    elif isinstance(m, LayerMount):
+        # the merged view of the other stage/image, over an upper on the scratch tmpfs
+        for sub in ("", "/view", "/u", "/w"):
+            os.mkdir(f"{scratch}{sub}", 0o755)
+        overlay.mount_overlay(tuple(m.lower_dirs), scratch / "u", scratch / "w",
+                              scratch / "view", scratch, api=OVERLAY_API)
+        from builder.rootpath import resolve_in_root
+        source = resolve_in_root(scratch / "view", m.source or "/")
+        if not os.path.lexists(source):
+            raise SandboxError(f"mount source {m.source!r} does not exist in {m.what or 'its stage'}")
+        target = rec.ensure(m.target, "dir" if source.is_dir() else "file")
+        _bind(source, target, readonly=m.readonly)
     else:
         raise SandboxError(f"unknown mount type {type(m).__name__}")
 

@@ -3,8 +3,9 @@ run itself (builder.sandbox), leaving the step's diff in an upper dir.
 
 Owns what a RUN needs around the sandbox: the user (names resolved in the image's
 /etc/passwd and /etc/group), HOME, the network mode (the step's `--network`, else
-the build's), `RUN --mount` (bind from the context, cache dirs kept per id in the
-store, tmpfs, secrets from `--secret`, heredoc files at /dev/pipes/), and the error
+the build's), `RUN --mount` (bind from the context or from another stage's or an
+image's layers, cache dirs kept per id in the store, tmpfs, secrets from `--secret`,
+heredoc files at /dev/pipes/), and the error
 a failing command becomes: step, line, exit code and the last lines of output.
 """
 
@@ -23,7 +24,9 @@ from typing import Callable, Mapping
 from builder.errors import BuildError
 from builder.resolved import Mount, ResolvedRun
 from builder.rootpath import resolve_in_root
-from builder.sandbox import BindMount, CacheMount, SandboxSpec, SecretMount, TmpfsMount, run
+from builder.sandbox import (
+    BindMount, CacheMount, LayerMount, SandboxSpec, SecretMount, TmpfsMount, run,
+)
 from builder.users import resolve_user_in_layers
 
 OUTPUT_TAIL = 20  # lines of output a failure message repeats
@@ -73,14 +76,22 @@ def _cache_dir(env: RunEnvironment, m: Mount) -> Path:
     return path
 
 
+LayersOf = Callable[[Mount], tuple[tuple[Path, ...], str]]
+
+
 def _mounts(step_run: ResolvedRun, env: RunEnvironment, pipes_dir: Path,
-            stack: ExitStack, fail: Callable[[str], BuildError]) -> tuple:
+            stack: ExitStack, fail: Callable[[str], BuildError],
+            layers_of: LayersOf | None = None) -> tuple:
     out = []
     for m in step_run.mounts:
         if m.type == "bind":
             if m.from_stage is not None or m.from_image is not None:
-                raise fail(f"RUN --mount=type=bind,from={m.from_} is not supported yet "
-                           "(bind mounts from the build context are)")
+                if layers_of is None:
+                    raise fail(f"RUN --mount=type=bind,from={m.from_} is not supported here")
+                lowers, what = layers_of(m)
+                out.append(LayerMount(lower_dirs=tuple(lowers), source=m.source or "/",
+                                      target=m.target, readonly=m.readonly, what=what))
+                continue
             source = resolve_in_root(env.context_dir, m.source or "/")
             if not source.exists():
                 raise fail(f"RUN --mount=type=bind: source {m.source!r} does not exist in the build context")
@@ -139,9 +150,11 @@ def secret_env(step_run: ResolvedRun, env: RunEnvironment,
 def execute_run(step_run: ResolvedRun, *, lower_dirs: tuple[Path, ...], upper_dir: Path,
                 work_dir: Path, scratch_dir: Path, step_env: tuple[tuple[str, str], ...],
                 user: str, workdir: str, env: RunEnvironment,
-                on_output: Callable[[bytes], None], fail: Callable[[str], BuildError]) -> None:
+                on_output: Callable[[bytes], None], fail: Callable[[str], BuildError],
+                layers_of: LayersOf | None = None) -> None:
     """Run the command; the diff stays in `upper_dir`. Raises `fail(...)` with the exit
-    code and the output tail when the command fails."""
+    code and the output tail when the command fails. `layers_of(mount)` gives the layer
+    dirs (top-most first) and a name of the stage or image a `bind,from=` mount reads."""
     if step_run.security == "insecure":
         raise fail("RUN --security=insecure is not allowed (lamina has no entitlements)")
     network = step_run.network if step_run.network in ("none", "host") else env.network
@@ -162,7 +175,7 @@ def execute_run(step_run: ResolvedRun, *, lower_dirs: tuple[Path, ...], upper_di
             lower_dirs=tuple(lower_dirs), upper_dir=upper_dir, work_dir=work_dir,
             argv=tuple(step_run.argv), env=tuple(environ.items()), cwd=workdir or "/",
             uid=who.uid, gid=who.gid, groups=tuple(who.groups), network=network,
-            mounts=_mounts(step_run, env, pipes, stack, fail))
+            mounts=_mounts(step_run, env, pipes, stack, fail, layers_of))
         code = run(spec, output)
     if code != 0:
         shown = " ".join(step_run.argv)

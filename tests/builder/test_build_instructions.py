@@ -611,3 +611,32 @@ def test_dockerfile_specific_dockerignore(build_store, tmp_path):
     rootfs = tmp_path / "rootfs"
     build_rootfs(root, ctx, rootfs, "-f", str(ctx / "build" / "app.Dockerfile"))
     assert _tree(rootfs / "ctx") == {"a.txt", ".dockerignore"}
+
+
+def test_run_mount_bind_from_stage_and_image(build_store, tmp_path):
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx", """\
+FROM bb AS tools
+ARG TOOL_VERSION=1
+RUN mkdir -p /opt/tools && echo "tool v$TOOL_VERSION" > /opt/tools/version
+
+FROM bb
+RUN --mount=type=bind,from=tools,source=/opt/tools,target=/mnt/tools \\
+    cat /mnt/tools/version > /got && ! touch /mnt/tools/x 2>/dev/null && echo ro > /ro
+RUN --mount=type=bind,from=tools,target=/mnt/all,rw \\
+    touch /mnt/all/written && cat /mnt/all/opt/tools/version > /got2
+RUN --mount=type=bind,from=bb,source=/etc/passwd,target=/p head -1 /p | cut -d: -f1 > /from-image
+""")
+    rootfs = tmp_path / "rootfs"
+    build_rootfs(root, ctx, rootfs)
+    assert (rootfs / "got").read_text() == "tool v1\n"
+    assert (rootfs / "ro").exists()  # read-only unless rw
+    assert (rootfs / "got2").read_text() == "tool v1\n"
+    assert not (rootfs / "mnt" / "tools" / "version").exists()
+    assert not (rootfs / "mnt" / "all" / "written").exists()  # rw writes are discarded
+    assert (rootfs / "from-image").read_text() == "root\n"
+    # the mounted stage is part of the RUN's key
+    run = build_rootfs(root, ctx, rootfs, "--build-arg", "TOOL_VERSION=2")
+    assert (rootfs / "got").read_text() == "tool v2\n"
+    assert "source stage:0 changed" in run.step("target=/mnt/tools").miss
+    assert run.step("from=bb").cached is False  # its parent step changed
