@@ -148,3 +148,10 @@ def test_missing_context_dir(build_store, tmp_path):
     root, _ = build_store
     run = lamina(root, "build", str(tmp_path / "no-such-dir"))
     assert run.code != 0 and "Traceback" not in run.stderr
+
+
+def test_bind_mount_missing_source_in_stage(build_store, tmp_path):
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx", "FROM bb AS s\nRUN true\nFROM bb\n"
+                       "RUN --mount=type=bind,from=s,source=/nope,target=/m true\n")
+    _fails(build(root, ctx), "Dockerfile:4", "/nope")
