@@ -28,6 +28,7 @@ from builder.errors import SandboxError
 # --- constants ------------------------------------------------------------------
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
@@ -151,7 +152,8 @@ def unshare(flags: int) -> None:
 def _clone_names(flags: int) -> str:
     names = [n for n, f in (("NEWNS", CLONE_NEWNS), ("NEWPID", CLONE_NEWPID),
                             ("NEWIPC", CLONE_NEWIPC), ("NEWUTS", CLONE_NEWUTS),
-                            ("NEWNET", CLONE_NEWNET)) if flags & f]
+                            ("NEWNET", CLONE_NEWNET), ("NEWCGROUP", CLONE_NEWCGROUP))
+             if flags & f]
     return "|".join("CLONE_" + n for n in names) or hex(flags)
 
 

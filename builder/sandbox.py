@@ -61,7 +61,8 @@ from builder.mountpoints import StubRecorder, remove_stubs
 # "auto" | "new" | "classic": which overlay mount API to use (tests force each).
 OVERLAY_API = "auto"
 INIT_TITLE = b"lamina-init"
-_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+_DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
+              "urandom": (1, 9), "tty": (5, 0)}
 _PROC_READONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
 _PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug")
 
@@ -141,6 +142,8 @@ class _Plan:
 def _validate(spec: SandboxSpec) -> None:
     if not spec.argv:
         raise SandboxError("nothing to run: empty command")
+    if not 0 < len(spec.hostname.encode()) <= 64 or "\0" in spec.hostname:
+        raise SandboxError(f"invalid hostname {spec.hostname!r} (1 to 64 bytes)")
     if spec.network not in ("none", "host"):
         raise SandboxError(f"unknown network mode {spec.network!r} (expected none or host)")
     if not spec.cwd.startswith("/"):
@@ -192,16 +195,29 @@ def _prepare(spec: SandboxSpec) -> _Plan:
 
 
 def _cleanup(spec: SandboxSpec, plan: _Plan, report: dict | None) -> None:
+    """Remove stubs, strip bookkeeping xattrs, empty the work dir, drop the run dir:
+    every part is attempted; the first failure is raised at the end."""
+    failures: list[str] = []
+
+    def attempt(what: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except OSError as exc:
+            failures.append(f"{what}: {exc.filename or ''} {linux.errno_text(exc.errno or 0)}")
+
     if report:
-        remove_stubs(str(spec.upper_dir), report)
-    overlay.finalize_upper(Path(spec.upper_dir))
-    overlay.empty_dir(Path(spec.work_dir))
+        attempt("removing mount points from the upper dir",
+                lambda: remove_stubs(str(spec.upper_dir), report))
+    attempt("tidying the upper dir", lambda: overlay.finalize_upper(Path(spec.upper_dir)))
+    attempt("emptying the overlay work dir", lambda: overlay.empty_dir(Path(spec.work_dir)))
     for mp in (plan.root, plan.scratch):
         try:
             os.rmdir(mp)  # never rmtree a (possibly) mounted dir
         except OSError:
             pass
     shutil.rmtree(plan.run_dir, ignore_errors=True)
+    if failures:
+        raise SandboxError("cleaning up after the RUN step failed: " + "; ".join(failures))
 
 
 def run(spec: SandboxSpec, on_output: Callable[[bytes], None]) -> int:
@@ -209,9 +225,15 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None]) -> int:
     plan = _prepare(spec)
     state: dict = {"report": None}
     try:
-        return _execute(spec, plan, on_output, state)
-    finally:
-        _cleanup(spec, plan, state["report"])
+        code = _execute(spec, plan, on_output, state)
+    except BaseException:
+        try:
+            _cleanup(spec, plan, state["report"])
+        except SandboxError:
+            pass  # the step's own error is the one to report
+        raise
+    _cleanup(spec, plan, state["report"])
+    return code
 
 
 class _Control:
@@ -361,7 +383,7 @@ def _stage1(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, parent_pid: 
     if os.getppid() != parent_pid:
         return 125
     flags = (linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC
-             | linux.CLONE_NEWUTS)
+             | linux.CLONE_NEWUTS | linux.CLONE_NEWCGROUP)
     if spec.network == "none":
         flags |= linux.CLONE_NEWNET
     linux.unshare(flags)
@@ -458,10 +480,15 @@ def _mount_system(spec: SandboxSpec, plan: _Plan, rec: StubRecorder) -> None:
     dev = rec.ensure("/dev", "dir")
     linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME,
                 "mode=755,size=65536k")
-    for name in _DEV_NODES:
+    for name, (major, minor) in _DEV_NODES.items():
         node = f"{dev}/{name}"
         os.close(os.open(node, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        _bind(f"/dev/{name}", node, readonly=False)
+        try:
+            _bind(f"/dev/{name}", node, readonly=False)
+        except SandboxError:  # no such node on the host: make one
+            os.unlink(node)
+            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+            os.chmod(node, 0o666)
     os.mkdir(f"{dev}/pts", 0o755)
     linux.mount("devpts", f"{dev}/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
                 "newinstance,ptmxmode=0666,mode=0620,gid=5")
@@ -470,8 +497,11 @@ def _mount_system(spec: SandboxSpec, plan: _Plan, rec: StubRecorder) -> None:
     linux.mount("shm", f"{dev}/shm", "tmpfs",
                 linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, "mode=1777,size=65536k")
     os.mkdir(f"{dev}/mqueue", 0o755)
-    linux.mount("mqueue", f"{dev}/mqueue", "mqueue",
-                linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    try:
+        linux.mount("mqueue", f"{dev}/mqueue", "mqueue",
+                    linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    except SandboxError:
+        pass  # optional: an empty /dev/mqueue where the kernel lacks POSIX mqueues
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                          ("core", "/proc/kcore")):
@@ -487,8 +517,14 @@ def _mount_system(spec: SandboxSpec, plan: _Plan, rec: StubRecorder) -> None:
             _bind(path, path, readonly=True)
     # /sys, read-only
     sys_dir = rec.ensure("/sys", "dir")
-    linux.mount("sysfs", sys_dir, "sysfs",
-                linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    try:
+        linux.mount("sysfs", sys_dir, "sysfs",
+                    linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    except SandboxError as exc:
+        # optional, like docker's: some nested setups refuse a fresh sysfs; an empty
+        # /sys is better than no build
+        if getattr(exc, "errno", None) not in (1, 13):  # EPERM, EACCES
+            raise
     # injected files: bind mounts, so they never land in the upper dir
     for image_path, host in (("/etc/hosts", plan.hosts), ("/etc/resolv.conf", plan.resolv),
                              ("/etc/hostname", plan.hostname)):

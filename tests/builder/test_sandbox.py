@@ -189,11 +189,16 @@ def test_network_host_sees_host_interfaces(busybox_rootfs, run_sandbox):
     assert sorted(out.decode().split()) == host
 
 
-def test_ipc_namespace_is_private(busybox_rootfs, run_sandbox):
-    host_ns = os.readlink("/proc/self/ns/ipc")
-    code, out, _ = run_sandbox([busybox_rootfs], ["readlink", "/proc/self/ns/ipc"])
+def test_ipc_uts_cgroup_namespaces_are_private(busybox_rootfs, run_sandbox):
+    kinds = ("ipc", "uts", "cgroup", "mnt", "pid")
+    host = [os.readlink(f"/proc/self/ns/{k}") for k in kinds]
+    code, out, _ = run_sandbox([busybox_rootfs], _sh(
+        " ".join(f"readlink /proc/self/ns/{k};" for k in kinds) + " cat /proc/self/cgroup"))
     assert code == 0
-    assert out.decode().strip() != host_ns
+    lines = out.decode().splitlines()
+    for inner, outer in zip(lines, host):
+        assert inner != outer
+    assert all(line.endswith(":/") for line in lines[len(kinds):])  # no host cgroup path
 
 
 # --- the upper dir is the layer ---------------------------------------------------
@@ -506,6 +511,7 @@ def test_bad_specs_are_refused(busybox_rootfs, step_dirs, tmp_path):
          "mount source"),
         (dict(argv=("true",), mounts=(sandbox.TmpfsMount("x"),)), "not an absolute path"),
         (dict(argv=("true",), network="bridge"), "unknown network mode"),
+        (dict(argv=("true",), hostname="h" * 65), "invalid hostname"),
     ]
     for fields, message in cases:
         spec = sandbox.SandboxSpec(**{**base, **fields})
