@@ -57,6 +57,7 @@ from typing import Callable, Literal
 from builder import linux, overlay
 from builder.errors import SandboxError
 from builder.mountpoints import StubRecorder, remove_stubs
+from builder.rootpath import resolve_in_root  # at import: the forked child must not import
 
 # "auto" | "new" | "classic": which overlay mount API to use (tests force each).
 OVERLAY_API = "auto"
@@ -573,7 +574,6 @@ def _mount_user(m: Mount, index: int, plan: _Plan, rec: StubRecorder) -> None:
             os.mkdir(f"{scratch}{sub}", 0o755)
         overlay.mount_overlay(tuple(m.lower_dirs), scratch / "u", scratch / "w",
                               scratch / "view", scratch, api=OVERLAY_API)
-        from builder.rootpath import resolve_in_root
         source = resolve_in_root(scratch / "view", m.source or "/")
         if not os.path.lexists(source):
             raise SandboxError(f"mount source {m.source!r} does not exist in {m.what or 'its stage'}")
