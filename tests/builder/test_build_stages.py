@@ -120,3 +120,18 @@ def test_multistage_sample(build_store, tmp_path):
     assert not any("must not run" in s.title for s in run.steps)
     cfg = image_config(root, "sample-multistage")["config"]
     assert cfg["Entrypoint"] == ["/bin/busybox", "cat"] and cfg["Cmd"] == ["/srv/report.txt"]
+
+
+def test_hello_sample(build_store, tmp_path):
+    root, _ = build_store
+    ctx = tmp_path / "hello"
+    shutil.copytree(REPO / "samples" / "hello", ctx, ignore=shutil.ignore_patterns("busybox"))
+    shutil.copy2(busybox_binary(), ctx / "busybox")
+    rootfs = tmp_path / "rootfs"
+    build_rootfs(root, ctx, rootfs, "-t", "sample-hello", "--build-arg", "GREETING=hi")
+    assert (rootfs / "var" / "log" / "hello" / "build.txt").read_text() == "built with greeting hi\n"
+    assert (rootfs / "app" / "hello.sh").stat().st_mode & 0o777 == 0o755
+    cfg = image_config(root, "sample-hello")["config"]
+    assert cfg["User"] == "1000:1000" and cfg["WorkingDir"] == "/app"
+    assert "GREETING=hi" in cfg["Env"] and cfg["Cmd"] == ["/app/hello.sh"]
+    assert cfg["Labels"] == {"org.opencontainers.image.title": "hello"}
