@@ -375,6 +375,7 @@ CASES = {
                      known_config={"Cmd": (["/bin/sh", "-ec", "echo shell form after SHELL"],
                                            ["/bin/sh", "-c", "echo shell form after SHELL"])}),
     "store-dedup": Case(),
+    "onbuild": Case(),
 }
 
 # lamina's store deduplicates equal files of different layers with hard links, and the
