@@ -11,7 +11,8 @@ snapshot the resulting tree and compare two snapshots / two configs.
   data is the sha256 of a regular file, the target of a symlink, "major,minor" of a
   device, None for a directory or fifo. No times: mtimes are not compared.
 - ``hardlink_groups(root)``: the sets of paths sharing one inode.
-- ``diff_trees(a, b)`` -> a readable list of differences (empty when equal).
+- ``diff_trees(a, b)`` -> a readable list of differences (empty when equal);
+  ``config_fields(config)`` -> the compared config fields, empty values made None.
 """
 
 from __future__ import annotations
@@ -252,8 +253,3 @@ def config_fields(config: Mapping) -> dict:
     writes null, {} or omits an empty field depending on the writer)."""
     inner = config.get("config") or {}
     return {k: inner.get(k) or None for k in CONFIG_FIELDS}
-
-
-def diff_configs(ours: Mapping, theirs: Mapping) -> list[str]:
-    a, b = config_fields(ours), config_fields(theirs)
-    return [f"{k}: lamina={a[k]!r} buildah={b[k]!r}" for k in CONFIG_FIELDS if a[k] != b[k]]
