@@ -92,12 +92,17 @@ class StubRecorder:
             except FileNotFoundError:
                 parent = "/".join(done)
                 on_overlay = os.stat(self._host(parent)).st_dev == self.overlay_dev
-                if not parts and kind == "file":
-                    fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                                 0o644)
-                    os.close(fd)
-                else:
-                    os.mkdir(host, 0o755)
+                try:
+                    if not parts and kind == "file":
+                        fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                     | os.O_NOFOLLOW, 0o644)
+                        os.close(fd)
+                    else:
+                        os.mkdir(host, 0o755)
+                except OSError as exc:
+                    raise SandboxError(
+                        f"cannot create mount point {path} (/{rel}) in the image: "
+                        f"{os.strerror(exc.errno or 0)}") from None
                 if on_overlay:
                     self.created.append([rel, "file" if (not parts and kind == "file") else "dir"])
                 done.append(name)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from builder import sandbox
 from builder.errors import SandboxError
@@ -361,6 +362,13 @@ def test_run_mounts(busybox_rootfs, run_sandbox, tmp_path):
     assert _tree(upper) == []                          # no mount point left in the layer
 
 
+def test_mount_point_that_cannot_be_created_is_a_clear_error(busybox_rootfs, run_sandbox):
+    with pytest.raises(SandboxError, match="cannot create mount point /proc/x"):
+        run_sandbox([busybox_rootfs], ["true"], mounts=(sandbox.TmpfsMount("/proc/x"),))
+    with pytest.raises(SandboxError, match="/etc/passwd is not a directory"):
+        run_sandbox([busybox_rootfs], ["true"], mounts=(sandbox.TmpfsMount("/etc/passwd/x"),))
+
+
 def test_mount_on_existing_path_keeps_it(busybox_rootfs, run_sandbox):
     code, _, upper = run_sandbox([busybox_rootfs], _sh("touch /tmp/x/f"),
                                  mounts=(sandbox.TmpfsMount("/tmp/x"), sandbox.TmpfsMount("/home")))
@@ -517,3 +525,61 @@ def test_bad_specs_are_refused(busybox_rootfs, step_dirs, tmp_path):
         spec = sandbox.SandboxSpec(**{**base, **fields})
         with pytest.raises(SandboxError, match=message):
             sandbox.run(spec, lambda b: None)
+
+
+# --- property: mount points never leak into the layer ----------------------------------
+
+_TARGETS = ["/m1", "/etc/m2", "/var/lib/m3", "/tmp/deep/er/m4", "/home/alice/m5",
+            "/link/m6", "/etc/passwd", "/dev/m7"]
+_WRITES = [None, "/etc/new", "/var/lib/x/new", "/newtop", "/link/y/new", "/tmp/deep/new"]
+
+
+@pytest.fixture(scope="module")
+def link_layer(tmp_path_factory):
+    d = tmp_path_factory.mktemp("linklayer")
+    os.symlink("/var", d / "link")
+    return d
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(targets=st.lists(st.sampled_from(_TARGETS), unique=True, max_size=4),
+       kinds=st.lists(st.booleans(), min_size=4, max_size=4),
+       write=st.sampled_from(_WRITES))
+def test_stubs_never_reach_the_layer(busybox_rootfs, link_layer, tmp_path_factory, targets,
+                                     kinds, write):
+    base = tmp_path_factory.mktemp("prop")
+    upper, work = base / "upper", base / "work"
+    upper.mkdir()
+    work.mkdir()
+    os.utime(upper, ns=(5, 5))
+    secret = base / "secret"
+    secret.write_text("s")
+    mounts = tuple(
+        sandbox.SecretMount(secret, t) if file_kind
+        else sandbox.TmpfsMount(t)
+        for t, file_kind in zip(targets, kinds))
+    if "/etc/passwd" in targets:  # an existing file: only a file can be mounted on it
+        mounts = tuple(sandbox.SecretMount(secret, m.target) if m.target == "/etc/passwd"
+                       else m for m in mounts)
+    script = "true" if write is None else f"mkdir -p {os.path.dirname(write)} && echo x > {write}"
+    lower_before = _snapshot(busybox_rootfs)
+    code = sandbox.run(sandbox.SandboxSpec((link_layer, busybox_rootfs), upper, work,
+                                           ("sh", "-c", script), DEFAULT_ENV, mounts=mounts),
+                       lambda b: None)
+    assert code == 0
+    expected: set[str] = set()
+    if write is not None:
+        real = write.replace("/link/", "/var/")
+        parts = real.strip("/").split("/")
+        expected = {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    assert set(_tree(upper)) == expected
+    if write is None:
+        assert os.lstat(upper).st_mtime_ns == 5   # the upper root's own time is restored
+    assert _snapshot(busybox_rootfs) == lower_before
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (os.lstat(p).st_mode, os.lstat(p).st_mtime_ns)
+            for p in root.rglob("*") if not p.is_relative_to(root / "bin")
+            and not p.is_relative_to(root / "usr") and not p.is_relative_to(root / "sbin")}
