@@ -43,6 +43,7 @@ empty), cleans up and re-raises.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -270,6 +271,9 @@ def _execute(spec: SandboxSpec, plan: _Plan, on_output: Callable[[bytes], None],
     if pid == 0:
         code = 125
         try:
+            # no finalizer of the parent's objects may run here (buffered files
+            # flushing twice...): the children only _exit
+            gc.disable()
             os.close(out_r)
             os.close(ctl_r)
             code = _stage1(spec, plan, out_w, ctl_w, parent_pid)
