@@ -408,6 +408,15 @@ def test_background_process_dies_with_the_step(busybox_rootfs, run_sandbox):
     assert _procs_with_cmdline(b"sleep\x001234") == []
 
 
+def test_init_reaps_orphans(busybox_rootfs, run_sandbox):
+    # orphans are re-parented to our init (pid 1), which must reap them: no zombies
+    code, out, _ = run_sandbox([busybox_rootfs], _sh(
+        "for i in 1 2 3; do (true &); done; sleep 0.3; "
+        "grep -l '^State:.*Z' /proc/[0-9]*/status; echo done"))
+    assert code == 0
+    assert out == b"done\n"
+
+
 def test_output_streams_live(busybox_rootfs, step_dirs):
     upper, work = step_dirs()
     stamps = []
