@@ -56,6 +56,7 @@ def in_child(fn, *, flags: int = linux.CLONE_NEWNS):
 
 # --- errors carry what was attempted and the errno text ---------------------------
 
+@pytest.mark.root
 def test_mount_error_names_target_and_errno(tmp_path):
     with pytest.raises(SandboxError) as info:
         linux.mount(tmp_path / "missing", tmp_path / "also-missing", None, linux.MS_BIND)
@@ -63,6 +64,7 @@ def test_mount_error_names_target_and_errno(tmp_path):
     assert "also-missing" in msg and "ENOENT" in msg and "No such file" in msg
 
 
+@pytest.mark.root
 def test_fsopen_unknown_filesystem():
     with pytest.raises(SandboxError, match=r"fsopen\('no-such-fs'\).*ENODEV"):
         linux.fsopen("no-such-fs")
