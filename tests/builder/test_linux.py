@@ -188,17 +188,21 @@ def test_set_process_title_hides_argv_and_environ():
 
 def test_pdeathsig_kills_child_when_parent_exits():
     r, w = os.pipe()
+    armed_r, armed_w = os.pipe()
     middle = os.fork()
     if middle == 0:
         grandchild = os.fork()
         if grandchild == 0:
             linux.set_pdeathsig(signal.SIGKILL)
             os.write(w, str(os.getpid()).encode())
+            os.write(armed_w, b"x")
             signal.pause()
             os._exit(0)
-        os.read(r, 0)
-        os._exit(0)  # exits at once; the grandchild must follow
+        os.read(armed_r, 1)
+        os._exit(0)  # exits once the grandchild is armed; the grandchild must follow
     os.close(w)
+    os.close(armed_w)
+    os.close(armed_r)
     gpid = int(os.read(r, 32))
     os.waitpid(middle, 0)
     for _ in range(200):
