@@ -319,15 +319,19 @@ def load(store, source: str | os.PathLike) -> list[Loaded]:
 
 
 def load_stream(store, stream: BinaryIO) -> list[Loaded]:
-    """`load` from a non-seekable stream (stdin): spooled to a temp file in the store."""
-    blobs: BlobStore = store.blobs
-    with tempfile.NamedTemporaryFile(dir=blobs.tmp_dir, prefix="load-", suffix=".tar") as tmp:
-        while True:
-            chunk = stream.read(CHUNK)
-            if not chunk:
-                break
-            tmp.write(chunk)
-        tmp.flush()
-        if tmp.tell() == 0:
+    """`load` from a non-seekable stream (stdin): spooled to a temp file of the store
+    (owned by this process, so removed by the next lamina if this one is killed)."""
+    tmp = store.temp_path("load")
+    try:
+        with open(tmp, "xb") as f:
+            while True:
+                chunk = stream.read(CHUNK)
+                if not chunk:
+                    break
+                f.write(chunk)
+            empty = f.tell() == 0
+        if empty:
             raise StoreError("no archive on standard input (use -i FILE)")
-        return load(store, tmp.name)
+        return load(store, tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
