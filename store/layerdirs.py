@@ -11,7 +11,7 @@ a build's upper dir), deduplicated, flushed to disk, and renamed into place; onl
 then is it recorded in the database. Readers therefore only ever see complete
 directories. ROOT/locks/<name>.lock serialises the making of one name.
 
-Dedup: every regular file (non-empty) gets a key = sha256 of its content digest,
+Dedup (only when the Store is made with file_dedup=True; see Store): every regular file (non-empty) gets a key = sha256 of its content digest,
 mode, uid, gid, mtime and xattrs. The `content` table maps a key to one canonical
 path in some layer dir; a file with a known key is replaced by a hard link to that
 path. The mtime is part of the key because a lower dir's file times are visible to
@@ -282,7 +282,8 @@ def _fill(store: "Store", diff_id: str, name: str, target: Path, src_dir: Path |
     else:
         work = src_dir
     try:
-        result = dedup_tree(store.db, store.layers_root, work)
+        result = (dedup_tree(store.db, store.layers_root, work) if store.file_dedup
+                  else DedupResult(files=0, linked=0, saved_bytes=0, new_keys=()))
         sync_tree(work)
         place(work, target)
     except BaseException:

@@ -128,10 +128,19 @@ def source_date_epoch(value: int | None = None) -> int | None:
 
 
 class Store:
-    """A lamina store at `root` (created on first use)."""
+    """A lamina store at `root` (created on first use).
 
-    def __init__(self, root: Path) -> None:
+    `file_dedup` (off by default) hard-links identical files across extracted layer
+    dirs. It is off because the links are visible through an overlay mount: a RUN
+    sees st_nlink 2, `COPY --from` and `tar` in a RUN turn two files into a hard-link
+    pair, so a build's output would depend on what else happens to be in the store —
+    the opposite of reproducible. Turn it on only for a store that is read, not
+    built on (e.g. an archive of imported images); blobs are deduplicated always.
+    """
+
+    def __init__(self, root: Path, *, file_dedup: bool = False) -> None:
         self.root = Path(root)
+        self.file_dedup = file_dedup
         try:
             for sub in ("blobs", "layers", "tmp", "locks", "leases"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)

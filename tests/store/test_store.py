@@ -46,6 +46,12 @@ def store(tmp_path):
         yield s
 
 
+@pytest.fixture
+def dedup_store(tmp_path):
+    with Store(tmp_path / "dedup-store", file_dedup=True) as s:
+        yield s
+
+
 def decompressed(store: Store, digest: str) -> bytes:
     blob = store.blobs.read(digest)
     return subprocess.run(["zstd", "-dcq"], input=blob, capture_output=True, check=True).stdout
@@ -284,21 +290,21 @@ def test_history_and_inspect(store, tmp_path):
 
 # -- dedup and du ----------------------------------------------------------------------------
 
-def test_identical_files_across_layers_share_an_inode_and_du_reports_it(store, tmp_path, busybox_path):
+def test_identical_files_across_layers_share_an_inode_and_du_reports_it(dedup_store, tmp_path, busybox_path):
     big = os.urandom(300_000)
     ra = make_rootfs(tmp_path / "ra", busybox_path, extra={"data/big": big, "data/only-a": b"A" * 5000})
     rb = make_rootfs(tmp_path / "rb", busybox_path, extra={"data/big": big, "data/only-b": b"B" * 7000})
-    a = store.import_rootfs(make_tar(ra, tmp_path / "a.tar"), "a")
-    b = store.import_rootfs(make_tar(rb, tmp_path / "b.tar"), "b")
+    a = dedup_store.import_rootfs(make_tar(ra, tmp_path / "a.tar"), "a")
+    b = dedup_store.import_rootfs(make_tar(rb, tmp_path / "b.tar"), "b")
     assert a.layers[0].diff_id != b.layers[0].diff_id
-    da, db_ = store.layer_dir(a.layers[0].diff_id), store.layer_dir(b.layers[0].diff_id)
+    da, db_ = dedup_store.layer_dir(a.layers[0].diff_id), dedup_store.layer_dir(b.layers[0].diff_id)
     for rel in ("bin/busybox", "data/big", "etc/motd"):
         assert (da / rel).stat().st_ino == (db_ / rel).stat().st_ino, rel
     assert (da / "data/only-a").stat().st_nlink == 1
     # linking did not change what the layer shows: same content, modes and times
     assert tree_listing(db_) == tree_listing(rb)
     shared = os.path.getsize(busybox_path) + len(big) + len("hello from lamina tests\n")
-    du = store.du()
+    du = dedup_store.du()
     logical = sum(f.stat().st_size for d in (da, db_) for f in d.rglob("*") if f.is_file() and not f.is_symlink())
     assert du.logical_bytes == logical
     assert du.dedup_saved_bytes == shared
@@ -306,15 +312,15 @@ def test_identical_files_across_layers_share_an_inode_and_du_reports_it(store, t
     assert du.layer_dirs == 2 and du.images == 2
 
 
-def test_files_differing_in_metadata_are_not_linked(store, tmp_path, busybox_path):
+def test_files_differing_in_metadata_are_not_linked(dedup_store, tmp_path, busybox_path):
     ra = make_rootfs(tmp_path / "ra", busybox_path, extra={"f": b"same"})
     rb = make_rootfs(tmp_path / "rb", busybox_path, extra={"f": b"same"})
     os.chmod(rb / "f", 0o600)
     os.utime(rb / "f", (1_600_000_000, 1_600_000_000))
-    a = store.import_rootfs(make_tar(ra, tmp_path / "a.tar"), "a")
-    b = store.import_rootfs(make_tar(rb, tmp_path / "b.tar"), "b")
-    fa = store.layer_dir(a.layers[0].diff_id) / "f"
-    fb = store.layer_dir(b.layers[0].diff_id) / "f"
+    a = dedup_store.import_rootfs(make_tar(ra, tmp_path / "a.tar"), "a")
+    b = dedup_store.import_rootfs(make_tar(rb, tmp_path / "b.tar"), "b")
+    fa = dedup_store.layer_dir(a.layers[0].diff_id) / "f"
+    fb = dedup_store.layer_dir(b.layers[0].diff_id) / "f"
     assert fa.stat().st_ino != fb.stat().st_ino
 
 
@@ -401,13 +407,13 @@ def test_concurrent_imports_tags_and_gc(tmp_path, busybox_path):
 # -- the layer dirs serve as overlay lower dirs; peers read the documents -----------------
 
 @pytest.mark.root
-def test_deduplicated_layer_dirs_mount_as_overlay_lowers(store, tmp_path, busybox_path):
+def test_deduplicated_layer_dirs_mount_as_overlay_lowers(dedup_store, tmp_path, busybox_path):
     big = os.urandom(50_000)
-    a = store.import_rootfs(make_tar(make_rootfs(tmp_path / "ra", busybox_path, extra={"d/big": big}),
+    a = dedup_store.import_rootfs(make_tar(make_rootfs(tmp_path / "ra", busybox_path, extra={"d/big": big}),
                                      tmp_path / "a.tar"), "a")
-    b = store.import_rootfs(make_tar(make_rootfs(tmp_path / "rb", busybox_path,
+    b = dedup_store.import_rootfs(make_tar(make_rootfs(tmp_path / "rb", busybox_path,
                                                  extra={"d/big": big, "d/b": b"b"}), tmp_path / "b.tar"), "b")
-    lowers = [store.layer_dir(b.layers[0].diff_id), store.layer_dir(a.layers[0].diff_id)]
+    lowers = [dedup_store.layer_dir(b.layers[0].diff_id), dedup_store.layer_dir(a.layers[0].diff_id)]
     assert (lowers[0] / "d/big").stat().st_ino == (lowers[1] / "d/big").stat().st_ino
     upper, work, merged = tmp_path / "upper", tmp_path / "work", tmp_path / "merged"
     for d in (upper, work, merged):
@@ -441,3 +447,18 @@ def test_skopeo_reads_the_manifest_and_config(store, busybox_tar, tmp_path):
     # skopeo verifies every digest while copying
     subprocess.run([skopeo, "copy", "-q", f"oci:{layout}:bb", f"dir:{tmp_path / 'copy'}"], check=True)
     assert (tmp_path / "copy" / "manifest.json").read_bytes() == store.blobs.read(img.manifest_digest)
+
+
+def test_default_store_never_links_files_across_layers(store, tmp_path, busybox_path):
+    """Without file_dedup, identical files of two layers stay separate inodes: a build
+    must never see st_nlink > 1 (or a hard link) that the image does not contain."""
+    big = os.urandom(10_000)
+    a = store.import_rootfs(make_tar(make_rootfs(tmp_path / "ra", busybox_path, extra={"d/big": big}),
+                                     tmp_path / "a.tar"), "a")
+    b = store.import_rootfs(make_tar(make_rootfs(tmp_path / "rb", busybox_path,
+                                                 extra={"d/big": big, "d/b": b"b"}), tmp_path / "b.tar"), "b")
+    fa = store.layer_dir(a.layers[0].diff_id) / "d/big"
+    fb = store.layer_dir(b.layers[0].diff_id) / "d/big"
+    assert fa.read_bytes() == fb.read_bytes() == big
+    assert fa.stat().st_ino != fb.stat().st_ino
+    assert fa.stat().st_nlink == fb.stat().st_nlink == 1
