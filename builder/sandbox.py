@@ -17,6 +17,9 @@
   ``BindMount``, ``TmpfsMount``, ``CacheMount``, ``SecretMount``, ``LayerMount``: a path
   of another stage's or image's merged layers).
 
+The mount types and the mounting of the root live in builder.rootmounts (re-exported
+here), the mount-point bookkeeping in builder.mountpoints, overlayfs in builder.overlay.
+
 ``run`` returns the command's exit status (128+N if killed by signal N), streaming
 its stdout and stderr merged, live, to ``on_output``; stdin is /dev/null. It raises
 ``SandboxError`` when the sandbox cannot be set up or the command cannot be
@@ -49,7 +52,6 @@ import os
 import select
 import shutil
 import signal
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,59 +60,15 @@ from typing import Callable, Literal
 from builder import linux, overlay
 from builder.errors import SandboxError
 from builder.mountpoints import StubRecorder, remove_stubs
-from builder.rootpath import resolve_in_root  # at import: the forked child must not import
+from builder.rootmounts import (BindMount, CacheMount, LayerMount, Mount, SecretMount,
+                                TmpfsMount, mount_system, mount_user)
+
+__all__ = ["BindMount", "CacheMount", "LayerMount", "Mount", "SandboxSpec", "SecretMount",
+           "TmpfsMount", "run", "OVERLAY_API"]
 
 # "auto" | "new" | "classic": which overlay mount API to use (tests force each).
 OVERLAY_API = "auto"
 INIT_TITLE = b"lamina-init"
-_DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
-              "urandom": (1, 9), "tty": (5, 0)}
-_PROC_READONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
-_PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug")
-
-
-@dataclass(frozen=True)
-class BindMount:
-    source: Path
-    target: str
-    readonly: bool = True
-
-
-@dataclass(frozen=True)
-class TmpfsMount:
-    target: str
-    size: int | None = None
-
-
-@dataclass(frozen=True)
-class CacheMount:
-    source: Path
-    target: str
-    readonly: bool = False
-
-
-@dataclass(frozen=True)
-class SecretMount:
-    source: Path
-    target: str
-    mode: int = 0o400
-    uid: int = 0
-    gid: int = 0
-
-
-@dataclass(frozen=True)
-class LayerMount:
-    """`RUN --mount=type=bind,from=<stage|image>`: `source` (an image path) of the
-    merged view of `lower_dirs` (top-most first); writes (readonly=False) discarded."""
-
-    lower_dirs: tuple[Path, ...]
-    source: str
-    target: str
-    readonly: bool = True
-    what: str = ""  # for messages: "stage build", "image alpine"
-
-
-Mount = BindMount | TmpfsMount | CacheMount | SecretMount | LayerMount
 
 
 @dataclass(frozen=True)
@@ -434,9 +392,9 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
         recorder = StubRecorder(str(plan.root))
         linux.mount("tmpfs", plan.scratch, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
                     "mode=700")
-        _mount_system(spec, plan, recorder)
+        mount_system(recorder, plan.hosts, plan.resolv, plan.hostname)
         for i, m in enumerate(spec.mounts):
-            _mount_user(m, i, plan, recorder)
+            mount_user(m, plan.scratch / f"m{i}", recorder, api=OVERLAY_API)
     finally:
         if recorder is not None:
             _send(ctl_w, {"stubs": recorder.report()})
@@ -467,124 +425,6 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
         if reaped == pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
             code = os.waitstatus_to_exitcode(status)
             return 128 - code if code < 0 else code
-
-
-def _bind(source: str | Path, target: str, readonly: bool) -> None:
-    linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
-    if readonly:
-        linux.mount(None, target, None,
-                    linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_NOSUID
-                    | linux.MS_NODEV)
-
-
-def _mount_system(spec: SandboxSpec, plan: _Plan, rec: StubRecorder) -> None:
-    # /proc
-    proc = rec.ensure("/proc", "dir")
-    linux.mount("proc", proc, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
-    # /dev
-    dev = rec.ensure("/dev", "dir")
-    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME,
-                "mode=755,size=65536k")
-    for name, (major, minor) in _DEV_NODES.items():
-        node = f"{dev}/{name}"
-        os.close(os.open(node, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        try:
-            _bind(f"/dev/{name}", node, readonly=False)
-        except SandboxError:  # no such node on the host: make one
-            os.unlink(node)
-            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(major, minor))
-            os.chmod(node, 0o666)
-    os.mkdir(f"{dev}/pts", 0o755)
-    linux.mount("devpts", f"{dev}/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
-                "newinstance,ptmxmode=0666,mode=0620,gid=5")
-    os.symlink("pts/ptmx", f"{dev}/ptmx")
-    os.mkdir(f"{dev}/shm", 0o1777)
-    linux.mount("shm", f"{dev}/shm", "tmpfs",
-                linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, "mode=1777,size=65536k")
-    os.mkdir(f"{dev}/mqueue", 0o755)
-    try:
-        linux.mount("mqueue", f"{dev}/mqueue", "mqueue",
-                    linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
-    except SandboxError:
-        pass  # optional: an empty /dev/mqueue where the kernel lacks POSIX mqueues
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                         ("core", "/proc/kcore")):
-        os.symlink(target, f"{dev}/{name}")
-    # docker's masked and read-only /proc paths
-    for name in _PROC_MASKED:
-        path = f"{proc}/{name}"
-        if os.path.isfile(path):
-            linux.mount(f"{dev}/null", path, None, linux.MS_BIND)
-    for name in _PROC_READONLY:
-        path = f"{proc}/{name}"
-        if os.path.exists(path):
-            _bind(path, path, readonly=True)
-    # /sys, read-only
-    sys_dir = rec.ensure("/sys", "dir")
-    try:
-        linux.mount("sysfs", sys_dir, "sysfs",
-                    linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
-    except SandboxError as exc:
-        # optional, like docker's: some nested setups refuse a fresh sysfs; an empty
-        # /sys is better than no build
-        if getattr(exc, "errno", None) not in (1, 13):  # EPERM, EACCES
-            raise
-    # injected files: bind mounts, so they never land in the upper dir
-    for image_path, host in (("/etc/hosts", plan.hosts), ("/etc/resolv.conf", plan.resolv),
-                             ("/etc/hostname", plan.hostname)):
-        _bind(host, rec.ensure(image_path, "file"), readonly=True)
-
-
-def _mount_user(m: Mount, index: int, plan: _Plan, rec: StubRecorder) -> None:
-    scratch = plan.scratch / f"m{index}"
-    if isinstance(m, TmpfsMount):
-        target = rec.ensure(m.target, "dir")
-        data = "mode=1777" + (f",size={m.size}" if m.size else "")
-        linux.mount("tmpfs", target, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, data)
-    elif isinstance(m, CacheMount):
-        target = rec.ensure(m.target, "dir")
-        _bind(m.source, target, readonly=m.readonly)
-    elif isinstance(m, SecretMount):
-        target = rec.ensure(m.target, "file")
-        scratch.mkdir()
-        copy = scratch / "secret"
-        copy.write_bytes(Path(m.source).read_bytes())
-        os.chown(copy, m.uid, m.gid)
-        os.chmod(copy, m.mode)
-        _bind(copy, target, readonly=True)
-    elif isinstance(m, BindMount):
-        source = Path(m.source)
-        is_dir = source.is_dir()
-        target = rec.ensure(m.target, "dir" if is_dir else "file")
-        if m.readonly:
-            _bind(source, target, readonly=True)
-        elif is_dir:
-            # writes go to an overlay upper on the scratch tmpfs: discarded
-            for sub in ("", "/u", "/w"):
-                os.mkdir(f"{scratch}{sub}", 0o755)
-            overlay.mount_overlay((source,), scratch / "u", scratch / "w", Path(target),
-                                  scratch, api=OVERLAY_API)
-        else:
-            scratch.mkdir()
-            copy = scratch / "file"
-            shutil.copy2(source, copy)
-            st = os.stat(source)
-            os.chown(copy, st.st_uid, st.st_gid)
-            _bind(copy, target, readonly=False)
-    elif isinstance(m, LayerMount):
-        # the merged view of the other stage/image, over an upper on the scratch tmpfs
-        for sub in ("", "/view", "/u", "/w"):
-            os.mkdir(f"{scratch}{sub}", 0o755)
-        overlay.mount_overlay(tuple(m.lower_dirs), scratch / "u", scratch / "w",
-                              scratch / "view", scratch, api=OVERLAY_API)
-        source = resolve_in_root(scratch / "view", m.source or "/")
-        if not os.path.lexists(source):
-            raise SandboxError(f"mount source {m.source!r} does not exist in {m.what or 'its stage'}")
-        target = rec.ensure(m.target, "dir" if source.is_dir() else "file")
-        _bind(source, target, readonly=m.readonly)
-    else:
-        raise SandboxError(f"unknown mount type {type(m).__name__}")
 
 
 def _stage3(spec: SandboxSpec, out_w: int, ctl_w: int) -> None:

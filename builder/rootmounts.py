@@ -1,0 +1,196 @@
+"""The mounts of a sandbox's root, made inside its private mount namespace before
+pivot_root: the system ones (/proc with docker's read-only and masked paths, a
+minimal /dev, /sys read-only, /etc/hosts, /etc/resolv.conf and /etc/hostname as
+read-only bind mounts) and the RUN --mount ones.
+
+The RUN --mount types (frozen dataclasses, re-exported by builder.sandbox):
+``BindMount`` (a host path; rw writes are discarded: an overlay on a tmpfs upper for a
+dir, a tmpfs copy for a file), ``TmpfsMount``, ``CacheMount`` (a persistent host dir,
+rw), ``SecretMount`` (a tmpfs copy with mode/uid/gid, bind-mounted read-only),
+``LayerMount`` (a path of another stage's or image's merged layers).
+
+Every mount point is created through ``StubRecorder`` so that the ones the sandbox
+had to create are removed from the upper dir after the step (builder.mountpoints).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder import linux, overlay
+from builder.errors import SandboxError
+from builder.mountpoints import StubRecorder
+from builder.rootpath import resolve_in_root  # at import: the forked child must not import
+
+_DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
+              "urandom": (1, 9), "tty": (5, 0)}
+_PROC_READONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
+_PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug")
+
+
+@dataclass(frozen=True)
+class BindMount:
+    source: Path
+    target: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class TmpfsMount:
+    target: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class CacheMount:
+    source: Path
+    target: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    source: Path
+    target: str
+    mode: int = 0o400
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class LayerMount:
+    """`RUN --mount=type=bind,from=<stage|image>`: `source` (an image path) of the
+    merged view of `lower_dirs` (top-most first); writes (readonly=False) discarded."""
+
+    lower_dirs: tuple[Path, ...]
+    source: str
+    target: str
+    readonly: bool = True
+    what: str = ""  # for messages: "stage build", "image alpine"
+
+
+Mount = BindMount | TmpfsMount | CacheMount | SecretMount | LayerMount
+
+
+def bind(source: str | Path, target: str, readonly: bool) -> None:
+    linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
+    if readonly:
+        linux.mount(None, target, None,
+                    linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_NOSUID
+                    | linux.MS_NODEV)
+
+
+def mount_system(rec: StubRecorder, hosts: Path, resolv: Path, hostname: Path) -> None:
+    """Mount /proc, /dev, /sys and the injected /etc files on the merged root."""
+    # /proc
+    proc = rec.ensure("/proc", "dir")
+    linux.mount("proc", proc, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    # /dev
+    dev = rec.ensure("/dev", "dir")
+    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME,
+                "mode=755,size=65536k")
+    for name, (major, minor) in _DEV_NODES.items():
+        node = f"{dev}/{name}"
+        os.close(os.open(node, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        try:
+            bind(f"/dev/{name}", node, readonly=False)
+        except SandboxError:  # no such node on the host: make one
+            os.unlink(node)
+            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+            os.chmod(node, 0o666)
+    os.mkdir(f"{dev}/pts", 0o755)
+    linux.mount("devpts", f"{dev}/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
+    os.mkdir(f"{dev}/shm", 0o1777)
+    linux.mount("shm", f"{dev}/shm", "tmpfs",
+                linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, "mode=1777,size=65536k")
+    os.mkdir(f"{dev}/mqueue", 0o755)
+    try:
+        linux.mount("mqueue", f"{dev}/mqueue", "mqueue",
+                    linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    except SandboxError:
+        pass  # optional: an empty /dev/mqueue where the kernel lacks POSIX mqueues
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                         ("core", "/proc/kcore")):
+        os.symlink(target, f"{dev}/{name}")
+    # docker's masked and read-only /proc paths
+    for name in _PROC_MASKED:
+        path = f"{proc}/{name}"
+        if os.path.isfile(path):
+            linux.mount(f"{dev}/null", path, None, linux.MS_BIND)
+    for name in _PROC_READONLY:
+        path = f"{proc}/{name}"
+        if os.path.exists(path):
+            bind(path, path, readonly=True)
+    # /sys, read-only
+    sys_dir = rec.ensure("/sys", "dir")
+    try:
+        linux.mount("sysfs", sys_dir, "sysfs",
+                    linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    except SandboxError as exc:
+        # optional, like docker's: some nested setups refuse a fresh sysfs; an empty
+        # /sys is better than no build
+        if getattr(exc, "errno", None) not in (1, 13):  # EPERM, EACCES
+            raise
+    # injected files: bind mounts, so they never land in the upper dir
+    for image_path, host in (("/etc/hosts", hosts), ("/etc/resolv.conf", resolv),
+                             ("/etc/hostname", hostname)):
+        bind(host, rec.ensure(image_path, "file"), readonly=True)
+
+
+def mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str = "auto") -> None:
+    """Mount one RUN --mount on the merged root; `scratch` is a fresh path on a
+    tmpfs of the sandbox for copies and discarded writes."""
+    if isinstance(m, TmpfsMount):
+        target = rec.ensure(m.target, "dir")
+        data = "mode=1777" + (f",size={m.size}" if m.size else "")
+        linux.mount("tmpfs", target, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, data)
+    elif isinstance(m, CacheMount):
+        target = rec.ensure(m.target, "dir")
+        bind(m.source, target, readonly=m.readonly)
+    elif isinstance(m, SecretMount):
+        target = rec.ensure(m.target, "file")
+        scratch.mkdir()
+        copy = scratch / "secret"
+        copy.write_bytes(Path(m.source).read_bytes())
+        os.chown(copy, m.uid, m.gid)
+        os.chmod(copy, m.mode)
+        bind(copy, target, readonly=True)
+    elif isinstance(m, BindMount):
+        source = Path(m.source)
+        is_dir = source.is_dir()
+        target = rec.ensure(m.target, "dir" if is_dir else "file")
+        if m.readonly:
+            bind(source, target, readonly=True)
+        elif is_dir:
+            # writes go to an overlay upper on the scratch tmpfs: discarded
+            for sub in ("", "/u", "/w"):
+                os.mkdir(f"{scratch}{sub}", 0o755)
+            overlay.mount_overlay((source,), scratch / "u", scratch / "w", Path(target),
+                                  scratch, api=api)
+        else:
+            scratch.mkdir()
+            copy = scratch / "file"
+            shutil.copy2(source, copy)
+            st = os.stat(source)
+            os.chown(copy, st.st_uid, st.st_gid)
+            bind(copy, target, readonly=False)
+    elif isinstance(m, LayerMount):
+        # the merged view of the other stage/image, over an upper on the scratch tmpfs
+        for sub in ("", "/view", "/u", "/w"):
+            os.mkdir(f"{scratch}{sub}", 0o755)
+        overlay.mount_overlay(tuple(m.lower_dirs), scratch / "u", scratch / "w",
+                              scratch / "view", scratch, api=api)
+        source = resolve_in_root(scratch / "view", m.source or "/")
+        if not os.path.lexists(source):
+            raise SandboxError(f"mount source {m.source!r} does not exist in {m.what or 'its stage'}")
+        target = rec.ensure(m.target, "dir" if source.is_dir() else "file")
+        bind(source, target, readonly=m.readonly)
+    else:
+        raise SandboxError(f"unknown mount type {type(m).__name__}")
