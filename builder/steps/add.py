@@ -28,7 +28,12 @@ Semantics (BuildKit's dockerfile2llb + FileOp copy/unpack + http/git sources):
   (`trusted.*` dropped). `.wh.*` names are NOT whiteouts here: they extract as
   plain files, as in BuildKit (a consumer of the layer will read them as whiteouts:
   that is docker's behaviour too). Device members are refused (BuildKit:
-  "unsupported tar entry"); fifos are created.
+  "unsupported tar entry"); fifos are created. A `..` after the destination root is an
+  error here as in BuildKit, but `..` inside a symlink target is clamped at the
+  extraction root (BuildKit errors on a relative target that climbs out).
+  store.tarextract is not used: it writes overlay lower form (whiteouts converted,
+  opaque dirs) into a fresh directory and refuses any symlink on a member's path,
+  while ADD must merge into an existing tree and follow its symlinks.
 - A non-archive local file, and any remote URL (unless `--unpack=true`, Dockerfile
   1.17), is copied as a file. A URL's file is named after the last path element of
   the URL (`__unnamed__` if none), has mode 0600 (then --chmod) and owner 0:0 (or
@@ -43,7 +48,8 @@ Semantics (BuildKit's dockerfile2llb + FileOp copy/unpack + http/git sources):
   Submodules are not fetched. `file://` repositories are accepted only with
   allow_file=True (tests): a Dockerfile must not read host repositories.
 - Network: URLs and remote git need `network=True` (the executor's decision); else a
-  BuildError says so.
+  BuildError says so. (In docker the download is the builder's, not governed by the
+  RUN network mode; `network` is for an offline policy.)
 """
 
 from __future__ import annotations
