@@ -69,6 +69,7 @@ class BuildOptions:
     network: str = "none"                     # none | host
     secrets: Mapping[str, Path] = field(default_factory=dict)
     source_date_epoch: int | None = None      # None: $SOURCE_DATE_EPOCH, else 0
+    allowed_reads: tuple[Path, ...] = ()      # --allow fs.read=PATH (file:// git sources)
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,8 @@ class Build:
                     if source is not None:
                         name, _, key = source[0].partition("=")
                         sources = {name: key}
-                    prepared = prepare_copy(r, self.context, download_dir)
+                    prepared = prepare_copy(r, self.context, download_dir,
+                                            allowed_reads=self.options.allowed_reads)
                     if prepared.selection is not None:
                         content = content_key(prepared.selection)
                         files = tuple((e.path, e.digest or e.link_target or e.kind)

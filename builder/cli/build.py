@@ -27,12 +27,14 @@ from builder.errors import BuildError
 @click.option("--secret", "secrets", multiple=True, metavar="id=ID,src=PATH")
 @click.option("--iidfile", metavar="FILE", default=None, help="Write the image ID (config digest) here.")
 @click.option("--output", "-o", "outputs", multiple=True, metavar="type=...,dest=PATH")
+@click.option("--allow", "allow", multiple=True, metavar="fs.read=PATH",
+              help="Entitlement: let ADD read a git repository (file://) under PATH on the host.")
 @click.option("--cache-from", "cache_from", multiple=True, metavar="REF")
 @click.option("--cache-to", "cache_to", multiple=True, metavar="REF")
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.pass_obj
 def build(g: Globals, tags, dockerfile, build_args, target, no_cache, network, progress, secrets,
-          iidfile, outputs, cache_from, cache_to, context: Path) -> None:
+          iidfile, outputs, allow, cache_from, cache_to, context: Path) -> None:
     """Build an image from a Dockerfile and a context directory."""
     from builder.executor import Build, BuildOptions
     from builder.outputs import parse_output, write_output
@@ -50,6 +52,7 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, network, p
         no_cache=no_cache,
         network="host" if network == "host" else "none",
         secrets=_secrets(secrets),
+        allowed_reads=_allowed_reads(allow),
     )
     wanted = [parse_output(o) for o in outputs]
     progress = make_progress(progress)
@@ -125,3 +128,15 @@ def _secrets(values) -> dict[str, Path]:
             raise BuildError(f"--secret {ident}: {src} is not a readable file")
         out[ident] = path
     return out
+
+
+def _allowed_reads(values) -> tuple[Path, ...]:
+    """`--allow fs.read=PATH` (BuildKit's entitlement); other entitlements are refused."""
+    out = []
+    for item in values:
+        kind, sep, path = item.partition("=")
+        if kind != "fs.read" or not sep or not path:
+            raise BuildError(f"invalid --allow {item!r}: lamina supports fs.read=PATH "
+                             "(network.host is --network host; security.insecure is not allowed)")
+        out.append(Path(path))
+    return tuple(out)

@@ -9,6 +9,9 @@ selection and its content key, downloaded URLs, cloned git repositories); the
 
 from __future__ import annotations
 
+import functools
+import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,10 +19,10 @@ from typing import Callable
 from builder.context import SourceTree
 from builder.copysrc import CopySelection, select_sources
 from builder.errors import BuildError
-from builder.rootpath import mkdir_p_in_root
+from builder.rootpath import mkdir_p_in_root, read_file_in_root
 from builder.resolved import ResolvedCopy, ResolvedWorkdir
 from builder.steps.add import (
-    FetchedGit, FetchedURL, add_git, add_local, add_url, fetch_git, fetch_url,
+    FetchedGit, FetchedURL, GitSource, add_git, add_local, add_url, fetch_git, fetch_url,
     is_url_source, parse_git_source,
 )
 from builder.steps.copy import HeredocSource, copy_selection
@@ -49,14 +52,31 @@ def remote_sources(r: ResolvedCopy) -> tuple[list[str], list[str]]:
     return urls, gits
 
 
-def prepare_copy(r: ResolvedCopy, context: SourceTree, download_dir: Path) -> PreparedCopy:
+def _check_local_git(source: GitSource, allowed: tuple[Path, ...]) -> None:
+    """A `file://` git repository is a host path outside the context: only readable
+    under a path the user allowed with `--allow fs.read=PATH` (BuildKit's
+    entitlement name), never by the Dockerfile alone."""
+    path = Path(os.path.realpath(urllib.parse.unquote(source.remote[len("file://"):])))
+    for root in allowed:
+        root = Path(os.path.realpath(root))
+        if path == root or root in path.parents:
+            return
+    raise BuildError(f"ADD {source.remote}: reading a repository on the host needs "
+                     f"--allow fs.read={path} (or a parent directory)")
+
+
+def prepare_copy(r: ResolvedCopy, context: SourceTree, download_dir: Path, *,
+                 allowed_reads: tuple[Path, ...] = ()) -> PreparedCopy:
     """Select context sources and fetch remote ones (in the parent, before the key)."""
     urls, gits = remote_sources(r)
     local = [s for s in r.sources if s not in urls and s not in gits]
     fetched_urls = tuple(fetch_url(u, download_dir, checksum=r.checksum or None) for u in urls)
-    fetched_gits = tuple(
-        fetch_git(parse_git_source(g, allow_file=True), download_dir, keep_git_dir=r.keep_git_dir)
-        for g in gits)
+    git_sources = [parse_git_source(g, allow_file=True) for g in gits]
+    for source in git_sources:
+        if source.is_local:
+            _check_local_git(source, allowed_reads)
+    fetched_gits = tuple(fetch_git(source, download_dir, keep_git_dir=r.keep_git_dir)
+                         for source in git_sources)
     selection = None
     if r.from_stage is None and r.from_image is None and local:
         selection = select_sources(context, local, excludes=r.exclude, parents=r.parents)
@@ -67,14 +87,7 @@ def _owner(root: Path, chown: str) -> tuple[int, int] | None:
     """--chown user[:group] resolved in the image being built (its merged root)."""
     if not chown:
         return None
-
-    def read(path: str) -> bytes | None:
-        try:
-            return (root / path.lstrip("/")).read_bytes()
-        except OSError:
-            return None
-
-    who = resolve_user(read, chown)
+    who = resolve_user(functools.partial(read_file_in_root, root), chown)
     return who.uid, who.gid
 
 

@@ -416,7 +416,7 @@ ADD file://{repo}#main:sub /gitsub/
         "packed.xz": lzma.compress(_tar_bytes(members)),  # detected by content, not name
     })
     rootfs = tmp_path / "rootfs"
-    build_rootfs(root, ctx, rootfs)
+    build_rootfs(root, ctx, rootfs, "--allow", f"fs.read={repo}")
     for d in ("plain", "gz", "bz2", "xz"):
         assert _tree(rootfs / d) == {"top.txt", "d", "d/inner.txt"}, d
         assert (rootfs / d / "d" / "inner.txt").read_bytes() == b"inner\n"
@@ -430,6 +430,22 @@ ADD file://{repo}#main:sub /gitsub/
     assert mode_of(rootfs / "url" / "payload.bin") == 0o600
     assert _tree(rootfs / "git") == {"README", "sub", "sub/inner.txt"}  # no .git
     assert _tree(rootfs / "gitsub") == {"inner.txt"}
+
+
+def test_add_of_a_host_git_repository_needs_an_allow(build_store, tmp_path):
+    """A Dockerfile alone may not read host paths: `ADD file://...` needs --allow fs.read."""
+    root, _ = build_store
+    repo = tmp_path / "private-repo"
+    _git_repo(repo)
+    ctx = make_context(tmp_path / "ctx", f"FROM bb\nADD file://{repo}#main /git/\n", {})
+    run = build(root, ctx)
+    assert run.code != 0
+    assert "--allow fs.read=" in run.stderr and "Dockerfile:2" in run.stderr
+    assert "Traceback" not in run.stderr
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert build(root, ctx, "--allow", f"fs.read={other}").code != 0
+    build(root, ctx, "--allow", f"fs.read={tmp_path}").check()
 
 
 def test_add_url_checksum_mismatch_fails(build_store, tmp_path, http_root):
