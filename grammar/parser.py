@@ -18,8 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import difflib
+import hashlib
+import os
 from importlib import resources
 
+import lark
 from lark import Lark, Token, Transformer, Tree
 from lark.exceptions import LarkError, UnexpectedInput
 
@@ -76,13 +79,37 @@ class _JsonValues(Transformer):
         return _NonString(self._overflow(children))
 
 
-_LARK = Lark(
-    resources.files("grammar").joinpath("dockerfile.lark").read_text(encoding="utf-8"),
-    parser="lalr",
-    lexer="contextual",
-    start=["line", "json_array"],
-    transformer=_JsonValues(),
-)
+def _cache_file(grammar_text: str) -> str | None:
+    """Where Lark may keep its analysed grammar (x10 faster start): a file in the
+    user's own cache dir, never a predictable name in a shared /tmp (Lark's default
+    cache loads a pickle — a root process must not load one someone else planted)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = os.path.join(base, "lamina")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        st = os.stat(directory)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return None
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{lark.__version__}\0{grammar_text}".encode()).hexdigest()[:24]
+    return os.path.join(directory, f"dockerfile-grammar-{key}.lark")
+
+
+def _make_parser() -> Lark:
+    text = resources.files("grammar").joinpath("dockerfile.lark").read_text(encoding="utf-8")
+    options = dict(parser="lalr", lexer="contextual", start=["line", "json_array"],
+                   transformer=_JsonValues())
+    cache = _cache_file(text)
+    if cache is not None:
+        try:
+            return Lark(text, cache=cache, **options)
+        except Exception:  # an unreadable or stale cache: build without it
+            pass
+    return Lark(text, **options)
+
+
+_LARK = _make_parser()
 
 
 class NotJSON(Exception):
