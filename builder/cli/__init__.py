@@ -4,7 +4,9 @@ non-zero exit. A Python traceback shown to a user is a bug."""
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import click
 
@@ -24,6 +26,7 @@ for _module in ("images", "archive", "maintenance"):
 # exit codes: 1 user/build error, 2 usage (click), 130 interrupted
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70  # EX_SOFTWARE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         click.echo(f"lamina: {e.strerror or e}{where}", err=True)
         return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - a bug in lamina: still one clear message
+        if os.environ.get("LAMINA_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"lamina: internal error: {type(e).__name__}: {e} "
+                   "(a bug in lamina; run with LAMINA_DEBUG=1 for the traceback)", err=True)
+        return EXIT_INTERNAL
     return 0
 
 
