@@ -14,7 +14,8 @@ container in store.archive_tar; this module joins them to the Store:
   memory use does not depend on layer size. Configs and manifests keep their exact
   bytes, so image IDs and manifest digests are those of the source; a docker-archive
   has no manifest, so an OCI manifest is synthesised (canonical JSON: the same
-  archive always gives the same manifest digest). Any failure raises one
+  archive always gives the same manifest digest) over the layer members kept as
+  they are (uncompressed tars, media type ...layer.v1.tar, digest = diff_id). Any failure raises one
   StoreError and removes the blobs this load added: the store is as it was.
 """
 
@@ -25,7 +26,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Literal, Sequence
 
 from store import compression, oci, refs
 from store.archive_tar import CHUNK, ArchivedImage, ArchivedLayer, ArchiveReader, ExportImage
@@ -33,6 +34,9 @@ from store.blobs import BlobStore
 from store.docker_archive import MANIFEST_JSON, read_docker_archive, write_docker_archive
 from store.errors import CorruptContent, StoreError
 from store.oci_archive import INDEX_JSON, OCI_LAYOUT, read_oci_archive, write_oci_archive
+
+if TYPE_CHECKING:
+    from store.store import Image
 
 Format = Literal["docker", "oci"]
 FORMATS: tuple[str, ...] = ("docker", "oci")
@@ -42,16 +46,16 @@ FORMATS: tuple[str, ...] = ("docker", "oci")
 class Loaded:
     """One image a load added: its store record and the names it was tagged with."""
 
-    image: object  # store.store.Image
+    image: "Image"
     names: tuple[str, ...]
 
     @property
     def config_digest(self) -> str:
-        return self.image.config_digest  # type: ignore[attr-defined]
+        return self.image.config_digest
 
     @property
     def manifest_digest(self) -> str:
-        return self.image.manifest_digest  # type: ignore[attr-defined]
+        return self.image.manifest_digest
 
 
 # -- save --------------------------------------------------------------------------
