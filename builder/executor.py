@@ -51,7 +51,7 @@ from store import StoreError
 from store.cache import CacheEntry
 from store.errors import ImageNotFound
 from store.layers import LayerBlob
-from store.store import Image, Store
+from store.store import Image, Store, source_date_epoch
 
 DEFAULT_SOURCE_DATE_EPOCH = 0
 
@@ -88,18 +88,10 @@ def rfc3339(epoch: int) -> str:
 
 
 def _resolve_epoch(value: int | None) -> int:
-    if value is not None:
-        return int(value)
-    env = os.environ.get("SOURCE_DATE_EPOCH", "")
-    if env:
-        try:
-            v = int(env)
-        except ValueError:
-            raise BuildError(f"SOURCE_DATE_EPOCH must be a whole number of seconds, got {env!r}") from None
-        if v < 0:
-            raise BuildError(f"SOURCE_DATE_EPOCH must not be negative, got {env!r}")
-        return v
-    return DEFAULT_SOURCE_DATE_EPOCH
+    """The build's SOURCE_DATE_EPOCH: given, else the environment's (validated by
+    the store's rules), else 0 — reproducible by default."""
+    epoch = source_date_epoch(value)
+    return DEFAULT_SOURCE_DATE_EPOCH if epoch is None else epoch
 
 
 class Build:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from builder.errors import BuildError
+from grammar.goquote import go_quote
 from builder.resolved import (
     Healthcheck, Platform, Resolved, ResolvedArg, ResolvedCmd, ResolvedCopy, ResolvedEntrypoint,
     ResolvedEnv, ResolvedExpose, ResolvedHealthcheck, ResolvedLabel, ResolvedMaintainer,
@@ -210,28 +211,6 @@ class HistoryEntry:
         if self.empty_layer:
             out["empty_layer"] = True
         return out
-
-
-def go_quote(text: str) -> str:
-    """Go's strconv.Quote (what `%q` prints for a string)."""
-    named = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-             "\t": "\\t", "\v": "\\v", '"': '\\"', "\\": "\\\\"}
-    out = ['"']
-    for ch in text:
-        if ch in named:
-            out.append(named[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            code = ord(ch)
-            if code < 0x80:
-                out.append(f"\\x{code:02x}")
-            elif code < 0x10000:
-                out.append(f"\\u{code:04x}")
-            else:
-                out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
 
 
 def go_quote_list(items: Sequence[str]) -> str:

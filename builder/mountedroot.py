@@ -24,7 +24,7 @@ from typing import Callable, Mapping, TypeVar
 
 from builder import linux
 from builder.errors import BuildError
-from builder.overlay import OVERLAY_OPTIONS, finalize_upper, mount_overlay
+from builder.overlay import finalize_upper, mount_overlay, mount_overlay_readonly
 
 T = TypeVar("T")
 
@@ -36,30 +36,6 @@ def _read_all(fd: int) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
-
-
-def mount_readonly_view(lower_dirs, target: Path, scratch_dir: Path) -> None:
-    """Mount the merged, read-only view of a layer stack (top-most first) on `target`
-    (overlay without an upper dir; an empty dir stands in for a stack of 0 or 1)."""
-    lowers = [str(p) for p in lower_dirs]
-    empty = scratch_dir / "empty"
-    empty.mkdir(exist_ok=True)
-    while len(lowers) < 2:
-        lowers.append(str(empty))
-    fsfd = linux.fsopen("overlay")
-    try:
-        for p in lowers:
-            linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, "lowerdir+", p)
-        for key, value in OVERLAY_OPTIONS:
-            linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, key, value)
-        linux.fsconfig(fsfd, linux.FSCONFIG_CMD_CREATE)
-        mntfd = linux.fsmount(fsfd)
-        try:
-            linux.move_mount_fd(mntfd, target)
-        finally:
-            os.close(mntfd)
-    finally:
-        os.close(fsfd)
 
 
 def _child(fn: Callable[[], T], wfd: int) -> None:
@@ -136,7 +112,7 @@ def in_mounted_root(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Pa
         for i, (name, stack) in enumerate(sorted(views.items())):
             where = scratch_dir / f"view{i}"
             where.mkdir(exist_ok=True)
-            mount_readonly_view(stack, where, scratch_dir)
+            mount_overlay_readonly(stack, where, scratch_dir)
             view_roots[name] = where
         return fn(target, view_roots)
 

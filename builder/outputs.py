@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import BuildError
-from builder.mountedroot import mount_readonly_view
+from builder.overlay import mount_overlay_readonly
 from store import archive
 from store.store import Image, Store
 from store.tarlayer import extract_tar, write_tar
@@ -62,7 +62,7 @@ def _rootfs_tar(store: Store, image: Image, out_path: Path, epoch: int | None) -
     def work() -> None:
         view = scratch / "view"
         view.mkdir()
-        mount_readonly_view(lowers, view, scratch)
+        mount_overlay_readonly(lowers, view, scratch)
         with open(out_path, "wb") as f:
             write_tar(view, f, source_date_epoch=epoch)
 

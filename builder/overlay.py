@@ -108,13 +108,26 @@ def mount_overlay(lower_dirs: tuple[Path, ...] | list[Path], upper: Path, work: 
     return "classic"
 
 
-def _mount_new_api(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
+def mount_overlay_readonly(lower_dirs, target: Path, scratch_dir: Path) -> None:
+    """Mount the merged, read-only view of a layer stack (top-most first) on `target`:
+    an overlay without an upper dir (an empty dir pads a stack of 0 or 1 layers)."""
+    lowers = [Path(p) for p in lower_dirs]
+    empty = scratch_dir / "empty"
+    empty.mkdir(exist_ok=True)
+    while len(lowers) < 2:
+        lowers.append(empty)
+    _mount_new_api(lowers, None, None, target)
+
+
+def _mount_new_api(lowers: list[Path], upper: Path | None, work: Path | None,
+                   target: Path) -> None:
     fsfd = linux.fsopen("overlay")
     try:
         for p in lowers:
             linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, "lowerdir+", str(p))
-        linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, "upperdir", str(upper))
-        linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, "workdir", str(work))
+        if upper is not None:
+            linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, "upperdir", str(upper))
+            linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, "workdir", str(work))
         for key, value in OVERLAY_OPTIONS:
             linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, key, value)
         try:

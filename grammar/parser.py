@@ -28,6 +28,7 @@ from lark.exceptions import LarkError, UnexpectedInput
 
 from grammar import ast
 from grammar.errors import DockerfileError
+from grammar.goquote import go_quote as _go_quote
 from grammar.heredoc import HeredocMarker, heredocs_in_line
 from grammar.lines import LineScanner, LogicalLine
 from grammar.words import (
@@ -382,12 +383,6 @@ def _command_words(command: ast.ShellForm | ast.ExecForm | None) -> tuple[str, .
     if isinstance(command, ast.ShellForm):
         return (command.text,)
     return command.args
-
-
-def _go_quote(s: str) -> str:
-    from grammar.dump import go_quote
-
-    return go_quote(s)
 
 
 def parse(text: str, *, path: str = "Dockerfile") -> ast.Dockerfile:

@@ -53,6 +53,7 @@ from collections.abc import Callable, Mapping
 
 from grammar import shellpattern
 from grammar.errors import DockerfileError
+from grammar.goquote import go_quote as _go_quote
 
 __all__ = ["expand", "split_words", "referenced_names"]
 
@@ -393,28 +394,6 @@ class _Lexer:
 
 
 # --------------------------------------------------------------------------- API
-
-
-def _go_quote(text: str) -> str:
-    """Go's %q of a string (strconv.Quote), as BuildKit's messages show words."""
-    out = ['"']
-    named = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-             "\t": "\\t", "\v": "\\v", '"': '\\"', "\\": "\\\\"}
-    for ch in text:
-        if ch in named:
-            out.append(named[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            code = ord(ch)
-            if code < 0x20 or code == 0x7F:
-                out.append(f"\\x{code:02x}")
-            elif code < 0x10000:
-                out.append(f"\\u{code:04x}")
-            else:
-                out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
 
 
 def _check_escape(escape: str) -> None:
