@@ -189,11 +189,22 @@ class TtyProgress(Progress):
     """`--progress tty`: finished steps print once; running steps are redrawn in place
     with their elapsed time and the last lines of their output."""
 
-    def __init__(self, stream: TextIO, *, width: int = 100) -> None:
+    def __init__(self, stream: TextIO, *, width: int = 100, tick: float = 0.25) -> None:
         super().__init__(stream)
         self.width = width
         self.running: dict[int, _Row] = {}
         self.drawn_lines = 0
+        self.tick = tick
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def _keep_time(self) -> None:
+        """Redraw the running steps' timers while nothing else happens."""
+        while not self._stop.wait(self.tick):
+            with self.lock:
+                if self.running:
+                    self._erase()
+                    self._draw()
 
     def _clip(self, text: str) -> str:
         return text if len(text) <= self.width else text[: self.width - 1] + "…"
@@ -229,6 +240,10 @@ class TtyProgress(Progress):
             self.running[step.number] = _Row(step)
             self._erase()
             self._draw()
+            if self._ticker is None and self.tick > 0:
+                self._ticker = threading.Thread(target=self._keep_time, name="lamina-progress",
+                                                daemon=True)
+                self._ticker.start()
 
     def cached(self, step: StepLabel) -> None:
         with self.lock:
@@ -268,6 +283,9 @@ class TtyProgress(Progress):
                 self._settle(f" => naming to {tag}")
 
     def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         with self.lock:
             self._erase()
             self.stream.flush()

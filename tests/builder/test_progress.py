@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 from builder.progress import JsonProgress, PlainProgress, StepLabel, TtyProgress, make_progress, TAIL_LINES
 
@@ -64,7 +65,7 @@ def test_json_one_object_per_event():
 
 def test_tty_keeps_only_the_tail_and_erases_on_close():
     out = io.StringIO()
-    p = TtyProgress(out, width=40)
+    p = TtyProgress(out, width=40, tick=0)
     p.started(STEP)
     for i in range(20):
         p.output(STEP, f"line {i}\n".encode())
@@ -81,3 +82,16 @@ def test_tty_keeps_only_the_tail_and_erases_on_close():
 def test_auto_is_plain_when_not_a_terminal():
     assert isinstance(make_progress("auto", io.StringIO()), PlainProgress)
     assert isinstance(make_progress("json", io.StringIO()), JsonProgress)
+
+
+def test_tty_redraws_a_silent_running_step():
+    out = io.StringIO()
+    p = TtyProgress(out, tick=0.01)
+    p.started(STEP)
+    before = out.getvalue().count("RUN make")
+    deadline = time.monotonic() + 5
+    while out.getvalue().count("RUN make") < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    p.close()
+    assert out.getvalue().count("RUN make") >= before + 3   # the timer moved without events
+    assert p._ticker is not None and not p._ticker.is_alive()
