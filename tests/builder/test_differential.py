@@ -475,8 +475,12 @@ def debian_base(builders, tmp_path_factory) -> Path:
         f'cp "$2" {tar}\n'
         f'cd {REPO} && exec {sys.executable} -m builder.cli --root {builders.lamina_root} "$@"\n')
     standin.chmod(0o755)
-    r = subprocess.run(["sh", str(SAMPLES / "python-app" / "make-base.sh")], capture_output=True,
-                       text=True, timeout=900, env={**os.environ, "LAMINA": str(standin)})
+    for attempt in range(3):  # the mirror is a network peer: retry a transient failure
+        r = subprocess.run(["sh", str(SAMPLES / "python-app" / "make-base.sh")],
+                           capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "LAMINA": str(standin)})
+        if r.returncode == 0:
+            break
     if r.returncode != 0:
         msg = f"make-base.sh failed (needs the Debian mirror):\n{r.stderr[-2000:]}"
         if IN_CI:
