@@ -259,6 +259,9 @@ class _Extractor:
         if not name:
             raise CorruptContent(f"tar member {_show(e.name)!r} is a whiteout without a name",
                                  path=_show(e.name))
+        if name in (b".", b".."):  # would remove the directory itself or its parent
+            raise UnsafeArchive(f"tar member {_show(e.name)!r} whites out {_show(name)!r}",
+                                path=_show(e.name))
         self.remove(parent, name)
         os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
         self.chown(e, parent=parent, name=name)

@@ -291,3 +291,15 @@ def test_whiteout_names(box):
         run(make_tar(sym("o", "../sentinel"), reg("o/.wh..wh..opq", b"")), dest)
     assert os.listxattr(sentinel) == []
     untouched()
+
+
+@pytest.mark.parametrize("name", [".wh...", "a/.wh...", ".wh..", "a/.wh.."])
+def test_whiteout_of_dot_or_dotdot_rejected(box, name):
+    # `.wh...` would white out "..": removing it must never reach dest's parent (or dest)
+    dest, _, untouched = box
+    (dest / "a").mkdir()
+    (dest / "a" / "keep").write_text("keep")
+    with pytest.raises(UnsafeArchive):
+        run(make_tar(reg(name, b"")), dest)
+    assert (dest / "a" / "keep").read_text() == "keep"
+    untouched()
