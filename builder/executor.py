@@ -283,6 +283,9 @@ class Build:
             except BuildError as e:
                 raise self._at(step, e) from None
             inputs = step.cache_inputs(parent, content=content, files=files, sources=sources)
+            if isinstance(r, ResolvedRun) and r.network not in ("none", "host"):
+                # a RUN without --network= runs with the build's --network
+                inputs = replace(inputs, network=self.options.network)
             key = inputs.key()
             if not self.options.no_cache:
                 entry = self.store.cache.lookup(str(key), lease=self.lease)
