@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from store.layerdirs import walk
 from store.lease import lease_is_live
 from store.locks import clean_stale_temp, remove_tree
 
@@ -54,7 +55,7 @@ class GcReport:
 
 def _tree_bytes(path: str) -> int:
     total = 0
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+    for dirpath, dirnames, filenames in walk(path):
         for n in filenames:
             try:
                 st = os.lstat(os.path.join(dirpath, n))

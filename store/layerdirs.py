@@ -89,8 +89,27 @@ def _same_meta(a: os.stat_result, b: os.stat_result) -> bool:
             and a.st_uid == b.st_uid and a.st_gid == b.st_gid and a.st_mtime_ns == b.st_mtime_ns)
 
 
+def walk(top: Path | str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk(top, followlinks=False), top-down, without recursion: Python 3.11's
+    os.walk recurses once per level and fails on a tree nested ~1000 deep (which a
+    hostile layer may be). Symlinks are listed with the files; unreadable dirs skipped."""
+    stack = [os.fspath(top)]
+    while stack:
+        path = stack.pop()
+        dirnames: list[str] = []
+        filenames: list[str] = []
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    (dirnames if entry.is_dir(follow_symlinks=False) else filenames).append(entry.name)
+        except OSError:
+            continue
+        yield path, dirnames, filenames
+        stack.extend(os.path.join(path, n) for n in reversed(dirnames))
+
+
 def _regular_files(tree: Path) -> Iterator[tuple[str, os.stat_result]]:
-    for dirpath, dirnames, filenames in os.walk(tree, followlinks=False):
+    for dirpath, dirnames, filenames in walk(tree):
         dirnames.sort()
         for name in sorted(filenames):
             p = os.path.join(dirpath, name)
@@ -204,7 +223,7 @@ def dir_usage(path: Path, seen: set[tuple[int, int]] | None,
     """(logical bytes of regular files, apparent bytes of inodes not in `seen`,
     allocated bytes of inodes not in `seen`) of a tree; adds inodes to `seen`."""
     logical = unique = blocks = 0
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+    for dirpath, dirnames, filenames in walk(path):
         for name in filenames + dirnames:
             p = os.path.join(dirpath, name)
             try:

@@ -263,4 +263,12 @@ def remove_tree(path: Path) -> None:
                 return
         raise e
 
-    shutil.rmtree(path, onerror=onerror)
+    try:
+        shutil.rmtree(path, onerror=onerror)
+    except RecursionError:  # nested deeper than Python's recursion limit (a hostile layer)
+        from store.tarextract import remove_tree as remove_tree_iteratively
+        parent = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            remove_tree_iteratively(parent, os.path.basename(os.path.abspath(path)))
+        finally:
+            os.close(parent)

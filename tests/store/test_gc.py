@@ -194,3 +194,31 @@ def test_gc_removes_stray_dirs_and_dead_temp(tmp_path):
     assert rep.dirs_removed == 1 and os.listdir(s.layers_root) == []
     assert not stale.exists()
     s.close()
+
+
+def _deep_tree(top: Path, depth: int) -> None:
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):  # deeper than Python's recursion limit
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def test_deep_stray_trees_are_removed(tmp_path):
+    # a hostile layer may nest dirs thousands deep: its leftovers must not make every
+    # later Store() / gc fail (shutil.rmtree recurses once per level)
+    root = tmp_path / "store"
+    Store(root).close()
+    _deep_tree(root / "tmp" / "p999999-dead.extract-1-aa", 1500)
+    _deep_tree(root / "layers" / "0123456789ab", 1500)
+    s = Store(root)  # cleans the dead process's temp entries
+    assert not (root / "tmp" / "p999999-dead.extract-1-aa").exists()
+    s.gc()
+    assert os.listdir(s.layers_root) == []
+    s.close()
