@@ -137,6 +137,7 @@ class Build:
             self.progress.note(warning)
         self.context = BuildContext.open(self.options.context_dir, self.options.dockerfile,
                                          self.store.root / "cache" / "statcache")
+        self.run_env = replace(self.run_env, context=self.context)
         try:
             with self.store.lease() as lease:
                 self.lease = lease

@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+from builder.context import SourceTree
+from builder.copysrc import select_sources
 from builder.errors import BuildError
 from builder.resolved import Mount, ResolvedRun
 from builder.rootpath import resolve_in_root
 from builder.sandbox import (
     BindMount, CacheMount, LayerMount, SandboxSpec, SecretMount, TmpfsMount, run,
 )
+from builder.steps.copy import copy_selection
 from builder.users import resolve_user_in_layers
 
 OUTPUT_TAIL = 20  # lines of output a failure message repeats
@@ -41,6 +44,7 @@ class RunEnvironment:
     cache_mounts_dir: Path
     secrets: Mapping[str, Path]
     network: str  # none | host
+    context: SourceTree | None = None  # the context as .dockerignore lets it through
 
 
 class _Tail:
@@ -79,11 +83,30 @@ def _cache_dir(env: RunEnvironment, m: Mount) -> Path:
 LayersOf = Callable[[Mount], tuple[tuple[Path, ...], str]]
 
 
+def _context_view(context: SourceTree, source: str, where: Path,
+                  fail: Callable[[str], BuildError]) -> Path:
+    """What a bind mount of the context shows, as BuildKit sends it: only what
+    .dockerignore lets through, owned by 0:0 — a copy made under `where`, so the RUN
+    sees exactly the files its cache key hashed, never an ignored one."""
+    try:
+        selection = select_sources(context, [source], allow_empty_wildcard=False)
+    except BuildError:
+        raise fail(f"RUN --mount=type=bind: source {source!r} does not exist in the build "
+                   "context (or is excluded by .dockerignore)") from None
+    if len(selection.sources) != 1:
+        raise fail(f"RUN --mount=type=bind: source {source!r} names "
+                   f"{len(selection.sources)} paths of the build context, not one")
+    where.mkdir()
+    copy_selection(where, selection, "/")
+    (picked,) = selection.sources
+    return where if picked.kind == "dir" else where / picked.name
+
+
 def _mounts(step_run: ResolvedRun, env: RunEnvironment, pipes_dir: Path,
             stack: ExitStack, fail: Callable[[str], BuildError],
             layers_of: LayersOf | None = None) -> tuple:
     out = []
-    for m in step_run.mounts:
+    for i, m in enumerate(step_run.mounts):
         if m.type == "bind":
             if m.from_stage is not None or m.from_image is not None:
                 if layers_of is None:
@@ -92,7 +115,11 @@ def _mounts(step_run: ResolvedRun, env: RunEnvironment, pipes_dir: Path,
                 out.append(LayerMount(lower_dirs=tuple(lowers), source=m.source or "/",
                                       target=m.target, readonly=m.readonly, what=what))
                 continue
-            source = resolve_in_root(env.context_dir, m.source or "/")
+            if env.context is not None:
+                source = _context_view(env.context, m.source or "/",
+                                       pipes_dir.parent / f"context{i}", fail)
+            else:
+                source = resolve_in_root(env.context_dir, m.source or "/")
             if not source.exists():
                 raise fail(f"RUN --mount=type=bind: source {m.source!r} does not exist in the build context")
             out.append(BindMount(source=source, target=m.target, readonly=m.readonly))

@@ -22,3 +22,24 @@ def test_build_network_mode_is_in_the_run_cache_key(build_store, tmp_path):
     assert "network" in step.miss
     assert build(root, ctx, "--network", "host").check().step("RUN grep").cached
     assert build(root, ctx).check().step("RUN grep").cached
+
+
+def test_run_bind_mount_of_the_context_honours_dockerignore(build_store, tmp_path):
+    # BuildKit sends the context through .dockerignore for bind mounts too: an ignored
+    # file must be neither visible to the RUN nor able to change its result unseen
+    # (the cache key hashes only what the ignore rules let through)
+    root, _ = build_store
+    dockerfile = ("FROM bb\nRUN --mount=type=bind,target=/src "
+                  "ls -A /src > /listing && cat /src/sub/*.txt > /content\n")
+    ctx = make_context(tmp_path / "ctx", dockerfile, {
+        ".dockerignore": "secret.env\nsub/private.txt\n",
+        "secret.env": "TOKEN=hunter2\n", "a.txt": "a\n",
+        "sub/public.txt": "public\n", "sub/private.txt": "private\n"})
+    out = tmp_path / "out"
+    build_rootfs(root, ctx, out)
+    listing = (out / "listing").read_text().split()
+    assert "secret.env" not in listing and "a.txt" in listing
+    assert (out / "content").read_text() == "public\n"
+    # changing an ignored file changes nothing: the step stays cached
+    (ctx / "sub" / "private.txt").write_text("changed\n")
+    assert build(root, ctx).check().step("RUN --mount").cached
