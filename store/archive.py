@@ -7,6 +7,15 @@ container in store.archive_tar; this module joins them to the Store:
 - save: resolve references, collect the stored manifest/config bytes and layers,
   write the archive into a temp file next to the destination and rename it into
   place (a failed save leaves no partial file). Same images -> same archive bytes.
+  A docker-archive holds uncompressed layer.tar members. An OCI archive holds the
+  layers in the `compression` asked (store.recompress): "gzip" by default, which
+  exports each zstd layer of the store as a gzip blob (made once, then kept in the
+  store as another blob of that layer) - readable by umoci, skopeo's docker-archive
+  conversion and docker < 23; "zstd" exports the stored blobs as they are. The image
+  ID (config digest) is the same either way; the manifest digest of a gzip export
+  differs from the stored image's when a layer was recompressed (its manifest
+  names other blobs). The save holds a lease on its images, so a concurrent gc
+  never removes what it is copying.
 - load: detect the format by content (an OCI layout wins when an archive has both,
   as docker >= 25 writes, because it keeps the manifests); read each layer member
   once, streaming it into the blob store while hashing the blob and, through a
@@ -28,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, Sequence
 
-from store import compression, oci, refs
+from store import compression, oci, recompress, refs
 from store.archive_tar import CHUNK, ArchivedImage, ArchivedLayer, ArchiveReader, ExportImage
 from store.blobs import BlobStore
 from store.docker_archive import MANIFEST_JSON, read_docker_archive, write_docker_archive
@@ -117,16 +126,37 @@ def write_archive(out: BinaryIO, images: Sequence[ExportImage], blobs: BlobStore
 
 
 def save(store, references: Sequence[str], dest: str | os.PathLike | BinaryIO, *,
-         fmt: Format = "docker") -> list[ExportImage]:
+         fmt: Format = "docker", compression: str | None = None) -> list[ExportImage]:
     """Write the images `references` name to `dest` (a path, or a binary stream such as
-    stdout). A path is written through a temp file renamed into place."""
+    stdout). A path is written through a temp file renamed into place. `compression`
+    (OCI only: "gzip", the default, or "zstd") is the layers' compression in the
+    archive; the ExportImages returned are those written (for an OCI gzip export, with
+    the recompressed layers and the manifest naming them)."""
     if fmt not in FORMATS:
         raise StoreError(f"unknown archive format {fmt!r} (expected docker or oci)")
+    if compression is not None:
+        recompress.check_compression(compression)
+        if fmt != "oci":
+            raise StoreError("a docker-archive holds uncompressed layer tars: a compression "
+                             "applies to the oci format only")
     images = export_images(store, references)
+    with store.lease() as lease:
+        lease.hold(images=[i.manifest_digest for i in images],
+                   layers=sorted({l.diff_id for i in images for l in i.layers}))
+        if fmt == "oci":
+            target = compression or recompress.DEFAULT_EXPORT_COMPRESSION
+            made: dict = {}
+            images = [recompress.export_as(store, img, target, made) for img in images]
+        _write(images, store.blobs, fmt, dest)
+    return images
+
+
+def _write(images: list[ExportImage], blobs: BlobStore, fmt: Format,
+           dest: str | os.PathLike | BinaryIO) -> None:
     if not isinstance(dest, (str, os.PathLike)):
-        write_archive(dest, images, store.blobs, fmt)
+        write_archive(dest, images, blobs, fmt)
         dest.flush()
-        return images
+        return
     path = Path(dest)
     if path.is_dir():
         raise StoreError(f"{path} is a directory: give a file name to save to", path=str(path))
@@ -136,7 +166,7 @@ def save(store, references: Sequence[str], dest: str | os.PathLike | BinaryIO, *
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            write_archive(f, images, store.blobs, fmt)
+            write_archive(f, images, blobs, fmt)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -147,7 +177,6 @@ def save(store, references: Sequence[str], dest: str | os.PathLike | BinaryIO, *
         except FileNotFoundError:
             pass
         raise
-    return images
 
 
 # -- load --------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from typing import Any, Mapping, Sequence
 from store import oci, refs
 from store.blobs import BlobStore, sha256_digest
 from store.cache import BuildCache, CacheEntry
+from store.compression import media_type_for
 from store.db import Database
 from store.errors import BlobNotFound, CorruptContent, ImageNotFound, StoreError
 from store.layerdirs import make_layer_dir
@@ -439,15 +440,22 @@ class Store:
         return row
 
     def layer(self, diff_id: str) -> LayerBlob:
-        """The stored blob of a layer (the smallest, when several compressions exist)."""
+        """The blob the build engine uses for a layer: the DEFAULT_COMPRESSION one when
+        several exist (e.g. a gzip blob an OCI export added), else the smallest. So an
+        export never changes what a build commits, nor a built image's manifest."""
         row = self.db.query_one(
             "SELECT digest, diff_id, media_type, size, uncompressed_size FROM layer_blobs "
-            "WHERE diff_id=? ORDER BY size LIMIT 1", (diff_id,))
+            "WHERE diff_id=? ORDER BY media_type = ? DESC, size, digest LIMIT 1",
+            (diff_id, media_type_for(DEFAULT_COMPRESSION)))
         if row is None:
             raise StoreError(f"layer {diff_id} has no stored blob", digest=diff_id)
-        return LayerBlob(diff_id=row["diff_id"], digest=row["digest"], size=row["size"],
-                         media_type=row["media_type"],
-                         uncompressed_size=row["uncompressed_size"] or 0)
+        return _layer_blob(row)
+
+    def layer_blobs(self, diff_id: str) -> tuple[LayerBlob, ...]:
+        """Every recorded blob of a layer (one per compression it is stored in), by digest."""
+        return tuple(_layer_blob(r) for r in self.db.query(
+            "SELECT digest, diff_id, media_type, size, uncompressed_size FROM layer_blobs "
+            "WHERE diff_id=? ORDER BY digest", (diff_id,)))
 
     def layer_dir(self, diff_id: str) -> Path:
         """The extracted directory of a layer (overlay lower form), made on first use."""
@@ -541,6 +549,11 @@ class Store:
 
 def source_date_epoch_value(value: int | None) -> int | None:
     return source_date_epoch(value)
+
+
+def _layer_blob(row) -> LayerBlob:
+    return LayerBlob(diff_id=row["diff_id"], digest=row["digest"], size=row["size"],
+                     media_type=row["media_type"], uncompressed_size=row["uncompressed_size"] or 0)
 
 
 def _insert_layer(c, layer: LayerBlob) -> None:
