@@ -287,6 +287,8 @@ class Build:
             if isinstance(r, ResolvedRun) and r.network not in ("none", "host"):
                 # a RUN without --network= runs with the build's --network
                 inputs = replace(inputs, network=self.options.network)
+            # the layer writer clamps file times to the epoch: another epoch, another layer
+            inputs = replace(inputs, flags=inputs.flags + (("source-date-epoch", str(self.epoch)),))
             key = inputs.key()
             if not self.options.no_cache:
                 entry = self.store.cache.lookup(str(key), lease=self.lease)

@@ -43,3 +43,19 @@ def test_run_bind_mount_of_the_context_honours_dockerignore(build_store, tmp_pat
     # changing an ignored file changes nothing: the step stays cached
     (ctx / "sub" / "private.txt").write_text("changed\n")
     assert build(root, ctx).check().step("RUN --mount").cached
+
+
+def test_source_date_epoch_is_in_the_cache_key(build_store, tmp_path, monkeypatch):
+    # layers clamp file times to SOURCE_DATE_EPOCH, so a layer written under another
+    # epoch is another layer: reusing it made the image depend on the cache's history
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx", "FROM bb\nCOPY f /epoch-f\nRUN touch /epoch-made\n",
+                       {"f": "x\n"})
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    build(root, ctx).check()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "2000000000")
+    cached = build(root, ctx).check()
+    assert not cached.step("COPY f").cached
+    assert "source-date-epoch" in cached.step("COPY f").miss
+    fresh = build(root, ctx, "--no-cache").check()
+    assert cached.image_id == fresh.image_id
