@@ -274,7 +274,11 @@ class Build:
                     if remote:
                         content = hashlib.sha256("\n".join([content, *remote]).encode()).hexdigest()
                 elif isinstance(r, ResolvedRun) and step.context_reads():
-                    selection = select_sources(self.context, list(step.context_reads()))
+                    try:
+                        selection = select_sources(self.context, list(step.context_reads()))
+                    except BuildError as e:
+                        raise BuildError("RUN --mount=type=bind: " +
+                                         e.message.removeprefix("COPY failed: ")) from None
                     content = content_key(selection)
                     files = tuple((e.path, e.digest or e.link_target or e.kind)
                                   for e in selection.entries)

@@ -59,3 +59,14 @@ def test_source_date_epoch_is_in_the_cache_key(build_store, tmp_path, monkeypatc
     assert "source-date-epoch" in cached.step("COPY f").miss
     fresh = build(root, ctx, "--no-cache").check()
     assert cached.image_id == fresh.image_id
+
+
+def test_missing_bind_mount_source_is_reported_as_a_run_mount_error(build_store, tmp_path):
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx",
+                       "FROM bb\nRUN --mount=type=bind,source=nothere,target=/src true\n")
+    run = build(root, ctx)
+    assert run.code == 1
+    first = run.stderr.strip().splitlines()[-2]
+    assert first.startswith(f"lamina: {ctx / 'Dockerfile'}:2: RUN --mount=type=bind")
+    assert "nothere" in first and "COPY" not in first
