@@ -1,7 +1,12 @@
 """`lamina build --output`: where a built image goes besides the store, as buildx
 names the exporters.
 
-    type=oci,dest=FILE      an OCI image archive (tar of an OCI layout)
+    type=oci,dest=FILE[,compression=gzip|zstd]
+                            an OCI image archive (tar of an OCI layout); its layers
+                            gzip by default (readable by every tool: zstd layers of
+                            the store are recompressed once, see store.recompress,
+                            so the archive's manifest digest differs from the stored
+                            image's, its image ID does not), zstd: the stored image
     type=docker,dest=FILE   a docker-archive, for `docker load` / `podman load`
     type=tar,dest=FILE      a tarball of the image's root filesystem
     type=local,dest=DIR     the image's root filesystem written into DIR
@@ -27,10 +32,14 @@ from store.tarlayer import extract_tar, write_tar
 TYPES = ("oci", "docker", "tar", "local")
 
 
+COMPRESSIONS = ("gzip", "zstd")
+
+
 @dataclass(frozen=True)
 class Output:
     type: str
     dest: Path
+    compression: str | None = None  # type=oci only; None: the default (gzip)
 
 
 def parse_output(text: str) -> Output:
@@ -48,7 +57,14 @@ def parse_output(text: str) -> Output:
     dest = fields.get("dest")
     if not dest:
         raise BuildError(f"invalid --output {text!r}: dest= is required")
-    return Output(kind, Path(dest))
+    comp = fields.get("compression")
+    if comp is not None:
+        if kind != "oci":
+            raise BuildError(f"invalid --output {text!r}: compression= applies to type=oci only "
+                             "(a docker archive holds uncompressed layers)")
+        if comp not in COMPRESSIONS:
+            raise BuildError(f"invalid --output {text!r}: compression must be one of {', '.join(COMPRESSIONS)}")
+    return Output(kind, Path(dest), comp)
 
 
 def _rootfs_tar(store: Store, image: Image, out_path: Path, epoch: int | None) -> None:
@@ -78,7 +94,8 @@ def write_output(store: Store, image: Image, out: Output, *, epoch: int | None =
     """Write `image` as `out` asks. Archives name the image by `tags` (the build's -t,
     as buildx names the docker/oci exporters' images), else only by its ID."""
     if out.type in ("oci", "docker"):
-        archive.save(store, list(tags) or [image.config_digest], out.dest, fmt=out.type)
+        archive.save(store, list(tags) or [image.config_digest], out.dest, fmt=out.type,
+                     compression=out.compression)
         return
     if out.type == "tar":
         tmp = out.dest.with_name(f".{out.dest.name}.{os.getpid()}.tmp")

@@ -1,5 +1,7 @@
 """`lamina save` and `lamina load`: images to and from docker-archive / OCI archive
-files, with docker's option names (`save -o`, `load -i`, `-q`)."""
+files, with docker's option names (`save -o`, `load -i`, `-q`), and `save
+--compression gzip|zstd` for the layers of an OCI archive (gzip by default: see
+store.recompress)."""
 
 from __future__ import annotations
 
@@ -25,18 +27,27 @@ def _open_store(g: Globals):
 @click.option("--format", "fmt", type=click.Choice(["docker", "oci"]), default="docker", show_default=True,
               help="docker: docker-archive (docker load, podman load, skopeo docker-archive:); "
                    "oci: a tar of an OCI image layout (skopeo oci-archive:, podman load).")
+@click.option("--compression", type=click.Choice(["gzip", "zstd"]), default=None,
+              help="Layer compression of an OCI archive (default gzip, which every tool reads). "
+                   "gzip: layers stored zstd are recompressed once (the gzip blob is kept in the "
+                   "store for the next save), so the archive's manifest digest differs from the "
+                   "stored image's; the image ID stays the same. zstd: the stored image as it is. "
+                   "A docker archive always holds uncompressed layers.")
 @click.pass_obj
-def save(g: Globals, refs: tuple[str, ...], output: str | None, fmt: str) -> None:
+def save(g: Globals, refs: tuple[str, ...], output: str | None, fmt: str, compression: str | None) -> None:
     """Save one or more images to a tar archive."""
     from store.archive import save as save_archive
 
+    if compression is not None and fmt != "oci":
+        raise click.UsageError("--compression applies to --format oci only "
+                               "(a docker archive holds uncompressed layers)")
     store = _open_store(g)
     if output is None or output == "-":
         if sys.stdout.isatty():
             raise StoreError("refusing to write an archive to a terminal: use -o FILE or redirect")
-        save_archive(store, refs, sys.stdout.buffer, fmt=fmt)
+        save_archive(store, refs, sys.stdout.buffer, fmt=fmt, compression=compression)
         return
-    save_archive(store, refs, Path(output), fmt=fmt)
+    save_archive(store, refs, Path(output), fmt=fmt, compression=compression)
 
 
 @cli.command()

@@ -90,3 +90,76 @@ def test_user_mistakes_give_one_clear_line(src, tmp_path, args, message):
     assert message in err
     assert "Traceback" not in err
     assert not os.path.exists(tmp_path / "x.tar")
+
+
+# -- OCI layer compression (store.recompress) -----------------------------------------
+
+def _oci_layers(path: Path) -> tuple[str, list[dict]]:
+    with tarfile.open(path) as tf:
+        index = json.load(tf.extractfile("index.json"))
+        digest = index["manifests"][0]["digest"]
+        manifest = json.load(tf.extractfile("blobs/sha256/" + digest.split(":")[1]))
+    return digest, manifest["layers"]
+
+
+def test_save_oci_is_gzip_by_default_and_zstd_on_request(src, tmp_path):
+    img = src.resolve("hello:1")
+    assert [l.media_type for l in img.layers] == [oci.OCI_LAYER_ZSTD]
+    p = lamina(src.root, "save", "--format", "oci", "-o", str(tmp_path / "g.tar"), "hello:1")
+    assert p.returncode == 0, p.stderr
+    digest, layers = _oci_layers(tmp_path / "g.tar")
+    assert digest != img.manifest_digest
+    assert [l["mediaType"] for l in layers] == [oci.OCI_LAYER_GZIP]
+    p = lamina(src.root, "save", "--format", "oci", "--compression", "zstd", "-o", str(tmp_path / "z.tar"),
+               "hello:1")
+    assert p.returncode == 0, p.stderr
+    assert _oci_layers(tmp_path / "z.tar") == (img.manifest_digest, [dict(img.manifest["layers"][0])])
+    p = lamina(tmp_path / "dst", "load", "-i", str(tmp_path / "g.tar"))
+    assert p.returncode == 0, p.stderr
+    assert Store(tmp_path / "dst").resolve("hello:1").config_digest == img.config_digest
+
+
+def test_compression_with_docker_format_is_one_clear_error(src, tmp_path):
+    p = lamina(src.root, "save", "--compression", "gzip", "-o", str(tmp_path / "x.tar"), "hello:1")
+    assert p.returncode != 0
+    assert "--compression applies to --format oci only" in p.stderr.decode()
+    assert "Traceback" not in p.stderr.decode()
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_build_output_parses_compression():
+    from builder.errors import BuildError
+    from builder.outputs import parse_output
+
+    assert parse_output("type=oci,dest=a.tar").compression is None
+    assert parse_output("type=oci,dest=a.tar,compression=zstd").compression == "zstd"
+    with pytest.raises(BuildError, match="compression must be one of gzip, zstd"):
+        parse_output("type=oci,dest=a.tar,compression=xz")
+    with pytest.raises(BuildError, match="type=oci only"):
+        parse_output("type=docker,dest=a.tar,compression=gzip")
+
+
+@pytest.mark.root
+def test_gzip_export_never_changes_a_rebuilt_image(tmp_path):
+    """build -> --output type=oci (gzip blobs join the store) -> rebuild from cache: the
+    same manifest digest, since the build keeps the zstd blobs (the gzip ones are smaller
+    here, which the old 'smallest blob' rule would have picked)."""
+    from tests.builder.buildkit import build, make_context
+
+    ctx = make_context(tmp_path / "ctx", "FROM scratch\nCOPY a /a\nCOPY b /b\n", {"a": "a\n", "b": "b" * 100})
+    root = tmp_path / "root"
+    gz, zs = tmp_path / "gz.tar", tmp_path / "zs.tar"
+    first = build(root, ctx, "-t", "x:1", "--output", f"type=oci,dest={gz}",
+                  "--output", f"type=oci,dest={zs},compression=zstd").check()
+    with Store(root) as store:
+        img = store.resolve("x:1")
+        for l in img.layers:
+            sizes = {b.media_type: b.size for b in store.layer_blobs(l.diff_id)}
+            assert sizes[oci.OCI_LAYER_GZIP] < sizes[oci.OCI_LAYER_ZSTD]
+    assert [l["mediaType"] for l in _oci_layers(gz)[1]] == [oci.OCI_LAYER_GZIP] * 2
+    assert _oci_layers(zs)[0] == img.manifest_digest
+    again = build(root, ctx, "-t", "x:2").check()
+    assert all(s.cached for s in again.steps if "COPY" in s.title), again.stderr
+    assert again.image_id == first.image_id
+    with Store(root) as store:
+        assert store.resolve("x:2").manifest_digest == img.manifest_digest
