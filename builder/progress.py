@@ -183,6 +183,7 @@ class _Row:
     started: float = field(default_factory=time.monotonic)
     tail: deque = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     partial: bytearray = field(default_factory=bytearray)
+    miss: str = ""               # why the step missed the cache
 
 
 class TtyProgress(Progress):
@@ -250,7 +251,10 @@ class TtyProgress(Progress):
             self._settle(f" => CACHED {step}")
 
     def missed(self, step: StepLabel, reason: str) -> None:
-        pass  # shown with the finished line instead, to keep the view compact
+        with self.lock:  # shown under the finished line, to keep the live view compact
+            row = self.running.get(step.number)
+            if row is not None:
+                row.miss = reason
 
     def output(self, step: StepLabel, data: bytes) -> None:
         with self.lock:
@@ -263,8 +267,10 @@ class TtyProgress(Progress):
 
     def done(self, step: StepLabel, seconds: float) -> None:
         with self.lock:
-            self.running.pop(step.number, None)
+            row = self.running.pop(step.number, None)
             self._settle(f" => {step} {seconds:.1f}s")
+            if row is not None and row.miss:
+                self._settle(f"    cache miss: {row.miss}")
 
     def failed(self, step: StepLabel, message: str) -> None:
         with self.lock:

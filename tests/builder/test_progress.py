@@ -95,3 +95,15 @@ def test_tty_redraws_a_silent_running_step():
     p.close()
     assert out.getvalue().count("RUN make") >= before + 3   # the timer moved without events
     assert p._ticker is not None and not p._ticker.is_alive()
+
+
+def test_tty_says_why_a_step_missed_the_cache():
+    out = io.StringIO()
+    p = TtyProgress(out, width=100, tick=0)
+    p.started(STEP)
+    p.missed(STEP, "file src/b.py changed")
+    p.done(STEP, 1.0)
+    p.close()
+    text = out.getvalue()
+    assert "=> [build 2/5] RUN make 1.0s" in text
+    assert "cache miss: file src/b.py changed" in text
