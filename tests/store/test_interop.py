@@ -1,9 +1,11 @@
 """Archives against real peers, both ways.
 
 lamina -> peers: a busybox image (`lamina import` of a rootfs tar made from the
-host's static /bin/busybox) saved by `lamina save` as docker-archive and as OCI
-archive is inspected by skopeo (digests equal ours), unpacked by umoci and run by
-podman. Peers -> lamina: podman's own import of the same tar, saved by
+host's static /bin/busybox; zstd layers, the store's default) saved by `lamina save`
+as docker-archive and as OCI archive (gzip layers by default, `--compression zstd`
+for the stored image as it is) is inspected by skopeo (digests equal ours), copied
+by skopeo from oci-archive: to docker-archive: (skopeo 1.9 cannot convert zstd
+layers), unpacked by umoci (0.4.7 cannot read zstd) and run by podman. Peers -> lamina: podman's own import of the same tar, saved by
 `podman save` (both formats) and copied by `skopeo copy` (docker-archive: and
 oci-archive:), is loaded by `lamina load` with the config digest podman reports
 and, for OCI, the manifest digest skopeo reports.
@@ -34,7 +36,6 @@ pytestmark = pytest.mark.interop
 
 REPO = Path(__file__).resolve().parents[2]
 LAMINA_REF = "busybox-lamina:1"
-LAMINA_GZ_REF = "busybox-lamina:gzip"
 PODMAN_REF = "localhost/busybox-podman:1"
 
 
@@ -79,24 +80,34 @@ def busybox_tar(work, busybox_path) -> Path:
 def lamina_root(work, busybox_tar) -> Path:
     root = work / "lamina"
     lamina(root, "import", str(busybox_tar), LAMINA_REF)  # zstd layers, lamina's default
-    with Store(root) as store:  # gzip layers for umoci 0.4.7, which cannot read zstd
-        store.import_rootfs(busybox_tar, LAMINA_GZ_REF, compression="gzip")
     return root
 
 
 @pytest.fixture(scope="module")
 def lamina_image(lamina_root):
     with Store(lamina_root) as store:
-        return store.resolve(LAMINA_REF)
+        img = store.resolve(LAMINA_REF)
+    assert {l.media_type for l in img.layers} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    return img
 
 
 @pytest.fixture(scope="module")
-def saved(lamina_root, work) -> dict[str, Path]:
+def saved(lamina_root, lamina_image, work) -> dict[str, Path]:
+    """docker: docker-archive; oci: `save --format oci` (default: gzip layers);
+    oci-zstd: `save --format oci --compression zstd` (the stored blobs)."""
     out = {}
-    for fmt in ("docker", "oci"):
-        out[fmt] = work / f"lamina-{fmt}.tar"
-        lamina(lamina_root, "save", "--format", fmt, "-o", str(out[fmt]), LAMINA_REF)
+    for name, args in (("docker", ["--format", "docker"]), ("oci", ["--format", "oci"]),
+                       ("oci-zstd", ["--format", "oci", "--compression", "zstd"])):
+        out[name] = work / f"lamina-{name}.tar"
+        lamina(lamina_root, "save", *args, "-o", str(out[name]), LAMINA_REF)
     return out
+
+
+def exported_manifest(archive: Path) -> tuple[str, bytes]:
+    """(digest, bytes) of the one manifest index.json of an OCI archive names."""
+    with tarfile.open(archive) as tf:
+        digest = json.load(tf.extractfile("index.json"))["manifests"][0]["digest"]
+        return digest, tf.extractfile("blobs/sha256/" + digest.split(":")[1]).read()
 
 
 class Podman:
@@ -143,7 +154,7 @@ def podman(tmp_path):
 
 def test_skopeo_reads_lamina_oci_archive(saved, lamina_image, lamina_root):
     skopeo = require_tool("skopeo")
-    src = f"oci-archive:{saved['oci']}"
+    src = f"oci-archive:{saved['oci-zstd']}"  # the stored image, as it is
     raw = run([skopeo, "inspect", "--raw", src]).stdout.encode()
     with Store(lamina_root) as store:
         assert raw == store.blobs.read(lamina_image.manifest_digest)  # byte for byte
@@ -155,6 +166,21 @@ def test_skopeo_reads_lamina_oci_archive(saved, lamina_image, lamina_root):
     # and by the name lamina recorded in index.json
     named = json.loads(run([skopeo, "inspect", f"{src}:docker.io/library/{LAMINA_REF}"]).stdout)
     assert named["Digest"] == lamina_image.manifest_digest
+
+
+def test_skopeo_reads_lamina_gzip_oci_archive(saved, lamina_image):
+    """The default export: gzip layers, the same image ID, another manifest digest."""
+    skopeo = require_tool("skopeo")
+    src = f"oci-archive:{saved['oci']}"
+    digest, manifest = exported_manifest(saved["oci"])
+    assert digest != lamina_image.manifest_digest
+    raw = run([skopeo, "inspect", "--raw", src]).stdout.encode()
+    assert raw == manifest and sha(raw) == digest
+    info = json.loads(run([skopeo, "inspect", src]).stdout)
+    assert info["Digest"] == digest
+    assert {l["mediaType"] for l in json.loads(raw)["layers"]} == {"application/vnd.oci.image.layer.v1.tar+gzip"}
+    config = run([skopeo, "inspect", "--config", "--raw", src]).stdout.encode()
+    assert sha(config) == lamina_image.config_digest
 
 
 def test_skopeo_reads_lamina_docker_archive(saved, lamina_image):
@@ -170,28 +196,44 @@ def test_skopeo_reads_lamina_docker_archive(saved, lamina_image):
 
 
 def test_skopeo_copies_lamina_archives(saved, lamina_image, work):
-    """skopeo copy reads every blob (and checks digests) of both formats."""
+    """skopeo copy reads every blob (and checks digests) of both formats, and converts
+    the default (gzip) OCI archive to a docker-archive."""
     skopeo = require_tool("skopeo")
     dest = work / "copied-layout"
     run([skopeo, "copy", "-q", f"oci-archive:{saved['oci']}", f"oci:{dest}:copied"])
     index = json.loads((dest / "index.json").read_text())
-    assert index["manifests"][0]["digest"] == lamina_image.manifest_digest
-    out = work / "copied-docker.tar"
-    run([skopeo, "copy", "-q", f"docker-archive:{saved['docker']}", f"docker-archive:{out}"])
-    manifest = json.loads(tarfile.open(out).extractfile("manifest.json").read())
-    assert manifest[0]["Config"] == lamina_image.config_digest.split(":")[1] + ".json"
+    assert index["manifests"][0]["digest"] == exported_manifest(saved["oci"])[0]
+    config_name = lamina_image.config_digest.split(":")[1] + ".json"
+    for src in (f"docker-archive:{saved['docker']}", f"oci-archive:{saved['oci']}"):
+        out = work / "copied-docker.tar"
+        out.unlink(missing_ok=True)
+        run([skopeo, "copy", "-q", src, f"docker-archive:{out}:{LAMINA_REF}"])
+        with tarfile.open(out) as tf:
+            manifest = json.loads(tf.extractfile("manifest.json").read())
+            assert manifest[0]["Config"] == config_name, src
+            layers = [sha(tf.extractfile(name).read()) for name in manifest[0]["Layers"]]
+        assert layers == [l.diff_id for l in lamina_image.layers], src
 
 
-def test_umoci_unpacks_lamina_oci_archive(lamina_root, work, busybox_path):
+def test_lamina_loads_its_gzip_oci_archive_with_the_same_image_id(saved, lamina_image, tmp_path):
+    out = lamina(tmp_path / "dst", "load", "-i", str(saved["oci"]))
+    assert out == f"Loaded image: {LAMINA_REF}\n"
+    with Store(tmp_path / "dst") as store:
+        img = store.resolve(LAMINA_REF)
+    assert img.config_digest == lamina_image.config_digest
+    assert img.manifest_digest == exported_manifest(saved["oci"])[0]
+    assert [l.diff_id for l in img.layers] == [l.diff_id for l in lamina_image.layers]
+
+
+def test_umoci_unpacks_lamina_oci_archive(saved, lamina_image, work, busybox_path):
+    """umoci 0.4.7 rejects zstd layers: the default export (zstd store -> gzip) works."""
     umoci = require_tool("umoci")
-    archive = work / "lamina-gzip-oci.tar"
-    lamina(lamina_root, "save", "--format", "oci", "-o", str(archive), LAMINA_GZ_REF)
     layout = work / "umoci-layout"
-    with tarfile.open(archive) as tf:  # our own archive: regular files and dirs only
+    with tarfile.open(saved["oci"]) as tf:  # our own archive: regular files and dirs only
         assert all(m.isreg() or m.isdir() for m in tf.getmembers())
         tf.extractall(layout)
     bundle = work / "umoci-bundle"
-    run([umoci, "unpack", "--image", f"{layout}:docker.io/library/{LAMINA_GZ_REF}", str(bundle)])
+    run([umoci, "unpack", "--image", f"{layout}:docker.io/library/{LAMINA_REF}", str(bundle)])
     rootfs = bundle / "rootfs"
     assert (rootfs / "bin" / "busybox").read_bytes() == Path(busybox_path).read_bytes()
     assert os.readlink(rootfs / "bin" / "sh") == "busybox"
