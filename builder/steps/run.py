@@ -168,9 +168,13 @@ def secret_env(step_run: ResolvedRun, env: RunEnvironment,
     for m in step_run.mounts:
         if m.type == "secret" and m.env and m.id in env.secrets:
             try:
-                out[m.env] = Path(env.secrets[m.id]).read_text()
+                data = Path(env.secrets[m.id]).read_bytes()
             except OSError as e:
                 raise fail(f"cannot read secret {m.id!r}: {e.strerror or e}") from None
+            if b"\0" in data:
+                raise fail(f"secret {m.id!r} holds a NUL byte: it cannot be the environment "
+                           f"variable {m.env} (mount it as a file instead)")
+            out[m.env] = os.fsdecode(data)  # any other bytes reach the RUN unchanged
     return out
 
 

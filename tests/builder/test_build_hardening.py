@@ -70,3 +70,18 @@ def test_missing_bind_mount_source_is_reported_as_a_run_mount_error(build_store,
     first = run.stderr.strip().splitlines()[-2]
     assert first.startswith(f"lamina: {ctx / 'Dockerfile'}:2: RUN --mount=type=bind")
     assert "nothere" in first and "COPY" not in first
+
+
+def test_secret_given_as_env_keeps_non_utf8_bytes(build_store, tmp_path):
+    root, _ = build_store
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"ab\xffc")
+    ctx = make_context(tmp_path / "ctx", "FROM bb\nRUN --mount=type=secret,id=tok,env=TOK "
+                       "printf %s \"$TOK\" | od -An -tx1 > /dev/stderr\n")
+    run = build(root, ctx, "--secret", f"id=tok,src={secret}").check()
+    assert run.step("RUN --mount").output[-1].split() == ["61", "62", "ff", "63"]
+    # a NUL byte cannot be in an environment variable: a clear error naming the secret
+    secret.write_bytes(b"a\0b")
+    failed = build(root, ctx, "--no-cache", "--secret", f"id=tok,src={secret}")
+    assert failed.code == 1 and "internal error" not in failed.stderr
+    assert "secret 'tok'" in failed.stderr
