@@ -47,6 +47,9 @@ def _child(fn: Callable[[], T], wfd: int) -> None:
         result = ("ok", fn())
     except BuildError as e:
         result = ("build-error", e)
+    except OSError as e:  # e.g. a name too long for the filesystem: the user's to fix
+        where = f": {os.fsdecode(e.filename)}" if e.filename else ""
+        result = ("build-error", BuildError(f"{e.strerror or e}{where}"))
     except BaseException as e:  # noqa: BLE001 - reported to the parent as a BuildError
         result = ("error", f"{type(e).__name__}: {e}", traceback.format_exc())
     try:
@@ -92,7 +95,8 @@ def run_in_namespace(fn: Callable[[], T]) -> T:
         return result[1]
     if result[0] == "build-error":
         raise result[1]
-    raise BuildError(f"internal error in a filesystem step: {result[1]}\n{result[2]}")
+    detail = f"\n{result[2]}" if os.environ.get("LAMINA_DEBUG") else ""
+    raise BuildError(f"internal error in a filesystem step: {result[1]}{detail}")
 
 
 def in_mounted_root(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Path,

@@ -85,3 +85,15 @@ def test_secret_given_as_env_keeps_non_utf8_bytes(build_store, tmp_path):
     failed = build(root, ctx, "--no-cache", "--secret", f"id=tok,src={secret}")
     assert failed.code == 1 and "internal error" not in failed.stderr
     assert "secret 'tok'" in failed.stderr
+
+
+def test_os_error_in_a_filesystem_step_is_one_clear_line(build_store, tmp_path):
+    root, _ = build_store
+    long_name = "n" * 300
+    ctx = make_context(tmp_path / "ctx", f"FROM bb\nWORKDIR /x/{long_name}\n")
+    run = build(root, ctx)
+    assert run.code == 1
+    assert "Traceback" not in run.stderr and "internal error" not in run.stderr
+    message = run.stderr.strip().splitlines()[-2]
+    assert message.startswith(f"lamina: {ctx / 'Dockerfile'}:2: ")
+    assert "File name too long" in message
