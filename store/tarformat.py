@@ -150,9 +150,10 @@ END_OF_ARCHIVE = ZERO_BLOCK * 2
 # -- reading ---------------------------------------------------------------------------
 
 def _parse_number(raw: bytes, what: str) -> int:
-    if raw and raw[0] & 0x80:  # base-256 (GNU/star)
-        n = int.from_bytes(raw[1:], "big") | ((raw[0] & 0x3F) << (8 * (len(raw) - 1)))
-        return -((1 << (8 * len(raw) - 1)) - n) if raw[0] & 0x40 else n
+    if raw and raw[0] & 0x80:  # base-256 (GNU/star): two's complement after the marker bit
+        inv = 0xFF if raw[0] & 0x40 else 0
+        n = int.from_bytes(bytes([(raw[0] ^ inv) & 0x7F]) + bytes(b ^ inv for b in raw[1:]), "big")
+        return ~n if inv else n
     s = raw.replace(b"\0", b" ").strip()
     if not s:
         return 0

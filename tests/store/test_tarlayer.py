@@ -386,3 +386,20 @@ def _deep_round_trip(src, dest, depth=1100, comp="d" * 20):  # ~23 KB of path
         remove_tree(parent, "src")
     finally:
         os.close(parent)
+
+
+def test_we_read_gnu_base256_negative_times(tmp_path):
+    # GNU format stores a pre-1970 mtime in base-256 (two's complement); the source
+    # file's own mtime is the expected value
+    from tests.conftest import require_tool
+    tar = require_tool("tar")
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    dest.mkdir()
+    (src / "old").write_bytes(b"x")
+    os.utime(src / "old", (-315619200, -315619200))  # 1960-01-01
+    out = subprocess.run([tar, "-c", "-f", "-", "-C", str(src), "--format=gnu", "old"],
+                         check=True, capture_output=True).stdout
+    assert out[136] & 0x80  # really base-256
+    extract_tar(io.BytesIO(out), dest)
+    assert os.stat(dest / "old").st_mtime == -315619200
