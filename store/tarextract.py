@@ -387,7 +387,7 @@ def extract_tar(stream: BinaryIO, dest: Path, *, allow_devices: bool = True) -> 
                 ex.member(e, reader)
             except StoreError:
                 raise
-            except ValueError as err:  # e.g. a NUL byte in an xattr name
+            except (ValueError, OverflowError) as err:  # a NUL in an xattr name, a huge mtime/uid
                 raise CorruptContent(f"tar member {_show(e.name)!r} is malformed: {err}",
                                      path=_show(e.name)) from None
             except OSError as err:

@@ -303,3 +303,13 @@ def test_whiteout_of_dot_or_dotdot_rejected(box, name):
         run(make_tar(reg(name, b"")), dest)
     assert (dest / "a" / "keep").read_text() == "keep"
     untouched()
+
+
+@pytest.mark.parametrize("field, value", [("mtime", 10**20), ("mtime", -10**20), ("uid", 10**20),
+                                          ("gid", 2**32)])
+def test_out_of_range_numbers_are_corrupt_content(box, field, value):
+    # PAX numbers are unbounded; ones no file can hold are a clear error, not a crash
+    dest, _, untouched = box
+    with pytest.raises(CorruptContent, match="'f'"):
+        run(make_tar(_info("f", data=b"x", **{field: value})), dest)
+    untouched()
