@@ -164,8 +164,14 @@ class Build:
     # -- stages --------------------------------------------------------------------------
 
     def resolve_image(self, ref: str, stage: Stage | None = None) -> Image:
+        """The image `ref` names, held by the build's lease. Resolving and holding
+        happen under the store's writer lock, so a gc cannot slip in between."""
         try:
-            return self.store.resolve(ref)
+            with self.store.writing():
+                image = self.store.resolve(ref)
+                self.lease.hold(blobs=[image.manifest_digest, image.config_digest],
+                                layers=[l.diff_id for l in image.layers])
+                return image
         except ImageNotFound:
             message = (f"base image {ref!r} is not in the store (lamina cannot pull yet: "
                        f"`lamina import` or `lamina load` it first)")
@@ -185,8 +191,6 @@ class Build:
             layers, history, parent = (), (), parent_scratch()
         else:
             image = self.resolve_image(stage.base, stage)
-            self.lease.hold(blobs=[image.manifest_digest, image.config_digest],
-                            layers=[l.diff_id for l in image.layers])
             base = BaseImage(config=ImageConfig.from_oci_dict(image.config.get("config")),
                              digest=image.config_digest, reference=stage.base)
             sp = plan_stage(plan, stage, base=base)
@@ -230,7 +234,6 @@ class Build:
             return f"stage:{r.from_stage}={res.parent}", res.layers
         if r.from_image is not None:
             img = self.resolve_image(r.from_image)
-            self.lease.hold(layers=[l.diff_id for l in img.layers])
             return f"image:{r.from_image}={img.config_digest}", tuple(img.layers)
         return None
 
@@ -241,7 +244,6 @@ class Build:
             return ((f"stage:{m.from_stage}", res.parent), self._lower_dirs(res.layers),
                     f"stage {m.from_}")
         img = self.resolve_image(m.from_image)
-        self.lease.hold(layers=[l.diff_id for l in img.layers])
         return ((f"image:{m.from_image}", img.config_digest), self._lower_dirs(img.layers),
                 f"image {m.from_image}")
 
