@@ -30,12 +30,13 @@ Public API:
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder import linux
+from store.layerdirs import walk
+from store.locks import remove_tree
 from builder.errors import SandboxError
 
 OVERLAY_OPTIONS: tuple[tuple[str, str], ...] = (
@@ -186,7 +187,7 @@ def _mount_classic(lowers: list[Path], upper: Path, work: Path, target: Path,
 def finalize_upper(upper: Path) -> None:
     """Strip the kernel's trusted.overlay.* bookkeeping (origin, impure, uuid, nlink,
     upper) from every entry of an unmounted upper dir; opaque markers stay."""
-    for dirpath, dirnames, filenames in os.walk(upper):
+    for dirpath, dirnames, filenames in walk(upper):  # iterative: any depth
         for name in [None, *dirnames, *filenames]:
             path = dirpath if name is None else os.path.join(dirpath, name)
             try:
@@ -207,8 +208,7 @@ def empty_dir(path: Path) -> None:
         entries = list(it)
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
-            os.chmod(entry.path, 0o700)
-            shutil.rmtree(entry.path)
+            remove_tree(Path(entry.path))  # copes with any depth and read-only modes
         else:
             os.unlink(entry.path)
 
