@@ -144,9 +144,7 @@ def save(store, references: Sequence[str], dest: str | os.PathLike | BinaryIO, *
         lease.hold(images=[i.manifest_digest for i in images],
                    layers=sorted({l.diff_id for i in images for l in i.layers}))
         if fmt == "oci":
-            target = compression or recompress.DEFAULT_EXPORT_COMPRESSION
-            made: dict = {}
-            images = [recompress.export_as(store, img, target, made) for img in images]
+            images = recompress.export_all(store, images, compression or recompress.DEFAULT_EXPORT_COMPRESSION)
         _write(images, store.blobs, fmt, dest)
     return images
 

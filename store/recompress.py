@@ -16,7 +16,8 @@ A layer to convert is streamed once, memory independent of its size:
         └──▶ decompress ──sha256──▶ checked against the diff_id
                  └──▶ gzip (store.compression: fixed parameters) ──▶ BlobWriter ──▶ blobs/
 
-and the gzip blob is recorded as another blob of the same layer (`layer_blobs` holds
+(several layers at once, one thread each, up to the CPU count), and the gzip blob is
+recorded as another blob of the same layer (`layer_blobs` holds
 several blobs per diff_id), so the next export copies it without recompressing; gc
 keeps it and fsck checks it as long as its layer is reachable, like any layer blob.
 Builds keep committing the zstd blob (`Store.layer` prefers DEFAULT_COMPRESSION), so
@@ -38,6 +39,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
 from store import compression, oci
@@ -112,38 +116,39 @@ def recorded_blob(store: "Store", diff_id: str, target: str) -> LayerBlob | None
     return None
 
 
-def recompress_layer(store: "Store", layer: LayerBlob, target: str) -> LayerBlob:
-    """Make and record the `target`-compressed blob of a stored layer (see the module
-    docstring). The source blob is checked against its digest and the decompressed
-    bytes against the diff_id while streaming; on any failure nothing is recorded and
-    the temp file is removed."""
+class _Stopped(Exception):
+    """A conversion abandoned because another one failed (or the save was interrupted)."""
+
+
+def _make_blob(store: "Store", layer: LayerBlob, target: str, stop: threading.Event | None = None) -> LayerBlob:
+    """Write the `target`-compressed blob of a stored layer (not recorded). The source
+    blob is checked against its digest and the decompressed bytes against the diff_id
+    while streaming; on failure the temp file is removed. Callers hold store.writing()."""
     what = f"layer {layer.diff_id} (blob {layer.digest})"
     try:
-        with store.writing():
-            with store.blobs.open(layer.digest) as f, store.blobs.writer() as bw:
-                raw = HashingReader(f)
-                plain = compression.open_decompressed(raw)
-                h = hashlib.sha256()
-                size = 0
-                with compression.compress_stream(target, bw) as cw:
-                    while True:
-                        chunk = plain.read(CHUNK)
-                        if not chunk:
-                            break
-                        h.update(chunk)
-                        size += len(chunk)
-                        cw.write(chunk)
-                raw.drain()
-                if raw.digest() != layer.digest:
-                    raise CorruptContent(f"{what}: stored bytes do not match the digest (run lamina fsck)",
-                                         digest=layer.digest)
-                if "sha256:" + h.hexdigest() != layer.diff_id:
-                    raise CorruptContent(f"{what}: decompresses to sha256:{h.hexdigest()}, not its diff_id "
-                                         "(run lamina fsck)", digest=layer.digest)
-                digest, blob_size = bw.commit()
-            new = LayerBlob(diff_id=layer.diff_id, digest=digest, size=blob_size,
-                            media_type=compression.media_type_for(target), uncompressed_size=size)
-            store.record_layer(new)
+        with store.blobs.open(layer.digest) as f, store.blobs.writer() as bw:
+            raw = HashingReader(f)
+            plain = compression.open_decompressed(raw)
+            h = hashlib.sha256()
+            size = 0
+            with compression.compress_stream(target, bw) as cw:
+                while True:
+                    if stop is not None and stop.is_set():
+                        raise _Stopped()
+                    chunk = plain.read(CHUNK)
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    size += len(chunk)
+                    cw.write(chunk)
+            raw.drain()
+            if raw.digest() != layer.digest:
+                raise CorruptContent(f"{what}: stored bytes do not match the digest (run lamina fsck)",
+                                     digest=layer.digest)
+            if "sha256:" + h.hexdigest() != layer.diff_id:
+                raise CorruptContent(f"{what}: decompresses to sha256:{h.hexdigest()}, not its diff_id "
+                                     "(run lamina fsck)", digest=layer.digest)
+            digest, blob_size = bw.commit()
     except BlobNotFound:
         raise StoreError(f"{what}: the blob is missing from the store (run lamina fsck)",
                          digest=layer.digest) from None
@@ -156,38 +161,101 @@ def recompress_layer(store: "Store", layer: LayerBlob, target: str) -> LayerBlob
             raise StoreError(f"disk full: no space left on the filesystem of the store {store.root} "
                              f"(recompressing {what} to {target})", path=str(store.root)) from None
         raise
-    return new
+    return LayerBlob(diff_id=layer.diff_id, digest=digest, size=blob_size,
+                     media_type=compression.media_type_for(target), uncompressed_size=size)
 
 
-def export_as(store: "Store", image: ExportImage, target: str,
-              made: dict[str, LayerBlob] | None = None) -> ExportImage:
-    """`image` as an export with `target` compression asks for it: the same ExportImage
-    when no layer needs converting, else one with the converted layers and the
-    rewritten manifest. `made` (diff_id -> blob) shares conversions across images."""
+def recompress_layers(store: "Store", layers: Sequence[LayerBlob], target: str,
+                      workers: int | None = None) -> dict[str, LayerBlob]:
+    """Make and record the `target`-compressed blob of each layer (diff_id -> blob),
+    several layers at once in threads (zlib, zstd and hashlib release the GIL; each
+    stream's bytes do not depend on the others, so the result is the same). On a
+    failure the others stop, the blobs already made are still recorded, and the first
+    error is raised."""
+    if not layers:
+        return {}
+    workers = max(1, min(len(layers), workers or os.cpu_count() or 1))
+    stop = threading.Event()
+    made: dict[str, LayerBlob] = {}
+    error: BaseException | None = None
+    with store.writing():  # from the first byte written to the last blob recorded
+        try:
+            if workers == 1:
+                for layer in layers:
+                    made[layer.diff_id] = _make_blob(store, layer, target)
+            else:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recompress") as pool:
+                    futures = [pool.submit(_make_blob, store, l, target, stop) for l in layers]
+                    try:
+                        for fut in futures:
+                            try:
+                                blob = fut.result()
+                            except _Stopped:
+                                continue
+                            except BaseException as e:
+                                stop.set()
+                                error = error or e
+                                continue
+                            made[blob.diff_id] = blob
+                    except BaseException:  # interrupted while waiting: let the workers stop
+                        stop.set()
+                        raise
+        except BaseException as e:
+            error = error or e
+        for blob in made.values():
+            store.record_layer(blob)
+    if error is not None:
+        raise error
+    return made
+
+
+def recompress_layer(store: "Store", layer: LayerBlob, target: str) -> LayerBlob:
+    """Make and record the `target`-compressed blob of one stored layer."""
+    return recompress_layers(store, [layer], target, workers=1)[layer.diff_id]
+
+
+def export_all(store: "Store", images: Sequence[ExportImage], target: str) -> list[ExportImage]:
+    """`images` as an export with `target` compression asks for them: an image with no
+    layer to convert is returned as it is, others with the converted layers and the
+    rewritten manifest. Each layer is converted at most once (recorded blobs are
+    reused; layers shared by several images are made once)."""
     check_compression(target)
-    made = {} if made is None else made
-    manifest = oci.decode(image.manifest, f"manifest {image.manifest_digest}")
-    descs = manifest.get("layers") or []
-    if len(descs) != len(image.layers):
-        raise CorruptContent(f"manifest {image.manifest_digest} lists {len(descs)} layers, the store "
-                             f"records {len(image.layers)} (run lamina fsck)", digest=image.manifest_digest)
-    replaced: list[LayerBlob | None] = []
-    for desc, layer in zip(descs, image.layers):
-        if not needs_conversion(_media_type(desc, layer), target):
-            replaced.append(None)
+    plans: list[list[LayerBlob | None]] = []
+    todo: dict[str, LayerBlob] = {}
+    blobs: dict[str, LayerBlob] = {}
+    for image in images:
+        manifest = oci.decode(image.manifest, f"manifest {image.manifest_digest}")
+        descs = manifest.get("layers") or []
+        if len(descs) != len(image.layers):
+            raise CorruptContent(f"manifest {image.manifest_digest} lists {len(descs)} layers, the store "
+                                 f"records {len(image.layers)} (run lamina fsck)", digest=image.manifest_digest)
+        plan: list[LayerBlob | None] = []
+        for desc, layer in zip(descs, image.layers):
+            if not needs_conversion(_media_type(desc, layer), target):
+                plan.append(None)
+                continue
+            if layer.diff_id not in blobs and layer.diff_id not in todo:
+                found = recorded_blob(store, layer.diff_id, target)
+                if found is not None:
+                    blobs[layer.diff_id] = found
+                else:
+                    todo[layer.diff_id] = layer
+            plan.append(layer)
+        plans.append(plan)
+    blobs.update(recompress_layers(store, list(todo.values()), target))
+    out: list[ExportImage] = []
+    for image, plan in zip(images, plans):
+        if all(p is None for p in plan):
+            out.append(image)
             continue
-        blob = made.get(layer.diff_id)
-        if blob is None:
-            blob = recorded_blob(store, layer.diff_id, target) or recompress_layer(store, layer, target)
-            made[layer.diff_id] = blob
-        replaced.append(blob)
-    if all(r is None for r in replaced):
-        return image
-    new_manifest = rewrite_manifest(image.manifest, replaced, f"manifest {image.manifest_digest}")
-    layers = tuple(r if r is not None else l for r, l in zip(replaced, image.layers))
-    return ExportImage(manifest_digest=sha256_digest(new_manifest), manifest=new_manifest,
-                       config_digest=image.config_digest, config=image.config, layers=layers,
-                       names=image.names)
+        replaced = [None if p is None else blobs[p.diff_id] for p in plan]
+        manifest = rewrite_manifest(image.manifest, replaced, f"manifest {image.manifest_digest}")
+        out.append(ExportImage(
+            manifest_digest=sha256_digest(manifest), manifest=manifest,
+            config_digest=image.config_digest, config=image.config,
+            layers=tuple(r if r is not None else l for r, l in zip(replaced, image.layers)),
+            names=image.names))
+    return out
 
 
 def _media_type(desc: Mapping, layer: LayerBlob) -> str:
@@ -196,4 +264,4 @@ def _media_type(desc: Mapping, layer: LayerBlob) -> str:
 
 
 __all__ = ["EXPORT_COMPRESSIONS", "DEFAULT_EXPORT_COMPRESSION", "check_compression", "needs_conversion",
-           "rewrite_manifest", "recorded_blob", "recompress_layer", "export_as"]
+           "rewrite_manifest", "recorded_blob", "recompress_layers", "recompress_layer", "export_all"]
