@@ -3,7 +3,7 @@
 Written layout, readable by `skopeo ... oci-archive:FILE[:REF]`, `podman load`,
 `umoci` (once extracted to a directory) and containerd:
 
-    blobs/  blobs/sha256/  blobs/sha256/<hex>   manifests, configs, layers (stored bytes)
+    blobs/  blobs/sha256/  blobs/sha256/<hex>   manifests, configs, layers (store blobs)
     index.json                                  one descriptor per (image, name)
     oci-layout                                  {"imageLayoutVersion":"1.0.0"}
 
@@ -11,6 +11,9 @@ Each index descriptor names its image twice: `org.opencontainers.image.ref.name`
 holds the canonical reference (`docker.io/library/app:1.0`; the spec's ref grammar
 allows it, skopeo and podman resolve it, umoci takes it as `--image DIR:<ref>`),
 and `io.containerd.image.name` the same for containerd / docker >= 25.
+
+The images given are written as they are: which layer blobs (the stored zstd ones,
+or the gzip ones an export made) and which manifest is store.recompress's choice.
 
 Reading resolves nested indexes (multi-platform images) to the host's platform and
 takes names from io.containerd.image.name, else from ref.name when that is a full
