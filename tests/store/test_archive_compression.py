@@ -10,7 +10,6 @@ import io
 import json
 import random
 import tarfile
-from pathlib import Path
 
 import pytest
 import zstandard
