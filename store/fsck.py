@@ -1,4 +1,4 @@
-"""fsck: check that the store's bytes and metadata agree.
+"""fsck: check that the store's bytes and metadata agree, and repair what can be.
 
 Problems (the store is damaged; `lamina fsck` exits non-zero, naming each):
   - a blob whose bytes do not hash to its name
@@ -8,12 +8,23 @@ Problems (the store is damaged; `lamina fsck` exits non-zero, naming each):
   - a layer recorded as extracted whose directory is missing
   - a tag pointing at no image, a cache entry pointing at no layer
   - SQLite's own integrity check failing
-  - with `deep`: a layer blob that does not decompress to its diff_id
+  - unless `quick`: a layer blob that does not decompress to its diff_id, and an
+    extracted layer directory whose content is not its layer's (store.layercheck:
+    every member compared, and what the tar lacks), named with the first paths
+    that differ
+
+The full check reads every layer blob once (its digest, diff_id and directory in one
+pass; the other blobs are re-hashed on their own). `quick` only re-hashes blobs and
+checks references and that layer dirs exist.
 
 Notes (harmless, what a crash or an interrupted command leaves; gc removes them):
 unreferenced blobs, directories in ROOT/layers nobody records, temp entries.
 
-fsck holds the gc lock shared, so it never races a gc's deletions; it writes nothing.
+`check` holds the gc lock shared, so it never races a gc's deletions; it writes
+nothing. `repair` (`lamina fsck --repair`) then takes the gc lock exclusive and
+removes each damaged or missing layer directory whose layer has a good blob and no
+running build holds: the record is cleared, and `Store.layer_dir` re-extracts the
+directory from the blob on next use.
 """
 
 from __future__ import annotations
@@ -24,9 +35,25 @@ from typing import TYPE_CHECKING
 
 from store import oci
 from store.errors import BlobNotFound, StoreError
+from store.layercheck import LayerScan, scan_layer_blob
+from store.lease import lease_is_live
+from store.locks import remove_tree
 
 if TYPE_CHECKING:
     from store.store import Store
+
+
+SHOWN_DIFFERENCES = 5  # paths named per damaged layer dir
+
+
+@dataclass(frozen=True)
+class DamagedLayerDir:
+    """An extracted layer directory that is missing or not its layer's content."""
+
+    diff_id: str
+    dir: str                # its name in ROOT/layers
+    problem: str            # the line in FsckReport.problems
+    repairable: bool        # the layer has a blob that checked good (or, quick, exists)
 
 
 @dataclass
@@ -36,14 +63,25 @@ class FsckReport:
     blobs_checked: int = 0
     images_checked: int = 0
     layers_checked: int = 0
+    layer_dirs_verified: int = 0
+    quick: bool = False
+    damaged_dirs: list[DamagedLayerDir] = field(default_factory=list)
+    repaired: list[DamagedLayerDir] = field(default_factory=list)   # by `repair`
+    not_repaired: list[str] = field(default_factory=list)           # why, per damaged dir left
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def unresolved(self) -> list[str]:
+        """The problems `repair` did not fix (all of them before a repair)."""
+        fixed = {d.problem for d in self.repaired}
+        return [p for p in self.problems if p not in fixed]
 
-def check(store: "Store", *, deep: bool = False) -> FsckReport:
-    rep = FsckReport()
+
+def check(store: "Store", *, quick: bool = False) -> FsckReport:
+    rep = FsckReport(quick=quick)
     db = store.db
     with store.writing():
         ic = db.query("PRAGMA quick_check")
@@ -60,11 +98,13 @@ def check(store: "Store", *, deep: bool = False) -> FsckReport:
             layer_blobs = {r["digest"]: r for r in c.execute("SELECT * FROM layer_blobs")}
             cache = c.execute("SELECT key, diff_id FROM cache").fetchall()
 
-        # blobs: re-hash every one
+        # blobs: re-hash every one (layer blobs below, unless quick, with their diff_ids)
         stored = set()
         for digest in store.blobs.digests():
             stored.add(digest)
             rep.blobs_checked += 1
+            if not quick and digest in layer_blobs:
+                continue
             try:
                 if not store.blobs.verify(digest):
                     rep.problems.append(f"blob {digest}: content does not match its digest (corrupt)")
@@ -112,21 +152,31 @@ def check(store: "Store", *, deep: bool = False) -> FsckReport:
                 rep.problems.append(f"tag {_familiar(t['name'])}: points to {t['manifest_digest']}, "
                                     f"which is not an image in the store (dangling tag)")
 
+        blobs_of: dict[str, list] = {}
         for digest, lb in layer_blobs.items():
             referenced.add(digest)
             if digest not in stored:
                 rep.problems.append(f"layer {lb['diff_id']}: blob {digest} is missing")
-            elif deep:
-                _check_diff_id(store, digest, lb["diff_id"], rep)
+            else:
+                blobs_of.setdefault(lb["diff_id"], []).append(lb)
 
         known_dirs = set()
         for diff_id, l in layers.items():
             rep.layers_checked += 1
+            blobs = sorted(blobs_of.get(diff_id, []), key=lambda b: (b["size"] or 0, b["digest"]))
+            path = store.layers_root / l["dir"] if l["dir"] else None
             if l["dir"]:
                 known_dirs.add(l["dir"])
-                if not (store.layers_root / l["dir"]).is_dir():
-                    rep.problems.append(f"layer {diff_id}: extracted directory {store.layers_root / l['dir']} "
-                                        f"is missing")
+                if not path.is_dir():  # type: ignore[union-attr]
+                    problem = f"layer {diff_id}: extracted directory {path} is missing"
+                    rep.problems.append(problem)
+                    rep.damaged_dirs.append(DamagedLayerDir(diff_id, l["dir"], problem, bool(blobs)))
+                    path = None
+            if not quick:
+                _check_layer(store, diff_id, l["dir"], path, blobs, rep)
+        if not quick:  # blobs of a layer the layer table lacks (a problem reported above)
+            for diff_id in set(blobs_of) - set(layers):
+                _check_layer(store, diff_id, None, None, blobs_of[diff_id], rep)
 
         for r in cache:
             if r["diff_id"] and r["diff_id"] not in layers:
@@ -164,13 +214,97 @@ def _load_json(store: "Store", digest: str, stored: set[str], what: str, rep: Fs
         return None
 
 
-def _check_diff_id(store: "Store", digest: str, diff_id: str, rep: FsckReport) -> None:
-    from store.layers import diff_id_of
+def _scan_ok(store: "Store", digest: str, diff_id: str, scan: LayerScan | None, rep: FsckReport) -> bool:
+    """Report what reading a layer blob found; True when the blob is good."""
+    if scan is None:
+        return False
+    if scan.digest != digest:
+        rep.problems.append(f"blob {digest}: content does not match its digest (corrupt)")
+        return False
+    if scan.diff_id is None:
+        rep.problems.append(f"layer {diff_id}: blob {digest} cannot be read: {scan.error}")
+        return False
+    if scan.diff_id != diff_id:
+        rep.problems.append(f"layer {diff_id}: blob {digest} decompresses to {scan.diff_id}")
+        return False
+    return True
+
+
+def _scan(store: "Store", digest: str, diff_id: str, path, rep: FsckReport) -> LayerScan | None:
     try:
-        with store.blobs.open(digest) as f:
-            got, _ = diff_id_of(f)
-    except StoreError as e:
-        rep.problems.append(f"layer {diff_id}: blob {digest} cannot be read: {e}")
-        return
-    if got != diff_id:
-        rep.problems.append(f"layer {diff_id}: blob {digest} decompresses to {got}")
+        return scan_layer_blob(store.blobs, digest, path)
+    except BlobNotFound:
+        rep.problems.append(f"layer {diff_id}: blob {digest} is missing")
+    except OSError as e:
+        rep.problems.append(f"layer {diff_id}: blob {digest} cannot be read: {e.strerror or e}")
+    return None
+
+
+def _check_layer(store: "Store", diff_id: str, dir_name: str | None, path, blobs: list,
+                 rep: FsckReport) -> None:
+    """Each blob of the layer: digest and diff_id; its directory (if any) against the
+    first good blob, smallest first (the one Store.layer_dir extracts)."""
+    verified = False
+    good_blob = False
+    for b in blobs:
+        with_dir = path if path is not None and not verified else None
+        scan = _scan(store, b["digest"], diff_id, with_dir, rep)
+        ok = _scan_ok(store, b["digest"], diff_id, scan, rep)
+        good_blob = good_blob or ok
+        if not ok or with_dir is None or scan is None:
+            continue
+        verified = True
+        rep.layer_dirs_verified += 1
+        if scan.differences is None:  # the tar reads as its diff_id, yet not as a layer
+            problem = f"layer {diff_id}: extracted directory {path} cannot be verified: {scan.error}"
+            rep.problems.append(problem)
+            continue
+        if scan.differences:
+            n = len(scan.differences)
+            shown = "; ".join(str(d) for d in scan.differences[:SHOWN_DIFFERENCES])
+            more = f"; and {n - SHOWN_DIFFERENCES} more" if n > SHOWN_DIFFERENCES else ""
+            problem = (f"layer {diff_id}: extracted directory {path} differs from the layer "
+                       f"({n} path{'s' if n != 1 else ''}): {shown}{more}")
+            rep.problems.append(problem)
+            rep.damaged_dirs.append(DamagedLayerDir(diff_id, dir_name or "", problem, True))
+    if path is not None and not verified and not good_blob:
+        rep.notes.append(f"layer {diff_id}: extracted directory {path} not verified: the layer has no "
+                         f"good blob")
+    # a missing dir is repairable only when a blob checked good
+    for i, d in enumerate(rep.damaged_dirs):
+        if d.diff_id == diff_id and d.repairable and not good_blob:
+            rep.damaged_dirs[i] = DamagedLayerDir(d.diff_id, d.dir, d.problem, False)
+
+
+def repair(store: "Store", rep: FsckReport) -> FsckReport:
+    """Remove the damaged or missing layer directories `rep` found (see the module
+    docstring); fills rep.repaired and rep.not_repaired."""
+    trash: list = []
+    db = store.db
+    with store.gc_lock.exclusive():
+        held: set[str] = set()
+        live = [r["id"] for r in db.query("SELECT id, pid FROM leases")
+                if lease_is_live(store.root, r["id"], r["pid"])]
+        for lease_id in live:
+            held |= {r["value"] for r in db.query(
+                "SELECT value FROM lease_items WHERE lease_id=? AND kind='layer'", (lease_id,))}
+        for d in rep.damaged_dirs:
+            where = store.layers_root / d.dir
+            if not d.repairable:
+                rep.not_repaired.append(f"layer {d.diff_id}: {where} not removed: the layer has no good "
+                                        f"blob to re-extract it from")
+                continue
+            if d.diff_id in held:
+                rep.not_repaired.append(f"layer {d.diff_id}: {where} not removed: a running build uses it")
+                continue
+            with db.write() as c:
+                c.execute("UPDATE layers SET dir=NULL WHERE diff_id=? AND dir=?", (d.diff_id, d.dir))
+                c.execute("DELETE FROM content WHERE dir=?", (d.dir,))
+            if os.path.lexists(where):
+                dst = store.temp_path("fsck-repair")
+                os.rename(where, dst)
+                trash.append(dst)
+            rep.repaired.append(d)
+    for t in trash:
+        remove_tree(t)
+    return rep

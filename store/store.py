@@ -538,9 +538,18 @@ class Store:
         from store.gc import collect
         return collect(self, cache_max_age=cache_max_age, cache_max_bytes=cache_max_bytes)
 
-    def fsck(self, *, deep: bool = False):
-        from store.fsck import check
-        return check(self, deep=deep)
+    def fsck(self, *, quick: bool = False, repair: bool = False, deep: bool | None = None):
+        """Check the store (store.fsck): every blob re-hashed, every reference, every
+        layer blob's diff_id and every extracted layer dir against its layer; `quick`:
+        blobs and references only. `repair` then removes damaged layer dirs (they are
+        re-extracted on next use). `deep` is the old spelling: deep=False means quick."""
+        from store.fsck import check, repair as repair_dirs
+        if deep is not None:
+            quick = not deep
+        rep = check(self, quick=quick)
+        if repair and rep.damaged_dirs:
+            repair_dirs(self, rep)
+        return rep
 
     def du(self):
         from store.usage import usage

@@ -65,20 +65,43 @@ def prune_cmd(g: Globals, all_: bool, force: bool, filters: tuple[str, ...], kee
 
 
 @cli.command("fsck")
-@click.option("--deep", is_flag=True, help="Also decompress every layer blob and check its diff_id.")
+@click.option("--quick", is_flag=True, help="Only re-hash blobs and check references (skip decompressing "
+              "layers and verifying extracted layer dirs): for big stores.")
+@click.option("--repair", is_flag=True, help="Remove damaged or missing extracted layer dirs (re-extracted "
+              "from their blob on next use).")
+@click.option("--deep", is_flag=True, hidden=True, help="The default (kept for compatibility).")
 @click.pass_obj
-def fsck_cmd(g: Globals, deep: bool) -> None:
-    """Re-hash every blob and check every reference; exit 1 naming each problem."""
+def fsck_cmd(g: Globals, quick: bool, repair: bool, deep: bool) -> None:
+    """Check the store: re-hash every blob, check every reference, decompress every
+    layer to its diff_id and compare every extracted layer dir with its layer; exit 1
+    naming each problem."""
+    if quick and deep:
+        raise StoreError("--quick and --deep contradict each other")
     with open_store(g) as store:
-        rep = store.fsck(deep=deep)
+        rep = store.fsck(quick=quick, repair=repair)
     for p in rep.problems:
         click.echo(f"ERROR: {p}")
     for n in rep.notes:
         click.echo(f"note: {n}")
-    click.echo(f"checked {rep.blobs_checked} blobs, {rep.images_checked} images, {rep.layers_checked} layers: "
-               + ("ok" if rep.ok else f"{len(rep.problems)} problem(s)"))
-    if not rep.ok:
-        raise StoreError(f"the store at {g.root} is damaged: {len(rep.problems)} problem(s), listed above")
+    for d in rep.repaired:
+        click.echo(f"repaired: layer {d.diff_id}: removed its extracted directory {g.root / 'layers' / d.dir} "
+                   f"(re-extracted from its blob on next use)")
+    for n in rep.not_repaired:
+        click.echo(f"not repaired: {n}")
+    what = (f"checked {rep.blobs_checked} blobs, {rep.images_checked} images, {rep.layers_checked} layers"
+            + (" (quick: layer contents not checked)" if rep.quick
+               else f", {rep.layer_dirs_verified} layer dirs"))
+    left = rep.unresolved
+    if rep.ok:
+        status = "ok"
+    elif repair:
+        status = f"{len(rep.problems)} problem(s), {len(rep.problems) - len(left)} repaired"
+    else:
+        status = f"{len(rep.problems)} problem(s)"
+    click.echo(f"{what}: {status}")
+    if left:
+        hint = "" if repair or not rep.damaged_dirs else "; `lamina fsck --repair` removes damaged layer dirs"
+        raise StoreError(f"the store at {g.root} is damaged: {len(left)} problem(s), listed above{hint}")
 
 
 @cli.command("du")
