@@ -3,6 +3,7 @@ prune`), `fsck` (non-zero exit naming every problem) and `du`."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import click
@@ -105,20 +106,36 @@ def fsck_cmd(g: Globals, quick: bool, repair: bool, deep: bool) -> None:
 
 
 @cli.command("du")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: every number, in bytes.")
 @click.pass_obj
-def du_cmd(g: Globals) -> None:
-    """Show the store's disk use and what file dedup saves."""
+def du_cmd(g: Globals, fmt: str) -> None:
+    """Show what the images would take stored apart (logical), what the store holds
+    (each shared layer once), what sharing and file dedup save, and the disk use."""
     with open_store(g) as store:
         r = store.du()
-    rows = [
+    if fmt == "json":
+        click.echo(json.dumps(r.as_dict(), indent=2, sort_keys=True))
+        return
+    layers = [
+        ["logical (each image counted apart)", human_size(r.logical_blob_bytes), human_size(r.logical_bytes)],
+        ["stored (each layer once)", human_size(r.image_blob_bytes), human_size(r.image_layer_bytes)],
+        ["saved by sharing layers", human_size(r.sharing_saved_blob_bytes), human_size(r.sharing_saved_bytes)],
+    ]
+    if r.dedup_saved_bytes:
+        layers.append(["saved by file dedup (hard links)", "", human_size(r.dedup_saved_bytes)])
+    click.echo(table(["IMAGE LAYERS", "COMPRESSED", "EXTRACTED"], layers))
+    disk = [
         ["blobs", str(r.blob_count), human_size(r.blob_bytes)],
         ["layer dirs", str(r.layer_dirs), human_size(r.stored_bytes)],
-        ["  logical (not deduplicated)", "", human_size(r.logical_bytes)],
-        ["  unique files", "", human_size(r.unique_bytes)],
-        ["  saved by dedup", "", human_size(r.dedup_saved_bytes)],
         ["database", "", human_size(r.db_bytes)],
         ["total", "", human_size(r.total_bytes)],
     ]
-    click.echo(table(["WHAT", "COUNT", "SIZE"], rows))
-    click.echo(f"{r.images} image(s), {r.layers} layer(s), {r.cache_entries} cache entr"
-               f"{'y' if r.cache_entries == 1 else 'ies'}")
+    click.echo()
+    click.echo(table(["DISK USE", "COUNT", "SIZE"], disk))
+    click.echo()
+    notes = [f"{r.images} image(s), {r.layers} layer(s) ({r.shared_layers} shared by several images), "
+             f"{r.cache_entries} cache entr{'y' if r.cache_entries == 1 else 'ies'}"]
+    if r.unextracted_layers:
+        notes.append(f"{r.unextracted_layers} image layer(s) not extracted (0 in EXTRACTED)")
+    click.echo("; ".join(notes))

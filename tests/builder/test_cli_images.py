@@ -175,14 +175,39 @@ def test_corrupt_tarball_is_a_clear_error_and_changes_nothing(root, tmp_path, bu
 
 
 def test_prune_du_fsck(capsys, root, busybox_tar):
-    run(capsys, root, "import", str(busybox_tar), "a")
+    # two images of one rootfs (different messages): one layer, stored once
+    run(capsys, root, "import", "-m", "first", str(busybox_tar), "a")
+    run(capsys, root, "import", "-m", "second", str(busybox_tar), "b")
+    manifests = [json.loads(run(capsys, root, "inspect", ref)[1])[0]["Descriptor"]["digest"] for ref in "ab"]
+    assert manifests[0] != manifests[1]
+    (layer,) = {d["digest"] for m in manifests for d in json.loads(
+        (root / "blobs" / "sha256" / m.split(":")[1]).read_bytes())["layers"]}
+    blob = (root / "blobs" / "sha256" / layer.split(":")[1]).stat().st_size
+    (ldir,) = (root / "layers").iterdir()
+    extracted = sum(os.lstat(os.path.join(p, n)).st_size for p, _, names in os.walk(ldir) for n in names
+                    if not os.path.islink(os.path.join(p, n)))
+
     rc, out, _ = run(capsys, root, "du")
-    assert rc == 0 and out.splitlines()[0].split() == ["WHAT", "COUNT", "SIZE"]
-    assert "1 image(s), 1 layer(s), 0 cache entries" in out
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].split() == ["IMAGE", "LAYERS", "COMPRESSED", "EXTRACTED"]
+    assert lines[1].split()[-2:] == [human_size(2 * blob), human_size(2 * extracted)]
+    assert lines[1].startswith("logical") and lines[2].startswith("stored") and lines[3].startswith("saved by sharing")
+    assert lines[2].split()[-2:] == lines[3].split()[-2:] == [human_size(blob), human_size(extracted)]
+    assert "file dedup" not in out  # nothing linked: no such row
+    assert "DISK USE" in out and "2 image(s), 1 layer(s) (1 shared by several images), 0 cache entries" in out
+    rc, out, _ = run(capsys, root, "du", "--format", "json")
+    du = json.loads(out)
+    assert (du["logical_blob_bytes"], du["image_blob_bytes"], du["sharing_saved_blob_bytes"]) == (2 * blob, blob, blob)
+    assert (du["logical_bytes"], du["image_layer_bytes"], du["sharing_saved_bytes"]) == (
+        2 * extracted, extracted, extracted)
+    assert du["dedup_saved_bytes"] == 0 and du["blob_count"] == 5 and du["shared_layers"] == 1
+
     rc, out, _ = run(capsys, root, "prune", "-f")
     assert rc == 0 and "Total reclaimed space: 0B" in out
     rc, out, _ = run(capsys, root, "fsck")
-    assert rc == 0 and out.strip().endswith("ok")
+    assert rc == 0 and out.strip().endswith("1 layer dirs: ok")
+    rc, out, _ = run(capsys, root, "fsck", "--quick")
+    assert rc == 0 and "quick" in out and out.strip().endswith("ok")
 
 
 # -- units, against go-units' documented behaviour -----------------------------------------

@@ -306,10 +306,57 @@ def test_identical_files_across_layers_share_an_inode_and_du_reports_it(dedup_st
     shared = os.path.getsize(busybox_path) + len(big) + len("hello from lamina tests\n")
     du = dedup_store.du()
     logical = sum(f.stat().st_size for d in (da, db_) for f in d.rglob("*") if f.is_file() and not f.is_symlink())
-    assert du.logical_bytes == logical
+    assert du.logical_bytes == du.layer_dir_bytes == du.image_layer_bytes == logical
     assert du.dedup_saved_bytes == shared
     assert du.unique_bytes == logical - shared
     assert du.layer_dirs == 2 and du.images == 2
+    assert du.shared_layers == 0 and du.sharing_saved_bytes == du.sharing_saved_blob_bytes == 0
+
+
+def regular_file_bytes(d: Path) -> int:
+    return sum(os.lstat(os.path.join(p, n)).st_size for p, _, names in os.walk(d) for n in names
+               if os.path.isfile(os.path.join(p, n)) and not os.path.islink(os.path.join(p, n)))
+
+
+def allocated(paths) -> int:
+    seen, total = set(), 0
+    for top in paths:
+        for p, dirs, names in os.walk(top):
+            for x in [p] + [os.path.join(p, n) for n in dirs + names]:
+                st = os.lstat(x)
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+    return total
+
+
+def test_du_counts_a_shared_base_layer_once(store, tmp_path, busybox_tar):
+    """Two images on one base layer: logical counts the base for each, stored once;
+    the saving is the base layer, compressed and extracted; file dedup saved nothing."""
+    base = store.import_rootfs(busybox_tar, "base")
+    top = tmp_path / "top"
+    (top / "app").mkdir(parents=True)
+    (top / "app" / "data").write_bytes(os.urandom(20_000))
+    l1, l2 = base.layers[0], store.write_layer(top)
+    store.commit_image({"config": {"Cmd": ["sh"]}}, [l1, l2], ["app:1"])
+    d1, d2 = store.layer_dir(l1.diff_id), store.layer_dir(l2.diff_id)
+    b1, b2 = (os.stat(store.blobs.path(l.digest)).st_size for l in (l1, l2))
+    x1, x2 = regular_file_bytes(d1), regular_file_bytes(d2)
+    assert x2 == 20_000 and x1 > os.path.getsize("/bin/busybox")
+
+    du = store.du()
+    assert (du.images, du.layers, du.shared_layers, du.layer_dirs) == (2, 2, 1, 2)
+    assert du.logical_blob_bytes == b1 + (b1 + b2) and du.image_blob_bytes == b1 + b2
+    assert du.sharing_saved_blob_bytes == b1
+    assert du.logical_bytes == x1 + (x1 + x2) and du.image_layer_bytes == x1 + x2
+    assert du.sharing_saved_bytes == x1
+    assert du.layer_dir_bytes == du.unique_bytes == x1 + x2 and du.dedup_saved_bytes == 0
+    blob_files = list((store.root / "blobs" / "sha256").iterdir())
+    assert du.blob_count == len(blob_files) == 6  # 2 layers, 2 configs, 2 manifests
+    assert du.blob_bytes == sum(os.lstat(f).st_blocks * 512 for f in blob_files)
+    assert du.stored_bytes == allocated([d1, d2])
+    assert du.total_bytes == du.blob_bytes + du.stored_bytes + os.path.getsize(store.root / "lamina.db") + sum(
+        os.path.getsize(f) for f in (store.root / "lamina.db-wal", store.root / "lamina.db-shm") if f.exists())
 
 
 def test_files_differing_in_metadata_are_not_linked(dedup_store, tmp_path, busybox_path):
