@@ -56,3 +56,19 @@ def busybox_path() -> str:
     if out and "statically linked" not in out and "static-pie" not in out:
         pytest.skip(f"{path} is not statically linked")
     return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove this run's temp dirs with lamina's iterative remover: some tests leave
+    trees nested deeper than Python's recursion limit, which pytest's own cleanup
+    (shutil.rmtree) of older runs cannot remove."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None) if factory is not None else None
+    if basetemp is None or os.environ.get("LAMINA_KEEP_TMP"):
+        return
+    from store.locks import remove_tree
+
+    try:
+        remove_tree(basetemp)
+    except OSError:
+        pass
