@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import require_tool
 import zstandard
 
 from builder.context import BuildContext, StatCache
@@ -310,8 +312,7 @@ def test_parse_git_source():
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+    require_tool("git")
     r = tmp_path / "repo"
     r.mkdir()
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1",

@@ -269,9 +269,8 @@ def test_content_key_depends_on_landing_name_not_on_tree_path(ctx_dir):
     assert key_of(ctx_dir, ["x2/a.txt"]) == k
 
 
+@pytest.mark.root  # chown
 def test_stage_trees_keep_ownership_in_the_key(ctx_dir):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to chown")
     tree = SourceTree(ctx_dir)  # e.g. COPY --from=stage: ownership is copied
     k0 = content_key(select_sources(tree, ["a.txt"]))
     os.chown(ctx_dir / "a.txt", 1000, 1000)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_tool
+
 REPO = Path(__file__).resolve().parents[2]
 APPLETS = ("sh", "ls", "cat", "echo", "true")
 
@@ -48,8 +50,7 @@ def make_tar(src: Path, out: Path, compression: str = "none") -> Path:
                          check=True, capture_output=True).stdout
     cmd = _COMPRESSORS[compression]
     if cmd is not None:
-        if shutil.which(cmd[0]) is None:
-            pytest.skip(f"{cmd[0]} is not installed")
+        require_tool(cmd[0])
         tar = subprocess.run(cmd + ["-c"], input=tar, check=True, capture_output=True).stdout
     out.write_bytes(tar)
     return out
