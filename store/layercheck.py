@@ -45,6 +45,7 @@ from store.compression import open_decompressed
 from store.errors import StoreError
 from store.layers import HashingReader
 from store.tarextract import normalise
+from store.tarwrite import SKIPPED_XATTR_PREFIXES, SKIPPED_XATTRS, layer_xattrs
 from store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,
                              Entry, TarReader)
 
@@ -52,8 +53,6 @@ WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
 RESERVED_PREFIX = b".wh..wh."
 OVERLAY_OPAQUE_XATTR = b"trusted.overlay.opaque"
-_IGNORED_XATTR_PREFIXES = (b"trusted.overlay.",)
-_IGNORED_XATTRS = (b"security.selinux",)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1 << 20
 
@@ -158,32 +157,11 @@ _EXPECTED_KIND = {REGTYPE: (stat.S_ISREG, "a regular file"), DIRTYPE: (stat.S_IS
 def _wanted_xattrs(e: Entry) -> dict[bytes, bytes]:
     out = {}
     for k, v in e.xattrs.items():
-        if k.startswith(_IGNORED_XATTR_PREFIXES) or k in _IGNORED_XATTRS:
+        if k.startswith(SKIPPED_XATTR_PREFIXES) or k in SKIPPED_XATTRS:
             continue
         if k.startswith(b"user.") and e.type not in (REGTYPE, DIRTYPE):
             continue  # extraction skips them where the kernel refuses them
         out[k] = v
-    return out
-
-
-def _disk_xattrs(target: int | bytes) -> dict[bytes, bytes]:
-    follow = isinstance(target, int)
-    try:
-        names = os.listxattr(target, follow_symlinks=follow)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return {}
-        raise
-    out = {}
-    for name in names:
-        key = os.fsencode(name)
-        if key.startswith(_IGNORED_XATTR_PREFIXES) or key in _IGNORED_XATTRS:
-            continue
-        try:
-            out[key] = os.getxattr(target, name, follow_symlinks=follow)
-        except OSError as e:
-            if e.errno != errno.ENODATA:
-                raise
     return out
 
 
@@ -407,7 +385,7 @@ class _Comparer:
         return issues
 
     def _xattrs(self, e: Entry, target: int | bytes) -> list[str]:
-        issue = _xattr_issue(_wanted_xattrs(e), _disk_xattrs(target))
+        issue = _xattr_issue(_wanted_xattrs(e), layer_xattrs(target))
         return [issue] if issue else []
 
     def _check_hardlink(self, e: Entry, comps: Components) -> list[str]:

@@ -36,8 +36,8 @@ from store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, END_OF_ARCHIVE, FIFOTYPE
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
-_SKIPPED_XATTR_PREFIXES = (b"trusted.overlay.",)
-_SKIPPED_XATTRS = (b"security.selinux",)
+SKIPPED_XATTR_PREFIXES = (b"trusted.overlay.",)
+SKIPPED_XATTRS = (b"security.selinux",)
 CHUNK = 1 << 20
 
 
@@ -52,7 +52,9 @@ def _proc(dir_fd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/" % dir_fd + name
 
 
-def _xattrs(path: bytes | int) -> dict[bytes, bytes]:
+def layer_xattrs(path: bytes | int) -> dict[bytes, bytes]:
+    """The xattrs a layer carries for `path` (an fd, or a path not followed), sorted;
+    overlay bookkeeping and host SELinux labels left out."""
     follow = isinstance(path, int)  # an fd: nothing to follow
     try:
         names = os.listxattr(path, follow_symlinks=follow)
@@ -63,7 +65,7 @@ def _xattrs(path: bytes | int) -> dict[bytes, bytes]:
     out = {}
     for name in names:
         key = os.fsencode(name)
-        if key.startswith(_SKIPPED_XATTR_PREFIXES) or key in _SKIPPED_XATTRS:
+        if key.startswith(SKIPPED_XATTR_PREFIXES) or key in SKIPPED_XATTRS:
             continue
         try:
             out[key] = os.getxattr(path, name, follow_symlinks=follow)
@@ -121,7 +123,7 @@ class _TarWriter:
             if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
                 raise StoreError(f"file replaced while it was archived: {os.fsdecode(rel)}",
                                  path=self._where(rel))
-            self.emit(Entry(name=rel, type=REGTYPE, size=st.st_size, xattrs=_xattrs(fd), **base))
+            self.emit(Entry(name=rel, type=REGTYPE, size=st.st_size, xattrs=layer_xattrs(fd), **base))
             left = st.st_size
             while left:
                 chunk = os.read(fd, min(CHUNK, left))
@@ -190,7 +192,7 @@ class _TarWriter:
                         raise StoreError(f"directory replaced while it was archived: "
                                          f"{self._where(rel)}", path=self._where(rel))
                     mtime = self.mtime(st)
-                    self.emit(Entry(name=rel + b"/", type=DIRTYPE, xattrs=_xattrs(cur),
+                    self.emit(Entry(name=rel + b"/", type=DIRTYPE, xattrs=layer_xattrs(cur),
                                     mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
                                     mtime=mtime))
                     stack.append(_Dir(st, rel + b"/", mtime,
@@ -218,7 +220,7 @@ class _TarWriter:
         if stat.S_ISREG(mode):
             self.regular(dir_fd, name, rel, st, base)
             return
-        xattrs = _xattrs(_proc(dir_fd, name))
+        xattrs = layer_xattrs(_proc(dir_fd, name))
         if stat.S_ISLNK(mode):
             target = os.readlink(name, dir_fd=dir_fd)
             self.emit(Entry(name=rel, type=SYMTYPE, linkname=target, xattrs=xattrs, **base))
