@@ -61,17 +61,34 @@ def busybox_path() -> str:
     return path
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
-    """Remove this run's temp dirs with lamina's iterative remover: some tests leave
-    trees nested deeper than Python's recursion limit, which pytest's own cleanup
-    (shutil.rmtree) of older runs cannot remove."""
+    """Remove temp dirs with lamina's iterative remover before pytest's own cleanup
+    runs: some tests make trees nested deeper than Python's recursion limit, and
+    pytest's cleanup (shutil.rmtree, recursive) crashes the session on them. Removes
+    this run's basetemp, pytest's leftover garbage-* dirs, and the old numbered dirs
+    pytest itself would delete (it keeps the newest 3). LAMINA_KEEP_TMP=1 keeps them."""
     factory = getattr(session.config, "_tmp_path_factory", None)
     basetemp = getattr(factory, "_basetemp", None) if factory is not None else None
     if basetemp is None or os.environ.get("LAMINA_KEEP_TMP"):
         return
+    from pathlib import Path
+
     from store.locks import remove_tree
 
-    try:
-        remove_tree(basetemp)
-    except OSError:
-        pass
+    basetemp = Path(basetemp)
+    doomed = [basetemp]
+    parent = basetemp.parent
+    if parent.name.startswith("pytest-of-"):
+        numbered = []
+        for p in parent.iterdir():
+            if p.name.startswith("garbage-"):
+                doomed.append(p)
+            elif p.name.startswith("pytest-") and p.name[7:].isdigit() and p != basetemp:
+                numbered.append((int(p.name[7:]), p))
+        doomed += [p for _, p in sorted(numbered)[:-3]]
+    for path in doomed:
+        try:
+            remove_tree(path)
+        except OSError:
+            pass

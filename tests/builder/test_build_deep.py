@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.builder.buildkit import build, build_rootfs, make_context
+from store.locks import remove_tree
+from tests.builder.buildkit import build, build_rootfs, make_base, make_context
 
 pytestmark = pytest.mark.root
 
 DEPTH = 1200  # past Python's default recursion limit of 1000
 
 
-def test_run_creating_a_very_deep_tree(build_store, tmp_path):
-    root, _ = build_store
+def test_run_creating_a_very_deep_tree(tmp_path):
+    root = tmp_path / "store"
+    make_base(root, tmp_path / "base")
     ctx = make_context(tmp_path / "ctx", f"""\
 FROM bb
 RUN i=0; d=/deep; while [ $i -lt {DEPTH} ]; do d=$d/d; i=$((i+1)); done; mkdir -p $d && echo bottom > $d/f
@@ -24,5 +26,9 @@ RUN rm -rf /deep/d/d && echo gone > /deep/marker
     assert "Traceback" not in run.stderr and "internal error" not in run.stderr
     assert (rootfs / "deep" / "marker").read_text() == "gone\n"
     assert not (rootfs / "deep" / "d" / "d").exists()     # the second layer's whiteout applies
-    again = build(root, ctx).check()                        # and the cache holds both steps
-    assert [s.cached for s in again.steps] == [True, True]
+    try:
+        again = build(root, ctx).check()                    # and the cache holds both steps
+        assert [s.cached for s in again.steps] == [True, True]
+    finally:  # pytest's own temp cleanup is recursive: leave no deep tree behind
+        remove_tree(root)
+        remove_tree(rootfs)
