@@ -16,7 +16,7 @@ from builder.errors import BuildError
 from builder.cli.app import cli
 from builder.cli import build as _build  # noqa: F401  (registers `build`)
 
-for _module in ("images", "archive", "maintenance"):
+for _module in ("images", "archive", "maintenance", "run"):
     try:  # command modules land one by one
         __import__(f"builder.cli.{_module}")
     except ModuleNotFoundError as _e:  # pragma: no cover
@@ -31,7 +31,9 @@ EXIT_INTERNAL = 70  # EX_SOFTWARE
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="lamina", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="lamina", standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            return rv  # ctx.exit(N) / click.exceptions.Exit(N) with standalone_mode off
     except click.exceptions.Abort:
         click.echo("lamina: interrupted", err=True)
         return EXIT_INTERRUPTED
