@@ -8,7 +8,9 @@ COPY, ADD, WORKDIR):
 
 - computes the step's cache inputs (builder.cachekey): the parent chain, the
   expanded instruction, env/args/user/workdir, the content key of exactly the
-  context files it reads, the keys of stages it reads;
+  context files it reads, the keys of stages it reads, what an ADD's remote sources
+  are now (git commit by ls-remote, URL checksum or validated digest: no clone or
+  download before a miss);
 - on a hit reuses the stored layer without running anything;
 - on a miss says why (which input changed since the last build of that step),
   runs it over a fresh overlay upper dir — RUN in the sandbox, COPY/ADD/WORKDIR in
@@ -44,7 +46,7 @@ from builder.plan import BuildPlan, Stage, plan_build
 from builder.progress import Progress, StepLabel
 from builder.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun, ResolvedWorkdir
 from builder.stageplan import BaseImage, StagePlan, Step, plan_stage
-from builder.steps.files import apply_copy, apply_workdir, prepare_copy
+from builder.steps.files import apply_copy, apply_workdir, fetch_copy, identify_copy
 from builder.steps.run import RunEnvironment, execute_run
 from grammar import DockerfileError, parse
 from store import StoreError
@@ -265,16 +267,16 @@ class Build:
                     if source is not None:
                         name, _, key = source[0].partition("=")
                         sources = {name: key}
-                    prepared = prepare_copy(r, self.context, download_dir,
-                                            allowed_reads=self.options.allowed_reads)
+                    # cheap: git commits by ls-remote, URL digests by checksum or validation;
+                    # cloning and downloading wait for a miss (fetch_copy below)
+                    prepared = identify_copy(r, self.context, download_dir,
+                                             allowed_reads=self.options.allowed_reads,
+                                             url_records=self._url_records)
                     if prepared.selection is not None:
                         content = content_key(prepared.selection)
                         files = tuple((e.path, e.digest or e.link_target or e.kind)
                                       for e in prepared.selection.entries)
-                    remote = [f"url:{u.url}={u.digest}" for u in prepared.urls] + \
-                             [f"git:{g.source}={g.commit}" for g in prepared.gits]
-                    if remote:
-                        content = hashlib.sha256("\n".join([content, *remote]).encode()).hexdigest()
+                    sources.update(prepared.remote_keys())
                 elif isinstance(r, ResolvedRun) and step.context_reads():
                     try:
                         selection = select_sources(self.context, list(step.context_reads()))
@@ -307,6 +309,8 @@ class Build:
             self.progress.missed(label, self._why(stage, step, inputs))
             t0 = time.monotonic()
             try:
+                if prepared is not None:
+                    prepared = fetch_copy(prepared, download_dir, url_records=self._url_records)
                 layer = self._execute(step, label, layers, prepared, source)
             except BuildError as e:
                 err = self._at(step, e)
@@ -320,6 +324,11 @@ class Build:
         finally:
             from store.locks import remove_tree
             remove_tree(download_dir)
+
+    @property
+    def _url_records(self) -> Path:
+        """Where the last download of each ADD URL is recorded (validators, digest)."""
+        return self.store.root / "cache" / "urls"
 
     def _usable(self, entry: CacheEntry) -> bool:
         if entry.diff_id is None:

@@ -7,12 +7,18 @@ Public API:
   zstd - never by name) is extracted into the destination directory; every other
   source is copied as COPY would (builder.steps.copy).
 - `is_archive(path)`, `extract_archive(root, archive, dest, *, chown, ...)`.
-- `fetch_url(url, dest_tmp, *, checksum, network)` -> FetchedURL(path, digest,
-  filename, mtime_ns): download (the digest belongs to the step's cache key);
-  `add_url(root, fetched, dest, workdir, *, chown, chmod, unpack=False)`.
-- `parse_git_source(src)` -> GitSource | None, `fetch_git(source, dest_tmp, ...)` ->
-  FetchedGit(path, commit, subdir), `add_git(root, fetched, dest, workdir, ...)`:
-  implemented in builder.steps.git, re-exported here.
+- `identify_url(url, dest_tmp, *, checksum, records_dir)` -> URLIdentity (the cache
+  key's part: the checksum, or the content digest + mtime, from a validation request
+  against the record of the last download when the server allows it),
+  `fetch_identified(identity, dest_tmp)` / `fetch_url(url, dest_tmp, *, checksum,
+  network)` -> FetchedURL(path, digest, filename, mtime_ns): implemented in
+  builder.steps.url, re-exported here; `add_url(root, fetched, dest, workdir, *,
+  chown, chmod, unpack=False)`.
+- `parse_git_source(src)` -> GitSource | None, `identify_git(source, dest_tmp)` ->
+  GitIdentity (the commit, from `git ls-remote`, no clone),
+  `fetch_identified_git(identity, dest_tmp, *, keep_git_dir)` / `fetch_git(source,
+  dest_tmp, ...)` -> FetchedGit(path, commit, subdir), `add_git(root, fetched, dest,
+  workdir, ...)`: implemented in builder.steps.git, re-exported here.
 
 Semantics (BuildKit's dockerfile2llb + FileOp copy/unpack + http/git sources):
 - Archive extraction (BuildKit `applyRootArchive`): the destination (as written, with
@@ -39,6 +45,10 @@ Semantics (BuildKit's dockerfile2llb + FileOp copy/unpack + http/git sources):
   the URL (`__unnamed__` if none), has mode 0600 (then --chmod) and owner 0:0 (or
   --chown), mtime from `Last-Modified` when sent. `--checksum=sha256:<hex>` (or
   sha384/sha512) must match the downloaded bytes.
+- Cache (BuildKit's http and git sources): the step's key takes a URL's checksum, or
+  its digest + mtime as a validation request against the last download's record
+  confirms it; a git source's commit as `git ls-remote` resolves its ref. Only a
+  cache miss downloads or clones.
 - Git: `https://host/repo.git#ref:subdir`, `##ref=..,commit=..,subdir=..`,
   `git://`, `ssh://`, `user@host:path`. Cloned with the git CLI (shallow at the ref,
   full fetch as a fallback for a bare commit id), without the host's git config,
@@ -55,20 +65,11 @@ Semantics (BuildKit's dockerfile2llb + FileOp copy/unpack + http/git sources):
 from __future__ import annotations
 
 import bz2
-import email.utils
-import hashlib
 import lzma
 import os
 import posixpath
-import re
 import shutil
 import stat
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from builder.copysrc import CopySelection, SelectedEntry, SelectedSource
@@ -76,17 +77,19 @@ from builder.errors import BuildError
 from builder.rootpath import DirSpec, RootDir, RootPathError
 from builder.steps.chmod import ChmodSpec, parse_chmod
 from builder.steps.copy import CopyStats, copy_selection, dest_info
-from builder.steps.git import FetchedGit, GitSource, add_git, fetch_git, parse_git_source
+from builder.steps.git import (FetchedGit, GitIdentity, GitSource, add_git, fetch_git,
+                               fetch_identified_git, identify_git, parse_git_source)
+from builder.steps.url import (URL_FILE_MODE, FetchedURL, URLIdentity, fetch_identified,
+                               fetch_url, identify_url, is_url_source, url_filename)
 from store.compression import open_decompressed
 from store.errors import StoreError
 from store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,
                              Entry, TarReader)
 
-__all__ = ["FetchedGit", "FetchedURL", "GitSource", "URL_FILE_MODE", "add_git", "add_local",
-           "add_url", "extract_archive", "fetch_git", "fetch_url", "is_archive",
-           "is_url_source", "parse_git_source", "url_filename"]
-
-URL_FILE_MODE = 0o600
+__all__ = ["FetchedGit", "FetchedURL", "GitIdentity", "GitSource", "URLIdentity",
+           "URL_FILE_MODE", "add_git", "add_local", "add_url", "extract_archive", "fetch_git",
+           "fetch_identified", "fetch_identified_git", "fetch_url", "identify_git",
+           "identify_url", "is_archive", "is_url_source", "parse_git_source", "url_filename"]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _IMPLIED_DIR = DirSpec(0, 0, 0o755, None)
 
@@ -322,97 +325,7 @@ def add_local(root: str | os.PathLike, selection: CopySelection, dest: str, work
 
 
 # ---------------------------------------------------------------------------------
-# URLs
-
-def is_url_source(src: str) -> bool:
-    return src.startswith(("http://", "https://"))
-
-
-def url_filename(url: str) -> str:
-    """The file name BuildKit gives a downloaded URL: the last element of its path
-    (Go's path.Base), `__unnamed__` when there is none."""
-    stripped = urllib.parse.unquote(urllib.parse.urlsplit(url).path).rstrip("/")
-    base = stripped.rpartition("/")[2]
-    if base in ("", ".", ".."):
-        return "__unnamed__"
-    return base
-
-
-_CHECKSUM = re.compile(r"(sha256|sha384|sha512):([0-9a-f]+)")
-_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
-
-
-@dataclass(frozen=True)
-class FetchedURL:
-    """A downloaded URL: `path` (mode 0600, mtime from Last-Modified), the sha256
-    `digest` of its bytes (for the cache key), the `filename` it lands under."""
-
-    url: str
-    path: Path
-    digest: str
-    filename: str
-    size: int
-    mtime_ns: int | None
-
-
-def fetch_url(url: str, dest_tmp: str | os.PathLike, *, checksum: str | None = None,
-              network: bool = True, timeout: float = 60.0) -> FetchedURL:
-    """Download `url` into a new file under the existing directory `dest_tmp`."""
-    if not is_url_source(url):
-        raise BuildError(f"ADD {url}: not an http(s) URL")
-    if not network:
-        raise BuildError(f"ADD {url}: network access is disabled for this build "
-                         "(use --network host)")
-    want = None
-    if checksum:
-        m = _CHECKSUM.fullmatch(checksum.strip())
-        if m is None or len(m.group(2)) != _HEX_LEN[m.group(1)]:
-            raise BuildError(f"ADD {url}: invalid --checksum {checksum!r} "
-                             "(expected sha256:<64 hex digits>)")
-        want = (m.group(1), m.group(2))
-    filename = url_filename(url)
-    outdir = Path(dest_tmp) / f"url-{os.getpid()}-{time.monotonic_ns()}"
-    outdir.mkdir(mode=0o700)
-    out = outdir / filename
-    h256 = hashlib.sha256()
-    hwant = hashlib.new(want[0]) if want else None
-    size = 0
-    req = urllib.request.Request(url, headers={"User-Agent": "lamina"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp, \
-                open(out, "xb") as f:
-            last_modified = resp.headers.get("Last-Modified")
-            while True:
-                chunk = resp.read(1 << 20)
-                if not chunk:
-                    break
-                h256.update(chunk)
-                if hwant is not None:
-                    hwant.update(chunk)
-                f.write(chunk)
-                size += len(chunk)
-    except urllib.error.HTTPError as e:
-        raise BuildError(f"ADD {url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-        raise BuildError(f"ADD {url}: download failed: {reason}") from None
-    digest = "sha256:" + h256.hexdigest()
-    if want is not None and hwant is not None and hwant.hexdigest() != want[1]:
-        out.unlink()
-        raise BuildError(f"ADD {url}: checksum mismatch: expected {want[0]}:{want[1]}, "
-                         f"got {want[0]}:{hwant.hexdigest()}")
-    mtime_ns = None
-    if last_modified:
-        try:
-            mtime_ns = int(email.utils.parsedate_to_datetime(last_modified).timestamp()) * 10**9
-        except (TypeError, ValueError, OverflowError):
-            mtime_ns = None
-    os.chmod(out, URL_FILE_MODE)
-    if mtime_ns is not None:
-        os.utime(out, ns=(mtime_ns, mtime_ns))
-    return FetchedURL(url=url, path=out, digest=digest, filename=filename, size=size,
-                      mtime_ns=mtime_ns)
-
+# URLs (downloads: builder.steps.url)
 
 def add_url(root: str | os.PathLike, fetched: FetchedURL, dest: str, workdir: str = "/", *,
             chown: tuple[int, int] | None = None,

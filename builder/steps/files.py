@@ -2,9 +2,14 @@
 on the step's merged root mounted over a fresh upper dir (builder.mountedroot), so
 that the upper dir again holds exactly the diff.
 
-The parent side prepares what must be known before the cache key (the context
-selection and its content key, downloaded URLs, cloned git repositories); the
-`apply_*` functions run inside the mount namespace child and only write.
+The parent side works in two phases, as BuildKit's sources do:
+- `identify_copy`, before the cache key, is cheap: the context selection, the commit
+  each git source's ref names (`git ls-remote`, no clone), each URL's content key (its
+  --checksum, or the digest recorded for it when a validation request says it did
+  not change); `PreparedCopy.remote_keys()` is what the key takes from them.
+- `fetch_copy`, only on a cache miss, clones and downloads what identifying did not
+  already have to.
+The `apply_*` functions run inside the mount namespace child and only write.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,8 +27,9 @@ from builder.errors import BuildError
 from builder.rootpath import mkdir_p_in_root, read_file_in_root
 from builder.resolved import ResolvedCopy, ResolvedWorkdir
 from builder.steps.add import (
-    FetchedGit, FetchedURL, GitSource, add_git, add_local, add_url, fetch_git, fetch_url,
-    is_url_source, parse_git_source,
+    FetchedGit, FetchedURL, GitIdentity, GitSource, URLIdentity, add_git, add_local, add_url,
+    fetch_identified, fetch_identified_git, identify_git, identify_url, is_url_source,
+    parse_git_source,
 )
 from builder.steps.copy import HeredocSource, copy_selection
 from builder.users import resolve_user
@@ -31,12 +37,29 @@ from builder.users import resolve_user
 
 @dataclass(frozen=True)
 class PreparedCopy:
-    """What a COPY/ADD reads, known before its cache key: a selection of context
-    files (None when it reads a stage or image, selected in the child), downloads."""
+    """What a COPY/ADD reads: a selection of context files (None when it reads a
+    stage or image, selected in the child), the identities of its remote sources
+    (known before the cache key) and, once `fetch_copy` ran, their files."""
 
     selection: CopySelection | None
-    urls: tuple[FetchedURL, ...] = ()
-    gits: tuple[FetchedGit, ...] = ()
+    urls: tuple[URLIdentity, ...] = ()
+    gits: tuple[GitIdentity, ...] = ()
+    keep_git_dir: bool = False
+    fetched_urls: tuple[FetchedURL, ...] | None = None
+    fetched_gits: tuple[FetchedGit, ...] | None = None
+
+    def remote_keys(self) -> dict[str, str]:
+        """The cache key's part for the remote sources: name -> what it is now
+        (a miss explanation names the source whose value changed)."""
+        keys = {f"url:{u.url}": u.key for u in self.urls}
+        for g in self.gits:
+            name = f"git:{g.source.remote}" + (f":{g.source.subdir}" if g.source.subdir else "")
+            keys[name] = g.commit + (" keep-git-dir" if self.keep_git_dir else "")
+        return keys
+
+    @property
+    def fetched(self) -> bool:
+        return self.fetched_urls is not None or not (self.urls or self.gits)
 
 
 def remote_sources(r: ResolvedCopy) -> tuple[list[str], list[str]]:
@@ -65,22 +88,40 @@ def _check_local_git(source: GitSource, allowed: tuple[Path, ...]) -> None:
                      f"--allow fs.read={path} (or a parent directory)")
 
 
-def prepare_copy(r: ResolvedCopy, context: SourceTree, download_dir: Path, *,
-                 allowed_reads: tuple[Path, ...] = ()) -> PreparedCopy:
-    """Select context sources and fetch remote ones (in the parent, before the key)."""
+def identify_copy(r: ResolvedCopy, context: SourceTree, download_dir: Path, *,
+                  allowed_reads: tuple[Path, ...] = (),
+                  url_records: Path | None = None) -> PreparedCopy:
+    """Everything the cache key needs, cheaply: the context selection, git commits,
+    URL content keys (`url_records`: where the last download of each URL is
+    recorded). A host repository is checked against --allow before git sees it."""
     urls, gits = remote_sources(r)
     local = [s for s in r.sources if s not in urls and s not in gits]
-    fetched_urls = tuple(fetch_url(u, download_dir, checksum=r.checksum or None) for u in urls)
     git_sources = [parse_git_source(g, allow_file=True) for g in gits]
     for source in git_sources:
         if source.is_local:
             _check_local_git(source, allowed_reads)
-    fetched_gits = tuple(fetch_git(source, download_dir, keep_git_dir=r.keep_git_dir)
-                         for source in git_sources)
+    url_ids = tuple(identify_url(u, download_dir, checksum=r.checksum or None,
+                                 records_dir=url_records) for u in urls)
+    git_ids = tuple(identify_git(source, download_dir, keep_git_dir=r.keep_git_dir)
+                    for source in git_sources)
     selection = None
     if r.from_stage is None and r.from_image is None and local:
         selection = select_sources(context, local, excludes=r.exclude, parents=r.parents)
-    return PreparedCopy(selection=selection, urls=fetched_urls, gits=fetched_gits)
+    return PreparedCopy(selection=selection, urls=url_ids, gits=git_ids,
+                        keep_git_dir=r.keep_git_dir)
+
+
+def fetch_copy(prepared: PreparedCopy, download_dir: Path, *,
+               url_records: Path | None = None) -> PreparedCopy:
+    """The identified remote sources downloaded and cloned (on a cache miss, before
+    executing); what identifying already fetched is not fetched again."""
+    if prepared.fetched:
+        return prepared
+    urls = tuple(fetch_identified(u, download_dir, records_dir=url_records)
+                 for u in prepared.urls)
+    gits = tuple(fetch_identified_git(g, download_dir, keep_git_dir=prepared.keep_git_dir)
+                 for g in prepared.gits)
+    return replace(prepared, fetched_urls=urls, fetched_gits=gits)
 
 
 def _owner(root: Path, chown: str) -> tuple[int, int] | None:
@@ -94,6 +135,8 @@ def _owner(root: Path, chown: str) -> tuple[int, int] | None:
 def apply_copy(root: Path, r: ResolvedCopy, prepared: PreparedCopy, *, workdir: str,
                source_root: Path | None, source_date_epoch: int | None) -> None:
     """Write a COPY/ADD into `root` (runs inside the mount namespace child)."""
+    if not prepared.fetched:
+        raise BuildError(f"{r.keyword}: remote sources were not fetched before executing")
     owner = _owner(root, r.chown)
     selection = prepared.selection
     if source_root is not None:  # --from a stage or an image: its merged view
@@ -104,10 +147,10 @@ def apply_copy(root: Path, r: ResolvedCopy, prepared: PreparedCopy, *, workdir: 
         if selection is not None and selection.sources:
             add_local(root, selection, r.dest_path, workdir, chown=owner, chmod=r.chmod or None,
                       unpack=r.unpack is not False, source_date_epoch=source_date_epoch)
-        for fetched in prepared.urls:
+        for fetched in prepared.fetched_urls or ():
             add_url(root, fetched, r.dest_path, workdir, chown=owner, chmod=r.chmod or None,
                     unpack=bool(r.unpack), source_date_epoch=source_date_epoch)
-        for fetched in prepared.gits:
+        for fetched in prepared.fetched_gits or ():
             add_git(root, fetched, r.dest_path, workdir, chown=owner, chmod=r.chmod or None,
                     source_date_epoch=source_date_epoch)
         if heredocs:

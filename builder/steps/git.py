@@ -7,6 +7,19 @@ semantics as a whole; that module re-exports this API).
   URLs whose path ends in `.git`; fragment `#ref:subdir` or
   `##ref=..,commit=..,subdir=..`. `file://` only with allow_file (tests): a
   Dockerfile must not read repositories of the host.
+- `identify_git(source, dest_tmp, *, keep_git_dir, network)` -> GitIdentity(source,
+  commit, ref):
+  the commit the step's cache key needs, without cloning (BuildKit's git source
+  does the same): a full commit id given as the ref is taken as is; otherwise one
+  `git ls-remote <remote> <ref> <ref>^{}` and the ref resolved with git's own
+  precedence (the name as given, refs/<ref>, refs/tags/<ref> - annotated tags
+  peeled to their commit -, refs/heads/<ref>); no ref = the remote's HEAD. An
+  abbreviated commit id no ref matches can only be resolved by fetching: then the
+  repository is fetched here and the checkout kept in `fetched`. `commit=` of the
+  fragment is checked against the resolved commit.
+- `fetch_identified_git(identity, dest_tmp, *, keep_git_dir)` -> FetchedGit: the
+  checkout for a cache miss: the fully named ref is fetched and must still be at
+  the identified commit.
 - `fetch_git(source, dest_tmp, *, keep_git_dir, network)` -> FetchedGit(path, commit,
   subdir): `git init` + shallow `fetch` of the ref (full fetch as a fallback for a bare
   commit id), checkout, `.git` removed unless keep_git_dir; no host git config
@@ -28,7 +41,7 @@ import signal
 import subprocess
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from builder.context import SourceTree
@@ -38,7 +51,8 @@ from builder.linux import set_pdeathsig
 from builder.steps.chmod import ChmodSpec
 from builder.steps.copy import CopyStats, copy_selection
 
-__all__ = ["FetchedGit", "GitSource", "add_git", "fetch_git", "parse_git_source"]
+__all__ = ["FetchedGit", "GitIdentity", "GitSource", "add_git", "fetch_git",
+           "fetch_identified_git", "identify_git", "parse_git_source"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +197,78 @@ def fetch_git(source: GitSource, dest_tmp: str | os.PathLike, *, keep_git_dir: b
     _set_times(repo, ctime * 10**9)
     subdir = posixpath.normpath("/" + source.subdir).lstrip("/") if source.subdir else ""
     return FetchedGit(source=source, path=repo, commit=commit, subdir=subdir)
+
+
+_FULL_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_ABBREVIATED = re.compile(r"[0-9a-f]{7,63}")
+
+
+@dataclass(frozen=True)
+class GitIdentity:
+    """What a git source contributes to a cache key: the `commit` its ref names now.
+    `ref` is the full ref name that was resolved ("" when the commit was given);
+    `fetched` is the checkout when resolving needed one (abbreviated commit ids)."""
+
+    source: GitSource
+    commit: str
+    ref: str = ""
+    fetched: FetchedGit | None = None
+
+
+def _pick_ref(listing: str, ref: str) -> tuple[str, str] | None:
+    """(full ref name, commit) `ref` names in `git ls-remote` output, by git's own
+    precedence (the rev-parse rules `git fetch` applies); annotated tags peeled."""
+    found: dict[str, str] = {}
+    for line in listing.splitlines():
+        sha, _, name = line.partition("\t")
+        if sha and name:
+            found[name] = sha
+    for name in (ref, f"refs/{ref}", f"refs/tags/{ref}", f"refs/heads/{ref}"):
+        for shown in (name + "^{}", name):
+            if shown in found:
+                return name, found[shown]
+    return None
+
+
+def identify_git(source: GitSource, dest_tmp: str | os.PathLike, *, keep_git_dir: bool = False,
+                 network: bool = True, timeout: float = 600.0) -> GitIdentity:
+    """The commit `source` names, from the remote's ref listing (no clone)."""
+    what = f"ADD {source.remote}"
+    if not network and not source.is_local:
+        raise BuildError(f"{what}: network access is disabled for this build (use --network host)")
+    ref = source.ref or "HEAD"
+    if _FULL_COMMIT.fullmatch(ref):
+        identity = GitIdentity(source=source, commit=ref)
+    else:
+        home = Path(dest_tmp) / f"git-home-{os.getpid()}-{time.monotonic_ns()}"
+        home.mkdir(parents=True, mode=0o700)
+        listing = _git(["ls-remote", "--", source.remote, ref, ref + "^{}"], home,
+                       _git_env(home), what, timeout, source.is_local)
+        picked = _pick_ref(listing, ref)
+        if picked is None:
+            if _ABBREVIATED.fullmatch(ref):  # a commit id only a fetch can expand
+                fetched = fetch_git(source, dest_tmp, keep_git_dir=keep_git_dir, network=network,
+                                    timeout=timeout)
+                return GitIdentity(source=source, commit=fetched.commit, fetched=fetched)
+            raise BuildError(f"{what}: the repository has no ref {ref!r}")
+        identity = GitIdentity(source=source, commit=picked[1], ref=picked[0])
+    if source.commit and not identity.commit.startswith(source.commit):
+        raise BuildError(f"{what}: ref {ref} is at commit {identity.commit}, not the expected "
+                         f"{source.commit}")
+    return identity
+
+
+def fetch_identified_git(identity: GitIdentity, dest_tmp: str | os.PathLike, *,
+                         keep_git_dir: bool = False, timeout: float = 600.0) -> FetchedGit:
+    """The checkout of an identified source at its identified commit (a cache miss)."""
+    if identity.fetched is not None:
+        return identity.fetched
+    by_name = replace(identity.source, ref=identity.ref or identity.commit, commit="")
+    fetched = fetch_git(by_name, dest_tmp, keep_git_dir=keep_git_dir, timeout=timeout)
+    if fetched.commit != identity.commit:
+        raise BuildError(f"ADD {by_name.remote}: {identity.ref} moved while building (from "
+                         f"{identity.commit} to {fetched.commit}); build again")
+    return replace(fetched, source=identity.source)
 
 
 def _set_times(top: Path, ns: int) -> None:
