@@ -102,8 +102,7 @@ def identify_copy(r: ResolvedCopy, context: SourceTree, download_dir: Path, *,
             _check_local_git(source, allowed_reads)
     url_ids = tuple(identify_url(u, download_dir, checksum=r.checksum or None,
                                  records_dir=url_records) for u in urls)
-    git_ids = tuple(identify_git(source, download_dir, keep_git_dir=r.keep_git_dir)
-                    for source in git_sources)
+    git_ids = tuple(identify_git(source, download_dir) for source in git_sources)
     selection = None
     if r.from_stage is None and r.from_image is None and local:
         selection = select_sources(context, local, excludes=r.exclude, parents=r.parents)

@@ -7,16 +7,14 @@ semantics as a whole; that module re-exports this API).
   URLs whose path ends in `.git`; fragment `#ref:subdir` or
   `##ref=..,commit=..,subdir=..`. `file://` only with allow_file (tests): a
   Dockerfile must not read repositories of the host.
-- `identify_git(source, dest_tmp, *, keep_git_dir, network)` -> GitIdentity(source,
-  commit, ref):
+- `identify_git(source, dest_tmp, *, network)` -> GitIdentity(source, commit, ref):
   the commit the step's cache key needs, without cloning (BuildKit's git source
   does the same): a full commit id given as the ref is taken as is; otherwise one
   `git ls-remote <remote> <ref> <ref>^{}` and the ref resolved with git's own
   precedence (the name as given, refs/<ref>, refs/tags/<ref> - annotated tags
   peeled to their commit -, refs/heads/<ref>); no ref = the remote's HEAD. An
-  abbreviated commit id no ref matches can only be resolved by fetching: then the
-  repository is fetched here and the checkout kept in `fetched`. `commit=` of the
-  fragment is checked against the resolved commit.
+  abbreviated commit id is not a ref (as in BuildKit: give the full id). `commit=`
+  of the fragment is checked against the resolved commit.
 - `fetch_identified_git(identity, dest_tmp, *, keep_git_dir)` -> FetchedGit: the
   checkout for a cache miss: the fully named ref is fetched and must still be at
   the identified commit.
@@ -206,13 +204,11 @@ _ABBREVIATED = re.compile(r"[0-9a-f]{7,63}")
 @dataclass(frozen=True)
 class GitIdentity:
     """What a git source contributes to a cache key: the `commit` its ref names now.
-    `ref` is the full ref name that was resolved ("" when the commit was given);
-    `fetched` is the checkout when resolving needed one (abbreviated commit ids)."""
+    `ref` is the full ref name that was resolved ("" when the commit was given)."""
 
     source: GitSource
     commit: str
     ref: str = ""
-    fetched: FetchedGit | None = None
 
 
 def _pick_ref(listing: str, ref: str) -> tuple[str, str] | None:
@@ -230,8 +226,8 @@ def _pick_ref(listing: str, ref: str) -> tuple[str, str] | None:
     return None
 
 
-def identify_git(source: GitSource, dest_tmp: str | os.PathLike, *, keep_git_dir: bool = False,
-                 network: bool = True, timeout: float = 600.0) -> GitIdentity:
+def identify_git(source: GitSource, dest_tmp: str | os.PathLike, *, network: bool = True,
+                 timeout: float = 600.0) -> GitIdentity:
     """The commit `source` names, from the remote's ref listing (no clone)."""
     what = f"ADD {source.remote}"
     if not network and not source.is_local:
@@ -246,11 +242,9 @@ def identify_git(source: GitSource, dest_tmp: str | os.PathLike, *, keep_git_dir
                        _git_env(home), what, timeout, source.is_local)
         picked = _pick_ref(listing, ref)
         if picked is None:
-            if _ABBREVIATED.fullmatch(ref):  # a commit id only a fetch can expand
-                fetched = fetch_git(source, dest_tmp, keep_git_dir=keep_git_dir, network=network,
-                                    timeout=timeout)
-                return GitIdentity(source=source, commit=fetched.commit, fetched=fetched)
-            raise BuildError(f"{what}: the repository has no ref {ref!r}")
+            hint = (" (an abbreviated commit id cannot be looked up remotely: give all "
+                    "40 hex digits)") if _ABBREVIATED.fullmatch(ref) else ""
+            raise BuildError(f"{what}: the repository has no ref {ref!r}{hint}")
         identity = GitIdentity(source=source, commit=picked[1], ref=picked[0])
     if source.commit and not identity.commit.startswith(source.commit):
         raise BuildError(f"{what}: ref {ref} is at commit {identity.commit}, not the expected "
@@ -261,8 +255,6 @@ def identify_git(source: GitSource, dest_tmp: str | os.PathLike, *, keep_git_dir
 def fetch_identified_git(identity: GitIdentity, dest_tmp: str | os.PathLike, *,
                          keep_git_dir: bool = False, timeout: float = 600.0) -> FetchedGit:
     """The checkout of an identified source at its identified commit (a cache miss)."""
-    if identity.fetched is not None:
-        return identity.fetched
     by_name = replace(identity.source, ref=identity.ref or identity.commit, commit="")
     fetched = fetch_git(by_name, dest_tmp, keep_git_dir=keep_git_dir, timeout=timeout)
     if fetched.commit != identity.commit:

@@ -27,7 +27,9 @@ from builder.copysrc import select_sources
 from builder.dockerignore import IgnoreRules
 from builder.errors import BuildError
 from builder.steps.add import (add_git, add_local, add_url, extract_archive, fetch_git,
-                               fetch_url, is_archive, parse_git_source, url_filename)
+                               fetch_identified, fetch_identified_git, fetch_url, identify_git,
+                               identify_url, is_archive, parse_git_source, url_filename)
+from builder.steps.url import URLIdentity, load_record
 
 
 def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
@@ -352,3 +354,98 @@ def test_add_local_git_repo_at_ref_and_subdir(env, repo, tmp_path):
         fetch_git(parse_git_source(f"file://{repo}#no-such-ref", allow_file=True), tmp_path)
     with pytest.raises(BuildError, match="network access is disabled"):
         fetch_git(parse_git_source("https://example.com/r.git"), tmp_path, network=False)
+
+
+# -- identifying remote sources for the cache key (no clone, no download when avoidable) ---
+
+def _rev_parse(repo: Path, name: str) -> str:
+    """What git itself resolves `name` to in the repository (the oracle)."""
+    return subprocess.run(["git", "rev-parse", "-q", "--verify", name + "^{commit}"], cwd=repo,
+                          env={"PATH": os.environ["PATH"], "GIT_CONFIG_NOSYSTEM": "1",
+                               "HOME": str(repo)},
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_identify_git_resolves_refs_like_git_without_cloning(repo, tmp_path):
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "tag", "-a", "rel", "-m", "annotated", "HEAD~1"], cwd=repo, env=env,
+                   check=True)
+    # a branch and a tag of the same name: git prefers the tag (rev-parse order)
+    subprocess.run(["git", "branch", "v1", "main"], cwd=repo, env=env, check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def ident(fragment: str):
+        return identify_git(parse_git_source(f"file://{repo}{fragment}", allow_file=True), work)
+
+    for fragment, name in (("", "HEAD"), ("#main", "main"), ("#rel", "rel"),
+                           ("#refs/tags/v1", "refs/tags/v1"), ("#heads/v1", "heads/v1")):
+        got = ident(fragment)
+        assert got.commit == _rev_parse(repo, name), fragment
+    assert ident("#v1").commit == _rev_parse(repo, "refs/tags/v1")
+    # nothing was cloned: only the empty HOME directories of the ls-remote runs
+    assert not list(work.glob("git-[0-9]*"))
+    full = _rev_parse(repo, "v1")
+    assert ident(f"#{full}").commit == full and ident(f"#{full}").ref == ""
+    with pytest.raises(BuildError, match="abbreviated commit id"):
+        ident(f"#{full[:10]}")
+    with pytest.raises(BuildError, match="has no ref 'nope'"):
+        ident("#nope")
+    with pytest.raises(BuildError, match="not the expected"):
+        ident(f"##ref=main,commit={full}")
+
+
+def test_fetch_identified_git_is_at_the_identified_commit(repo, tmp_path):
+    source = parse_git_source(f"file://{repo}#main:sub", allow_file=True)
+    identity = identify_git(source, tmp_path)
+    fetched = fetch_identified_git(identity, tmp_path)
+    assert fetched.commit == identity.commit
+    assert (fetched.path / "sub" / "hello.txt").read_text() == "v2\n"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "three"], cwd=repo, env=env,
+                   check=True)
+    with pytest.raises(BuildError, match="moved while building"):
+        fetch_identified_git(identity, tmp_path)
+
+
+def test_identify_url_with_checksum_records_and_validation(server, tmp_path):
+    records = tmp_path / "records"
+    url = server + "/files/tool.sh"
+    good = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+    pinned = identify_url(url, tmp_path, checksum=good, records_dir=records)
+    assert (pinned.how, pinned.key, pinned.fetched) == ("checksum", good, None)
+    assert not records.exists()  # no request was made, nothing recorded
+    first = identify_url(url, tmp_path, records_dir=records)
+    assert first.how == "downloaded" and first.fetched.digest == good
+    record = load_record(records, url)
+    assert (record.digest, record.last_modified, record.size) == (
+        good, "Wed, 21 Oct 2015 07:28:00 GMT", len(PAYLOAD))
+    assert record.mtime_ns == 1445412480 * 10**9
+    assert [p.name for p in records.iterdir()] == [hashlib.sha256(url.encode()).hexdigest() + ".json"]
+    # this server answers HEAD with 501 and ignores If-Modified-Since: downloaded again
+    second = identify_url(url, tmp_path, records_dir=records)
+    assert second.how == "downloaded" and second.key == first.key
+    # a damaged record is ignored
+    next(records.iterdir()).write_text("{not json")
+    assert load_record(records, url) is None
+    assert identify_url(url, tmp_path, records_dir=records).how == "downloaded"
+    # what identifying downloaded is what a miss uses (no second download)
+    assert fetch_identified(first, tmp_path) is first.fetched
+
+
+def test_fetch_identified_url_must_be_what_was_keyed(server, tmp_path):
+    url = server + "/files/tool.sh"
+    good = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+    mtime = 1445412480 * 10**9  # the server's Last-Modified
+    keyed = URLIdentity(url=url, key="k", how="validated", digest=good, mtime_ns=mtime)
+    assert fetch_identified(keyed, tmp_path).path.read_bytes() == PAYLOAD
+    stale = URLIdentity(url=url, key="k", how="validated", digest="sha256:" + "0" * 64,
+                        mtime_ns=mtime)
+    with pytest.raises(BuildError, match="changed while building"):
+        fetch_identified(stale, tmp_path)
+    pinned = identify_url(url, tmp_path, checksum=good)
+    assert fetch_identified(pinned, tmp_path).digest == good
