@@ -52,8 +52,10 @@ class PreparedCopy:
         """The cache key's part for the remote sources: name -> what it is now
         (a miss explanation names the source whose value changed)."""
         keys = {f"url:{u.url}": u.key for u in self.urls}
-        for g in self.gits:
-            name = f"git:{g.source.remote}" + (f":{g.source.subdir}" if g.source.subdir else "")
+        for g in self.gits:  # named as written: two refs of one repo are two sources
+            name = f"git:{g.source.remote}#{g.source.ref or 'HEAD'}"
+            if g.source.subdir:
+                name += f":{g.source.subdir}"
             keys[name] = g.commit + (" keep-git-dir" if self.keep_git_dir else "")
         return keys
 

@@ -107,7 +107,8 @@ ADD file://{repo}#main /branch/
     changed = build_rootfs(root, ctx, rootfs, *allow)
     assert changed.step("/tag/").cached and changed.step("/sha/").cached
     branch = changed.step("/branch/")
-    assert not branch.cached and f"source git:file://{repo} changed" in branch.miss, branch.miss
+    assert not branch.cached, changed.stderr
+    assert f"source git:file://{repo}#main changed" in branch.miss, branch.miss
     assert _subcommands(git_log()).count("fetch") == 1  # only the branch is cloned
     assert (rootfs / "branch" / "f.txt").read_text() == "two\n"
     assert (rootfs / "tag" / "f.txt").read_text() == "one\n"
@@ -122,7 +123,8 @@ class Served:
     is refused (405, as some servers do)."""
 
     files: dict[str, tuple[bytes, str, str]] = field(default_factory=dict)
-    log: list[tuple[str, str, int, int]] = field(default_factory=list)  # method, path, status, body bytes
+    # (method, path, status, body bytes sent)
+    log: list[tuple[str, str, int, int]] = field(default_factory=list)
     refuse_head: bool = False
 
     def take_log(self) -> list[tuple[str, str, int, int]]:
