@@ -123,6 +123,25 @@ def test_output_independent_of_write_pattern(kind):
     assert len(set(outs)) == 1
 
 
+def test_zstd_bytes_independent_of_worker_count(monkeypatch):
+    """The zstd worker count is pinned, and libzstd's streaming multi-threaded output is
+    the same for any count >= 1 (zstd issues #2238/#2327): check it on an input of
+    several jobs (level 3 cuts jobs of 4 windows = 8 MiB), so the pin could move."""
+    from store import compression
+    rnd = os.urandom(1 << 16)
+    data = b"".join(rnd[i % 7:] + b"%d" % i for i in range(400))  # ~26 MB, compressible
+    outs = []
+    for workers in (1, 2, 3):
+        monkeypatch.setattr(compression, "ZSTD_WORKERS", workers)
+        out = io.BytesIO()
+        with compress_stream("zstd", out) as w:
+            w.write(data)
+        outs.append(out.getvalue())
+    assert outs[0] == outs[1] == outs[2]
+    assert zstandard.ZstdDecompressor().decompress(outs[0], max_output_size=len(data)) == data
+    assert compression.ZSTD_WORKERS >= 1
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_open_decompressed_detects(kind):
     data = b"A" * 100_000 + os.urandom(1000)
