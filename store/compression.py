@@ -23,7 +23,10 @@ Decompression detects gzip / zstd / plain tar by magic bytes and streams.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import struct
+import weakref
 import zlib
 from contextlib import contextmanager
 from typing import BinaryIO, Iterator, Literal
@@ -130,23 +133,57 @@ class _GzipWriter:
         self._out.write(self._z.flush(zlib.Z_FINISH))
         self._out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._len & 0xFFFFFFFF))
 
+    def release(self) -> None:
+        pass
+
+
+_live_zstd: "weakref.WeakSet[_ZstdWriter]" = weakref.WeakSet()
+_inherited: list = []
+
+
+def _keep_inherited_contexts() -> None:
+    """After fork, in the child: a zstd context with worker threads that the parent was
+    using is never freed here (freeing it joins threads the child does not have: a
+    hang, e.g. at the child's next garbage collection). Its memory is the child's
+    only cost."""
+    for w in list(_live_zstd):
+        if w._w is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(w._w))  # immortal: not even at exit
+            _inherited.append(w._w)
+            w._w = None
+
+
+os.register_at_fork(after_in_child=_keep_inherited_contexts)
+
 
 class _ZstdWriter:
     """zstd through a stream_writer: compressed bytes reach `out` as the workers finish
     them (a multi-threaded compressobj holds them back until flush, so its memory would
-    grow with the layer)."""
+    grow with the layer). The context (and its worker threads) is released as soon as
+    the stream ends or is abandoned, not when the garbage collector gets to it."""
 
     def __init__(self, out: BinaryIO, level: int) -> None:
         params = zstandard.ZstdCompressionParameters.from_level(
             level, threads=ZSTD_WORKERS, write_checksum=1, write_content_size=0, write_dict_id=0)
         self._w = zstandard.ZstdCompressor(compression_params=params).stream_writer(
             out, write_size=CHUNK, write_return_read=True, closefd=False)
+        _live_zstd.add(self)
 
     def feed(self, data) -> None:
+        if self._w is None:
+            raise StoreError("zstd stream used after it ended (or across a fork)")
         self._w.write(data)
 
     def finish(self) -> None:
-        self._w.flush(zstandard.FLUSH_FRAME)
+        if self._w is None:
+            raise StoreError("zstd stream used after it ended (or across a fork)")
+        try:
+            self._w.flush(zstandard.FLUSH_FRAME)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        self._w = None
 
 
 class _PlainWriter:
@@ -157,6 +194,9 @@ class _PlainWriter:
         self._out.write(data)
 
     def finish(self) -> None:
+        pass
+
+    def release(self) -> None:
         pass
 
 
@@ -195,11 +235,17 @@ class CompressedWriter:
     def __enter__(self) -> "CompressedWriter":
         return self
 
+    def abort(self) -> None:
+        """Leave the stream unfinished (the caller drops what was written) and release
+        the compressor now."""
+        self.closed = True
+        self._enc.release()
+
     def __exit__(self, exc_type, *rest) -> None:
         if exc_type is None:
             self.close()
         else:
-            self.closed = True  # leave the stream unfinished: the caller aborts it
+            self.abort()
 
 
 def compress_stream(kind: str, out: BinaryIO) -> CompressedWriter:

@@ -20,7 +20,7 @@ from store.compression import (Compression, PrefixedReader, compress_stream, det
                                kind_for_media_type, media_type_for, open_decompressed)
 from store.errors import CorruptContent
 from store.tarextract import extract_tar
-from store.tarwrite import write_tar
+from store.tarwrite import TarMirror, write_tar
 
 DEFAULT_COMPRESSION: Compression = "zstd"
 MEASUREMENT = """\
@@ -113,6 +113,34 @@ def write_layer(blobs: BlobStore, src: Path, *, compression: Compression = DEFAU
                      uncompressed_size=tee.size)
 
 
+def extract_as_layer(blobs: BlobStore, tar: BinaryIO, dest: Path, *,
+                     compression: Compression = DEFAULT_COMPRESSION,
+                     source_date_epoch: int | None = None) -> LayerBlob:
+    """Extract the uncompressed tar stream `tar` safely into the existing dir `dest` and
+    store the layer of the tree it makes: the blob write_layer(dest) would store, byte
+    for byte. One pass when the tar is already in lamina's form (the TarMirror checks
+    every member); otherwise (unsorted, duplicate or implied members...) the mirror
+    gives up and the tree is archived after the extraction, as write_layer does."""
+    media_type = media_type_for(compression)
+    with blobs.writer() as bw:
+        cw = compress_stream(compression, bw)
+        tee = _HashingWriter(cw)
+        mirror = TarMirror(tee, source_date_epoch=source_date_epoch)
+        try:
+            extract_tar(tar, dest, mirror=mirror)
+        except BaseException:
+            cw.abort()
+            raise
+        if mirror.active:
+            mirror.finish()
+            cw.close()
+            digest, size = bw.commit()
+            return LayerBlob(diff_id=tee.digest(), digest=digest, size=size, media_type=media_type,
+                             uncompressed_size=tee.size)
+        cw.abort()
+    return write_layer(blobs, dest, compression=compression, source_date_epoch=source_date_epoch)
+
+
 def write_layer_from_tar(blobs: BlobStore, tar: BinaryIO, *,
                          compression: Compression = DEFAULT_COMPRESSION) -> LayerBlob:
     """Store an existing layer tar stream (any of the 3 compressions, detected) as a
@@ -180,5 +208,5 @@ def extract_layer(blobs: BlobStore, layer_digest: str, dest: Path, *,
     return diff_id
 
 
-__all__ = ["LayerBlob", "DEFAULT_COMPRESSION", "write_layer", "write_layer_from_tar",
+__all__ = ["LayerBlob", "DEFAULT_COMPRESSION", "write_layer", "write_layer_from_tar", "extract_as_layer",
            "extract_layer", "diff_id_of", "describe_layer", "kind_for_media_type"]

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Mapping
 from store import oci, refs
 from store.compression import PrefixedReader, open_decompressed
 from store.errors import CorruptContent, StoreError
-from store.layers import DEFAULT_COMPRESSION, write_layer
+from store.layers import DEFAULT_COMPRESSION, extract_as_layer
 from store.locks import remove_tree
-from store.tarlayer import extract_tar
 
 if TYPE_CHECKING:
     from store.store import Image, Store
@@ -37,10 +36,10 @@ def import_rootfs(store: "Store", tarball: Path, ref: str | None, *,
                 f = open(tarball, "rb")
             except OSError as e:
                 raise StoreError(f"cannot read {tarball}: {e.strerror or e}", path=str(tarball)) from None
-            with f:
-                extract_tar(open_any_compression(f, tarball), tmp)
-            layer = write_layer(store.blobs, tmp, compression=compression,  # type: ignore[arg-type]
-                                source_date_epoch=sde)
+            with f:  # extracted and archived in one pass when the tar allows it
+                layer = extract_as_layer(store.blobs, open_any_compression(f, tarball), tmp,
+                                         compression=compression,  # type: ignore[arg-type]
+                                         source_date_epoch=sde)
             history = {"created": created, "comment": message or f"Imported from {tarball.name}"}
             cfg = oci.build_config(diff_ids=[layer.diff_id], history=[history],
                                    container_config=dict(changes or {}), created=created)

@@ -107,7 +107,8 @@ def normalise(name: bytes, member: bytes) -> Components:
 
 
 class _Extractor:
-    def __init__(self, dest: Path, allow_devices: bool) -> None:
+    def __init__(self, dest: Path, allow_devices: bool, mirror=None) -> None:
+        self.mirror = mirror  # a store.tarwrite.TarMirror, told about every member
         self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.dest = str(dest)
         self.allow_devices = allow_devices
@@ -230,6 +231,7 @@ class _Extractor:
         comps = normalise(e.name, e.name)
         if any(c.startswith(RESERVED_PREFIX) and c != OPAQUE_MARKER for c in comps):
             return  # AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs): not content
+        tee = self.mirror.member(comps, e) if self.mirror is not None else False
         if not comps:
             if e.type != DIRTYPE:
                 raise CorruptContent(f"tar member {_show(e.name)!r} names the root but is not "
@@ -251,7 +253,7 @@ class _Extractor:
             elif e.type == DIRTYPE:
                 self.directory(e, comps, parent, last)
             else:
-                self.non_directory(e, comps, parent, last, reader)
+                self.non_directory(e, comps, parent, last, reader, tee)
         finally:
             os.close(parent)
 
@@ -267,6 +269,12 @@ class _Extractor:
         self.chown(e, parent=parent, name=name)
         os.chmod(name, e.mode & 0o7777, dir_fd=parent)
         self.set_mtime(e, parent=parent, name=name)
+        self._check(parent, name)
+
+    def _check(self, parent: int, name: bytes) -> None:
+        """Let the mirror compare the non-directory just made with the entry it wrote."""
+        if self.mirror is not None and self.mirror.checking:
+            self.mirror.check(os.lstat(name, dir_fd=parent), b"/proc/self/fd/%d/" % parent + name)
 
     def directory(self, e: Entry, comps: Components, parent: int, last: bytes) -> None:
         try:
@@ -287,7 +295,7 @@ class _Extractor:
         self.dirs[comps] = e
 
     def non_directory(self, e: Entry, comps: Components, parent: int, last: bytes,
-                      reader: TarReader) -> None:
+                      reader: TarReader, tee: bool = False) -> None:
         if e.type in (CHRTYPE, BLKTYPE):
             if not self.allow_devices:
                 raise UnsafeArchive(f"tar member {_show(e.name)!r} is a device node, which is "
@@ -316,14 +324,26 @@ class _Extractor:
                          0o600, dir_fd=parent)
             try:
                 with open(fd, "wb", closefd=False, buffering=1 << 20) as f:
-                    n = reader.read_data(f.write)
+                    if tee:
+                        mirror, write = self.mirror, f.write
+
+                        def sink(data: bytes) -> None:
+                            write(data)
+                            mirror.data(data)
+                        n = reader.read_data(sink)
+                    else:
+                        n = reader.read_data(f.write)
                 if n != e.size:
                     raise CorruptContent(f"tar member {_show(e.name)!r} is truncated",
                                          path=_show(e.name))
+                if tee:
+                    self.mirror.end_data(n)
                 self.chown(e, fd=fd)
                 os.fchmod(fd, e.mode & 0o7777)
                 self.set_xattrs(e, fd=fd)
                 self.set_mtime(e, fd=fd)
+                if self.mirror is not None and self.mirror.checking:
+                    self.mirror.check(os.fstat(fd), fd)
             finally:
                 os.close(fd)
         elif e.type == LNKTYPE:
@@ -342,6 +362,7 @@ class _Extractor:
             self.chown(e, parent=parent, name=last)
             self.set_xattrs(e, parent=parent, name=last)
             self.set_mtime(e, parent=parent, name=last)
+            self._check(parent, last)
         else:  # fifo, char, block
             if e.type == FIFOTYPE:
                 os.mkfifo(last, 0o600, dir_fd=parent)
@@ -353,6 +374,7 @@ class _Extractor:
             os.chmod(last, e.mode & 0o7777, dir_fd=parent)
             self.set_xattrs(e, parent=parent, name=last)
             self.set_mtime(e, parent=parent, name=last)
+            self._check(parent, last)
         self.seen.add(comps)
 
     def finish(self) -> None:
@@ -363,21 +385,27 @@ class _Extractor:
             try:
                 fd = self.open_dir(comps, e.name, create=False)
             except (CorruptContent, UnsafeArchive):
+                if self.mirror is not None:
+                    self.mirror.stop("directory replaced by a later member")
                 continue  # replaced by a later member
             try:
                 os.fchmod(fd, e.mode & 0o7777)
                 self.set_mtime(e, fd=fd)
+                if self.mirror is not None:
+                    self.mirror.check_dir(comps, fd)
             finally:
                 os.close(fd)
             self._drop_cache()
 
 
-def extract_tar(stream: BinaryIO, dest: Path, *, allow_devices: bool = True) -> None:
+def extract_tar(stream: BinaryIO, dest: Path, *, allow_devices: bool = True, mirror=None) -> None:
     """Extract the uncompressed OCI layer tar `stream` into the existing directory
     `dest`, converting OCI whiteouts to overlay form. Reads up to the end-of-archive
-    marker (not beyond). UnsafeArchive / CorruptContent name the offending member."""
+    marker (not beyond). UnsafeArchive / CorruptContent name the offending member.
+    `mirror` (a store.tarwrite.TarMirror) is shown every member and its data, and
+    checks each extracted file against the entry it wrote (one pass for import)."""
     reader = TarReader(stream)
-    ex = _Extractor(dest, allow_devices)
+    ex = _Extractor(dest, allow_devices, mirror)
     try:
         while True:
             e = reader.next()

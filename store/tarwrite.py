@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from store.errors import StoreError
+from store.tarextract import normalise
 from store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, END_OF_ARCHIVE, FIFOTYPE, LNKTYPE,
                              REGTYPE, SYMTYPE, Entry, encode_entry, padding)
 
@@ -250,3 +251,159 @@ def write_tar(src: Path, out: BinaryIO, *, source_date_epoch: int | None = None)
     finally:
         os.close(root_fd)
     out.write(END_OF_ARCHIVE)
+
+
+def _filtered_xattrs(xattrs: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The xattrs of a tar entry that its extracted file carries into a layer tar."""
+    return dict(sorted((k, v) for k, v in xattrs.items()
+                       if not k.startswith(SKIPPED_XATTR_PREFIXES) and k not in SKIPPED_XATTRS))
+
+
+class TarMirror:
+    """While a tar is extracted (store.tarextract), writes to `out` the tar that
+    write_tar would write of the extracted tree - without walking and re-reading it.
+
+    This holds only for an input already in lamina's form: members in write_tar's order
+    (strictly increasing component tuples: no duplicates), every parent directory an
+    earlier member, no whiteout of an existing or later name, no opaque marker at the
+    root. Each entry is written from the tar header before its file exists, and then
+    checked against the file as extracted (stat and xattrs, read as write_tar reads
+    them; directories after their final mode and mtime are set). At the first member
+    that breaks a rule or a check, the mirror stops (`active` False): the caller
+    discards what it wrote and runs write_tar on the tree. So the result is always
+    byte-identical to write_tar of the tree; the mirror only saves the second pass."""
+
+    def __init__(self, out: BinaryIO, *, source_date_epoch: int | None = None) -> None:
+        self.out = out
+        self.epoch = source_date_epoch
+        self.active = True
+        self.reason = ""
+        self._last: tuple[bytes, ...] | None = None
+        self._root_seen = False
+        self._dirs: dict[tuple[bytes, ...], tuple] = {}  # comps -> expected (mode, uid, gid, mtime, xattrs)
+        self._links: dict[tuple[bytes, ...], tuple[bytes, dict]] = {}  # non-dir comps -> (first name, base)
+        self._whiteouts: set[tuple[bytes, ...]] = set()  # names whited out
+        self._expect: tuple | None = None  # the non-directory member just written, to check
+
+    def stop(self, reason: str) -> bool:
+        self.active = False
+        self.reason = reason
+        self._dirs.clear()
+        self._links.clear()
+        self._whiteouts.clear()
+        return False
+
+    def _mtime(self, mtime_ns: int) -> int:
+        t = mtime_ns // 10**9
+        return min(t, self.epoch) if self.epoch is not None else t
+
+    def member(self, comps: tuple[bytes, ...], e: Entry) -> bool:
+        """Write the entry of member `e` (path `comps`, normalised). True when the member
+        is a regular file whose data must follow through data()/end_data()."""
+        self._expect = None
+        if not self.active:
+            return False
+        if not comps:  # the root: not an entry of write_tar's tar
+            if self._root_seen or self._last is not None:
+                return self.stop("root directory member not first")
+            self._root_seen = True
+            return False
+        if self._last is not None and comps <= self._last:
+            return self.stop("members not in sorted order")
+        self._last = comps
+        parent = comps[:-1]
+        if parent and parent not in self._dirs:
+            return self.stop("parent directory is not a member")
+        if comps in self._whiteouts:
+            return self.stop("whited-out name reused")
+        last = comps[-1]
+        rel = b"/".join(comps)
+        if last == OPAQUE_MARKER:
+            if not parent:
+                return self.stop("opaque root")
+            self.out.write(encode_entry(Entry(name=rel, type=REGTYPE, mode=0, uid=0, gid=0,
+                                              mtime=self._dirs[parent][3])))
+            return False
+        mode = e.mode & 0o7777
+        mtime = self._mtime(e.mtime_ns)
+        if last.startswith(WHITEOUT_PREFIX):
+            target = parent + (last[len(WHITEOUT_PREFIX):],)
+            if target in self._links or target in self._dirs or target in self._whiteouts:
+                return self.stop("whiteout of an earlier member")
+            self._whiteouts.add(target)
+            self.out.write(encode_entry(Entry(name=rel, type=REGTYPE, mode=mode, uid=e.uid,
+                                              gid=e.gid, mtime=mtime)))
+            self._expect = ("whiteout", mode, e.uid, e.gid, mtime, 0, 0, {})
+            return False
+        xattrs = _filtered_xattrs(e.xattrs)
+        if e.type == DIRTYPE:
+            self._dirs[comps] = (mode, e.uid, e.gid, mtime, xattrs)
+            self.out.write(encode_entry(Entry(name=rel + b"/", type=DIRTYPE, xattrs=xattrs, mode=mode,
+                                              uid=e.uid, gid=e.gid, mtime=mtime)))
+            return False
+        if e.type == LNKTYPE:
+            first = self._links.get(normalise(e.linkname, e.name))
+            if first is None:
+                return self.stop("hard link to an unknown member")
+            self._links[comps] = first
+            self.out.write(encode_entry(Entry(name=rel, type=LNKTYPE, linkname=first[0], **first[1])))
+            return False
+        if e.type == SYMTYPE:
+            mode = 0o777  # what lstat says of any symlink on Linux
+        base = dict(mode=mode, uid=e.uid, gid=e.gid, mtime=mtime)
+        self._links[comps] = (rel, base)
+        kind = e.type
+        dev = (e.devmajor, e.devminor) if kind in (CHRTYPE, BLKTYPE) else (0, 0)
+        size = e.size if kind == REGTYPE else 0
+        self._expect = (kind, mode, e.uid, e.gid, mtime, size, dev, xattrs)
+        self.out.write(encode_entry(Entry(name=rel, type=kind, size=size,
+                                          linkname=e.linkname if kind == SYMTYPE else b"",
+                                          devmajor=dev[0], devminor=dev[1], xattrs=xattrs, **base)))
+        return kind == REGTYPE
+
+    def data(self, chunk) -> None:
+        if self.active:
+            self.out.write(chunk)
+
+    def end_data(self, size: int) -> None:
+        if self.active:
+            self.out.write(padding(size))
+
+    @property
+    def checking(self) -> bool:
+        """True when the member just extracted is to be passed to check()."""
+        return self._expect is not None and self.active
+
+    def check(self, st: os.stat_result, where: bytes | int) -> None:
+        """Compare the non-directory just extracted (lstat `st`; `where` an fd or a path
+        not followed, for its xattrs) with what member() wrote for it."""
+        if not self.checking:
+            return
+        xattrs = layer_xattrs(where)
+        assert self._expect is not None
+        kind, mode, uid, gid, mtime, size, dev, want_x = self._expect
+        self._expect = None
+        m = st.st_mode
+        type_ok = {"whiteout": is_whiteout(st), REGTYPE: stat.S_ISREG(m) and st.st_size == size,
+                   SYMTYPE: stat.S_ISLNK(m), FIFOTYPE: stat.S_ISFIFO(m),
+                   CHRTYPE: stat.S_ISCHR(m) and not is_whiteout(st), BLKTYPE: stat.S_ISBLK(m)}.get(kind, False)
+        if kind in (CHRTYPE, BLKTYPE):
+            type_ok = type_ok and (os.major(st.st_rdev), os.minor(st.st_rdev)) == dev
+        if not (type_ok and stat.S_IMODE(m) == mode and st.st_uid == uid and st.st_gid == gid
+                and self._mtime(st.st_mtime_ns) == mtime and xattrs == want_x):
+            self.stop("extracted file differs from its tar header")
+
+    def check_dir(self, comps: tuple[bytes, ...], fd: int) -> None:
+        """Compare directory `fd`, after its final mode and mtime, with its entry."""
+        if not self.active or not comps:
+            return
+        want = self._dirs.get(comps)
+        st = os.fstat(fd)
+        got = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, self._mtime(st.st_mtime_ns),
+               layer_xattrs(fd))
+        if want != got:
+            self.stop("extracted directory differs from its tar header")
+
+    def finish(self) -> None:
+        if self.active:
+            self.out.write(END_OF_ARCHIVE)

@@ -245,3 +245,42 @@ def test_every_truncation_detected(kind):
             with pytest.raises(CorruptContent):
                 open_decompressed(io.BytesIO(stream[:cut])).read()
         assert open_decompressed(io.BytesIO(stream)).read() == data
+
+
+def test_fork_during_zstd_stream_does_not_hang_the_child():
+    """A child forked while the parent has a multi-threaded zstd stream open must not
+    free the inherited context (that joins worker threads the child lacks: a hang, as
+    in the forked workers of test_store/test_gc); it can compress on its own."""
+    import gc
+    import signal
+    import time
+    out = io.BytesIO()
+    w = compress_stream("zstd", out)
+    data = os.urandom(1 << 20) * 12
+    w.write(data)  # workers busy / idle in the pool
+    pid = os.fork()
+    if pid == 0:  # child: drop the inherited stream, collect, compress, exit normally
+        try:
+            del w
+            gc.collect()
+            o2 = io.BytesIO()
+            with compress_stream("zstd", o2) as w2:
+                w2.write(b"child" * 400_000)
+            code = 0 if zstandard.ZstdDecompressor().decompressobj().decompress(o2.getvalue()) \
+                == b"child" * 400_000 else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("child hung on the inherited zstd context")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
+    w.close()  # the parent's stream still finishes
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(out.getvalue()) == data
