@@ -91,6 +91,12 @@ def remove_tree(parent: int, name: bytes | str) -> None:
         os.close(cur)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def normalise(name: bytes, member: bytes) -> Components:
     """The components of a member path inside the root; UnsafeArchive if it leaves it."""
     if b"\0" in name:
@@ -323,16 +329,16 @@ class _Extractor:
             fd = os.open(last, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600, dir_fd=parent)
             try:
-                with open(fd, "wb", closefd=False, buffering=1 << 20) as f:
-                    if tee:
-                        mirror, write = self.mirror, f.write
+                # data straight to the fd: the reader hands over pieces of up to 1 MiB
+                if tee:
+                    mirror = self.mirror
 
-                        def sink(data: bytes) -> None:
-                            write(data)
-                            mirror.data(data)
-                        n = reader.read_data(sink)
-                    else:
-                        n = reader.read_data(f.write)
+                    def sink(data: bytes) -> None:
+                        _write_all(fd, data)
+                        mirror.data(data)
+                    n = reader.read_data(sink)
+                else:
+                    n = reader.read_data(lambda data: _write_all(fd, data))
                 if n != e.size:
                     raise CorruptContent(f"tar member {_show(e.name)!r} is truncated",
                                          path=_show(e.name))
