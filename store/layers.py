@@ -39,6 +39,9 @@ busybox + /usr/share/{doc,perl,zoneinfo,i18n,locale} (tar 316.8 MB)
   zstd-3 (default)                106.35   2.98    6.09   52.1    6.41
   zstd-9                           93.52   3.39   19.34   16.4    9.38
 
+(Since then zstd runs with 2 pinned worker threads, store.compression.ZSTD_WORKERS:
+write_tar -> sha256 -> zstd-3 of a 208 MB tree went from 2.07 s to 0.92 s on tmpfs.)
+
 zstd-3 writes 3-5x faster than gzip-6 and is 3-16% smaller, so it is the default for
 stored layers. gzip stays available for consumers without zstd support (docker < 23,
 old registries); zstd-9 buys ~12% size for 4x the time - a push-time option at most.
