@@ -281,7 +281,8 @@ class TarMirror:
         self._last: tuple[bytes, ...] | None = None
         self._root_seen = False
         self._dirs: dict[tuple[bytes, ...], tuple] = {}  # comps -> expected (mode, uid, gid, mtime, xattrs)
-        self._links: dict[tuple[bytes, ...], tuple[bytes, dict]] = {}  # non-dir comps -> (first name, base)
+        # non-dir comps -> (first name, mode, uid, gid, mtime) of its inode, for hard links
+        self._links: dict[tuple[bytes, ...], tuple[bytes, int, int, int, int]] = {}
         self._whiteouts: set[tuple[bytes, ...]] = set()  # names whited out
         self._expect: tuple | None = None  # the non-directory member just written, to check
 
@@ -346,12 +347,14 @@ class TarMirror:
             if first is None:
                 return self.stop("hard link to an unknown member")
             self._links[comps] = first
-            self.out.write(encode_entry(Entry(name=rel, type=LNKTYPE, linkname=first[0], **first[1])))
+            name, mode, uid, gid, mtime = first
+            self.out.write(encode_entry(Entry(name=rel, type=LNKTYPE, linkname=name, mode=mode,
+                                              uid=uid, gid=gid, mtime=mtime)))
             return False
         if e.type == SYMTYPE:
             mode = 0o777  # what lstat says of any symlink on Linux
         base = dict(mode=mode, uid=e.uid, gid=e.gid, mtime=mtime)
-        self._links[comps] = (rel, base)
+        self._links[comps] = (rel, mode, e.uid, e.gid, mtime)
         kind = e.type
         dev = (e.devmajor, e.devminor) if kind in (CHRTYPE, BLKTYPE) else (0, 0)
         size = e.size if kind == REGTYPE else 0
