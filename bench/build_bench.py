@@ -58,7 +58,7 @@ def main() -> None:
                 shutil.copy("/bin/busybox", ctx / "busybox")
                 if tool == "lamina":
                     store = tmp / "lamina-store"
-                    cmd = [sys.executable, "-m", "builder.cli", "--root", str(store), "build",
+                    cmd = [sys.executable, "-m", "lamina", "--root", str(store), "build",
                            "--progress", "plain", "-t", "bench", str(ctx)]
                     build = lambda cmd=cmd: timed(cmd, cwd=REPO)  # noqa: E731
                 else:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from store import compression  # noqa: E402
-from store.blobs import BlobStore  # noqa: E402
-from store.layers import extract_layer, write_layer  # noqa: E402
-from store.tarwrite import write_tar  # noqa: E402
+from lamina.store import compression  # noqa: E402
+from lamina.store.blobs import BlobStore  # noqa: E402
+from lamina.store.layers import extract_layer, write_layer  # noqa: E402
+from lamina.store.tarwrite import write_tar  # noqa: E402
 
 
 def default_trees(tmp: str) -> list[str]:

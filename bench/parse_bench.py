@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grammar import dump, parse  # noqa: E402
+from lamina.grammar import dump, parse  # noqa: E402
 
 BLOCKS = [
     "FROM --platform=$BUILDPLATFORM golang:1.22 AS build{n}\n",

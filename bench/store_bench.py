@@ -84,7 +84,7 @@ def generate_rootfs(dest: Path, size_mb: int) -> tuple[int, int]:
 
 
 def lamina(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "builder.cli", "--root", str(root), *args]
+    return [sys.executable, "-m", "lamina", "--root", str(root), *args]
 
 
 def timed(cmd: list[str] | str, runs: int, *, before=None, shell: bool = False) -> float:

@@ -4,6 +4,6 @@ Planning, cache keys, the build context, the namespace sandbox, the executor,
 progress display and the `lamina` CLI. Imports `grammar` and `store`.
 """
 
-from builder.errors import BuildError
+from lamina.builder.errors import BuildError
 
 __all__ = ["BuildError"]

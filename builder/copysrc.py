@@ -28,10 +28,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from builder.context import ContextEntry, SourceTree
-from builder.dockerignore import (GlobPattern, IgnoreRules, PatternError, ensure_patterns,
+from lamina.builder.context import ContextEntry, SourceTree
+from lamina.builder.dockerignore import (GlobPattern, IgnoreRules, PatternError, ensure_patterns,
                                   go_clean, has_wildcards)
-from builder.errors import BuildError
+from lamina.builder.errors import BuildError
 
 __all__ = ["CopyAction", "CopySelection", "SelectedEntry", "SelectedSource",
            "content_key", "plan_copy", "resolve_in_tree", "select_sources"]

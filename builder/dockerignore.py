@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from builder.errors import BuildError
+from lamina.builder.errors import BuildError
 
 __all__ = [
     "GlobPattern", "IgnorePattern", "IgnoreRules", "MatchInfo", "PatternError",

@@ -36,24 +36,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
-from builder.cachekey import CacheInputs, explain_miss, parent_image, parent_scratch, parent_step
-from builder.context import BuildContext
-from builder.copysrc import content_key, select_sources
-from builder.errors import BuildError
-from builder.imageconfig import ImageConfig, platform_config_fields
-from builder.mountedroot import in_mounted_root
-from builder.plan import BuildPlan, Stage, plan_build
-from builder.progress import Progress, StepLabel
-from builder.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun, ResolvedWorkdir
-from builder.stageplan import BaseImage, StagePlan, Step, plan_stage
-from builder.steps.files import apply_copy, apply_workdir, fetch_copy, identify_copy
-from builder.steps.run import RunEnvironment, execute_run
-from grammar import DockerfileError, parse
-from store import StoreError
-from store.cache import CacheEntry
-from store.errors import ImageNotFound
-from store.layers import LayerBlob
-from store.store import Image, Store, source_date_epoch
+from lamina.builder.cachekey import CacheInputs, explain_miss, parent_image, parent_scratch, parent_step
+from lamina.builder.context import BuildContext
+from lamina.builder.copysrc import content_key, select_sources
+from lamina.builder.errors import BuildError
+from lamina.builder.imageconfig import ImageConfig, platform_config_fields
+from lamina.builder.mountedroot import in_mounted_root
+from lamina.builder.plan import BuildPlan, Stage, plan_build
+from lamina.builder.progress import Progress, StepLabel
+from lamina.builder.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun, ResolvedWorkdir
+from lamina.builder.stageplan import BaseImage, StagePlan, Step, plan_stage
+from lamina.builder.steps.files import apply_copy, apply_workdir, fetch_copy, identify_copy
+from lamina.builder.steps.run import RunEnvironment, execute_run
+from lamina.grammar import DockerfileError, parse
+from lamina.store import StoreError
+from lamina.store.cache import CacheEntry
+from lamina.store.errors import ImageNotFound
+from lamina.store.layers import LayerBlob
+from lamina.store.store import Image, Store, source_date_epoch
 
 DEFAULT_SOURCE_DATE_EPOCH = 0
 
@@ -322,7 +322,7 @@ class Build:
             self.progress.done(label, time.monotonic() - t0)
             return layer, parent_step(key)
         finally:
-            from store.locks import remove_tree
+            from lamina.store.locks import remove_tree
             remove_tree(download_dir)
 
     @property
@@ -351,7 +351,7 @@ class Build:
         scratch = self.store.temp_path("step")
         for d in (upper, work, scratch):
             d.mkdir()
-        from store.locks import remove_tree
+        from lamina.store.locks import remove_tree
         try:
             lowers = self._lower_dirs(layers)
             workdir = step.config.working_dir or "/"
@@ -361,7 +361,7 @@ class Build:
                             workdir=workdir, env=self.run_env,
                             on_output=lambda data: self.progress.output(label, data),
                             fail=step.error, layers_of=lambda m: self._mount_source(m)[1:])
-                from builder.overlay import finalize_upper
+                from lamina.builder.overlay import finalize_upper
                 finalize_upper(upper)
             elif isinstance(r, ResolvedCopy):
                 views = {}

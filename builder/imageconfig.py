@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from builder.errors import BuildError
-from grammar.goquote import go_quote
-from builder.resolved import (
+from lamina.builder.errors import BuildError
+from lamina.grammar.goquote import go_quote
+from lamina.builder.resolved import (
     Healthcheck, Platform, Resolved, ResolvedArg, ResolvedCmd, ResolvedCopy, ResolvedEntrypoint,
     ResolvedEnv, ResolvedExpose, ResolvedHealthcheck, ResolvedLabel, ResolvedMaintainer,
     ResolvedOnbuild, ResolvedRun, ResolvedShell, ResolvedStopsignal, ResolvedUser,

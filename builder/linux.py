@@ -23,7 +23,7 @@ import platform
 import socket
 import struct
 
-from builder.errors import SandboxError
+from lamina.builder.errors import SandboxError
 
 # --- constants ------------------------------------------------------------------
 

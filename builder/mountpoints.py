@@ -25,7 +25,7 @@ import errno
 import os
 import stat
 
-from builder.errors import SandboxError
+from lamina.builder.errors import SandboxError
 
 _MAX_HOPS = 40
 

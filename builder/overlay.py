@@ -34,10 +34,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder import linux
-from store.layerdirs import walk
-from store.locks import remove_tree
-from builder.errors import SandboxError
+from lamina.builder import linux
+from lamina.store.layerdirs import walk
+from lamina.store.locks import remove_tree
+from lamina.builder.errors import SandboxError
 
 OVERLAY_OPTIONS: tuple[tuple[str, str], ...] = (
     ("redirect_dir", "off"),

@@ -17,15 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from builder.args import GlobalScope, proxy_env, unconsumed_build_args, unconsumed_warning
-from builder.cachekey import pairs
-from builder.errors import BuildError
-from builder.resolve import error_at, lookup_stage
-from builder.resolved import Platform
-from grammar import ast
-from grammar.errors import DockerfileError
-from grammar.mounts import MountError, split_fields
-from grammar.shell import expand, referenced_names
+from lamina.builder.args import GlobalScope, proxy_env, unconsumed_build_args, unconsumed_warning
+from lamina.builder.cachekey import pairs
+from lamina.builder.errors import BuildError
+from lamina.builder.resolve import error_at, lookup_stage
+from lamina.builder.resolved import Platform
+from lamina.grammar import ast
+from lamina.grammar.errors import DockerfileError
+from lamina.grammar.mounts import MountError, split_fields
+from lamina.grammar.shell import expand, referenced_names
 
 SCRATCH = "scratch"
 Pairs = tuple[tuple[str, str], ...]
@@ -339,6 +339,6 @@ __all__ = ["Stage", "BuildPlan", "plan_build", "lookup_stage",
 
 # Phase 2 lives in builder.stageplan, which imports this module: re-exported last,
 # once every name above exists.
-from builder.stageplan import (  # noqa: E402
+from lamina.builder.stageplan import (  # noqa: E402
     BaseImage, StagePlan, Step, expand_onbuild, plan_all, plan_stage,
 )

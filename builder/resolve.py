@@ -17,21 +17,21 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from builder.errors import BuildError
-from builder.imageconfig import (
+from lamina.builder.errors import BuildError
+from lamina.builder.imageconfig import (
     ImageConfig, check_signal, clean_path, normalize_workdir, parse_healthcheck_interval,
     parse_port_specs,
 )
-from builder.resolved import (
+from lamina.builder.resolved import (
     Healthcheck, InlineFile, Mount, ResolvedCmd, ResolvedCopy, ResolvedEntrypoint, ResolvedEnv,
     ResolvedExpose, ResolvedHealthcheck, ResolvedLabel, ResolvedMaintainer, ResolvedOnbuild,
     ResolvedRun, ResolvedShell, ResolvedStopsignal, ResolvedUser, ResolvedVolume, ResolvedWorkdir,
 )
-from grammar import ast
-from grammar.errors import DockerfileError
-from grammar.heredoc import parse_heredoc_word
-from grammar.mounts import MountError, parse_mount, split_fields
-from grammar.shell import expand, referenced_names, split_words
+from lamina.grammar import ast
+from lamina.grammar.errors import DockerfileError
+from lamina.grammar.heredoc import parse_heredoc_word
+from lamina.grammar.mounts import MountError, parse_mount, split_fields
+from lamina.grammar.shell import expand, referenced_names, split_words
 
 # (stage index or None, image reference or None) for a --from / from= value
 StageLookup = Callable[[str, bool], tuple[int | None, str | None]]

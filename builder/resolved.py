@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from builder.errors import BuildError
+from lamina.builder.errors import BuildError
 
 # --------------------------------------------------------------------------- values
 

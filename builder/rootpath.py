@@ -43,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.errors import BuildError
+from lamina.builder.errors import BuildError
 
 __all__ = ["DirSpec", "MAX_SYMLINKS", "RootDir", "RootPathError", "clean_image_path",
            "is_dir_in_root", "lstat_in_root", "mkdir_p_in_root", "read_file_in_root",

@@ -14,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from builder.errors import BuildError
-from builder.sandbox import SandboxSpec, run
-from builder.users import resolve_user_in_layers
-from store.locks import remove_tree
-from store.store import Store
+from lamina.builder.errors import BuildError
+from lamina.builder.sandbox import SandboxSpec, run
+from lamina.builder.users import resolve_user_in_layers
+from lamina.store.locks import remove_tree
+from lamina.store.store import Store
 
 
 def image_command(config: dict, args: Sequence[str]) -> tuple[str, ...]:

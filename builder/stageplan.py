@@ -18,22 +18,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from builder.args import ArgScope, resolve_arg
-from builder.cachekey import CacheInputs, pairs
-from builder.errors import BuildError
-from builder.imageconfig import HistoryEntry, ImageConfig, ImageState
-from builder.resolve import (
+from lamina.builder.args import ArgScope, resolve_arg
+from lamina.builder.cachekey import CacheInputs, pairs
+from lamina.builder.errors import BuildError
+from lamina.builder.imageconfig import HistoryEntry, ImageConfig, ImageState
+from lamina.builder.resolve import (
     ResolveContext, error_at, lookup_stage, resolve_copy, resolve_metadata, resolve_run,
 )
-from builder.resolved import (
+from lamina.builder.resolved import (
     Platform, Resolved, ResolvedArg, ResolvedCopy, ResolvedRun, ResolvedWorkdir,
 )
-from grammar import ast
-from grammar.errors import DockerfileError
-from grammar.shell import expand, referenced_names
+from lamina.grammar import ast
+from lamina.grammar.errors import DockerfileError
+from lamina.grammar.shell import expand, referenced_names
 
 if TYPE_CHECKING:  # pragma: no cover - builder.plan imports this module
-    from builder.plan import BuildPlan, Stage
+    from lamina.builder.plan import BuildPlan, Stage
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -180,7 +180,7 @@ def expand_onbuild(triggers: Sequence[str], *, path: str = "Dockerfile",
     """Parse a base image's OnBuild triggers into instructions (each must be one
     instruction; ONBUILD, FROM and MAINTAINER are not allowed). Errors are placed
     at `at` (the FROM line that inherits the triggers), as BuildKit does."""
-    from grammar import parse
+    from lamina.grammar import parse
 
     out: list[ast.Instruction] = []
     for trigger in triggers:

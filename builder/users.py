@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from builder.errors import BuildError
-from builder.overlay import LayerStack
+from lamina.builder.errors import BuildError
+from lamina.builder.overlay import LayerStack
 
 _MAX_ID = 2**31 - 1
 

@@ -11,18 +11,9 @@ Public API:
     DockerfileError
 """
 
-from grammar.errors import DockerfileError
+from lamina.grammar.dump import dump
+from lamina.grammar.errors import DockerfileError
+from lamina.grammar.parser import parse
+from lamina.grammar.shell import expand, split_words
 
-__all__ = ["DockerfileError"]
-
-try:  # filled in as the modules land
-    from grammar.shell import expand, split_words  # noqa: F401
-    __all__ += ["expand", "split_words"]
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from grammar.parser import parse  # noqa: F401
-    from grammar.dump import dump  # noqa: F401
-    __all__ += ["parse", "dump"]
-except ImportError:  # pragma: no cover
-    pass
+__all__ = ["DockerfileError", "dump", "expand", "parse", "split_words"]

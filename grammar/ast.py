@@ -212,7 +212,7 @@ class _SourcesDest(Instruction):
 
     def heredoc_for(self, source: str) -> Heredoc | None:
         """The heredoc a source word such as `<<EOF` / `<<-"EOF"` names, if any."""
-        from grammar.heredoc import parse_heredoc_word  # local: heredoc imports nothing of ast users
+        from lamina.grammar.heredoc import parse_heredoc_word  # local: heredoc imports nothing of ast users
 
         marker = parse_heredoc_word(source)
         if marker is None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from grammar.errors import DockerfileError
-from grammar.words import trim_left_space
+from lamina.grammar.errors import DockerfileError
+from lamina.grammar.words import trim_left_space
 
 VALID_DIRECTIVES = ("syntax", "escape", "check")
 # Go's \s is [\t\n\f\r ]

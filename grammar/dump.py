@@ -9,8 +9,8 @@ directives and heredoc bodies are not part of it.
 
 from __future__ import annotations
 
-from grammar import ast
-from grammar.goquote import go_quote
+from lamina.grammar import ast
+from lamina.grammar.goquote import go_quote
 
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import re
 
-from grammar.words import GO_SPACE
+from lamina.grammar.words import GO_SPACE
 
 _SPACE = frozenset(GO_SPACE)
 # BuildKit's reHeredoc; Go's \d is ASCII only

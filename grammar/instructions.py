@@ -13,13 +13,13 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from grammar import ast
-from grammar.heredoc import parse_heredoc_word
-from grammar.words import trim_space
+from lamina.grammar import ast
+from lamina.grammar.heredoc import parse_heredoc_word
+from lamina.grammar.words import trim_space
 
 if TYPE_CHECKING:  # pragma: no cover
-    from grammar.lines import LogicalLine
-    from grammar.parser import Node, Parser
+    from lamina.grammar.lines import LogicalLine
+    from lamina.grammar.parser import Node, Parser
 
 STRING, BOOL, LIST = "string", "bool", "list"
 
@@ -202,7 +202,7 @@ def _check_run_flags(node: "Node", flags: tuple[ast.Flag, ...]) -> None:
 
 def _check_mount(value: str, offset: int) -> None:
     """What BuildKit checks of a --mount before expansion: its `from` holds no variable."""
-    from grammar.mounts import MountError, split_fields
+    from lamina.grammar.mounts import MountError, split_fields
 
     try:
         fields = split_fields(value)
@@ -280,6 +280,6 @@ def _parse_duration(value: str, offset: int | None) -> float:
 
 
 def _quote(s: str) -> str:
-    from grammar.dump import go_quote
+    from lamina.grammar.dump import go_quote
 
     return go_quote(s)

@@ -17,9 +17,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
-from grammar.directives import DirectiveParser
-from grammar.errors import DockerfileError
-from grammar.words import trim_left_space
+from lamina.grammar.directives import DirectiveParser
+from lamina.grammar.errors import DockerfileError
+from lamina.grammar.words import trim_left_space
 
 
 @dataclass

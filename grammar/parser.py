@@ -26,12 +26,12 @@ import lark
 from lark import Lark, Token, Transformer, Tree
 from lark.exceptions import LarkError, UnexpectedInput
 
-from grammar import ast
-from grammar.errors import DockerfileError
-from grammar.goquote import go_quote as _go_quote
-from grammar.heredoc import HeredocMarker, heredocs_in_line
-from grammar.lines import LineScanner, LogicalLine
-from grammar.words import (
+from lamina.grammar import ast
+from lamina.grammar.errors import DockerfileError
+from lamina.grammar.goquote import go_quote as _go_quote
+from lamina.grammar.heredoc import HeredocMarker, heredocs_in_line
+from lamina.grammar.lines import LineScanner, LogicalLine
+from lamina.grammar.words import (
     GO_SPACE,
     decode_json_string,
     json_number_fits,
@@ -98,7 +98,7 @@ def _cache_file(grammar_text: str) -> str | None:
 
 
 def _make_parser() -> Lark:
-    text = resources.files("grammar").joinpath("dockerfile.lark").read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath("dockerfile.lark").read_text(encoding="utf-8")
     options = dict(parser="lalr", lexer="contextual", start=["line", "json_array"],
                    transformer=_JsonValues())
     cache = _cache_file(text)
@@ -199,7 +199,7 @@ class Parser:
     # -- driver ---------------------------------------------------------------
 
     def run(self) -> ast.Dockerfile:
-        from grammar.instructions import build_instruction
+        from lamina.grammar.instructions import build_instruction
 
         instructions: list[ast.Instruction] = []
         while (line := self.scanner.next_line()) is not None:

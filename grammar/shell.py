@@ -51,9 +51,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from grammar import shellpattern
-from grammar.errors import DockerfileError
-from grammar.goquote import go_quote as _go_quote
+from lamina.grammar import shellpattern
+from lamina.grammar.errors import DockerfileError
+from lamina.grammar.goquote import go_quote as _go_quote
 
 __all__ = ["expand", "split_words", "referenced_names"]
 

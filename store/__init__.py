@@ -5,6 +5,6 @@ manifests/configs/index, tags, the build-cache index, gc, fsck and the archive
 formats. Imports nothing else of lamina.
 """
 
-from store.errors import StoreError
+from lamina.store.errors import StoreError
 
 __all__ = ["StoreError"]

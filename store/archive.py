@@ -37,15 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, Sequence
 
-from store import compression, oci, recompress, refs
-from store.archive_tar import CHUNK, ArchivedImage, ArchivedLayer, ArchiveReader, ExportImage
-from store.blobs import BlobStore
-from store.docker_archive import MANIFEST_JSON, read_docker_archive, write_docker_archive
-from store.errors import CorruptContent, StoreError
-from store.oci_archive import INDEX_JSON, OCI_LAYOUT, read_oci_archive, write_oci_archive
+from lamina.store import compression, oci, recompress, refs
+from lamina.store.archive_tar import CHUNK, ArchivedImage, ArchivedLayer, ArchiveReader, ExportImage
+from lamina.store.blobs import BlobStore
+from lamina.store.docker_archive import MANIFEST_JSON, read_docker_archive, write_docker_archive
+from lamina.store.errors import CorruptContent, StoreError
+from lamina.store.oci_archive import INDEX_JSON, OCI_LAYOUT, read_oci_archive, write_oci_archive
 
 if TYPE_CHECKING:
-    from store.store import Image
+    from lamina.store.store import Image
 
 Format = Literal["docker", "oci"]
 FORMATS: tuple[str, ...] = ("docker", "oci")
@@ -240,7 +240,7 @@ def ingest_layer(blobs: BlobStore, reader: ArchiveReader, layer: ArchivedLayer, 
     """Stream one layer member into the blob store, checking the blob digest (when the
     manifest gives one), the compression its media type promises and the diff_id.
     Returns a store.layers.LayerBlob; appends the digest to `added` if it is new."""
-    from store.layers import LayerBlob
+    from lamina.store.layers import LayerBlob
 
     where = f"{reader.path}: layer {layer.member}"
     known = layer.digest is not None and blobs.exists(layer.digest)

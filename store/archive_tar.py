@@ -29,8 +29,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Protocol, Sequence
 
-from store import compression
-from store.errors import CorruptContent, StoreError
+from lamina.store import compression
+from lamina.store.errors import CorruptContent, StoreError
 
 BLOCK = 512
 CHUNK = 1 << 20

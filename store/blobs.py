@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from store.errors import BlobNotFound, CorruptContent, StoreError
+from lamina.store.errors import BlobNotFound, CorruptContent, StoreError
 
 _DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
 _HEX_RE = re.compile(r"[0-9a-f]{64}")

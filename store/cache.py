@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from store.db import CacheEntry
-from store.errors import StoreError
+from lamina.store.db import CacheEntry
+from lamina.store.errors import StoreError
 
 if TYPE_CHECKING:
-    from store.lease import Lease
-    from store.store import Store
+    from lamina.store.lease import Lease
+    from lamina.store.store import Store
 
 __all__ = ["BuildCache", "CacheEntry"]
 

@@ -33,7 +33,7 @@ from typing import BinaryIO, Iterator, Literal
 
 import zstandard
 
-from store.errors import CorruptContent, StoreError
+from lamina.store.errors import CorruptContent, StoreError
 
 Compression = Literal["zstd", "gzip", "none"]
 

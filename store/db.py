@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from store.errors import StoreError
+from lamina.store.errors import StoreError
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0

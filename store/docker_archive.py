@@ -32,11 +32,11 @@ import hashlib
 import json
 from typing import BinaryIO, Iterator, Sequence
 
-from store import compression, oci, refs
-from store.archive_tar import (CHUNK, ArchivedImage, ArchivedLayer, ArchiveReader, ExportImage,
+from lamina.store import compression, oci, refs
+from lamina.store.archive_tar import (CHUNK, ArchivedImage, ArchivedLayer, ArchiveReader, ExportImage,
                                LayerLike, TarWriter, sort_key)
-from store.blobs import BlobStore, check_digest
-from store.errors import CorruptContent, StoreError
+from lamina.store.blobs import BlobStore, check_digest
+from lamina.store.errors import CorruptContent, StoreError
 
 MANIFEST_JSON = "manifest.json"
 REPOSITORIES = "repositories"

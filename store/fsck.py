@@ -33,14 +33,14 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from store import oci
-from store.errors import BlobNotFound, StoreError
-from store.layercheck import LayerScan, scan_layer_blob
-from store.lease import lease_is_live
-from store.locks import remove_tree
+from lamina.store import oci
+from lamina.store.errors import BlobNotFound, StoreError
+from lamina.store.layercheck import LayerScan, scan_layer_blob
+from lamina.store.lease import lease_is_live
+from lamina.store.locks import remove_tree
 
 if TYPE_CHECKING:
-    from store.store import Store
+    from lamina.store.store import Store
 
 
 SHOWN_DIFFERENCES = 5  # paths named per damaged layer dir
@@ -196,7 +196,7 @@ def check(store: "Store", *, quick: bool = False) -> FsckReport:
 
 
 def _familiar(name: str) -> str:
-    from store import refs
+    from lamina.store import refs
     try:
         return refs.familiar(name)
     except StoreError:

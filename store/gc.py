@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from store.layerdirs import walk
-from store.lease import lease_is_live
-from store.locks import clean_stale_temp, remove_tree
+from lamina.store.layerdirs import walk
+from lamina.store.lease import lease_is_live
+from lamina.store.locks import clean_stale_temp, remove_tree
 
 if TYPE_CHECKING:
-    from store.store import Store
+    from lamina.store.store import Store
 
 
 @dataclass

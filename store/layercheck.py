@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from store.blobs import BlobStore
-from store.compression import open_decompressed
-from store.errors import StoreError
-from store.layers import HashingReader
-from store.tarextract import normalise
-from store.tarwrite import SKIPPED_XATTR_PREFIXES, SKIPPED_XATTRS, layer_xattrs
-from store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,
+from lamina.store.blobs import BlobStore
+from lamina.store.compression import open_decompressed
+from lamina.store.errors import StoreError
+from lamina.store.layers import HashingReader
+from lamina.store.tarextract import normalise
+from lamina.store.tarwrite import SKIPPED_XATTR_PREFIXES, SKIPPED_XATTRS, layer_xattrs
+from lamina.store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,
                              Entry, TarReader)
 
 WHITEOUT_PREFIX = b".wh."

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from store.db import Database
-from store.errors import StoreError
-from store.layers import extract_layer
-from store.locks import flocked, remove_tree
+from lamina.store.db import Database
+from lamina.store.errors import StoreError
+from lamina.store.layers import extract_layer
+from lamina.store.locks import flocked, remove_tree
 
 if TYPE_CHECKING:
-    from store.store import Store
+    from lamina.store.store import Store
 
 HASH_CHUNK = 1 << 20
 NAME_LENGTHS = (12, 16, 24, 32, 64)

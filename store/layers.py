@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from store.blobs import BlobStore, check_digest
-from store.compression import (Compression, PrefixedReader, compress_stream, detect,
+from lamina.store.blobs import BlobStore, check_digest
+from lamina.store.compression import (Compression, PrefixedReader, compress_stream, detect,
                                kind_for_media_type, media_type_for, open_decompressed)
-from store.errors import CorruptContent
-from store.tarextract import extract_tar
-from store.tarwrite import TarMirror, write_tar
+from lamina.store.errors import CorruptContent
+from lamina.store.tarextract import extract_tar
+from lamina.store.tarwrite import TarMirror, write_tar
 
 DEFAULT_COMPRESSION: Compression = "zstd"
 MEASUREMENT = """\

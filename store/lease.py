@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from store.db import LEASE_KINDS
-from store.errors import StoreError
-from store.locks import is_locked, pid_alive, try_lock
+from lamina.store.db import LEASE_KINDS
+from lamina.store.errors import StoreError
+from lamina.store.locks import is_locked, pid_alive, try_lock
 
 if TYPE_CHECKING:
-    from store.store import Store
+    from lamina.store.store import Store
 
 
 class Lease:

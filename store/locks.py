@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from store.errors import StoreError
+from lamina.store.errors import StoreError
 
 OWNER_PREFIX = "p"
 OWNER_SUFFIX = ".owner"
@@ -266,7 +266,7 @@ def remove_tree(path: Path) -> None:
     try:
         shutil.rmtree(path, onerror=onerror)
     except RecursionError:  # nested deeper than Python's recursion limit (a hostile layer)
-        from store.tarextract import remove_tree as remove_tree_iteratively
+        from lamina.store.tarextract import remove_tree as remove_tree_iteratively
         parent = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             remove_tree_iteratively(parent, os.path.basename(os.path.abspath(path)))

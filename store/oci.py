@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
-from store.errors import CorruptContent
+from lamina.store.errors import CorruptContent
 
 # -- media types -------------------------------------------------------------------
 

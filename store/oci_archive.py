@@ -26,11 +26,11 @@ import hashlib
 import json
 from typing import Any, BinaryIO, Mapping, Sequence
 
-from store import oci, refs
-from store.archive_tar import (CHUNK, ArchivedImage, ArchivedLayer, ArchiveReader, ExportImage,
+from lamina.store import oci, refs
+from lamina.store.archive_tar import (CHUNK, ArchivedImage, ArchivedLayer, ArchiveReader, ExportImage,
                                TarWriter, sort_key)
-from store.blobs import BlobStore, check_digest
-from store.errors import CorruptContent, StoreError
+from lamina.store.blobs import BlobStore, check_digest
+from lamina.store.errors import CorruptContent, StoreError
 
 OCI_LAYOUT = "oci-layout"
 INDEX_JSON = "index.json"

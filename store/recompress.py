@@ -44,14 +44,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
-from store import compression, oci
-from store.archive_tar import CHUNK, ExportImage
-from store.blobs import sha256_digest
-from store.errors import BlobNotFound, CorruptContent, StoreError
-from store.layers import HashingReader, LayerBlob
+from lamina.store import compression, oci
+from lamina.store.archive_tar import CHUNK, ExportImage
+from lamina.store.blobs import sha256_digest
+from lamina.store.errors import BlobNotFound, CorruptContent, StoreError
+from lamina.store.layers import HashingReader, LayerBlob
 
 if TYPE_CHECKING:
-    from store.store import Store
+    from lamina.store.store import Store
 
 ExportCompression = Literal["gzip", "zstd"]
 EXPORT_COMPRESSIONS: tuple[str, ...] = ("gzip", "zstd")

@@ -11,20 +11,20 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Mapping
 
-from store import oci, refs
-from store.compression import PrefixedReader, open_decompressed
-from store.errors import CorruptContent, StoreError
-from store.layers import DEFAULT_COMPRESSION, extract_as_layer
-from store.locks import remove_tree
+from lamina.store import oci, refs
+from lamina.store.compression import PrefixedReader, open_decompressed
+from lamina.store.errors import CorruptContent, StoreError
+from lamina.store.layers import DEFAULT_COMPRESSION, extract_as_layer
+from lamina.store.locks import remove_tree
 
 if TYPE_CHECKING:
-    from store.store import Image, Store
+    from lamina.store.store import Image, Store
 
 
 def import_rootfs(store: "Store", tarball: Path, ref: str | None, *,
                   changes: Mapping[str, Any] | None = None, message: str | None = None,
                   compression: str = DEFAULT_COMPRESSION, source_date_epoch: int | None = None) -> "Image":
-    from store.store import source_date_epoch as sde_in_force
+    from lamina.store.store import source_date_epoch as sde_in_force
     parsed = [refs.parse_tag(ref)] if ref else []  # a bad name fails before any work
     sde = sde_in_force(source_date_epoch)
     created = oci.format_time(sde if sde is not None else time.time())

@@ -38,17 +38,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from store import oci, refs
-from store.blobs import BlobStore, sha256_digest
-from store.cache import BuildCache, CacheEntry
-from store.compression import media_type_for
-from store.db import Database
-from store.errors import BlobNotFound, CorruptContent, ImageNotFound, StoreError
-from store.layerdirs import make_layer_dir
-from store.layers import DEFAULT_COMPRESSION, LayerBlob, write_layer
-from store.lease import Lease
-from store.locks import GcLock, Owner, clean_stale_temp
-from store.rootfs import import_rootfs
+from lamina.store import oci, refs
+from lamina.store.blobs import BlobStore, sha256_digest
+from lamina.store.cache import BuildCache, CacheEntry
+from lamina.store.compression import media_type_for
+from lamina.store.db import Database
+from lamina.store.errors import BlobNotFound, CorruptContent, ImageNotFound, StoreError
+from lamina.store.layerdirs import make_layer_dir
+from lamina.store.layers import DEFAULT_COMPRESSION, LayerBlob, write_layer
+from lamina.store.lease import Lease
+from lamina.store.locks import GcLock, Owner, clean_stale_temp
+from lamina.store.rootfs import import_rootfs
 
 __all__ = ["Store", "Image", "ImageSummary", "HistoryEntry", "CacheEntry", "LayerBlob"]
 
@@ -535,7 +535,7 @@ class Store:
     # -- maintenance -------------------------------------------------------------------
 
     def gc(self, *, cache_max_age: timedelta | None = None, cache_max_bytes: int | None = None):
-        from store.gc import collect
+        from lamina.store.gc import collect
         return collect(self, cache_max_age=cache_max_age, cache_max_bytes=cache_max_bytes)
 
     def fsck(self, *, quick: bool = False, repair: bool = False, deep: bool | None = None):
@@ -543,7 +543,7 @@ class Store:
         layer blob's diff_id and every extracted layer dir against its layer; `quick`:
         blobs and references only. `repair` then removes damaged layer dirs (they are
         re-extracted on next use). `deep` is the old spelling: deep=False means quick."""
-        from store.fsck import check, repair as repair_dirs
+        from lamina.store.fsck import check, repair as repair_dirs
         if deep is not None:
             quick = not deep
         rep = check(self, quick=quick)
@@ -552,7 +552,7 @@ class Store:
         return rep
 
     def du(self):
-        from store.usage import usage
+        from lamina.store.usage import usage
         return usage(self)
 
 

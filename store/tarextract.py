@@ -32,8 +32,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from store.errors import CorruptContent, StoreError, UnsafeArchive
-from store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,
+from lamina.store.errors import CorruptContent, StoreError, UnsafeArchive
+from lamina.store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,
                              Entry, TarReader)
 
 WHITEOUT_PREFIX = b".wh."

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
-from store.errors import CorruptContent
+from lamina.store.errors import CorruptContent
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)

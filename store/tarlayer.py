@@ -4,8 +4,8 @@ lower form, extracted safely). The byte format itself is store.tarformat."""
 
 from __future__ import annotations
 
-from store.tarextract import extract_tar, normalise
-from store.tarformat import Entry, TarReader
-from store.tarwrite import write_tar
+from lamina.store.tarextract import extract_tar, normalise
+from lamina.store.tarformat import Entry, TarReader
+from lamina.store.tarwrite import write_tar
 
 __all__ = ["write_tar", "extract_tar", "normalise", "Entry", "TarReader"]

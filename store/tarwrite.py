@@ -29,9 +29,9 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from store.errors import StoreError
-from store.tarextract import normalise
-from store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, END_OF_ARCHIVE, FIFOTYPE, LNKTYPE,
+from lamina.store.errors import StoreError
+from lamina.store.tarextract import normalise
+from lamina.store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, END_OF_ARCHIVE, FIFOTYPE, LNKTYPE,
                              REGTYPE, SYMTYPE, Entry, encode_entry, padding)
 
 WHITEOUT_PREFIX = b".wh."

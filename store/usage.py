@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from store.store import Store
+    from lamina.store.store import Store
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def pytest_sessionfinish(session, exitstatus):
         return
     from pathlib import Path
 
-    from store.locks import remove_tree
+    from lamina.store.locks import remove_tree
 
     basetemp = Path(basetemp)
     doomed = [basetemp]

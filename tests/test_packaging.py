@@ -53,6 +53,34 @@ def test_installed_copy_reports_syntax_errors(installed: Path, tmp_path: Path) -
     assert "Dockerfile:2" in proc.stderr
     assert "--bogus" in proc.stderr
     # the installed package, not this checkout, did the work
-    where = subprocess.run([str(installed / "bin" / "python"), "-c", "import grammar; print(grammar.__file__)"],
+    where = subprocess.run([str(installed / "bin" / "python"), "-c", "import lamina.grammar; print(lamina.grammar.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path).stdout
     assert str(installed) in where
+
+
+def test_one_top_level_name(installed: Path, tmp_path: Path) -> None:
+    """The wheel puts only `lamina` on sys.path: grammar/store/builder are names other
+    distributions install, and `python -m lamina` runs the CLI."""
+    site = subprocess.run([str(installed / "bin" / "python"), "-c",
+                           "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for name in ("grammar", "store", "builder"):
+        assert not (Path(site) / name).exists(), f"{name} installed at the top level"
+        proc = subprocess.run([str(installed / "bin" / "python"), "-c", f"import {name}"],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode != 0, f"`import {name}` works: a top-level name leaked"
+    proc = subprocess.run([str(installed / "bin" / "python"), "-m", "lamina", "--help"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "build" in proc.stdout
+
+
+def test_every_package_is_listed() -> None:
+    """pyproject lists packages by hand (the folders are mapped under `lamina.`): a new
+    subpackage that is not listed would be missing from the wheel."""
+    import tomllib
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"lamina"} | {"lamina." + ".".join(p.parent.relative_to(REPO).parts)
+                          for top in ("grammar", "store", "builder")
+                          for p in (REPO / top).rglob("__init__.py")}
+    assert found == listed

@@ -10,18 +10,12 @@ import traceback
 
 import click
 
-from grammar import DockerfileError
-from store import StoreError
-from builder.errors import BuildError
-from builder.cli.app import cli
-from builder.cli import build as _build  # noqa: F401  (registers `build`)
-
-for _module in ("images", "archive", "maintenance", "run"):
-    try:  # command modules land one by one
-        __import__(f"builder.cli.{_module}")
-    except ModuleNotFoundError as _e:  # pragma: no cover
-        if _e.name != f"builder.cli.{_module}":
-            raise
+from lamina.grammar import DockerfileError
+from lamina.store import StoreError
+from lamina.builder.errors import BuildError
+from lamina.builder.cli.app import cli
+# each command module registers its commands on `cli` when imported
+from lamina.builder.cli import archive, build, images, maintenance, run  # noqa: F401
 
 # exit codes: 1 user/build error, 2 usage (click), 130 interrupted
 EXIT_ERROR = 1

@@ -1,7 +1,7 @@
-"""`python -m builder.cli` runs the lamina CLI."""
+"""`python -m lamina.builder.cli` runs the lamina CLI (as `python -m lamina` does)."""
 
 import sys
 
-from builder.cli import main
+from lamina.builder.cli import main
 
 sys.exit(main())

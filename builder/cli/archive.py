@@ -10,12 +10,12 @@ from pathlib import Path
 
 import click
 
-from builder.cli.app import Globals, cli
-from store import StoreError
+from lamina.builder.cli.app import Globals, cli
+from lamina.store import StoreError
 
 
 def _open_store(g: Globals):
-    from store.store import Store
+    from lamina.store.store import Store
 
     return Store(g.root)
 
@@ -36,7 +36,7 @@ def _open_store(g: Globals):
 @click.pass_obj
 def save(g: Globals, refs: tuple[str, ...], output: str | None, fmt: str, compression: str | None) -> None:
     """Save one or more images to a tar archive."""
-    from store.archive import save as save_archive
+    from lamina.store.archive import save as save_archive
 
     if compression is not None and fmt != "oci":
         raise click.UsageError("--compression applies to --format oci only "
@@ -58,8 +58,8 @@ def save(g: Globals, refs: tuple[str, ...], output: str | None, fmt: str, compre
 @click.pass_obj
 def load(g: Globals, input_: str | None, quiet: bool) -> None:
     """Load images from a tar archive (from lamina save, docker save, podman save or skopeo)."""
-    from store import refs as refnames
-    from store.archive import load as load_archive, load_stream
+    from lamina.store import refs as refnames
+    from lamina.store.archive import load as load_archive, load_stream
 
     store = _open_store(g)
     if input_ is None or input_ == "-":

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from builder.cli.app import Globals, cli
-from builder.errors import BuildError
+from lamina.builder.cli.app import Globals, cli
+from lamina.builder.errors import BuildError
 
 
 @cli.command()
@@ -36,10 +36,10 @@ from builder.errors import BuildError
 def build(g: Globals, tags, dockerfile, build_args, target, no_cache, network, progress, secrets,
           iidfile, outputs, allow, cache_from, cache_to, context: Path) -> None:
     """Build an image from a Dockerfile and a context directory."""
-    from builder.executor import Build, BuildOptions
-    from builder.outputs import parse_output, write_output
-    from builder.progress import make_progress
-    from store.store import Store
+    from lamina.builder.executor import Build, BuildOptions
+    from lamina.builder.outputs import parse_output, write_output
+    from lamina.builder.progress import make_progress
+    from lamina.store.store import Store
 
     if cache_from or cache_to:
         raise BuildError("--cache-from/--cache-to need a registry, which lamina cannot reach yet")

@@ -13,11 +13,11 @@ from typing import Any
 
 import click
 
-from builder.cli.app import Globals, cli
-from builder.cli.units import human_size, since, table
-from store import oci, refs
-from store.errors import ImageNotFound, StoreError
-from store.store import Store
+from lamina.builder.cli.app import Globals, cli
+from lamina.builder.cli.units import human_size, since, table
+from lamina.store import oci, refs
+from lamina.store.errors import ImageNotFound, StoreError
+from lamina.store.store import Store
 
 
 def open_store(g: Globals) -> Store:

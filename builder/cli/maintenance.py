@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import click
 
-from builder.cli.app import Globals, cli
-from builder.cli.images import open_store
-from builder.cli.units import human_size, parse_duration, parse_size, table
-from store.errors import StoreError
+from lamina.builder.cli.app import Globals, cli
+from lamina.builder.cli.images import open_store
+from lamina.builder.cli.units import human_size, parse_duration, parse_size, table
+from lamina.store.errors import StoreError
 
 
 def _gc_lines(report) -> list[str]:

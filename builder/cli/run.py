@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from builder.cli.app import Globals, cli
+from lamina.builder.cli.app import Globals, cli
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -21,8 +21,8 @@ from builder.cli.app import Globals, cli
 @click.pass_obj
 def run(g: Globals, rm: bool, network: str, env, user, workdir, ref: str, command) -> None:
     """Run REF's command (Entrypoint + Cmd, or Entrypoint + COMMAND) and discard its writes."""
-    from builder.runimage import run_image
-    from store.store import Store
+    from lamina.builder.runimage import run_image
+    from lamina.store.store import Store
 
     def out(data: bytes) -> None:
         sys.stdout.buffer.write(data)

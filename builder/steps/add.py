@@ -72,18 +72,18 @@ import shutil
 import stat
 from typing import BinaryIO
 
-from builder.copysrc import CopySelection, SelectedEntry, SelectedSource
-from builder.errors import BuildError
-from builder.rootpath import DirSpec, RootDir, RootPathError
-from builder.steps.chmod import ChmodSpec, parse_chmod
-from builder.steps.copy import CopyStats, copy_selection, dest_info
-from builder.steps.git import (FetchedGit, GitIdentity, GitSource, add_git, fetch_git,
+from lamina.builder.copysrc import CopySelection, SelectedEntry, SelectedSource
+from lamina.builder.errors import BuildError
+from lamina.builder.rootpath import DirSpec, RootDir, RootPathError
+from lamina.builder.steps.chmod import ChmodSpec, parse_chmod
+from lamina.builder.steps.copy import CopyStats, copy_selection, dest_info
+from lamina.builder.steps.git import (FetchedGit, GitIdentity, GitSource, add_git, fetch_git,
                                fetch_identified_git, identify_git, parse_git_source)
-from builder.steps.url import (URL_FILE_MODE, FetchedURL, URLIdentity, fetch_identified,
+from lamina.builder.steps.url import (URL_FILE_MODE, FetchedURL, URLIdentity, fetch_identified,
                                fetch_url, identify_url, is_url_source, url_filename)
-from store.compression import open_decompressed
-from store.errors import StoreError
-from store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,
+from lamina.store.compression import open_decompressed
+from lamina.store.errors import StoreError
+from lamina.store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,
                              Entry, TarReader)
 
 __all__ = ["FetchedGit", "FetchedURL", "GitIdentity", "GitSource", "URLIdentity",

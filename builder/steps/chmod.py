@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from builder.errors import BuildError
+from lamina.builder.errors import BuildError
 
 __all__ = ["ChmodSpec", "parse_chmod", "UMASK"]
 

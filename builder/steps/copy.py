@@ -64,11 +64,11 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from builder.copysrc import CopyAction, CopySelection, SelectedEntry, plan_copy
-from builder.dockerignore import go_clean
-from builder.errors import BuildError
-from builder.rootpath import DirSpec, RootDir, RootPathError
-from builder.steps.chmod import ChmodSpec, parse_chmod
+from lamina.builder.copysrc import CopyAction, CopySelection, SelectedEntry, plan_copy
+from lamina.builder.dockerignore import go_clean
+from lamina.builder.errors import BuildError
+from lamina.builder.rootpath import DirSpec, RootDir, RootPathError
+from lamina.builder.steps.chmod import ChmodSpec, parse_chmod
 
 __all__ = ["CopyStats", "DestInfo", "HeredocSource", "HEREDOC_MODE", "copy_into_root",
            "copy_selection", "copy_xattrs", "dest_info"]

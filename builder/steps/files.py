@@ -21,18 +21,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from builder.context import SourceTree
-from builder.copysrc import CopySelection, select_sources
-from builder.errors import BuildError
-from builder.rootpath import mkdir_p_in_root, read_file_in_root
-from builder.resolved import ResolvedCopy, ResolvedWorkdir
-from builder.steps.add import (
+from lamina.builder.context import SourceTree
+from lamina.builder.copysrc import CopySelection, select_sources
+from lamina.builder.errors import BuildError
+from lamina.builder.rootpath import mkdir_p_in_root, read_file_in_root
+from lamina.builder.resolved import ResolvedCopy, ResolvedWorkdir
+from lamina.builder.steps.add import (
     FetchedGit, FetchedURL, GitIdentity, GitSource, URLIdentity, add_git, add_local, add_url,
     fetch_identified, fetch_identified_git, identify_git, identify_url, is_url_source,
     parse_git_source,
 )
-from builder.steps.copy import HeredocSource, copy_selection
-from builder.users import resolve_user
+from lamina.builder.steps.copy import HeredocSource, copy_selection
+from lamina.builder.users import resolve_user
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,12 @@ import urllib.parse
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from builder.context import SourceTree
-from builder.copysrc import select_sources
-from builder.errors import BuildError
-from builder.linux import set_pdeathsig
-from builder.steps.chmod import ChmodSpec
-from builder.steps.copy import CopyStats, copy_selection
+from lamina.builder.context import SourceTree
+from lamina.builder.copysrc import select_sources
+from lamina.builder.errors import BuildError
+from lamina.builder.linux import set_pdeathsig
+from lamina.builder.steps.chmod import ChmodSpec
+from lamina.builder.steps.copy import CopyStats, copy_selection
 
 __all__ = ["FetchedGit", "GitIdentity", "GitSource", "add_git", "fetch_git",
            "fetch_identified_git", "identify_git", "parse_git_source"]

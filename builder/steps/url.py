@@ -43,7 +43,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from builder.errors import BuildError
+from lamina.builder.errors import BuildError
 
 __all__ = ["FetchedURL", "URLIdentity", "URLRecord", "URL_FILE_MODE", "fetch_identified",
            "fetch_url", "identify_url", "is_url_source", "load_record", "url_filename"]

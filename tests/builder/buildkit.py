@@ -147,7 +147,7 @@ class BuildRun:
 
 def lamina(root: Path, *args: str) -> BuildRun:
     """Run `lamina --root ROOT ARGS` in-process; never raises for a failing command."""
-    from builder.cli import main
+    from lamina.builder.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -176,15 +176,15 @@ def make_base(root: Path, workdir: Path, ref: str = BASE_REF) -> str:
 
 
 def image_config(root: Path, ref: str) -> dict:
-    from store.store import Store
+    from lamina.store.store import Store
 
     with Store(root) as store:
         return json.loads(json.dumps(store.resolve(ref).config))
 
 
 def has_image(root: Path, ref: str) -> bool:
-    from store.errors import ImageNotFound
-    from store.store import Store
+    from lamina.store.errors import ImageNotFound
+    from lamina.store.store import Store
 
     with Store(root) as store:
         try:
@@ -236,4 +236,4 @@ def python_env() -> dict[str, str]:
 
 
 def lamina_argv(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "builder.cli", "--root", str(root), *[str(a) for a in args]]
+    return [sys.executable, "-m", "lamina", "--root", str(root), *[str(a) for a in args]]

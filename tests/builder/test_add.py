@@ -22,14 +22,14 @@ import pytest
 from tests.conftest import require_tool
 import zstandard
 
-from builder.context import BuildContext, StatCache
-from builder.copysrc import select_sources
-from builder.dockerignore import IgnoreRules
-from builder.errors import BuildError
-from builder.steps.add import (add_git, add_local, add_url, extract_archive, fetch_git,
+from lamina.builder.context import BuildContext, StatCache
+from lamina.builder.copysrc import select_sources
+from lamina.builder.dockerignore import IgnoreRules
+from lamina.builder.errors import BuildError
+from lamina.builder.steps.add import (add_git, add_local, add_url, extract_archive, fetch_git,
                                fetch_identified, fetch_identified_git, fetch_url, identify_git,
                                identify_url, is_archive, parse_git_source, url_filename)
-from builder.steps.url import URLIdentity, load_record
+from lamina.builder.steps.url import URLIdentity, load_record
 
 
 def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from store.locks import remove_tree
+from lamina.store.locks import remove_tree
 from tests.builder.buildkit import build, build_rootfs, make_base, make_context
 
 pytestmark = pytest.mark.root

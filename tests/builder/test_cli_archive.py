@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from store import oci
-from store.store import Store
+from lamina.store import oci
+from lamina.store.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCH = "1970-01-01T00:00:00Z"
 
 
 def lamina(root: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder.cli", "--root", str(root), *args],
+    return subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), *args],
                           cwd=REPO, input=stdin, capture_output=True, timeout=120)
 
 
@@ -128,8 +128,8 @@ def test_compression_with_docker_format_is_one_clear_error(src, tmp_path):
 
 
 def test_build_output_parses_compression():
-    from builder.errors import BuildError
-    from builder.outputs import parse_output
+    from lamina.builder.errors import BuildError
+    from lamina.builder.outputs import parse_output
 
     assert parse_output("type=oci,dest=a.tar").compression is None
     assert parse_output("type=oci,dest=a.tar,compression=zstd").compression == "zstd"

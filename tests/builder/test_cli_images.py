@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.cli import main
-from builder.cli.units import human_duration, human_size, parse_duration, parse_size
-from store.errors import StoreError
+from lamina.builder.cli import main
+from lamina.builder.cli.units import human_duration, human_size, parse_duration, parse_size
+from lamina.store.errors import StoreError
 from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def run(capsys, root: Path, *args: str) -> tuple[int, str, str]:
 
 
 def sub(root: Path, *args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder.cli", "--root", str(root), *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), *args], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
@@ -140,7 +140,7 @@ def test_import_with_changes_and_stdin(capsys, root, busybox_tar, monkeypatch):
                               "ExposedPorts": {"80/tcp": {}}, "WorkingDir": "/srv", "Labels": {"a": "b"}}
     assert info["Comment"] == "my message"
     with open(busybox_tar, "rb") as f:
-        p = subprocess.run([sys.executable, "-m", "builder.cli", "--root", str(root), "import", "-", "stdin:1"],
+        p = subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), "import", "-", "stdin:1"],
                            stdin=f, cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert json.loads(sub(root, "inspect", "stdin:1").stdout)[0]["Comment"] == "Imported from -"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import click
 import pytest
 
-from builder.cli import EXIT_INTERNAL, main
-from builder.cli.app import cli
-from builder.errors import BuildError
+from lamina.builder.cli import EXIT_INTERNAL, main
+from lamina.builder.cli.app import cli
+from lamina.builder.errors import BuildError
 
 
 @pytest.fixture

@@ -8,15 +8,15 @@ import sys
 
 import pytest
 
-from builder.runimage import image_command
-from builder.errors import BuildError
+from lamina.builder.runimage import image_command
+from lamina.builder.errors import BuildError
 from tests.builder.buildkit import REPO, build, make_context
 
 pytestmark = pytest.mark.root
 
 
 def lamina(root, *args):
-    return subprocess.run([sys.executable, "-m", "builder.cli", "--root", str(root), *args],
+    return subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), *args],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
 
 

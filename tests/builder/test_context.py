@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from builder.context import BuildContext, SourceTree, StatCache
-from builder.dockerignore import IgnoreRules
-from builder.errors import BuildError
+from lamina.builder.context import BuildContext, SourceTree, StatCache
+from lamina.builder.dockerignore import IgnoreRules
+from lamina.builder.errors import BuildError
 
 SETTLE = 0.12  # > StatCache's default racy window (50 ms): entries become trustworthy
 

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder.context import BuildContext, SourceTree, StatCache
-from builder.copysrc import content_key, plan_copy, resolve_in_tree, select_sources
-from builder.dockerignore import IgnoreRules
-from builder.errors import BuildError
+from lamina.builder.context import BuildContext, SourceTree, StatCache
+from lamina.builder.copysrc import content_key, plan_copy, resolve_in_tree, select_sources
+from lamina.builder.dockerignore import IgnoreRules
+from lamina.builder.errors import BuildError
 
 
 def make_tree(root, files):

@@ -100,7 +100,7 @@ class Builders:
     buildah_base: list[str]
 
     def lamina(self, ctx: Path, dockerfile: Path, out: Path, args: dict, target: str | None):
-        cmd = [sys.executable, "-m", "builder.cli", "--root", str(self.lamina_root), "build",
+        cmd = [sys.executable, "-m", "lamina", "--root", str(self.lamina_root), "build",
                "--progress", "plain", "-f", str(dockerfile), "--output", f"type=docker,dest={out}"]
         cmd += [f"--build-arg={k}={v}" for k, v in args.items()]
         cmd += ["--target", target] if target else []
@@ -152,7 +152,7 @@ def builders(tmp_path_factory, busybox_path) -> Builders:
     b = Builders(tmp, tmp / "lamina", [buildah, "--root", str(tmp / "buildah"), "--runroot",
                                        str(tmp / "buildah-run"), "--storage-driver", "vfs"])
     tar = _base_rootfs(tmp, busybox_path)
-    subprocess.run([sys.executable, "-m", "builder.cli", "--root", str(b.lamina_root), "import",
+    subprocess.run([sys.executable, "-m", "lamina", "--root", str(b.lamina_root), "import",
                     str(tar), BASE_REF], cwd=REPO, check=True, capture_output=True, timeout=120)
     ctr = subprocess.run(b.buildah_base + ["from", "scratch"], check=True, capture_output=True,
                          text=True, timeout=60).stdout.strip()

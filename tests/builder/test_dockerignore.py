@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builder.dockerignore import (GlobPattern, IgnoreRules, PatternError, go_clean,
+from lamina.builder.dockerignore import (GlobPattern, IgnoreRules, PatternError, go_clean,
                                   go_trim_space, load_ignore_rules)
-from builder.errors import BuildError
+from lamina.builder.errors import BuildError
 
 # -- file format (ignorefile.ReadAll) -------------------------------------------------
 

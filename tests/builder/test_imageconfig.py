@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder.errors import BuildError
-from builder.imageconfig import (
+from lamina.builder.errors import BuildError
+from lamina.builder.imageconfig import (
     DEFAULT_PATH, HistoryEntry, ImageConfig, ImageState, apply, check_signal, created_by,
     go_duration, go_quote, history_entry, normalize_workdir, parse_go_duration,
     parse_healthcheck_interval, parse_port_spec, parse_port_specs,
 )
-from builder.resolved import (
+from lamina.builder.resolved import (
     Healthcheck, InlineFile, ResolvedArg, ResolvedCmd, ResolvedCopy, ResolvedEntrypoint,
     ResolvedEnv, ResolvedExpose, ResolvedHealthcheck, ResolvedLabel, ResolvedMaintainer,
     ResolvedOnbuild, ResolvedRun, ResolvedShell, ResolvedStopsignal, ResolvedUser,

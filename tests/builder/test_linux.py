@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import linux, overlay
-from builder.errors import SandboxError
+from lamina.builder import linux, overlay
+from lamina.builder.errors import SandboxError
 
 
 def in_child(fn, *, flags: int = linux.CLONE_NEWNS):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import BuildError
-from builder.mountedroot import in_mounted_root
+from lamina.builder.errors import BuildError
+from lamina.builder.mountedroot import in_mounted_root
 
 pytestmark = pytest.mark.root
 

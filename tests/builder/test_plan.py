@@ -10,14 +10,14 @@ import re
 
 import pytest
 
-from builder.cachekey import explain_miss, parent_scratch
-from builder.errors import BuildError
-from builder.imageconfig import ImageConfig
-from builder.plan import BaseImage, expand_onbuild, plan_all, plan_build, plan_stage
-from builder.resolved import (
+from lamina.builder.cachekey import explain_miss, parent_scratch
+from lamina.builder.errors import BuildError
+from lamina.builder.imageconfig import ImageConfig
+from lamina.builder.plan import BaseImage, expand_onbuild, plan_all, plan_build, plan_stage
+from lamina.builder.resolved import (
     Platform, ResolvedCopy, ResolvedRun, ResolvedUser,
 )
-from grammar import parse
+from lamina.grammar import parse
 
 HOST = Platform("linux", "amd64")
 

@@ -7,7 +7,7 @@ import io
 import json
 import time
 
-from builder.progress import JsonProgress, PlainProgress, StepLabel, TtyProgress, make_progress, TAIL_LINES
+from lamina.builder.progress import JsonProgress, PlainProgress, StepLabel, TtyProgress, make_progress, TAIL_LINES
 
 STEP = StepLabel(number=3, stage="build", index=2, total=5, text="RUN make")
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builder.errors import BuildError
-from builder.rootpath import (DirSpec, RootDir, RootPathError, clean_image_path, is_dir_in_root,
+from lamina.builder.errors import BuildError
+from lamina.builder.rootpath import (DirSpec, RootDir, RootPathError, clean_image_path, is_dir_in_root,
                               lstat_in_root, mkdir_p_in_root, read_file_in_root,
                               resolve_in_root)
 

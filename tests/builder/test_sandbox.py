@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import sandbox
-from builder.errors import SandboxError
+from lamina.builder import sandbox
+from lamina.builder.errors import SandboxError
 from tests.builder.conftest import DEFAULT_ENV
 
 pytestmark = pytest.mark.root

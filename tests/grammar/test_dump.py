@@ -12,8 +12,8 @@ import ast as pyast
 from hypothesis import given, settings, strategies as st
 import pytest
 
-from grammar import dump, parse
-from grammar.dump import go_quote
+from lamina.grammar import dump, parse
+from lamina.grammar.dump import go_quote
 
 
 @pytest.mark.parametrize("value, quoted", [

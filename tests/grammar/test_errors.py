@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from grammar import DockerfileError, parse
+from lamina.grammar import DockerfileError, parse
 
 
 def error(text: str, path: str = "Dockerfile") -> DockerfileError:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from grammar import DockerfileError, parse
-from grammar import ast
+from lamina.grammar import DockerfileError, parse
+from lamina.grammar import ast
 
 
 def only(text: str) -> ast.Instruction:

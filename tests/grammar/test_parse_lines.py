@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from grammar import DockerfileError, dump, parse
-from grammar import ast
+from lamina.grammar import DockerfileError, dump, parse
+from lamina.grammar import ast
 
 
 # -- directives ---------------------------------------------------------------

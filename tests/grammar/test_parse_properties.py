@@ -12,9 +12,9 @@ import json
 
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from grammar import DockerfileError, dump, parse
-from grammar import ast
-from grammar.dump import go_quote
+from lamina.grammar import DockerfileError, dump, parse
+from lamina.grammar import ast
+from lamina.grammar.dump import go_quote
 
 SETTINGS = settings(max_examples=int(__import__("os").environ.get("GRAMMAR_EXAMPLES", "250")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-import grammar
-from grammar import DockerfileError
-from grammar.shell import expand, referenced_names, split_words
+from lamina import grammar
+from lamina.grammar import DockerfileError
+from lamina.grammar.shell import expand, referenced_names, split_words
 
 # the environment of BuildKit's envVarTest
 ENV = {"PWD": "/home", "SHELL": "bash", "KOREAN": "한국어", "NULL": ""}

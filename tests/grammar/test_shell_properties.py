@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grammar import DockerfileError
-from grammar.shell import expand, referenced_names, split_words
+from lamina.grammar import DockerfileError
+from lamina.grammar.shell import expand, referenced_names, split_words
 
 SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

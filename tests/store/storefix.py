@@ -57,7 +57,7 @@ def make_tar(src: Path, out: Path, compression: str = "none") -> Path:
 
 
 def lamina_cmd(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "builder.cli", "--root", str(root), *args]
+    return [sys.executable, "-m", "lamina", "--root", str(root), *args]
 
 
 def lamina(root: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -18,14 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store import oci
-from store.archive import (detect_format, export_images, ingest_layer, load, read_images, save,
+from lamina.store import oci
+from lamina.store.archive import (detect_format, export_images, ingest_layer, load, read_images, save,
                            write_archive)
-from store.archive_tar import ArchivedLayer, ArchiveReader, ExportImage, TarWriter
-from store.blobs import BlobStore
-from store.docker_archive import chain_ids, v1_ids
-from store.errors import CorruptContent, StoreError
-from store.layers import LayerBlob, write_layer
+from lamina.store.archive_tar import ArchivedLayer, ArchiveReader, ExportImage, TarWriter
+from lamina.store.blobs import BlobStore
+from lamina.store.docker_archive import chain_ids, v1_ids
+from lamina.store.errors import CorruptContent, StoreError
+from lamina.store.layers import LayerBlob, write_layer
 
 EPOCH = "1970-01-01T00:00:00Z"
 
@@ -301,7 +301,7 @@ def test_ingest_checks_diff_id_and_keeps_store_clean(image, blobs, tmp_path):
 
 # -- through the Store -------------------------------------------------------------
 
-from store.store import Store  # noqa: E402
+from lamina.store.store import Store  # noqa: E402
 
 
 def store_state(store: Store) -> tuple:
@@ -532,7 +532,7 @@ def test_docker25_style_archive_loads_as_oci_or_via_manifest_json(src_store, tmp
     layer_tars = []
     for l in img.layers:
         with src_store.blobs.open(l.digest) as f:
-            from store.compression import open_decompressed
+            from lamina.store.compression import open_decompressed
             data = open_decompressed(f).read()
         ms["blobs/sha256/" + sha(data).split(":")[1]] = data
         layer_tars.append("blobs/sha256/" + sha(data).split(":")[1])

@@ -14,10 +14,10 @@ import tarfile
 import pytest
 import zstandard
 
-from store import compression, oci, recompress
-from store.archive import load, save
-from store.errors import CorruptContent, StoreError
-from store.store import Store
+from lamina.store import compression, oci, recompress
+from lamina.store.archive import load, save
+from lamina.store.errors import CorruptContent, StoreError
+from lamina.store.store import Store
 from tests.store.test_archive import committed, member_bytes, sha
 
 LAYERS = [{"bin/tool": b"\x7fELF" + random.Random(0).randbytes(3000), "etc/motd": b"hi\n" * 200},

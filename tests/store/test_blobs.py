@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from store.blobs import BlobStore
-from store.errors import BlobNotFound, CorruptContent, StoreError
+from lamina.store.blobs import BlobStore
+from lamina.store.errors import BlobNotFound, CorruptContent, StoreError
 
 
 def sha(data: bytes) -> str:

@@ -13,13 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from store.errors import ImageNotFound
-from store.store import Store
+from lamina.store.errors import ImageNotFound
+from lamina.store.store import Store
 from tests.store.storefix import REPO, lamina, lamina_cmd, make_rootfs, make_tar
 
 LOOP = r"""
 import sys
-from builder.cli import main
+from lamina.builder.cli import main
 root, tars = sys.argv[1], sys.argv[2:]
 i = 0
 while True:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from store.db import CacheEntry, Database
-from store.errors import StoreError
+from lamina.store.db import CacheEntry, Database
+from lamina.store.errors import StoreError
 
 
 def test_schema_wal_and_pragmas(tmp_path):

@@ -17,7 +17,7 @@ import tarfile
 
 import pytest
 
-from store.store import Store
+from lamina.store.store import Store
 from tests.store.storefix import lamina, make_rootfs, make_tar
 
 

@@ -12,10 +12,10 @@ from datetime import timedelta
 from pathlib import Path
 
 
-from store import oci
-from store.cache import CacheEntry
-from store.layers import LayerBlob
-from store.store import Store
+from lamina.store import oci
+from lamina.store.cache import CacheEntry
+from lamina.store.layers import LayerBlob
+from lamina.store.store import Store
 
 
 def make_layer(store: Store, tmp: Path, name: str, data: bytes) -> LayerBlob:
@@ -158,7 +158,7 @@ def _slow_writer(root: str, tmp: str, ready) -> None:
             d = Path(tmp) / "slow"
             d.mkdir()
             (d / "f").write_bytes(b"slow")
-            from store.layers import write_layer
+            from lamina.store.layers import write_layer
             layer = write_layer(s.blobs, d, compression="gzip")  # bytes, not yet recorded
             ready.send(True)
             time.sleep(1.0)

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import store.layers as layers
-from store.blobs import BlobStore
-from store.layers import extract_as_layer, write_layer
-from store.tarwrite import TarMirror, write_tar
+import lamina.store.layers as layers
+from lamina.store.blobs import BlobStore
+from lamina.store.layers import extract_as_layer, write_layer
+from lamina.store.tarwrite import TarMirror, write_tar
 from tartrees import build, trees
 
 pytestmark = pytest.mark.root  # devices, chown, trusted.* xattrs
@@ -137,7 +137,7 @@ def test_other_tars_fall_back_to_the_same_layer(tmp_path, members, reason):
 def test_header_not_matching_the_extracted_file_falls_back(tmp_path, monkeypatch):
     """A member whose extracted metadata is not its header (here: a mode the extractor
     is made to change) is caught by the check, and the tree is archived instead."""
-    from store import tarextract
+    from lamina.store import tarextract
     real = tarextract.os.fchmod
     monkeypatch.setattr(tarextract.os, "fchmod", lambda fd, mode: real(fd, mode & ~0o004))
     data = _tar([("d/", None, "dir"), ("d/f", b"1", "file")])

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from store.store import Store
+from lamina.store.store import Store
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.interop
@@ -46,7 +46,7 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def lamina(root: Path, *args: str) -> str:
-    return run([sys.executable, "-m", "builder.cli", "--root", str(root), *args], cwd=REPO).stdout
+    return run([sys.executable, "-m", "lamina", "--root", str(root), *args], cwd=REPO).stdout
 
 
 def sha(data: bytes) -> str:

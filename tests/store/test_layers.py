@@ -13,13 +13,13 @@ import tracemalloc
 import pytest
 import zstandard
 
-from store.blobs import BlobStore
-from store.compression import (MEDIA_TYPES, compress_stream, kind_for_media_type, media_type_for,
+from lamina.store.blobs import BlobStore
+from lamina.store.compression import (MEDIA_TYPES, compress_stream, kind_for_media_type, media_type_for,
                                open_decompressed)
-from store.errors import CorruptContent, StoreError
-from store.layers import (DEFAULT_COMPRESSION, LayerBlob, describe_layer, diff_id_of, extract_layer,
+from lamina.store.errors import CorruptContent, StoreError
+from lamina.store.layers import (DEFAULT_COMPRESSION, LayerBlob, describe_layer, diff_id_of, extract_layer,
                           write_layer, write_layer_from_tar)
-from store.tarlayer import write_tar
+from lamina.store.tarlayer import write_tar
 from tartrees import snapshot
 
 KINDS = ["zstd", "gzip", "none"]
@@ -127,7 +127,7 @@ def test_zstd_bytes_independent_of_worker_count(monkeypatch):
     """The zstd worker count is pinned, and libzstd's streaming multi-threaded output is
     the same for any count >= 1 (zstd issues #2238/#2327): check it on an input of
     several jobs (level 3 cuts jobs of 4 windows = 8 MiB), so the pin could move."""
-    from store import compression
+    from lamina.store import compression
     rnd = os.urandom(1 << 16)
     data = b"".join(rnd[i % 7:] + b"%d" % i for i in range(400))  # ~26 MB, compressible
     outs = []

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store import refs
-from store.refs import InvalidReference
+from lamina.store import refs
+from lamina.store.refs import InvalidReference
 
 D = "sha256:" + "ab" * 32
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from store import oci
-from store.errors import BlobNotFound, CorruptContent, ImageNotFound, StoreError
-from store.layers import write_layer
-from store.refs import InvalidReference
-from store.store import Store
+from lamina.store import oci
+from lamina.store.errors import BlobNotFound, CorruptContent, ImageNotFound, StoreError
+from lamina.store.layers import write_layer
+from lamina.store.refs import InvalidReference
+from lamina.store.store import Store
 from tests.conftest import require_tool
 from tests.store.storefix import make_rootfs, make_tar
 

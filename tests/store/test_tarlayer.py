@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store.tarextract import remove_tree
-from store.tarlayer import extract_tar, write_tar
+from lamina.store.tarextract import remove_tree
+from lamina.store.tarlayer import extract_tar, write_tar
 from tartrees import CAPABILITY, Node, apply_meta, build, snapshot, trees
 
 pytestmark = pytest.mark.root  # devices, chown, trusted.* xattrs
@@ -173,7 +173,7 @@ def test_sockets_skipped_and_wh_names_refused(tmp_path):
     (src / "f").write_text("x")
     assert [m.name for m in members(tar_bytes(src))] == ["f"]
     (src / ".wh.sneaky").write_text("x")
-    from store.errors import StoreError
+    from lamina.store.errors import StoreError
     with pytest.raises(StoreError, match=r"\.wh\.sneaky"):
         tar_bytes(src)
 

@@ -13,8 +13,8 @@ import tarfile
 
 import pytest
 
-from store.errors import CorruptContent, StoreError, UnsafeArchive
-from store.tarlayer import extract_tar
+from lamina.store.errors import CorruptContent, StoreError, UnsafeArchive
+from lamina.store.tarlayer import extract_tar
 
 
 def _info(name: str, kind=tarfile.REGTYPE, linkname: str = "", data: bytes = b"", mode=0o644,

@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from store.blobs import BlobStore
-from store.layers import LayerBlob, extract_layer, write_layer
+from lamina.store.blobs import BlobStore
+from lamina.store.layers import LayerBlob, extract_layer, write_layer
 from tartrees import CAPABILITY, Node, build, snapshot
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
