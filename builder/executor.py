@@ -36,16 +36,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
-from lamina.builder.cachekey import CacheInputs, explain_miss, parent_image, parent_scratch, parent_step
-from lamina.builder.context import BuildContext
-from lamina.builder.copysrc import content_key, select_sources
+from lamina.builder.plan.cachekey import CacheInputs, explain_miss, parent_image, parent_scratch, parent_step
+from lamina.builder.context.context import BuildContext
+from lamina.builder.context.copysrc import content_key, select_sources
 from lamina.builder.errors import BuildError
-from lamina.builder.imageconfig import ImageConfig, platform_config_fields
-from lamina.builder.mountedroot import in_mounted_root
-from lamina.builder.plan import BuildPlan, Stage, plan_build
+from lamina.builder.plan.imageconfig import ImageConfig, platform_config_fields
+from lamina.builder.sandbox.mountedroot import in_mounted_root
+from lamina.builder.plan.plan import BuildPlan, Stage, plan_build
 from lamina.builder.progress import Progress, StepLabel
-from lamina.builder.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun, ResolvedWorkdir
-from lamina.builder.stageplan import BaseImage, StagePlan, Step, plan_stage
+from lamina.builder.plan.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun, ResolvedWorkdir
+from lamina.builder.plan.stageplan import BaseImage, StagePlan, Step, plan_stage
 from lamina.builder.steps.files import apply_copy, apply_workdir, fetch_copy, identify_copy
 from lamina.builder.steps.run import RunEnvironment, execute_run
 from lamina.grammar import DockerfileError, parse
@@ -361,7 +361,7 @@ class Build:
                             workdir=workdir, env=self.run_env,
                             on_output=lambda data: self.progress.output(label, data),
                             fail=step.error, layers_of=lambda m: self._mount_source(m)[1:])
-                from lamina.builder.overlay import finalize_upper
+                from lamina.builder.sandbox.overlay import finalize_upper
                 finalize_upper(upper)
             elif isinstance(r, ResolvedCopy):
                 views = {}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.builder.errors import BuildError
-from lamina.builder.overlay import mount_overlay_readonly
+from lamina.builder.sandbox.overlay import mount_overlay_readonly
 from lamina.store import archive
 from lamina.store.store import Image, Store
 from lamina.store.tarlayer import extract_tar, write_tar
@@ -69,7 +69,7 @@ def parse_output(text: str) -> Output:
 
 def _rootfs_tar(store: Store, image: Image, out_path: Path, epoch: int | None) -> None:
     """Write the merged root filesystem of `image` as a tar to `out_path`."""
-    from lamina.builder.mountedroot import run_in_namespace
+    from lamina.builder.sandbox.mountedroot import run_in_namespace
 
     lowers = tuple(store.layer_dir(l.diff_id) for l in reversed(image.layers))
     scratch = store.temp_path("export")

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from lamina.builder.errors import BuildError
-from lamina.builder.sandbox import SandboxSpec, run
-from lamina.builder.users import resolve_user_in_layers
+from lamina.builder.sandbox.sandbox import SandboxSpec, run
+from lamina.builder.sandbox.users import resolve_user_in_layers
 from lamina.store.locks import remove_tree
 from lamina.store.store import Store
 

@@ -72,9 +72,9 @@ import shutil
 import stat
 from typing import BinaryIO
 
-from lamina.builder.copysrc import CopySelection, SelectedEntry, SelectedSource
+from lamina.builder.context.copysrc import CopySelection, SelectedEntry, SelectedSource
 from lamina.builder.errors import BuildError
-from lamina.builder.rootpath import DirSpec, RootDir, RootPathError
+from lamina.builder.sandbox.rootpath import DirSpec, RootDir, RootPathError
 from lamina.builder.steps.chmod import ChmodSpec, parse_chmod
 from lamina.builder.steps.copy import CopyStats, copy_selection, dest_info
 from lamina.builder.steps.git import (FetchedGit, GitIdentity, GitSource, add_git, fetch_git,

@@ -64,10 +64,10 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from lamina.builder.copysrc import CopyAction, CopySelection, SelectedEntry, plan_copy
-from lamina.builder.dockerignore import go_clean
+from lamina.builder.context.copysrc import CopyAction, CopySelection, SelectedEntry, plan_copy
+from lamina.builder.context.dockerignore import go_clean
 from lamina.builder.errors import BuildError
-from lamina.builder.rootpath import DirSpec, RootDir, RootPathError
+from lamina.builder.sandbox.rootpath import DirSpec, RootDir, RootPathError
 from lamina.builder.steps.chmod import ChmodSpec, parse_chmod
 
 __all__ = ["CopyStats", "DestInfo", "HeredocSource", "HEREDOC_MODE", "copy_into_root",

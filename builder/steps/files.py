@@ -21,18 +21,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from lamina.builder.context import SourceTree
-from lamina.builder.copysrc import CopySelection, select_sources
+from lamina.builder.context.context import SourceTree
+from lamina.builder.context.copysrc import CopySelection, select_sources
 from lamina.builder.errors import BuildError
-from lamina.builder.rootpath import mkdir_p_in_root, read_file_in_root
-from lamina.builder.resolved import ResolvedCopy, ResolvedWorkdir
+from lamina.builder.sandbox.rootpath import mkdir_p_in_root, read_file_in_root
+from lamina.builder.plan.resolved import ResolvedCopy, ResolvedWorkdir
 from lamina.builder.steps.add import (
     FetchedGit, FetchedURL, GitIdentity, GitSource, URLIdentity, add_git, add_local, add_url,
     fetch_identified, fetch_identified_git, identify_git, identify_url, is_url_source,
     parse_git_source,
 )
 from lamina.builder.steps.copy import HeredocSource, copy_selection
-from lamina.builder.users import resolve_user
+from lamina.builder.sandbox.users import resolve_user
 
 
 @dataclass(frozen=True)

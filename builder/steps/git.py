@@ -42,10 +42,10 @@ import urllib.parse
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lamina.builder.context import SourceTree
-from lamina.builder.copysrc import select_sources
+from lamina.builder.context.context import SourceTree
+from lamina.builder.context.copysrc import select_sources
 from lamina.builder.errors import BuildError
-from lamina.builder.linux import set_pdeathsig
+from lamina.builder.sandbox.linux import set_pdeathsig
 from lamina.builder.steps.chmod import ChmodSpec
 from lamina.builder.steps.copy import CopyStats, copy_selection
 

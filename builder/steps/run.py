@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from lamina.builder.context import SourceTree
-from lamina.builder.copysrc import select_sources
+from lamina.builder.context.context import SourceTree
+from lamina.builder.context.copysrc import select_sources
 from lamina.builder.errors import BuildError
-from lamina.builder.resolved import Mount, ResolvedRun
-from lamina.builder.rootpath import resolve_in_root
-from lamina.builder.sandbox import (
+from lamina.builder.plan.resolved import Mount, ResolvedRun
+from lamina.builder.sandbox.rootpath import resolve_in_root
+from lamina.builder.sandbox.sandbox import (
     BindMount, CacheMount, LayerMount, SandboxSpec, SecretMount, TmpfsMount, run,
 )
 from lamina.builder.steps.copy import copy_selection
-from lamina.builder.users import resolve_user_in_layers
+from lamina.builder.sandbox.users import resolve_user_in_layers
 
 OUTPUT_TAIL = 20  # lines of output a failure message repeats
 

@@ -100,7 +100,7 @@ def step_dirs(tmp_path):
 @pytest.fixture
 def run_sandbox(step_dirs):
     """run_sandbox(lowers, argv, **spec fields) -> (code, output, upper)."""
-    from lamina.builder import sandbox
+    from lamina.builder.sandbox import sandbox
 
     def run(lowers, argv, **kw):
         upper, work = step_dirs()

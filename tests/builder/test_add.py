@@ -22,9 +22,9 @@ import pytest
 from tests.conftest import require_tool
 import zstandard
 
-from lamina.builder.context import BuildContext, StatCache
-from lamina.builder.copysrc import select_sources
-from lamina.builder.dockerignore import IgnoreRules
+from lamina.builder.context.context import BuildContext, StatCache
+from lamina.builder.context.copysrc import select_sources
+from lamina.builder.context.dockerignore import IgnoreRules
 from lamina.builder.errors import BuildError
 from lamina.builder.steps.add import (add_git, add_local, add_url, extract_archive, fetch_git,
                                fetch_identified, fetch_identified_git, fetch_url, identify_git,

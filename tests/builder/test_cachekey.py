@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lamina.builder.cachekey import (
+from lamina.builder.plan.cachekey import (
     SCHEMA, CacheInputs, CacheKey, explain_miss, parent_image, parent_scratch, parent_step,
 )
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from lamina.builder.context import BuildContext, SourceTree, StatCache
-from lamina.builder.dockerignore import IgnoreRules
+from lamina.builder.context.context import BuildContext, SourceTree, StatCache
+from lamina.builder.context.dockerignore import IgnoreRules
 from lamina.builder.errors import BuildError
 
 SETTLE = 0.12  # > StatCache's default racy window (50 ms): entries become trustworthy

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from lamina.builder.context import BuildContext, SourceTree, StatCache
-from lamina.builder.copysrc import select_sources
-from lamina.builder.dockerignore import IgnoreRules
+from lamina.builder.context.context import BuildContext, SourceTree, StatCache
+from lamina.builder.context.copysrc import select_sources
+from lamina.builder.context.dockerignore import IgnoreRules
 from lamina.builder.errors import BuildError
 from lamina.builder.steps.chmod import parse_chmod
 from lamina.builder.steps.copy import HeredocSource, copy_selection
-from lamina.builder.users import UserLookupError, resolve_user
+from lamina.builder.sandbox.users import UserLookupError, resolve_user
 
 
 def ctx_tree(d: Path) -> BuildContext:
@@ -380,8 +380,8 @@ def test_copy_through_an_overlay_mount_writes_exactly_the_diff(tmp_path):
     import io
     import tarfile
 
-    from lamina.builder import linux
-    from lamina.builder.overlay import mount_overlay
+    from lamina.builder.sandbox import linux
+    from lamina.builder.sandbox.overlay import mount_overlay
     from lamina.builder.steps.add import extract_archive
 
     lower, upper, work, merged, ctx = (tmp_path / n for n in ("lower", "upper", "work",

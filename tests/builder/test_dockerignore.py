@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lamina.builder.dockerignore import (GlobPattern, IgnoreRules, PatternError, go_clean,
+from lamina.builder.context.dockerignore import (GlobPattern, IgnoreRules, PatternError, go_clean,
                                   go_trim_space, load_ignore_rules)
 from lamina.builder.errors import BuildError
 

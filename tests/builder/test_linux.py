@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.builder import linux, overlay
+from lamina.builder.sandbox import linux, overlay
 from lamina.builder.errors import SandboxError
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lamina.builder.errors import BuildError
-from lamina.builder.mountedroot import in_mounted_root
+from lamina.builder.sandbox.mountedroot import in_mounted_root
 
 pytestmark = pytest.mark.root
 

@@ -10,11 +10,11 @@ import re
 
 import pytest
 
-from lamina.builder.cachekey import explain_miss, parent_scratch
+from lamina.builder.plan.cachekey import explain_miss, parent_scratch
 from lamina.builder.errors import BuildError
-from lamina.builder.imageconfig import ImageConfig
-from lamina.builder.plan import BaseImage, expand_onbuild, plan_all, plan_build, plan_stage
-from lamina.builder.resolved import (
+from lamina.builder.plan.imageconfig import ImageConfig
+from lamina.builder.plan.plan import BaseImage, expand_onbuild, plan_all, plan_build, plan_stage
+from lamina.builder.plan.resolved import (
     Platform, ResolvedCopy, ResolvedRun, ResolvedUser,
 )
 from lamina.grammar import parse

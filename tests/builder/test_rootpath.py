@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lamina.builder.errors import BuildError
-from lamina.builder.rootpath import (DirSpec, RootDir, RootPathError, clean_image_path, is_dir_in_root,
+from lamina.builder.sandbox.rootpath import (DirSpec, RootDir, RootPathError, clean_image_path, is_dir_in_root,
                               lstat_in_root, mkdir_p_in_root, read_file_in_root,
                               resolve_in_root)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.builder import sandbox
+from lamina.builder.sandbox import sandbox
 from lamina.builder.errors import SandboxError
 from tests.builder.conftest import DEFAULT_ENV
 

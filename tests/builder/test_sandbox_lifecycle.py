@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from lamina.builder import sandbox
+from lamina.builder.sandbox import sandbox
 from tests.builder.conftest import DEFAULT_ENV
 from tests.builder.test_sandbox import REPO, _host_mounts, _procs_with_cmdline, _sh, _tree
 
@@ -77,7 +77,7 @@ _DRIVER = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from lamina.builder import sandbox
+from lamina.builder.sandbox import sandbox
 spec = sandbox.SandboxSpec((Path({lower!r}),), Path({upper!r}), Path({work!r}),
                            ("sh", "-c", "sleep {n} & sleep {n} & echo ready; wait"),
                            (("PATH", "/bin"),))

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from lamina.builder import overlay
+from lamina.builder.sandbox import overlay
 from lamina.builder.errors import BuildError
-from lamina.builder.users import ResolvedUser, UserLookupError, resolve_user, resolve_user_in_layers
+from lamina.builder.sandbox.users import ResolvedUser, UserLookupError, resolve_user, resolve_user_in_layers
 from tests.builder.conftest import GROUP, PASSWD
 from tests.builder.test_linux import in_child
 

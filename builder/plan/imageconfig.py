@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from lamina.builder.errors import BuildError
 from lamina.grammar.goquote import go_quote
-from lamina.builder.resolved import (
+from lamina.builder.plan.resolved import (
     Healthcheck, Platform, Resolved, ResolvedArg, ResolvedCmd, ResolvedCopy, ResolvedEntrypoint,
     ResolvedEnv, ResolvedExpose, ResolvedHealthcheck, ResolvedLabel, ResolvedMaintainer,
     ResolvedOnbuild, ResolvedRun, ResolvedShell, ResolvedStopsignal, ResolvedUser,

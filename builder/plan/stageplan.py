@@ -18,14 +18,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from lamina.builder.args import ArgScope, resolve_arg
-from lamina.builder.cachekey import CacheInputs, pairs
+from lamina.builder.plan.args import ArgScope, resolve_arg
+from lamina.builder.plan.cachekey import CacheInputs, pairs
 from lamina.builder.errors import BuildError
-from lamina.builder.imageconfig import HistoryEntry, ImageConfig, ImageState
-from lamina.builder.resolve import (
+from lamina.builder.plan.imageconfig import HistoryEntry, ImageConfig, ImageState
+from lamina.builder.plan.resolve import (
     ResolveContext, error_at, lookup_stage, resolve_copy, resolve_metadata, resolve_run,
 )
-from lamina.builder.resolved import (
+from lamina.builder.plan.resolved import (
     Platform, Resolved, ResolvedArg, ResolvedCopy, ResolvedRun, ResolvedWorkdir,
 )
 from lamina.grammar import ast
@@ -33,7 +33,7 @@ from lamina.grammar.errors import DockerfileError
 from lamina.grammar.shell import expand, referenced_names
 
 if TYPE_CHECKING:  # pragma: no cover - builder.plan imports this module
-    from lamina.builder.plan import BuildPlan, Stage
+    from lamina.builder.plan.plan import BuildPlan, Stage
 
 Pairs = tuple[tuple[str, str], ...]
 

@@ -22,9 +22,9 @@ import traceback
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 
-from lamina.builder import linux
+from lamina.builder.sandbox import linux
 from lamina.builder.errors import BuildError
-from lamina.builder.overlay import finalize_upper, mount_overlay, mount_overlay_readonly
+from lamina.builder.sandbox.overlay import finalize_upper, mount_overlay, mount_overlay_readonly
 
 T = TypeVar("T")
 

@@ -28,8 +28,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from lamina.builder.context import ContextEntry, SourceTree
-from lamina.builder.dockerignore import (GlobPattern, IgnoreRules, PatternError, ensure_patterns,
+from lamina.builder.context.context import ContextEntry, SourceTree
+from lamina.builder.context.dockerignore import (GlobPattern, IgnoreRules, PatternError, ensure_patterns,
                                   go_clean, has_wildcards)
 from lamina.builder.errors import BuildError
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lamina.builder.args import GlobalScope, proxy_env, unconsumed_build_args, unconsumed_warning
-from lamina.builder.cachekey import pairs
+from lamina.builder.plan.args import GlobalScope, proxy_env, unconsumed_build_args, unconsumed_warning
+from lamina.builder.plan.cachekey import pairs
 from lamina.builder.errors import BuildError
-from lamina.builder.resolve import error_at, lookup_stage
-from lamina.builder.resolved import Platform
+from lamina.builder.plan.resolve import error_at, lookup_stage
+from lamina.builder.plan.resolved import Platform
 from lamina.grammar import ast
 from lamina.grammar.errors import DockerfileError
 from lamina.grammar.mounts import MountError, split_fields
@@ -339,6 +339,6 @@ __all__ = ["Stage", "BuildPlan", "plan_build", "lookup_stage",
 
 # Phase 2 lives in builder.stageplan, which imports this module: re-exported last,
 # once every name above exists.
-from lamina.builder.stageplan import (  # noqa: E402
+from lamina.builder.plan.stageplan import (  # noqa: E402
     BaseImage, StagePlan, Step, expand_onbuild, plan_all, plan_stage,
 )

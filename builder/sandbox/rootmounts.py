@@ -21,10 +21,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.builder import linux, overlay
+from lamina.builder.sandbox import linux, overlay
 from lamina.builder.errors import SandboxError
-from lamina.builder.mountpoints import StubRecorder
-from lamina.builder.rootpath import resolve_in_root  # at import: the forked child must not import
+from lamina.builder.sandbox.mountpoints import StubRecorder
+from lamina.builder.sandbox.rootpath import resolve_in_root  # at import: the forked child must not import
 
 _DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
               "urandom": (1, 9), "tty": (5, 0)}

@@ -34,7 +34,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.builder import linux
+from lamina.builder.sandbox import linux
 from lamina.store.layerdirs import walk
 from lamina.store.locks import remove_tree
 from lamina.builder.errors import SandboxError

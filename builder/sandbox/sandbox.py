@@ -57,10 +57,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from lamina.builder import linux, overlay
+from lamina.builder.sandbox import linux, overlay
 from lamina.builder.errors import SandboxError
-from lamina.builder.mountpoints import StubRecorder, remove_stubs
-from lamina.builder.rootmounts import (BindMount, CacheMount, LayerMount, Mount, SecretMount,
+from lamina.builder.sandbox.mountpoints import StubRecorder, remove_stubs
+from lamina.builder.sandbox.rootmounts import (BindMount, CacheMount, LayerMount, Mount, SecretMount,
                                 TmpfsMount, mount_system, mount_user)
 
 __all__ = ["BindMount", "CacheMount", "LayerMount", "Mount", "SandboxSpec", "SecretMount",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lamina.builder.dockerignore import IgnoreRules, MatchInfo, go_clean, load_ignore_rules
+from lamina.builder.context.dockerignore import IgnoreRules, MatchInfo, go_clean, load_ignore_rules
 from lamina.builder.errors import BuildError
 
 __all__ = ["BuildContext", "ContextEntry", "SourceTree", "StatCache", "entry_kind"]

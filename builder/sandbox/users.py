@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from lamina.builder.errors import BuildError
-from lamina.builder.overlay import LayerStack
+from lamina.builder.sandbox.overlay import LayerStack
 
 _MAX_ID = 2**31 - 1
 

@@ -1,0 +1,1 @@
+"""lamina.builder.sandbox.sandbox: the namespace sandbox that runs a RUN step or a COPY/ADD child: Linux calls (ctypes), overlayfs, the mounts of the root, paths resolved inside a root, image users."""
