@@ -128,6 +128,24 @@ def source_date_epoch(value: int | None = None) -> int | None:
     return v
 
 
+STORE_MODE = 0o700
+
+
+def make_private_root(root: Path) -> None:
+    """Create the store root 0700 from its first mkdir, and tighten an existing one.
+
+    The store holds what RUN steps made, setuid-root files included, and the
+    neighbours of secrets: the root's mode is the one gate that keeps every other
+    local user out of all of it (as /var/lib/docker's 0710)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(mode=STORE_MODE)
+    except FileExistsError:
+        st = root.stat()
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(root, STORE_MODE)
+
+
 class Store:
     """A lamina store at `root` (created on first use).
 
@@ -143,8 +161,9 @@ class Store:
         self.root = Path(root)
         self.file_dedup = file_dedup
         try:
+            make_private_root(self.root)
             for sub in ("blobs", "layers", "tmp", "locks", "leases"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
+                (self.root / sub).mkdir(mode=0o700, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create the store at {self.root}: {e.strerror or e}",
                              path=str(self.root)) from None
