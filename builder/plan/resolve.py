@@ -13,6 +13,8 @@ module only reads them through a `ResolveContext`. Pure functions.
 
 from __future__ import annotations
 
+import posixpath
+
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -250,15 +252,15 @@ def resolve_mount(ctx: ResolveContext, value: str, ssh_index: int) -> Mount:
         from_stage, from_image = ctx.lookup(m.from_, False)
     target, mount_id, mode = m.target, m.id, m.mode
     if m.type in ("bind", "cache", "tmpfs"):
-        if not target:
-            raise ctx.error(f"mount target is required for type={m.type} mounts")
+        # no target: BuildKit mounts at the working directory (an error only at "/")
         if not target.startswith("/"):
             target = "/" + ctx.config.working_dir.strip("/") + "/" + target
         target = clean_path(target)
         if target == "/":
             raise ctx.error(f'invalid mount target "{target}"')
         if m.type == "cache":
-            mount_id = mount_id or m.target
+            # BuildKit's default id: the target as written, cleaned ("." when absent)
+            mount_id = mount_id or clean_path(m.target or ".")
     elif m.type == "secret":
         mount_id = m.source or m.id or (m.target.rstrip("/").rsplit("/", 1)[-1] if m.target else "")
         if not mount_id:
@@ -301,7 +303,8 @@ def resolve_run(ctx: ResolveContext, inst: ast.Run) -> ResolvedRun:
             if data.startswith("#!"):
                 # a script with a shebang: BuildKit mounts it and runs the file
                 files = (InlineFile(doc.delimiter, data, 0o755),)
-                command = ast.ShellForm(f"/dev/pipes/{doc.delimiter}")
+                # as BuildKit: path.Join("/dev/pipes/", name), run through the shell
+                command = ast.ShellForm(posixpath.normpath("/dev/pipes/" + doc.delimiter))
             else:
                 command = ast.ShellForm(data)
         else:

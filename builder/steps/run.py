@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import posixpath
 import signal
 from collections import deque
 from contextlib import ExitStack
@@ -74,7 +75,10 @@ def _cache_dir(env: RunEnvironment, m: Mount) -> Path:
     name = hashlib.sha256(ident.encode()).hexdigest()[:24]
     path = env.cache_mounts_dir / name
     if not path.exists():
-        path.mkdir(parents=True, exist_ok=True)
+        # the dirs holding cache mounts are root's alone: a cache made mode=0777 for
+        # the RUN must not be a world-writable host dir another user can reach
+        private_dirs(env.cache_mounts_dir)
+        path.mkdir(exist_ok=True)
         os.chown(path, m.uid or 0, m.gid or 0)
         os.chmod(path, m.mode if m.mode is not None else 0o755)
     return path
@@ -153,12 +157,34 @@ def _mounts(step_run: ResolvedRun, env: RunEnvironment, pipes_dir: Path,
                        "(no SSH agent forwarding); use a secret mount instead")
         else:
             raise fail(f"unknown mount type {m.type!r}")
-    for f in step_run.files:
-        path = pipes_dir / f.name
-        path.write_text(f.data)
+    for i, f in enumerate(step_run.files):
+        # the host file is named by us, never by the Dockerfile (a heredoc named
+        # /tmp/x or ../../x must not write outside pipes_dir); the name only says
+        # where the file appears inside the step, under /dev/pipes/
+        path = pipes_dir / f"heredoc{i}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out_file:
+            out_file.write(f.data)
         os.chmod(path, f.mode)
-        out.append(BindMount(source=path, target=f"/dev/pipes/{f.name}", readonly=True))
+        out.append(BindMount(source=path, target=heredoc_target(f.name), readonly=True))
     return tuple(out)
+
+
+def heredoc_target(name: str) -> str:
+    """Where a heredoc file named `name` appears in the step: BuildKit writes it into
+    a scratch dir mounted at /dev/pipes/, so the name is cleaned inside that dir."""
+    return posixpath.join("/dev/pipes", posixpath.normpath("/" + name).lstrip("/"))
+
+
+def private_dirs(path: Path) -> None:
+    """`path` and its missing parents, created 0700 (the store's staging dirs)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
 
 
 def secret_env(step_run: ResolvedRun, env: RunEnvironment,
@@ -199,8 +225,9 @@ def execute_run(step_run: ResolvedRun, *, lower_dirs: tuple[Path, ...], upper_di
         tail.feed(data)
         on_output(data)
 
+    os.chmod(scratch_dir, 0o700)
     pipes = scratch_dir / "pipes"
-    pipes.mkdir(parents=True, exist_ok=True)
+    pipes.mkdir(mode=0o700)
     with ExitStack() as stack:
         spec = SandboxSpec(
             lower_dirs=tuple(lower_dirs), upper_dir=upper_dir, work_dir=work_dir,
