@@ -110,14 +110,16 @@ def _build(node: "Node", span: ast.Span, source: str) -> ast.Instruction:
         return ast.From(image=words[0], name=None, **common)
     if kw == "RUN":
         _check_run_flags(node, flags)
-        if node.command is None or node.command == ast.ExecForm(()):
+        if node.command == ast.ExecForm(()):
             raise _Invalid("RUN requires at least one argument")
-        return ast.Run(command=node.command, heredocs=tuple(node.heredocs), **common)
+        # a bare RUN is BuildKit's `/bin/sh -c ""` (an empty shell form)
+        command = ast.ShellForm("") if node.command is None else node.command
+        return ast.Run(command=command, heredocs=tuple(node.heredocs), **common)
     if kw in ("CMD", "ENTRYPOINT"):
-        if node.command is None:
-            raise _Invalid(f"{kw} requires at least one argument")
         cls = ast.Cmd if kw == "CMD" else ast.Entrypoint
-        return cls(command=node.command, **common)
+        # bare CMD/ENTRYPOINT: BuildKit's empty shell form, `/bin/sh -c ""`
+        command = ast.ShellForm("") if node.command is None else node.command
+        return cls(command=command, **common)
     if kw == "SHELL":
         if node.command is None or node.command == ast.ExecForm(()):
             raise _Invalid("SHELL requires at least one argument")

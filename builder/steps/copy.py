@@ -27,7 +27,10 @@ Semantics (BuildKit's FileOp copy through fsutil's copier, read not copied):
   merged into. Nested directories that already exist get the source's owner, mode,
   mtime and xattrs (fsutil's overwriteTargetMetadata); the top-level destination
   directory keeps its own metadata when it exists, and is created 0755 (owner: 0:0
-  or the --chown user) when it does not. Missing destination parents likewise.
+  or the --chown user) when it does not. Missing destination parents likewise. With
+  an octal `--chmod=MODE` both are created with MODE instead (BuildKit >= 0.21, whose
+  fsutil MkdirAll uses the copy's mode: `COPY --chmod=640 f /new/dir/f` gives a 0640
+  /new and /new/dir, BuildKit issue 5943); a symbolic --chmod keeps 0755.
 - An existing non-directory at a destination is replaced. A source file onto an
   existing directory is an error ("cannot replace directory X with a file"), and a
   source directory onto an existing non-directory (a file or a symlink) too
@@ -159,7 +162,12 @@ class _Copier:
         self.mtime_ns = mtime_ns
         self.verify = verify_digests
         owner = chown or (0, 0)
-        self.created_dir = DirSpec(owner[0], owner[1], 0o755, mtime_ns)
+        # directories the copy creates (destination parents, a missing destination dir):
+        # an octal --chmod gives them its mode too, as BuildKit >= 0.21 (fsutil's
+        # MkdirAll with the copy's mode; BuildKit issue 5943); else, and for a symbolic
+        # --chmod, 0755
+        dir_mode = chmod.octal if chmod is not None and chmod.octal is not None else 0o755
+        self.created_dir = DirSpec(owner[0], owner[1], dir_mode, mtime_ns)
         self.inodes: dict[tuple[int, int], str] = {}
         self.pending: list[_PendingDir] = []
         self.bases: dict[str, int] = {}

@@ -32,7 +32,7 @@ from lamina.builder.steps.add import (
     parse_git_source,
 )
 from lamina.builder.steps.copy import HeredocSource, copy_selection
-from lamina.builder.sandbox.users import resolve_user
+from lamina.builder.steps.chown import resolve_chown
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,11 @@ def fetch_copy(prepared: PreparedCopy, download_dir: Path, *,
 
 
 def _owner(root: Path, chown: str) -> tuple[int, int] | None:
-    """--chown user[:group] resolved in the image being built (its merged root)."""
+    """--chown user[:group] resolved in the image being built (its merged root), by
+    BuildKit's FileOp rules (builder.steps.chown)."""
     if not chown:
         return None
-    who = resolve_user(functools.partial(read_file_in_root, root), chown)
-    return who.uid, who.gid
+    return resolve_chown(functools.partial(read_file_in_root, root), chown)
 
 
 def apply_copy(root: Path, r: ResolvedCopy, prepared: PreparedCopy, *, workdir: str,

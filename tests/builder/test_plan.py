@@ -357,7 +357,7 @@ def test_every_metadata_instruction_through_the_plan():
     ("STOPSIGNAL SIGNOPE", "invalid signal: SIGNOPE"),
     ("EXPOSE 80/xyz", "invalid proto: xyz"),
     ("ARG N=foo\nRUN --network=$N true", 'unsupported network mode "foo"'),
-    ("RUN --mount=type=cache true", "mount target is required"),
+    ("RUN --mount=type=cache true", 'invalid mount target "/"'),  # no target: the workdir, here /
     ("RUN --mount=type=nope,target=/x true", 'unsupported mount type "nope"'),
     ("COPY --chmod=999 a b", "invalid chmod parameter"),
     ("COPY http://example.com/x /x", "source can't be a URL for COPY"),
