@@ -1,7 +1,7 @@
 """The mounts of a sandbox's root, made inside its private mount namespace before
 pivot_root: the system ones (/proc with docker's read-only and masked paths, a
-minimal /dev, /sys read-only, /etc/hosts, /etc/resolv.conf and /etc/hostname as
-read-only bind mounts) and the RUN --mount ones.
+minimal /dev, /sys read-only, /etc/hosts and /etc/resolv.conf as read-only bind
+mounts — BuildKit's pair: a RUN has no /etc/hostname) and the RUN --mount ones.
 
 The RUN --mount types (frozen dataclasses, re-exported by builder.sandbox):
 ``BindMount`` (a host path; rw writes are discarded: an overlay on a tmpfs upper for a
@@ -84,7 +84,7 @@ def bind(source: str | Path, target: str, readonly: bool) -> None:
                     | linux.MS_NODEV)
 
 
-def mount_system(rec: StubRecorder, hosts: Path, resolv: Path, hostname: Path) -> None:
+def mount_system(rec: StubRecorder, hosts: Path, resolv: Path) -> None:
     """Mount /proc, /dev, /sys and the injected /etc files on the merged root."""
     # /proc
     proc = rec.ensure("/proc", "dir")
@@ -138,10 +138,15 @@ def mount_system(rec: StubRecorder, hosts: Path, resolv: Path, hostname: Path) -
         # /sys is better than no build
         if getattr(exc, "errno", None) not in (1, 13):  # EPERM, EACCES
             raise
-    # injected files: bind mounts, so they never land in the upper dir
-    for image_path, host in (("/etc/hosts", hosts), ("/etc/resolv.conf", resolv),
-                             ("/etc/hostname", hostname)):
-        bind(host, rec.ensure(image_path, "file"), readonly=True)
+    # injected files: bind mounts, so they never land in the upper dir. BuildKit's
+    # runc executor mounts exactly these two (ro, nosuid, nodev, noexec) and no
+    # /etc/hostname; a stub it had to create is removed after the step (as here).
+    for image_path, host in (("/etc/hosts", hosts), ("/etc/resolv.conf", resolv)):
+        target = rec.ensure(image_path, "file")
+        bind(host, target, readonly=True)
+        linux.mount(None, target, None,
+                    linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_NOSUID
+                    | linux.MS_NODEV | linux.MS_NOEXEC)
 
 
 def mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str = "auto") -> None:

@@ -12,7 +12,8 @@
 - ``work_dir``: overlay workdir, same filesystem as upper_dir; emptied afterwards.
 - ``argv`` (exec'd as is, argv[0] looked up in the PATH of ``env``), ``env`` (the
   complete environment, nothing of the host's), ``cwd`` (must exist in the image),
-  ``uid``/``gid``/``groups``, ``hostname``, ``network`` ("none": own network
+  ``uid``/``gid``/``groups``, ``hostname`` (BuildKit's ``buildkitsandbox`` by default;
+  /etc/hosts maps it to 127.0.0.1 as BuildKit writes it), ``network`` ("none": own network
   namespace with only lo, up; "host": the host's), ``mounts`` (RUN --mount:
   ``BindMount``, ``TmpfsMount``, ``CacheMount``, ``SecretMount``, ``LayerMount``: a path
   of another stage's or image's merged layers).
@@ -31,8 +32,8 @@ and forks C2 = PID 1 of the new namespace. C2 mounts the overlay (new mount API,
 ``lowerdir+``; classic mount(2) as fallback), /proc (with docker's read-only and
 masked paths), a minimal /dev (tmpfs, host nodes null zero full random urandom tty
 bind-mounted, devpts newinstance + ptmx link, shm, fd/std* links), /sys read-only,
-/etc/hosts, /etc/resolv.conf and /etc/hostname as read-only bind mounts (never
-written to the upper dir), then the RUN --mount mounts; it pivot_roots into the
+/etc/hosts and /etc/resolv.conf as read-only bind mounts (never written to the
+upper dir; no /etc/hostname, as in BuildKit), then the RUN --mount mounts; it pivot_roots into the
 merged dir, detaches the old root, sets the hostname, brings lo up, forks C3 for
 the command and stays as a tiny init that reaps zombies and exits with C3's status
 — which makes the kernel kill every process left in the namespace. C3 drops the
@@ -82,7 +83,7 @@ class SandboxSpec:
     uid: int = 0
     gid: int = 0
     groups: tuple[int, ...] = ()
-    hostname: str = "lamina"
+    hostname: str = "buildkitsandbox"  # BuildKit's executor/oci defaultHostname
     network: Literal["none", "host"] = "none"
     mounts: tuple[Mount, ...] = ()
 
@@ -94,7 +95,6 @@ class _Plan:
     scratch: Path       # tmpfs mount point for secrets / discarded writes
     hosts: Path
     resolv: Path
-    hostname: Path
 
 
 # --- parent side -----------------------------------------------------------------
@@ -128,6 +128,12 @@ def _validate(spec: SandboxSpec) -> None:
             raise SandboxError(f"a layer dir of {m.what or 'the mount source'} is missing")
 
 
+def hosts_file(hostname: str) -> str:
+    """/etc/hosts of a RUN, byte for byte BuildKit's (executor/oci initHostsFile)."""
+    return (f"127.0.0.1\tlocalhost {hostname}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n")
+
+
 def _host_resolv_conf() -> bytes:
     try:
         return Path("/etc/resolv.conf").read_bytes()
@@ -141,15 +147,12 @@ def _prepare(spec: SandboxSpec) -> _Plan:
     work = Path(spec.work_dir)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{work.name}.lamina-sandbox-", dir=work.parent))
     plan = _Plan(run_dir=run_dir, root=run_dir / "root", scratch=run_dir / "scratch",
-                 hosts=run_dir / "hosts", resolv=run_dir / "resolv.conf",
-                 hostname=run_dir / "hostname")
+                 hosts=run_dir / "hosts", resolv=run_dir / "resolv.conf")
     plan.root.mkdir()
     plan.scratch.mkdir()
-    plan.hosts.write_text(f"127.0.0.1\tlocalhost {spec.hostname}\n"
-                          "::1\tlocalhost ip6-localhost ip6-loopback\n")
+    plan.hosts.write_text(hosts_file(spec.hostname))
     plan.resolv.write_bytes(_host_resolv_conf())
-    plan.hostname.write_text(spec.hostname + "\n")
-    for p in (plan.hosts, plan.resolv, plan.hostname):
+    for p in (plan.hosts, plan.resolv):
         p.chmod(0o644)
     return plan
 
@@ -392,7 +395,7 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
         recorder = StubRecorder(str(plan.root))
         linux.mount("tmpfs", plan.scratch, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
                     "mode=700")
-        mount_system(recorder, plan.hosts, plan.resolv, plan.hostname)
+        mount_system(recorder, plan.hosts, plan.resolv)
         for i, m in enumerate(spec.mounts):
             mount_user(m, plan.scratch / f"m{i}", recorder, api=OVERLAY_API)
     finally:

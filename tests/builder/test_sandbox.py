@@ -115,9 +115,10 @@ def test_capabilities_are_dockers_default_set(busybox_rootfs, run_sandbox):
 
 
 def test_hostname(busybox_rootfs, run_sandbox):
-    code, out, _ = run_sandbox([busybox_rootfs], _sh("hostname; cat /etc/hostname"),
+    code, out, _ = run_sandbox([busybox_rootfs], _sh("hostname; test -e /etc/hostname || echo no"),
                                hostname="buildbox")
-    assert (code, out) == (0, b"buildbox\nbuildbox\n")
+    # no /etc/hostname in a RUN: BuildKit's executor mounts only /etc/hosts, resolv.conf
+    assert (code, out) == (0, b"buildbox\nno\n")
     assert os.uname().nodename != "buildbox"
 
 
