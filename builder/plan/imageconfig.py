@@ -3,7 +3,7 @@
 metadata instruction changes them (`apply`, `advance`, `created_by`).
 
 Also the small value rules those instructions need, BuildKit's way: EXPOSE port
-specs, STOPSIGNAL names, WORKDIR cleaning, Go-style duration parsing/printing for
+specs, STOPSIGNAL names, WORKDIR joining, Go-style duration parsing/printing for
 HEALTHCHECK and the `%q`/`%v` text of history lines. Pure functions only.
 """
 
@@ -59,10 +59,12 @@ class ImageConfig:
         return dict(self.env)
 
     def get_env(self, key: str) -> str | None:
+        """The value a RUN sees: the last entry of `key` (a base image may repeat one)."""
+        found = None
         for k, v in self.env:
             if k == key:
-                return v
-        return None
+                found = v
+        return found
 
     def with_env(self, key: str, value: str) -> "ImageConfig":
         return replace(self, env=set_env(self.env, key, value))
@@ -112,10 +114,9 @@ class ImageConfig:
         """Read a config section (fields unknown to the OCI/docker schema are dropped,
         as BuildKit drops them)."""
         data = data or {}
-        env: tuple[tuple[str, str], ...] = ()
-        for item in data.get("Env") or ():
-            key, _, value = str(item).partition("=")
-            env = set_env(env, key, value)
+        # kept in order and with duplicates, as BuildKit keeps a base image's Env (its
+        # addEnv then replaces the first entry of a key; lookups see the last one)
+        env = tuple(tuple(str(item).partition("=")[::2]) for item in data.get("Env") or ())
         health = data.get("Healthcheck")
         return cls(
             user=data.get("User") or "",
@@ -539,10 +540,17 @@ def clean_path(path: str) -> str:
 
 
 def normalize_workdir(current: str, path: str) -> str:
-    """WORKDIR semantics: relative paths join the previous WORKDIR; always cleaned."""
-    if not path.startswith("/"):
-        path = "/" + (current or "/") + "/" + path
-    return clean_path(path)
+    """BuildKit's NormalizeWorkdir (util/system, keepSlash=false): an absolute path is
+    stored as written (`/usr/src/` keeps its slash, nothing is cleaned); a relative one
+    is path.Join'ed (cleaned) onto the previous WORKDIR; an empty one keeps it."""
+    parent = current or "/"
+    if not parent.startswith("/"):
+        parent = clean_path("/" + parent)
+    if path == "":
+        return parent
+    if path.startswith("/"):
+        return path
+    return clean_path(parent + "/" + path)
 
 
 def platform_config_fields(platform: Platform) -> dict:

@@ -284,8 +284,11 @@ def test_signals():
 
 @pytest.mark.parametrize("current,path,want", [
     ("/", "/app", "/app"), ("/app", "src", "/app/src"), ("", "rel", "/rel"),
-    ("/a/b", "../c", "/a/c"), ("/a", "/x/./y//z/", "/x/y/z"), ("/a", "..", "/"),
-    ("/", "//double", "/double"), ("/a", "../../..", "/"), ("/a", ".", "/a"),
+    ("/a/b", "../c", "/a/c"), ("/a", "..", "/"), ("/a", "../../..", "/"), ("/a", ".", "/a"),
+    # BuildKit's NormalizeWorkdir: an absolute WORKDIR is stored as written
+    ("/a", "/x/./y//z/", "/x/./y//z/"), ("/", "//double", "//double"),
+    ("/", "/usr/src/", "/usr/src/"), ("/usr/src/", "app", "/usr/src/app"),
+    ("/usr/src/", "", "/usr/src/"), ("", "", "/"),
 ])
 def test_normalize_workdir(current, path, want):
     assert normalize_workdir(current, path) == want
