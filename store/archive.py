@@ -45,7 +45,7 @@ from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.oci_archive import INDEX_JSON, OCI_LAYOUT, read_oci_archive, write_oci_archive
 
 if TYPE_CHECKING:
-    from lamina.store.store import Image
+    from lamina.store.images import Image
 
 Format = Literal["docker", "oci"]
 FORMATS: tuple[str, ...] = ("docker", "oci")

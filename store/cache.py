@@ -16,13 +16,13 @@ from lamina.store.errors import StoreError
 
 if TYPE_CHECKING:
     from lamina.store.lease import Lease
-    from lamina.store.store import Store
+    from lamina.store.root import StoreRoot
 
 __all__ = ["BuildCache", "CacheEntry"]
 
 
 class BuildCache:
-    def __init__(self, store: "Store") -> None:
+    def __init__(self, store: "StoreRoot") -> None:
         self._store = store
 
     def lookup(self, key: str, *, lease: "Lease | None" = None, touch: bool = True) -> CacheEntry | None:

@@ -40,7 +40,7 @@ from lamina.store.lease import lease_is_live
 from lamina.store.locks import remove_tree
 
 if TYPE_CHECKING:
-    from lamina.store.store import Store
+    from lamina.store.root import StoreRoot
 
 
 SHOWN_DIFFERENCES = 5  # paths named per damaged layer dir
@@ -80,7 +80,7 @@ class FsckReport:
         return [p for p in self.problems if p not in fixed]
 
 
-def check(store: "Store", *, quick: bool = False) -> FsckReport:
+def check(store: "StoreRoot", *, quick: bool = False) -> FsckReport:
     rep = FsckReport(quick=quick)
     db = store.db
     with store.writing():
@@ -203,7 +203,7 @@ def _familiar(name: str) -> str:
         return name
 
 
-def _load_json(store: "Store", digest: str, stored: set[str], what: str, rep: FsckReport):
+def _load_json(store: "StoreRoot", digest: str, stored: set[str], what: str, rep: FsckReport):
     if digest not in stored:
         rep.problems.append(f"{what} {digest} is missing")
         return None
@@ -214,7 +214,7 @@ def _load_json(store: "Store", digest: str, stored: set[str], what: str, rep: Fs
         return None
 
 
-def _scan_ok(store: "Store", digest: str, diff_id: str, scan: LayerScan | None, rep: FsckReport) -> bool:
+def _scan_ok(store: "StoreRoot", digest: str, diff_id: str, scan: LayerScan | None, rep: FsckReport) -> bool:
     """Report what reading a layer blob found; True when the blob is good."""
     if scan is None:
         return False
@@ -230,7 +230,7 @@ def _scan_ok(store: "Store", digest: str, diff_id: str, scan: LayerScan | None, 
     return True
 
 
-def _scan(store: "Store", digest: str, diff_id: str, path, rep: FsckReport) -> LayerScan | None:
+def _scan(store: "StoreRoot", digest: str, diff_id: str, path, rep: FsckReport) -> LayerScan | None:
     try:
         return scan_layer_blob(store.blobs, digest, path)
     except BlobNotFound:
@@ -240,7 +240,7 @@ def _scan(store: "Store", digest: str, diff_id: str, path, rep: FsckReport) -> L
     return None
 
 
-def _check_layer(store: "Store", diff_id: str, dir_name: str | None, path, blobs: list,
+def _check_layer(store: "StoreRoot", diff_id: str, dir_name: str | None, path, blobs: list,
                  rep: FsckReport) -> None:
     """Each blob of the layer: digest and diff_id; its directory (if any) against the
     first good blob, smallest first (the one Store.layer_dir extracts)."""
@@ -276,7 +276,7 @@ def _check_layer(store: "Store", diff_id: str, dir_name: str | None, path, blobs
             rep.damaged_dirs[i] = DamagedLayerDir(d.diff_id, d.dir, d.problem, False)
 
 
-def repair(store: "Store", rep: FsckReport) -> FsckReport:
+def repair(store: "StoreRoot", rep: FsckReport) -> FsckReport:
     """Remove the damaged or missing layer directories `rep` found (see the module
     docstring); fills rep.repaired and rep.not_repaired."""
     trash: list = []

@@ -33,7 +33,7 @@ from lamina.store.lease import lease_is_live
 from lamina.store.locks import clean_stale_temp, remove_tree
 
 if TYPE_CHECKING:
-    from lamina.store.store import Store
+    from lamina.store.root import StoreRoot
 
 
 @dataclass
@@ -66,7 +66,7 @@ def _tree_bytes(path: str) -> int:
     return total
 
 
-def collect(store: "Store", *, cache_max_age: timedelta | None = None,
+def collect(store: "StoreRoot", *, cache_max_age: timedelta | None = None,
             cache_max_bytes: int | None = None) -> GcReport:
     report = GcReport()
     trash: list[str] = []

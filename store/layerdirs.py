@@ -41,7 +41,7 @@ from lamina.store.layers import extract_layer
 from lamina.store.locks import flocked, remove_tree
 
 if TYPE_CHECKING:
-    from lamina.store.store import Store
+    from lamina.store.root import StoreRoot
 
 HASH_CHUNK = 1 << 20
 NAME_LENGTHS = (12, 16, 24, 32, 64)
@@ -245,14 +245,14 @@ def dir_usage(path: Path, seen: set[tuple[int, int]] | None,
 
 # -- making a layer's directory ---------------------------------------------------------
 
-def _layer_dir_name(store: "Store", diff_id: str) -> str | None:
+def _layer_dir_name(store: "StoreRoot", diff_id: str) -> str | None:
     row = store.db.query_one("SELECT dir FROM layers WHERE diff_id=?", (diff_id,))
     if row is None:
         raise StoreError(f"layer {diff_id} is not in the store", digest=diff_id)
     return row["dir"]
 
 
-def make_layer_dir(store: "Store", diff_id: str, src_dir: Path | None) -> Path:
+def make_layer_dir(store: "StoreRoot", diff_id: str, src_dir: Path | None) -> Path:
     """The directory of layer `diff_id`: extracted from its blob (src_dir None) or
     adopted from `src_dir` (renamed; removed if the layer already has one). Holds the
     gc lock shared and the lock of the candidate name while it works."""
@@ -285,7 +285,7 @@ def _drop_src(src_dir: Path | None, result: Path) -> Path:
     return result
 
 
-def _fill(store: "Store", diff_id: str, name: str, target: Path, src_dir: Path | None) -> Path:
+def _fill(store: "StoreRoot", diff_id: str, name: str, target: Path, src_dir: Path | None) -> Path:
     if src_dir is None:
         blob = store.db.query_one("SELECT digest FROM layer_blobs WHERE diff_id=? ORDER BY size LIMIT 1",
                                   (diff_id,))

@@ -23,13 +23,13 @@ from lamina.store.errors import StoreError
 from lamina.store.locks import is_locked, pid_alive, try_lock
 
 if TYPE_CHECKING:
-    from lamina.store.store import Store
+    from lamina.store.root import StoreRoot
 
 
 class Lease:
     """A live hold on store content; use through `Store.lease()`."""
 
-    def __init__(self, store: "Store") -> None:
+    def __init__(self, store: "StoreRoot") -> None:
         self._store = store
         self.id = secrets.token_hex(8)
         self.pid = os.getpid()

@@ -9,22 +9,22 @@ import bz2
 import lzma
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Mapping
 
 from lamina.store import oci, refs
 from lamina.store.compression import PrefixedReader, open_decompressed
+from lamina.store.epoch import source_date_epoch as sde_in_force
 from lamina.store.errors import CorruptContent, StoreError
+from lamina.store.images import Image, commit_image, load_image
+from lamina.store.layerdirs import make_layer_dir
 from lamina.store.layers import DEFAULT_COMPRESSION, extract_as_layer
 from lamina.store.locks import remove_tree
-
-if TYPE_CHECKING:
-    from lamina.store.store import Image, Store
+from lamina.store.root import StoreRoot
 
 
-def import_rootfs(store: "Store", tarball: Path, ref: str | None, *,
+def import_rootfs(store: StoreRoot, tarball: Path, ref: str | None, *,
                   changes: Mapping[str, Any] | None = None, message: str | None = None,
-                  compression: str = DEFAULT_COMPRESSION, source_date_epoch: int | None = None) -> "Image":
-    from lamina.store.store import source_date_epoch as sde_in_force
+                  compression: str = DEFAULT_COMPRESSION, source_date_epoch: int | None = None) -> Image:
     parsed = [refs.parse_tag(ref)] if ref else []  # a bad name fails before any work
     sde = sde_in_force(source_date_epoch)
     created = oci.format_time(sde if sde is not None else time.time())
@@ -43,12 +43,12 @@ def import_rootfs(store: "Store", tarball: Path, ref: str | None, *,
             history = {"created": created, "comment": message or f"Imported from {tarball.name}"}
             cfg = oci.build_config(diff_ids=[layer.diff_id], history=[history],
                                    container_config=dict(changes or {}), created=created)
-            image = store.commit_image(cfg, [layer], [str(t) for t in parsed])
+            image = commit_image(store, cfg, [layer], [str(t) for t in parsed])
             if sde is None:  # the extracted tree is exactly the layer (no clamped times): keep it
-                store.adopt_layer_dir(layer.diff_id, tmp)
+                make_layer_dir(store, layer.diff_id, tmp)
         finally:
             remove_tree(tmp)
-    return store.resolve(image.manifest_digest)
+    return load_image(store, image.manifest_digest)
 
 
 def open_any_compression(f: BinaryIO, path: Path) -> BinaryIO:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lamina.store.store import Store
+    from lamina.store.root import StoreRoot
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _dir_bytes(path: Path, everywhere: _Inodes) -> tuple[int, int, int]:
     return own, unique, blocks
 
 
-def usage(store: "Store") -> DuReport:
+def usage(store: "StoreRoot") -> DuReport:
     db = store.db
     with db.read() as c:
         dirs = {r["diff_id"]: r["dir"] for r in c.execute("SELECT diff_id, dir FROM layers WHERE dir IS NOT NULL")}

@@ -1,0 +1,110 @@
+"""`StoreRoot`: the parts of one store directory that every store module works
+through — the directories, the database, the blob store, the gc lock and this
+process's temp entries — and nothing above them.
+
+The modules that keep images, tags, the build cache, leases, layer dirs, gc, fsck
+and du take a StoreRoot; the `Store` facade (store.store) is a StoreRoot that adds
+their operations on top. So every module depends only on what is below it.
+
+Layout of ROOT:
+    lamina.db            metadata (store.db)
+    blobs/sha256/<hex>   content-addressed blobs (store.blobs)
+    layers/<short>       extracted layer dirs, overlay lower form (store.layerdirs)
+    tmp/                 temp entries, named after their owner process (store.locks)
+    locks/, leases/      lock files (store.locks, store.lease)
+    gc.lock              writers shared, gc exclusive
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+from pathlib import Path
+
+from lamina.store.blobs import BlobStore
+from lamina.store.db import Database
+from lamina.store.errors import StoreError
+from lamina.store.locks import GcLock, Owner, clean_stale_temp
+
+STORE_MODE = 0o700
+
+
+def make_private_root(root: Path) -> None:
+    """Create the store root 0700 from its first mkdir, and tighten an existing one.
+
+    The store holds what RUN steps made, setuid-root files included, and the
+    neighbours of secrets: the root's mode is the one gate that keeps every other
+    local user out of all of it (as /var/lib/docker's 0710)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(mode=STORE_MODE)
+    except FileExistsError:
+        st = root.stat()
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(root, STORE_MODE)
+
+
+class StoreRoot:
+    """The directories, database, blobs and locks of the store at `root` (created on
+    first use). `file_dedup`: see store.store.Store."""
+
+    def __init__(self, root: Path, *, file_dedup: bool = False) -> None:
+        self.root = Path(root)
+        self.file_dedup = file_dedup
+        try:
+            make_private_root(self.root)
+            for sub in ("blobs", "layers", "tmp", "locks", "leases"):
+                (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the store at {self.root}: {e.strerror or e}",
+                             path=str(self.root)) from None
+        self.layers_root = self.root / "layers"
+        self.tmp_dir = self.root / "tmp"
+        self.locks_dir = self.root / "locks"
+        self.db = Database(self.root / "lamina.db")
+        self.blobs = BlobStore(self.root)
+        self.gc_lock = GcLock(self.root / "gc.lock")
+        self._owner: Owner | None = None
+        clean_stale_temp(self.tmp_dir)
+
+    @property
+    def owner(self) -> Owner:
+        if self._owner is None or self._owner.pid != os.getpid():
+            self._owner = Owner(self.tmp_dir)
+        return self._owner
+
+    def temp_path(self, purpose: str) -> Path:
+        """A fresh path in ROOT/tmp that is removed if this process dies."""
+        return self.owner.temp_path(purpose)
+
+    def writing(self):
+        """Hold the gc lock shared: wrap "write bytes, then record them" in it."""
+        return self.gc_lock.shared()
+
+    def close(self) -> None:
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def disk_errors(fn):
+    """Turn ENOSPC / EDQUOT raised by a method of a StoreRoot into one clear StoreError."""
+    @functools.wraps(fn)
+    def wrapper(self: StoreRoot, *a, **kw):
+        try:
+            return fn(self, *a, **kw)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreError(f"disk full: no space left on the filesystem of the store "
+                                 f"{self.root}" + (f" (writing {e.filename})" if e.filename else ""),
+                                 path=str(e.filename or self.root)) from None
+            raise
+    return wrapper
