@@ -24,12 +24,11 @@ from pathlib import Path
 from lamina.builder.sandbox import linux, overlay
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox.mountpoints import StubRecorder
+from lamina.builder.sandbox.kernelpaths import protect_kernel_paths
 from lamina.builder.sandbox.rootpath import resolve_in_root  # at import: the forked child must not import
 
 _DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
               "urandom": (1, 9), "tty": (5, 0)}
-_PROC_READONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
-_PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug")
 
 
 @dataclass(frozen=True)
@@ -115,19 +114,12 @@ def mount_system(rec: StubRecorder, hosts: Path, resolv: Path) -> None:
                     linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
     except SandboxError:
         pass  # optional: an empty /dev/mqueue where the kernel lacks POSIX mqueues
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                         ("core", "/proc/kcore")):
+    links = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
+    if os.path.exists(f"{proc}/kcore"):  # as runc: /dev/core only where there is a kcore
+        links.append(("core", "/proc/kcore"))
+    for name, target in links:
         os.symlink(target, f"{dev}/{name}")
-    # docker's masked and read-only /proc paths
-    for name in _PROC_MASKED:
-        path = f"{proc}/{name}"
-        if os.path.isfile(path):
-            linux.mount(f"{dev}/null", path, None, linux.MS_BIND)
-    for name in _PROC_READONLY:
-        path = f"{proc}/{name}"
-        if os.path.exists(path):
-            bind(path, path, readonly=True)
     # /sys, read-only
     sys_dir = rec.ensure("/sys", "dir")
     try:
@@ -138,6 +130,8 @@ def mount_system(rec: StubRecorder, hosts: Path, resolv: Path) -> None:
         # /sys is better than no build
         if getattr(exc, "errno", None) not in (1, 13):  # EPERM, EACCES
             raise
+    # docker's read-only and masked /proc and /sys paths (builder.sandbox.kernelpaths)
+    protect_kernel_paths(rec.root, f"{dev}/null")
     # injected files: bind mounts, so they never land in the upper dir. BuildKit's
     # runc executor mounts exactly these two (ro, nosuid, nodev, noexec) and no
     # /etc/hostname; a stub it had to create is removed after the step (as here).
