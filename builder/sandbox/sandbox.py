@@ -13,8 +13,9 @@
 - ``argv`` (exec'd as is, argv[0] looked up in the PATH of ``env``), ``env`` (the
   complete environment, nothing of the host's), ``cwd`` (must exist in the image),
   ``uid``/``gid``/``groups``, ``hostname`` (BuildKit's ``buildkitsandbox`` by default;
-  /etc/hosts maps it to 127.0.0.1 as BuildKit writes it), ``network`` ("none": own network
-  namespace with only lo, up; "host": the host's), ``mounts`` (RUN --mount:
+  /etc/hosts maps it to 127.0.0.1 as BuildKit writes it), ``network`` ("default": own network
+  namespace with outbound access through slirp4netns, see builder.sandbox.network;
+  "none": own network namespace with only lo, up; "host": the host's), ``mounts`` (RUN --mount:
   ``BindMount``, ``TmpfsMount``, ``CacheMount``, ``SecretMount``, ``LayerMount``: a path
   of another stage's or image's merged layers).
 
@@ -27,8 +28,10 @@ its stdout and stderr merged, live, to ``on_output``; stdin is /dev/null. It rai
 exec'd (missing executable, missing working dir).
 
 How: the lamina process (P) forks C1, which starts a new session, arms
-PR_SET_PDEATHSIG, unshares mount/PID/IPC/UTS(/net) namespaces, makes / rprivate
-and forks C2 = PID 1 of the new namespace. C2 mounts the overlay (new mount API,
+PR_SET_PDEATHSIG, unshares mount/PID/IPC/UTS(/net) namespaces (for the default
+network first forking the slirp4netns helper in the host's netns and, after the
+unshare, waiting until it has configured tap0: builder.sandbox.network; C1 stops and
+reaps it after the step), makes / rprivate and forks C2 = PID 1 of the new namespace. C2 mounts the overlay (new mount API,
 ``lowerdir+``; classic mount(2) as fallback), /proc (with docker's read-only and
 masked paths), a minimal /dev (tmpfs, host nodes null zero full random urandom tty
 bind-mounted, devpts newinstance + ptmx link, shm, fd/std* links), /sys read-only,
@@ -58,9 +61,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from lamina.builder.sandbox import linux, overlay
+from lamina.builder.sandbox import linux, network as netstack, overlay
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox.mountpoints import StubRecorder, remove_stubs
+from lamina.builder.sandbox.privateroot import make_private
 from lamina.builder.sandbox.rootmounts import (BindMount, CacheMount, LayerMount, Mount, SecretMount,
                                 TmpfsMount, mount_system, mount_user)
 
@@ -84,7 +88,7 @@ class SandboxSpec:
     gid: int = 0
     groups: tuple[int, ...] = ()
     hostname: str = "buildkitsandbox"  # BuildKit's executor/oci defaultHostname
-    network: Literal["none", "host"] = "none"
+    network: Literal["default", "none", "host"] = "none"
     mounts: tuple[Mount, ...] = ()
 
 
@@ -104,8 +108,9 @@ def _validate(spec: SandboxSpec) -> None:
         raise SandboxError("nothing to run: empty command")
     if not 0 < len(spec.hostname.encode()) <= 64 or "\0" in spec.hostname:
         raise SandboxError(f"invalid hostname {spec.hostname!r} (1 to 64 bytes)")
-    if spec.network not in ("none", "host"):
-        raise SandboxError(f"unknown network mode {spec.network!r} (expected none or host)")
+    if spec.network not in netstack.MODES:
+        raise SandboxError(f"unknown network mode {spec.network!r} "
+                           f"(expected one of {', '.join(netstack.MODES)})")
     if not spec.cwd.startswith("/"):
         raise SandboxError(f"working directory {spec.cwd!r} is not an absolute path")
     if any("\0" in a for a in spec.argv) or any("\0" in k + v or "=" in k or not k
@@ -134,13 +139,6 @@ def hosts_file(hostname: str) -> str:
             "::1\tlocalhost ip6-localhost ip6-loopback\n")
 
 
-def _host_resolv_conf() -> bytes:
-    try:
-        return Path("/etc/resolv.conf").read_bytes()
-    except OSError:
-        return b""
-
-
 def _prepare(spec: SandboxSpec) -> _Plan:
     # named after the work dir: a store temp dir's owner tag then covers it too, so a
     # killed lamina's run dir is removed by the next start's stale-temp cleanup
@@ -151,7 +149,7 @@ def _prepare(spec: SandboxSpec) -> _Plan:
     plan.root.mkdir()
     plan.scratch.mkdir()
     plan.hosts.write_text(hosts_file(spec.hostname))
-    plan.resolv.write_bytes(_host_resolv_conf())
+    plan.resolv.write_bytes(netstack.resolv_conf(spec.network))
     for p in (plan.hosts, plan.resolv):
         p.chmod(0o644)
     return plan
@@ -350,10 +348,21 @@ def _stage1(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, parent_pid: 
         return 125
     flags = (linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC
              | linux.CLONE_NEWUTS | linux.CLONE_NEWCGROUP)
-    if spec.network == "none":
+    if netstack.own_namespace(spec.network):
         flags |= linux.CLONE_NEWNET
-    linux.unshare(flags)
-    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    stack = netstack.UserNetwork.prepare() if spec.network == "default" else None
+    try:
+        linux.unshare(flags)
+        if stack is not None:
+            stack.attach()  # tap0 is configured before the command can run
+        return _stage1_run(spec, plan, out_w, ctl_w)
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+def _stage1_run(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int) -> int:
+    make_private(root_mount=True)  # / a private mount point, also inside a chroot
     alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -407,7 +416,7 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
     linux.umount2(".", linux.MNT_DETACH)
     os.chdir("/")
     linux.sethostname(spec.hostname)
-    if spec.network == "none":
+    if netstack.own_namespace(spec.network):
         linux.interface_up("lo")
 
     pid = os.fork()
