@@ -334,11 +334,6 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
         warnings=tuple(warnings), stage_names=names)
 
 
-__all__ = ["Stage", "BuildPlan", "plan_build", "lookup_stage",
-           "BaseImage", "Step", "StagePlan", "plan_stage", "plan_all", "expand_onbuild"]
-
-# Phase 2 lives in builder.stageplan, which imports this module: re-exported last,
-# once every name above exists.
-from lamina.builder.plan.stageplan import (  # noqa: E402
-    BaseImage, StagePlan, Step, expand_onbuild, plan_all, plan_stage,
-)
+__all__ = ["Stage", "BuildPlan", "plan_build", "lookup_stage"]
+# Phase 2 (steps of a stage: plan_stage, plan_all, StagePlan) is builder.plan.stageplan,
+# which builds on this module.

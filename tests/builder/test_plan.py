@@ -13,7 +13,8 @@ import pytest
 from lamina.builder.plan.cachekey import explain_miss, parent_scratch
 from lamina.builder.errors import BuildError
 from lamina.builder.plan.imageconfig import ImageConfig
-from lamina.builder.plan.plan import BaseImage, expand_onbuild, plan_all, plan_build, plan_stage
+from lamina.builder.plan.plan import plan_build
+from lamina.builder.plan.stageplan import BaseImage, expand_onbuild, plan_all, plan_stage
 from lamina.builder.plan.resolved import (
     Platform, ResolvedCopy, ResolvedRun, ResolvedUser,
 )
