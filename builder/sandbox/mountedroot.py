@@ -25,6 +25,7 @@ from typing import Callable, Mapping, TypeVar
 from lamina.builder.sandbox import linux
 from lamina.builder.errors import BuildError
 from lamina.builder.sandbox.overlay import finalize_upper, mount_overlay, mount_overlay_readonly
+from lamina.builder.sandbox.privateroot import make_private
 
 T = TypeVar("T")
 
@@ -43,7 +44,7 @@ def _child(fn: Callable[[], T], wfd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         linux.unshare(linux.CLONE_NEWNS)
-        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        make_private(root_mount=False)  # also inside a chroot
         result = ("ok", fn())
     except BuildError as e:
         result = ("build-error", e)
