@@ -1,0 +1,246 @@
+"""Pulling an image from a registry into the store, every byte verified.
+
+    pull_image(store, "localhost:5000/app:1.0", platform=None) -> Pulled
+
+The manifest is fetched with content negotiation (OCI and Docker schema 2 manifests
+and indexes / manifest lists); an index gives the manifest of the requested
+platform (default: the host's). Schema 1 gets a clear error. Manifests and configs
+are read with a size cap; blobs stream into the blob store while being hashed, a
+dropped connection resumes with ``Range``, and nothing is stored whose digest or
+size differs from its descriptor. Layers download in parallel (bounded). The image
+is recorded with its manifest bytes as the registry sent them, so its digest (the
+RepoDigest) and its image ID are the registry's.
+"""
+
+from __future__ import annotations
+
+import json
+import platform as host_platform
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import httpx
+
+from lamina.store import oci, refs
+from lamina.store.blobs import sha256_digest
+from lamina.store.errors import CorruptContent, StoreError
+from lamina.store.layers import LayerBlob, describe_layer
+from lamina.store.registry.session import RegistryError, RegistrySession
+
+MAX_MANIFEST_BYTES = 4 << 20   # containerd's limit for manifests and indexes
+MAX_CONFIG_BYTES = 16 << 20
+PARALLEL_DOWNLOADS = 4
+CHUNK = 1 << 20
+SCHEMA1_TYPES = ("application/vnd.docker.distribution.manifest.v1+json",
+                 "application/vnd.docker.distribution.manifest.v1+prettyjws")
+ACCEPT = ", ".join([oci.OCI_INDEX, oci.DOCKER_MANIFEST_LIST, oci.OCI_MANIFEST, oci.DOCKER_MANIFEST,
+                    *SCHEMA1_TYPES])
+
+Progress = Callable[[str, int, int], None]  # (what, bytes done, bytes total)
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
+
+
+def host() -> Platform:
+    machine = host_platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+            "armv7l": "arm", "i686": "386", "i386": "386", "ppc64le": "ppc64le",
+            "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
+    variant = "v8" if arch == "arm64" else ("v7" if arch == "arm" else None)
+    return Platform("linux", arch, variant)
+
+
+def parse_platform(text: str) -> Platform:
+    parts = text.strip().lower().split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise StoreError(f"invalid platform {text!r} (expected os/arch[/variant], e.g. linux/arm64)")
+    return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+@dataclass(frozen=True)
+class Pulled:
+    reference: str          # the normalized reference pulled
+    manifest_digest: str    # the digest the registry serves (RepoDigest)
+    image: Any              # lamina.store Image
+    downloaded: int         # blob bytes fetched
+
+
+def repo_scope(path: str, actions: str = "pull") -> str:
+    return f"repository:{path}:{actions}"
+
+
+def fetch_manifest(session: RegistrySession, path: str, ref: str) -> tuple[bytes, str, str]:
+    """(bytes, media type, digest) of manifest `ref` (tag or digest) of repository `path`."""
+    with session.request("GET", f"/v2/{path}/manifests/{ref}", scope=repo_scope(path),
+                         headers={"Accept": ACCEPT}) as resp:
+        declared = int(resp.headers.get("content-length") or 0)
+        if declared > MAX_MANIFEST_BYTES:
+            raise RegistryError(f"registry {session.host}: manifest {path}:{ref} is {declared} bytes "
+                                f"(more than the {MAX_MANIFEST_BYTES >> 20} MiB a manifest may have)")
+        data = bytearray()
+        for chunk in resp.iter_bytes():
+            data += chunk
+            if len(data) > MAX_MANIFEST_BYTES:
+                raise RegistryError(f"registry {session.host}: manifest {path}:{ref} is larger than "
+                                    f"{MAX_MANIFEST_BYTES >> 20} MiB")
+        content_type = resp.headers.get("content-type", "").split(";")[0].strip()
+    data = bytes(data)
+    digest = sha256_digest(data)
+    if ref.startswith("sha256:") and digest != ref:
+        raise CorruptContent(f"registry {session.host} sent a manifest for {path}@{ref} whose content "
+                             f"hashes to {digest}", digest=ref)
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise CorruptContent(f"registry {session.host}: manifest {path}:{ref} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise CorruptContent(f"registry {session.host}: manifest {path}:{ref} is not a JSON object")
+    media_type = doc.get("mediaType") or content_type
+    if doc.get("schemaVersion") == 1 or media_type in SCHEMA1_TYPES:
+        raise RegistryError(f"{path}:{ref} is a Docker schema 1 manifest, which lamina does not read "
+                            "(deprecated since 2017: push it again with a current tool)")
+    if not media_type:
+        media_type = oci.OCI_INDEX if "manifests" in doc else oci.OCI_MANIFEST
+    return data, media_type, digest
+
+
+def choose_manifest(index: dict, want: Platform, where: str) -> str:
+    """The digest of the manifest for `want` in an index / manifest list."""
+    entries = index.get("manifests")
+    if not isinstance(entries, list):
+        raise CorruptContent(f"{where}: index without a manifests list")
+    offered = []
+    fallback = None
+    for e in entries:
+        p = e.get("platform") or {}
+        if not isinstance(p, dict):
+            continue
+        offered.append("/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x))
+        if p.get("os") != want.os or p.get("architecture") != want.architecture:
+            continue
+        if want.variant is None or p.get("variant") in (want.variant, None):
+            if p.get("variant") == want.variant:
+                return e["digest"]
+            fallback = fallback or e["digest"]
+    if fallback:
+        return fallback
+    raise RegistryError(f"{where} has no image for platform {want} (it has: "
+                        f"{', '.join(o for o in offered if o) or 'none'}); choose one with --platform")
+
+
+def fetch_blob(session: RegistrySession, blobs, path: str, digest: str, size: int | None,
+               progress: Progress | None = None, what: str = "") -> int:
+    """Stream blob `digest` into the store (verified); returns the bytes downloaded."""
+    if blobs.exists(digest):
+        return 0
+    writer = blobs.writer()
+    try:
+        resumes = 0
+        while True:
+            headers = {"Range": f"bytes={writer.size}-"} if writer.size else {}
+            try:
+                with session.request("GET", f"/v2/{path}/blobs/{digest}", scope=repo_scope(path),
+                                     headers=headers, ok=(200, 206)) as resp:
+                    if writer.size and resp.status_code == 200:
+                        writer.abort()  # no range support: start again from 0
+                        writer = blobs.writer()
+                    for chunk in resp.iter_raw(CHUNK):
+                        writer.write(chunk)
+                        if size is not None and writer.size > size:
+                            raise CorruptContent(f"registry {session.host}: blob {digest} is larger than "
+                                                 f"its descriptor's {size} bytes", digest=digest)
+                        if progress:
+                            progress(what or digest, writer.size, size or 0)
+                break
+            except (httpx.TransportError, RegistryError) as e:
+                if isinstance(e, RegistryError) and not _dropped(e):
+                    raise
+                resumes += 1
+                if resumes > 5:
+                    raise RegistryError(f"registry {session.host}: download of {digest} kept failing: {e}") from None
+        if size is not None and writer.size != size:
+            raise CorruptContent(f"registry {session.host}: blob {digest} has {writer.size} bytes, its "
+                                 f"descriptor says {size}", digest=digest)
+        writer.commit(digest)  # CorruptContent if the bytes do not hash to digest
+        return size or 0
+    finally:
+        writer.abort()
+
+
+def _dropped(e: RegistryError) -> bool:
+    return e.status is None and "failed" in e.message
+
+
+def fetch_small_blob(session: RegistrySession, path: str, digest: str, limit: int) -> bytes:
+    with session.request("GET", f"/v2/{path}/blobs/{digest}", scope=repo_scope(path)) as resp:
+        data = bytearray()
+        for chunk in resp.iter_bytes():
+            data += chunk
+            if len(data) > limit:
+                raise RegistryError(f"registry {session.host}: blob {digest} is larger than {limit} bytes")
+    data = bytes(data)
+    if sha256_digest(data) != digest:
+        raise CorruptContent(f"registry {session.host} sent blob {digest} with other content", digest=digest)
+    return data
+
+
+def pull_image(store, reference: str, *, platform: Platform | None = None,
+               session: RegistrySession | None = None, progress: Progress | None = None,
+               tag: bool = True) -> Pulled:
+    """Pull `reference` into `store` and tag it there (by its normalized name)."""
+    ref = refs.parse(reference)
+    own = session is None
+    session = session or RegistrySession(ref.domain)
+    try:
+        return _pull(store, session, ref, platform or host(), progress, tag)
+    finally:
+        if own:
+            session.close()
+
+
+def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
+          progress: Progress | None, tag: bool) -> Pulled:
+    where = ref.familiar
+    target = ref.digest or ref.tag or refs.DEFAULT_TAG
+    data, media_type, digest = fetch_manifest(session, ref.path, target)
+    seen = {digest}
+    if media_type in oci.INDEX_TYPES:
+        chosen = choose_manifest(json.loads(data), want, where)
+        if chosen in seen:
+            raise CorruptContent(f"{where}: the index refers to itself")
+        data, media_type, digest = fetch_manifest(session, ref.path, chosen)
+        if media_type in oci.INDEX_TYPES:
+            raise CorruptContent(f"{where}: the index for {want} points at another index")
+    manifest = oci.decode(data, f"{where}: manifest")
+    oci.check_manifest(manifest, f"{where}: manifest")
+    cdesc = manifest["config"]
+    config = fetch_small_blob(session, ref.path, cdesc["digest"], MAX_CONFIG_BYTES)
+    layers_desc = manifest["layers"]
+    downloaded = 0
+    with store.writing():
+        with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
+            futures = [pool.submit(fetch_blob, session, store.blobs, ref.path, d["digest"],
+                                   d.get("size"), progress, f"layer {i + 1}/{len(layers_desc)}")
+                       for i, d in enumerate(layers_desc)]
+            for f in futures:
+                downloaded += f.result()
+        layers = [_layer_blob(store, d) for d in layers_desc]
+        names = [str(refs.parse_tag(str(ref)))] if tag and ref.digest is None else []
+        image = store.add_manifest(data, config, layers, names)
+    return Pulled(reference=str(ref), manifest_digest=digest, image=image, downloaded=downloaded)
+
+
+def _layer_blob(store, desc: dict) -> LayerBlob:
+    described = describe_layer(store.blobs, desc["digest"])
+    return LayerBlob(diff_id=described.diff_id, digest=described.digest, size=described.size,
+                     media_type=desc.get("mediaType") or described.media_type,
+                     uncompressed_size=described.uncompressed_size)

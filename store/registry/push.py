@@ -1,0 +1,126 @@
+"""Pushing an image of the store to a registry.
+
+    push_image(store, "app:1.0", "localhost:5000/team/app:1.0") -> Pushed
+
+Layers go as the store's export does (gzip by default, which every registry client
+reads — the image ID stays the same; ``compression="zstd"`` pushes the stored
+bytes). Each blob is first asked for with HEAD and skipped when the registry has it;
+a blob the registry has in another repository of the same registry is mounted
+(``?mount=&from=``) instead of uploaded; otherwise it is uploaded monolithically
+(POST, then one PUT with the digest) from the blob file, so a retry re-sends it
+from its start. The manifest goes last, with its own media type.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from lamina.store import oci, refs
+from lamina.store.blobs import sha256_digest
+from lamina.store.errors import StoreError
+from lamina.store.registry.pull import repo_scope
+from lamina.store.registry.session import RegistryError, RegistrySession
+
+PARALLEL_UPLOADS = 4
+CHUNK = 1 << 20
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Pushed:
+    reference: str
+    manifest_digest: str
+    uploaded: int      # blob bytes sent
+    skipped: int       # blobs the registry already had (or mounted)
+
+
+def _has_blob(session: RegistrySession, path: str, digest: str, scope: str) -> bool:
+    with session.request("HEAD", f"/v2/{path}/blobs/{digest}", scope=scope, ok=(200, 404)) as resp:
+        return resp.status_code == 200
+
+
+def _upload(session: RegistrySession, blobs, path: str, digest: str, scope: str,
+            mount_from: str | None, progress: Progress | None, what: str) -> int:
+    if _has_blob(session, path, digest, scope):
+        return -1
+    params = {"mount": digest, "from": mount_from} if mount_from and mount_from != path else None
+    with session.request("POST", f"/v2/{path}/blobs/uploads/", scope=scope, params=params,
+                         ok=(201, 202)) as resp:
+        if resp.status_code == 201:
+            return -1  # mounted from the other repository
+        location = resp.headers.get("location")
+    if not location:
+        raise RegistryError(f"registry {session.host} started an upload without a Location")
+    if location.startswith("/"):
+        location = session.base_url() + location
+    size = blobs.size(digest)
+    sep = "&" if "?" in location else "?"
+
+    def body():
+        f = blobs.open(digest)
+
+        def chunks():
+            sent = 0
+            try:
+                while True:
+                    chunk = f.read(CHUNK)
+                    if not chunk:
+                        break
+                    sent += len(chunk)
+                    if progress:
+                        progress(what, sent, size)
+                    yield chunk
+            finally:
+                f.close()
+        return chunks()
+
+    with session.request("PUT", f"{location}{sep}digest={digest}", scope=scope, body=body,
+                         headers={"Content-Type": "application/octet-stream",
+                                  "Content-Length": str(size)}, ok=(201, 204)):
+        pass
+    return size
+
+
+def push_image(store, source: str, destination: str | None = None, *, compression: str = "gzip",
+               session: RegistrySession | None = None, progress: Progress | None = None) -> Pushed:
+    """Push the store's image `source` to `destination` (default: `source` itself)."""
+    from lamina.store.archive import export_images
+    from lamina.store.recompress import export_all
+
+    dest = refs.parse(destination or source)
+    if dest.digest is not None:
+        raise StoreError(f"cannot push to a digest reference {destination or source!r}: name a tag")
+    tag = dest.tag or refs.DEFAULT_TAG
+    (image,) = export_all(store, export_images(store, [source]), compression)
+    own = session is None
+    session = session or RegistrySession(dest.domain)
+    scope = repo_scope(dest.path, "pull,push")
+    try:
+        blobs = [(image.config_digest, "config")]
+        blobs += [(l.digest, f"layer {i + 1}/{len(image.layers)}") for i, l in enumerate(image.layers)]
+        uploaded = skipped = 0
+        with ThreadPoolExecutor(max_workers=PARALLEL_UPLOADS) as pool:
+            futures = [pool.submit(_upload, session, store.blobs, dest.path, d, scope, None, progress, what)
+                       for d, what in blobs]
+            for f in futures:
+                n = f.result()
+                if n < 0:
+                    skipped += 1
+                else:
+                    uploaded += n
+        manifest = image.manifest
+        media_type = oci.manifest_media_type(oci.decode(manifest, "manifest"))
+        with session.request("PUT", f"/v2/{dest.path}/manifests/{tag}", scope=scope, body=manifest,
+                             headers={"Content-Type": media_type}, ok=(201, 200)) as resp:
+            served = resp.headers.get("docker-content-digest")
+        digest = sha256_digest(manifest)
+        if served and served != digest:
+            raise RegistryError(f"registry {session.host} stored the manifest as {served}, not {digest}")
+        return Pushed(reference=str(dest.with_tag(tag)) if dest.tag is None else str(dest),
+                      manifest_digest=digest, uploaded=uploaded, skipped=skipped)
+    finally:
+        if own:
+            session.close()

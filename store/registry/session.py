@@ -1,0 +1,329 @@
+"""One authenticated HTTP session with one registry (OCI distribution spec v1.1).
+
+    session = RegistrySession("localhost:5000")
+    with session.request("GET", "/v2/app/manifests/1.0", scope="repository:app:pull",
+                         headers={...}, stream=True) as resp: ...
+
+What it does for every request:
+- scheme: HTTPS with the system CAs plus docker's per-registry
+  ``/etc/docker/certs.d/HOST[:PORT]/`` (``ca.crt``/``*.crt`` CAs, ``client.cert`` +
+  ``client.key``); plain HTTP only for loopback registries (``localhost``, 127.0.0.0/8,
+  ``::1``) and those named insecure (``LAMINA_INSECURE_REGISTRIES=host:port,...`` or
+  the caller's list) — tried after HTTPS fails, as docker does;
+- auth: anonymous first; on a 401 challenge ``Basic`` (the stored credentials) or
+  ``Bearer`` (token endpoint with service and scope, with the stored credentials
+  when there are any; the token reused per scope until it expires);
+- retries with back-off on connection errors, 5xx and 429 (honouring
+  ``Retry-After``), for requests whose body can be sent again;
+- redirects followed (blob storage URLs), at most 10, credentials never sent to
+  another host; no secret in any error message.
+
+Imports only lamina.store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import httpx
+
+from lamina.store.errors import StoreError
+from lamina.store.registry.auth import Credentials, find_credentials
+
+CERTS_DIRS = (Path("/etc/docker/certs.d"), Path("/etc/containers/certs.d"))
+MAX_ATTEMPTS = 5
+MAX_RETRY_WAIT = 30.0
+USER_AGENT = "lamina/0.1"
+
+
+class RegistryError(StoreError):
+    """A registry refused, failed or sent something lamina cannot accept."""
+
+    def __init__(self, message: str, *, status: int | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+
+
+class Unauthorized(RegistryError):
+    """The registry wants credentials lamina does not have, or refused them."""
+
+
+def api_host(host: str) -> str:
+    """The host that serves the API: Docker Hub's is not docker.io."""
+    return "registry-1.docker.io" if host in ("docker.io", "index.docker.io") else host
+
+
+def is_loopback(host: str) -> bool:
+    name = host
+    if name.startswith("["):
+        name = name[1:name.index("]")]
+    elif name.count(":") == 1:
+        name = name.rsplit(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_registries() -> tuple[str, ...]:
+    raw = os.environ.get("LAMINA_INSECURE_REGISTRIES", "")
+    return tuple(h.strip() for h in raw.split(",") if h.strip())
+
+
+def _ssl_context(host: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    for base in CERTS_DIRS:
+        d = base / host
+        if not d.is_dir():
+            continue
+        for ca in sorted(d.glob("*.crt")):
+            ctx.load_verify_locations(cafile=str(ca))
+        cert, key = d / "client.cert", d / "client.key"
+        if cert.is_file() and key.is_file():
+            ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="https://auth",service="reg",scope="x"` -> ("bearer", {...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
+              for m in _CHALLENGE_PARAM.finditer(rest)}
+    return scheme.lower(), params
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float
+
+
+class RegistrySession:
+    """HTTP to one registry host (``host[:port]`` as in an image reference)."""
+
+    def __init__(self, host: str, *, insecure: tuple[str, ...] = (),
+                 credentials: Credentials | None | Callable[[], Credentials | None] = None,
+                 timeout: float = 60.0) -> None:
+        self.host = host
+        self.api = api_host(host)
+        self.plain_allowed = is_loopback(self.api) or host in insecure or host in insecure_registries()
+        self._creds_source = credentials
+        self._creds_loaded = not callable(credentials) and credentials is not None
+        self._creds = credentials if self._creds_loaded else None
+        self._scheme: str | None = None
+        self._basic = False
+        self._tokens: dict[str, _Token] = {}
+        self._challenge: tuple[str, dict[str, str]] | None = None
+        try:
+            verify = _ssl_context(self.api)
+        except (OSError, ssl.SSLError) as e:
+            raise RegistryError(f"cannot load the TLS certificates for {host}: {e}") from None
+        self._client = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout, connect=15.0),
+                                    follow_redirects=True, max_redirects=10,
+                                    headers={"User-Agent": USER_AGENT})
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "RegistrySession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- credentials ---------------------------------------------------------------
+
+    def credentials(self) -> Credentials | None:
+        if not self._creds_loaded:
+            src = self._creds_source
+            self._creds = src() if callable(src) else find_credentials(self.host)
+            self._creds_loaded = True
+        return self._creds
+
+    # -- scheme --------------------------------------------------------------------
+
+    def base_url(self) -> str:
+        if self._scheme is None:
+            self._scheme = self._probe_scheme()
+        return f"{self._scheme}://{self.api}"
+
+    def _probe_scheme(self) -> str:
+        try:
+            self._client.get(f"https://{self.api}/v2/", timeout=10.0)
+            return "https"
+        except (httpx.ConnectError, httpx.ConnectTimeout, ssl.SSLError) as e:
+            if not self.plain_allowed:
+                raise RegistryError(f"cannot reach registry {self.host} over HTTPS: {_reason(e)}") from None
+        except httpx.HTTPError as e:
+            if not self.plain_allowed:
+                raise RegistryError(f"cannot reach registry {self.host}: {_reason(e)}") from None
+        try:
+            self._client.get(f"http://{self.api}/v2/", timeout=10.0)
+        except httpx.HTTPError as e:
+            raise RegistryError(f"cannot reach registry {self.host} (HTTPS, then HTTP): {_reason(e)}") from None
+        return "http"
+
+    # -- auth ----------------------------------------------------------------------
+
+    def _auth_header(self, scope: str) -> str | None:
+        tok = self._tokens.get(scope)
+        if tok is not None and tok.expires > time.time() + 5:
+            return "Bearer " + tok.value
+        if self._basic and self.credentials() is not None:
+            return self.credentials().basic_header()
+        return None
+
+    def _answer_challenge(self, resp: httpx.Response, scope: str, sent: str | None) -> None:
+        """Set up auth after a 401 to a request sent with Authorization `sent`; raises
+        Unauthorized when there is nothing more to try. (Requests run in parallel
+        threads: a 401 to a request sent before auth was set up is not a refusal.)"""
+        header = resp.headers.get("www-authenticate")
+        if not header:
+            raise Unauthorized(f"registry {self.host} refused the request (401) without saying how "
+                               "to authenticate", status=401)
+        scheme, params = parse_challenge(header)
+        creds = self.credentials()
+        if scheme == "basic":
+            if creds is None or (sent or "").startswith("Basic "):
+                raise Unauthorized(self._denied(creds), status=401)
+            self._basic = True
+            return
+        if scheme == "bearer":
+            if (sent or "").startswith("Bearer "):
+                current = self._tokens.get(scope)
+                if current is not None and sent != "Bearer " + current.value:
+                    return  # another thread already fetched a newer token
+                if current is not None and current.expires > time.time() + 5:
+                    raise Unauthorized(self._denied(creds), status=401)
+            self._tokens[scope] = self._fetch_token(params, scope, creds)
+            return
+        raise Unauthorized(f"registry {self.host} asks for unsupported authentication {scheme!r}", status=401)
+
+    def _denied(self, creds: Credentials | None) -> str:
+        if creds is None:
+            return (f"registry {self.host} requires authentication: run `lamina login {self.host}`")
+        return f"registry {self.host} refused the credentials of user {creds.username!r}"
+
+    def _fetch_token(self, params: Mapping[str, str], scope: str, creds: Credentials | None) -> _Token:
+        realm = params.get("realm")
+        if not realm:
+            raise Unauthorized(f"registry {self.host}: bearer challenge without a realm", status=401)
+        query = {k: v for k, v in (("service", params.get("service")), ("scope", scope)) if v}
+        headers = {"Authorization": creds.basic_header()} if creds else {}
+        try:
+            resp = self._client.get(realm, params=query, headers=headers)
+        except httpx.HTTPError as e:
+            raise RegistryError(f"cannot get a token for {self.host} from its auth service: {_reason(e)}") from None
+        if resp.status_code in (401, 403):
+            raise Unauthorized(self._denied(creds), status=resp.status_code)
+        if resp.status_code != 200:
+            raise RegistryError(f"the auth service of {self.host} answered {resp.status_code}",
+                                status=resp.status_code)
+        try:
+            body = resp.json()
+            value = body.get("token") or body["access_token"]
+            expires_in = float(body.get("expires_in") or 60)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise RegistryError(f"the auth service of {self.host} sent no token") from None
+        return _Token(value, time.time() + max(expires_in, 10))
+
+    # -- requests ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def request(self, method: str, path: str, *, scope: str,
+                headers: Mapping[str, str] | None = None,
+                body: Callable[[], object] | bytes | None = None,
+                params: Mapping[str, str] | None = None,
+                ok: tuple[int, ...] = (200,), retry: bool = True) -> Iterator[httpx.Response]:
+        """Send a request (path absolute on the registry, or a full URL the registry
+        gave, e.g. an upload location); yields the streamed response whose status is
+        in `ok`. `body` is bytes or a callable giving a fresh body per attempt."""
+        attempts = MAX_ATTEMPTS if retry else 1
+        auth_rounds = 0
+        attempt = 0
+        while True:
+            attempt += 1
+            url = path if path.startswith(("http://", "https://")) else self.base_url() + path
+            h = dict(headers or {})
+            auth = self._auth_header(scope)
+            if auth:
+                h["Authorization"] = auth
+            content = body() if callable(body) else body
+            try:
+                req = self._client.build_request(method, url, headers=h, content=content, params=params)
+                resp = self._client.send(req, stream=True)
+            except httpx.TooManyRedirects:
+                raise RegistryError(f"registry {self.host}: too many redirects for {method} {_where(path)}") from None
+            except httpx.HTTPError as e:
+                if attempt < attempts:
+                    _sleep(attempt, None)
+                    continue
+                raise RegistryError(f"registry {self.host}: {method} {_where(path)} failed: {_reason(e)}") from None
+            try:
+                if resp.status_code == 401 and auth_rounds < 2:
+                    auth_rounds += 1
+                    resp.read()
+                    resp.close()
+                    self._answer_challenge(resp, scope, auth)
+                    attempt -= 1
+                    continue
+                if (resp.status_code >= 500 or resp.status_code == 429) and attempt < attempts:
+                    wait = resp.headers.get("retry-after")
+                    resp.close()
+                    _sleep(attempt, wait)
+                    continue
+                if resp.status_code not in ok:
+                    raise self.error_for(resp, method, path)
+                yield resp
+                return
+            finally:
+                resp.close()
+
+    def error_for(self, resp: httpx.Response, method: str, path: str) -> RegistryError:
+        try:
+            resp.read()
+            body = resp.json()
+            errs = body.get("errors") or []
+            detail = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errs[:3])
+        except Exception:  # noqa: BLE001 - any non-JSON error body
+            detail = ""
+        cls = Unauthorized if resp.status_code in (401, 403) else RegistryError
+        msg = f"registry {self.host}: {method} {_where(path)} answered {resp.status_code}"
+        if resp.status_code == 401:
+            msg = self._denied(self.credentials())
+        return cls(msg + (f" ({detail})" if detail else ""), status=resp.status_code)
+
+
+def _where(path: str) -> str:
+    """A path for an error message, without query strings (upload states, tokens)."""
+    if path.startswith(("http://", "https://")):
+        path = "/" + path.split("://", 1)[1].split("/", 1)[-1]
+    return path.split("?", 1)[0]
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text.splitlines()[0][:200]
+
+
+def _sleep(attempt: int, retry_after: str | None) -> None:
+    wait = min(0.25 * 2 ** (attempt - 1), MAX_RETRY_WAIT)
+    if retry_after:
+        try:
+            wait = min(max(float(retry_after), 0.0), MAX_RETRY_WAIT)
+        except ValueError:
+            pass
+    time.sleep(wait)

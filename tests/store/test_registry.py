@@ -1,0 +1,176 @@
+"""The registry client against a real registry on loopback (Debian's docker-registry):
+push then pull into an empty store gives the same image, skopeo reads what lamina
+pushed and lamina pulls what skopeo pushed, basic auth through `lamina login`."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+
+from tests.builder.buildkit import build, lamina, make_base, make_context
+from tests.conftest import require_tool
+from tests.store.registryfix import htpasswd_line, registry
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def source_store(tmp_path_factory):
+    """A store with the busybox base `bb` and an image `app` built on it."""
+    base = tmp_path_factory.mktemp("src")
+    root = base / "store"
+    make_base(root, base / "base")
+    ctx = make_context(base / "app", "FROM bb\nRUN echo hello > /greeting\nCMD [\"cat\", \"/greeting\"]\n")
+    build(root, ctx, "-t", "app:1").check()
+    return root
+
+
+@pytest.fixture(scope="module")
+def plain_registry(tmp_path_factory):
+    with registry(tmp_path_factory.mktemp("registry")) as host:
+        yield host
+
+
+def _inspect(root, ref):
+    run = lamina(root, "inspect", ref)
+    assert run.code == 0, run.stderr
+    data = json.loads(run.stdout)
+    return data[0] if isinstance(data, list) else data
+
+
+def test_push_then_pull_into_an_empty_store(source_store, plain_registry, tmp_path):
+    dest = f"{plain_registry}/team/app:1"
+    pushed = lamina(source_store, "push", "app:1", dest)
+    assert pushed.code == 0, pushed.stderr
+    assert "digest: sha256:" in pushed.stdout
+    digest = pushed.stdout.split("digest: ")[1].split()[0]
+
+    again = lamina(source_store, "push", "app:1", dest)
+    assert again.code == 0, again.stderr
+    assert "uploaded 0 bytes" in again.stdout  # every blob was already there
+
+    fresh = tmp_path / "fresh"
+    pulled = lamina(fresh, "pull", dest)
+    assert pulled.code == 0, pulled.stderr
+    assert f"Digest: {digest}" in pulled.stderr
+    src_id = _inspect(source_store, "app:1")["Id"]
+    assert _inspect(fresh, dest)["Id"] == src_id  # same config: same image ID
+    # the pulled image runs as a base of a build
+    ctx = make_context(tmp_path / "ctx", f"FROM {dest}\nRUN cat /greeting > /copy\n")
+    build(fresh, ctx, "-t", "derived").check()
+
+
+def test_skopeo_reads_what_lamina_pushed(source_store, plain_registry, tmp_path):
+    skopeo = require_tool("skopeo")
+    dest = f"{plain_registry}/interop/app:1"
+    assert lamina(source_store, "push", "app:1", dest).code == 0
+    out = subprocess.run([skopeo, "inspect", "--tls-verify=false", f"docker://{dest}"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    stored = _inspect(source_store, "app:1")
+    assert info["Architecture"] == stored["Architecture"]
+    assert len(info["Layers"]) == len(stored["RootFS"]["Layers"])
+    oci_dir = tmp_path / "oci"
+    cp = subprocess.run([skopeo, "copy", "--src-tls-verify=false", f"docker://{dest}", f"oci:{oci_dir}:x"],
+                        capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stderr
+
+
+@pytest.mark.parametrize("fmt", ["v2s2", "oci"])
+def test_lamina_pulls_what_skopeo_pushed(source_store, plain_registry, tmp_path, fmt):
+    skopeo = require_tool("skopeo")
+    archive = tmp_path / "app.tar"
+    assert lamina(source_store, "save", "app:1", "-o", str(archive), "--format", "oci").code == 0
+    dest = f"{plain_registry}/from-skopeo/{fmt}:1"
+    cp = subprocess.run([skopeo, "copy", "--dest-tls-verify=false", "--format", fmt,
+                         f"oci-archive:{archive}", f"docker://{dest}"], capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stderr
+    fresh = tmp_path / "fresh"
+    pulled = lamina(fresh, "pull", dest)
+    assert pulled.code == 0, pulled.stderr
+    assert _inspect(fresh, dest)["Id"] == _inspect(source_store, "app:1")["Id"]
+
+
+def test_multi_platform_index_picks_the_host_platform(source_store, plain_registry, tmp_path):
+    """An index with the host's platform and another: pull takes the host's, --platform
+    the other; a platform the index lacks is one clear error."""
+    from lamina.store import oci
+    from lamina.store.blobs import sha256_digest
+    from lamina.store.registry.pull import host
+    from lamina.store.registry.session import RegistrySession
+
+    dest = f"{plain_registry}/multi/app"
+    pushed = lamina(source_store, "push", "-q", "app:1", f"{dest}:single")
+    assert pushed.code == 0, pushed.stderr
+    digest = pushed.stdout.strip()
+    with RegistrySession(plain_registry) as s:
+        with s.request("GET", f"/v2/multi/app/manifests/{digest}", scope="repository:multi/app:pull",
+                       headers={"Accept": oci.OCI_MANIFEST}) as r:
+            r.read()
+            manifest = r.content
+        me = host()
+        index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [
+            {"mediaType": oci.OCI_MANIFEST, "digest": digest, "size": len(manifest),
+             "platform": {"os": "linux", "architecture": "s390x"}},
+            {"mediaType": oci.OCI_MANIFEST, "digest": digest, "size": len(manifest),
+             "platform": {"os": me.os, "architecture": me.architecture,
+                          **({"variant": me.variant} if me.variant else {})}}]}
+        body = json.dumps(index).encode()
+        with s.request("PUT", "/v2/multi/app/manifests/multi", scope="repository:multi/app:pull,push",
+                       body=body, headers={"Content-Type": oci.OCI_INDEX}, ok=(201,)):
+            pass
+    fresh = tmp_path / "fresh"
+    pulled = lamina(fresh, "pull", f"{dest}:multi")
+    assert pulled.code == 0, pulled.stderr
+    assert _inspect(fresh, f"{dest}:multi")["Id"] == _inspect(source_store, "app:1")["Id"]
+    missing = lamina(fresh, "pull", "--platform", "linux/mips64le", f"{dest}:multi")
+    assert missing.code == 1
+    assert "no image for platform linux/mips64le" in missing.stderr
+    assert "s390x" in missing.stderr and "Traceback" not in missing.stderr
+    assert sha256_digest(body)  # the index itself was accepted by the registry
+
+
+def test_basic_auth_login_push_pull(source_store, tmp_path, monkeypatch):
+    auth_file = tmp_path / "auth.json"
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth_file))
+    with registry(tmp_path / "reg", htpasswd=htpasswd_line("ci", "s3cret-pw")) as host:
+        dest = f"{host}/private/app:1"
+        denied = lamina(source_store, "push", "app:1", dest)
+        assert denied.code == 1
+        assert f"lamina login {host}" in denied.stderr and "Traceback" not in denied.stderr
+
+        wrong = lamina(source_store, "login", host, "-u", "ci", "-p", "not-the-pw")
+        assert wrong.code == 1
+        assert "not-the-pw" not in wrong.stderr + wrong.stdout
+        assert not auth_file.exists()
+
+        ok = lamina(source_store, "login", host, "-u", "ci", "-p", "s3cret-pw")
+        assert ok.code == 0, ok.stderr
+        assert "Login Succeeded" in ok.stdout
+        assert stat.S_IMODE(auth_file.stat().st_mode) == 0o600
+        assert "s3cret-pw" not in auth_file.read_text()  # base64, as docker stores it
+
+        assert lamina(source_store, "push", "app:1", dest).code == 0
+        fresh = tmp_path / "fresh"
+        pulled = lamina(fresh, "pull", dest)
+        assert pulled.code == 0, pulled.stderr
+
+        assert lamina(source_store, "logout", host).code == 0
+        assert host not in json.loads(auth_file.read_text()).get("auths", {})
+        again = lamina(tmp_path / "fresh2", "pull", dest)
+        assert again.code == 1 and "requires authentication" in again.stderr
+
+
+def test_pull_errors_are_one_clear_line(plain_registry, tmp_path):
+    missing = lamina(tmp_path / "s", "pull", f"{plain_registry}/nope/nothing:1")
+    assert missing.code == 1
+    assert "Traceback" not in missing.stderr
+    assert "404" in missing.stderr or "unknown" in missing.stderr.lower()
+    bad = lamina(tmp_path / "s", "pull", "UPPER/Case")
+    assert bad.code == 1 and "Traceback" not in bad.stderr
+    os.environ.pop("LAMINA_INSECURE_REGISTRIES", None)
