@@ -47,11 +47,11 @@ from lamina.builder.progress import Progress, StepLabel
 from lamina.builder.plan.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun, ResolvedWorkdir
 from lamina.builder.plan.stageplan import BaseImage, StagePlan, Step, plan_stage
 from lamina.builder.steps.files import apply_copy, apply_workdir, fetch_copy, identify_copy
-from lamina.builder.steps.run import RunEnvironment, execute_run
+from lamina.builder.steps.run import RunEnvironment, check_network, execute_run
 from lamina.grammar import DockerfileError, parse
 from lamina.store import StoreError
 from lamina.store.cache import CacheEntry
-from lamina.store.errors import ImageNotFound
+from lamina.store.errors import ImageNotFound, StoreError
 from lamina.store.layers import LayerBlob
 from lamina.store.store import Image, Store, source_date_epoch
 
@@ -68,10 +68,13 @@ class BuildOptions:
     build_args: Mapping[str, str] = field(default_factory=dict)
     target: str | None = None
     no_cache: bool = False
-    network: str = "none"                     # none | host
+    network: str = "default"                  # default | none | host (as docker)
+    allow_network_host: bool = False          # --allow network.host (RUN --network=host)
     secrets: Mapping[str, Path] = field(default_factory=dict)
+    ssh: Mapping = field(default_factory=dict)  # --ssh: id -> builder.steps.ssh.SSHSource
     source_date_epoch: int | None = None      # None: $SOURCE_DATE_EPOCH, else 0
     allowed_reads: tuple[Path, ...] = ()      # --allow fs.read=PATH (file:// git sources)
+    pull: bool = False                        # --pull: re-resolve every base tag in its registry
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,11 @@ class Build:
         self.lease = None
         self.context: BuildContext | None = None
         self.explain_dir = store.root / "buildinfo"
+        self._pulled: set[str] = set()
         self.run_env = RunEnvironment(
             context_dir=Path(options.context_dir), cache_mounts_dir=store.root / "cache-mounts",
-            secrets=dict(options.secrets), network=options.network)
+            secrets=dict(options.secrets), network=options.network,
+            allow_network_host=options.allow_network_host, ssh=dict(options.ssh))
 
     # -- the whole build -----------------------------------------------------------------
 
@@ -169,19 +174,48 @@ class Build:
         """The image `ref` names, held by the build's lease. Resolving and holding
         happen under the store's writer lock, so a gc cannot slip in between."""
         try:
+            if self.options.pull or not self._in_store(ref):
+                self._pull(ref)
             with self.store.writing():
                 image = self.store.resolve(ref)
                 self.lease.hold(blobs=[image.manifest_digest, image.config_digest],
                                 layers=[l.diff_id for l in image.layers])
                 return image
-        except ImageNotFound:
-            message = (f"base image {ref!r} is not in the store (lamina cannot pull yet: "
-                       f"`lamina import` or `lamina load` it first)")
+        except (ImageNotFound, StoreError) as e:
+            message = (f"base image {ref!r} is not in the store and cannot be pulled: {e.message}"
+                       if not isinstance(e, ImageNotFound) else
+                       f"base image {ref!r} is not in the store")
             if stage is not None:
                 raise BuildError(message, file=self.options.dockerfile.as_posix(),
                                  line=stage.from_.span.start,
                                  source_line=stage.from_.source.split("\n")[0]) from None
             raise BuildError(message) from None
+
+    def _in_store(self, ref: str) -> bool:
+        try:
+            self.store.resolve(ref)
+            return True
+        except ImageNotFound:
+            return False
+
+    def _pull(self, ref: str) -> None:
+        """Pull `ref` from its registry (FROM, COPY --from and RUN --mount=from of an
+        image that is not in the store, or every base with --pull). A name@digest
+        already in the store is never fetched again: its content cannot change."""
+        from lamina.store import refs
+        from lamina.store.registry.pull import pull_image
+
+        if refs.looks_like_id(ref):
+            raise ImageNotFound(f"no image with ID {ref!r} in the store")
+        parsed = refs.parse(ref)
+        if parsed.digest is not None and self._in_store(ref):
+            return
+        if ref in self._pulled:
+            return
+        self.progress.note(f"pulling {parsed.familiar}")
+        pulled = pull_image(self.store, ref)
+        self._pulled.add(ref)
+        self.progress.note(f"pulled {parsed.familiar}: {pulled.manifest_digest}")
 
     def build_stage(self, plan: BuildPlan, stage: Stage) -> StageResult:
         if stage.base_stage is not None:
@@ -203,6 +237,9 @@ class Build:
         history = list(history)
         layers = list(layers)
         total = sum(1 for s in sp.steps if isinstance(s.resolved, FILESYSTEM_KINDS))
+        for step in sp.steps:  # entitlements before any step of the stage runs (or hits)
+            if isinstance(step.resolved, ResolvedRun):
+                check_network(step.resolved, self.run_env, step.error)
         position = 0
         for step in sp.steps:
             if isinstance(step.resolved, FILESYSTEM_KINDS):

@@ -21,24 +21,32 @@ from lamina.builder.errors import BuildError
 @click.option("--build-arg", "build_args", multiple=True, metavar="K=V", help="Set a build-time variable.")
 @click.option("--target", metavar="STAGE", default=None, help="Build up to this stage.")
 @click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
-@click.option("--network", type=click.Choice(["none", "host", "default"]), default="none",
-              help="Network for RUN steps (default none).")
+@click.option("--pull", is_flag=True, help="Look up every base image tag in its registry again "
+              "(a base named by digest is never fetched twice).")
+@click.option("--push", is_flag=True, help="Push every -t tag to its registry after the build.")
+@click.option("--network", type=click.Choice(["default", "none", "host"]), default="default",
+              help="Network for RUN steps: default (own namespace with outbound access, as "
+                   "docker), none (only lo) or host.")
 @click.option("--progress", type=click.Choice(["auto", "tty", "plain", "json"]), default="auto")
 @click.option("--secret", "secrets", multiple=True, metavar="id=ID,src=PATH")
+@click.option("--ssh", "ssh", multiple=True, metavar="default|ID[=SOCKET|KEY[,KEY]]",
+              help="SSH agent socket or keys to expose to RUN --mount=type=ssh.")
 @click.option("--iidfile", metavar="FILE", default=None, help="Write the image ID (config digest) here.")
 @click.option("--output", "-o", "outputs", multiple=True, metavar="type=...,dest=PATH")
-@click.option("--allow", "allow", multiple=True, metavar="fs.read=PATH",
-              help="Entitlement: let ADD read a git repository (file://) under PATH on the host.")
+@click.option("--allow", "allow", multiple=True, metavar="network.host|fs.read=PATH",
+              help="Entitlement: network.host lets RUN --network=host use the host's network; "
+                   "fs.read=PATH lets ADD read a git repository (file://) under PATH.")
 @click.option("--cache-from", "cache_from", multiple=True, metavar="REF")
 @click.option("--cache-to", "cache_to", multiple=True, metavar="REF")
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.pass_obj
-def build(g: Globals, tags, dockerfile, build_args, target, no_cache, network, progress, secrets,
-          iidfile, outputs, allow, cache_from, cache_to, context: Path) -> None:
+def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
+          ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path) -> None:
     """Build an image from a Dockerfile and a context directory."""
     from lamina.builder.executor import Build, BuildOptions
     from lamina.builder.outputs import parse_output, write_output
     from lamina.builder.progress import make_progress
+    from lamina.builder.steps.ssh import parse_ssh_flags
     from lamina.store.store import Store
 
     if cache_from or cache_to:
@@ -50,8 +58,11 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, network, p
         build_args=_build_args(build_args),
         target=target,
         no_cache=no_cache,
-        network="host" if network == "host" else "none",
+        pull=pull,
+        network=network,
+        allow_network_host="network.host" in allow,
         secrets=_secrets(secrets),
+        ssh=parse_ssh_flags(ssh),
         allowed_reads=_allowed_reads(allow),
     )
     wanted = [parse_output(o) for o in outputs]
@@ -63,6 +74,8 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, network, p
             image = build.run()
             for out in wanted:
                 write_output(store, image, out, epoch=build.epoch, tags=tuple(tags))
+            if push:
+                _push_tags(store, tags)
     finally:
         progress.close()
         store.close()
@@ -131,12 +144,26 @@ def _secrets(values) -> dict[str, Path]:
 
 
 def _allowed_reads(values) -> tuple[Path, ...]:
-    """`--allow fs.read=PATH` (BuildKit's entitlement); other entitlements are refused."""
+    """`--allow fs.read=PATH` (BuildKit's entitlement); network.host is taken apart,
+    other entitlements are refused."""
     out = []
     for item in values:
+        if item == "network.host":
+            continue  # BuildOptions.allow_network_host
         kind, sep, path = item.partition("=")
         if kind != "fs.read" or not sep or not path:
-            raise BuildError(f"invalid --allow {item!r}: lamina supports fs.read=PATH "
-                             "(network.host is --network host; security.insecure is not allowed)")
+            raise BuildError(f"invalid --allow {item!r}: lamina supports network.host and "
+                             "fs.read=PATH (security.insecure is not allowed)")
         out.append(Path(path))
     return tuple(out)
+
+
+def _push_tags(store, tags) -> None:
+    """`build --push`: every -t tag to its registry (as buildx --push)."""
+    from lamina.store.registry.push import push_image
+
+    if not tags:
+        raise BuildError("--push needs at least one -t NAME:TAG to push to")
+    for tag in tags:
+        pushed = push_image(store, tag)
+        click.echo(f"pushed {pushed.reference}: digest: {pushed.manifest_digest}", err=True)

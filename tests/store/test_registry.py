@@ -174,3 +174,55 @@ def test_pull_errors_are_one_clear_line(plain_registry, tmp_path):
     bad = lamina(tmp_path / "s", "pull", "UPPER/Case")
     assert bad.code == 1 and "Traceback" not in bad.stderr
     os.environ.pop("LAMINA_INSECURE_REGISTRIES", None)
+
+
+def test_from_pulls_a_missing_base_and_pull_re_resolves(source_store, plain_registry, tmp_path):
+    """FROM of an image the store lacks pulls it (and COPY --from=image); a second
+    build uses the stored copy; --pull sees a tag that moved; FROM name@digest works."""
+    base_ref = f"{plain_registry}/bases/app:stable"
+    first = lamina(source_store, "push", "-q", "app:1", base_ref)
+    assert first.code == 0, first.stderr
+    fresh = tmp_path / "fresh"
+    ctx = make_context(tmp_path / "ctx", f"FROM {base_ref}\nCOPY --from={base_ref} /greeting /again\n"
+                                         "RUN cat /greeting /again > /both\n")
+    run = build(fresh, ctx, "-t", "derived:1").check()
+    assert "pulling" in run.stderr
+    again = build(fresh, ctx, "-t", "derived:1").check()
+    assert "pulling" not in again.stderr
+    assert again.step("RUN cat").cached
+
+    # the tag moves to another image: only --pull notices
+    moved_ctx = make_context(tmp_path / "moved", "FROM app:1\nRUN echo v2 > /greeting\n")
+    build(source_store, moved_ctx, "-t", "app:2").check()
+    assert lamina(source_store, "push", "app:2", base_ref).code == 0
+    stale = build(fresh, ctx, "-t", "derived:1").check()
+    assert stale.step("RUN cat").cached
+    fresh_run = build(fresh, ctx, "--pull", "-t", "derived:1").check()
+    assert not fresh_run.step("RUN cat").cached  # the base changed under the tag
+
+    digest = first.stdout.strip()
+    by_digest = make_context(tmp_path / "digest", f"FROM {plain_registry}/bases/app@{digest}\n"
+                                                  "RUN cat /greeting > /g\n")
+    out = tmp_path / "out"
+    from tests.builder.buildkit import build_rootfs
+    build_rootfs(tmp_path / "fresh3", by_digest, out)
+    assert (out / "g").read_text() == "hello\n"
+
+
+def test_build_push(source_store, plain_registry, tmp_path):
+    dest = f"{plain_registry}/built/app:ci"
+    ctx = make_context(tmp_path / "ctx", "FROM app:1\nRUN echo built > /b\n")
+    run = build(source_store, ctx, "-t", dest, "--push").check()
+    assert f"pushed {dest}" in run.stderr
+    pulled = lamina(tmp_path / "fresh", "pull", dest)
+    assert pulled.code == 0, pulled.stderr
+    assert _inspect(tmp_path / "fresh", dest)["Id"] == _inspect(source_store, dest)["Id"]
+
+
+def test_from_an_unreachable_registry_is_one_clear_error(tmp_path):
+    from tests.store.registryfix import free_port
+    ctx = make_context(tmp_path / "ctx", f"FROM 127.0.0.1:{free_port()}/no/such:1\nRUN true\n")
+    run = build(tmp_path / "s", ctx)
+    assert run.code == 1
+    assert "Dockerfile:1" in run.stderr and "cannot be pulled" in run.stderr
+    assert "Traceback" not in run.stderr
