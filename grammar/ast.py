@@ -121,6 +121,13 @@ class Instruction:
     span:    source lines covered (continuations and heredoc bodies included).
     source:  the original text of those lines (joined with "\\n", no final newline).
     words:   the arguments as BuildKit's parser node lists them (for dump/history).
+
+    Source facts kept for build checks (grammar.checks), not part of equality:
+    keyword_text:        the keyword as written ("From", "copy"); "" when unknown.
+    comments:            the comment lines before the instruction since the previous
+                         one, `#` and surrounding blanks removed (BuildKit's
+                         PrevComment: a bare `#` clears them, directives excluded).
+    empty_continuations: the blank lines inside the instruction's line continuation.
     """
 
     keyword: str
@@ -128,6 +135,9 @@ class Instruction:
     span: Span
     source: str
     words: tuple[str, ...] = field(default=(), repr=False)
+    keyword_text: str = field(default="", repr=False, compare=False)
+    comments: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    empty_continuations: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
     def flag(self, name: str) -> str | None:
         """The value of the last `--name` flag ("true" for a bare one), or None."""

@@ -31,6 +31,8 @@ class LogicalLine:
     end: int                        # last physical line (heredocs included once read)
     # (offset in text, physical line, 0-based column in that line), by offset
     pieces: list[tuple[int, int, int]] = field(default_factory=list)
+    comments: tuple[str, ...] = ()  # comment lines before it (BuildKit's PrevComment)
+    empty_continuations: list[int] = field(default_factory=list)  # blank continued lines
 
     def position(self, offset: int) -> tuple[int, int]:
         """(line, 1-based column) in the file of `text[offset]`."""
@@ -66,6 +68,7 @@ class LineScanner:
         self.pos = 0  # index of the next physical line to read
         self.directives = DirectiveParser()
         self.found_directives: list[tuple[str, str, int]] = []
+        self.comments: list[str] = []  # comments since the last instruction
 
     @property
     def escape(self) -> str:
@@ -88,6 +91,17 @@ class LineScanner:
         if found is not None:
             self.found_directives.append((found[0], found[1], line_no))
 
+    def _comment(self, token: str, is_directive: bool) -> None:
+        """Remember a comment line for the next instruction (a bare `#` forgets the
+        ones before it; a parser directive is not a comment)."""
+        if is_directive:
+            return
+        text = token[1:].strip()
+        if text == "":
+            self.comments = []
+        else:
+            self.comments.append(text)
+
     def _continued(self, token: str) -> tuple[str, bool]:
         """Strip a trailing escape (line continuation); True if the line continues."""
         esc = self.directives.escape
@@ -107,7 +121,10 @@ class LineScanner:
             token = _trim_newline(raw)
             stripped = trim_left_space(token)
             col = len(token) - len(stripped)
+            directives_before = len(self.found_directives)
             self._directive(stripped, line_no)
+            if stripped.startswith("#"):
+                self._comment(token, len(self.found_directives) > directives_before)
             if stripped.startswith("#"):
                 stripped = ""
             text, continued = self._continued(stripped)
@@ -124,6 +141,7 @@ class LineScanner:
                 if _is_comment(raw):
                     continue
                 if trim_left_space(token) == "":
+                    logical.empty_continuations.append(self.pos)
                     continue  # empty continuation line (BuildKit only warns)
                 token, continued = self._continued(token)
                 logical.pieces.append((length, self.pos, 0))
@@ -131,6 +149,8 @@ class LineScanner:
                 length += len(token)
             logical.text = "".join(parts)
             logical.end = self.pos
+            logical.comments = tuple(self.comments)
+            self.comments = []
             return logical
         return None
 

@@ -16,7 +16,7 @@ validation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import difflib
 import hashlib
 import os
@@ -205,7 +205,10 @@ class Parser:
         while (line := self.scanner.next_line()) is not None:
             node = self.parse_line(line, line.text, 0)
             self.read_heredocs(line, node)
-            instructions.append(build_instruction(self, line, node))
+            instruction = build_instruction(self, line, node)
+            instructions.append(replace(  # source facts for build checks (grammar.checks)
+                instruction, keyword_text=node.word, comments=line.comments,
+                empty_continuations=tuple(line.empty_continuations)))
         directives = tuple(ast.Directive(name, value, line_no)
                            for name, value, line_no in self.scanner.found_directives)
         if not instructions:

@@ -38,10 +38,12 @@ from lamina.builder.errors import BuildError
                    "fs.read=PATH lets ADD read a git repository (file://) under PATH.")
 @click.option("--cache-from", "cache_from", multiple=True, metavar="REF")
 @click.option("--cache-to", "cache_to", multiple=True, metavar="REF")
+@click.option("--check", "check", is_flag=True,
+              help="Run the build checks only (no build): print findings, exit 1 if any.")
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.pass_obj
 def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
-          ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path) -> None:
+          ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool = False) -> None:
     """Build an image from a Dockerfile and a context directory."""
     from lamina.builder.executor import Build, BuildOptions
     from lamina.builder.outputs import parse_output, write_output
@@ -49,6 +51,14 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
     from lamina.builder.steps.ssh import parse_ssh_flags
     from lamina.store.store import Store
 
+    from lamina.builder.cli.check import check_command, warn_before_build
+
+    dockerfile_path = Path(dockerfile) if dockerfile else context / "Dockerfile"
+    if check:  # lint only, as `docker build --check`
+        with Store(g.root) as lint_store:
+            raise click.exceptions.Exit(check_command(
+                lint_store, context=context, dockerfile=dockerfile_path,
+                build_args=_build_args(build_args), target=target))
     if cache_from or cache_to:
         raise BuildError("--cache-from/--cache-to need a registry, which lamina cannot reach yet")
     options = BuildOptions(
@@ -70,6 +80,8 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
     store = Store(g.root)
     try:
         with _sigterm_interrupts():
+            warn_before_build(store, progress, context=context, dockerfile=options.dockerfile,
+                              build_args=options.build_args, target=target)
             build = Build(store, options, progress)
             image = build.run()
             for out in wanted:
