@@ -267,6 +267,8 @@ def resolve_mount(ctx: ResolveContext, value: str, ssh_index: int) -> Mount:
             raise ctx.error("invalid secret mount. one of source, target required")
         target = target or f"/run/secrets/{mount_id}"
     elif m.type == "ssh":
+        if m.source:
+            raise ctx.error("ssh does not support source")
         mount_id = mount_id or "default"
         target = target or f"/run/buildkit/ssh_agent.{ssh_index}"
         mode = 0o600 if mode is None else mode

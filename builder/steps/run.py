@@ -4,7 +4,9 @@ run itself (builder.sandbox), leaving the step's diff in an upper dir.
 Owns what a RUN needs around the sandbox: the user (names resolved in the image's
 /etc/passwd and /etc/group), HOME, the network mode (the step's `--network`, else
 the build's), `RUN --mount` (bind from the context or from another stage's or an
-image's layers, cache dirs kept per id in the store, tmpfs, secrets from `--secret`,
+image's layers, cache dirs kept per id in the store (seeded from a stage or an image
+with `from=`: builder.steps.cachemount), tmpfs, secrets from `--secret`, ssh agents
+from `--ssh` (builder.steps.ssh),
 heredoc files at /dev/pipes/), and the error
 a failing command becomes: step, line, exit code and the last lines of output.
 """
@@ -30,7 +32,9 @@ from lamina.builder.sandbox.rootpath import resolve_in_root
 from lamina.builder.sandbox.sandbox import (
     BindMount, CacheMount, LayerMount, SandboxSpec, SecretMount, TmpfsMount, run,
 )
+from lamina.builder.steps.cachemount import cache_dir_for
 from lamina.builder.steps.copy import copy_selection
+from lamina.builder.steps.ssh import SSHSource, ssh_mount
 from lamina.builder.sandbox.users import resolve_user_in_layers
 
 OUTPUT_TAIL = 20  # lines of output a failure message repeats
@@ -46,6 +50,7 @@ class RunEnvironment:
     secrets: Mapping[str, Path]
     network: str  # none | host
     context: SourceTree | None = None  # the context as .dockerignore lets it through
+    ssh: Mapping[str, SSHSource] | None = None  # --ssh: id -> agent socket or key files
 
 
 class _Tail:
@@ -128,9 +133,12 @@ def _mounts(step_run: ResolvedRun, env: RunEnvironment, pipes_dir: Path,
                 raise fail(f"RUN --mount=type=bind: source {m.source!r} does not exist in the build context")
             out.append(BindMount(source=source, target=m.target, readonly=m.readonly))
         elif m.type == "cache":
+            seed = None
             if m.from_stage is not None or m.from_image is not None:
-                raise fail("RUN --mount=type=cache,from=... is not supported yet")
-            path = _cache_dir(env, m)
+                if layers_of is None:
+                    raise fail(f"RUN --mount=type=cache,from={m.from_} is not supported here")
+                seed = layers_of(m)  # the first use copies from=/source= into the cache
+            path = cache_dir_for(env.cache_mounts_dir, m, seed, fail) if seed else _cache_dir(env, m)
             if m.sharing in ("locked", "private"):
                 # private is served as locked: one build at a time uses the dir
                 lock = open(path.parent / (path.name + ".lock"), "a")
@@ -153,8 +161,9 @@ def _mounts(step_run: ResolvedRun, env: RunEnvironment, pipes_dir: Path,
                                    mode=m.mode if m.mode is not None else 0o400,
                                    uid=m.uid or 0, gid=m.gid or 0))
         elif m.type == "ssh":
-            raise fail("RUN --mount=type=ssh is not supported by lamina "
-                       "(no SSH agent forwarding); use a secret mount instead")
+            agent = ssh_mount(m, env.ssh or {}, stack, fail)
+            if agent is not None:
+                out.append(agent)
         else:
             raise fail(f"unknown mount type {m.type!r}")
     for i, f in enumerate(step_run.files):
@@ -219,6 +228,9 @@ def execute_run(step_run: ResolvedRun, *, lower_dirs: tuple[Path, ...], upper_di
     environ = dict(step_env)
     environ.setdefault("HOME", who.home or "/")
     environ.update(secret_env(step_run, env, fail))
+    agents = [m.target for m in step_run.mounts if m.type == "ssh"]
+    if agents:  # BuildKit: the first ssh mount, unless the environment names one
+        environ.setdefault("SSH_AUTH_SOCK", agents[0])
     tail = _Tail()
 
     def output(data: bytes) -> None:
