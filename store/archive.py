@@ -240,23 +240,16 @@ def ingest_layer(blobs: BlobStore, reader: ArchiveReader, layer: ArchivedLayer, 
     """Stream one layer member into the blob store, checking the blob digest (when the
     manifest gives one), the compression its media type promises and the diff_id.
     Returns a store.layers.LayerBlob; appends the digest to `added` if it is new."""
-    from lamina.store.layers import LayerBlob
+    from lamina.store.layers import LayerBlob, diff_id_of
 
-    where = f"{reader.path}: layer {layer.member}"
+    where = f"{reader.path}: layer {layer.member} (diff_id {layer.diff_id})"
     known = layer.digest is not None and blobs.exists(layer.digest)
     writer = None if known else blobs.writer()
     try:
         with reader.open(layer.member) as src:
             tee = _Tee(src, writer)
-            plain = compression.open_decompressed(tee)
-            h = hashlib.sha256()
-            usize = 0
-            while True:
-                chunk = plain.read(CHUNK)
-                if not chunk:
-                    break
-                h.update(chunk)
-                usize += len(chunk)
+            # hashed and walked as a tar (CorruptContent if it is not a valid one)
+            diff_id, usize = diff_id_of(tee)
             tee.drain()
         kind = compression.detect(tee.head)
         if layer.media_type is not None:
@@ -270,7 +263,6 @@ def ingest_layer(blobs: BlobStore, reader: ArchiveReader, layer: ArchivedLayer, 
         if layer.digest is not None and tee.digest != layer.digest:
             raise CorruptContent(f"{where}: content does not match its digest {layer.digest}",
                                  path=reader.path, digest=layer.digest)
-        diff_id = "sha256:" + h.hexdigest()
         if diff_id != layer.diff_id:
             raise CorruptContent(f"{where}: uncompressed content hashes to {diff_id}, but the image "
                                  f"config says diff_id {layer.diff_id}", path=reader.path,

@@ -20,6 +20,7 @@ from lamina.store.compression import (Compression, PrefixedReader, compress_stre
                                kind_for_media_type, media_type_for, open_decompressed)
 from lamina.store.errors import CorruptContent
 from lamina.store.tarextract import extract_tar
+from lamina.store.tarformat import TarReader
 from lamina.store.tarwrite import TarMirror, write_tar
 
 DEFAULT_COMPRESSION: Compression = "zstd"
@@ -164,9 +165,15 @@ def write_layer_from_tar(blobs: BlobStore, tar: BinaryIO, *,
 
 
 def diff_id_of(stream: BinaryIO) -> tuple[str, int]:
-    """(diff_id, uncompressed size) of a layer stream in any of the 3 compressions."""
+    """(diff_id, uncompressed size) of a layer stream in any of the 3 compressions.
+    The tar is walked member by member on the way (headers, checksums, sizes, the
+    end-of-archive marker): CorruptContent if it is not a valid tar, so a damaged
+    layer is refused when it arrives, not when a build first extracts it."""
     r = HashingReader(open_decompressed(stream))
-    r.drain()
+    reader = TarReader(r)
+    while reader.next() is not None:
+        pass
+    r.drain()  # the rest of the end marker and any record padding
     return r.digest(), r.size
 
 

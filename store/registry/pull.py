@@ -139,9 +139,10 @@ def choose_manifest(index: dict, want: Platform, where: str) -> str:
 
 def fetch_blob(session: RegistrySession, blobs, path: str, digest: str, size: int | None,
                progress: Progress | None = None, what: str = "") -> int:
-    """Stream blob `digest` into the store (verified); returns the bytes downloaded."""
+    """Stream blob `digest` into the store (verified); returns the bytes downloaded
+    (-1 when the store already had it)."""
     if blobs.exists(digest):
-        return 0
+        return -1
     writer = blobs.writer()
     try:
         resumes = 0
@@ -226,21 +227,38 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
     config = fetch_small_blob(session, ref.path, cdesc["digest"], MAX_CONFIG_BYTES)
     layers_desc = manifest["layers"]
     downloaded = 0
+    added: list[str] = []
     with store.writing():
-        with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
-            futures = [pool.submit(fetch_blob, session, store.blobs, ref.path, d["digest"],
-                                   d.get("size"), progress, f"layer {i + 1}/{len(layers_desc)}")
-                       for i, d in enumerate(layers_desc)]
-            for f in futures:
-                downloaded += f.result()
-        layers = [_layer_blob(store, d) for d in layers_desc]
-        names = [str(refs.parse_tag(str(ref)))] if tag and ref.digest is None else []
-        image = store.add_manifest(data, config, layers, names)
+        try:
+            with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
+                futures = [pool.submit(fetch_blob, session, store.blobs, ref.path, d["digest"],
+                                       d.get("size"), progress, f"layer {i + 1}/{len(layers_desc)}")
+                           for i, d in enumerate(layers_desc)]
+                for d, f in zip(layers_desc, futures):
+                    n = f.result()
+                    if n >= 0:
+                        downloaded += n
+                        added.append(d["digest"])
+            layers = [_layer_blob(store, d, f"{where}: layer {i + 1}/{len(layers_desc)} ({d['digest']})")
+                      for i, d in enumerate(layers_desc)]
+            names = [str(refs.parse_tag(str(ref)))] if tag and ref.digest is None else []
+            image = store.add_manifest(data, config, layers, names)
+        except BaseException:
+            # nothing of a refused image stays (blobs an earlier pull stored are kept)
+            for d in added:
+                try:
+                    store.blobs.delete(d)
+                except StoreError:
+                    pass
+            raise
     return Pulled(reference=str(ref), manifest_digest=digest, image=image, downloaded=downloaded)
 
 
-def _layer_blob(store, desc: dict) -> LayerBlob:
-    described = describe_layer(store.blobs, desc["digest"])
+def _layer_blob(store, desc: dict, where: str) -> LayerBlob:
+    try:
+        described = describe_layer(store.blobs, desc["digest"])
+    except CorruptContent as e:
+        raise CorruptContent(f"{where}: {e.message}", digest=desc["digest"]) from None
     return LayerBlob(diff_id=described.diff_id, digest=described.digest, size=described.size,
                      media_type=desc.get("mediaType") or described.media_type,
                      uncompressed_size=described.uncompressed_size)
