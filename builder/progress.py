@@ -4,7 +4,8 @@ of showing them (`plain` for CI logs, `json` for machines, `tty` for people).
 The executor only calls `Progress` methods; it never prints. Each renderer is a
 small class that turns events into text on a stream:
 
-- plain: BuildKit-like `#N` prefixed lines, full and unclipped output lines,
+- plain: BuildKit-like `#N` prefixed lines, full output lines (a RUN's output is
+  clipped before it gets here, by builder.steplog),
   `#N CACHED`, `#N DONE 1.2s`, `#N ERROR: ...`.
 - json: one JSON object per line: {"event": ..., "step": N, ...}.
 - tty: a live, compact view: finished steps one line each with their timing,
@@ -58,21 +59,23 @@ class Progress:
 
 
 def _split_lines(buffer: bytearray, data: bytes) -> list[str]:
-    """Append data to buffer; return the complete lines it now holds (decoded)."""
-    buffer.extend(data)
-    lines = []
-    while True:
-        nl = buffer.find(b"\n")
-        if nl < 0:
-            break
-        raw = bytes(buffer[:nl]).rstrip(b"\r")
-        del buffer[: nl + 1]
-        lines.append(raw.decode("utf-8", "replace"))
-    return lines
+    """Append data to buffer (the pending partial line); return the complete lines it
+    now holds (decoded). Only `data` is searched: O(len(data)) per call, however long
+    the pending line has grown."""
+    first = data.find(b"\n")
+    if first < 0:
+        buffer.extend(data)
+        return []
+    buffer.extend(data[:first])
+    raws = [bytes(buffer)]
+    buffer.clear()
+    raws.extend(data[first + 1:].split(b"\n"))
+    buffer.extend(raws.pop())
+    return [raw.rstrip(b"\r").decode("utf-8", "replace") for raw in raws]
 
 
 class PlainProgress(Progress):
-    """`--progress plain`: every line, prefixed by the step number, never clipped."""
+    """`--progress plain`: every line, prefixed by the step number, never shortened."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)

@@ -18,7 +18,6 @@ import hashlib
 import os
 import posixpath
 import signal
-from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from lamina.builder.sandbox.sandbox import (
 )
 from lamina.builder.steps.cachemount import cache_dir_for
 from lamina.builder.steps.copy import copy_selection
+from lamina.builder.steplog import OutputTail, StepLog, max_size_from_env
 from lamina.builder.steps.ssh import SSHSource, ssh_mount
 from lamina.builder.sandbox.users import resolve_user_in_layers
 
@@ -51,26 +51,6 @@ class RunEnvironment:
     network: str  # none | host
     context: SourceTree | None = None  # the context as .dockerignore lets it through
     ssh: Mapping[str, SSHSource] | None = None  # --ssh: id -> agent socket or key files
-
-
-class _Tail:
-    """The last lines of a step's output, for the error message."""
-
-    def __init__(self) -> None:
-        self.lines: deque[str] = deque(maxlen=OUTPUT_TAIL)
-        self.partial = b""
-
-    def feed(self, data: bytes) -> None:
-        data = self.partial + data
-        *complete, self.partial = data.split(b"\n")
-        for line in complete:
-            self.lines.append(line.decode("utf-8", "replace").rstrip("\r"))
-
-    def text(self) -> str:
-        lines = list(self.lines)
-        if self.partial:
-            lines.append(self.partial.decode("utf-8", "replace"))
-        return "\n".join(lines)
 
 
 def _cache_dir(env: RunEnvironment, m: Mount) -> Path:
@@ -231,11 +211,14 @@ def execute_run(step_run: ResolvedRun, *, lower_dirs: tuple[Path, ...], upper_di
     agents = [m.target for m in step_run.mounts if m.type == "ssh"]
     if agents:  # BuildKit: the first ssh mount, unless the environment names one
         environ.setdefault("SSH_AUTH_SOCK", agents[0])
-    tail = _Tail()
+    tail = OutputTail(OUTPUT_TAIL)
 
-    def output(data: bytes) -> None:
+    def shown(data: bytes) -> None:
         tail.feed(data)
         on_output(data)
+
+    # clipped as BuildKit's step log (builder.steplog); the command's output is drained
+    output = StepLog(shown, max_size_from_env(os.environ)).feed
 
     os.chmod(scratch_dir, 0o700)
     pipes = scratch_dir / "pipes"
