@@ -40,8 +40,10 @@ upper dir; no /etc/hostname, as in BuildKit), then the RUN --mount mounts; it pi
 merged dir, detaches the old root, sets the hostname, brings lo up, forks C3 for
 the command and stays as a tiny init that reaps zombies and exits with C3's status
 — which makes the kernel kill every process left in the namespace. C3 drops the
-capability bounding set to docker's default set, chdirs, sets groups/gid/uid and
-execs. Each process dies with its parent (PDEATHSIG); every mount lives only in
+capability bounding set to docker's default set, chdirs, joins a fresh session
+keyring, clears inheritable and ambient capabilities, installs docker's seccomp
+filter, sets groups/gid/uid and execs (builder.sandbox.privileges). Each process
+dies with its parent (PDEATHSIG); every mount lives only in
 the private mount namespace, so it is gone when the namespace's processes are.
 On any exception in P (KeyboardInterrupt, an error raised by ``on_output``) P
 SIGKILLs C2, waits for C1 (whose wait for C2 returns only once the namespace is
@@ -61,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from lamina.builder.sandbox import linux, network as netstack, overlay
+from lamina.builder.sandbox import linux, network as netstack, overlay, privileges
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox.mountpoints import StubRecorder, remove_stubs
 from lamina.builder.sandbox.privateroot import make_private
@@ -183,6 +185,7 @@ def _cleanup(spec: SandboxSpec, plan: _Plan, report: dict | None) -> None:
 
 def run(spec: SandboxSpec, on_output: Callable[[bytes], None]) -> int:
     _validate(spec)
+    privileges.prepare()  # compiles the seccomp filter here, where errors are reported
     plan = _prepare(spec)
     state: dict = {"report": None}
     try:
@@ -468,9 +471,8 @@ def _stage3(spec: SandboxSpec, out_w: int, ctl_w: int) -> None:
     except OSError as exc:
         raise SandboxError(f"cannot change to working directory {spec.cwd}: "
                            f"{linux.errno_text(exc.errno or 0)}") from None
-    os.setgroups(list(spec.groups))
-    os.setgid(spec.gid)
-    os.setuid(spec.uid)
+    # fresh session keyring, no inheritable/ambient caps, seccomp, ids (builder.sandbox.privileges)
+    privileges.enter(spec.uid, spec.gid, spec.groups)
     env = {k: v for k, v in spec.env}
     try:
         os.execvpe(spec.argv[0], list(spec.argv), env)
