@@ -1,0 +1,3 @@
+#!/bin/sh
+# The "program" the sample builds: prints its version and its arguments.
+echo "tool @VERSION@: $*"
