@@ -48,7 +48,8 @@ class RunEnvironment:
     context_dir: Path
     cache_mounts_dir: Path
     secrets: Mapping[str, Path]
-    network: str  # none | host
+    network: str  # default | none | host (builder.sandbox.network)
+    allow_network_host: bool = False  # the network.host entitlement (--allow network.host)
     context: SourceTree | None = None  # the context as .dockerignore lets it through
     ssh: Mapping[str, SSHSource] | None = None  # --ssh: id -> agent socket or key files
 
@@ -193,6 +194,17 @@ def secret_env(step_run: ResolvedRun, env: RunEnvironment,
     return out
 
 
+def check_network(step_run: ResolvedRun, env: RunEnvironment,
+                  fail: Callable[[str], BuildError]) -> None:
+    """`RUN --network=host` needs the network.host entitlement (BuildKit's), unless the
+    build itself runs on the host's network (`--network host`, the user's own choice,
+    gives every RUN nothing more than that)."""
+    if step_run.network == "host" and env.network != "host" and not env.allow_network_host:
+        raise fail("RUN --network=host needs the network.host entitlement: the Dockerfile "
+                   "asks for the host's network; allow it with "
+                   "`lamina build --allow network.host`")
+
+
 def execute_run(step_run: ResolvedRun, *, lower_dirs: tuple[Path, ...], upper_dir: Path,
                 work_dir: Path, scratch_dir: Path, step_env: tuple[tuple[str, str], ...],
                 user: str, workdir: str, env: RunEnvironment,
@@ -203,6 +215,7 @@ def execute_run(step_run: ResolvedRun, *, lower_dirs: tuple[Path, ...], upper_di
     dirs (top-most first) and a name of the stage or image a `bind,from=` mount reads."""
     if step_run.security == "insecure":
         raise fail("RUN --security=insecure is not allowed (lamina has no entitlements)")
+    check_network(step_run, env, fail)
     network = step_run.network if step_run.network in ("none", "host") else env.network
     who = resolve_user_in_layers(lower_dirs, user or "0")
     environ = dict(step_env)
