@@ -76,11 +76,11 @@ EXPLANATIONS: dict[str, str] = {
 
 RULES = tuple(EXPLANATIONS)
 
-# Rules that BuildKit runs on the whole file, without the per-instruction
-# `# check=` comments (those apply to the rules checked per instruction).
+# Rules that BuildKit runs with the file's options only, without the
+# per-instruction `# check=` comments (those apply to all the other rules).
 FILE_WIDE_RULES = frozenset({"NoEmptyContinuation", "ConsistentInstructionCasing",
                              "DuplicateStageName", "ReservedStageName",
-                             "InvalidDefaultArgInFrom"})
+                             "InvalidDefaultArgInFrom", "InvalidBaseImagePlatform"})
 
 RESERVED_STAGE_NAMES = ("context", "scratch")
 

@@ -51,7 +51,7 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
     from lamina.builder.steps.ssh import parse_ssh_flags
     from lamina.store.store import Store
 
-    from lamina.builder.cli.check import check_command, warn_before_build
+    from lamina.builder.cli.check import check_command, summarize, warn_before_build
 
     dockerfile_path = Path(dockerfile) if dockerfile else context / "Dockerfile"
     if check:  # lint only, as `docker build --check`
@@ -80,8 +80,9 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
     store = Store(g.root)
     try:
         with _sigterm_interrupts():
-            warn_before_build(store, progress, context=context, dockerfile=options.dockerfile,
-                              build_args=options.build_args, target=target)
+            findings = warn_before_build(store, progress, context=context,
+                                         dockerfile=options.dockerfile,
+                                         build_args=options.build_args, target=target)
             build = Build(store, options, progress)
             image = build.run()
             for out in wanted:
@@ -91,6 +92,7 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
     finally:
         progress.close()
         store.close()
+    summarize(findings)
     if iidfile:
         Path(iidfile).write_text(image.config_digest)
     click.echo(image.config_digest)

@@ -1,7 +1,8 @@
 """Build checks on the command line: `lamina build --check` and the warnings of a build.
 
 Owns how findings reach the user: BuildKit's one-line form `WARN: Rule: message
-(line N)` (in a build, through the progress display before the first step; with
+(line N)` (in a build, through the progress display before the first step and in a
+closing summary on stderr; with
 `# check=error=true` the build then stops with BuildKit's "lint violation found
 for rules: ..." before any step runs), and the `--check` report (each finding with
 its file:line:column and a one-line explanation, then a summary; exit status 1
@@ -83,7 +84,7 @@ def check_command(store, *, context: Path, dockerfile: Path, build_args: Mapping
 
 
 def warn_before_build(store, progress, *, context: Path, dockerfile: Path,
-                      build_args: Mapping[str, str], target: str | None) -> None:
+                      build_args: Mapping[str, str], target: str | None) -> list[Finding]:
     """A build's checks: each finding as a progress note; with `error=true` in the
     check options, a BuildError before any step runs. A Dockerfile that does not
     parse is left to the build, which reports it."""
@@ -93,10 +94,21 @@ def warn_before_build(store, progress, *, context: Path, dockerfile: Path,
         findings, options = run_checks(store, context=context, dockerfile=dockerfile,
                                        build_args=build_args, target=target, all_stages=False)
     except DockerfileError:
-        return
+        return []
     for f in findings:
         progress.note(f"WARN: {f.short()}")
     if findings and options.error:
         rules = ", ".join(dict.fromkeys(f.rule for f in findings))
         first = findings[0]
         raise BuildError(f"lint violation found for rules: {rules}", file=first.file, line=first.line)
+    return findings
+
+
+def summarize(findings: list[Finding]) -> None:
+    """After a build, the findings once more on stderr, as BuildKit's closing summary."""
+    if not findings:
+        return
+    count = len(findings)
+    lines = [f"{count} warning{'s' if count != 1 else ''} found:"]
+    lines += [f" - {f.short()}" for f in findings]
+    click.echo("\n".join(lines), err=True)

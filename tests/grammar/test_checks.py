@@ -184,6 +184,10 @@ CASES = [
     ("\nFROM scratch\n# check=skip=WorkdirRelativePath\nWORKDIR app/\n", []),
     ("\nFROM scratch\n# check=skip=LegacyKeyValueFormat\nENV testkey value\n"
      "# check=skip=LegacyKeyValueFormat\nLABEL key value\n", []),
+    # the casing rule runs on the whole file: a comment before one instruction does not skip it
+    ("FROM scratch\nCOPY a b\n# check=skip=ConsistentInstructionCasing\ncopy a b\n",
+     [("ConsistentInstructionCasing",
+       "Command 'copy' should match the case of the command majority (uppercase)", 4)]),
     # a bare `#` forgets the comment before it: the skip no longer applies
     ("\nFROM scratch\n# check=skip=MaintainerDeprecated\n#\nMAINTAINER me@example.org\n",
      [("MaintainerDeprecated", "Maintainer instruction is deprecated in favor of using label", 5)]),
