@@ -154,7 +154,7 @@ def fetch_blob(session: RegistrySession, blobs, path: str, digest: str, size: in
                     if writer.size and resp.status_code == 200:
                         writer.abort()  # no range support: start again from 0
                         writer = blobs.writer()
-                    for chunk in resp.iter_raw(CHUNK):
+                    for chunk in resp.iter_raw():  # as received: a drop keeps what came
                         writer.write(chunk)
                         if size is not None and writer.size > size:
                             raise CorruptContent(f"registry {session.host}: blob {digest} is larger than "
@@ -234,11 +234,18 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
                 futures = [pool.submit(fetch_blob, session, store.blobs, ref.path, d["digest"],
                                        d.get("size"), progress, f"layer {i + 1}/{len(layers_desc)}")
                            for i, d in enumerate(layers_desc)]
-                for d, f in zip(layers_desc, futures):
-                    n = f.result()
+                failure = None
+                for d, f in zip(layers_desc, futures):  # every download ends before we go on
+                    try:
+                        n = f.result()
+                    except BaseException as e:  # noqa: BLE001 - re-raised below
+                        failure = failure or e
+                        continue
                     if n >= 0:
                         downloaded += n
                         added.append(d["digest"])
+                if failure is not None:
+                    raise failure
             layers = [_layer_blob(store, d, f"{where}: layer {i + 1}/{len(layers_desc)} ({d['digest']})")
                       for i, d in enumerate(layers_desc)]
             names = [str(refs.parse_tag(str(ref)))] if tag and ref.digest is None else []

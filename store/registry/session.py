@@ -7,7 +7,7 @@
 What it does for every request:
 - scheme: HTTPS with the system CAs plus docker's per-registry
   ``/etc/docker/certs.d/HOST[:PORT]/`` (``ca.crt``/``*.crt`` CAs, ``client.cert`` +
-  ``client.key``); plain HTTP only for loopback registries (``localhost``, 127.0.0.0/8,
+  ``client.key``; see `certs_dirs` for the other places); plain HTTP only for loopback registries (``localhost``, 127.0.0.0/8,
   ``::1``) and those named insecure (``LAMINA_INSECURE_REGISTRIES=host:port,...`` or
   the caller's list) — tried after HTTPS fails, as docker does;
 - auth: anonymous first; on a 401 challenge ``Basic`` (the stored credentials) or
@@ -38,7 +38,15 @@ import httpx
 from lamina.store.errors import StoreError
 from lamina.store.registry.auth import Credentials, find_credentials
 
-CERTS_DIRS = (Path("/etc/docker/certs.d"), Path("/etc/containers/certs.d"))
+SYSTEM_CERTS_DIRS = (Path("/etc/docker/certs.d"), Path("/etc/containers/certs.d"))
+
+
+def certs_dirs() -> tuple[Path, ...]:
+    """Where per-registry certificates are looked up: ``$LAMINA_CERTS_D`` (dirs
+    separated by ``:``), the user's ``~/.config/containers/certs.d``, then docker's and
+    containers' system dirs."""
+    extra = tuple(Path(d) for d in os.environ.get("LAMINA_CERTS_D", "").split(":") if d)
+    return extra + (Path.home() / ".config" / "containers" / "certs.d",) + SYSTEM_CERTS_DIRS
 MAX_ATTEMPTS = 5
 MAX_RETRY_WAIT = 30.0
 USER_AGENT = "lamina/0.1"
@@ -82,8 +90,8 @@ def insecure_registries() -> tuple[str, ...]:
 
 def _ssl_context(host: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
-    for base in CERTS_DIRS:
-        d = base / host
+    for base in certs_dirs():
+        d = base / host.replace("[", "").replace("]", "")
         if not d.is_dir():
             continue
         for ca in sorted(d.glob("*.crt")):
@@ -165,6 +173,12 @@ class RegistrySession:
             self._client.get(f"https://{self.api}/v2/", timeout=10.0)
             return "https"
         except (httpx.ConnectError, httpx.ConnectTimeout, ssl.SSLError) as e:
+            if "CERTIFICATE_VERIFY_FAILED" in str(e) or "certificate verify failed" in str(e):
+                # it speaks TLS with a certificate we do not trust: never fall back to
+                # plain HTTP (that would hide a man in the middle)
+                raise RegistryError(
+                    f"registry {self.host} presents a TLS certificate that is not trusted "
+                    f"({_reason(e)}): put its CA in /etc/docker/certs.d/{self.api}/ca.crt") from None
             if not self.plain_allowed:
                 raise RegistryError(f"cannot reach registry {self.host} over HTTPS: {_reason(e)}") from None
         except httpx.HTTPError as e:

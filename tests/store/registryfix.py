@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -24,8 +25,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def registry(workdir: Path, *, htpasswd: str | None = None):
-    """Yields "127.0.0.1:PORT" of a fresh registry storing under `workdir`."""
+def registry(workdir: Path, *, htpasswd: str | None = None, tls: dict | None = None,
+             token: "TokenService | None" = None):
+    """Yields "127.0.0.1:PORT" of a fresh registry storing under `workdir`: plain
+    HTTP, or with htpasswd basic auth, TLS (`make_pki` files) or token auth."""
     binary = require_tool("docker-registry")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -33,11 +36,15 @@ def registry(workdir: Path, *, htpasswd: str | None = None):
     if htpasswd is not None:
         (workdir / "htpasswd").write_text(htpasswd)
         auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {workdir / 'htpasswd'}\n"
+    if token is not None:
+        auth = (f"auth:\n  token:\n    realm: {token.realm}\n    service: test-registry\n"
+                f"    issuer: test-issuer\n    rootcertbundle: {token.bundle}\n")
+    tls_conf = f"  tls:\n    certificate: {tls['cert']}\n    key: {tls['key']}\n" if tls else ""
     config = workdir / "config.yml"
     config.write_text(
         "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'data'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n" + auth)
+        f"http:\n  addr: 127.0.0.1:{port}\n" + tls_conf + auth)
     log = open(workdir / "registry.log", "wb")
     # the registry reads REGISTRY_* variables as config overrides (REGISTRY_AUTH_FILE
     # of a test would become its auth section): start it without them
@@ -48,7 +55,11 @@ def registry(workdir: Path, *, htpasswd: str | None = None):
         deadline = time.monotonic() + 20
         while True:
             try:
-                httpx.get(f"http://{host}/v2/", timeout=1)
+                if tls:
+                    httpx.get(f"https://{host}/v2/", timeout=1,
+                              verify=ssl.create_default_context(cafile=str(tls["ca"])))
+                else:
+                    httpx.get(f"http://{host}/v2/", timeout=1)
                 break
             except httpx.HTTPError:
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -71,3 +82,139 @@ def htpasswd_line(user: str, password: str) -> str:
     import bcrypt
 
     return f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()}\n"
+
+
+# -- TLS and token auth -------------------------------------------------------------
+
+def make_pki(workdir: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def key():
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def pem_key(k) -> bytes:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                               serialization.NoEncryption())
+
+    ca_key = key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lamina test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    srv_key = key()
+    srv = (x509.CertificateBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+           .issuer_name(ca_name).public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
+           .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+           .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                          critical=False)
+           .sign(ca_key, hashes.SHA256()))
+    out = {"ca": workdir / "ca.crt", "cert": workdir / "server.crt", "key": workdir / "server.key"}
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    out["cert"].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
+    out["key"].write_bytes(pem_key(srv_key))
+    return out
+
+
+class TokenService:
+    """A bearer-token service as the registry's `auth: token` expects: checks basic
+    credentials, issues an RS256 JWT (x5c header, the signing certificate in the
+    registry's rootcertbundle) granting the asked scope. Counts the tokens issued."""
+
+    def __init__(self, workdir: Path, user: str, password: str) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.user, self.password = user, password
+        self.issued = 0
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token signer")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - datetime.timedelta(hours=1))
+                     .not_valid_after(now + datetime.timedelta(days=1))
+                     .sign(self.key, hashes.SHA256()))
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.bundle = workdir / "token-signer.pem"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self._der = self.cert.public_bytes(serialization.Encoding.DER)
+        self.port = free_port()
+        self.realm = f"http://127.0.0.1:{self.port}/token"
+
+    def token(self, scope: str | None) -> str:
+        import base64
+        import json as _json
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        access = []
+        if scope:
+            kind, name, actions = scope.split(":", 2) if scope.count(":") >= 2 else (scope, "", "")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self._der).decode()]}
+        claims = {"iss": "test-issuer", "sub": self.user, "aud": "test-registry", "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": f"t{self.issued}", "access": access}
+        signing = b64(_json.dumps(header).encode()) + "." + b64(_json.dumps(claims).encode())
+        sig = self.key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
+        self.issued += 1
+        return signing + "." + b64(sig)
+
+    @contextlib.contextmanager
+    def serving(self):
+        import base64
+        import http.server
+        import json as _json
+        import threading
+        import urllib.parse
+
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def do_GET(self):
+                want = "Basic " + base64.b64encode(f"{service.user}:{service.password}".encode()).decode()
+                if self.headers.get("Authorization") != want:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                body = _json.dumps({"token": service.token((q.get("scope") or [None])[0]),
+                                    "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()
