@@ -411,7 +411,8 @@ def dockerfile_check_options(dockerfile: ast.Dockerfile) -> CheckOptions:
             try:
                 return parse_check_options(d.value)
             except ValueError as exc:
-                raise DockerfileError(str(exc), file=dockerfile.path, line=d.line, column=1) from None
+                raise DockerfileError(f"failed to parse check options: {exc}", file=dockerfile.path,
+                                      line=d.line, column=1) from None
     return CheckOptions()
 
 

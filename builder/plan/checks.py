@@ -78,7 +78,7 @@ def check_options(dockerfile: ast.Dockerfile, build_args: Mapping[str, str]) -> 
         try:
             return parse_check_options(build_args[CHECK_BUILD_ARG])
         except ValueError as exc:
-            raise BuildError(f"{CHECK_BUILD_ARG}: {exc}") from None
+            raise BuildError(f"failed to parse build-arg:{CHECK_BUILD_ARG}: {exc}") from None
     return dockerfile_check_options(dockerfile)
 
 

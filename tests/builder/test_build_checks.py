@@ -203,7 +203,8 @@ def test_buildkit_dockerfile_check_build_arg_replaces_the_directive():
 
 
 def test_bad_check_build_arg_is_a_build_error():
-    with pytest.raises(BuildError, match="invalid check option"):
+    with pytest.raises(BuildError, match='^failed to parse build-arg:BUILDKIT_DOCKERFILE_CHECK: '
+                                         'invalid check option "nonsense"$'):
         found("FROM scratch\n", build_args={"BUILDKIT_DOCKERFILE_CHECK": "nonsense"})
 
 
@@ -279,7 +280,14 @@ def test_error_true_fails_the_build_before_any_step(tmp_path, capsys):
     assert "COPY a.txt" not in captured.err and captured.out.strip() == ""
 
 
-def test_error_true_with_nothing_found_builds_on(tmp_path, capsys, monkeypatch):
+def test_malformed_check_directive_fails_the_build(tmp_path, capsys):
+    ctx = _project(tmp_path, "# check=skip=all;error=perhaps\nFROM scratch\nCOPY a.txt /a\n")
+    assert _lamina(tmp_path, "build", "--progress", "plain", str(ctx)) == 1
+    err = capsys.readouterr().err
+    assert "failed to parse check options" in err and "COPY a.txt" not in err
+
+
+def test_error_true_with_nothing_found_builds_on(tmp_path, capsys):
     """error=true without findings is no error: the build goes past the checks (here it
     then fails on its own, on a missing file, which shows it started its steps)."""
     ctx = _project(tmp_path, "# check=error=true\nFROM scratch\nCOPY missing /a\n")
