@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from lamina.builder.errors import BuildError
 from lamina.builder.context.dockerignore import IgnoreRules, go_clean
-from lamina.builder.plan.args import PLATFORM_ARGS, GlobalScope
+from lamina.builder.plan.args import GlobalScope
 from lamina.builder.plan.imageconfig import DEFAULT_PATH
 from lamina.builder.plan.resolve import lookup_stage
 from lamina.builder.plan.resolved import Platform, normalize_arch
@@ -35,7 +35,7 @@ from lamina.grammar.directives import CheckOptions, parse_check_options
 from lamina.grammar.errors import DockerfileError
 from lamina.grammar.goquote import go_quote
 from lamina.grammar.mounts import MountError, split_fields
-from lamina.grammar.shell import expand, referenced_names, split_words
+from lamina.grammar.shell import expand, referenced_names
 
 CHECK_BUILD_ARG = "BUILDKIT_DOCKERFILE_CHECK"
 # args BuildKit defines for FROM lines besides the platform ones lamina sets
@@ -297,8 +297,10 @@ class StageWalk:
             message = f"Usage of undefined variable '${name}'"
             if hint:
                 message += f" (did you mean ${hint}?)"
+            first_line = inst.source.split("\n", 1)[0]
+            marker = "${" + name if "${" + name in first_line and "$" + name not in first_line else "$" + name
             self.findings.append(Finding("UndefinedVar", message, inst.span.start,
-                                         word_column(inst, "$" + name), self.path))
+                                         word_column(inst, marker), self.path))
 
     def visit(self, inst: ast.Instruction) -> None:
         self.findings.extend(self.checker.visit(inst))

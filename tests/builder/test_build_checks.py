@@ -307,3 +307,20 @@ def test_warnings_in_a_normal_build(tmp_path, capsys):
     # and BuildKit's closing summary
     assert ("1 warning found:\n - JSONArgsRecommended: JSON arguments recommended for CMD to "
             "prevent unintended behavior related to OS signals (line 3)") in captured.err
+
+
+def test_check_reads_base_image_variables_from_the_store(tmp_path, capsys):
+    import subprocess
+
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    (rootfs / "hello").write_text("hi\n")
+    tar = tmp_path / "base.tar"
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
+    assert _lamina(tmp_path, "import", "-c", "ENV GOPATH=/go", str(tar), "base:1") == 0
+    capsys.readouterr()
+    ctx = _project(tmp_path, "FROM base:1\nCOPY $GOPATH/a.txt /a\nCOPY $GOPTH/a.txt /b\n")
+    assert _lamina(tmp_path, "build", "--check", str(ctx)) == 1
+    warns = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARN:")]
+    assert warns == ["WARN: UndefinedVar: Usage of undefined variable '$GOPTH' "
+                     "(did you mean $GOPATH?) (line 3)"]
