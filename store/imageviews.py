@@ -58,7 +58,7 @@ def inspect(root: StoreRoot, img: Image) -> dict[str, Any]:
         "Comment": _last_comment(cfg),
         "Created": cfg.get("created", ""),
         "Author": cfg.get("author", ""),
-        "Config": dict(cfg.get("config") or {}),
+        "Config": _config_view(cfg.get("config") or {}),
         "Architecture": cfg.get("architecture", ""),
     }
     if cfg.get("variant"):
@@ -73,6 +73,18 @@ def inspect(root: StoreRoot, img: Image) -> dict[str, Any]:
         "Descriptor": {"mediaType": row["media_type"], "digest": img.manifest_digest,
                        "size": row["manifest_size"]},
     })
+    return out
+
+
+_MAP_FIELDS = ("ExposedPorts", "Volumes", "Labels")
+
+
+def _config_view(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The container config with its map fields' keys sorted, as Go marshals maps."""
+    out = dict(config)
+    for k in _MAP_FIELDS:
+        if isinstance(out.get(k), Mapping):
+            out[k] = {key: out[k][key] for key in sorted(out[k])}
     return out
 
 

@@ -1,5 +1,7 @@
 """Image commands that need only the store: `import`, `images`, `inspect`,
-`history`, `tag`, `rmi`. Output follows docker's (columns, sizes, JSON shape)."""
+`history`, `tag`, `rmi`. Output follows docker's (columns, sizes, JSON shape), with
+docker's `-q`, `--no-trunc`, `--filter` (builder.cli.filters) and `--format`
+(builder.cli.listing, builder.cli.gotemplate)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from typing import Any
 import click
 
 from lamina.builder.cli.app import Globals, cli
-from lamina.builder.cli.units import human_size, since, table
+from lamina.builder.cli.filters import FilterError, parse_image_filters
+from lamina.builder.cli.gotemplate import Record, TemplateError
+from lamina.builder.cli.listing import FormatError, render_objects, render_rows
+from lamina.builder.cli.units import human_size, since
 from lamina.store import oci, refs
 from lamina.store.errors import ImageNotFound, StoreError
 from lamina.store.store import Store
@@ -137,76 +142,110 @@ def import_(g: Globals, changes, message, tarball: str, ref: str | None) -> None
 
 # -- images ------------------------------------------------------------------------
 
+IMAGE_HEADERS = {"ID": "IMAGE ID", "Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST",
+                 "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "Size": "SIZE",
+                 "Containers": "CONTAINERS", "SharedSize": "SHARED SIZE", "UniqueSize": "UNIQUE SIZE",
+                 "VirtualSize": "VIRTUAL SIZE"}
+IMAGES_TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+IMAGES_TABLE_DIGESTS = "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+
+
+def short_id(digest: str, no_trunc: bool) -> str:
+    """docker's stringid.TruncateID: the hex without `sha256:`, 12 characters."""
+    return digest if no_trunc else digest.split(":", 1)[-1][:12]
+
+
+def go_time(t: datetime | None) -> str:
+    """Go's time.Time.String() in UTC, as docker's .CreatedAt of an image."""
+    return t.strftime("%Y-%m-%d %H:%M:%S +0000 UTC") if t else ""
+
+
+def _format_option(f):
+    return click.option("--format", "fmt", default=None, metavar="FORMAT",
+                        help="'table' (default), 'table TEMPLATE', 'json' (one object per line) or a "
+                             "Go TEMPLATE (see README: the template subset).")(f)
+
+
+def _render(fmt, rows, headers, default_table) -> None:
+    try:
+        click.echo(render_rows(fmt, rows, headers, default_table), nl=False)
+    except FormatError as e:
+        raise click.BadParameter(str(e), param_hint="'--format'") from None
+    except TemplateError as e:
+        raise StoreError(f"template: {e}") from None
+
+
 @cli.command("images")
+@click.option("-a", "--all", "all_", is_flag=True, help="Accepted for docker compatibility (lamina keeps no "
+                                                        "intermediate images).")
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
 @click.option("--no-trunc", is_flag=True, help="Do not truncate image IDs.")
 @click.option("--digests", is_flag=True, help="Show manifest digests.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              help="table (default), or json: one object per line, as docker's --format json.")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], before=REF, since=REF "
+                   "(repeatable).")
+@_format_option
 @click.argument("repository", required=False, metavar="[REPOSITORY[:TAG]]")
 @click.pass_obj
-def images_cmd(g: Globals, quiet: bool, no_trunc: bool, digests: bool, fmt: str, repository: str | None) -> None:
-    """List images: one row per tag (untagged images as <none>)."""
-    want_name = want_tag = None
-    if repository:
-        r = refs.parse(repository, default_tag=False)
-        want_name, want_tag = r.name, r.tag
+def images_cmd(g: Globals, all_: bool, quiet: bool, no_trunc: bool, digests: bool, filters, fmt: str | None,
+               repository: str | None) -> None:
+    """List images: one row per tag (untagged images as <none>), newest first."""
+    try:
+        flt = parse_image_filters(list(filters) + ([f"reference={repository}"] if repository else []))
+    except FilterError as e:
+        raise click.BadParameter(str(e), param_hint="'--filter'") from None
+    now = datetime.now(timezone.utc)
+    epoch = datetime.fromtimestamp(0, timezone.utc)
     with open_store(g) as store:
         summaries = store.images()
-    now = datetime.now(timezone.utc)
-    rows = []
-    epoch = datetime.fromtimestamp(0, timezone.utc)
-    for s in sorted(summaries, key=lambda s: (_created(s.created) or epoch, s.added), reverse=True):
-        names = [refs.parse(t, default_tag=False) for t in s.tags] or [None]
-        for r in names:
-            if want_name is not None:
-                if r is None or r.name != want_name or (want_tag is not None and r.tag != want_tag):
-                    continue
-            rows.append((s, r))
-    if quiet:
-        seen = []
-        for s, _ in rows:
-            ident = s.config_digest if no_trunc else s.config_digest.split(":", 1)[1][:12]
-            if ident not in seen:
-                seen.append(ident)
-        for ident in seen:
-            click.echo(ident)
-        return
-    if fmt == "json":
-        for s, r in rows:
+        bounds = [(op, _created(store.resolve(ref).config.get("created")) or epoch)
+                  for op, refs_ in (("before", flt.before), ("since", flt.since)) for ref in refs_]
+        rows = []
+        for s in sorted(summaries, key=lambda s: (_created(s.created) or epoch, s.added), reverse=True):
             created = _created(s.created)
-            click.echo(json.dumps({
-                "Containers": "N/A",
-                "CreatedAt": created.strftime("%Y-%m-%d %H:%M:%S +0000 UTC") if created else "",
-                "CreatedSince": since(created, now),
-                "Digest": s.manifest_digest,
-                "ID": s.config_digest if no_trunc else s.config_digest.split(":", 1)[1][:12],
-                "Repository": r.familiar_name if r else "<none>",
-                "SharedSize": "N/A",
-                "Size": human_size(s.size),
-                "Tag": (r.tag or "<none>") if r else "<none>",
-                "UniqueSize": "N/A",
-                "VirtualSize": human_size(s.size),
-            }, separators=(",", ":")))
-        return
-    header = ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
-    out = []
-    for s, r in rows:
-        line = [r.familiar_name if r else "<none>", (r.tag or "<none>") if r else "<none>"]
-        if digests:
-            line.append(s.manifest_digest)
-        line += [s.config_digest if no_trunc else s.config_digest.split(":", 1)[1][:12],
-                 since(_created(s.created), now), human_size(s.size)]
-        out.append(line)
-    click.echo(table(header, out))
+            if flt.dangling is not None and flt.dangling == bool(s.tags):
+                continue
+            if any((created or epoch) >= t if op == "before" else (created or epoch) <= t for op, t in bounds):
+                continue
+            if flt.labels and not flt.labels_match(
+                    (store.resolve(s.manifest_digest).config.get("config") or {}).get("Labels")):
+                continue
+            tags = flt.matching_tags(s.tags)
+            if flt.references and not tags:
+                continue
+            for t in tags or [None]:
+                r = refs.parse(t, default_tag=False) if t else None
+                size = human_size(s.size)
+                rows.append(Record(
+                    Containers="N/A", CreatedAt=go_time(created), CreatedSince=since(created, now),
+                    Digest=s.manifest_digest or "<none>", ID=short_id(s.config_digest, no_trunc),
+                    Repository=r.familiar_name if r else "<none>", SharedSize="N/A", Size=size,
+                    Tag=(r.tag or "<none>") if r else "<none>", UniqueSize="N/A", VirtualSize=size))
+    if fmt is None and quiet:
+        fmt = "{{.ID}}"
+    _render(fmt, rows, IMAGE_HEADERS, IMAGES_TABLE_DIGESTS if digests else IMAGES_TABLE)
 
 
 # -- inspect -----------------------------------------------------------------------
 
+class InspectView(dict):
+    """An inspect object for templates: docker runs them on its Go struct first, where
+    the image ID is the field `ID` (JSON "Id"), so both `{{.ID}}` and `{{.Id}}` work."""
+
+    _ALIASES = {"ID": "Id"}
+
+    def get(self, key, default=None):
+        if key not in self and key in self._ALIASES:
+            key = self._ALIASES[key]
+        return super().get(key, default)
+
 @cli.command("inspect")
+@click.option("-f", "--format", "fmt", default=None, metavar="FORMAT",
+              help="'json' (default: a JSON list) or a Go TEMPLATE run once per image, e.g. "
+                   "'{{.Id}}', '{{json .Config.Env}}', '{{index .RepoTags 0}}'.")
 @click.argument("refs_", nargs=-1, required=True, metavar="REF...")
 @click.pass_obj
-def inspect_cmd(g: Globals, refs_: tuple[str, ...]) -> None:
+def inspect_cmd(g: Globals, fmt: str | None, refs_: tuple[str, ...]) -> None:
     """Show image details as JSON (a list, like docker image inspect)."""
     found, missing = [], []
     with open_store(g) as store:
@@ -215,14 +254,27 @@ def inspect_cmd(g: Globals, refs_: tuple[str, ...]) -> None:
                 found.append(store.inspect(ref))
             except ImageNotFound:
                 missing.append(ref)
-    click.echo(json.dumps(found, indent=4, ensure_ascii=False))
+    try:
+        click.echo(render_objects(fmt, [InspectView(o) for o in found], lambda objs: json.dumps(objs, indent=4, ensure_ascii=False) + "\n"),
+                   nl=False)
+    except FormatError as e:
+        raise click.BadParameter(str(e), param_hint="'--format'") from None
+    except TemplateError as e:
+        raise StoreError(f"template: {e}") from None
     if missing:
         raise ImageNotFound("no such image: " + ", ".join(missing))
 
 
 # -- history -----------------------------------------------------------------------
 
-def _ellipsis(s: str, n: int) -> str:
+HISTORY_HEADERS = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT",
+                   "CreatedBy": "CREATED BY", "Size": "SIZE", "Comment": "COMMENT"}
+HISTORY_TABLE = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+HISTORY_TABLE_NONHUMAN = "table {{.ID}}\t{{.CreatedAt}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+
+
+def ellipsis(s: str, n: int) -> str:
+    """docker's formatter.Ellipsis: at most n characters, the last one "…" when cut."""
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
@@ -231,31 +283,28 @@ def _ellipsis(s: str, n: int) -> str:
 @click.option("-H", "--human", type=bool, default=True, show_default=True,
               help="Sizes and dates in human-readable form.")
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
+@_format_option
 @click.argument("ref")
 @click.pass_obj
-def history_cmd(g: Globals, no_trunc: bool, human: bool, quiet: bool, ref: str) -> None:
+def history_cmd(g: Globals, no_trunc: bool, human: bool, quiet: bool, fmt: str | None, ref: str) -> None:
     """Show the history of an image (newest first)."""
     with open_store(g) as store:
         entries = store.history(ref)
     now = datetime.now(timezone.utc)
-
-    def ident(e) -> str:
-        if e.image_id is None:
-            return "<missing>"
-        return e.image_id if no_trunc else e.image_id.split(":", 1)[1][:12]
-
-    if quiet:
-        for e in entries:
-            click.echo(ident(e))
-        return
     rows = []
     for e in entries:
         created = _created(e.created)
-        when = since(created, now) if human else (e.created or "")
-        by = e.created_by.replace("\t", " ").replace("\n", " ") if not no_trunc else e.created_by
-        rows.append([ident(e), when, by if no_trunc else _ellipsis(by, 45),
-                     human_size(e.size) if human else str(e.size), e.comment])
-    click.echo(table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], rows))
+        created_at = created.strftime("%Y-%m-%dT%H:%M:%SZ") if created else ""
+        by = e.created_by.replace("\t", " ")  # docker's; a cut one-line view also loses newlines
+        rows.append(Record(
+            Comment=e.comment, CreatedAt=created_at,
+            CreatedBy=by if no_trunc else ellipsis(by.replace("\n", " "), 45),
+            CreatedSince=since(created, now) if human else created_at,
+            ID="<missing>" if e.image_id is None else short_id(e.image_id, no_trunc),
+            Size=human_size(e.size) if human else str(e.size)))
+    if fmt is None and quiet:
+        fmt = "{{.ID}}"
+    _render(fmt, rows, HISTORY_HEADERS, HISTORY_TABLE if human else HISTORY_TABLE_NONHUMAN)
 
 
 # -- tag / rmi ---------------------------------------------------------------------

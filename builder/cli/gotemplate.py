@@ -1,0 +1,651 @@
+"""The subset of Go's text/template that docker users write in `--format`, run on
+Python values (dicts, lists, strings, numbers) with Go's printing rules.
+
+Supported (anything else is a TemplateSyntaxError naming it):
+- text and actions `{{ ... }}`, trim markers `{{- ` / ` -}}`, comments `{{/* */}}`;
+- operands: `.`, fields `.A.B` (a dict's keys), `$` and variables `$x`, `$x.A`,
+  string ("..." with Go escapes, `raw`), number, `true`/`false`/`nil` literals,
+  parenthesised pipelines `(index .X 0)`;
+- pipelines `a | f b` (the value goes in as the last argument), `{{$x := pipeline}}`;
+- `{{if}}`/`{{else if}}`/`{{else}}`/`{{end}}`, `{{with}}`, `{{range}}` over a list or
+  a dict (keys sorted, as Go), with `$v :=` or `$k, $v :=`, and `{{else}}`;
+- functions: docker's `json`, `join`, `split`, `lower`, `upper`, `title`, `pad`,
+  `truncate`, `println`, and Go's `index`, `len`, `print`, `printf` (%s %d %v %q %%),
+  `eq`, `ne`, `lt`, `le`, `gt`, `ge`, `and`, `or`, `not`.
+Not supported: `define`, `template`, `block`, `break`, `continue`, `slice`, `call`,
+`html`, `js`, `urlquery`, method calls.
+
+Printing follows Go's fmt `%v`: lists as `[a b]`, dicts as `map[k:v]` (keys sorted),
+null as `<nil>`, a missing key as `<no value>`. A `Record` (one row of a listing) is
+strict: a field it lacks is an error (docker: "can't evaluate field"), and `json .`
+of it escapes <, > and & as Go's json.Marshal does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from decimal import Decimal
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = ["Template", "TemplateError", "TemplateSyntaxError", "Record", "MISSING", "go_str",
+           "parse", "render"]
+
+
+class TemplateError(Exception):
+    """A template failed while it ran (e.g. index out of range, unknown field)."""
+
+
+class TemplateSyntaxError(TemplateError):
+    """A template that cannot be parsed, or uses what the subset lacks."""
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<no value>"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING = _Missing()
+
+
+class Record(dict):
+    """A listing row (docker's formatter context): a field it lacks is an error."""
+
+    kind = "row"
+
+
+# -- printing ----------------------------------------------------------------------------
+
+def go_float(f: float) -> str:
+    """Go's %v of a float64: the shortest digits, in e-notation when the exponent is
+    below -4 or at least 6 (strconv 'g' with shortest precision)."""
+    if math.isnan(f):
+        return "NaN"
+    if math.isinf(f):
+        return "+Inf" if f > 0 else "-Inf"
+    if f == 0:
+        return "0"
+    d = Decimal(repr(f)).normalize()
+    exp = d.adjusted()
+    if exp < -4 or exp >= 6:
+        digits = "".join(map(str, d.as_tuple().digits))
+        mant = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{'-' if f < 0 else ''}{mant}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    return format(d, "f")
+
+
+def go_str(v: Any) -> str:
+    """A value as Go's fmt.Sprint prints it (text/template's output of an action)."""
+    if v is MISSING:
+        return "<no value>"
+    if v is None:
+        return "<nil>"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return go_float(v)
+    if isinstance(v, dict):
+        return "map[" + " ".join(f"{go_str(k)}:{go_str(v[k])}" for k in sorted(v)) + "]"
+    if isinstance(v, (list, tuple)):
+        return "[" + " ".join(go_str(x) for x in v) + "]"
+    return str(v)
+
+
+def _truth(v: Any) -> bool:
+    if v is None or v is MISSING:
+        return False
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        return v != 0
+    if isinstance(v, (str, list, tuple, dict)):
+        return len(v) > 0
+    return True
+
+
+def _json_value(v: Any) -> Any:
+    """A value as Go's encoder sees it: a missing key is null, an integral float is
+    written without a fraction (Go's float64 1e6 is `1000000`)."""
+    if v is MISSING:
+        return None
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e21:
+        return int(v)
+    if isinstance(v, dict):
+        return {k: _json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    return v
+
+
+def go_json(v: Any) -> str:
+    """docker's `json` function: Go's encoder without HTML escaping, compact. A Record
+    marshals itself (json.Marshal: <, > and & escaped), as docker's contexts do."""
+    if isinstance(v, Record):
+        return (json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+                .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+    return json.dumps(_json_value(v), separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+# -- functions ---------------------------------------------------------------------------
+
+def _join(items: Any, sep: Any) -> str:
+    if not isinstance(items, (list, tuple)):
+        raise TemplateError(f"wrong type for value; expected []string; got {_go_type(items)}")
+    return str(sep).join(go_str(x) for x in items)
+
+
+def _index(item: Any, *keys: Any) -> Any:
+    for k in keys:
+        if isinstance(item, (list, tuple, str)):
+            if not isinstance(k, int) or isinstance(k, bool):
+                raise TemplateError(f"cannot index slice/array with type {_go_type(k)}")
+            if not 0 <= k < len(item):
+                raise TemplateError(f"index out of range: {k}")
+            item = item[k]
+        elif isinstance(item, dict):
+            if k in item:
+                item = item[k]
+            else:  # the zero value of the map's element type
+                item = "" if item and all(isinstance(x, str) for x in item.values()) else MISSING
+        elif item is None or item is MISSING:
+            raise TemplateError("index of untyped nil")
+        else:
+            raise TemplateError(f"can't index item of type {_go_type(item)}")
+    return item
+
+
+def _title(s: Any) -> str:
+    """Go's strings.Title: the first letter of every word upper-cased, the rest kept."""
+    out, prev_sep = [], True
+    for ch in str(s):
+        out.append(ch.upper() if prev_sep and ch.isalpha() else ch)
+        prev_sep = not (ch.isalnum() or ch == "_") if ch.isascii() else ch.isspace()
+    return "".join(out)
+
+
+def _len(v: Any) -> int:
+    if isinstance(v, (str, list, tuple, dict)):
+        return len(v)
+    raise TemplateError(f"len of type {_go_type(v)}")
+
+
+def _print(*args: Any) -> str:
+    out = []
+    for i, a in enumerate(args):  # Go's Sprint: a space between operands when neither is a string
+        if i and not isinstance(a, str) and not isinstance(args[i - 1], str):
+            out.append(" ")
+        out.append(go_str(a))
+    return "".join(out)
+
+
+def _printf(fmt: Any, *args: Any) -> str:
+    it = iter(args)
+
+    def verb(m: re.Match) -> str:
+        v = m.group(1)
+        if v == "%":
+            return "%"
+        try:
+            a = next(it)
+        except StopIteration:
+            return f"%!{v}(MISSING)"
+        if v == "q":
+            return json.dumps(go_str(a), ensure_ascii=False)
+        if v == "d" and isinstance(a, int) and not isinstance(a, bool):
+            return str(a)
+        return go_str(a)
+    return re.sub(r"%([sdvq%])", verb, str(fmt))
+
+
+def _cmp(op: Callable[[Any, Any], bool]) -> Callable[..., bool]:
+    def f(a: Any, b: Any) -> bool:
+        try:
+            return op(a, b)
+        except TypeError:
+            raise TemplateError(f"incompatible types for comparison: {_go_type(a)} and {_go_type(b)}") from None
+    return f
+
+
+def _eq(a: Any, *bs: Any) -> bool:
+    return any(a == b for b in bs)
+
+
+def _go_type(v: Any) -> str:
+    if v is None or v is MISSING:
+        return "<nil>"
+    return {bool: "bool", int: "int", float: "float64", str: "string", list: "[]interface {}",
+            tuple: "[]interface {}"}.get(type(v), "map[string]interface {}" if isinstance(v, dict) else type(v).__name__)
+
+
+def _split(s: Any, sep: Any) -> list[str]:
+    s, sep = str(s), str(sep)
+    return list(s) if sep == "" else s.split(sep)
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "json": go_json,
+    "join": _join,
+    "split": _split,
+    "lower": lambda s: str(s).lower(),
+    "upper": lambda s: str(s).upper(),
+    "title": _title,
+    "pad": lambda s, left, right: " " * int(left) + go_str(s) + " " * int(right),
+    "truncate": lambda s, n: go_str(s)[: int(n)],
+    "index": _index,
+    "len": _len,
+    "print": _print,
+    "println": lambda *a: " ".join(go_str(x) for x in a) + "\n",
+    "printf": _printf,
+    "eq": _eq,
+    "ne": lambda a, b: a != b,
+    "lt": _cmp(lambda a, b: a < b),
+    "le": _cmp(lambda a, b: a <= b),
+    "gt": _cmp(lambda a, b: a > b),
+    "ge": _cmp(lambda a, b: a >= b),
+    "not": lambda a: not _truth(a),
+}
+# `and`/`or` return one of their operands, as Go's
+_LOGIC = {"and", "or"}
+# in a table header every formatting function passes its (header) argument through
+_HEADER_PASS = {"json", "join", "split", "lower", "upper", "title", "pad", "truncate", "index"}
+_UNSUPPORTED = {"define", "template", "block", "break", "continue", "slice", "call", "html", "js",
+                "urlquery"}
+
+
+# -- syntax ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Field:
+    names: tuple[str, ...]        # .A.B from dot
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str                     # "$" or "$x"
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Literal:
+    value: Any
+
+
+@dataclass(frozen=True)
+class Ident:
+    name: str
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    decl: tuple[str, ...]                      # variables declared: ($x) or ($k, $v)
+    commands: tuple[tuple[Any, ...], ...]      # each: operands (first may be an Ident)
+    names: tuple[str, ...] = ()                # field chain after a parenthesised pipeline
+
+
+@dataclass
+class Node:
+    kind: str                       # text | action | if | with | range
+    text: str = ""
+    pipe: Pipeline | None = None
+    body: list["Node"] = field(default_factory=list)
+    orelse: list["Node"] = field(default_factory=list)
+
+
+_TOKEN = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<str>"(?:[^"\\\n]|\\.)*")
+  | (?P<raw>`[^`]*`)
+  | (?P<char>'(?:[^'\\]|\\.)+')
+  | (?P<decl>:=|=)
+  | (?P<field>(?:\.[A-Za-z_][A-Za-z0-9_]*)+)
+  | (?P<dot>\.)
+  | (?P<var>\$[A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+  | (?P<num>[-+]?(?:0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+))
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<punct>[|(),])
+  | (?P<closefield>\)(?:\.[A-Za-z_][A-Za-z0-9_]*)+)
+""", re.X)
+
+
+def _tokens(src: str) -> list[tuple[str, str]]:
+    out, pos = [], 0
+    while pos < len(src):
+        m = _TOKEN.match(src, pos)
+        if m is None:
+            raise TemplateSyntaxError(f"unexpected {src[pos]!r} in action {{{{{src}}}}}")
+        kind = m.lastgroup
+        if kind == "punct" and m.group() == ")":
+            m2 = re.compile(r"\)((?:\.[A-Za-z_][A-Za-z0-9_]*)+)").match(src, pos)
+            if m2:
+                out.append(("closefield", m2.group(1)))
+                pos = m2.end()
+                continue
+        if kind != "ws":
+            out.append((kind, m.group()))
+        pos = m.end()
+    return out
+
+
+def _go_string(tok: str) -> str:
+    try:
+        return json.loads(tok) if "\\x" not in tok and "\\'" not in tok else \
+            bytes(tok[1:-1], "utf-8").decode("unicode_escape")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TemplateSyntaxError(f"bad string literal {tok}") from None
+
+
+class _PipeParser:
+    def __init__(self, toks: list[tuple[str, str]], src: str) -> None:
+        self.toks, self.i, self.src = toks, 0, src
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self) -> tuple[str, str]:
+        t = self.toks[self.i]
+        self.i += 1
+        return t
+
+    def pipeline(self, allow_decl: bool = True) -> Pipeline:
+        decl: list[str] = []
+        if allow_decl:
+            j = self.i
+            names = []
+            while j < len(self.toks) and self.toks[j][0] == "var" and "." not in self.toks[j][1]:
+                names.append(self.toks[j][1])
+                j += 1
+                if j < len(self.toks) and self.toks[j] == ("punct", ","):
+                    j += 1
+                    continue
+                break
+            if names and j < len(self.toks) and self.toks[j][0] == "decl":
+                decl, self.i = names, j + 1
+        commands = []
+        while True:
+            cmd = []
+            while (t := self.peek()) is not None and t not in (("punct", "|"), ("punct", ")")) \
+                    and t[0] != "closefield":
+                cmd.append(self.operand())
+            if not cmd:
+                raise TemplateSyntaxError(f"missing value for command in {{{{{self.src}}}}}")
+            commands.append(tuple(cmd))
+            if self.peek() == ("punct", "|"):
+                self.take()
+                continue
+            break
+        return Pipeline(tuple(decl), tuple(commands))
+
+    def operand(self) -> Any:
+        kind, val = self.take()
+        if kind == "field":
+            return Field(tuple(val[1:].split(".")))
+        if kind == "dot":
+            return Field(())
+        if kind == "var":
+            name, *rest = val.split(".")
+            return Var(name, tuple(rest))
+        if kind == "str":
+            return Literal(_go_string(val))
+        if kind == "raw":
+            return Literal(val[1:-1])
+        if kind == "char":
+            return Literal(ord(_go_string('"' + val[1:-1] + '"')))
+        if kind == "num":
+            try:
+                return Literal(int(val, 0))
+            except ValueError:
+                return Literal(float(val))
+        if kind == "ident":
+            if val in ("true", "false"):
+                return Literal(val == "true")
+            if val == "nil":
+                return Literal(None)
+            if val in _UNSUPPORTED:
+                raise TemplateSyntaxError(f"{val!r} is not in lamina's Go-template subset")
+            if val not in FUNCTIONS and val not in _LOGIC:
+                raise TemplateSyntaxError(f'function "{val}" not defined')
+            return Ident(val)
+        if (kind, val) == ("punct", "("):
+            inner = self.pipeline(allow_decl=False)
+            t = self.peek()
+            if t is None:
+                raise TemplateSyntaxError(f"unclosed left paren in {{{{{self.src}}}}}")
+            self.take()
+            if t[0] == "closefield":
+                return Pipeline(inner.decl, inner.commands, tuple(t[1][1:].split(".")))
+            return inner
+        raise TemplateSyntaxError(f"unexpected {val!r} in {{{{{self.src}}}}}")
+
+
+def _parse_pipeline(src: str, allow_decl: bool = True) -> Pipeline:
+    p = _PipeParser(_tokens(src), src)
+    pipe = p.pipeline(allow_decl)
+    if p.peek() is not None:
+        raise TemplateSyntaxError(f"unexpected {p.peek()[1]!r} in {{{{{src}}}}}")
+    return pipe
+
+
+_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
+
+
+def parse(source: str) -> list[Node]:
+    """The node tree of a template; TemplateSyntaxError on what the subset lacks."""
+    pieces: list[tuple[str, str]] = []  # ("text", s) | ("action", s)
+    pos = 0
+    for m in _ACTION.finditer(source):
+        text = source[pos:m.start()]
+        if m.group(1):
+            text = text.rstrip()
+        if pieces and pieces[-1][0] == "trim":
+            text = text.lstrip()
+            pieces.pop()
+        pieces.append(("text", text))
+        pieces.append(("action", m.group(2).strip()))
+        if m.group(3):
+            pieces.append(("trim", ""))
+        pos = m.end()
+    tail = source[pos:]
+    if "{{" in tail:
+        raise TemplateSyntaxError("unclosed action")
+    if pieces and pieces[-1][0] == "trim":
+        pieces.pop()
+        tail = tail.lstrip()
+    pieces.append(("text", tail))
+
+    root: list[Node] = []
+    stack: list[tuple[Node, list[Node]]] = []   # open block, list being filled
+    current = root
+    for kind, s in pieces:
+        if kind == "text":
+            if s:
+                current.append(Node("text", text=s))
+            continue
+        if s.startswith("/*"):
+            if not s.endswith("*/"):
+                raise TemplateSyntaxError("unclosed comment")
+            continue
+        word = s.split(None, 1)[0] if s else ""
+        rest = s[len(word):].strip()
+        if word in ("if", "with", "range"):
+            node = Node(word, pipe=_parse_pipeline(rest))
+            current.append(node)
+            stack.append((node, current))
+            current = node.body
+        elif word == "else":
+            if not stack:
+                raise TemplateSyntaxError("unexpected {{else}}")
+            node, _ = stack[-1]
+            if rest.startswith("if ") or rest.startswith("with "):
+                # {{else if X}}: a new block in the else branch, closed by the chain's {{end}}
+                w2 = rest.split(None, 1)
+                inner = Node(w2[0], pipe=_parse_pipeline(w2[1]))
+                node.orelse.append(inner)
+                stack[-1] = (inner, stack[-1][1])
+                current = inner.body
+            elif rest:
+                raise TemplateSyntaxError(f"unexpected {rest!r} after else")
+            else:
+                current = node.orelse
+        elif word == "end":
+            if not stack:
+                raise TemplateSyntaxError("unexpected {{end}}")
+            _, current = stack.pop()
+        elif word in _UNSUPPORTED:
+            raise TemplateSyntaxError(f"{{{{{word}}}}} is not in lamina's Go-template subset")
+        elif not s:
+            raise TemplateSyntaxError("missing value for command")
+        else:
+            current.append(Node("action", pipe=_parse_pipeline(s)))
+    if stack:
+        raise TemplateSyntaxError(f"unexpected EOF: {{{{{stack[-1][0].kind}}}}} without {{{{end}}}}")
+    return root
+
+
+# -- execution ---------------------------------------------------------------------------
+
+class _Exec:
+    def __init__(self, root: Any, header: bool) -> None:
+        self.root = root
+        self.header = header
+
+    def field(self, value: Any, names: tuple[str, ...]) -> Any:
+        for n in names:
+            if isinstance(value, Record):
+                if n not in value:
+                    raise TemplateError(f"can't evaluate field {n} in type {value.kind}")
+                value = value[n]
+            elif isinstance(value, dict):
+                value = value.get(n, MISSING)
+            elif value is None or value is MISSING:
+                raise TemplateError(f"nil pointer evaluating interface {{}}.{n}")
+            else:
+                raise TemplateError(f"can't evaluate field {n} in type {_go_type(value)}")
+        return value
+
+    def operand(self, op: Any, dot: Any, scope: dict[str, Any]) -> Any:
+        if isinstance(op, Field):
+            return self.field(dot, op.names)
+        if isinstance(op, Var):
+            if op.name not in scope:
+                raise TemplateSyntaxError(f"undefined variable: {op.name}")
+            return self.field(scope[op.name], op.names)
+        if isinstance(op, Literal):
+            return op.value
+        if isinstance(op, Pipeline):
+            return self.field(self.pipeline(op, dot, scope), op.names)
+        raise TemplateError(f"can't use {op} as a value")
+
+    def pipeline(self, pipe: Pipeline, dot: Any, scope: dict[str, Any]) -> Any:
+        value: Any = _NOTHING
+        for cmd in pipe.commands:
+            head = cmd[0]
+            if isinstance(head, Ident):
+                args = [self.operand(a, dot, scope) for a in cmd[1:]]
+                if value is not _NOTHING:
+                    args.append(value)
+                value = self.call(head.name, args)
+            else:
+                if len(cmd) > 1 or value is not _NOTHING:
+                    raise TemplateError(f"can't give argument to non-function {_describe(head)}")
+                value = self.operand(head, dot, scope)
+        for name in pipe.decl[-1:]:
+            scope[name] = value
+        return value
+
+    def call(self, name: str, args: list[Any]) -> Any:
+        if name in _LOGIC:
+            if not args:
+                raise TemplateError(f"wrong number of args for {name}")
+            for a in args[:-1]:
+                if _truth(a) != (name == "and"):
+                    return a
+            return args[-1]
+        if self.header and name in _HEADER_PASS:
+            return args[0] if args else ""
+        try:
+            return FUNCTIONS[name](*args)
+        except TemplateError as e:
+            raise TemplateError(f"error calling {name}: {e}") from None
+        except TypeError:
+            raise TemplateError(f"wrong number of args for {name}: got {len(args)}") from None
+
+    def run(self, nodes: list[Node], dot: Any, scope: dict[str, Any], out: list[str]) -> None:
+        for n in nodes:
+            if n.kind == "text":
+                out.append(n.text)
+            elif n.kind == "action":
+                v = self.pipeline(n.pipe, dot, scope)
+                if not n.pipe.decl:
+                    out.append(go_str(v))
+            elif n.kind in ("if", "with"):
+                inner = dict(scope)
+                v = self.pipeline(n.pipe, dot, inner)
+                if _truth(v):
+                    self.run(n.body, v if n.kind == "with" else dot, inner, out)
+                else:
+                    self.run(n.orelse, dot, dict(scope), out)
+            elif n.kind == "range":
+                inner = dict(scope)
+                pipe = Pipeline((), n.pipe.commands, n.pipe.names)
+                v = self.pipeline(pipe, dot, inner)
+                if isinstance(v, dict):
+                    items = [(k, v[k]) for k in sorted(v)]
+                elif isinstance(v, (list, tuple)):
+                    items = list(enumerate(v))
+                elif v is None or v is MISSING:
+                    items = []
+                else:
+                    raise TemplateError(f"range can't iterate over {go_str(v)}")
+                if not items:
+                    self.run(n.orelse, dot, dict(scope), out)
+                for k, item in items:
+                    s = dict(inner)
+                    if len(n.pipe.decl) == 1:
+                        s[n.pipe.decl[0]] = item
+                    elif len(n.pipe.decl) == 2:
+                        s[n.pipe.decl[0]], s[n.pipe.decl[1]] = k, item
+                    self.run(n.body, item, s, out)
+
+
+_NOTHING = object()
+
+
+def _describe(op: Any) -> str:
+    if isinstance(op, Field):
+        return "." + ".".join(op.names)
+    if isinstance(op, Var):
+        return ".".join((op.name, *op.names))
+    if isinstance(op, Literal):
+        return go_str(op.value)
+    return "(pipeline)"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed template; `render(data)` runs it (`header=True`: as docker renders a
+    table header, every formatting function passing its argument through)."""
+
+    source: str
+    nodes: tuple[Node, ...]
+
+    def render(self, data: Any, *, header: bool = False) -> str:
+        out: list[str] = []
+        _Exec(data, header).run(list(self.nodes), data, {"$": data}, out)
+        return "".join(out)
+
+
+def compile_template(source: str) -> Template:
+    return Template(source, tuple(parse(source)))
+
+
+def render(source: str, data: Any) -> str:
+    return compile_template(source).render(data)
