@@ -25,7 +25,7 @@ from lamina.builder.sandbox import linux, overlay
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox.mountpoints import StubRecorder
 from lamina.builder.sandbox.kernelpaths import protect_kernel_paths
-from lamina.builder.sandbox.rootpath import resolve_in_root  # at import: the forked child must not import
+from lamina.builder.sandbox.rootpath import RootDir, resolve_in_root  # at import: the forked child must not import
 
 _DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
               "urandom": (1, 9), "tty": (5, 0)}
@@ -49,6 +49,7 @@ class CacheMount:
     source: Path
     target: str
     readonly: bool = False
+    subdir: str = ""  # `source=` of the cache: resolved inside it, in the step's namespace
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,17 @@ def mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str = "auto") ->
         linux.mount("tmpfs", target, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, data)
     elif isinstance(m, CacheMount):
         target = rec.ensure(m.target, "dir")
-        bind(m.source, target, readonly=m.readonly)
+        if not m.subdir:
+            bind(m.source, target, readonly=m.readonly)
+        else:
+            # resolved here, never through a link out of the cache (a concurrent RUN
+            # cannot swap a component between check and mount: the fd is the dir)
+            with RootDir(m.source) as r:
+                fd = r.open_dir(m.subdir)
+            try:
+                bind(f"/proc/self/fd/{fd}", target, readonly=m.readonly)
+            finally:
+                os.close(fd)
     elif isinstance(m, SecretMount):
         target = rec.ensure(m.target, "file")
         scratch.mkdir()

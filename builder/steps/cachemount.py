@@ -11,7 +11,8 @@ source path out of the merged, read-only view of those layers (owners, modes,
 links kept, as COPY --from copies), into a temp dir renamed into place (two builds
 seeding at once: one wins, the other's copy is dropped).
 
-Public API: `cache_dir_for(cache_mounts_dir, mount, (layer_dirs, what), fail) -> Path`.
+Public API: `cache_dir_for(cache_mounts_dir, mount, (layer_dirs, what), fail) -> Path`;
+`check_cache_subdir(cache_dir, source, fail)`: the `source=` subdir of a cache.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lamina.builder.context.copysrc import select_sources
 from lamina.builder.errors import BuildError
 from lamina.builder.sandbox.mountedroot import run_in_namespace
 from lamina.builder.sandbox.overlay import mount_overlay_readonly
+from lamina.builder.sandbox.rootpath import RootDir, RootPathError
 from lamina.builder.steps.copy import copy_selection
 
 
@@ -88,3 +90,17 @@ def cache_dir_for(cache_mounts_dir: Path, m, seed: tuple[tuple[Path, ...], str],
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def check_cache_subdir(cache_dir: Path, source: str, fail: Callable[[str], BuildError]) -> None:
+    """`source=` of a cache mount without `from=`: that subdirectory of the cache is
+    mounted (BuildKit's llb.SourcePath), resolved inside the cache dir, so a symlink
+    the cache holds never leads out of it (BuildKit's testCacheMountSourceEscape: an
+    error). Checked here for a clear error; the sandbox resolves it again in the
+    step's own mount namespace and mounts the dir it opened (rootmounts.CacheMount
+    `subdir`), so a concurrent RUN swapping a component cannot redirect the mount."""
+    try:
+        with RootDir(cache_dir) as r:
+            os.close(r.open_dir(source))
+    except RootPathError as e:
+        raise fail(f"RUN --mount=type=cache,source={source}: {e.message} in the cache") from None

@@ -31,7 +31,7 @@ from lamina.builder.sandbox.rootpath import resolve_in_root
 from lamina.builder.sandbox.sandbox import (
     BindMount, CacheMount, LayerMount, SandboxSpec, SecretMount, TmpfsMount, run,
 )
-from lamina.builder.steps.cachemount import cache_dir_for
+from lamina.builder.steps.cachemount import cache_dir_for, check_cache_subdir
 from lamina.builder.steps.copy import copy_selection
 from lamina.builder.steplog import OutputTail, StepLog, max_size_from_env
 from lamina.builder.steps.ssh import SSHSource, ssh_mount
@@ -125,7 +125,11 @@ def _mounts(step_run: ResolvedRun, env: RunEnvironment, pipes_dir: Path,
                 lock = open(path.parent / (path.name + ".lock"), "a")
                 stack.callback(lock.close)
                 fcntl.flock(lock, fcntl.LOCK_EX)
-            out.append(CacheMount(source=path, target=m.target, readonly=m.readonly))
+            subdir = m.source if seed is None else ""  # llb.SourcePath in the cache
+            if subdir:
+                check_cache_subdir(path, subdir, fail)
+            out.append(CacheMount(source=path, target=m.target, readonly=m.readonly,
+                                  subdir=subdir))
         elif m.type == "tmpfs":
             out.append(TmpfsMount(target=m.target, size=m.size))
         elif m.type == "secret":
