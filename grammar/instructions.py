@@ -11,15 +11,25 @@ variables are expanded. Builds the frozen dataclasses of grammar/ast.py.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lamina.grammar import ast
 from lamina.grammar.heredoc import parse_heredoc_word
 from lamina.grammar.words import trim_space
 
 if TYPE_CHECKING:  # pragma: no cover
+    from lamina.grammar.errors import DockerfileError
     from lamina.grammar.lines import LogicalLine
-    from lamina.grammar.parser import Node, Parser
+    from lamina.grammar.node import Node
+
+
+class Parser(Protocol):
+    """What build_instruction needs of grammar.parser.Parser (which builds on this
+    module): the source lines and errors placed in the file."""
+
+    scanner: Any
+
+    def error_at(self, line: "LogicalLine", offset: int, message: str) -> "DockerfileError": ...
 
 STRING, BOOL, LIST = "string", "bool", "list"
 

@@ -31,6 +31,7 @@ from lamina.grammar.errors import DockerfileError
 from lamina.grammar.goquote import go_quote as _go_quote
 from lamina.grammar.heredoc import HeredocMarker, heredocs_in_line
 from lamina.grammar.lines import LineScanner, LogicalLine
+from lamina.grammar.node import Node
 from lamina.grammar.words import (
     GO_SPACE,
     decode_json_string,
@@ -163,24 +164,6 @@ def parse_json_array(text: str) -> tuple[str, ...]:
             raise ValueError("when using JSON array syntax, arrays must be comprised of strings only")
         out.append(decode_json_string(element))
     return tuple(out)
-
-
-@dataclass
-class Node:
-    """One instruction as BuildKit's parser sees it, before validation."""
-
-    keyword: str                     # upper-case
-    word: str                        # the keyword as written
-    offset: int                      # offset of the keyword in the logical line
-    flags: list[tuple[str, int]]     # processed flag words and their offsets
-    rest: str                        # argument text (trimmed)
-    rest_offset: int
-    is_json: bool = False
-    command: ast.ShellForm | ast.ExecForm | None = None
-    words: tuple[str, ...] = ()
-    pairs: tuple[ast.KeyValue, ...] = ()
-    child: "Node | None" = None
-    heredocs: list[ast.Heredoc] = field(default_factory=list)
 
 
 class Parser:
