@@ -239,9 +239,10 @@ class UserNetwork:
                 data += chunk
         except BlockingIOError:
             pass
-        lines = [l for l in data.decode("utf-8", "replace").splitlines()
+        text = data.decode("utf-8", "replace").split("\nUsage:", 1)[0]  # not its --help
+        lines = [l for l in text.splitlines()
                  if l.strip() and not l.startswith(("*", "Starting slirp", "WARNING: Support"))]
-        return (": " + " | ".join(lines[-3:])) if lines else ""
+        return (": " + " | ".join(lines[:3])) if lines else ""
 
 
 def _helper(binary: str, target: int, go_r: int, ready_w: int, exit_r: int,
@@ -266,7 +267,7 @@ def _helper(binary: str, target: int, go_r: int, ready_w: int, exit_r: int,
     # `ip netns`) that unmount propagates and takes the host's mounts with it. Give it
     # a mount namespace of its own, private all the way down.
     linux.unshare(linux.CLONE_NEWNS)
-    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    from lamina.builder.sandbox.privateroot import make_private; make_private(root_mount=True)  # W7TMP
     # move every fd we keep above the ones we set, then lay out stdio, ready-fd 3 and
     # exit-fd 4; everything else is closed
     null = os.open("/dev/null", os.O_RDONLY)

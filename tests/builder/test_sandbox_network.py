@@ -291,6 +291,9 @@ def test_default_network_reaches_a_peer_but_not_the_host_loopback(build_store, t
                                                                   host_loopback):
     root, _ = build_store
     port4, port6, hits = host_loopback
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # UDP too (nslookup as client)
+    udp.bind(("127.0.0.1", 0))
+    udp_port = udp.getsockname()[1]
     targets = [f"http://127.0.0.1:{port4}/v4", f"http://10.0.2.2:{port4}/gateway",
                f"http://[::1]:{port6}/v6", f"http://10.0.2.3:{port4}/dns-forwarder"]
     ctx = make_context(tmp_path / "ctx", f"""\
@@ -298,11 +301,18 @@ FROM bb
 RUN wget -q -O /token http://{peer.addr}:{peer.port}/token.txt \\
  && readlink /proc/self/ns/net > /netns && cat /proc/net/dev > /ifaces \\
  && for u in {" ".join(targets)}; do timeout 5 wget -q -O- "$u" && echo "REACHED $u"; \\
-    done > /loopback 2>&1; true
+    done > /loopback 2>&1; \\
+    for s in 10.0.2.2 127.0.0.1; do timeout 1 nslookup x.test $s:{udp_port} & done; wait; true
 """)
     out = tmp_path / "rootfs"
-    with _HelperWatch(os.getpid()) as watch:
-        build_rootfs(root, ctx, out)
+    try:
+        with _HelperWatch(os.getpid()) as watch:
+            build_rootfs(root, ctx, out)
+        udp.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            udp.recvfrom(512)  # no datagram reached the host's loopback
+    finally:
+        udp.close()
     assert (out / "token").read_text() == TOKEN
     assert "REACHED" not in (out / "loopback").read_text()
     assert hits == []  # not one request reached the host's loopback servers
@@ -459,3 +469,28 @@ def test_sigkill_of_lamina_mid_run_leaves_no_helper_namespace_or_mount(tmp_path)
     # ... and no mount does (nor any mount of the step's root is left on the host)
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(root) not in mounts and inode[5:-1] not in mounts
+
+
+# --- the helper's failures are clear and leave nothing ----------------------------------
+
+def test_missing_slirp4netns_is_one_clear_error(busybox_rootfs, run_sandbox, monkeypatch):
+    from lamina.builder.errors import SandboxError
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # the sandbox looks slirp4netns up in PATH
+    with pytest.raises(SandboxError, match="needs slirp4netns .*--network none"):
+        run_sandbox([busybox_rootfs], ["true"], network="default")
+
+
+def test_a_failing_slirp4netns_is_reported_and_reaped(busybox_rootfs, run_sandbox,
+                                                     monkeypatch):
+    from lamina.builder.errors import SandboxError
+    from lamina.builder.sandbox import network
+
+    require_tool("slirp4netns")
+    monkeypatch.setattr(network, "MTU", 70000)  # slirp4netns refuses an MTU past 65521
+    before = set(_descendants(os.getpid()))  # e.g. the peer's servers
+    with _HelperWatch(os.getpid()) as watch, \
+            pytest.raises(SandboxError, match="slirp4netns could not set up .*MTU"):
+        run_sandbox([busybox_rootfs], ["true"], network="default")
+    assert not [p for p in watch.seen if _status(p)]  # it may exit before a poll sees it
+    assert {p: n for p, n in _descendants(os.getpid()).items() if p not in before} == {}
