@@ -15,6 +15,7 @@ RepoDigest) and its image ID are the registry's.
 from __future__ import annotations
 
 import json
+import os
 import platform as host_platform
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -199,13 +200,31 @@ def pull_image(store, reference: str, *, platform: Platform | None = None,
                tag: bool = True) -> Pulled:
     """Pull `reference` into `store` and tag it there (by its normalized name)."""
     ref = refs.parse(reference)
-    own = session is None
-    session = session or RegistrySession(ref.domain)
-    try:
+    if session is not None:
         return _pull(store, session, ref, platform or host(), progress, tag)
-    finally:
-        if own:
-            session.close()
+    errors = []
+    for server in mirrors_for(ref.domain) + (ref.domain,):
+        with RegistrySession(server) as s:
+            try:
+                return _pull(store, s, ref, platform or host(), progress, tag)
+            except RegistryError as e:
+                if server == ref.domain:
+                    if errors:
+                        raise RegistryError(f"{e.message} (mirrors tried first: {'; '.join(errors)})",
+                                            status=e.status) from None
+                    raise
+                errors.append(f"{server}: {e.message}")
+    raise AssertionError("unreachable")
+
+
+def mirrors_for(domain: str) -> tuple[str, ...]:
+    """Pull-through mirrors of Docker Hub (``LAMINA_REGISTRY_MIRRORS=host[:port],...``,
+    as dockerd's registry-mirrors), tried in order before docker.io itself; a mirror
+    that fails is skipped. Other registries have none."""
+    if domain != refs.DEFAULT_DOMAIN:
+        return ()
+    raw = os.environ.get("LAMINA_REGISTRY_MIRRORS", "")
+    return tuple(m.strip().split("://", 1)[-1].rstrip("/") for m in raw.split(",") if m.strip())
 
 
 def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,

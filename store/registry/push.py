@@ -25,6 +25,10 @@ from lamina.store.registry.session import RegistryError, RegistrySession
 
 PARALLEL_UPLOADS = 4
 CHUNK = 1 << 20
+# blobs larger than this go in PATCH chunks of UPLOAD_CHUNK (a dropped connection
+# then costs one chunk, and proxies with body limits pass them); smaller ones in one PUT
+CHUNKED_THRESHOLD = 64 << 20
+UPLOAD_CHUNK = 16 << 20
 
 Progress = Callable[[str, int, int], None]
 
@@ -54,9 +58,16 @@ def _upload(session: RegistrySession, blobs, path: str, digest: str, scope: str,
         location = resp.headers.get("location")
     if not location:
         raise RegistryError(f"registry {session.host} started an upload without a Location")
-    if location.startswith("/"):
-        location = session.base_url() + location
     size = blobs.size(digest)
+    if size > CHUNKED_THRESHOLD:
+        location = _patch_chunks(session, blobs, digest, size, _absolute(session, location), scope,
+                                 progress, what)
+        sep = "&" if "?" in location else "?"
+        with session.request("PUT", f"{location}{sep}digest={digest}", scope=scope, body=b"",
+                             headers={"Content-Length": "0"}, ok=(201, 204)):
+            pass
+        return size
+    location = _absolute(session, location)
     sep = "&" if "?" in location else "?"
 
     def body():
@@ -84,6 +95,31 @@ def _upload(session: RegistrySession, blobs, path: str, digest: str, scope: str,
     return size
 
 
+def _absolute(session: RegistrySession, location: str) -> str:
+    return session.base_url() + location if location.startswith("/") else location
+
+
+def _patch_chunks(session: RegistrySession, blobs, digest: str, size: int, location: str,
+                  scope: str, progress: Progress | None, what: str) -> str:
+    """Send the blob in PATCH chunks (OCI distribution's chunked upload); returns the
+    location of the last answer, to which the closing PUT goes."""
+    offset = 0
+    with blobs.open(digest) as f:
+        while offset < size:
+            f.seek(offset)
+            data = f.read(UPLOAD_CHUNK)
+            end = offset + len(data) - 1
+            with session.request("PATCH", location, scope=scope, body=data,
+                                 headers={"Content-Type": "application/octet-stream",
+                                          "Content-Range": f"{offset}-{end}",
+                                          "Content-Length": str(len(data))}, ok=(202,)) as resp:
+                location = _absolute(session, resp.headers.get("location") or location)
+            offset = end + 1
+            if progress:
+                progress(what, offset, size)
+    return location
+
+
 def push_image(store, source: str, destination: str | None = None, *, compression: str = "gzip",
                session: RegistrySession | None = None, progress: Progress | None = None) -> Pushed:
     """Push the store's image `source` to `destination` (default: `source` itself)."""
@@ -95,6 +131,7 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
         raise StoreError(f"cannot push to a digest reference {destination or source!r}: name a tag")
     tag = dest.tag or refs.DEFAULT_TAG
     (image,) = export_all(store, export_images(store, [source]), compression)
+    mount_from = _same_registry_repo(source, dest)
     own = session is None
     session = session or RegistrySession(dest.domain)
     scope = repo_scope(dest.path, "pull,push")
@@ -103,7 +140,8 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
         blobs += [(l.digest, f"layer {i + 1}/{len(image.layers)}") for i, l in enumerate(image.layers)]
         uploaded = skipped = 0
         with ThreadPoolExecutor(max_workers=PARALLEL_UPLOADS) as pool:
-            futures = [pool.submit(_upload, session, store.blobs, dest.path, d, scope, None, progress, what)
+            futures = [pool.submit(_upload, session, store.blobs, dest.path, d, scope, mount_from,
+                                   progress, what)
                        for d, what in blobs]
             for f in futures:
                 n = f.result()
@@ -124,3 +162,15 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
     finally:
         if own:
             session.close()
+
+
+def _same_registry_repo(source: str, dest: refs.Reference) -> str | None:
+    """The repository of `source` when it is another repository of dest's registry:
+    its blobs are mounted there (no upload) when the registry allows it."""
+    try:
+        src = refs.parse(source)
+    except StoreError:
+        return None
+    if src.domain == dest.domain and src.path != dest.path:
+        return src.path
+    return None

@@ -226,3 +226,38 @@ def test_from_an_unreachable_registry_is_one_clear_error(tmp_path):
     assert run.code == 1
     assert "Dockerfile:1" in run.stderr and "cannot be pulled" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_docker_hub_mirror_and_cross_repository_mount(source_store, plain_registry, tmp_path, monkeypatch):
+    """LAMINA_REGISTRY_MIRRORS serves docker.io names (library/ path) before Docker Hub
+    (unreachable here); a push from one repository to another of the same registry
+    uploads nothing (blobs mounted)."""
+    assert lamina(source_store, "push", "app:1", f"{plain_registry}/library/mirrored:1").code == 0
+    monkeypatch.setenv("LAMINA_REGISTRY_MIRRORS", f"http://{plain_registry}/")
+    fresh = tmp_path / "fresh"
+    pulled = lamina(fresh, "pull", "mirrored:1")
+    assert pulled.code == 0, pulled.stderr
+    assert _inspect(fresh, "mirrored:1")["Id"] == _inspect(source_store, "app:1")["Id"]
+    monkeypatch.delenv("LAMINA_REGISTRY_MIRRORS")
+
+    moved = lamina(fresh, "push", "mirrored:1", f"{plain_registry}/elsewhere/app:1")
+    assert moved.code == 0, moved.stderr
+    # fresh pulled it from the mirror under its docker.io name: nothing to mount from;
+    # pushing registry-to-registry under the registry's own name mounts every blob
+    tagged = lamina(fresh, "tag", "mirrored:1", f"{plain_registry}/library/mirrored:1")
+    assert tagged.code == 0, tagged.stderr
+    mounted = lamina(fresh, "push", f"{plain_registry}/library/mirrored:1", f"{plain_registry}/third/app:1")
+    assert mounted.code == 0, mounted.stderr
+    assert "uploaded 0 bytes" in mounted.stdout
+
+
+def test_chunked_upload_of_large_blobs(source_store, plain_registry, tmp_path, monkeypatch):
+    from lamina.store.registry import push as push_mod
+    monkeypatch.setattr(push_mod, "CHUNKED_THRESHOLD", 1000)
+    monkeypatch.setattr(push_mod, "UPLOAD_CHUNK", 4096)
+    dest = f"{plain_registry}/chunked/app:1"
+    run = lamina(source_store, "push", "app:1", dest)
+    assert run.code == 0, run.stderr
+    fresh = tmp_path / "fresh"
+    assert lamina(fresh, "pull", dest).code == 0
+    assert _inspect(fresh, dest)["Id"] == _inspect(source_store, "app:1")["Id"]
