@@ -18,6 +18,42 @@ def _open_store(g: Globals):
     return Store(g.root)
 
 
+class TransferProgress:
+    """Per-blob progress of a pull or push on stderr: on a terminal one live line per
+    transfer (bytes and rate, redrawn at most 5 times a second), otherwise one plain
+    line when each blob is done. Called from the transfer threads."""
+
+    def __init__(self, verb: str, quiet: bool = False) -> None:
+        import threading
+
+        self.verb = verb
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.lock = threading.Lock()
+        self.started: dict[str, float] = {}
+        self.shown = 0.0
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        import time
+
+        if self.quiet:
+            return
+        with self.lock:
+            now = time.monotonic()
+            start = self.started.setdefault(what, now)
+            finished = total and done >= total
+            if self.tty and not finished and now - self.shown < 0.2:
+                return
+            self.shown = now
+            rate = done / max(now - start, 1e-3) / 1e6
+            line = f"{what}: {done / 1e6:.1f}/{total / 1e6:.1f} MB ({rate:.1f} MB/s)"
+            if finished:
+                click.echo(("\r\x1b[K" if self.tty else "") + f"{what}: {self.verb} {total / 1e6:.1f} MB",
+                           err=True)
+            elif self.tty:
+                click.echo("\r\x1b[K" + line, err=True, nl=False)
+
+
 def _session_for(reference: str):
     from lamina.store import refs
     from lamina.store.registry.session import RegistrySession
@@ -37,7 +73,8 @@ def pull(g: Globals, reference: str, platform: str | None, quiet: bool) -> None:
 
     want = parse_platform(platform) if platform else None
     with _open_store(g) as store:
-        pulled = pull_image(store, reference, platform=want)
+        pulled = pull_image(store, reference, platform=want,
+                            progress=TransferProgress("downloaded", quiet))
     if quiet:
         click.echo(pulled.reference)
         return
@@ -59,7 +96,8 @@ def push(g: Globals, source: str, destination: str | None, compression: str, qui
     from lamina.store.registry.push import push_image
 
     with _open_store(g) as store:
-        pushed = push_image(store, source, destination, compression=compression)
+        pushed = push_image(store, source, destination, compression=compression,
+                            progress=TransferProgress("pushed", quiet))
     if quiet:
         click.echo(pushed.manifest_digest)
         return
