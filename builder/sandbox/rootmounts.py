@@ -128,9 +128,11 @@ def mount_system(rec: StubRecorder, hosts: Path, resolv: Path) -> None:
                     linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
     except SandboxError as exc:
         # optional, like docker's: some nested setups refuse a fresh sysfs; an empty
-        # /sys is better than no build
+        # /sys is better than no build - read-only too, so no write lands in the layer
         if getattr(exc, "errno", None) not in (1, 13):  # EPERM, EACCES
             raise
+        linux.mount("tmpfs", sys_dir, "tmpfs", linux.MS_RDONLY | linux.MS_NOSUID
+                    | linux.MS_NODEV | linux.MS_NOEXEC, "mode=755")
     # docker's read-only and masked /proc and /sys paths (builder.sandbox.kernelpaths)
     protect_kernel_paths(rec.root, f"{dev}/null")
     # injected files: bind mounts, so they never land in the upper dir. BuildKit's

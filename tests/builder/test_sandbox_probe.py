@@ -215,3 +215,26 @@ def test_probe_sees_no_lamina_paths_in_its_root(probe):
     # the overlay is the root; nothing of the host's tree is mounted below it
     for point in probe.mounts():
         assert not re.match(r"^/(work|var/lib/lamina|tmp/pytest)", point), point
+
+
+def test_sys_stays_read_only_where_sysfs_cannot_be_mounted(busybox_rootfs, run_sandbox,
+                                                           monkeypatch):
+    # some nested hosts refuse a fresh sysfs (EPERM): the empty /sys the step then gets
+    # must still be read-only, or its writes would land in the layer
+    from lamina.builder.errors import SandboxError
+    from lamina.builder.sandbox import linux
+
+    real_mount = linux.mount
+
+    def refusing_sysfs(source, target, fstype=None, flags=0, data=None):
+        if fstype == "sysfs":
+            exc = SandboxError("mount sysfs: Operation not permitted (EPERM)")
+            exc.errno = 1
+            raise exc
+        return real_mount(source, target, fstype, flags, data)
+
+    monkeypatch.setattr(linux, "mount", refusing_sysfs)  # the forked sandbox inherits it
+    code, out, upper = run_sandbox([busybox_rootfs], ["sh", "-c", "touch /sys/x; ls -A /sys | wc -l"])
+    assert b"Read-only file system" in out
+    assert out.split()[-1] == b"0"
+    assert not (upper / "sys" / "x").exists()
