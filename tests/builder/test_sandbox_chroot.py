@@ -78,3 +78,31 @@ def test_build_works_when_root_is_not_a_mount_point(build_store, tmp_path):
     before = (tmp_path / "before").read_text().splitlines()
     after = (tmp_path / "after").read_text().splitlines()
     assert after == before
+
+
+def test_a_chroot_that_cannot_be_handled_fails_in_one_sentence(busybox_rootfs, run_sandbox,
+                                                               monkeypatch):
+    # / not a mount point (EINVAL) and no way out of the chroot (chroot(2) refused):
+    # one sentence naming the cause, not a raw mount error
+    from lamina.builder.errors import SandboxError
+    from lamina.builder.sandbox import linux
+
+    real_mount = linux.mount
+
+    def not_a_mount_point(source, target, fstype=None, flags=0, data=None):
+        if target == "/" and flags & linux.MS_PRIVATE:
+            exc = SandboxError("mount propagation/remount on / : Invalid argument (EINVAL)")
+            exc.errno = 22
+            raise exc
+        return real_mount(source, target, fstype, flags, data)
+
+    def no_chroot(path):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(linux, "mount", not_a_mount_point)  # the forked sandbox inherits it
+    monkeypatch.setattr(os, "chroot", no_chroot)
+    with pytest.raises(SandboxError) as err:
+        run_sandbox([busybox_rootfs], ["true"])
+    message = str(err.value)
+    assert message.startswith("lamina runs in a chroot (its / is not a mount point) and could not")
+    assert "\n" not in message and "Operation not permitted" in message
