@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from lamina.builder.sandbox.network import filter_resolv_conf, resolv_conf
 from tests.builder.buildkit import REPO, build, build_rootfs, make_base, make_context
@@ -283,6 +284,31 @@ def test_resolv_conf_as_docker_filters_it():
     assert resolv_conf("none", (only_local, False)) == (
         b"search lan\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n")
     assert filter_resolv_conf(b"", ("10.0.2.3",)) == b"nameserver 10.0.2.3\n"
+
+
+_LINE = st.one_of(
+    st.sampled_from(["nameserver 127.0.0.1", "nameserver 127.1.2.3", "nameserver ::1",
+                     "nameserver fd00::53", "nameserver fe80::1%eth0", "nameserver 10.9.8.7",
+                     "nameserver 192.0.2.53", "  nameserver\t127.0.0.53  ", "search a.example b",
+                     "options ndots:3", "# comment", "", "domain lan", "nameserver bogus"]),
+    st.text(alphabet="abcdefghij :.#", max_size=20))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_LINE, max_size=8), st.sampled_from(["default", "none"]))
+def test_resolv_conf_never_names_an_unreachable_nameserver(lines, mode):
+    text = "\n".join(lines).encode()
+    out = resolv_conf(mode, (text, False)).decode()
+    servers = [l.split()[1] for l in out.splitlines()
+               if len(l.split()) >= 2 and l.split()[0] == "nameserver"]
+    assert servers  # always one to ask
+    for server in servers:
+        assert not server.startswith("127.") and ":" not in server
+    # every other line of the host's file is kept, in order
+    def others(t: str) -> list[str]:
+        return [l for l in t.splitlines() if not (len(l.split()) >= 2
+                                                  and l.split()[0] == "nameserver")]
+    assert others(out) == others(text.decode())
 
 
 # --- builds ---------------------------------------------------------------------------
