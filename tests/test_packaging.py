@@ -1,29 +1,83 @@
-"""`pip install .` into a fresh virtualenv gives a working `lamina` command, with the
-grammar file packaged (a syntax error is reported from the installed copy, far from
-this source tree)."""
+"""The wheel of lamina installed into a fresh virtualenv gives a working `lamina`
+command, with the grammar file packaged (a syntax error is reported from the
+installed copy, far from this source tree), and it lives beside distributions named
+`store`, `grammar` and `builder` (names other projects use): both keep working."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+NEIGHBOURS = ("store", "grammar", "builder")
+
+
+def _pip(env_dir: Path, *args: str) -> None:
+    proc = subprocess.run([str(env_dir / "bin" / "pip"), *args, "-q", "--disable-pip-version-check"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
+def lamina_wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
+                           "-w", str(out), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = out.glob("lamina-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, lamina_wheel) -> Path:
     env_dir = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(with_pip=True).create(env_dir)
-    proc = subprocess.run(
-        [str(env_dir / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(REPO)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _pip(env_dir, "install", str(lamina_wheel))
+    return env_dir
+
+
+def neighbour_wheel(where: Path, name: str) -> Path:
+    """A minimal wheel of a distribution `name` with a top-level package `name`
+    (PEP 427 by hand: no build tool, no index needed)."""
+    dist_info = f"{name}-9.9.9.dist-info"
+    files = {
+        f"{name}/__init__.py": f"WHO = 'the {name} distribution'\n",
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 9.9.9\n",
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: lamina-tests\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n",
+        f"{dist_info}/top_level.txt": f"{name}\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{dist_info}/RECORD,,")
+    whl = where / f"{name}-9.9.9-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+        z.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
+    return whl
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory, lamina_wheel) -> Path:
+    """A fresh venv with distributions store, grammar and builder, then lamina."""
+    env_dir = tmp_path_factory.mktemp("crowded")
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    wheels = tmp_path_factory.mktemp("neighbours")
+    _pip(env_dir, "install", "--no-index", *[str(neighbour_wheel(wheels, n)) for n in NEIGHBOURS])
+    _pip(env_dir, "install", str(lamina_wheel))
     return env_dir
 
 
@@ -84,3 +138,56 @@ def test_every_package_is_listed() -> None:
                           for top in ("grammar", "store", "builder")
                           for p in (REPO / top).rglob("__init__.py")}
     assert found == listed
+
+
+def _python(env_dir: Path, code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run([str(env_dir / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+def test_beside_store_grammar_builder_distributions(crowded: Path, tmp_path: Path) -> None:
+    """Installed side by side, the other distributions' packages and lamina's stay apart."""
+    proc = _python(crowded, "import store, grammar, builder, lamina.store.store, lamina.grammar, "
+                            "lamina.builder.cli; print(store.WHO, grammar.WHO, builder.WHO, sep='|'); "
+                            "print(lamina.grammar.parse('FROM scratch\\n').instructions[0].keyword)", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["the store distribution|the grammar distribution|the builder distribution",
+                                        "FROM"]
+    listed = subprocess.run([str(crowded / "bin" / "pip"), "list", "--format=freeze"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert {"store==9.9.9", "grammar==9.9.9", "builder==9.9.9"} <= set(listed)
+    assert any(l.startswith("lamina==") for l in listed)
+
+
+@pytest.mark.root
+def test_build_beside_other_distributions(crowded: Path, tmp_path: Path) -> None:
+    """`lamina build` of FROM scratch + COPY works with store/grammar/builder installed."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "hello.txt").write_text("hello from the context\n")
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /srv/hello.txt\n")
+    root = tmp_path / "store"
+    proc = _run(crowded, "--root", str(root), "build", "-t", "neighbours:1", str(ctx), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    listed = _run(crowded, "--root", str(root), "images", "--format", "{{.Repository}}:{{.Tag}}", cwd=tmp_path)
+    assert listed.stdout == "neighbours:1\n"
+    out = tmp_path / "image.tar"
+    proc = _run(crowded, "--root", str(root), "save", "--format", "docker", "-o", str(out), "neighbours:1",
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    found = {}
+    with tarfile.open(out) as archive:
+        for member in archive.getmembers():
+            if member.name.endswith(".tar") or member.name.startswith("blobs/"):
+                data = archive.extractfile(member)
+                if data is None:
+                    continue
+                try:
+                    with tarfile.open(fileobj=io.BytesIO(data.read())) as layer:
+                        for m in layer.getmembers():
+                            if m.isfile():
+                                found[m.name] = layer.extractfile(m).read()
+                except tarfile.ReadError:
+                    continue  # a JSON blob, not a layer
+    assert found == {"srv/hello.txt": b"hello from the context\n"}

@@ -18,7 +18,7 @@ import click
 from lamina.builder.cli.app import Globals, cli
 from lamina.builder.cli.filters import FilterError, parse_image_filters
 from lamina.builder.cli.gotemplate import Record, TemplateError
-from lamina.builder.cli.listing import FormatError, render_objects, render_rows
+from lamina.builder.cli.listing import FormatError, check_format, render_objects, render_rows
 from lamina.builder.cli.units import human_size, since
 from lamina.store import oci, refs
 from lamina.store.errors import ImageNotFound, StoreError
@@ -166,6 +166,13 @@ def _format_option(f):
                              "Go TEMPLATE (see README: the template subset).")(f)
 
 
+def _check_format(fmt: str | None) -> None:
+    try:
+        check_format(fmt)
+    except FormatError as e:
+        raise click.BadParameter(str(e), param_hint="'--format'") from None
+
+
 def _render(fmt, rows, headers, default_table) -> None:
     try:
         click.echo(render_rows(fmt, rows, headers, default_table), nl=False)
@@ -190,6 +197,7 @@ def _render(fmt, rows, headers, default_table) -> None:
 def images_cmd(g: Globals, all_: bool, quiet: bool, no_trunc: bool, digests: bool, filters, fmt: str | None,
                repository: str | None) -> None:
     """List images: one row per tag (untagged images as <none>), newest first."""
+    _check_format(fmt)
     try:
         flt = parse_image_filters(list(filters) + ([f"reference={repository}"] if repository else []))
     except FilterError as e:
@@ -247,6 +255,7 @@ class InspectView(dict):
 @click.pass_obj
 def inspect_cmd(g: Globals, fmt: str | None, refs_: tuple[str, ...]) -> None:
     """Show image details as JSON (a list, like docker image inspect)."""
+    _check_format(fmt)
     found, missing = [], []
     with open_store(g) as store:
         for ref in refs_:
@@ -288,6 +297,7 @@ def ellipsis(s: str, n: int) -> str:
 @click.pass_obj
 def history_cmd(g: Globals, no_trunc: bool, human: bool, quiet: bool, fmt: str | None, ref: str) -> None:
     """Show the history of an image (newest first)."""
+    _check_format(fmt)
     with open_store(g) as store:
         entries = store.history(ref)
     now = datetime.now(timezone.utc)

@@ -65,6 +65,12 @@ def _template(source: str) -> Template:
         raise FormatError(f"template parsing error: {e}") from None
 
 
+def check_format(fmt: str | None) -> None:
+    """Parse a --format now (FormatError), before any work is done."""
+    if fmt and fmt not in ("table", "json"):
+        _template(fmt[len("table"):].strip(" ") if fmt.startswith("table") else fmt)
+
+
 def render_rows(fmt: str | None, rows: Iterable[Record], header: Mapping[str, str], default_table: str) -> str:
     """The text docker prints for `rows` under `--format fmt`: `None`/"table" is
     `default_table`, "json" one JSON object per row, "table T" a header row and tab-

@@ -216,6 +216,7 @@ def test_label_dangling_before_since(store_root, rootfs_tar, capsys):
 def test_usage_errors_exit_2(store_root, capsys, args, message):
     rc, out, err = lamina(store_root, capsys, "images", *args)
     assert rc == 2 and message in err and "Traceback" not in err
+    assert not store_root.exists()  # refused before the store is opened
 
 
 def test_template_runtime_errors_exit_1(doc_store, capsys):
