@@ -120,10 +120,10 @@ def test_other_platform_is_a_clear_error(build_store, tmp_path):
     _fails(build(root, ctx), "Dockerfile:1", other)
 
 
-def test_ssh_mount_not_supported(build_store, tmp_path):
+def test_required_ssh_mount_without_ssh_flag(build_store, tmp_path):
     root, _ = build_store
-    ctx = make_context(tmp_path / "ctx", "FROM bb\nRUN --mount=type=ssh true\n")
-    _fails(build(root, ctx), "Dockerfile:2", "ssh")
+    ctx = make_context(tmp_path / "ctx", "FROM bb\nRUN --mount=type=ssh,required true\n")
+    _fails(build(root, ctx), "Dockerfile:2", 'no SSH key "default" forwarded')
 
 
 def test_missing_required_secret(build_store, tmp_path):
