@@ -169,6 +169,9 @@ COPY --chmod=750 d /dir1/dir2/
 COPY --chmod=600 *.txt /wild/card/
 COPY --chmod=u+x f /sym/a/f
 COPY --chmod=600 f /tmp/kept
+COPY --chmod=640 <<EOT /heredoc/dir/file
+inline
+EOT
 """, {"f": "data\n", "d/x": "x", "d/sub/y": "y", "a.txt": "a", "b.txt": "b"})
     out = tmp_path / "rootfs"
     build_rootfs(root, ctx, out)
@@ -179,6 +182,8 @@ COPY --chmod=600 f /tmp/kept
         "wild": 0o600, "wild/card": 0o600, "wild/card/a.txt": 0o600, "wild/card/b.txt": 0o600,
         "sym": 0o755, "sym/a": 0o755,
         "tmp": 0o1777, "tmp/kept": 0o600,
+        # a heredoc source is copied the same way (llb.Copy with the copy's Mode)
+        "heredoc": 0o640, "heredoc/dir": 0o640, "heredoc/dir/file": 0o640,
     }
     assert {p: mode_of(out / p) for p in expected} == expected
 
