@@ -1,0 +1,3 @@
+"""A tiny service."""
+
+VERSION = "1.0"
