@@ -41,6 +41,7 @@ from lamina.builder.context.context import BuildContext
 from lamina.builder.context.copysrc import content_key, select_sources
 from lamina.builder.errors import BuildError
 from lamina.builder.plan.imageconfig import ImageConfig, platform_config_fields
+from lamina.builder.sandbox.cgroups import Limits, check as cgroup_notes
 from lamina.builder.sandbox.mountedroot import in_mounted_root
 from lamina.builder.plan.plan import BuildPlan, Stage, plan_build
 from lamina.builder.progress import Progress, StepLabel
@@ -74,6 +75,7 @@ class BuildOptions:
     ssh: Mapping = field(default_factory=dict)  # --ssh: id -> builder.steps.ssh.SSHSource
     source_date_epoch: int | None = None      # None: $SOURCE_DATE_EPOCH, else 0
     allowed_reads: tuple[Path, ...] = ()      # --allow fs.read=PATH (file:// git sources)
+    limits: Limits = Limits()                 # --memory, --pids-limit... of every RUN
     pull: bool = False                        # --pull: re-resolve every base tag in its registry
 
 
@@ -115,7 +117,7 @@ class Build:
         self._pulled: set[str] = set()
         self.run_env = RunEnvironment(
             context_dir=Path(options.context_dir), cache_mounts_dir=store.root / "cache-mounts",
-            secrets=dict(options.secrets), network=options.network,
+            secrets=dict(options.secrets), network=options.network, limits=options.limits,
             allow_network_host=options.allow_network_host, ssh=dict(options.ssh))
 
     # -- the whole build -----------------------------------------------------------------
@@ -142,6 +144,8 @@ class Build:
         plan = self.plan()
         for warning in plan.warnings:
             self.progress.note(warning)
+        for note in cgroup_notes(self.options.limits):  # raises if a limit cannot apply
+            self.progress.note(note)
         self.context = BuildContext.open(self.options.context_dir, self.options.dockerfile,
                                          self.store.root / "cache" / "statcache")
         self.run_env = replace(self.run_env, context=self.context)

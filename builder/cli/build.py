@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from lamina.builder.cli.app import Globals, cli
+from lamina.builder.cli.resources import parse_limits, resource_options
 from lamina.builder.errors import BuildError
 
 
@@ -40,10 +41,12 @@ from lamina.builder.errors import BuildError
 @click.option("--cache-to", "cache_to", multiple=True, metavar="REF")
 @click.option("--check", "check", is_flag=True,
               help="Run the build checks only (no build): print findings, exit 1 if any.")
+@resource_options  # -m/--memory, --pids-limit, --cpu-*... (builder.cli.resources)
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.pass_obj
 def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
-          ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool = False) -> None:
+          ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool = False,
+          **resource_flags) -> None:
     """Build an image from a Dockerfile and a context directory."""
     from lamina.builder.executor import Build, BuildOptions
     from lamina.builder.outputs import parse_output, write_output
@@ -74,6 +77,7 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
         secrets=_secrets(secrets),
         ssh=parse_ssh_flags(ssh),
         allowed_reads=_allowed_reads(allow),
+        limits=parse_limits(resource_flags),
     )
     wanted = [parse_output(o) for o in outputs]
     progress = make_progress(progress)

@@ -14,7 +14,7 @@ Public API:
 - ``check_upper_work(upper, work)``: raise SandboxError unless both exist, are on
   one filesystem, that filesystem is not overlayfs and takes trusted xattrs.
 - ``mount_overlay(lower_dirs, upper, work, target, scratch_dir, api="auto")``:
-  mount (in the caller's mount namespace). ``lower_dirs`` are top-most first and
+  mount (in the caller's mount namespace), ``nodev`` (builder.sandbox.devices). ``lower_dirs`` are top-most first and
   may be empty (an empty dir under ``scratch_dir`` stands in). ``api``: "new"
   (fsopen/fsconfig ``lowerdir+`` — no page-size limit), "classic" (mount(2) with
   the data shortened through symlinks ``scratch_dir/l/<n>`` so 500 layers fit in
@@ -34,7 +34,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.builder.sandbox import linux
+from lamina.builder.sandbox import devices, linux
 from lamina.store.layerdirs import walk
 from lamina.store.locks import remove_tree
 from lamina.builder.errors import SandboxError
@@ -136,7 +136,8 @@ def _mount_new_api(lowers: list[Path], upper: Path | None, work: Path | None,
         except SandboxError as exc:
             raise SandboxError(f"mount overlay on {target} ({len(lowers)} layers, upper "
                                f"{upper}): {exc}") from None
-        mntfd = linux.fsmount(fsfd)
+        # nodev: a node a step makes on the layer stack cannot be opened (devices)
+        mntfd = linux.fsmount(fsfd, attr_flags=_nodev_attr())
         try:
             linux.move_mount_fd(mntfd, target)
         finally:
@@ -174,12 +175,20 @@ def _mount_classic(lowers: list[Path], upper: Path, work: Path, target: Path,
         old_cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.chdir(scratch_dir)
-            linux.mount("overlay", str(target), "overlay", 0, data)
+            linux.mount("overlay", str(target), "overlay", _nodev_flag(), data)
         finally:
             os.fchdir(old_cwd)
             os.close(old_cwd)
         return
-    linux.mount("overlay", str(target), "overlay", 0, data)
+    linux.mount("overlay", str(target), "overlay", _nodev_flag(), data)
+
+
+def _nodev_flag() -> int:
+    return linux.MS_NODEV if devices.NODEV_MOUNTS else 0
+
+
+def _nodev_attr() -> int:
+    return devices.MOUNT_ATTR_NODEV if devices.NODEV_MOUNTS else 0
 
 
 # --- after the run --------------------------------------------------------------

@@ -59,12 +59,14 @@ import select
 import shutil
 import signal
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
 from lamina.builder.sandbox import linux, network as netstack, overlay, privileges
 from lamina.builder.errors import SandboxError
+from lamina.builder.sandbox.cgroups import Limits, StepCgroup
+from lamina.builder.sandbox.devices import seal_mounts
 from lamina.builder.sandbox.mountpoints import StubRecorder, remove_stubs
 from lamina.builder.sandbox.privateroot import make_private
 from lamina.builder.sandbox.rootmounts import (BindMount, CacheMount, LayerMount, Mount, SecretMount,
@@ -92,6 +94,7 @@ class SandboxSpec:
     hostname: str = "buildkitsandbox"  # BuildKit's executor/oci defaultHostname
     network: Literal["default", "none", "host"] = "none"
     mounts: tuple[Mount, ...] = ()
+    limits: Limits = Limits()  # the step's cgroup (builder.sandbox.cgroups)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class _Plan:
     scratch: Path       # tmpfs mount point for secrets / discarded writes
     hosts: Path
     resolv: Path
+    cgroup: StepCgroup | None = None  # joined by C1 (builder.sandbox.cgroups)
 
 
 # --- parent side -----------------------------------------------------------------
@@ -189,7 +193,12 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None]) -> int:
     plan = _prepare(spec)
     state: dict = {"report": None}
     try:
-        code = _execute(spec, plan, on_output, state)
+        cgroup = StepCgroup.create(spec.limits)
+        try:
+            code = _execute(spec, replace(plan, cgroup=cgroup), on_output, state)
+            cgroup.check_exit(code)  # "RUN was killed: out of memory (limit N)"
+        finally:
+            cgroup.close()  # kills every process left, removes the cgroup
     except BaseException:
         try:
             _cleanup(spec, plan, state["report"])
@@ -355,6 +364,8 @@ def _stage1(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, parent_pid: 
         flags |= linux.CLONE_NEWNET
     stack = netstack.UserNetwork.prepare() if spec.network == "default" else None
     try:
+        if plan.cgroup is not None:
+            plan.cgroup.join()  # after the network helper forked: it stays outside
         linux.unshare(flags)
         if stack is not None:
             stack.attach()  # tap0 is configured before the command can run
@@ -414,6 +425,7 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
         if recorder is not None:
             _send(ctl_w, {"stubs": recorder.report()})
 
+    seal_mounts(plan.root)  # nodev on every mount but the allowed /dev nodes
     os.chdir(plan.root)
     linux.pivot_root(".", ".")
     linux.umount2(".", linux.MNT_DETACH)

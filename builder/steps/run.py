@@ -31,6 +31,7 @@ from lamina.builder.sandbox.rootpath import resolve_in_root
 from lamina.builder.sandbox.sandbox import (
     BindMount, CacheMount, LayerMount, SandboxSpec, SecretMount, TmpfsMount, run,
 )
+from lamina.builder.sandbox.cgroups import Limits
 from lamina.builder.steps.cachemount import cache_dir_for, check_cache_subdir
 from lamina.builder.steps.copy import copy_selection
 from lamina.builder.steplog import OutputTail, StepLog, max_size_from_env
@@ -52,6 +53,7 @@ class RunEnvironment:
     allow_network_host: bool = False  # the network.host entitlement (--allow network.host)
     context: SourceTree | None = None  # the context as .dockerignore lets it through
     ssh: Mapping[str, SSHSource] | None = None  # --ssh: id -> agent socket or key files
+    limits: Limits = Limits()  # --memory, --pids-limit...: each step's cgroup
 
 
 def _cache_dir(env: RunEnvironment, m: Mount) -> Path:
@@ -245,7 +247,7 @@ def execute_run(step_run: ResolvedRun, *, lower_dirs: tuple[Path, ...], upper_di
             lower_dirs=tuple(lower_dirs), upper_dir=upper_dir, work_dir=work_dir,
             argv=tuple(step_run.argv), env=tuple(environ.items()), cwd=workdir or "/",
             uid=who.uid, gid=who.gid, groups=tuple(who.groups), network=network,
-            mounts=_mounts(step_run, env, pipes, stack, fail, layers_of))
+            mounts=_mounts(step_run, env, pipes, stack, fail, layers_of), limits=env.limits)
         code = run(spec, output)
     if code != 0:
         shown = " ".join(step_run.argv)

@@ -1,0 +1,613 @@
+"""The cgroup of a RUN step: every process of the step in a fresh cgroup lamina
+creates, with the build's resource limits, killed and removed after the step.
+
+    cg = StepCgroup.create(limits)   # in lamina (P), before the sandbox forks
+    cg.join()                        # in the sandbox's first child, before unshare
+    ...                              # the step runs; its children inherit the cgroup
+    cg.oom_killed()                  # did the kernel's OOM killer strike inside?
+    cg.close()                       # kill whatever is left, rmdir (P, always)
+
+Where (``layout()``): on a cgroup v1 host (this project's CI: hybrid, controllers on
+v1, an empty unified hierarchy) one dir per v1 hierarchy lamina uses — pids, memory,
+devices (docker's device list, builder.sandbox.devices), freezer (to stop a step's
+processes before killing them), cpu and cpuset only when a limit asks — at
+``<hierarchy>/<lamina's own cgroup there>/lamina/<step>``: nested in lamina's own
+cgroup, so a limit lamina itself runs under (a systemd unit, a CI job) still holds.
+On a cgroup v2 host: ``<lamina's own cgroup>/lamina/<step>`` when lamina's cgroup can
+delegate the controllers, else ``/sys/fs/cgroup/lamina/<step>``; every process is
+killed with ``cgroup.kill`` (Linux >= 5.14; SIGKILL of each member otherwise).
+v2 has no devices file: there the ``nodev`` mounts of builder.sandbox.devices keep
+host devices out of reach (runc would attach a BPF program; lamina does not).
+
+Step cgroups are named ``<pid>-<start time>-<n>`` of the lamina process that made
+them; ``StepCgroup.create`` first (once per process) removes those whose owner is
+gone — what a SIGKILLed lamina left (its steps' processes died with it: PID
+namespace and PDEATHSIG; any left over are killed here).
+
+Limits (``Limits``, docker's ``build``/``run`` flags): ``memory`` (bytes),
+``memory_swap`` (memory + swap, docker's meaning: unset = twice ``memory``, -1 =
+unlimited), ``pids`` (None = ``DEFAULT_PIDS_LIMIT``, -1 = unlimited), ``cpu_shares``,
+``cpu_quota``/``cpu_period`` (microseconds), ``cpuset_cpus``. A limit the user asked
+for whose controller this host lacks is an error (``check``); the default pids limit
+on such a host is skipped with one note. Default: docker build sets no pids limit;
+lamina sets ``DEFAULT_PIDS_LIMIT`` (4096, twice podman's default) so that a fork bomb
+in a Dockerfile stops at the step and never reaches the host's process table, while
+a parallel build (make -j, cargo, a JVM's threads: the pids controller counts
+threads) stays far below it. The limit counts lamina's two sandbox processes (the
+namespace's init and its parent) too.
+
+The forked child only calls ``join`` (plain ``os`` calls, no import).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from lamina.builder.errors import SandboxError
+from lamina.builder.sandbox import devices
+
+DEFAULT_PIDS_LIMIT = 4096
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# "auto" | "v1" | "v2" | "off": which cgroup interface lamina uses (tests force each);
+# also LAMINA_CGROUPS=v1|v2|off
+VERSION = "auto"
+DIR_NAME = "lamina"
+
+
+# --- what the build asks for --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int | None = None
+    memory_swap: int | None = None
+    pids: int | None = None
+    cpu_shares: int | None = None
+    cpu_quota: int | None = None
+    cpu_period: int | None = None
+    cpuset_cpus: str | None = None
+
+    def asked(self) -> dict[str, str]:
+        """flag -> controller, for every limit the user set."""
+        out = {}
+        for name, flag, controller in (("memory", "--memory", "memory"),
+                                       ("memory_swap", "--memory-swap", "memory"),
+                                       ("pids", "--pids-limit", "pids"),
+                                       ("cpu_shares", "--cpu-shares", "cpu"),
+                                       ("cpu_quota", "--cpu-quota", "cpu"),
+                                       ("cpu_period", "--cpu-period", "cpu"),
+                                       ("cpuset_cpus", "--cpuset-cpus", "cpuset")):
+            if getattr(self, name) is not None:
+                out[flag] = controller
+        return out
+
+    def pids_max(self) -> int | None:
+        """The pids limit to apply (None: unlimited)."""
+        if self.pids is None:
+            return DEFAULT_PIDS_LIMIT
+        return None if self.pids <= 0 else self.pids
+
+    def validate(self) -> None:
+        if self.memory is not None and self.memory < 6 * 1024 * 1024:
+            raise SandboxError(f"--memory {self.memory}: the minimum is 6MiB (as docker)")
+        if self.memory_swap is not None and self.memory_swap != -1:
+            if self.memory is None:
+                raise SandboxError("--memory-swap needs --memory (as docker)")
+            if self.memory_swap < self.memory:
+                raise SandboxError("--memory-swap must be at least --memory "
+                                   "(it is memory plus swap; -1 for unlimited swap)")
+        if self.cpu_shares is not None and not 2 <= self.cpu_shares <= 262144:
+            raise SandboxError(f"--cpu-shares {self.cpu_shares}: expected 2 to 262144")
+        if self.cpu_period is not None and not 1000 <= self.cpu_period <= 1000000:
+            raise SandboxError(f"--cpu-period {self.cpu_period}: expected 1000 to 1000000 µs")
+        if self.cpu_quota is not None and self.cpu_quota != -1 and self.cpu_quota < 1000:
+            raise SandboxError(f"--cpu-quota {self.cpu_quota}: at least 1000 µs (-1: none)")
+        if self.cpuset_cpus is not None and not all(
+                part.strip().replace("-", "").isdigit()
+                for part in self.cpuset_cpus.split(",")):
+            raise SandboxError(f"--cpuset-cpus {self.cpuset_cpus!r}: expected a list such as "
+                               "0-3 or 0,1")
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n}B"
+
+
+def _swap_total(limits: Limits) -> int | None:
+    """memory+swap bytes to set (None: unlimited/unset), docker's rules."""
+    if limits.memory is None or limits.memory_swap == -1:
+        return None
+    return limits.memory_swap if limits.memory_swap is not None else 2 * limits.memory
+
+
+def v1_settings(limits: Limits) -> dict[str, tuple[tuple[str, str], ...]]:
+    """controller -> ordered (file, value) writes for a fresh v1 step cgroup."""
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    pids = limits.pids_max()
+    out["pids"] = (("pids.max", "max" if pids is None else str(pids)),)
+    mem: list[tuple[str, str]] = []
+    if limits.memory is not None:
+        mem.append(("memory.limit_in_bytes", str(limits.memory)))
+        swap = _swap_total(limits)
+        if swap is not None:
+            mem.append(("memory.memsw.limit_in_bytes", str(swap)))
+    out["memory"] = tuple(mem)
+    cpu: list[tuple[str, str]] = []
+    if limits.cpu_shares is not None:
+        cpu.append(("cpu.shares", str(limits.cpu_shares)))
+    if limits.cpu_period is not None:
+        cpu.append(("cpu.cfs_period_us", str(limits.cpu_period)))
+    if limits.cpu_quota is not None:
+        cpu.append(("cpu.cfs_quota_us", str(limits.cpu_quota)))
+    if cpu:
+        out["cpu"] = tuple(cpu)
+    if limits.cpuset_cpus is not None:
+        out["cpuset"] = (("cpuset.cpus", limits.cpuset_cpus),)
+    if devices.device_cgroup_wanted():
+        out["devices"] = devices.v1_rules()
+    out["freezer"] = ()
+    return out
+
+
+def shares_to_weight(shares: int) -> int:
+    """cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000), runc's formula."""
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def v2_settings(limits: Limits) -> tuple[tuple[str, str], ...]:
+    """Ordered (file, value) writes for a fresh v2 step cgroup."""
+    out: list[tuple[str, str]] = []
+    pids = limits.pids_max()
+    out.append(("pids.max", "max" if pids is None else str(pids)))
+    if limits.memory is not None:
+        out.append(("memory.max", str(limits.memory)))
+        swap = _swap_total(limits)
+        out.append(("memory.swap.max", "max" if swap is None else str(swap - limits.memory)))
+    if limits.cpu_shares is not None:
+        out.append(("cpu.weight", str(shares_to_weight(limits.cpu_shares))))
+    if limits.cpu_quota is not None or limits.cpu_period is not None:
+        quota = limits.cpu_quota
+        period = limits.cpu_period or 100000
+        out.append(("cpu.max", f"{'max' if quota in (None, -1) else quota} {period}"))
+    if limits.cpuset_cpus is not None:
+        out.append(("cpuset.cpus", limits.cpuset_cpus))
+    return tuple(out)
+
+
+def _v2_controller(file: str) -> str:
+    return file.split(".", 1)[0]
+
+
+# --- where the cgroups are ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    """lamina's own cgroup dir in each v1 hierarchy (controller -> dir; co-mounted
+    controllers share a dir) and in the v2 hierarchy, with v2's available controllers."""
+
+    v1: Mapping[str, Path] = field(default_factory=dict)
+    v2: Path | None = None
+    v2_controllers: frozenset[str] = frozenset()
+
+    @property
+    def version(self) -> str:
+        mode = os.environ.get("LAMINA_CGROUPS") or VERSION
+        if mode in ("v1", "v2", "off"):
+            return mode
+        if self.v2 is not None and {"pids", "memory"} & self.v2_controllers:
+            return "v2"
+        if self.v1:
+            return "v1"
+        return "v2" if self.v2 is not None else "off"
+
+
+def _mountinfo_cgroups() -> tuple[dict[str, Path], Path | None]:
+    """v1 hierarchy mount points by controller, and the cgroup2 mount point."""
+    v1: dict[str, Path] = {}
+    v2 = None
+    for entry in devices.parse_mountinfo(Path("/proc/self/mountinfo").read_text()):
+        if entry.fstype == "cgroup2" and v2 is None:
+            v2 = Path(entry.mount_point)
+        elif entry.fstype == "cgroup":
+            for opt in entry.super_options:
+                if opt not in ("rw", "ro"):
+                    v1.setdefault(opt, Path(entry.mount_point))
+    return v1, v2
+
+
+def layout() -> Layout:
+    v1_mounts, v2_mount = _mountinfo_cgroups()
+    v1: dict[str, Path] = {}
+    v2 = None
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if controllers == "":
+            if v2_mount is not None:
+                v2 = v2_mount / rel
+            continue
+        for c in controllers.split(","):
+            if c in v1_mounts:
+                v1[c] = v1_mounts[c] / rel
+    available: frozenset[str] = frozenset()
+    if v2 is not None:
+        try:
+            available = frozenset((v2 / "cgroup.controllers").read_text().split())
+        except OSError:
+            available = frozenset()
+        if not available and v2 != v2_mount:
+            try:
+                available = frozenset((v2_mount / "cgroup.controllers").read_text().split())
+            except OSError:
+                pass
+    wanted = ("pids", "memory", "devices", "freezer", "cpu", "cpuset")
+    return Layout(v1={c: p for c, p in v1.items() if c in wanted}, v2=v2,
+                  v2_controllers=available)
+
+
+def check(limits: Limits, lay: Layout | None = None) -> list[str]:
+    """Raise SandboxError if a limit the user asked for cannot be applied here; return
+    notes (once per build) about what lamina cannot do on this host."""
+    limits.validate()
+    lay = lay or layout()
+    have = _controllers(lay)
+    missing = sorted({flag for flag, c in limits.asked().items() if c not in have})
+    if lay.version == "v1" and limits.memory_swap not in (None, -1) and "memory" in have:
+        if not (lay.v1["memory"] / "memory.memsw.limit_in_bytes").exists():
+            missing.append("--memory-swap")
+    if missing:
+        why = ("cgroups are switched off" if lay.version == "off" else
+               f"this host's cgroup {lay.version} lacks the controller")
+        raise SandboxError(f"cannot apply {', '.join(missing)}: {why} "
+                           f"(available: {', '.join(sorted(have)) or 'none'})")
+    notes = []
+    if "pids" not in have and limits.pids is None:
+        notes.append(f"note: no pids cgroup controller here: RUN steps run without the "
+                     f"default limit of {DEFAULT_PIDS_LIMIT} processes")
+    if lay.version == "v2" or "devices" not in have:
+        notes.append("note: no device cgroup here: host devices are kept out of RUN steps "
+                     "by nodev mounts only")
+    return notes
+
+
+def _controllers(lay: Layout) -> set[str]:
+    if lay.version == "v1":
+        return set(lay.v1)
+    if lay.version == "v2":
+        return set(lay.v2_controllers)
+    return set()
+
+
+# --- one step's cgroup --------------------------------------------------------------
+
+_counter = itertools.count(1)
+_swept = False
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return data.rpartition(")")[2].split()[19]
+
+
+def _owner_alive(name: str) -> bool:
+    pid, _, rest = name.partition("-")
+    start = rest.partition("-")[0]
+    if not pid.isdigit():
+        return True  # not ours: leave it
+    return _start_time(int(pid)) == start
+
+
+def _members(d: Path) -> list[int]:
+    try:
+        return [int(p) for p in (d / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
+def _kill_members(d: Path, v1_freezer: Path | None = None) -> None:
+    """SIGKILL every process of cgroup dir `d` (frozen first when a v1 freezer dir is
+    given, so none can fork meanwhile), until it is empty."""
+    kill_file = d / "cgroup.kill"
+    if kill_file.exists():
+        try:
+            kill_file.write_text("1")
+        except OSError:
+            pass
+    frozen = False
+    if v1_freezer is not None and _members(d):
+        try:
+            (v1_freezer / "freezer.state").write_text("FROZEN")
+            frozen = True
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:
+            pids = _members(d)
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if frozen:
+                (v1_freezer / "freezer.state").write_text("THAWED")  # let them die
+                frozen = False
+            time.sleep(0.01)
+    finally:
+        if frozen:
+            try:
+                (v1_freezer / "freezer.state").write_text("THAWED")
+            except OSError:
+                pass
+
+
+def _rmdir(d: Path) -> None:
+    for _ in range(200):
+        try:
+            d.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            time.sleep(0.01)
+    d.rmdir()
+
+
+def _write(path: Path, value: str, flag_hint: str = "") -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise SandboxError(f"cannot set {path.name}={value} on the step's cgroup {path.parent}: "
+                           f"{os.strerror(exc.errno or 0)}{flag_hint}") from None
+
+
+def sweep_stale(lay: Layout | None = None) -> list[Path]:
+    """Remove step cgroups of lamina processes that are gone (killing what is left in
+    them); returns the dirs removed."""
+    lay = lay or layout()
+    bases = {p / DIR_NAME for p in lay.v1.values()}
+    for parent in (lay.v2, _v2_root(lay)):
+        if parent is not None:
+            bases.add(parent / DIR_NAME)
+    freezer = lay.v1.get("freezer")
+    removed = []
+    for base in bases:
+        try:
+            names = [e.name for e in os.scandir(base) if e.is_dir()]
+        except OSError:
+            continue
+        for name in names:
+            if _owner_alive(name):
+                continue
+            d = base / name
+            frz = freezer / DIR_NAME / name if freezer is not None and base.is_relative_to(
+                freezer) else None
+            try:
+                _kill_members(d, frz)
+                _rmdir(d)
+                removed.append(d)
+            except OSError:
+                pass
+    return removed
+
+
+def _v2_root(lay: Layout) -> Path | None:
+    if lay.v2 is None:
+        return None
+    p = lay.v2
+    while not (p / "cgroup.controllers").exists() or (p.parent / "cgroup.controllers").exists():
+        if p.parent == p:
+            return None
+        p = p.parent
+    return p
+
+
+class StepCgroup:
+    """The cgroup dirs of one step (one per v1 hierarchy, or one v2 dir)."""
+
+    def __init__(self, version: str, dirs: dict[str, Path], limits: Limits) -> None:
+        self.version = version
+        self.dirs = dirs
+        self.limits = limits
+        self._closed = False
+
+    @classmethod
+    def create(cls, limits: Limits, lay: Layout | None = None) -> "StepCgroup":
+        global _swept
+        lay = lay or layout()
+        if not _swept:
+            _swept = True
+            sweep_stale(lay)
+        me = os.getpid()
+        name = f"{me}-{_start_time(me)}-{next(_counter)}"
+        if lay.version == "v1":
+            return cls._create_v1(limits, lay, name)
+        if lay.version == "v2":
+            return cls._create_v2(limits, lay, name)
+        return cls("off", {}, limits)
+
+    @classmethod
+    def _create_v1(cls, limits: Limits, lay: Layout, name: str) -> "StepCgroup":
+        settings = v1_settings(limits)
+        made = cls("v1", {}, limits)
+        try:
+            for controller, writes in settings.items():
+                own = lay.v1.get(controller)
+                if own is None:
+                    continue  # check() has said so, or it is optional
+                if controller in ("cpu", "cpuset") and not writes:
+                    continue
+                base = own / DIR_NAME
+                step = base / name
+                if any(d == step for d in made.dirs.values()):  # co-mounted controllers
+                    made.dirs[controller] = step
+                    _apply(step, writes)
+                    continue
+                _make_step_dir(own, base, step, cpuset=controller == "cpuset")
+                made.dirs[controller] = step
+                if controller == "cpuset":
+                    _inherit_cpuset(base, step)
+                _apply(step, writes)
+        except BaseException:
+            made.close()
+            raise
+        return made
+
+    @classmethod
+    def _create_v2(cls, limits: Limits, lay: Layout, name: str) -> "StepCgroup":
+        writes = v2_settings(limits)
+        needed = {_v2_controller(f) for f, _ in writes} & set(lay.v2_controllers)
+        writes = tuple(w for w in writes if _v2_controller(w[0]) in needed)
+        for parent in (lay.v2, _v2_root(lay)):
+            if parent is None:
+                continue
+            base = parent / DIR_NAME
+            try:
+                _enable(parent, needed)
+                base.mkdir(exist_ok=True)
+                _enable(base, needed)
+            except (OSError, SandboxError):
+                continue
+            step = base / name
+            _make_step_dir(parent, base, step, cpuset=False)
+            made = cls("v2", {"": step}, limits)
+            try:
+                _apply(step, writes)
+            except BaseException:
+                made.close()
+                raise
+            return made
+        raise SandboxError(f"cannot create a cgroup for the step under {lay.v2}: lamina's "
+                           "cgroup cannot delegate the controllers "
+                           f"({', '.join(sorted(needed))}) and /sys/fs/cgroup is not writable")
+
+    # -- in the sandbox's child --------------------------------------------------------
+
+    def join(self) -> None:
+        """Move the calling process into every dir of the step (before it unshares its
+        cgroup namespace, so the step sees its cgroup as its root)."""
+        me = str(os.getpid()).encode()
+        for d in dict.fromkeys(self.dirs.values()):
+            fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY)
+            try:
+                os.write(fd, me)
+            finally:
+                os.close(fd)
+
+    # -- after the step ----------------------------------------------------------------
+
+    def oom_killed(self) -> bool:
+        if self.version == "v1" and "memory" in self.dirs:
+            text = _read(self.dirs["memory"] / "memory.oom_control")
+        elif self.version == "v2":
+            text = _read(self.dirs[""] / "memory.events")
+        else:
+            return False
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit() and int(value) > 0:
+                return True
+        return False
+
+    def check_exit(self, code: int) -> None:
+        """Raise the step's error when it failed because the OOM killer struck."""
+        if code != 0 and self.oom_killed():
+            limit = self.limits.memory
+            shown = f"limit {human_bytes(limit)}" if limit is not None else "no --memory limit"
+            raise SandboxError(f"RUN was killed: out of memory ({shown})")
+
+    def pids(self) -> list[int]:
+        """Every process in the step's cgroup (the pids one on v1)."""
+        d = self.dirs.get("pids") or self.dirs.get("") or next(iter(self.dirs.values()), None)
+        return _members(d) if d is not None else []
+
+    def close(self) -> None:
+        """Kill every process left in the step's cgroups and remove them."""
+        if self._closed:
+            return
+        self._closed = True
+        freezer = self.dirs.get("freezer") if self.version == "v1" else None
+        failures = []
+        for d in dict.fromkeys(self.dirs.values()):
+            try:
+                _kill_members(d, freezer)
+                _rmdir(d)
+            except OSError as exc:
+                failures.append(f"{d}: {os.strerror(exc.errno or 0)}")
+                continue
+            _remove_base(d.parent)
+        if failures:
+            raise SandboxError("cannot remove the step's cgroup: " + "; ".join(failures))
+
+
+def _remove_base(base: Path) -> None:
+    """Remove lamina's dir in a hierarchy once no step uses it, so that it never keeps
+    the cgroup lamina runs in (a CI job's, a systemd unit's) from being removed."""
+    try:
+        base.rmdir()
+    except OSError:
+        pass  # another step (of this or another build) still has its cgroup there
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _apply(step: Path, writes) -> None:
+    for file, value in writes:
+        _write(step / file, value)
+
+
+def _make_step_dir(own: Path, base: Path, step: Path, cpuset: bool) -> None:
+    """mkdir base (lamina's dir) and step under it; another lamina may remove an empty
+    base between the two (``_remove_base``): then again."""
+    for attempt in range(5):
+        base.mkdir(exist_ok=True)
+        if cpuset:
+            _inherit_cpuset(own, base)
+        try:
+            step.mkdir()
+            return
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+
+
+def _inherit_cpuset(parent: Path, child: Path) -> None:
+    """A fresh v1 cpuset cgroup has no cpus and mems: copy the parent's."""
+    for f in ("cpuset.cpus", "cpuset.mems"):
+        if not (child / f).read_text().strip():
+            _write(child / f, (parent / f).read_text().strip() or "0")
+
+
+def _enable(parent: Path, controllers: set[str]) -> None:
+    """Enable `controllers` for the children of v2 cgroup `parent`."""
+    have = set(_read(parent / "cgroup.subtree_control").split())
+    todo = controllers - have
+    if todo:
+        _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(todo)))

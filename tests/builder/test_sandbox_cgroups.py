@@ -1,0 +1,255 @@
+"""Every RUN step in its own cgroup (issue 7): limits applied from the build's flags
+(docker's names), every process accounted and killed, the cgroup removed after the
+step, stale ones of a killed lamina removed by the next one. Probed from inside real
+RUN steps; the v1 path on this host, the v2 interface on its unified hierarchy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lamina.builder.sandbox import cgroups, sandbox
+from lamina.builder.errors import SandboxError
+from tests.builder.buildkit import build, lamina_argv, make_context, python_env
+from tests.builder.conftest import DEFAULT_ENV
+
+pytestmark = pytest.mark.root
+
+LAYOUT = cgroups.layout()
+V1 = LAYOUT.version == "v1"
+
+
+def _step_dirs(controller: str) -> list[Path]:
+    base = LAYOUT.v1[controller] / cgroups.DIR_NAME
+    try:
+        return [p for p in base.iterdir() if p.is_dir()
+                and p.name.startswith(f"{os.getpid()}-")]
+    except FileNotFoundError:
+        return []
+
+
+def _run_watching(lower, step_dirs, argv, limits, inspect):
+    """sandbox.run with `inspect()` called from the output callback once the step
+    prints READY (the step is then running in its cgroup)."""
+    upper, work = step_dirs()
+    spec = sandbox.SandboxSpec(lower_dirs=(lower,), upper_dir=upper, work_dir=work,
+                               argv=tuple(argv), env=DEFAULT_ENV, limits=limits)
+    seen: dict = {}
+    out = bytearray()
+
+    def on_output(data: bytes) -> None:
+        out.extend(data)
+        if b"READY" in out and "result" not in seen:
+            seen["result"] = inspect()
+
+    code = sandbox.run(spec, on_output)
+    return code, bytes(out), seen.get("result")
+
+
+# --- pure: what is written where ----------------------------------------------------
+
+def test_settings_follow_docker_semantics():
+    mib = 1 << 20
+    v1 = cgroups.v1_settings(cgroups.Limits(memory=64 * mib, pids=100, cpu_shares=512,
+                                            cpu_period=50000, cpu_quota=25000,
+                                            cpuset_cpus="0"))
+    assert v1["pids"] == (("pids.max", "100"),)
+    # docker: --memory-swap unset = twice --memory (memory plus as much swap)
+    assert v1["memory"] == (("memory.limit_in_bytes", str(64 * mib)),
+                            ("memory.memsw.limit_in_bytes", str(128 * mib)))
+    assert v1["cpu"] == (("cpu.shares", "512"), ("cpu.cfs_period_us", "50000"),
+                         ("cpu.cfs_quota_us", "25000"))
+    assert v1["cpuset"] == (("cpuset.cpus", "0"),)
+    assert v1["devices"][0] == ("devices.deny", "a")
+    assert ("devices.allow", "c 136:* rwm") in v1["devices"]
+    assert ("devices.allow", "b *:* m") in v1["devices"]
+    unlimited = cgroups.v1_settings(cgroups.Limits(memory=64 * mib, memory_swap=-1, pids=-1))
+    assert unlimited["pids"] == (("pids.max", "max"),)
+    assert unlimited["memory"] == (("memory.limit_in_bytes", str(64 * mib)),)
+    assert cgroups.v1_settings(cgroups.Limits())["pids"] == (
+        ("pids.max", str(cgroups.DEFAULT_PIDS_LIMIT)),)
+
+    v2 = dict(cgroups.v2_settings(cgroups.Limits(memory=64 * mib, memory_swap=96 * mib,
+                                                 cpu_shares=1024, cpu_quota=50000)))
+    # v2 swap is swap alone; runc's shares->weight: 1024 -> 39; cpu.max "quota period"
+    assert v2 == {"pids.max": str(cgroups.DEFAULT_PIDS_LIMIT), "memory.max": str(64 * mib),
+                  "memory.swap.max": str(32 * mib), "cpu.weight": "39",
+                  "cpu.max": "50000 100000"}
+    assert cgroups.shares_to_weight(2) == 1 and cgroups.shares_to_weight(262144) == 10000
+
+
+def test_invalid_limits_are_user_errors():
+    for limits in (cgroups.Limits(memory=1024), cgroups.Limits(memory_swap=1 << 30),
+                   cgroups.Limits(memory=64 << 20, memory_swap=32 << 20),
+                   cgroups.Limits(cpu_shares=1), cgroups.Limits(cpuset_cpus="a-b")):
+        with pytest.raises(SandboxError):
+            limits.validate()
+
+
+# --- v1 (this host) -----------------------------------------------------------------
+
+@pytest.mark.skipif(not V1, reason="needs cgroup v1 controllers (this project's CI host)")
+def test_step_runs_in_its_own_cgroup_with_the_limits(busybox_rootfs, step_dirs):
+    limits = cgroups.Limits(memory=64 << 20, pids=77)
+
+    def inspect():
+        found = {}
+        for controller in ("pids", "memory", "devices", "freezer"):
+            (d,) = _step_dirs(controller)
+            found[controller] = d
+        procs = (found["pids"] / "cgroup.procs").read_text().split()
+        return {"dirs": found, "procs": len(procs),
+                "pids.max": (found["pids"] / "pids.max").read_text().strip(),
+                "memory": (found["memory"] / "memory.limit_in_bytes").read_text().strip(),
+                "devices": (found["devices"] / "devices.list").read_text().split("\n"),
+                "same_procs": all((d / "cgroup.procs").read_text().split() == procs
+                                  for d in found.values())}
+
+    code, out, seen = _run_watching(
+        busybox_rootfs, step_dirs,
+        ["sh", "-c", "sleep 30 & echo READY; cat /proc/self/cgroup; sleep 0.5"],
+        limits, inspect)
+    assert code == 0, out
+    assert seen is not None, out
+    # C1, the namespace's init, sh, the background sleep
+    assert seen["procs"] >= 4 and seen["same_procs"], seen
+    assert seen["pids.max"] == "77" and seen["memory"] == str(64 << 20)
+    assert "c 1:3 rwm" in seen["devices"] and "b *:* m" in seen["devices"]
+    assert not any(l.startswith("a ") for l in seen["devices"])
+    # the step sees its own cgroup as the root of each hierarchy (cgroup namespace)
+    lines = [l for l in out.decode().splitlines() if ":pids:" in l]
+    assert lines and lines[0].endswith(":pids:/"), out
+    # afterwards: every process killed (the background sleep too), every dir removed
+    for d in seen["dirs"].values():
+        assert not d.exists(), d
+
+
+@pytest.mark.skipif(not V1, reason="needs cgroup v1 controllers")
+def test_fork_bomb_is_stopped_by_the_pids_limit(build_store, tmp_path):
+    root, _ = build_store
+    # busybox sh takes no ":" as a function name: the same bomb, named
+    ctx = make_context(tmp_path / "bomb", "FROM bb\nRUN bomb(){ bomb|bomb& }; bomb; sleep 1; "
+                       "while :; do sleep 1000 & done\n")
+    t0 = time.monotonic()
+    run = build(root, ctx, "--no-cache", "--pids-limit", "50")
+    assert time.monotonic() - t0 < 60
+    assert run.code == 1, run.stderr
+    assert "can't fork: Resource temporarily unavailable" in run.stderr
+    assert "did not complete successfully" in run.stderr
+    # nothing of the step survives on the host, no step cgroup is left
+    assert not _procs_named(b"sleep\x001000")
+    assert _step_dirs("pids") == []
+
+
+def _procs_named(cmdline: bytes) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/cmdline").read_bytes().startswith(cmdline):
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.skipif(not V1, reason="needs cgroup v1 controllers")
+def test_memory_hog_is_killed_with_a_clear_message(build_store, tmp_path):
+    root, _ = build_store
+    # dd's one 200 MiB buffer, filled from /dev/zero: 200 MiB resident
+    ctx = make_context(tmp_path / "hog", "FROM bb\n"
+                       "RUN dd if=/dev/zero of=/dev/null bs=200M count=1\n")
+    run = build(root, ctx, "--no-cache", "--memory", "32m")
+    assert run.code == 1, run.stderr
+    assert "Dockerfile:2: RUN was killed: out of memory (limit 32MiB)" in run.stderr
+    # the same step without the limit succeeds: the limit did it
+    ok = build(root, ctx, "--no-cache", "--memory", "1g")
+    assert ok.code == 0, ok.stderr
+
+
+def test_limit_without_its_controller_is_an_error(build_store, tmp_path, monkeypatch):
+    root, _ = build_store
+    monkeypatch.setattr(cgroups, "VERSION", "off")
+    ctx = make_context(tmp_path / "off", "FROM bb\nRUN echo ran-without-cgroups\n")
+    run = build(root, ctx, "--no-cache", "--memory", "64m", "--pids-limit", "10")
+    assert run.code == 1
+    assert "cannot apply --memory, --pids-limit: cgroups are switched off" in run.stderr
+    # without a limit asked for: the build runs, and says once what it cannot do
+    run = build(root, ctx, "--no-cache").check()
+    assert run.stderr.count("no pids cgroup controller here") == 1
+    assert "ran-without-cgroups" in run.stderr
+
+
+@pytest.mark.skipif(not V1, reason="needs cgroup v1 controllers")
+def test_cpu_limits_are_applied(busybox_rootfs, step_dirs):
+    limits = cgroups.Limits(cpu_shares=512, cpu_period=50000, cpu_quota=25000,
+                            cpuset_cpus="0")
+
+    def inspect():
+        (cpu,) = _step_dirs("cpu")
+        (cpuset,) = _step_dirs("cpuset")
+        return ((cpu / "cpu.shares").read_text().strip(),
+                (cpu / "cpu.cfs_quota_us").read_text().strip(),
+                (cpuset / "cpuset.cpus").read_text().strip())
+
+    code, out, seen = _run_watching(busybox_rootfs, step_dirs,
+                                    ["sh", "-c", "echo READY; grep Cpus_allowed_list "
+                                     "/proc/self/status; sleep 0.3"], limits, inspect)
+    assert code == 0, out
+    assert seen == ("512", "25000", "0")
+    assert b"Cpus_allowed_list:\t0\n" in out
+
+
+@pytest.mark.skipif(not V1, reason="needs cgroup v1 controllers")
+def test_stale_cgroups_of_a_killed_lamina_are_removed(build_store, tmp_path):
+    # a lamina SIGKILLed mid-step leaves its step cgroup; the next lamina removes it
+    root, _ = build_store
+    ctx = make_context(tmp_path / "stale", "FROM bb\nRUN echo started; sleep 60\n")
+    proc = subprocess.Popen(lamina_argv(root, "build", "--progress", "plain", "--no-cache",
+                                        str(ctx)),
+                            env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = LAYOUT.v1["pids"] / cgroups.DIR_NAME
+    deadline = time.monotonic() + 60
+    left = []
+    while time.monotonic() < deadline and not left:
+        left = [p for p in base.glob(f"{proc.pid}-*") if p.is_dir()] if base.exists() else []
+        time.sleep(0.05)
+    if not left:
+        proc.kill()
+        pytest.fail("the build never created its step cgroup: "
+                    + proc.communicate()[1].decode()[-2000:])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    time.sleep(0.3)
+    assert left[0].exists()  # nobody removed it: lamina was killed
+    removed = cgroups.sweep_stale()
+    assert left[0] in removed and not left[0].exists()
+
+
+# --- the v2 interface, on this host's unified hierarchy ------------------------------
+
+@pytest.mark.skipif(LAYOUT.v2 is None, reason="no cgroup v2 hierarchy")
+def test_v2_step_cgroup_holds_and_kills_every_process(busybox_rootfs, step_dirs, monkeypatch):
+    monkeypatch.setattr(cgroups, "VERSION", "v2")
+    lay = cgroups.layout()
+    bases = {p / cgroups.DIR_NAME for p in (lay.v2, cgroups._v2_root(lay)) if p is not None}
+
+    def inspect():
+        found = [p for b in bases if b.exists() for p in b.glob(f"{os.getpid()}-*")]
+        assert len(found) == 1, found
+        return found[0], len((found[0] / "cgroup.procs").read_text().split())
+
+    limits = cgroups.Limits(pids=-1)  # no v2 controller here: membership and kill only
+    code, out, seen = _run_watching(busybox_rootfs, step_dirs,
+                                    ["sh", "-c", "sleep 30 & echo READY; sleep 0.3"],
+                                    limits, inspect)
+    assert code == 0, out
+    step, procs = seen
+    assert procs >= 4
+    assert not step.exists()
