@@ -56,6 +56,7 @@ from pathlib import Path
 
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox import linux
+from lamina.builder.sandbox.privateroot import make_private
 
 MODES = ("default", "none", "host")
 
@@ -267,7 +268,7 @@ def _helper(binary: str, target: int, go_r: int, ready_w: int, exit_r: int,
     # `ip netns`) that unmount propagates and takes the host's mounts with it. Give it
     # a mount namespace of its own, private all the way down.
     linux.unshare(linux.CLONE_NEWNS)
-    from lamina.builder.sandbox.privateroot import make_private; make_private(root_mount=True)  # W7TMP
+    make_private(root_mount=True)  # also when lamina runs in a chroot (/ not a mount point)
     # move every fd we keep above the ones we set, then lay out stdio, ready-fd 3 and
     # exit-fd 4; everything else is closed
     null = os.open("/dev/null", os.O_RDONLY)
