@@ -269,6 +269,7 @@ def _helper(binary: str, target: int, go_r: int, ready_w: int, exit_r: int,
     # a mount namespace of its own, private all the way down.
     linux.unshare(linux.CLONE_NEWNS)
     make_private(root_mount=True)  # also when lamina runs in a chroot (/ not a mount point)
+    _run_mount_point()
     # move every fd we keep above the ones we set, then lay out stdio, ready-fd 3 and
     # exit-fd 4; everything else is closed
     null = os.open("/dev/null", os.O_RDONLY)
@@ -282,3 +283,19 @@ def _helper(binary: str, target: int, go_r: int, ready_w: int, exit_r: int,
         os.execv(binary, slirp_argv(binary, target, 3, 4))
     except OSError as exc:
         os.write(2, f"cannot run {binary}: {linux.errno_text(exc.errno or 0)}\n".encode())
+
+
+def _run_mount_point() -> None:
+    """slirp4netns's sandbox makes /run a slave mount, which fails unless /run is a
+    mount point (it is not in a plain chroot): in the helper's own mount namespace,
+    bind /run on itself, or put an empty tmpfs there when there is no /run."""
+    if os.path.ismount("/run"):
+        return
+    try:
+        if os.path.isdir("/run"):
+            linux.mount("/run", "/run", None, linux.MS_BIND | linux.MS_REC)
+        else:
+            os.mkdir("/run", 0o755)
+            linux.mount("tmpfs", "/run", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=755")
+    except (OSError, SandboxError):
+        pass  # slirp4netns then says why it cannot start

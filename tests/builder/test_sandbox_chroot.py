@@ -49,7 +49,8 @@ def _chroot_script(base: Path, binds: list[str], argv: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_build_works_when_root_is_not_a_mount_point(build_store, tmp_path):
+@pytest.mark.parametrize("network", ["none", "default"])
+def test_build_works_when_root_is_not_a_mount_point(build_store, tmp_path, network):
     root, _ = build_store
     ctx = make_context(tmp_path / "ctx", (
         "FROM bb\n"
@@ -59,7 +60,7 @@ def test_build_works_when_root_is_not_a_mount_point(build_store, tmp_path):
         "RUN cat /app/f > /app/g\n"), {"f": "copied\n"})
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "lamina", "--root", str(root), "build", "--progress",
-            "plain", "--no-cache", "--network", "none", "--output", f"type=local,dest={out}", str(ctx)]
+            "plain", "--no-cache", "--network", network, "--output", f"type=local,dest={out}", str(ctx)]
     binds = sorted({"/usr", "/etc", str(Path(sys.base_prefix).resolve()), str(REPO),
                     str(root), str(tmp_path)})
     script = _chroot_script(tmp_path, binds, argv)
