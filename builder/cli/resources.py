@@ -1,7 +1,7 @@
 """The resource-limit flags of `lamina build`, with docker's names and meaning:
 ``-m/--memory`` (bytes, k/m/g suffixes), ``--memory-swap`` (memory plus swap; -1:
 unlimited swap), ``--pids-limit`` (-1: unlimited; default
-builder.sandbox.cgroups.DEFAULT_PIDS_LIMIT), ``--cpu-shares``, ``--cpu-period``,
+builder.sandbox.limits.DEFAULT_PIDS_LIMIT), ``--cpu-shares``, ``--cpu-period``,
 ``--cpu-quota`` (microseconds), ``--cpuset-cpus``. Each RUN step gets them through
 its own cgroup (builder.sandbox.cgroups).
 
@@ -64,8 +64,8 @@ def _bytes(flag: str, text: str | None, allow_unlimited: bool = False) -> int | 
 
 
 def parse_limits(flags: Mapping[str, object]):
-    """The `Limits` (builder.sandbox.cgroups) the flags ask for."""
-    from lamina.builder.sandbox.cgroups import Limits
+    """The `Limits` (builder.sandbox.limits) the flags ask for."""
+    from lamina.builder.sandbox.limits import Limits
 
     pids = flags.get("pids_limit")
     limits = Limits(

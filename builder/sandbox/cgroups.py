@@ -24,17 +24,9 @@ them; ``StepCgroup.create`` first (once per process) removes those whose owner i
 gone — what a SIGKILLed lamina left (its steps' processes died with it: PID
 namespace and PDEATHSIG; any left over are killed here).
 
-Limits (``Limits``, docker's ``build``/``run`` flags): ``memory`` (bytes),
-``memory_swap`` (memory + swap, docker's meaning: unset = twice ``memory``, -1 =
-unlimited), ``pids`` (None = ``DEFAULT_PIDS_LIMIT``, -1 = unlimited), ``cpu_shares``,
-``cpu_quota``/``cpu_period`` (microseconds), ``cpuset_cpus``. A limit the user asked
-for whose controller this host lacks is an error (``check``); the default pids limit
-on such a host is skipped with one note. Default: docker build sets no pids limit;
-lamina sets ``DEFAULT_PIDS_LIMIT`` (4096, twice podman's default) so that a fork bomb
-in a Dockerfile stops at the step and never reaches the host's process table, while
-a parallel build (make -j, cargo, a JVM's threads: the pids controller counts
-threads) stays far below it. The limit counts lamina's two sandbox processes (the
-namespace's init and its parent) too.
+Limits: builder.sandbox.limits (``Limits``, what is written to which file), re-exported
+here. A limit the user asked for whose controller this host lacks is an error
+(``check``); a default one (the pids limit) is skipped with one note.
 
 The forked child only calls ``join`` (plain ``os`` calls, no import).
 """
@@ -52,137 +44,16 @@ from typing import Mapping
 
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox import devices
+from lamina.builder.sandbox.limits import (DEFAULT_PIDS_LIMIT, Limits, human_bytes,
+                                           shares_to_weight, v1_settings, v2_settings)
 
-DEFAULT_PIDS_LIMIT = 4096
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+__all__ = ["DEFAULT_PIDS_LIMIT", "Limits", "Layout", "StepCgroup", "check", "layout",
+           "shares_to_weight", "sweep_stale", "v1_settings", "v2_settings"]
+
 # "auto" | "v1" | "v2" | "off": which cgroup interface lamina uses (tests force each);
 # also LAMINA_CGROUPS=v1|v2|off
 VERSION = "auto"
 DIR_NAME = "lamina"
-
-
-# --- what the build asks for --------------------------------------------------------
-
-@dataclass(frozen=True)
-class Limits:
-    memory: int | None = None
-    memory_swap: int | None = None
-    pids: int | None = None
-    cpu_shares: int | None = None
-    cpu_quota: int | None = None
-    cpu_period: int | None = None
-    cpuset_cpus: str | None = None
-
-    def asked(self) -> dict[str, str]:
-        """flag -> controller, for every limit the user set."""
-        out = {}
-        for name, flag, controller in (("memory", "--memory", "memory"),
-                                       ("memory_swap", "--memory-swap", "memory"),
-                                       ("pids", "--pids-limit", "pids"),
-                                       ("cpu_shares", "--cpu-shares", "cpu"),
-                                       ("cpu_quota", "--cpu-quota", "cpu"),
-                                       ("cpu_period", "--cpu-period", "cpu"),
-                                       ("cpuset_cpus", "--cpuset-cpus", "cpuset")):
-            if getattr(self, name) is not None:
-                out[flag] = controller
-        return out
-
-    def pids_max(self) -> int | None:
-        """The pids limit to apply (None: unlimited)."""
-        if self.pids is None:
-            return DEFAULT_PIDS_LIMIT
-        return None if self.pids <= 0 else self.pids
-
-    def validate(self) -> None:
-        if self.memory is not None and self.memory < 6 * 1024 * 1024:
-            raise SandboxError(f"--memory {self.memory}: the minimum is 6MiB (as docker)")
-        if self.memory_swap is not None and self.memory_swap != -1:
-            if self.memory is None:
-                raise SandboxError("--memory-swap needs --memory (as docker)")
-            if self.memory_swap < self.memory:
-                raise SandboxError("--memory-swap must be at least --memory "
-                                   "(it is memory plus swap; -1 for unlimited swap)")
-        if self.cpu_shares is not None and not 2 <= self.cpu_shares <= 262144:
-            raise SandboxError(f"--cpu-shares {self.cpu_shares}: expected 2 to 262144")
-        if self.cpu_period is not None and not 1000 <= self.cpu_period <= 1000000:
-            raise SandboxError(f"--cpu-period {self.cpu_period}: expected 1000 to 1000000 µs")
-        if self.cpu_quota is not None and self.cpu_quota != -1 and self.cpu_quota < 1000:
-            raise SandboxError(f"--cpu-quota {self.cpu_quota}: at least 1000 µs (-1: none)")
-        if self.cpuset_cpus is not None and not all(
-                part.strip().replace("-", "").isdigit()
-                for part in self.cpuset_cpus.split(",")):
-            raise SandboxError(f"--cpuset-cpus {self.cpuset_cpus!r}: expected a list such as "
-                               "0-3 or 0,1")
-
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{n}B"
-
-
-def _swap_total(limits: Limits) -> int | None:
-    """memory+swap bytes to set (None: unlimited/unset), docker's rules."""
-    if limits.memory is None or limits.memory_swap == -1:
-        return None
-    return limits.memory_swap if limits.memory_swap is not None else 2 * limits.memory
-
-
-def v1_settings(limits: Limits) -> dict[str, tuple[tuple[str, str], ...]]:
-    """controller -> ordered (file, value) writes for a fresh v1 step cgroup."""
-    out: dict[str, tuple[tuple[str, str], ...]] = {}
-    pids = limits.pids_max()
-    out["pids"] = (("pids.max", "max" if pids is None else str(pids)),)
-    mem: list[tuple[str, str]] = []
-    if limits.memory is not None:
-        mem.append(("memory.limit_in_bytes", str(limits.memory)))
-        swap = _swap_total(limits)
-        if swap is not None:
-            mem.append(("memory.memsw.limit_in_bytes", str(swap)))
-    out["memory"] = tuple(mem)
-    cpu: list[tuple[str, str]] = []
-    if limits.cpu_shares is not None:
-        cpu.append(("cpu.shares", str(limits.cpu_shares)))
-    if limits.cpu_period is not None:
-        cpu.append(("cpu.cfs_period_us", str(limits.cpu_period)))
-    if limits.cpu_quota is not None:
-        cpu.append(("cpu.cfs_quota_us", str(limits.cpu_quota)))
-    if cpu:
-        out["cpu"] = tuple(cpu)
-    if limits.cpuset_cpus is not None:
-        out["cpuset"] = (("cpuset.cpus", limits.cpuset_cpus),)
-    if devices.device_cgroup_wanted():
-        out["devices"] = devices.v1_rules()
-    out["freezer"] = ()
-    return out
-
-
-def shares_to_weight(shares: int) -> int:
-    """cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000), runc's formula."""
-    return 1 + ((shares - 2) * 9999) // 262142
-
-
-def v2_settings(limits: Limits) -> tuple[tuple[str, str], ...]:
-    """Ordered (file, value) writes for a fresh v2 step cgroup."""
-    out: list[tuple[str, str]] = []
-    pids = limits.pids_max()
-    out.append(("pids.max", "max" if pids is None else str(pids)))
-    if limits.memory is not None:
-        out.append(("memory.max", str(limits.memory)))
-        swap = _swap_total(limits)
-        out.append(("memory.swap.max", "max" if swap is None else str(swap - limits.memory)))
-    if limits.cpu_shares is not None:
-        out.append(("cpu.weight", str(shares_to_weight(limits.cpu_shares))))
-    if limits.cpu_quota is not None or limits.cpu_period is not None:
-        quota = limits.cpu_quota
-        period = limits.cpu_period or 100000
-        out.append(("cpu.max", f"{'max' if quota in (None, -1) else quota} {period}"))
-    if limits.cpuset_cpus is not None:
-        out.append(("cpuset.cpus", limits.cpuset_cpus))
-    return tuple(out)
 
 
 def _v2_controller(file: str) -> str:
@@ -402,8 +273,9 @@ def sweep_stale(lay: Layout | None = None) -> list[Path]:
             if _owner_alive(name):
                 continue
             d = base / name
-            frz = freezer / DIR_NAME / name if freezer is not None and base.is_relative_to(
-                freezer) else None
+            frz = freezer / DIR_NAME / name if freezer is not None else None
+            if frz is not None and not frz.is_dir():
+                frz = None
             try:
                 _kill_members(d, frz)
                 _rmdir(d)
@@ -459,6 +331,11 @@ class StepCgroup:
                     continue  # check() has said so, or it is optional
                 if controller in ("cpu", "cpuset") and not writes:
                     continue
+                if controller == "memory" and limits.memory_swap is None:
+                    # docker's default swap limit needs swap accounting; without it
+                    # (swapaccount=0) docker warns and runs without one: so does lamina
+                    writes = tuple(w for w in writes if w[0] != "memory.memsw.limit_in_bytes"
+                                   or (own / w[0]).exists())
                 base = own / DIR_NAME
                 step = base / name
                 if any(d == step for d in made.dirs.values()):  # co-mounted controllers
@@ -493,6 +370,9 @@ class StepCgroup:
             step = base / name
             _make_step_dir(parent, base, step, cpuset=False)
             made = cls("v2", {"": step}, limits)
+            if limits.memory_swap is None:  # docker's default swap limit needs swap
+                writes = tuple(w for w in writes  # accounting: without it, none
+                               if w[0] != "memory.swap.max" or (step / w[0]).exists())
             try:
                 _apply(step, writes)
             except BaseException:

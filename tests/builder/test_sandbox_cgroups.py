@@ -253,3 +253,20 @@ def test_v2_step_cgroup_holds_and_kills_every_process(busybox_rootfs, step_dirs,
     step, procs = seen
     assert procs >= 4
     assert not step.exists()
+
+
+def test_cli_flags_parse_as_docker(build_store, tmp_path):
+    from lamina.builder.cli.resources import parse_limits
+
+    limits = parse_limits({"memory": "512m", "memory_swap": "-1", "pids_limit": -1,
+                           "cpuset_cpus": "0-1"})
+    # docker's RAMInBytes: binary units
+    assert limits.memory == 512 * 1024 * 1024 and limits.memory_swap == -1
+    assert limits.pids_max() is None and limits.cpuset_cpus == "0-1"
+    assert parse_limits({}).pids_max() == cgroups.DEFAULT_PIDS_LIMIT
+    root, _ = build_store
+    ctx = make_context(tmp_path / "flags", "FROM bb\nRUN true\n")
+    run = build(root, ctx, "--memory", "lots")
+    assert run.code != 0 and "invalid --memory 'lots'" in run.stderr
+    run = build(root, ctx, "--memory", "64m", "--memory-swap", "32m")
+    assert run.code != 0 and "--memory-swap must be at least --memory" in run.stderr

@@ -186,3 +186,32 @@ def test_copy_cannot_read_a_device_node_of_a_stage(build_store, tmp_path, host_d
         assert run.step("RUN if").output == ["node"]
     else:
         assert any(t in run.stderr for t in DENIED), run.stderr
+
+
+# --- pure parts -----------------------------------------------------------------------
+
+def test_allow_list_is_dockers():
+    import stat as st
+
+    chr_, blk = st.S_IFCHR | 0o666, st.S_IFBLK | 0o660
+    for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2),
+                         (136, 0), (136, 4095)):
+        assert devices.allowed(chr_, os.makedev(major, minor))
+    for major, minor in ((1, 1), (1, 11), (4, 1), (10, 200), (10, 229), (7, 0)):
+        assert not devices.allowed(chr_, os.makedev(major, minor))
+    assert not devices.allowed(blk, os.makedev(7, 0))
+    assert not devices.allowed(blk, os.makedev(1, 3))  # a block 1:3 is not /dev/null
+    assert devices.allowed(st.S_IFREG | 0o644, 0)
+    lines = [line for _, line in devices.v1_rules()]
+    assert lines[0] == "a" and "c *:* m" in lines and "b *:* m" in lines
+    assert "c 136:* rwm" in lines and not any(l.startswith("b ") and "r" in l for l in lines)
+
+
+def test_mountinfo_parsing_unescapes_paths():
+    text = ("36 35 98:0 /mnt1 /mnt/with\\040space rw,nosuid,nodev shared:1 - ext3 /dev/root "
+            "rw,errors=continue\n"
+            "41 31 0:38 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n")
+    first, second = devices.parse_mountinfo(text)
+    assert first.mount_point == "/mnt/with space" and first.fstype == "ext3"
+    assert {"nosuid", "nodev"} <= first.options
+    assert second.super_options == ("rw", "cpu", "cpuacct")
