@@ -405,11 +405,16 @@ class StepCgroup:
             text = _read(self.dirs[""] / "memory.events")
         else:
             return False
+        counts = {}
         for line in text.splitlines():
             key, _, value = line.partition(" ")
-            if key == "oom_kill" and value.strip().isdigit() and int(value) > 0:
-                return True
-        return False
+            if value.strip().isdigit():
+                counts[key] = int(value)
+        if "oom_kill" in counts:
+            return counts["oom_kill"] > 0
+        # kernels before 4.13 count no OOM kills: the limit was hit at least
+        return self.version == "v1" and _read(
+            self.dirs["memory"] / "memory.failcnt").strip() not in ("", "0")
 
     def check_exit(self, code: int) -> None:
         """Raise the step's error when it failed because the OOM killer struck."""
