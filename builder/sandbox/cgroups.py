@@ -22,7 +22,11 @@ host devices out of reach (runc would attach a BPF program; lamina does not).
 Step cgroups are named ``<pid>-<start time>-<n>`` of the lamina process that made
 them; ``StepCgroup.create`` first (once per process) removes those whose owner is
 gone — what a SIGKILLed lamina left (its steps' processes died with it: PID
-namespace and PDEATHSIG; any left over are killed here).
+namespace and PDEATHSIG; any left over are killed here). Only the ``lamina`` dirs
+under lamina's own cgroups are searched: a step cgroup a killed lamina left under
+another parent (lamina started from another cgroup) stays, empty, until a lamina runs
+there again. lamina's own ``lamina`` dir is removed whenever no step uses it, so it
+never keeps the cgroup lamina runs in from being removed.
 
 Limits: builder.sandbox.limits (``Limits``, what is written to which file), re-exported
 here. A limit the user asked for whose controller this host lacks is an error
@@ -282,6 +286,7 @@ def sweep_stale(lay: Layout | None = None) -> list[Path]:
                 removed.append(d)
             except OSError:
                 pass
+        _remove_base(base)
     return removed
 
 
