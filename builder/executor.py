@@ -45,6 +45,7 @@ from lamina.builder.sandbox.cgroups import Limits, check as cgroup_notes
 from lamina.builder.sandbox.mountedroot import in_mounted_root
 from lamina.builder.plan.plan import BuildPlan, Stage, plan_build
 from lamina.builder.progress import Progress, StepLabel
+from lamina.builder.remotecache import RemoteCache, RemoteLayerLost
 from lamina.builder.plan.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun, ResolvedWorkdir
 from lamina.builder.plan.stageplan import BaseImage, StagePlan, Step, plan_stage
 from lamina.builder.steps.files import apply_copy, apply_workdir, fetch_copy, identify_copy
@@ -77,6 +78,8 @@ class BuildOptions:
     allowed_reads: tuple[Path, ...] = ()      # --allow fs.read=PATH (file:// git sources)
     limits: Limits = Limits()                 # --memory, --pids-limit... of every RUN
     pull: bool = False                        # --pull: re-resolve every base tag in its registry
+    cache_from: tuple = ()                    # --cache-from: builder.remotecache.CacheSpec
+    cache_to: tuple = ()                      # --cache-to: builder.remotecache.CacheSpec
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class Build:
         self.context: BuildContext | None = None
         self.explain_dir = store.root / "buildinfo"
         self._pulled: set[str] = set()
+        self.remote = RemoteCache(store, options.cache_from, options.cache_to, progress,
+                                  str(options.dockerfile))
         self.run_env = RunEnvironment(
             context_dir=Path(options.context_dir), cache_mounts_dir=store.root / "cache-mounts",
             secrets=dict(options.secrets), network=options.network, limits=options.limits,
@@ -152,10 +157,21 @@ class Build:
         try:
             with self.store.lease() as lease:
                 self.lease = lease
-                for index in plan.order():
-                    self.results[index] = self.build_stage(plan, plan.stage(index))
-                image = self.commit(plan, self.results[plan.target])
+                self.remote.open()
+                for attempt in (1, 2):
+                    try:
+                        for index in plan.order():
+                            self.results[index] = self.build_stage(plan, plan.stage(index))
+                        image = self.commit(plan, self.results[plan.target])
+                        break
+                    except RemoteLayerLost as e:  # a remote cache hit's layer cannot be fetched
+                        if attempt == 2:
+                            raise
+                        self.remote.lost(e)
+                        self.results.clear()
+                self.remote.export(self.results[plan.target].parent, lease)
         finally:
+            self.remote.close()
             self.context.stat_cache.close()
         self.progress.finished(image.config_digest, tuple(self.options.tags),
                                time.monotonic() - started)
@@ -170,7 +186,9 @@ class Build:
         config["config"] = final.config.to_oci_dict()
         config["rootfs"] = {"type": "layers", "diff_ids": [l.diff_id for l in result.layers]}
         config["history"] = list(result.history)
-        return self.store.commit_image(config, result.layers, tags=self.options.tags)
+        layers = self.remote.ensure(result.layers, self.lease)  # fetch remote cache hits' layers
+        return self.store.commit_image(config, layers, tags=self.options.tags,
+                                       manifest_annotations=self.remote.inline_annotations(result.parent))
 
     # -- stages --------------------------------------------------------------------------
 
@@ -291,6 +309,7 @@ class Build:
                 f"image {m.from_image}")
 
     def _lower_dirs(self, layers) -> tuple[Path, ...]:
+        layers = self.remote.ensure(layers, self.lease)  # fetch remote cache hits' layers
         return tuple(self.store.layer_dir(l.diff_id) for l in reversed(list(layers)))
 
     def filesystem_step(self, plan: BuildPlan, stage: Stage, step: Step, label: StepLabel,
@@ -345,7 +364,14 @@ class Build:
                     self.progress.cached(label)
                     layer = self.store.layer(entry.diff_id) if entry.diff_id else None
                     self._remember(stage, step, inputs)
+                    self.remote.record(stage, step, key, inputs, layer, parent)
                     return layer, parent_step(key)
+                hit = self.remote.lookup(str(key), parent, self.lease)
+                if hit is not None:  # the layer is fetched when a later step or the commit needs it
+                    self.progress.cached(label)
+                    self._remember(stage, step, inputs)
+                    self.remote.record(stage, step, key, inputs, hit[0], parent)
+                    return hit[0], parent_step(key)
             self.progress.started(label)
             self.progress.missed(label, self._why(stage, step, inputs))
             t0 = time.monotonic()
@@ -360,6 +386,7 @@ class Build:
             self.store.cache.put(str(key), CacheEntry(diff_id=layer.diff_id if layer else None,
                                                       config_change={}, parent=parent))
             self._remember(stage, step, inputs)
+            self.remote.record(stage, step, key, inputs, layer, parent)
             self.progress.done(label, time.monotonic() - t0)
             return layer, parent_step(key)
         finally:
@@ -381,7 +408,7 @@ class Build:
             return False
 
     def _at(self, step: Step, e: BuildError) -> BuildError:
-        if e.line is not None:
+        if e.line is not None or isinstance(e, RemoteLayerLost):
             return e
         return step.error(e.message)
 
@@ -445,7 +472,9 @@ class Build:
         try:
             previous = CacheInputs.from_json(self._explain_path(stage, step).read_text())
         except (OSError, ValueError, TypeError):
-            return "not built before"
+            previous = self.remote.previous(stage, step)  # as the remote cache recorded it
+            if previous is None:
+                return "not built before"
         return explain_miss(previous, inputs)
 
     def _remember(self, stage: Stage, step: Step, inputs: CacheInputs) -> None:

@@ -37,8 +37,11 @@ from lamina.builder.errors import BuildError
 @click.option("--allow", "allow", multiple=True, metavar="network.host|fs.read=PATH",
               help="Entitlement: network.host lets RUN --network=host use the host's network; "
                    "fs.read=PATH lets ADD read a git repository (file://) under PATH.")
-@click.option("--cache-from", "cache_from", multiple=True, metavar="REF")
-@click.option("--cache-to", "cache_to", multiple=True, metavar="REF")
+@click.option("--cache-from", "cache_from", multiple=True, metavar="type=registry,ref=REF|type=local,src=DIR",
+              help="Read a build cache (builder.remotecache); unreadable: a warning.")
+@click.option("--cache-to", "cache_to", multiple=True,
+              metavar="type=registry,ref=REF|type=local,dest=DIR|type=inline[,mode=min|max]",
+              help="Write the build cache there after the build; failing: a warning.")
 @click.option("--check", "check", is_flag=True,
               help="Run the build checks only (no build): print findings, exit 1 if any.")
 @resource_options  # -m/--memory, --pids-limit, --cpu-*... (builder.cli.resources)
@@ -62,8 +65,9 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
             raise click.exceptions.Exit(check_command(
                 lint_store, context=context, dockerfile=dockerfile_path,
                 build_args=_build_args(build_args), target=target))
-    if cache_from or cache_to:
-        raise BuildError("--cache-from/--cache-to need a registry, which lamina cannot reach yet")
+    from lamina.builder.remotecache import parse_cache_spec
+    cache_imports = tuple(parse_cache_spec(v, export=False) for v in cache_from)
+    cache_exports = tuple(parse_cache_spec(v, export=True) for v in cache_to)
     options = BuildOptions(
         context_dir=context,
         dockerfile=Path(dockerfile) if dockerfile else context / "Dockerfile",
@@ -78,6 +82,8 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
         ssh=parse_ssh_flags(ssh),
         allowed_reads=_allowed_reads(allow),
         limits=parse_limits(resource_flags),
+        cache_from=cache_imports,
+        cache_to=cache_exports,
     )
     wanted = [parse_output(o) for o in outputs]
     progress = make_progress(progress)

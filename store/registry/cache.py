@@ -1,0 +1,582 @@
+"""The remote build cache as an OCI artifact: its format, and reading and writing
+it in a registry (`type=registry`), an OCI image layout directory (`type=local`)
+or the manifest of an image (`type=inline`).
+
+A cache is a set of `CacheRecord`s — a step's cache key -> the layer (diff_id) the
+step produced or None, its parent, where in the Dockerfile it was and the step's
+cache inputs (JSON the builder writes, for miss explanations) — and a blob
+descriptor (`LayerBlob`) for every layer they name. In a registry or a layout it
+is one OCI image manifest (image-spec v1.1 artifact):
+
+    mediaType     application/vnd.oci.image.manifest.v1+json
+    artifactType  application/vnd.lamina.cache.v1+json
+    config        application/vnd.lamina.cache.config.v1+json  {"mode":..,"schema":..}
+    layers        the layer blobs themselves (the builder passes the gzip blobs a
+                  push of the image uploads: image and cache share blobs), then
+                  one application/vnd.lamina.cache.records.v1+json blob: the records
+
+Inline, the records (without the layer table) are the manifest annotation
+`dev.lamina.cache.v1` of an image; its layers are the image's own, matched to
+diff_ids through its config. The image ID (config digest) does not change.
+
+Writing: every blob first, the manifest (registry) or index.json (layout, by
+rename) last, so a reader sees the old cache or the new one, never a mix; two
+writers of one ref leave one of their caches. mode=max merges the records already
+at the ref (newest first, at most MAX_RECORDS). Reading checks every record and
+descriptor (a bad one makes the whole cache unreadable: CorruptContent), and a
+layer fetched from a cache is verified against its digest and its diff_id before
+it is recorded (`import_layer`). Imports only lamina.store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from lamina.store import oci, refs
+from lamina.store.blobs import sha256_digest
+from lamina.store.compression import kind_for_media_type
+from lamina.store.errors import CorruptContent, StoreError
+from lamina.store.layerrecords import record_layer
+from lamina.store.layers import LayerBlob, describe_layer
+from lamina.store.registry.pull import (MAX_MANIFEST_BYTES, choose_manifest, fetch_blob, fetch_manifest,
+                                        fetch_small_blob, host, repo_scope)
+from lamina.store.registry.push import _upload
+from lamina.store.registry.session import RegistryError, RegistrySession
+
+SCHEMA = "lamina.cache.v1"
+ARTIFACT_TYPE = "application/vnd.lamina.cache.v1+json"
+CONFIG_TYPE = "application/vnd.lamina.cache.config.v1+json"
+RECORDS_TYPE = "application/vnd.lamina.cache.records.v1+json"
+INLINE_ANNOTATION = "dev.lamina.cache.v1"
+MAX_RECORDS = 4000
+MAX_RECORDS_BYTES = 64 << 20
+MODES = ("min", "max")
+
+_KEY_RE = re.compile(r"[0-9a-f]{64}")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+Provide = Callable[[LayerBlob], None]  # puts a layer's blob into the local store
+
+
+@dataclass(frozen=True)
+class CacheRecord:
+    """One cached step. `inputs` is JSON text the store does not interpret."""
+
+    key: str
+    diff_id: str | None
+    parent: str = ""
+    position: str = ""
+    inputs: str = ""
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class CacheData:
+    records: tuple[CacheRecord, ...] = ()
+    layers: Mapping[str, LayerBlob] = field(default_factory=dict)  # diff_id -> blob
+
+    def used_layers(self) -> list[LayerBlob]:
+        """The blobs the records name, each once, in record order."""
+        seen: dict[str, LayerBlob] = {}
+        for r in self.records:
+            if r.diff_id is not None and r.diff_id not in seen:
+                seen[r.diff_id] = self.layers[r.diff_id]
+        return list(seen.values())
+
+
+# -- the records document ------------------------------------------------------------
+
+def _record_json(r: CacheRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": r.key, "layer": r.diff_id, "parent": r.parent,
+                           "position": r.position, "created": round(r.created, 3)}
+    if r.inputs:
+        out["inputs"] = json.loads(r.inputs)
+    return out
+
+
+def encode_records(data: CacheData, *, with_layers: bool = True) -> bytes:
+    """Canonical JSON of the records (and, unless inline, the layer table)."""
+    doc: dict[str, Any] = {"schema": SCHEMA, "records": [_record_json(r) for r in data.records]}
+    if with_layers:
+        doc["layers"] = [{"diffID": l.diff_id, "digest": l.digest, "size": l.size,
+                          "mediaType": l.media_type, "uncompressedSize": l.uncompressed_size}
+                         for l in data.used_layers()]
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CorruptContent(f"{what}: bad number {value!r}")
+    return value
+
+
+def _digest(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
+        raise CorruptContent(f"{what}: bad digest {value!r}")
+    return value
+
+
+def _text(value: Any, what: str, limit: int = 4096) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise CorruptContent(f"{what}: not a string (of at most {limit} characters)")
+    return value
+
+
+def decode_records(data: bytes, where: str, layers: Mapping[str, LayerBlob] | None = None) -> CacheData:
+    """Parse and check a records document; `layers` (inline) replaces its layer table.
+    CorruptContent naming `where` for anything malformed."""
+    doc = oci.decode(data, f"{where}: cache records")
+    if doc.get("schema") != SCHEMA:
+        raise CorruptContent(f"{where}: cache schema {doc.get('schema')!r} is not {SCHEMA!r}")
+    if layers is None:
+        table = doc.get("layers")
+        if not isinstance(table, list):
+            raise CorruptContent(f"{where}: cache records without a layer table")
+        layers = {}
+        for i, l in enumerate(table):
+            what = f"{where}: cache layer {i}"
+            if not isinstance(l, dict):
+                raise CorruptContent(f"{what}: not an object")
+            media_type = _text(l.get("mediaType"), what, 256)
+            if media_type not in oci.LAYER_TYPES:
+                raise CorruptContent(f"{what}: unsupported media type {media_type!r}")
+            diff_id = _digest(l.get("diffID"), what)
+            layers[diff_id] = LayerBlob(diff_id=diff_id, digest=_digest(l.get("digest"), what),
+                                        size=_int(l.get("size"), what), media_type=media_type,
+                                        uncompressed_size=_int(l.get("uncompressedSize", 0), what))
+    items = doc.get("records")
+    if not isinstance(items, list):
+        raise CorruptContent(f"{where}: cache records is not a list")
+    records = []
+    for i, r in enumerate(items):
+        what = f"{where}: cache record {i}"
+        if not isinstance(r, dict):
+            raise CorruptContent(f"{what}: not an object")
+        key = r.get("key")
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+            raise CorruptContent(f"{what}: bad key {key!r}")
+        diff_id = r.get("layer")
+        if diff_id is not None:
+            _digest(diff_id, what)
+            if diff_id not in layers:
+                raise CorruptContent(f"{what}: layer {diff_id} is not in the cache")
+        inputs = r.get("inputs")
+        if inputs is not None and not isinstance(inputs, dict):
+            raise CorruptContent(f"{what}: inputs is not an object")
+        created = r.get("created", 0)
+        if not isinstance(created, (int, float)) or isinstance(created, bool):
+            raise CorruptContent(f"{what}: bad time {created!r}")
+        records.append(CacheRecord(
+            key=key, diff_id=diff_id, parent=_text(r.get("parent", ""), what),
+            position=_text(r.get("position", ""), what), created=float(created),
+            inputs=json.dumps(inputs, sort_keys=True, ensure_ascii=False) if inputs is not None else ""))
+    return CacheData(records=tuple(records), layers=dict(layers))
+
+
+def merge(new: CacheData, old: CacheData | None, limit: int = MAX_RECORDS) -> CacheData:
+    """`new`'s records, then `old`'s that `new` lacks, newest first, at most `limit`."""
+    if old is None:
+        return new
+    keys = {r.key for r in new.records}
+    kept = sorted((r for r in old.records if r.key not in keys), key=lambda r: -r.created)
+    records = (list(new.records) + kept)[:max(limit, len(new.records))]
+    layers = {**old.layers, **new.layers}
+    return CacheData(records=tuple(records),
+                     layers={r.diff_id: layers[r.diff_id] for r in records if r.diff_id is not None})
+
+
+def artifact(data: CacheData, mode: str) -> tuple[bytes, bytes, bytes]:
+    """(config bytes, records bytes, manifest bytes) of the cache artifact."""
+    config = json.dumps({"mode": mode, "schema": SCHEMA}, sort_keys=True, separators=(",", ":")).encode()
+    records = encode_records(data)
+    manifest = oci.build_manifest(
+        oci.Descriptor(CONFIG_TYPE, sha256_digest(config), len(config)),
+        [oci.Descriptor(l.media_type, l.digest, l.size) for l in data.used_layers()]
+        + [oci.Descriptor(RECORDS_TYPE, sha256_digest(records), len(records))])
+    manifest["artifactType"] = ARTIFACT_TYPE
+    return config, records, oci.encode(manifest, "manifest")
+
+
+def _records_descriptor(manifest: Mapping[str, Any], where: str) -> oci.Descriptor | None:
+    """The records blob of a cache artifact manifest, None if it is not one."""
+    config = manifest.get("config")
+    if manifest.get("artifactType") != ARTIFACT_TYPE and not (
+            isinstance(config, dict) and config.get("mediaType") == CONFIG_TYPE):
+        return None
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise CorruptContent(f"{where}: cache manifest without layers")
+    found = [l for l in layers if isinstance(l, dict) and l.get("mediaType") == RECORDS_TYPE]
+    if len(found) != 1:
+        raise CorruptContent(f"{where}: cache manifest has {len(found)} records blobs, expected 1")
+    return oci.Descriptor.from_json(found[0], f"{where}: records descriptor")
+
+
+def inline_annotation(data: CacheData) -> dict[str, str]:
+    """The manifest annotation that carries `data` inline (its layers must be the image's)."""
+    return {INLINE_ANNOTATION: encode_records(data, with_layers=False).decode()}
+
+
+def _inline(manifest: Mapping[str, Any], config: bytes, where: str) -> CacheData:
+    cfg = oci.decode(config, f"{where}: image config")
+    diff_ids = oci.diff_ids(cfg) if isinstance(cfg.get("rootfs"), dict) else []
+    descs = manifest.get("layers") or []
+    if len(diff_ids) != len(descs):
+        raise CorruptContent(f"{where}: the image's config and manifest list different layer counts")
+    layers = {}
+    for i, (d, diff_id) in enumerate(zip(descs, diff_ids)):
+        desc = oci.Descriptor.from_json(d, f"{where}: layer {i}")
+        layers[_digest(diff_id, f"{where}: diff_id {i}")] = LayerBlob(
+            diff_id=diff_id, digest=desc.digest, size=desc.size, media_type=desc.media_type,
+            uncompressed_size=0)
+    return decode_records(manifest["annotations"][INLINE_ANNOTATION].encode(), where, layers)
+
+
+# -- reading ------------------------------------------------------------------------
+
+class CacheSource:
+    """Where cache records and their layer blobs are read from."""
+
+    where: str = ""
+    origin: tuple[str, str] | None = None  # (registry host, repository): blobs mountable from there
+
+    def load(self) -> CacheData:
+        raise NotImplementedError
+
+    def fetch_blob(self, blobs, layer: LayerBlob) -> None:
+        """Store `layer`'s blob in `blobs`, verified against its digest and size."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class RegistryCacheSource(CacheSource):
+    """A cache artifact, or an image with an inline cache, at a registry reference."""
+
+    def __init__(self, reference: str, *, session: RegistrySession | None = None) -> None:
+        self.ref = refs.parse(reference)
+        self.where = self.ref.familiar
+        self.origin = (self.ref.domain, self.ref.path)
+        self._own = session is None
+        self.session = session or RegistrySession(self.ref.domain)
+
+    def load(self) -> CacheData:
+        s, path = self.session, self.ref.path
+        data, media_type, _ = fetch_manifest(s, path, self.ref.digest or self.ref.tag or refs.DEFAULT_TAG)
+        if media_type in oci.INDEX_TYPES:  # an image with inline cache, several platforms
+            data, media_type, _ = fetch_manifest(s, path, choose_manifest(
+                oci.decode(data, f"{self.where}: index"), host(), self.where))
+        manifest = oci.decode(data, f"{self.where}: manifest")
+        desc = _records_descriptor(manifest, self.where)
+        if desc is not None:
+            _check_size(desc, self.where)
+            return decode_records(fetch_small_blob(s, path, desc.digest, MAX_RECORDS_BYTES), self.where)
+        if INLINE_ANNOTATION in (manifest.get("annotations") or {}):
+            config = oci.Descriptor.from_json(manifest.get("config"), f"{self.where}: config")
+            _check_size(config, self.where)
+            return _inline(manifest, fetch_small_blob(s, path, config.digest, MAX_RECORDS_BYTES), self.where)
+        raise CorruptContent(f"{self.where} is neither a lamina build cache nor an image with an "
+                             "inline cache")
+
+    def fetch_blob(self, blobs, layer: LayerBlob) -> None:
+        fetch_blob(self.session, blobs, self.ref.path, layer.digest, layer.size)
+
+    def close(self) -> None:
+        if self._own:
+            self.session.close()
+
+
+def _check_size(desc: oci.Descriptor, where: str) -> None:
+    if desc.size > MAX_RECORDS_BYTES:
+        raise CorruptContent(f"{where}: cache blob {desc.digest} is {desc.size} bytes "
+                             f"(more than {MAX_RECORDS_BYTES >> 20} MiB)")
+
+
+class LayoutCacheSource(CacheSource):
+    """A cache written by `write_layout` (an OCI image layout directory)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.where = str(self.dir)
+
+    def _blob_path(self, digest: str) -> Path:
+        return self.dir / "blobs" / "sha256" / _digest(digest, self.where).split(":", 1)[1]
+
+    def _read(self, digest: str, limit: int) -> bytes:
+        try:
+            with open(self._blob_path(digest), "rb") as f:
+                data = f.read(limit + 1)
+        except OSError as e:
+            raise StoreError(f"{self.where}: cannot read blob {digest}: {e.strerror or e}",
+                             path=str(self._blob_path(digest))) from None
+        if len(data) > limit:
+            raise CorruptContent(f"{self.where}: blob {digest} is larger than {limit} bytes", digest=digest)
+        if sha256_digest(data) != digest:
+            raise CorruptContent(f"{self.where}: blob {digest} does not match its digest", digest=digest)
+        return data
+
+    def load(self) -> CacheData:
+        try:
+            index = (self.dir / "index.json").read_bytes()
+        except OSError as e:
+            raise StoreError(f"no build cache in {self.where}: {e.strerror or e}", path=self.where) from None
+        idx = oci.decode(index, f"{self.where}/index.json")
+        oci.check_index(idx, f"{self.where}/index.json")
+        for d in idx["manifests"]:
+            if d.get("artifactType") == ARTIFACT_TYPE and d["size"] <= MAX_MANIFEST_BYTES:
+                manifest = oci.decode(self._read(d["digest"], MAX_MANIFEST_BYTES), f"{self.where}: manifest")
+                desc = _records_descriptor(manifest, self.where)
+                if desc is not None:
+                    _check_size(desc, self.where)
+                    return decode_records(self._read(desc.digest, MAX_RECORDS_BYTES), self.where)
+        raise CorruptContent(f"{self.where}/index.json names no lamina build cache")
+
+    def fetch_blob(self, blobs, layer: LayerBlob) -> None:
+        if blobs.exists(layer.digest):
+            return
+        try:
+            f = open(self._blob_path(layer.digest), "rb")
+        except OSError as e:
+            raise StoreError(f"{self.where}: cannot read layer blob {layer.digest}: {e.strerror or e}",
+                             digest=layer.digest) from None
+        with f:
+            _, size = blobs.ingest(f, expected=layer.digest)
+        if size != layer.size:
+            blobs.delete(layer.digest)
+            raise CorruptContent(f"{self.where}: layer blob {layer.digest} has {size} bytes, "
+                                 f"the cache says {layer.size}", digest=layer.digest)
+
+
+def import_layer(store, source: CacheSource, layer: LayerBlob, lease=None) -> LayerBlob:
+    """Fetch a cached layer's blob into `store` (unless there), check that it is a
+    valid layer tar with the diff_id the cache claims, and record it (held by
+    `lease`). Returns the layer as recorded. Nothing stays of a refused blob."""
+    with store.writing():
+        added = not store.blobs.exists(layer.digest)
+        if added:
+            source.fetch_blob(store.blobs, layer)
+        try:
+            described = describe_layer(store.blobs, layer.digest)
+            if described.diff_id != layer.diff_id:
+                raise CorruptContent(f"{source.where}: layer blob {layer.digest} holds diff_id "
+                                     f"{described.diff_id}, the cache says {layer.diff_id}",
+                                     digest=layer.digest)
+        except BaseException:
+            if added:
+                store.blobs.delete(layer.digest)
+            raise
+        try:
+            same_kind = kind_for_media_type(layer.media_type) == kind_for_media_type(described.media_type)
+        except StoreError:
+            same_kind = False
+        blob = LayerBlob(diff_id=layer.diff_id, digest=layer.digest, size=described.size,
+                         media_type=layer.media_type if same_kind else described.media_type,
+                         uncompressed_size=described.uncompressed_size)
+        record_layer(store, blob)
+        if lease is not None:
+            lease.hold(layers=[blob.diff_id], blobs=[blob.digest])
+    return blob
+
+
+# -- writing to a registry --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PushedCache:
+    reference: str
+    manifest_digest: str
+    records: int
+    uploaded: int   # layer bytes sent
+    reused: int     # layer blobs the registry had or mounted
+
+
+def _put_bytes(session: RegistrySession, path: str, data: bytes, scope: str) -> None:
+    digest = sha256_digest(data)
+    with session.request("HEAD", f"/v2/{path}/blobs/{digest}", scope=scope, ok=(200, 404)) as resp:
+        if resp.status_code == 200:
+            return
+    with session.request("POST", f"/v2/{path}/blobs/uploads/", scope=scope, ok=(202,)) as resp:
+        location = resp.headers.get("location") or ""
+    if not location:
+        raise RegistryError(f"registry {session.host} started an upload without a Location")
+    if location.startswith("/"):
+        location = session.base_url() + location
+    sep = "&" if "?" in location else "?"
+    with session.request("PUT", f"{location}{sep}digest={digest}", scope=scope, body=data,
+                         headers={"Content-Type": "application/octet-stream"}, ok=(201, 204)):
+        pass
+
+
+def _has(session: RegistrySession, path: str, digest: str, scope: str) -> bool:
+    with session.request("HEAD", f"/v2/{path}/blobs/{digest}", scope=scope, ok=(200, 404)) as resp:
+        return resp.status_code == 200
+
+
+def _mount(session: RegistrySession, path: str, digest: str, source: str, scope: str) -> bool:
+    """Cross-repository mount of `digest` from `source`; False when the registry
+    declines (the upload it opened instead is cancelled)."""
+    with session.request("POST", f"/v2/{path}/blobs/uploads/", scope=scope,
+                         params={"mount": digest, "from": source}, ok=(201, 202)) as resp:
+        if resp.status_code == 201:
+            return True
+        location = resp.headers.get("location")
+    if location:
+        try:
+            with session.request("DELETE", location if "://" in location else session.base_url() + location,
+                                 scope=scope, ok=(200, 204, 404), retry=False):
+                pass
+        except StoreError:
+            pass
+    return False
+
+
+def _load_existing(session: RegistrySession, path: str, tag: str, where: str) -> CacheData | None:
+    try:
+        data, _, _ = fetch_manifest(session, path, tag)
+        desc = _records_descriptor(oci.decode(data, where), where)
+        if desc is None:
+            return None
+        _check_size(desc, where)
+        return decode_records(fetch_small_blob(session, path, desc.digest, MAX_RECORDS_BYTES), where)
+    except StoreError:  # nothing there, or nothing usable: overwritten
+        return None
+
+
+def push_cache(store, reference: str, data: CacheData, *, mode: str = "min", provide: Provide,
+               origins: Mapping[str, tuple[str, str]] | None = None,
+               session: RegistrySession | None = None) -> PushedCache:
+    """Write `data` as the cache artifact at `reference`. Layer blobs the registry has
+    are skipped, those a source repository of the same registry has are mounted
+    (`origins`: digest -> (host, repository)), the others are uploaded from the
+    store (after `provide(layer)` put them there). mode=max merges the records
+    already at `reference`. Blobs first, the manifest last."""
+    dest = refs.parse(reference)
+    if dest.digest is not None:
+        raise StoreError(f"cannot write a build cache to a digest reference {reference!r}: name a tag")
+    tag = dest.tag or refs.DEFAULT_TAG
+    own = session is None
+    session = session or RegistrySession(dest.domain)
+    scope = repo_scope(dest.path, "pull,push")
+    origins = origins or {}
+    try:
+        merged = merge(data, _load_existing(session, dest.path, tag, dest.familiar)) if mode == "max" else data
+        uploaded = reused = 0
+        for layer in data.used_layers():
+            origin = origins.get(layer.digest)
+            if _has(session, dest.path, layer.digest, scope):
+                reused += 1
+                continue
+            if (not store.blobs.exists(layer.digest) and origin is not None and origin[0] == dest.domain
+                    and origin[1] != dest.path and _mount(session, dest.path, layer.digest, origin[1], scope)):
+                reused += 1
+                continue
+            if not store.blobs.exists(layer.digest):
+                provide(layer)
+            n = _upload(session, store.blobs, dest.path, layer.digest, scope, None, None, "layer")
+            if n < 0:
+                reused += 1
+            else:
+                uploaded += n
+        # a 400 (blob unknown) comes from a merged layer gone from the registry, or from
+        # a blob another writer is committing at the same moment: try again, then alone
+        attempts = [merged, merged, data, data] if merged is not data else [data, data, data]
+        for n, attempt in enumerate(attempts):
+            config, records, manifest = artifact(attempt, mode)
+            _put_bytes(session, dest.path, config, scope)
+            _put_bytes(session, dest.path, records, scope)
+            try:
+                with session.request("PUT", f"/v2/{dest.path}/manifests/{tag}", scope=scope, body=manifest,
+                                     headers={"Content-Type": oci.OCI_MANIFEST}, ok=(200, 201)):
+                    pass
+                break
+            except RegistryError as e:
+                if n == len(attempts) - 1 or e.status != 400:
+                    raise
+                time.sleep(0.2 * (n + 1))
+        return PushedCache(reference=str(dest.with_tag(tag)) if dest.tag is None else str(dest),
+                           manifest_digest=sha256_digest(manifest), records=len(attempt.records),
+                           uploaded=uploaded, reused=reused)
+    finally:
+        if own:
+            session.close()
+
+
+# -- writing to an OCI layout ------------------------------------------------------------
+
+def _place(directory: Path, name: str, write: Callable[[Any], None]) -> None:
+    """Write a file by temp file + fsync + rename (readers see it whole or not at all)."""
+    target = directory / name
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _copy_blob(blobs, digest: str) -> Callable[[Any], None]:
+    def write(out) -> None:
+        with blobs.open(digest) as f:
+            while chunk := f.read(1 << 20):
+                out.write(chunk)
+    return write
+
+
+def write_layout(store, directory: Path, data: CacheData, *, mode: str = "min",
+                 provide: Provide) -> str:
+    """Write `data` as the cache artifact of the OCI image layout `directory`
+    (created if needed): blobs (each by rename) first, index.json (by rename)
+    last. mode=max merges the cache already there. Returns the manifest digest."""
+    directory = Path(directory)
+    blob_dir = directory / "blobs" / "sha256"
+    try:
+        blob_dir.mkdir(parents=True, exist_ok=True)
+        if not (directory / "oci-layout").exists():
+            _place(directory, "oci-layout", lambda f: f.write(b'{"imageLayoutVersion":"1.0.0"}'))
+        old = None
+        if mode == "max":
+            try:
+                old = LayoutCacheSource(directory).load()
+            except StoreError:
+                old = None
+        merged = merge(data, old)
+        if any(not (blob_dir / l.digest.split(":", 1)[1]).is_file() for l in merged.used_layers()
+               if l.diff_id not in data.layers):
+            merged = data  # a layer of the old cache is gone: write ours alone
+        for layer in data.used_layers():
+            name = layer.digest.split(":", 1)[1]
+            if (blob_dir / name).is_file():
+                continue
+            if not store.blobs.exists(layer.digest):
+                provide(layer)
+            _place(blob_dir, name, _copy_blob(store.blobs, layer.digest))
+        config, records, manifest = artifact(merged, mode)
+        for blob in (config, records, manifest):
+            name = sha256_digest(blob).split(":", 1)[1]
+            if not (blob_dir / name).is_file():
+                _place(blob_dir, name, lambda f, b=blob: f.write(b))
+        digest = sha256_digest(manifest)
+        index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [{
+            "mediaType": oci.OCI_MANIFEST, "artifactType": ARTIFACT_TYPE, "digest": digest,
+            "size": len(manifest), "annotations": {oci.ANNOTATION_REF_NAME: "latest"}}]}
+        _place(directory, "index.json", lambda f: f.write(oci.encode(index, "index")))
+        return digest
+    except OSError as e:
+        raise StoreError(f"cannot write the build cache to {directory}: {e.strerror or e}",
+                         path=str(directory)) from None
+
+
+__all__ = ["ARTIFACT_TYPE", "CONFIG_TYPE", "RECORDS_TYPE", "INLINE_ANNOTATION", "MODES", "CacheRecord",
+           "CacheData", "CacheSource", "RegistryCacheSource", "LayoutCacheSource", "PushedCache",
+           "encode_records", "decode_records", "merge", "artifact", "inline_annotation", "import_layer",
+           "push_cache", "write_layout"]
