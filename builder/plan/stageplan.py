@@ -235,7 +235,9 @@ def plan_stage(plan: BuildPlan, stage: Stage | int | str, *,
             raise BuildError(f"stage {stage.display_name} needs its base image {stage.base}")
         config = base.config.with_default_path()
         initial = ImageState(config=replace(config, on_build=()))
-        scope = ArgScope.from_image_env(config.env)
+        # one entry per name, the last value (a base image may repeat a name; BuildKit's
+        # LLB env then holds the last one, while the config keeps every entry)
+        scope = ArgScope.from_image_env(config.env_dict().items())
         triggers = expand_onbuild(base.config.on_build, path=path, escape=escape,
                                   at=stage.from_) if base.config.on_build else ()
         base_image = base

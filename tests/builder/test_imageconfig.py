@@ -127,6 +127,15 @@ def test_oci_dict_round_trip_and_unknown_fields_dropped():
     assert ImageConfig.from_oci_dict({"Cmd": None, "Env": None}) == ImageConfig()
 
 
+def test_base_image_env_keeps_order_and_duplicates():
+    # BuildKit keeps a base image's Env slice as it is; its addEnv (ENV) replaces the
+    # first entry of the key; the RUN environment sees the last one
+    cfg = ImageConfig.from_oci_dict({"Env": ["A=1", "B=2", "A=3"]})
+    assert cfg.to_oci_dict()["Env"] == ["A=1", "B=2", "A=3"]
+    assert cfg.get_env("A") == "3" and cfg.env_dict() == {"A": "3", "B": "2"}
+    assert cfg.with_env("A", "9").to_oci_dict()["Env"] == ["A=9", "B=2", "A=3"]
+
+
 def test_default_path_added_only_when_missing():
     assert ImageConfig().with_default_path().get_env("PATH") == DEFAULT_PATH
     cfg = ImageConfig(env=(("PATH", "/bin"),))

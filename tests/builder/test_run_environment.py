@@ -180,3 +180,45 @@ RUN env > /env.txt
     env = _env((out / "env.txt").read_text())
     assert env == {"PATH": "/opt/bin:/bin", "HOME": "/", "PWD": "/", "SHLVL": "1",
                    "VERSION": "2.0"}
+
+
+
+def dup_env_archive(path: Path) -> Path:
+    """A docker-archive of `dupenv:1`: the busybox root and a config whose Env repeats
+    a name (as some hand-made or converted images do)."""
+    import hashlib
+
+    layer = _rootfs_tar(False)
+    config = {"architecture": "amd64", "os": "linux",
+              "config": {"Env": ["PATH=/bin", "A=1", "A=2"]},
+              "rootfs": {"type": "layers",
+                         "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}}
+    cfg = json.dumps(config).encode()
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["dupenv:1"],
+                            "Layers": ["layer.tar"]}]).encode()
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("layer.tar", layer), ("config.json", cfg),
+                           ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 1_600_000_000, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_base_image_env_duplicates(store, tmp_path):
+    """A base image whose Env repeats a name: BuildKit keeps the config's entries as
+    they are (an ENV replaces the first one: dockerfile2llb addEnv) and a RUN sees the
+    last value (the LLB env is built by adding the entries in order), or the ENV's."""
+    r = lamina(store, "load", "-i", str(dup_env_archive(tmp_path / "dup.tar")))
+    assert r.code == 0, r.stderr
+    out = _build(store, tmp_path, """\
+FROM dupenv:1
+RUN echo "$A" > /before
+ENV A=new
+RUN echo "$A" > /after
+""")
+    assert (out / "before").read_text() == "2\n"
+    assert (out / "after").read_text() == "new\n"
+    ctx = make_context(tmp_path / "ctx2", "FROM dupenv:1\nENV A=new\n")
+    assert lamina(store, "build", "--progress", "plain", "-t", "dupenv:2", str(ctx)).code == 0
+    assert image_config(store, "dupenv:2")["config"]["Env"] == ["PATH=/bin", "A=new", "A=2"]
