@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping
 
 from lamina.store.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: repo_digests
 BUSY_TIMEOUT_S = 60.0
 
 _SCHEMA = """
@@ -100,6 +100,13 @@ CREATE TABLE IF NOT EXISTS content (
     relpath TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS content_by_dir ON content(dir);
+CREATE TABLE IF NOT EXISTS repo_digests (
+    repository      TEXT NOT NULL,         -- canonical name: registry.example.com/team/app
+    digest          TEXT NOT NULL,         -- the manifest digest the registry serves
+    manifest_digest TEXT NOT NULL REFERENCES images(manifest_digest) ON DELETE CASCADE,
+    PRIMARY KEY (repository, digest)
+);
+CREATE INDEX IF NOT EXISTS repo_digests_by_image ON repo_digests(manifest_digest);
 """
 
 LEASE_KINDS = ("blob", "layer", "cache", "image")
@@ -174,6 +181,9 @@ class Database:
             row = c.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 c.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) < SCHEMA_VERSION:
+                # older stores gain the new tables (every statement is IF NOT EXISTS)
+                c.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: store schema {row[0]} is newer than this lamina "
                                  f"understands ({SCHEMA_VERSION}); upgrade lamina", path=str(self.path))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from lamina.store import oci
+from lamina.store import oci, repodigests
 from lamina.store.images import Image
 from lamina.store.root import StoreRoot
 
@@ -53,7 +53,7 @@ def inspect(root: StoreRoot, img: Image) -> dict[str, Any]:
     out: dict[str, Any] = {
         "Id": img.id,
         "RepoTags": list(img.tags),
-        "RepoDigests": [],
+        "RepoDigests": repodigests.for_image(root, img.config_digest),
         "Parent": "",
         "Comment": _last_comment(cfg),
         "Created": cfg.get("created", ""),

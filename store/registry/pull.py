@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import httpx
 
-from lamina.store import oci, refs
+from lamina.store import oci, refs, repodigests
 from lamina.store.blobs import sha256_digest
 from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.layers import LayerBlob, describe_layer
@@ -269,6 +269,7 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
                       for i, d in enumerate(layers_desc)]
             names = [str(refs.parse_tag(str(ref)))] if tag and ref.digest is None else []
             image = store.add_manifest(data, config, layers, names)
+            repodigests.record(store, ref.name, digest, image.manifest_digest)
         except BaseException:
             # nothing of a refused image stays (blobs an earlier pull stored are kept)
             for d in added:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from lamina.store import oci, refs
+from lamina.store import oci, refs, repodigests
 from lamina.store.blobs import sha256_digest
 from lamina.store.errors import StoreError
 from lamina.store.registry.pull import repo_scope
@@ -157,6 +157,7 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
         digest = sha256_digest(manifest)
         if served and served != digest:
             raise RegistryError(f"registry {session.host} stored the manifest as {served}, not {digest}")
+        repodigests.record(store, dest.name, digest, store.resolve(source).manifest_digest)
         return Pushed(reference=str(dest.with_tag(tag)) if dest.tag is None else str(dest),
                       manifest_digest=digest, uploaded=uploaded, skipped=skipped)
     finally:

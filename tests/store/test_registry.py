@@ -59,6 +59,10 @@ def test_push_then_pull_into_an_empty_store(source_store, plain_registry, tmp_pa
     assert f"Digest: {digest}" in pulled.stderr
     src_id = _inspect(source_store, "app:1")["Id"]
     assert _inspect(fresh, dest)["Id"] == src_id  # same config: same image ID
+    # RepoDigests as docker shows them: name@digest of the registry's manifest
+    repo = dest.rsplit(":", 1)[0]
+    assert _inspect(fresh, dest)["RepoDigests"] == [f"{repo}@{digest}"]
+    assert f"{repo}@{digest}" in _inspect(source_store, "app:1")["RepoDigests"]
     # the pulled image runs as a base of a build
     ctx = make_context(tmp_path / "ctx", f"FROM {dest}\nRUN cat /greeting > /copy\n")
     build(fresh, ctx, "-t", "derived").check()
