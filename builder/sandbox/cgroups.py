@@ -501,3 +501,8 @@ def _enable(parent: Path, controllers: set[str]) -> None:
     todo = controllers - have
     if todo:
         _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(todo)))
+
+
+def device_cgroup_available() -> bool:
+    """Does this host have a cgroup v1 devices hierarchy lamina can use?"""
+    return "devices" in layout().v1

@@ -99,13 +99,6 @@ def device_cgroup_wanted() -> bool:
     return DEVICE_CGROUP and os.environ.get("LAMINA_DEVICE_CGROUP", "on") != "off"
 
 
-def device_cgroup_available() -> bool:
-    """Does this host have a cgroup v1 devices hierarchy lamina can use?"""
-    from lamina.builder.sandbox import cgroups
-
-    return "devices" in cgroups.layout().v1
-
-
 # --- nodev on every mount of the step's root --------------------------------------
 
 @dataclass(frozen=True)
