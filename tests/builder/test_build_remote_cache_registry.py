@@ -115,6 +115,29 @@ def test_cold_build_with_registry_cache_is_all_cached(original, reg, tmp_path):
     assert again.image_id == original["id"]
 
 
+def test_reexport_of_unfetched_layers_mounts_them_registry_side(original, reg, tmp_path):
+    """A cold build that hits everything and exports mode=max to another repository
+    of the same registry: the builder stage's layers, never fetched, are mounted
+    there (the new cache is whole for a third store), and a local export fetches
+    them (the layout alone rebuilds everything cached)."""
+    cold = tmp_path / "cold"
+    layout = tmp_path / "layout"
+    run = build(cold, original["ctx"], "--cache-from", f"{reg}/app/cache:max",
+                "--cache-to", f"type=registry,ref={reg}/other/cache:max,mode=max").check()
+    assert "WARNING" not in run.stderr, run.stderr
+    for diff_id in original["builder_only"]:
+        assert not _layer_known(cold, diff_id)
+    again = build(tmp_path / "third", original["ctx"], "--cache-from", f"{reg}/other/cache:max").check()
+    _all_cached(again, FINAL_STEPS + BUILDER_STEPS)
+    assert again.image_id == original["id"]
+    to_local = build(tmp_path / "fourth", original["ctx"], "--cache-from", f"{reg}/other/cache:max",
+                     "--cache-to", f"type=local,dest={layout},mode=max").check()
+    assert "WARNING" not in to_local.stderr, to_local.stderr
+    last = build(tmp_path / "fifth", original["ctx"], "--cache-from", f"type=local,src={layout}").check()
+    _all_cached(last, FINAL_STEPS + BUILDER_STEPS)
+    assert last.image_id == original["id"]
+
+
 def test_image_and_cache_share_blobs(original, reg):
     image = _skopeo_raw(f"docker://{reg}/app/img:1")
     cache = _skopeo_raw(f"docker://{reg}/app/cache:min")
