@@ -76,7 +76,8 @@ from lamina.builder.context.copysrc import CopySelection, SelectedEntry, Selecte
 from lamina.builder.errors import BuildError
 from lamina.builder.sandbox.rootpath import DirSpec, RootDir, RootPathError
 from lamina.builder.steps.chmod import ChmodSpec, parse_chmod
-from lamina.builder.steps.copy import CopyStats, copy_selection, dest_info
+from lamina.builder.steps.copy import CopyStats
+from lamina.builder.steps.copyinto import copy_selection, dest_info
 from lamina.builder.steps.git import (FetchedGit, GitIdentity, GitSource, add_git, fetch_git,
                                fetch_identified_git, identify_git, parse_git_source)
 from lamina.builder.steps.url import (URL_FILE_MODE, FetchedURL, URLIdentity, fetch_identified,

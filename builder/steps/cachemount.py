@@ -30,7 +30,7 @@ from lamina.builder.errors import BuildError
 from lamina.builder.sandbox.mountedroot import run_in_namespace
 from lamina.builder.sandbox.overlay import mount_overlay_readonly
 from lamina.builder.sandbox.rootpath import RootDir, RootPathError
-from lamina.builder.steps.copy import copy_selection
+from lamina.builder.steps.copyinto import copy_selection
 
 
 def _seed_into(dest: Path, lowers: tuple[Path, ...], source: str, scratch: Path,

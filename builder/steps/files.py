@@ -31,7 +31,8 @@ from lamina.builder.steps.add import (
     fetch_identified, fetch_identified_git, identify_git, identify_url, is_url_source,
     parse_git_source,
 )
-from lamina.builder.steps.copy import HeredocSource, copy_selection
+from lamina.builder.steps.copy import HeredocSource
+from lamina.builder.steps.copyinto import copy_selection
 from lamina.builder.steps.chown import resolve_chown
 
 

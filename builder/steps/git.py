@@ -47,7 +47,8 @@ from lamina.builder.context.copysrc import select_sources
 from lamina.builder.errors import BuildError
 from lamina.builder.sandbox.linux import set_pdeathsig
 from lamina.builder.steps.chmod import ChmodSpec
-from lamina.builder.steps.copy import CopyStats, copy_selection
+from lamina.builder.steps.copy import CopyStats
+from lamina.builder.steps.copyinto import copy_selection
 
 __all__ = ["FetchedGit", "GitIdentity", "GitSource", "add_git", "fetch_git",
            "fetch_identified_git", "identify_git", "parse_git_source"]

@@ -33,7 +33,7 @@ from lamina.builder.sandbox.sandbox import (
 )
 from lamina.builder.sandbox.cgroups import Limits
 from lamina.builder.steps.cachemount import cache_dir_for, check_cache_subdir
-from lamina.builder.steps.copy import copy_selection
+from lamina.builder.steps.copyinto import copy_selection
 from lamina.builder.steplog import OutputTail, StepLog, max_size_from_env
 from lamina.builder.steps.ssh import SSHSource, ssh_mount
 from lamina.builder.sandbox.users import resolve_user_in_layers
