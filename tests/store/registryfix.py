@@ -18,6 +18,17 @@ import httpx
 from tests.conftest import require_tool
 
 
+def store_with_app(base: Path, dockerfile: str) -> Path:
+    """A store under `base` with the busybox base `bb` and the image `app:1` built
+    from `dockerfile` on it (for tests that push something real)."""
+    from tests.builder.buildkit import build, make_base, make_context
+
+    root = base / "store"
+    make_base(root, base / "base")
+    build(root, make_context(base / "app", dockerfile), "-t", "app:1").check()
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,22 +11,18 @@ import subprocess
 
 import pytest
 
-from tests.builder.buildkit import build, lamina, make_base, make_context
+from tests.builder.buildkit import build, lamina, make_context
 from tests.conftest import require_tool
-from tests.store.registryfix import htpasswd_line, registry
+from tests.store.registryfix import htpasswd_line, registry, store_with_app
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
 def source_store(tmp_path_factory):
-    """A store with the busybox base `bb` and an image `app` built on it."""
-    base = tmp_path_factory.mktemp("src")
-    root = base / "store"
-    make_base(root, base / "base")
-    ctx = make_context(base / "app", "FROM bb\nRUN echo hello > /greeting\nCMD [\"cat\", \"/greeting\"]\n")
-    build(root, ctx, "-t", "app:1").check()
-    return root
+    """A store with the busybox base `bb` and an image `app:1` built on it."""
+    return store_with_app(tmp_path_factory.mktemp("src"),
+                          "FROM bb\nRUN echo hello > /greeting\nCMD [\"cat\", \"/greeting\"]\n")
 
 
 @pytest.fixture(scope="module")

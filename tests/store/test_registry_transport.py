@@ -18,20 +18,17 @@ from lamina.store.registry.pull import pull_image
 from lamina.store.registry.push import push_image
 from lamina.store.registry.session import RegistrySession
 from lamina.store.store import Store
-from tests.builder.buildkit import build, lamina, make_base, make_context
-from tests.store.registryfix import TokenService, free_port, make_pki, registry
+from tests.builder.buildkit import lamina
+from tests.store.registryfix import TokenService, free_port, make_pki, registry, store_with_app
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
 def source_store(tmp_path_factory):
-    base = tmp_path_factory.mktemp("src")
-    root = base / "store"
-    make_base(root, base / "base")
-    ctx = make_context(base / "app", "FROM bb\nRUN head -c 300000 /dev/urandom > /blob\n")
-    build(root, ctx, "-t", "app:1").check()
-    return root
+    """`app:1` with a 300 kB incompressible layer (the fault proxy spoils big blobs)."""
+    return store_with_app(tmp_path_factory.mktemp("src"),
+                          "FROM bb\nRUN head -c 300000 /dev/urandom > /blob\n")
 
 
 def _image_id(root: Path, ref: str) -> str:
