@@ -15,7 +15,7 @@ from lamina.store import StoreError
 from lamina.builder.errors import BuildError
 from lamina.builder.cli.app import cli
 # each command module registers its commands on `cli` when imported
-from lamina.builder.cli import archive, build, images, maintenance, registry, run, version  # noqa: F401
+from lamina.builder.cli import archive, bake, build, images, maintenance, registry, run, version  # noqa: F401
 
 # exit codes: 1 user/build error, 2 usage (click), 130 interrupted
 EXIT_ERROR = 1

@@ -1,0 +1,301 @@
+"""Building the targets of a bake: checks, parallel child builds, one progress
+view, labels/tags/push, the summary.
+
+Each target is one `lamina build` in a child process (`python -m
+lamina.builder.bake.child`, which dies with the bake), all on the same store, so
+they share its layers and build cache; the store is made for concurrent builds
+across processes. Up to `jobs` run at once. Every line a child prints is shown
+once, prefixed `[TARGET] `. A target that fails stops nothing else unless
+`fail_fast`: then targets not started yet are skipped and running ones stopped.
+
+`labels` are set in the image config after the build (as BuildKit's `--label`
+does: no history entry), then the tags are applied; `--push` and
+`output type=registry` push every tag (`lamina build --push`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TextIO
+
+from lamina.builder.bake.targets import Target
+from lamina.builder.errors import BuildError
+from lamina.store.errors import StoreError
+
+NETWORKS = ("default", "none", "host")
+
+
+@dataclass(frozen=True)
+class BakeOptions:
+    root: Path
+    jobs: int = 0                 # 0: the number of cores
+    push: bool = False
+    fail_fast: bool = False
+    no_cache: bool = False
+    pull: bool = False
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    name: str
+    status: str                  # built | failed | canceled
+    image_id: str | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+# -- checks before anything runs ------------------------------------------------------------
+
+def check_target(t: Target) -> list[str]:
+    """Refuse what lamina cannot build (clear errors); return notes for what it
+    ignores."""
+    from lamina.builder.plan.resolved import Platform
+
+    where = f"target {t.name!r}"
+    if t.ssh:
+        raise BuildError(f"{where}: ssh ({', '.join(t.ssh)}) is not supported by lamina bake; "
+                         "build this image with `lamina build --ssh` instead")
+    host = Platform.host()
+    for platform in t.platforms:
+        try:
+            wanted = Platform.parse(platform)
+        except Exception:  # noqa: BLE001 - any parse failure is the user's text
+            raise BuildError(f"{where}: invalid platform {platform!r}") from None
+        if wanted != host:
+            raise BuildError(f"{where}: platform {platform} is not this host's ({host}); "
+                             "lamina builds only for the host platform")
+    if t.network is not None and t.network not in NETWORKS:
+        raise BuildError(f"{where}: network {t.network!r} is not supported "
+                         f"(use one of {', '.join(NETWORKS)})")
+    if t.dockerfile_inline is None:
+        if not t.context.is_dir():
+            raise BuildError(f"{where}: the build context {t.context} is not a directory "
+                             "(remote contexts are not supported)")
+        if not t.dockerfile.is_file():
+            raise BuildError(f"{where}: cannot read the Dockerfile {t.dockerfile}: no such file")
+    elif not t.context.is_dir():
+        raise BuildError(f"{where}: the build context {t.context} is not a directory")
+    for ident, src, env in t.secrets:
+        if src and not Path(src).is_file():
+            raise BuildError(f"{where}: secret {ident}: {src} is not a readable file")
+        if env and env not in os.environ:
+            raise BuildError(f"{where}: secret {ident}: environment variable {env} is not set")
+    for output in t.outputs:
+        kind = dict(output).get("type", "")
+        if kind not in ("docker", "image", "registry", "oci", "tar", "local", "cacheonly"):
+            raise BuildError(f"{where}: output type {kind!r} is not supported")
+    if t.push and not t.tags:
+        raise BuildError(f"{where}: pushing needs a tag (image: or tags)")
+    notes = []
+    if t.cache_from:
+        notes.append(f"{where}: cache-from ignored: every target uses the store's own cache")
+    if t.cache_to:
+        notes.append(f"{where}: cache-to ignored: lamina cannot export a build cache yet")
+    return notes
+
+
+# -- one target --------------------------------------------------------------------------------
+
+class _Workspace:
+    """Files a target's child build needs (an inline Dockerfile, env secrets)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="lamina-bake-"))
+        os.chmod(self.dir, 0o700)
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.dir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def build_argv(t: Target, options: BakeOptions, workspace: _Workspace, iidfile: Path) -> list[str]:
+    """The `lamina build` command line of one target."""
+    dockerfile = t.dockerfile
+    if t.dockerfile_inline is not None:
+        dockerfile = workspace.write("Dockerfile", t.dockerfile_inline)
+    argv = ["--root", str(options.root), "build", "--progress", "plain",
+            "-f", str(dockerfile), "--iidfile", str(iidfile)]
+    if not t.labels:  # tags now; with labels they go on the labelled image afterwards
+        for tag in t.tags:
+            argv += ["-t", tag]
+        if t.push or options.push:
+            argv.append("--push")
+    for key, value in t.args:
+        argv += ["--build-arg", f"{key}={value}"]
+    if t.target:
+        argv += ["--target", t.target]
+    if t.no_cache or options.no_cache:
+        argv.append("--no-cache")
+    if t.pull or options.pull:
+        argv.append("--pull")
+    if t.network:
+        argv += ["--network", t.network]
+    for number, (ident, src, env) in enumerate(t.secrets):
+        if env:
+            src = str(workspace.write(f"secret-{number}", os.environ[env]))
+        argv += ["--secret", f"id={ident},src={src}"]
+    for output in t.outputs:
+        fields = dict(output)
+        if fields.get("type") in ("oci", "tar", "local"):
+            argv += ["--output", ",".join(f"{k}={v}" for k, v in output)]
+    argv.append(str(t.context))
+    return argv
+
+
+class _View:
+    """One progress view for every target: whole lines, each labelled."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def line(self, name: str, text: str) -> None:
+        with self.lock:
+            self.stream.write(f"[{name}] {text}\n")
+            self.stream.flush()
+
+
+class Bake:
+    """Builds a list of targets; `run()` returns one result per target, in order."""
+
+    def __init__(self, targets: list[Target], options: BakeOptions, stream: TextIO) -> None:
+        self.targets = targets
+        self.options = options
+        self.view = _View(stream)
+        self.stop = threading.Event()
+        self.children: dict[str, subprocess.Popen] = {}
+        self.children_lock = threading.Lock()
+        self.store_lock = threading.Lock()
+
+    def run(self) -> list[TargetResult]:
+        jobs = self.options.jobs or os.cpu_count() or 1
+        results: dict[str, TargetResult] = {}
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bake") as pool:
+                futures = {t.name: pool.submit(self._one, t) for t in self.targets}
+                for name, future in futures.items():
+                    results[name] = future.result()
+        except KeyboardInterrupt:
+            self.stop.set()
+            self._terminate_all()
+            raise
+        return [results[t.name] for t in self.targets]
+
+    def _terminate_all(self) -> None:
+        with self.children_lock:
+            for child in self.children.values():
+                if child.poll() is None:
+                    child.terminate()
+
+    def _one(self, t: Target) -> TargetResult:
+        if self.stop.is_set():
+            return TargetResult(t.name, "canceled", error="not started (--fail-fast)")
+        started = time.monotonic()
+        workspace = _Workspace()
+        try:
+            iidfile = workspace.dir / "iid"
+            argv = build_argv(t, self.options, workspace, iidfile)
+            code, last_error = self._child(t.name, argv)
+            seconds = time.monotonic() - started
+            if code != 0:
+                if self.stop.is_set() and last_error is None:
+                    return TargetResult(t.name, "canceled", seconds=seconds,
+                                        error="stopped (--fail-fast)")
+                return self._failed(t, seconds, last_error or f"lamina build exited with {code}")
+            image_id = iidfile.read_text().strip()
+            if t.labels:
+                try:
+                    image_id = self._label_tag_push(t, image_id)
+                except (BuildError, StoreError, OSError) as e:
+                    message = getattr(e, "message", None) or str(e)
+                    return self._failed(t, seconds, message)
+            return TargetResult(t.name, "built", image_id=image_id,
+                                seconds=time.monotonic() - started, tags=t.tags)
+        finally:
+            workspace.remove()
+
+    def _failed(self, t: Target, seconds: float, error: str) -> TargetResult:
+        if self.options.fail_fast and not self.stop.is_set():
+            self.stop.set()
+            self.view.line(t.name, "failed: stopping the other targets (--fail-fast)")
+            self._terminate_all()
+        return TargetResult(t.name, "failed", seconds=seconds, error=error)
+
+    def _child(self, name: str, argv: list[str]) -> tuple[int, str | None]:
+        env = dict(os.environ, LAMINA_BAKE_PARENT=str(os.getpid()), PYTHONUNBUFFERED="1")
+        child = subprocess.Popen([sys.executable, "-m", "lamina.builder.bake.child", *argv],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, env=env)
+        with self.children_lock:
+            self.children[name] = child
+        if self.stop.is_set():
+            child.terminate()
+        last_error = None
+        assert child.stdout is not None
+        for raw in child.stdout:
+            text = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if text.startswith("lamina: "):
+                last_error = text[len("lamina: "):]
+            self.view.line(name, text)
+        code = child.wait()
+        with self.children_lock:
+            self.children.pop(name, None)
+        return code, last_error
+
+    def _label_tag_push(self, t: Target, image_id: str) -> str:
+        from lamina.store.store import Store
+
+        with self.store_lock, Store(self.options.root) as store:
+            image = store.resolve(image_id)
+            config = copy.deepcopy(dict(image.config))
+            inner = dict(config.get("config") or {})
+            labels = dict(inner.get("Labels") or {})
+            labels.update(dict(t.labels))
+            inner["Labels"] = labels
+            config["config"] = inner
+            labelled = store.commit_image(config, image.layers, tags=t.tags)
+            self.view.line(t.name, f"labelled: {labelled.config_digest}")
+            if t.push or self.options.push:
+                from lamina.store.registry.push import push_image
+
+                for tag in t.tags:
+                    pushed = push_image(store, tag)
+                    self.view.line(t.name, f"pushed {pushed.reference}: digest: "
+                                           f"{pushed.manifest_digest}")
+            return labelled.config_digest
+
+
+def summary(results: list[TargetResult]) -> str:
+    width = max((len(r.name) for r in results), default=0)
+    lines = []
+    for r in results:
+        if r.status == "built":
+            tags = f"  {', '.join(r.tags)}" if r.tags else ""
+            lines.append(f"  {r.name:<{width}}  built     {r.image_id}  {r.seconds:.1f}s{tags}")
+        else:
+            lines.append(f"  {r.name:<{width}}  {r.status:<8}  {r.error}")
+    built = sum(1 for r in results if r.status == "built")
+    head = f"bake: {built} of {len(results)} target(s) built"
+    return "\n".join([head, *lines])
+
+
+def with_push(t: Target) -> Target:
+    """`--push`: every result goes to its registry (`--set *.push=true`)."""
+    return replace(t, outputs=t.outputs + ((("type", "registry"),),))
