@@ -141,6 +141,10 @@ def check(limits: Limits, lay: Layout | None = None) -> list[str]:
     if lay.version == "v1" and limits.memory_swap not in (None, -1) and "memory" in have:
         if not (lay.v1["memory"] / "memory.memsw.limit_in_bytes").exists():
             missing.append("--memory-swap")
+    if lay.version == "off" and os.environ.get("LAMINA_ROOTLESS"):  # set by builder.sandbox.userns
+        skipped = f" ({', '.join(missing)} skipped)" if missing else ""
+        return [f"note: rootless lamina without a delegated cgroup v2 subtree: RUN steps run "
+                f"without resource limits{skipped}; host devices are kept out by nodev mounts"]
     if missing:
         why = ("cgroups are switched off" if lay.version == "off" else
                f"this host's cgroup {lay.version} lacks the controller")
