@@ -1,0 +1,322 @@
+"""`lamina bake` building for real: a Compose project and bake files (HCL, JSON) on
+one store, compared with separate `lamina build` runs of the same targets (the
+peer here is lamina's own single-image build, whose image IDs the bake must
+reproduce exactly), parallel targets overlapping in time, failures and --fail-fast.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.builder.buildkit import build, has_image, image_config, lamina, make_base, make_context
+
+pytestmark = pytest.mark.root
+
+SHARED_DOCKERFILE = """\
+FROM bb AS base
+RUN echo base > /base && mkdir /shared
+FROM base AS api
+ARG WHO=nobody
+RUN echo "api $WHO" > /shared/api
+ENV ROLE=api
+FROM base AS web
+RUN echo web > /shared/web
+ENV ROLE=web
+"""
+
+SOLO_DOCKERFILE = """\
+FROM bb
+COPY hello.txt /hello.txt
+RUN wc -c /hello.txt > /size
+"""
+
+COMPOSE = """\
+services:
+  api:
+    image: proj/api:${TAG:-1}
+    build:
+      context: app
+      target: api
+      args:
+        - WHO=${WHO}
+  web:
+    image: proj/web:1
+    build:
+      context: app
+      target: web
+  solo:
+    image: proj/solo:1
+    build: ./solo
+  cache:
+    image: redis:7
+"""
+
+
+@pytest.fixture()
+def project(tmp_path):
+    top = tmp_path / "proj"
+    make_context(top / "app", SHARED_DOCKERFILE)
+    make_context(top / "solo", SOLO_DOCKERFILE, {"hello.txt": "hello\n"})
+    (top / "compose.yaml").write_text(COMPOSE)
+    (top / ".env").write_text("WHO=dotenv\n")
+    return top
+
+
+def fresh_store(tmp_path: Path, name: str) -> Path:
+    root = tmp_path / name
+    make_base(root, tmp_path / f"{name}-base")
+    return root
+
+
+def bake(root: Path, *args: str):
+    return lamina(root, "bake", *args)
+
+
+def image_ids(stdout: str) -> dict[str, str]:
+    return dict(line.split() for line in stdout.splitlines() if " sha256:" in line)
+
+
+def test_compose_project_equals_separate_builds(tmp_path, project, monkeypatch):
+    monkeypatch.delenv("TAG", raising=False)
+    monkeypatch.delenv("WHO", raising=False)
+    baked_root = fresh_store(tmp_path, "baked")
+    run = bake(baked_root, "-f", str(project / "compose.yaml"))
+    assert run.code == 0, run.stderr
+    baked = image_ids(run.stdout)
+    assert set(baked) == {"api", "web", "solo"}  # `cache` has no build: section
+
+    # the same three images, built one by one into another store
+    single_root = fresh_store(tmp_path, "single")
+    separate = {
+        "api": build(single_root, project / "app", "--target", "api", "--build-arg", "WHO=dotenv",
+                     "-t", "proj/api:1").check().image_id,
+        "web": build(single_root, project / "app", "--target", "web", "-t", "proj/web:1").check().image_id,
+        "solo": build(single_root, project / "solo", "-t", "proj/solo:1").check().image_id,
+    }
+    assert baked == separate
+    for ref in ("proj/api:1", "proj/web:1", "proj/solo:1"):
+        assert has_image(baked_root, ref)
+    assert "ROLE=api" in image_config(baked_root, "proj/api:1")["config"]["Env"]
+
+    # every line of the progress view is labelled by its target
+    lines = [l for l in run.stderr.splitlines() if l.startswith("#")]
+    assert not lines, lines[:3]
+    assert any(l.startswith("[api] #") and "RUN echo \"api $WHO\"" in l for l in run.stderr.splitlines())
+    assert re.search(r"^bake: 3 of 3 target\(s\) built$", run.stderr, re.M)
+
+    # a second bake: one shared cache, nothing runs, same images
+    again = bake(baked_root, "-f", str(project / "compose.yaml"))
+    assert again.code == 0, again.stderr
+    assert image_ids(again.stdout) == baked
+    assert "cache miss" not in again.stderr
+    assert again.stderr.count(" CACHED") >= 5
+
+
+TIMED = """\
+FROM bb
+RUN echo {name} > /name && cat /proc/uptime && sleep 2 && cat /proc/uptime
+"""
+
+
+def _intervals(stderr: str) -> dict[str, tuple[float, float]]:
+    """Each target's (first, last) /proc/uptime printed by its RUN step."""
+    seen: dict[str, list[float]] = {}
+    for line in stderr.splitlines():
+        m = re.match(r"^\[(\w+)\] #\d+ \d+\.\d{3} (\d+\.\d+) \d+\.\d+$", line)
+        if m:
+            seen.setdefault(m.group(1), []).append(float(m.group(2)))
+    return {name: (min(v), max(v)) for name, v in seen.items() if len(v) == 2}
+
+
+def test_independent_targets_overlap_in_time_and_jobs_bounds_them(tmp_path):
+    root = fresh_store(tmp_path, "store")
+    for name in ("one", "two"):
+        make_context(tmp_path / name, TIMED.format(name=name))
+    hcl = tmp_path / "docker-bake.hcl"
+    hcl.write_text(f'group "default" {{\n  targets = ["one", "two"]\n}}\n'
+                   f'target "one" {{\n  context = "{tmp_path / "one"}"\n}}\n'
+                   f'target "two" {{\n  context = "{tmp_path / "two"}"\n}}\n')
+    run = bake(root, "-f", str(hcl), "--jobs", "2")
+    assert run.code == 0, run.stderr
+    spans = _intervals(run.stderr)
+    assert set(spans) == {"one", "two"}, run.stderr
+    (a0, a1), (b0, b1) = spans["one"], spans["two"]
+    assert a0 < b1 and b0 < a1, f"the two RUN steps did not overlap: {spans}"
+
+    # --jobs 1: one after the other
+    serial = bake(root, "-f", str(hcl), "--jobs", "1", "--no-cache")
+    assert serial.code == 0, serial.stderr
+    spans = _intervals(serial.stderr)
+    (a0, a1), (b0, b1) = spans["one"], spans["two"]
+    assert a1 <= b0 or b1 <= a0, f"--jobs 1 ran targets at once: {spans}"
+
+
+BAKE_HCL = """\
+variable "TAG" {
+  default = "dev"
+}
+variable "GREETING" {
+  default = "hello"
+}
+group "default" {
+  targets = ["app", "tools"]
+}
+group "tools" {
+  targets = ["inline"]
+}
+target "_common" {
+  context = "%(ctx)s"
+  args = {
+    GREETING = "${GREETING}"
+  }
+  labels = {
+    "org.example.tag" = "${TAG}"
+  }
+}
+target "app" {
+  inherits = ["_common"]
+  tags     = ["bake/app:${TAG}"]
+}
+target "inline" {
+  inherits = ["_common"]
+  tags     = ["bake/inline:${TAG}"]
+  dockerfile-inline = <<EOT
+FROM bb
+ARG GREETING
+RUN echo "inline $GREETING" > /inline
+EOT
+}
+"""
+
+APP_DOCKERFILE = """\
+FROM bb
+ARG GREETING=unset
+ENV GREETING=$GREETING
+LABEL org.example.fromfile=yes
+RUN echo "$GREETING" > /greeting
+"""
+
+
+def test_bakefile_hcl_and_json_build_the_same_images(tmp_path, monkeypatch):
+    root = fresh_store(tmp_path, "store")
+    ctx = make_context(tmp_path / "ctx", APP_DOCKERFILE)
+    hcl = tmp_path / "docker-bake.hcl"
+    hcl.write_text(BAKE_HCL % {"ctx": ctx})
+    monkeypatch.setenv("TAG", "v2")          # a variable from the environment
+    monkeypatch.delenv("GREETING", raising=False)
+    run = bake(root, "-f", str(hcl), "--set", "app.args.GREETING=bonjour")
+    assert run.code == 0, run.stderr
+    ids = image_ids(run.stdout)
+    assert set(ids) == {"app", "inline"}
+    app = image_config(root, "bake/app:v2")
+    assert "GREETING=bonjour" in app["config"]["Env"]            # --set beats the file
+    assert app["config"]["Labels"] == {"org.example.fromfile": "yes", "org.example.tag": "v2"}
+    inline = image_config(root, "bake/inline:v2")
+    assert inline["config"]["Labels"] == {"org.example.tag": "v2"}
+    assert ids["app"] == "sha256:" + _config_digest(root, "bake/app:v2")
+
+    # labels aside, the app image is what `lamina build` makes of the same inputs
+    plain = build(root, ctx, "--build-arg", "GREETING=bonjour").check().image_id
+    unlabelled = dict(app)
+    unlabelled_config = dict(app["config"])
+    unlabelled_config["Labels"] = {"org.example.fromfile": "yes"}
+    unlabelled["config"] = unlabelled_config
+    assert image_config(root, plain) == unlabelled
+
+    # the JSON form of the same definition builds the same images (all cached)
+    js = tmp_path / "docker-bake.json"
+    js.write_text(json.dumps({
+        "variable": {"TAG": {"default": "dev"}, "GREETING": {"default": "hello"}},
+        "group": {"default": {"targets": ["app", "tools"]}, "tools": {"targets": ["inline"]}},
+        "target": {
+            "_common": {"context": str(ctx), "args": {"GREETING": "${GREETING}"},
+                        "labels": {"org.example.tag": "${TAG}"}},
+            "app": {"inherits": ["_common"], "tags": ["bake/app:${TAG}"]},
+            "inline": {"inherits": ["_common"], "tags": ["bake/inline:${TAG}"],
+                       "dockerfile-inline": "FROM bb\nARG GREETING\nRUN echo \"inline $GREETING\" > /inline\n"},
+        },
+    }))
+    again = bake(root, "-f", str(js), "--set", "app.args.GREETING=bonjour")
+    assert again.code == 0, again.stderr
+    assert image_ids(again.stdout) == ids
+    assert "cache miss" not in again.stderr
+
+    # only the group asked for
+    tools = bake(root, "-f", str(js), "tools")
+    assert tools.code == 0 and set(image_ids(tools.stdout)) == {"inline"}
+
+
+def _config_digest(root: Path, ref: str) -> str:
+    from lamina.store.store import Store
+
+    with Store(root) as store:
+        return store.resolve(ref).config_digest.removeprefix("sha256:")
+
+
+FAILING = """\
+services:
+  bad:
+    build:
+      context: bad
+  good:
+    image: fail/good:1
+    build:
+      context: good
+"""
+
+
+def test_failure_summary_and_fail_fast(tmp_path):
+    root = fresh_store(tmp_path, "store")
+    make_context(tmp_path / "bad", "FROM bb\nRUN echo breaking && exit 3\n")
+    make_context(tmp_path / "good", "FROM bb\nRUN echo fine > /fine\n")
+    (tmp_path / "compose.yaml").write_text(FAILING)
+    compose = str(tmp_path / "compose.yaml")
+
+    run = bake(root, "-f", compose)
+    assert run.code == 1
+    assert has_image(root, "fail/good:1")        # a failure stops nothing else
+    assert re.search(r"^bake: 1 of 2 target\(s\) built$", run.stderr, re.M), run.stderr
+    bad = [l for l in run.stderr.splitlines() if l.startswith("  bad ")]
+    assert bad and "failed" in bad[0] and "exit code: 3" in bad[0], run.stderr
+    assert "[bad] breaking" in run.stderr or re.search(r"^\[bad\] #\d+ [\d.]+ breaking$",
+                                                       run.stderr, re.M)
+
+    # --fail-fast, one job, the failing target first: the other never starts
+    lamina(root, "rmi", "fail/good:1").check()
+    ff = bake(root, "-f", compose, "--fail-fast", "--jobs", "1", "bad", "good")
+    assert ff.code == 1
+    assert re.search(r"^  good\s+canceled\s+not started \(--fail-fast\)$", ff.stderr, re.M), ff.stderr
+    assert not has_image(root, "fail/good:1")
+
+
+def test_compose_secret_reaches_the_run_step(tmp_path):
+    root = fresh_store(tmp_path, "store")
+    make_context(tmp_path / "ctx", "FROM bb\nRUN --mount=type=secret,id=token cp /run/secrets/token /copied\n")
+    (tmp_path / "token.txt").write_text("s3cret\n")
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  app:\n    image: sec/app:1\n    build:\n      context: ctx\n"
+        "      secrets: [token]\nsecrets:\n  token:\n    file: ./token.txt\n")
+    run = bake(root, "-f", str(tmp_path / "compose.yaml"))
+    assert run.code == 0, run.stderr
+    out = tmp_path / "rootfs"
+    lamina(root, "save", "sec/app:1", "-o", str(tmp_path / "img.tar")).check()
+    import tarfile
+    with tarfile.open(tmp_path / "img.tar") as outer:
+        names = outer.getnames()
+        found = False
+        for name in names:
+            member = outer.extractfile(name) if outer.getmember(name).isfile() else None
+            if member is None:
+                continue
+            try:
+                with tarfile.open(fileobj=member) as layer:
+                    if "copied" in layer.getnames():
+                        found = layer.extractfile("copied").read() == b"s3cret\n"
+            except tarfile.TarError:
+                continue
+    assert found, names
+    assert not out.exists()
