@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lamina.store import overlayform
 from lamina.store.blobs import BlobStore
 from lamina.store.compression import open_decompressed
 from lamina.store.errors import StoreError
@@ -52,7 +53,7 @@ from lamina.store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
 RESERVED_PREFIX = b".wh..wh."
-OVERLAY_OPAQUE_XATTR = b"trusted.overlay.opaque"
+OVERLAY_OPAQUE_XATTR = os.fsencode(overlayform.opaque_xattr())  # user.overlay.opaque rootless
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1 << 20
 

@@ -16,7 +16,9 @@ Owns the one place where bytes from outside (an imported or pulled layer) become
   (AUFS bookkeeping) are skipped; a plain char device 0/0 member is rejected (it would
   read as a whiteout in overlay form);
 - device nodes only with allow_devices (else UnsafeArchive); xattrs trusted.overlay.*
-  from the tar are dropped (they would steer overlayfs);
+  from the tar are dropped (they would steer overlayfs); in a user namespace (rootless,
+  store.overlayform) the opaque marker is user.overlay.opaque=y and user.overlay.* from
+  the tar is dropped too;
 - owner (when root), mode, xattrs and mtime are set on every member, in the order that
   keeps them (chown before chmod and before security.capability); directory mode and
   mtime are applied last, children first.
@@ -32,6 +34,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
+from lamina.store import overlayform
 from lamina.store.errors import CorruptContent, StoreError, UnsafeArchive
 from lamina.store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,
                              Entry, TarReader)
@@ -39,7 +42,7 @@ from lamina.store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
 RESERVED_PREFIX = b".wh..wh."
-OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+OVERLAY_OPAQUE_XATTR = overlayform.opaque_xattr()  # user.overlay.opaque in a user namespace
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Components = tuple[bytes, ...]
@@ -199,15 +202,23 @@ class _Extractor:
     def chown(self, e: Entry, *, fd: int | None = None, parent: int = -1, name: bytes = b"") -> None:
         if not self.same_owner:
             return
-        if fd is not None:
-            os.fchown(fd, e.uid, e.gid)
-        else:
-            os.chown(name, e.uid, e.gid, dir_fd=parent, follow_symlinks=False)
+        try:
+            if fd is not None:
+                os.fchown(fd, e.uid, e.gid)
+            else:
+                os.chown(name, e.uid, e.gid, dir_fd=parent, follow_symlinks=False)
+        except OSError as err:
+            if err.errno != errno.EINVAL or not overlayform.unprivileged():
+                raise
+            # rootless: the owner is outside the IDs the user namespace maps
+            raise StoreError(f"cannot give {_show(e.name)!r} owner {e.uid}:{e.gid}: that ID is "
+                             "not mapped in lamina's user namespace (add or widen the user's "
+                             "ranges in /etc/subuid and /etc/subgid)", path=_show(e.name)) from None
 
     def set_xattrs(self, e: Entry, *, fd: int | None = None, parent: int = -1,
                    name: bytes = b"") -> None:
         for key, value in e.xattrs.items():
-            if key.startswith(b"trusted.overlay."):
+            if key.startswith((b"trusted.overlay.", os.fsencode(overlayform.prefix()))):
                 continue
             try:
                 if fd is not None:

@@ -12,6 +12,11 @@ Owns the mapping from an overlay upper/lower dir to tar entries:
 - xattrs as PAX SCHILY.xattr.* except trusted.overlay.* (overlay bookkeeping) and
   security.selinux (a host label, not image content).
 
+In a user namespace (rootless lamina) the overlay form uses user.overlay.* instead of
+trusted.overlay.* (store.overlayform): the opaque marker is user.overlay.opaque=y and
+user.overlay.* is the bookkeeping left out, so a rootless and a root build of one
+tree give the same tar.
+
 Determinism: entries are ordered depth-first, the names of each directory sorted by
 their bytes as they appear in the tar (so `.wh.x` sorts as `.wh.x`), parents before
 children - the order of GNU `tar --sort=name`. Names carry no `./` prefix; directories
@@ -29,6 +34,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
+from lamina.store import overlayform
 from lamina.store.errors import StoreError
 from lamina.store.tarextract import normalise
 from lamina.store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, END_OF_ARCHIVE, FIFOTYPE, LNKTYPE,
@@ -36,8 +42,9 @@ from lamina.store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, END_OF_ARCHIVE, F
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
-OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
-SKIPPED_XATTR_PREFIXES = (b"trusted.overlay.",)
+# decided once per process: trusted.overlay.* as root, user.overlay.* in a user namespace
+OVERLAY_OPAQUE_XATTR = overlayform.opaque_xattr()
+SKIPPED_XATTR_PREFIXES = (os.fsencode(overlayform.prefix()),)
 SKIPPED_XATTRS = (b"security.selinux",)
 CHUNK = 1 << 20
 

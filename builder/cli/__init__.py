@@ -14,8 +14,54 @@ from lamina.grammar import DockerfileError
 from lamina.store import StoreError
 from lamina.builder.errors import BuildError
 from lamina.builder.cli.app import cli
-# each command module registers its commands on `cli` when imported
-from lamina.builder.cli import archive, bake, build, images, maintenance, registry, run, version  # noqa: F401
+
+# Each command module registers its commands on `cli` when imported. A command line
+# imports only the module of the command it runs (a no-op `lamina build` must not pay
+# for the registry client, the archive writers, the template engine...). Listing the
+# commands (`lamina --help`, completion) or a name missing from this map imports every
+# module of this package, so a new command module is found without being listed here.
+COMMAND_MODULES: dict[str, str] = {
+    "build": "build", "bake": "bake",
+    "save": "archive", "load": "archive",
+    "images": "images", "inspect": "images", "history": "images", "import": "images",
+    "tag": "images", "rmi": "images",
+    "gc": "maintenance", "prune": "maintenance", "fsck": "maintenance", "du": "maintenance",
+    "pull": "registry", "push": "registry", "login": "registry", "logout": "registry",
+    "run": "run", "version": "version",
+}
+
+
+def _import_commands(module: str | None = None) -> None:
+    """Import one module of this package (`module`), or every one (None)."""
+    import importlib
+    import pkgutil
+
+    names = [module] if module is not None else sorted(
+        m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+
+
+def _lazy_commands(group: click.Group) -> None:
+    """Have `group` import a command's module when the command is first looked up."""
+    eager_get, eager_list = group.get_command, group.list_commands
+
+    def get_command(ctx: click.Context, name: str):
+        if name not in group.commands:
+            _import_commands(COMMAND_MODULES.get(name))
+            if name not in group.commands:
+                _import_commands()
+        return eager_get(ctx, name)
+
+    def list_commands(ctx: click.Context) -> list[str]:
+        _import_commands()
+        return eager_list(ctx)
+
+    group.get_command = get_command  # type: ignore[method-assign]
+    group.list_commands = list_commands  # type: ignore[method-assign]
+
+
+_lazy_commands(cli)
 
 # exit codes: 1 user/build error, 2 usage (click), 130 interrupted
 EXIT_ERROR = 1

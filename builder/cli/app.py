@@ -3,6 +3,11 @@
 Command modules (build, images, archive, maintenance) register themselves on
 `cli`; `builder.cli.main` wraps it so that every lamina error becomes one clear
 message and a non-zero exit, never a traceback.
+
+Rootless: started by an ordinary user from the command line, the group's callback
+re-executes lamina inside its user namespace before any command runs
+(builder.sandbox.userns). Called in-process with explicit arguments (tests), it does
+not.
 """
 
 from __future__ import annotations
@@ -32,7 +37,18 @@ class Globals:
     root: Path
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LaminaGroup(click.Group):
+    """The click group; remembers whether it runs the process's own command line."""
+
+    own_command_line = False
+
+    def main(self, args=None, *a, **kw):
+        # args None: the real command line (sys.argv), which rootless lamina re-executes
+        self.own_command_line = args is None
+        return super().main(args, *a, **kw)
+
+
+@click.group(cls=LaminaGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Store directory (default: $LAMINA_ROOT, /var/lib/lamina for root, "
                    "else $XDG_DATA_HOME/lamina).")
@@ -40,4 +56,8 @@ class Globals:
 @click.pass_context
 def cli(ctx: click.Context, root: Path | None) -> None:
     """lamina: build OCI images from Dockerfiles, without a daemon."""
+    from lamina.builder.sandbox import userns
+    own = getattr(ctx.command, "own_command_line", False)
+    if own and not ctx.resilient_parsing and userns.needs_reexec():
+        userns.reexec(root if root is not None else default_root())
     ctx.obj = Globals(root=root if root is not None else default_root())

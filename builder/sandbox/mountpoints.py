@@ -26,6 +26,10 @@ import os
 import stat
 
 from lamina.builder.errors import SandboxError
+from lamina.store import overlayform
+
+XATTR_PREFIX = overlayform.prefix()
+OPAQUE_XATTR = overlayform.opaque_xattr()
 
 _MAX_HOPS = 40
 
@@ -39,7 +43,7 @@ def _xattrs(target: str | int) -> dict[str, str]:
         return {}
     out = {}
     for name in names:
-        if name.startswith("trusted.overlay."):
+        if name.startswith(XATTR_PREFIX):  # trusted.overlay. (user.overlay. rootless)
             continue
         try:
             out[name] = os.getxattr(target, name, **kw).hex()
@@ -234,6 +238,6 @@ def remove_stubs(upper: str, report: dict) -> None:
 
 def _has_opaque(fd: int) -> bool:
     try:
-        return os.getxattr(fd, "trusted.overlay.opaque") == b"y"
+        return os.getxattr(fd, OPAQUE_XATTR) == b"y"
     except OSError:
         return False

@@ -30,6 +30,11 @@ namespace of its own, private recursively: its sandbox makes only / private befo
 unmounting the old root, which on a host with shared submounts (``ip netns``'s
 /run/netns) unmounted the host's mounts.
 
+Rootless (builder.sandbox.userns): lamina, and so the helper, run as root of lamina's
+user namespace, which owns the step's netns: slirp4netns joins and configures it
+with the capabilities it has there (no ``--userns-path`` needed); it needs
+/dev/net/tun open to the user (mode 0666, udev's default), checked first.
+
 resolv.conf (``resolv_conf(mode)``), as docker makes it: ``host`` gets the host's file
 unchanged. Otherwise the host's file (systemd-resolved's upstream list when the host's
 only nameserver is its 127.0.0.53 stub, as docker does) without loopback nameservers,
@@ -57,6 +62,7 @@ from pathlib import Path
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox import linux
 from lamina.builder.sandbox.privateroot import make_private
+from lamina.store import overlayform
 
 MODES = ("default", "none", "host")
 
@@ -72,6 +78,7 @@ SLIRP_GATEWAY = "10.0.2.2"
 TAP = "tap0"
 MTU = 65520
 READY_TIMEOUT = 10.0   # seconds slirp4netns gets to configure tap0
+TUN_DEVICE = "/dev/net/tun"
 
 
 def own_namespace(mode: str) -> bool:
@@ -172,6 +179,7 @@ class UserNetwork:
             raise SandboxError("RUN with the default network needs slirp4netns (Debian "
                                "package slirp4netns): install it, or build with "
                                "--network none")
+        _check_tun()
         target = os.getpid()
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
@@ -244,6 +252,22 @@ class UserNetwork:
         lines = [l for l in text.splitlines()
                  if l.strip() and not l.startswith(("*", "Starting slirp", "WARNING: Support"))]
         return (": " + " | ".join(lines[:3])) if lines else ""
+
+
+def _check_tun() -> None:
+    """Rootless (builder.sandbox.userns): slirp4netns runs as root of lamina's user
+    namespace — it can configure the step's netns, which that namespace owns, without
+    --userns-path — but opens /dev/net/tun with the host's permissions for the user."""
+    if not overlayform.unprivileged():
+        return
+    try:
+        os.close(os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        raise SandboxError(
+            f"rootless RUN with the default network needs {TUN_DEVICE} open to you "
+            f"({linux.errno_text(exc.errno or 0)}); it is mode 0666 on most systems "
+            f"(udev's default): ask the administrator for `chmod 0666 {TUN_DEVICE}`, "
+            "or build with --network none") from None
 
 
 def _helper(binary: str, target: int, go_r: int, ready_w: int, exit_r: int,

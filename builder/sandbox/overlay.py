@@ -9,10 +9,14 @@ Public API:
   redirect_dir a renamed dir becomes an xattr, with metacopy a chmod leaves a
   data-less file: either breaks "the upper dir is the layer". xino only changes
   reported inode numbers, set off so the host's module default never matters.
-  userxattr stays off (we are root): whiteouts are char 0/0, opaque dirs carry
-  ``trusted.overlay.opaque=y``.
+  As root userxattr stays off: whiteouts are char 0/0, opaque dirs carry
+  ``trusted.overlay.opaque=y``. In a user namespace (rootless, builder.sandbox.userns)
+  ``mount_options()`` adds ``userxattr`` and says ``redirect_dir=nofollow`` (the
+  kernel refuses "off" with userxattr; neither creates redirects): whiteouts are
+  still char 0/0, opaque dirs carry ``user.overlay.opaque=y`` (store.overlayform).
 - ``check_upper_work(upper, work)``: raise SandboxError unless both exist, are on
-  one filesystem, that filesystem is not overlayfs and takes trusted xattrs.
+  one filesystem, that filesystem is not overlayfs and takes trusted xattrs (user
+  xattrs in a user namespace).
 - ``mount_overlay(lower_dirs, upper, work, target, scratch_dir, api="auto")``:
   mount (in the caller's mount namespace), ``nodev`` (builder.sandbox.devices). ``lower_dirs`` are top-most first and
   may be empty (an empty dir under ``scratch_dir`` stands in). ``api``: "new"
@@ -21,6 +25,7 @@ Public API:
   one page) or "auto" (new, falling back to classic when the kernel lacks it).
 - ``finalize_upper(upper)``: remove overlay bookkeeping xattrs (origin, impure,
   uuid, nlink...) that the kernel leaves in an upper dir; keeps opaque markers.
+  Both take the prefix of this process's overlay form (trusted./user.overlay.).
 - ``empty_dir(path)``: remove everything inside a dir (the overlay workdir).
 - ``LayerStack(lower_dirs)``: the merged view of layer dirs read without a mount:
   ``lookup(path)`` follows symlinks inside the root and honours whiteouts and
@@ -35,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.builder.sandbox import devices, linux
+from lamina.store import overlayform
 from lamina.store.layerdirs import walk
 from lamina.store.locks import remove_tree
 from lamina.builder.errors import SandboxError
@@ -46,8 +52,19 @@ OVERLAY_OPTIONS: tuple[tuple[str, str], ...] = (
     ("xino", "off"),
     ("nfs_export", "off"),
 )
-OPAQUE_XATTR = "trusted.overlay.opaque"
+# the overlay form of this process (store.overlayform): trusted.overlay.* as root,
+# user.overlay.* in a user namespace, where the mounts add userxattr
+XATTR_PREFIX = overlayform.prefix()
+OPAQUE_XATTR = overlayform.opaque_xattr()
 _KEEP_XATTRS = {OPAQUE_XATTR}
+
+
+def mount_options() -> tuple[tuple[str, str], ...]:
+    """OVERLAY_OPTIONS as this process mounts them (userxattr in a user namespace)."""
+    if not overlayform.unprivileged():
+        return OVERLAY_OPTIONS
+    return (tuple((k, "nofollow" if k == "redirect_dir" else v) for k, v in OVERLAY_OPTIONS)
+            + (("userxattr", ""),))
 _PAGE_LIMIT = 4095  # mount(2) copies one page of data, NUL-terminated
 _MAX_SYMLINK_HOPS = 40
 
@@ -66,21 +83,22 @@ def check_upper_work(upper: Path, work: Path) -> None:
     if upper.stat().st_dev != work.stat().st_dev:
         raise SandboxError(f"upper dir {upper} and overlay work dir {work} are on different "
                            "filesystems; overlayfs needs them on one")
-    probe = "trusted.lamina-probe"
+    space = XATTR_PREFIX.split(".", 1)[0]
+    probe = f"{space}.lamina-probe"
     try:
         os.setxattr(upper, probe, b"1")
         os.removexattr(upper, probe)
     except OSError as exc:
         raise SandboxError(
-            f"the filesystem of upper dir {upper} does not take trusted.* xattrs "
+            f"the filesystem of upper dir {upper} does not take {space}.* xattrs "
             f"({linux.errno_text(exc.errno or 0)}); overlayfs needs them for opaque dirs "
-            "(run as root on ext4, xfs, btrfs or tmpfs)") from None
+            "(put the store on ext4, xfs, btrfs or tmpfs)") from None
 
 
 # --- mounting -------------------------------------------------------------------
 
 def _option_string() -> str:
-    return ",".join(f"{k}={v}" for k, v in OVERLAY_OPTIONS)
+    return ",".join(f"{k}={v}" if v else k for k, v in mount_options())
 
 
 def mount_overlay(lower_dirs: tuple[Path, ...] | list[Path], upper: Path, work: Path,
@@ -105,7 +123,15 @@ def mount_overlay(lower_dirs: tuple[Path, ...] | list[Path], upper: Path, work: 
                 raise
             if err == 22 and "lowerdir+" not in str(exc):
                 raise
-    _mount_classic(lowers, upper, work, target, scratch_dir)
+    try:
+        _mount_classic(lowers, upper, work, target, scratch_dir)
+    except SandboxError as exc:
+        if overlayform.unprivileged() and getattr(exc, "errno", None) == 1:
+            raise SandboxError(
+                f"{exc}: this kernel does not let a user namespace mount overlayfs (Linux "
+                ">= 5.11 does); rootless lamina needs it (fuse-overlayfs is not supported "
+                "yet): run lamina as root, or on a newer kernel") from None
+        raise
     return "classic"
 
 
@@ -129,8 +155,11 @@ def _mount_new_api(lowers: list[Path], upper: Path | None, work: Path | None,
         if upper is not None:
             linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, "upperdir", str(upper))
             linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, "workdir", str(work))
-        for key, value in OVERLAY_OPTIONS:
-            linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, key, value)
+        for key, value in mount_options():
+            if value:
+                linux.fsconfig(fsfd, linux.FSCONFIG_SET_STRING, key, value)
+            else:
+                linux.fsconfig(fsfd, linux.FSCONFIG_SET_FLAG, key)
         try:
             linux.fsconfig(fsfd, linux.FSCONFIG_CMD_CREATE)
         except SandboxError as exc:
@@ -194,8 +223,9 @@ def _nodev_attr() -> int:
 # --- after the run --------------------------------------------------------------
 
 def finalize_upper(upper: Path) -> None:
-    """Strip the kernel's trusted.overlay.* bookkeeping (origin, impure, uuid, nlink,
-    upper) from every entry of an unmounted upper dir; opaque markers stay."""
+    """Strip the kernel's trusted.overlay.* (user.overlay.* rootless) bookkeeping
+    (origin, impure, uuid, nlink, upper) from every entry of an unmounted upper dir;
+    opaque markers stay."""
     for dirpath, dirnames, filenames in walk(upper):  # iterative: any depth
         for name in [None, *dirnames, *filenames]:
             path = dirpath if name is None else os.path.join(dirpath, name)
@@ -204,7 +234,7 @@ def finalize_upper(upper: Path) -> None:
             except OSError:
                 continue
             for attr in names:
-                if attr.startswith("trusted.overlay.") and attr not in _KEEP_XATTRS:
+                if attr.startswith(XATTR_PREFIX) and attr not in _KEEP_XATTRS:
                     try:
                         os.removexattr(path, attr, follow_symlinks=False)
                     except OSError:
