@@ -352,7 +352,10 @@ CASES = {
     "copy-rules": Case(),
     "chown-chmod": Case(prepare=_prepare_modes, known=(
         Known("modes/suid", _SETID, {"mode": 0o4755}, {"mode": 0o755}),
-        Known("modes/sgid", _SETID, {"mode": 0o2750}, {"mode": 0o750}))),
+        Known("modes/sgid", _SETID, {"mode": 0o2750}, {"mode": 0o750}),
+        Known("o/both", "a numeric --chmod also gives the directories the copy creates its mode "
+              "(BuildKit >= 0.21, issue 5943); buildah 1.28 creates them 0755",
+              {"type": "dir", "mode": 0o700}, {"type": "dir", "mode": 0o755}))),
     "specials": Case(),
     "whiteouts": Case(),
     "links": Case(prepare=_prepare_hardlinks, links=(_LINKS_OURS, _LINKS_THEIRS)),
