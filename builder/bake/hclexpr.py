@@ -9,7 +9,7 @@ those into values, with the subset of HCL a bake file uses:
   exactly one `${expr}` yields the value itself, not its text); `%{ if }`/`%{ for }`
   directives are refused with a clear error;
 - expressions: strings, numbers, `true`/`false`/`null`, lists `[a, b]`, variables,
-  `a.b` / `a[0]` access, function calls (buildx's common stdlib subset below, and
+  `a.b` / `a[0]` access, function calls (buildx's common stdlib subset, builder.bake.hclfuncs, and
   the file's own `function` blocks), `! - * / % + - < <= > >= == != && ||`,
   `cond ? a : b`, parentheses.
 
@@ -20,13 +20,12 @@ functions. Errors raise ExpressionError (the caller adds the file and attribute)
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-
-class ExpressionError(Exception):
-    """An expression that cannot be parsed or evaluated; `str(e)` says why."""
+from lamina.builder.bake.hclfuncs import FUNCTIONS, ExpressionError, to_string
+from lamina.builder.bake.hclfuncs import number as _number
+from lamina.builder.bake.hclfuncs import truth as _truth
 
 
 @dataclass(frozen=True)
@@ -191,18 +190,6 @@ def _string_end(text: str, start: int) -> int:
             continue
         i += 1
     raise ExpressionError(f"unterminated string in {text!r}")
-
-
-def to_string(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, (int, float, str)):
-        return str(value)
-    raise ExpressionError(f"cannot use a {type(value).__name__} value in a string template")
 
 
 # -- expressions -----------------------------------------------------------------------
@@ -389,30 +376,6 @@ def evaluate_expression(text: str, scope: Scope) -> Any:
     return _Parser(text, scope).parse()
 
 
-def _truth(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value in ("true", "false"):
-        return value == "true"
-    raise ExpressionError(f"a condition must be a bool, not {value!r}")
-
-
-def _number(value: Any) -> int | float:
-    if isinstance(value, bool):
-        raise ExpressionError(f"a number is needed, not {value!r}")
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    raise ExpressionError(f"a number is needed, not {value!r}")
-
-
 def _apply(op: str, a: Any, b: Any) -> Any:
     if op == "||":
         return _truth(a) or _truth(b)
@@ -456,77 +419,3 @@ def _index(value: Any, key: Any) -> Any:
     except (IndexError, KeyError):
         raise ExpressionError(f"no element {key!r} in {value!r}") from None
     raise ExpressionError(f"cannot index {value!r}")
-
-
-# -- functions: the part of buildx's stdlib bake files commonly use ----------------------
-
-def _join(sep, *lists):
-    return str(sep).join(to_string(x) for l in lists for x in l)
-
-
-def _coalesce(*values):
-    for v in values:
-        if v is not None and v != "":
-            return v
-    raise ExpressionError("coalesce(): no non-null, non-empty argument")
-
-
-def _format(fmt, *args):
-    values = iter(args)
-
-    def one(m: re.Match) -> str:
-        spec = m.group(1)
-        if spec == "%":
-            return "%"
-        value = next(values)
-        if spec == "d":
-            return str(int(_number(value)))
-        if spec == "q":
-            return '"' + to_string(value).replace('"', '\\"') + '"'
-        return to_string(value)
-
-    return re.sub(r"%([%sdvq])", one, str(fmt))
-
-
-def _substr(s, offset, length):
-    s, offset, length = str(s), int(_number(offset)), int(_number(length))
-    if offset < 0:
-        offset += len(s)
-    return s[offset:] if length < 0 else s[offset:offset + length]
-
-
-def _timestamp():
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "equal": lambda a, b: a == b,
-    "notequal": lambda a, b: a != b,
-    "and": lambda *v: all(_truth(x) for x in v),
-    "or": lambda *v: any(_truth(x) for x in v),
-    "not": lambda v: not _truth(v),
-    "lower": lambda s: str(s).lower(),
-    "upper": lambda s: str(s).upper(),
-    "trimspace": lambda s: str(s).strip(),
-    "trim": lambda s, chars: str(s).strip(str(chars)),
-    "trimprefix": lambda s, p: str(s)[len(p):] if str(s).startswith(p) else str(s),
-    "trimsuffix": lambda s, p: str(s)[:-len(p)] if p and str(s).endswith(p) else str(s),
-    "replace": lambda s, old, new: str(s).replace(str(old), str(new)),
-    "regex_replace": lambda s, pattern, new: re.sub(str(pattern), re.sub(r"\$(\d)", r"\\\1", str(new)), str(s)),
-    "join": _join,
-    "split": lambda sep, s: str(s).split(str(sep)),
-    "concat": lambda *lists: [x for l in lists for x in l],
-    "coalesce": _coalesce,
-    "length": lambda v: len(v),
-    "contains": lambda l, v: v in l,
-    "element": lambda l, i: l[int(_number(i)) % len(l)],
-    "distinct": lambda l: list(dict.fromkeys(l)),
-    "substr": _substr,
-    "format": _format,
-    "timestamp": _timestamp,
-    "add": lambda a, b: _number(a) + _number(b),
-    "subtract": lambda a, b: _number(a) - _number(b),
-    "tostring": to_string,
-    "tonumber": _number,
-    "tobool": _truth,
-}

@@ -8,6 +8,12 @@ across processes. Up to `jobs` run at once. Every line a child prints is shown
 once, prefixed `[TARGET] `. A target that fails stops nothing else unless
 `fail_fast`: then targets not started yet are skipped and running ones stopped.
 
+Targets that build the same Dockerfile from the same context share its stages,
+as BuildKit solves a shared vertex once: when the stages every one of them needs
+have one named last stage, and no build arg they differ in is read by those
+stages, that stage is built first (one child, labelled `[A+B]`), and the targets
+then find it in the cache.
+
 `labels` are set in the image config after the build (as BuildKit's `--label`
 does: no history entry), then the tags are applied; `--push` and
 `output type=registry` push every tag (`lamina build --push`).
@@ -23,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
@@ -186,17 +191,60 @@ class Bake:
 
     def run(self) -> list[TargetResult]:
         jobs = self.options.jobs or os.cpu_count() or 1
+        self.slots = threading.Semaphore(max(1, jobs))
         results: dict[str, TargetResult] = {}
+        warmups = shared_stages(self.targets)
+        warm_of = {name: w for w in warmups for name in w.members}
+        warm_done = {w.label: threading.Event() for w in warmups}
+        warm_error: dict[str, str | None] = {}
+
+        def warm(w: SharedStages) -> None:
+            try:
+                with self.slots:
+                    if not self.stop.is_set():
+                        warm_error[w.label] = self._warm(w)
+            finally:
+                warm_done[w.label].set()
+
+        def one(t: Target) -> None:
+            w = warm_of.get(t.name)
+            if w is not None:
+                warm_done[w.label].wait()
+                if warm_error.get(w.label):
+                    results[t.name] = self._failed(t, 0.0, f"shared stages ({w.stage}): "
+                                                           f"{warm_error[w.label]}")
+                    return
+            with self.slots:
+                results[t.name] = self._one(t)
+
+        threads = [threading.Thread(target=warm, args=(w,), name=f"bake-{w.label}", daemon=True)
+                   for w in warmups]
+        threads += [threading.Thread(target=one, args=(t,), name=f"bake-{t.name}", daemon=True)
+                    for t in self.targets]
         try:
-            with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bake") as pool:
-                futures = {t.name: pool.submit(self._one, t) for t in self.targets}
-                for name, future in futures.items():
-                    results[name] = future.result()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
         except KeyboardInterrupt:
             self.stop.set()
             self._terminate_all()
             raise
-        return [results[t.name] for t in self.targets]
+        return [results.get(t.name) or TargetResult(t.name, "canceled", error="not started")
+                for t in self.targets]
+
+    def _warm(self, w: "SharedStages") -> str | None:
+        """Build the shared stages once; the error line if that failed."""
+        workspace = _Workspace()
+        try:
+            argv = build_argv(w.target, self.options, workspace, workspace.dir / "iid")
+            code, last_error = self._child(w.label, argv)
+            if code != 0:
+                return last_error or f"lamina build exited with {code}"
+            return None
+        finally:
+            workspace.remove()
 
     def _terminate_all(self) -> None:
         with self.children_lock:
@@ -280,6 +328,88 @@ class Bake:
                     self.view.line(t.name, f"pushed {pushed.reference}: digest: "
                                            f"{pushed.manifest_digest}")
             return labelled.config_digest
+
+
+@dataclass(frozen=True)
+class SharedStages:
+    """Stages several targets need, built once before them."""
+
+    label: str                   # shown as [label] in the progress view
+    stage: str                   # the last shared stage (built with --target)
+    members: tuple[str, ...]     # the targets that wait for it
+    target: Target               # the build of the shared stages
+
+
+def shared_stages(targets: list[Target]) -> list[SharedStages]:
+    """Groups of targets (same context, same Dockerfile text, same build options)
+    whose stage sets overlap in one named last stage, reading no build arg they
+    differ in. Planning problems mean no sharing: each target reports its own."""
+    groups: dict[tuple, list[Target]] = {}
+    for t in targets:
+        try:
+            text = t.dockerfile_inline if t.dockerfile_inline is not None else \
+                t.dockerfile.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        key = (str(t.context), text, t.network, t.no_cache, t.pull, t.secrets)
+        groups.setdefault(key, []).append(t)
+    out = []
+    for (_, text, *_rest), members in groups.items():
+        if len(members) < 2:
+            continue
+        for stage, names, args in _common_stages(text, members):
+            first = next(t for t in members if t.name == names[0])
+            label = "+".join(names)
+            out.append(SharedStages(label=label, stage=stage, members=names,
+                                    target=replace(first, name=label, target=stage, args=args,
+                                                   tags=(), labels=(), outputs=())))
+    return out
+
+
+def _common_stages(text: str, members: list[Target]) -> list[tuple[str, tuple[str, ...], tuple]]:
+    """(stage name, targets, build args) for each named stage built once for
+    several targets: deepest stages first, each target in at most one group."""
+    from lamina.builder.plan.plan import plan_build
+    from lamina.builder.plan.resolved import Platform
+    from lamina.grammar import DockerfileError, ast, parse
+
+    try:
+        dockerfile = parse(text, path=str(members[0].dockerfile))
+        plans = {t.name: plan_build(dockerfile, build_args=dict(t.args), target=t.target,
+                                    platform=Platform.host()) for t in members}
+    except (DockerfileError, BuildError):
+        return []
+    by_name = {t.name: t for t in members}
+    needs = {name: set(plan.order()) for name, plan in plans.items()}
+    taken: set[str] = set()
+    out = []
+    for index in sorted(set().union(*needs.values()), reverse=True):
+        names = tuple(n for n in by_name if index in needs[n] and n not in taken)
+        if len(names) < 2:
+            continue
+        stage = plans[names[0]].stage(index)
+        if not stage.name or plans[names[0]].stage(stage.name).index != index:
+            continue
+        arg_sets = [dict(by_name[n].args) for n in names]
+        same = {k: v for k, v in arg_sets[0].items() if all(a.get(k) == v for a in arg_sets[1:])}
+        differing = {k for a in arg_sets for k in a} - set(same)
+        closure, todo = set(), [index]
+        while todo:
+            i = todo.pop()
+            if i not in closure:
+                closure.add(i)
+                todo.extend(plans[names[0]].stage(i).stage_deps)
+        read: set[str] = set()
+        for i in closure:
+            st = plans[names[0]].stage(i)
+            read |= set(st.global_args_used)
+            read |= {d.name for inst in st.instructions if isinstance(inst, ast.Arg)
+                     for d in inst.args}
+        if read & differing:
+            continue
+        taken.update(names)
+        out.append((stage.name, names, tuple(sorted(same.items()))))
+    return out
 
 
 def summary(results: list[TargetResult]) -> str:

@@ -349,3 +349,29 @@ def test_expressions():
     assert evaluate_raw('"<<-EOT\n    one\n      two\n    EOT"', scope) == "one\n  two\n"
     with pytest.raises(ExpressionError):
         evaluate_raw('"%{ if B }x%{ endif }"', scope)
+
+
+def test_shared_stages_only_when_the_args_they_read_agree(tmp_path):
+    """Targets of one Dockerfile share their common named stage (built once first),
+    unless a build arg they set differently is read by it."""
+    from lamina.builder.bake.runner import shared_stages
+    from lamina.builder.bake.targets import Target
+
+    (tmp_path / "Dockerfile").write_text(
+        "FROM bb AS base\nARG BASEV\nRUN echo $BASEV\n"
+        "FROM base AS a\nARG WHO\nRUN echo a $WHO\n"
+        "FROM base AS b\nRUN echo b\n"
+        "FROM bb AS c\nRUN echo c\n")
+
+    def target(name, stage, **args):
+        return Target(name=name, context=tmp_path, dockerfile=tmp_path / "Dockerfile",
+                      target=stage, args=tuple(sorted(args.items())), tags=(f"{name}:1",))
+
+    (shared,) = shared_stages([target("a", "a", WHO="x", BASEV="1"), target("b", "b", BASEV="1"),
+                               target("c", "c")])
+    assert (shared.stage, shared.members, shared.target.args) == ("base", ("a", "b"), (("BASEV", "1"),))
+    assert shared.target.tags == () and shared.target.target == "base"
+    # BASEV differs and the base stage reads it: no sharing
+    assert shared_stages([target("a", "a", BASEV="1"), target("b", "b", BASEV="2")]) == []
+    # nothing in common but the base image: no sharing
+    assert shared_stages([target("b", "b"), target("c", "c")]) == []

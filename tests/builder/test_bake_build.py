@@ -72,8 +72,31 @@ def fresh_store(tmp_path: Path, name: str) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory):
+    """One store with `bb` for the tests that need no fresh cache (tags differ)."""
+    top = tmp_path_factory.mktemp("bake-store")
+    return fresh_store(top, "store")
+
+
 def bake(root: Path, *args: str):
     return lamina(root, "bake", *args)
+
+
+def _missed_steps(stderr: str) -> list[tuple[str, str]]:
+    """(target label, step title) of every step that ran (a cache miss)."""
+    titles: dict[tuple[str, str], str] = {}
+    missed = []
+    for line in stderr.splitlines():
+        m = re.match(r"^\[(\S+)\] #(\d+) (.*)$", line)
+        if not m:
+            continue
+        key = (m.group(1), m.group(2))
+        if key not in titles:
+            titles[key] = m.group(3)
+        elif m.group(3).startswith("cache miss"):
+            missed.append((m.group(1), titles[key]))
+    return missed
 
 
 def image_ids(stdout: str) -> dict[str, str]:
@@ -102,6 +125,10 @@ def test_compose_project_equals_separate_builds(tmp_path, project, monkeypatch):
         assert has_image(baked_root, ref)
     assert "ROLE=api" in image_config(baked_root, "proj/api:1")["config"]["Env"]
 
+    # the stage api and web share ran once, before them (as BuildKit solves it once)
+    missed = _missed_steps(run.stderr)
+    assert [label for label, title in missed if "RUN echo base" in title] == ["api+web"], missed
+    assert sorted(label for label, _ in missed) == ["api", "api+web", "solo", "solo", "web"]
     # every line of the progress view is labelled by its target
     lines = [l for l in run.stderr.splitlines() if l.startswith("#")]
     assert not lines, lines[:3]
@@ -132,8 +159,8 @@ def _intervals(stderr: str) -> dict[str, tuple[float, float]]:
     return {name: (min(v), max(v)) for name, v in seen.items() if len(v) == 2}
 
 
-def test_independent_targets_overlap_in_time_and_jobs_bounds_them(tmp_path):
-    root = fresh_store(tmp_path, "store")
+def test_independent_targets_overlap_in_time_and_jobs_bounds_them(shared_root, tmp_path):
+    root = shared_root
     for name in ("one", "two"):
         make_context(tmp_path / name, TIMED.format(name=name))
     hcl = tmp_path / "docker-bake.hcl"
@@ -201,8 +228,8 @@ RUN echo "$GREETING" > /greeting
 """
 
 
-def test_bakefile_hcl_and_json_build_the_same_images(tmp_path, monkeypatch):
-    root = fresh_store(tmp_path, "store")
+def test_bakefile_hcl_and_json_build_the_same_images(shared_root, tmp_path, monkeypatch):
+    root = shared_root
     ctx = make_context(tmp_path / "ctx", APP_DOCKERFILE)
     hcl = tmp_path / "docker-bake.hcl"
     hcl.write_text(BAKE_HCL % {"ctx": ctx})
@@ -269,8 +296,8 @@ services:
 """
 
 
-def test_failure_summary_and_fail_fast(tmp_path):
-    root = fresh_store(tmp_path, "store")
+def test_failure_summary_and_fail_fast(shared_root, tmp_path):
+    root = shared_root
     make_context(tmp_path / "bad", "FROM bb\nRUN echo breaking && exit 3\n")
     make_context(tmp_path / "good", "FROM bb\nRUN echo fine > /fine\n")
     (tmp_path / "compose.yaml").write_text(FAILING)
@@ -293,8 +320,8 @@ def test_failure_summary_and_fail_fast(tmp_path):
     assert not has_image(root, "fail/good:1")
 
 
-def test_compose_secret_reaches_the_run_step(tmp_path):
-    root = fresh_store(tmp_path, "store")
+def test_compose_secret_reaches_the_run_step(shared_root, tmp_path):
+    root = shared_root
     make_context(tmp_path / "ctx", "FROM bb\nRUN --mount=type=secret,id=token cp /run/secrets/token /copied\n")
     (tmp_path / "token.txt").write_text("s3cret\n")
     (tmp_path / "compose.yaml").write_text(
