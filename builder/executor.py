@@ -119,7 +119,7 @@ class Build:
         self.explain_dir = store.root / "buildinfo"
         self._pulled: set[str] = set()
         self.remote = RemoteCache(store, options.cache_from, options.cache_to, progress,
-                                  str(options.dockerfile))
+                                  str(options.dockerfile), epoch=self.epoch)
         self.run_env = RunEnvironment(
             context_dir=Path(options.context_dir), cache_mounts_dir=store.root / "cache-mounts",
             secrets=dict(options.secrets), network=options.network, limits=options.limits,
@@ -187,6 +187,7 @@ class Build:
         config["rootfs"] = {"type": "layers", "diff_ids": [l.diff_id for l in result.layers]}
         config["history"] = list(result.history)
         layers = self.remote.ensure(result.layers, self.lease)  # fetch remote cache hits' layers
+        self.remote.committed(result.layers, layers)  # the cache names the image's layers
         return self.store.commit_image(config, layers, tags=self.options.tags,
                                        manifest_annotations=self.remote.inline_annotations(result.parent))
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -134,8 +134,9 @@ class RemoteCache:
     """The remote caches of one build (none: every method is a cheap no-op)."""
 
     def __init__(self, store, imports: Iterable[CacheSpec] = (), exports: Iterable[CacheSpec] = (),
-                 progress=None, dockerfile: str = "Dockerfile") -> None:
+                 progress=None, dockerfile: str = "Dockerfile", epoch: int | None = None) -> None:
         self.store = store
+        self.epoch = epoch
         self.imports = tuple(imports)
         self.exports = tuple(exports)
         self.progress = progress
@@ -146,6 +147,8 @@ class RemoteCache:
         self._fetched: dict[str, LayerBlob] = {}
         self._records: dict[str, rc.CacheRecord] = {}
         self._layers: dict[str, LayerBlob] = {}
+        self._hit_epochs: dict[str, int] = {}      # key -> epoch of the remote record it hit
+        self._committed: dict[str, LayerBlob] = {}  # step layer diff_id -> the image's layer
 
     def _warn(self, message: str) -> None:
         if self.progress is not None:
@@ -189,8 +192,10 @@ class RemoteCache:
         may not be in the store yet: `ensure` fetches it when it is needed."""
         for loaded in self._loaded:
             record = loaded.by_key.get(key)
-            if record is None:
-                continue
+            if record is None or record.epoch is not None and record.epoch != self.epoch:
+                continue  # (a layer whose times were clamped for another SOURCE_DATE_EPOCH)
+            if record.epoch is not None:
+                self._hit_epochs[key] = record.epoch
             if record.diff_id is None:
                 self._put_local(key, None, parent)
                 return (None,)
@@ -281,6 +286,7 @@ class RemoteCache:
         self._pending = {}
         self._records = {}
         self._layers = {}
+        self._hit_epochs = {}
 
     # -- exporting -------------------------------------------------------------------
 
@@ -290,9 +296,26 @@ class RemoteCache:
             return
         self._records[str(key)] = rc.CacheRecord(
             key=str(key), diff_id=layer.diff_id if layer else None, parent=parent,
-            position=self.position(stage, step), inputs=inputs.to_json(), created=time.time())
+            position=self.position(stage, step), inputs=inputs.to_json(), created=time.time(),
+            epoch=self._hit_epochs.get(str(key)))
         if layer is not None:
             self._layers[layer.diff_id] = layer
+
+    def committed(self, step_layers, image_layers) -> None:
+        """The layers the image was committed with, position by position with the
+        steps' layers (the same, or re-stamped for SOURCE_DATE_EPOCH): the exported
+        records of those steps name the image's layers, so image and cache share
+        blobs and a cold build commits the cached layers as they are."""
+        step_layers, image_layers = list(step_layers), list(image_layers)
+        if len(step_layers) == len(image_layers):
+            for step, image in zip(step_layers, image_layers):
+                self._committed[step.diff_id] = image
+
+    def _as_committed(self, r: rc.CacheRecord) -> rc.CacheRecord:
+        image = self._committed.get(r.diff_id) if r.diff_id else None
+        if image is None or image.diff_id == r.diff_id:
+            return r
+        return replace(r, diff_id=image.diff_id, epoch=self.epoch)
 
     def _chain(self, final_parent: str) -> list[rc.CacheRecord]:
         """The records of the final image's steps (mode=min), first step first."""
@@ -305,7 +328,8 @@ class RemoteCache:
         return out[::-1]
 
     def _selected(self, mode: str, final_parent: str) -> list[rc.CacheRecord]:
-        return list(self._records.values()) if mode == "max" else self._chain(final_parent)
+        records = list(self._records.values()) if mode == "max" else self._chain(final_parent)
+        return [self._as_committed(r) for r in records]
 
     def inline_annotations(self, final_parent: str) -> dict[str, str] | None:
         """The manifest annotation of --cache-to type=inline (mode=min; the per-file
@@ -313,11 +337,10 @@ class RemoteCache:
         if not any(s.type == "inline" for s in self.exports):
             return None
         records = []
-        for r in self._chain(final_parent):
+        for r in self._selected("min", final_parent):
             inputs = json.loads(r.inputs)
             inputs.pop("files", None)
-            records.append(rc.CacheRecord(r.key, r.diff_id, r.parent, r.position,
-                                          json.dumps(inputs, sort_keys=True), r.created))
+            records.append(replace(r, inputs=json.dumps(inputs, sort_keys=True)))
         return rc.inline_annotation(rc.CacheData(records=tuple(records)))
 
     def export(self, final_parent: str, lease=None) -> None:
@@ -357,7 +380,8 @@ class RemoteCache:
         for r in records:
             if r.diff_id is None or r.diff_id in layers:
                 continue
-            layer = self._fetched.get(r.diff_id) or self._layers[r.diff_id]
+            layer = (self._fetched.get(r.diff_id) or self._layers.get(r.diff_id)
+                     or next(l for l in self._committed.values() if l.diff_id == r.diff_id))
             pending = self._pending.get(r.diff_id)
             if pending is not None and r.diff_id not in self._fetched:
                 layers[r.diff_id] = pending.layer

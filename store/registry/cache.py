@@ -66,7 +66,9 @@ Provide = Callable[[LayerBlob], None]  # puts a layer's blob into the local stor
 
 @dataclass(frozen=True)
 class CacheRecord:
-    """One cached step. `inputs` is JSON text the store does not interpret."""
+    """One cached step. `inputs` is JSON text the store does not interpret; `epoch`,
+    when set, is the SOURCE_DATE_EPOCH the layer's file times were clamped to (the
+    layer as an image holds it), valid only for builds with that epoch."""
 
     key: str
     diff_id: str | None
@@ -74,6 +76,7 @@ class CacheRecord:
     position: str = ""
     inputs: str = ""
     created: float = 0.0
+    epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ def _record_json(r: CacheRecord) -> dict[str, Any]:
                            "position": r.position, "created": round(r.created, 3)}
     if r.inputs:
         out["inputs"] = json.loads(r.inputs)
+    if r.epoch is not None:
+        out["epoch"] = r.epoch
     return out
 
 
@@ -172,9 +177,12 @@ def decode_records(data: bytes, where: str, layers: Mapping[str, LayerBlob] | No
         created = r.get("created", 0)
         if not isinstance(created, (int, float)) or isinstance(created, bool):
             raise CorruptContent(f"{what}: bad time {created!r}")
+        epoch = r.get("epoch")
+        if epoch is not None:
+            _int(epoch, what)
         records.append(CacheRecord(
             key=key, diff_id=diff_id, parent=_text(r.get("parent", ""), what),
-            position=_text(r.get("position", ""), what), created=float(created),
+            position=_text(r.get("position", ""), what), created=float(created), epoch=epoch,
             inputs=json.dumps(inputs, sort_keys=True, ensure_ascii=False) if inputs is not None else ""))
     return CacheData(records=tuple(records), layers=dict(layers))
 

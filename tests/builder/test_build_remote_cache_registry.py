@@ -82,6 +82,15 @@ def _skopeo_raw(ref: str) -> dict:
     return json.loads(out.stdout)
 
 
+def _image_manifest(ref: str) -> dict:
+    """The image manifest `ref` names (through an index, e.g. one with attestations)."""
+    raw = _skopeo_raw(f"docker://{ref}")
+    if "manifests" not in raw:
+        return raw
+    (chosen,) = [m for m in raw["manifests"] if (m.get("platform") or {}).get("os") == "linux"]
+    return _skopeo_raw(f"docker://{ref.rsplit(':', 1)[0]}@{chosen['digest']}")
+
+
 @pytest.fixture(scope="module")
 def original(tmp_path_factory, reg):
     """One build that exports a mode=max and a mode=min cache and pushes the image;
@@ -139,7 +148,7 @@ def test_reexport_of_unfetched_layers_mounts_them_registry_side(original, reg, t
 
 
 def test_image_and_cache_share_blobs(original, reg):
-    image = _skopeo_raw(f"docker://{reg}/app/img:1")
+    image = _image_manifest(f"{reg}/app/img:1")
     cache = _skopeo_raw(f"docker://{reg}/app/cache:min")
     assert cache["artifactType"] == "application/vnd.lamina.cache.v1+json"
     assert cache["config"]["mediaType"] == "application/vnd.lamina.cache.config.v1+json"
@@ -196,7 +205,7 @@ def test_inline_cache_rides_in_the_pushed_image(reg, tmp_path):
     ctx = _context(tmp_path / "ctx", SINGLE)
     ref = f"{reg}/inline/app:1"
     first = build(tmp_path / "a", ctx, "-t", ref, "--push", "--cache-to", "type=inline").check()
-    manifest = _skopeo_raw(f"docker://{ref}")
+    manifest = _image_manifest(ref)
     assert "dev.lamina.cache.v1" in manifest.get("annotations", {})
     run = build(tmp_path / "cold", ctx, "--cache-from", f"type=registry,ref={ref}").check()
     _all_cached(run, ("COPY busybox", "--install", "COPY greeting.txt", "/random"))
