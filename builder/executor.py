@@ -21,7 +21,9 @@ COPY, ADD, WORKDIR):
 Metadata steps (ENV, LABEL, CMD...) only change the config, computed by the plan;
 they are not part of the cache chain, so changing a LABEL never invalidates a RUN
 below it. The image is committed with `created` and history times from
-SOURCE_DATE_EPOCH (default 0: reproducible by default), then tagged.
+SOURCE_DATE_EPOCH (default 0: reproducible by default), then tagged. Step layers
+keep their files' real times, so no cache key names the epoch; the commit stores
+each with its mtimes clamped to the epoch (store.layertimes, once per layer and epoch).
 Everything the build uses is held by a store lease, so a concurrent gc keeps it.
 """
 
@@ -55,6 +57,7 @@ from lamina.store import StoreError
 from lamina.store.cache import CacheEntry
 from lamina.store.errors import ImageNotFound, StoreError
 from lamina.store.layers import LayerBlob
+from lamina.store.layertimes import clamped_layer
 from lamina.store.store import Image, Store, source_date_epoch
 
 DEFAULT_SOURCE_DATE_EPOCH = 0
@@ -118,6 +121,7 @@ class Build:
         self.context: BuildContext | None = None
         self.explain_dir = store.root / "buildinfo"
         self._pulled: set[str] = set()
+        self._step_layers: set[str] = set()  # diff_ids of step layers (real times, clamped at commit)
         self.remote = RemoteCache(store, options.cache_from, options.cache_to, progress,
                                   str(options.dockerfile), epoch=self.epoch)
         self.run_env = RunEnvironment(
@@ -187,6 +191,9 @@ class Build:
         config["rootfs"] = {"type": "layers", "diff_ids": [l.diff_id for l in result.layers]}
         config["history"] = list(result.history)
         layers = self.remote.ensure(result.layers, self.lease)  # fetch remote cache hits' layers
+        layers = [clamped_layer(self.store, l, self.epoch, lease=self.lease)
+                  if l.diff_id in self._step_layers else l for l in layers]
+        config["rootfs"] = {"type": "layers", "diff_ids": [l.diff_id for l in layers]}
         self.remote.committed(result.layers, layers)  # the cache names the image's layers
         return self.store.commit_image(config, layers, tags=self.options.tags,
                                        manifest_annotations=self.remote.inline_annotations(result.parent))
@@ -271,6 +278,7 @@ class Build:
                 layer, parent = self.filesystem_step(plan, stage, step, label, layers, parent)
                 if layer is not None:
                     layers.append(layer)
+                    self._step_layers.add(layer.diff_id)
                 if step.history is not None:
                     entry = step.history.to_oci_dict(created)
                     if layer is None:
@@ -356,8 +364,7 @@ class Build:
             if isinstance(r, ResolvedRun) and r.network not in ("none", "host"):
                 # a RUN without --network= runs with the build's --network
                 inputs = replace(inputs, network=self.options.network)
-            # the layer writer clamps file times to the epoch: another epoch, another layer
-            inputs = replace(inputs, flags=inputs.flags + (("source-date-epoch", str(self.epoch)),))
+            # no epoch in the key: step layers keep real times, the commit clamps them
             key = inputs.key()
             if not self.options.no_cache:
                 entry = self.store.cache.lookup(str(key), lease=self.lease)
@@ -436,7 +443,7 @@ class Build:
                 views = {}
                 if source is not None:
                     views["source"] = self._lower_dirs(source[1])
-                epoch = self.epoch
+                epoch = None  # created dirs and heredoc files: now (the commit clamps)
 
                 def copy(root: Path, view_roots: dict) -> None:
                     apply_copy(root, r, prepared, workdir=workdir,
@@ -452,7 +459,7 @@ class Build:
                 in_mounted_root(lowers, upper, work, scratch, mkdir)
             if not any(upper.iterdir()):
                 return None
-            layer = self.store.write_layer(upper, source_date_epoch=self.epoch, lease=self.lease)
+            layer = self.store.write_layer(upper, lease=self.lease)  # real times
             self.store.adopt_layer_dir(layer.diff_id, upper)
             return layer
         finally:

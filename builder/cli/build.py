@@ -42,13 +42,16 @@ from lamina.builder.errors import BuildError
 @click.option("--cache-to", "cache_to", multiple=True,
               metavar="type=registry,ref=REF|type=local,dest=DIR|type=inline[,mode=min|max]",
               help="Write the build cache there after the build; failing: a warning.")
+@click.option("--timestamp", "timestamp", metavar="SECONDS|git", default=None,
+              help="SOURCE_DATE_EPOCH of the build (default: --build-arg SOURCE_DATE_EPOCH, "
+                   "then $SOURCE_DATE_EPOCH, then 0); git: the commit time of the context's HEAD.")
 @click.option("--check", "check", is_flag=True,
               help="Run the build checks only (no build): print findings, exit 1 if any.")
 @resource_options  # -m/--memory, --pids-limit, --cpu-*... (builder.cli.resources)
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.pass_obj
 def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
-          ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool = False,
+          ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool = False, timestamp: str | None = None,
           **resource_flags) -> None:
     """Build an image from a Dockerfile and a context directory."""
     from lamina.builder.executor import Build, BuildOptions
@@ -68,11 +71,18 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
     from lamina.builder.remotecache import parse_cache_spec
     cache_imports = tuple(parse_cache_spec(v, export=False) for v in cache_from)
     cache_exports = tuple(parse_cache_spec(v, export=True) for v in cache_to)
+    import os
+    from lamina.builder.context.sourcedate import ARG, resolve_source_date
+    args = _build_args(build_args)
+    epoch = resolve_source_date(timestamp, args, os.environ, context)
+    if epoch is not None:  # RUN sees the number (as BuildKit) where an ARG declares it
+        args[ARG] = str(epoch)
     options = BuildOptions(
         context_dir=context,
         dockerfile=Path(dockerfile) if dockerfile else context / "Dockerfile",
         tags=tuple(tags),
-        build_args=_build_args(build_args),
+        build_args=args,
+        source_date_epoch=epoch,
         target=target,
         no_cache=no_cache,
         pull=pull,
