@@ -63,8 +63,7 @@ class TargetResult:
 # -- checks before anything runs ------------------------------------------------------------
 
 def check_target(t: Target) -> list[str]:
-    """Refuse what lamina cannot build (clear errors); return notes for what it
-    ignores."""
+    """Refuse what lamina cannot build (clear errors); notes for the user."""
     from lamina.builder.plan.resolved import Platform
 
     where = f"target {t.name!r}"
@@ -102,12 +101,7 @@ def check_target(t: Target) -> list[str]:
             raise BuildError(f"{where}: output type {kind!r} is not supported")
     if t.push and not t.tags:
         raise BuildError(f"{where}: pushing needs a tag (image: or tags)")
-    notes = []
-    if t.cache_from:
-        notes.append(f"{where}: cache-from ignored: every target uses the store's own cache")
-    if t.cache_to:
-        notes.append(f"{where}: cache-to ignored: lamina cannot export a build cache yet")
-    return notes
+    return []
 
 
 # -- one target --------------------------------------------------------------------------------
@@ -156,6 +150,10 @@ def build_argv(t: Target, options: BakeOptions, workspace: _Workspace, iidfile: 
         if env:
             src = str(workspace.write(f"secret-{number}", os.environ[env]))
         argv += ["--secret", f"id={ident},src={src}"]
+    for entry in t.cache_from:
+        argv += ["--cache-from", ",".join(f"{k}={v}" for k, v in entry)]
+    for entry in t.cache_to:
+        argv += ["--cache-to", ",".join(f"{k}={v}" for k, v in entry)]
     for output in t.outputs:
         fields = dict(output)
         if fields.get("type") in ("oci", "tar", "local"):
@@ -362,7 +360,8 @@ def shared_stages(targets: list[Target]) -> list[SharedStages]:
             label = "+".join(names)
             out.append(SharedStages(label=label, stage=stage, members=names,
                                     target=replace(first, name=label, target=stage, args=args,
-                                                   tags=(), labels=(), outputs=())))
+                                                   tags=(), labels=(), outputs=(),
+                                                   cache_to=())))
     return out
 
 

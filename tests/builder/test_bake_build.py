@@ -347,3 +347,64 @@ def test_compose_secret_reaches_the_run_step(shared_root, tmp_path):
                 continue
     assert found, names
     assert not out.exists()
+
+
+ACCEPT = ", ".join(["application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
+                    "application/vnd.docker.distribution.manifest.v2+json"])
+
+
+def _pushed_config(host: str, repo: str, tag: str) -> str:
+    """The config digest of the image a tag names (through an index: its image
+    manifest, not an attestation)."""
+    import httpx
+
+    manifest = httpx.get(f"http://{host}/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT}).json()
+    if "manifests" in manifest:
+        (image,) = [m for m in manifest["manifests"]
+                    if (m.get("annotations") or {}).get("vnd.docker.reference.type") != "attestation-manifest"]
+        manifest = httpx.get(f"http://{host}/v2/{repo}/manifests/{image['digest']}",
+                             headers={"Accept": ACCEPT}).json()
+    return manifest["config"]["digest"]
+
+
+def test_push_and_cache_export(shared_root, tmp_path):
+    """`--push` pushes every target (the labelled one too, pushed after labelling);
+    compose's cache_to/cache_from reach the build (a local cache, read back by a
+    cold store)."""
+    import httpx
+
+    from tests.store.registryfix import registry
+
+    make_context(tmp_path / "plain", "FROM bb\nRUN echo plain > /plain\n")
+    make_context(tmp_path / "labelled", "FROM bb\nRUN echo labelled > /labelled\n")
+    cache = tmp_path / "cache"
+    with registry(tmp_path / "registry") as host:
+        (tmp_path / "compose.yaml").write_text(f"""\
+services:
+  plain:
+    image: {host}/bake/plain:1
+    build:
+      context: plain
+      cache_to: ["type=local,dest={cache}"]
+  labelled:
+    image: {host}/bake/labelled:1
+    build:
+      context: labelled
+      labels: {{stage: pushed}}
+""")
+        run = bake(shared_root, "-f", str(tmp_path / "compose.yaml"), "--push")
+        assert run.code == 0, run.stderr
+        ids = image_ids(run.stdout)
+        for name in ("plain", "labelled"):
+            tags = httpx.get(f"http://{host}/v2/bake/{name}/tags/list").json()
+            assert tags["tags"] == ["1"], tags
+            assert _pushed_config(host, f"bake/{name}", "1") == ids[name]
+    assert (cache / "index.json").is_file()
+
+    cold = fresh_store(tmp_path, "cold")
+    (tmp_path / "compose-from.yaml").write_text(
+        f"services:\n  plain:\n    build:\n      context: plain\n      cache_from: [\"type=local,src={cache}\"]\n")
+    again = bake(cold, "-f", str(tmp_path / "compose-from.yaml"))
+    assert again.code == 0, again.stderr
+    assert "cache miss" not in again.stderr
+    assert image_ids(again.stdout)["plain"] == ids["plain"]
