@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lamina.builder.errors import BuildError
-from lamina.builder.plan.imageconfig import (
-    ImageConfig, check_signal, clean_path, normalize_workdir, parse_healthcheck_interval,
-    parse_port_specs,
+from lamina.builder.plan.configvalues import (
+    check_signal, clean_path, normalize_workdir, parse_healthcheck_interval, parse_port_specs,
 )
+from lamina.builder.plan.imageconfig import ImageConfig
 from lamina.builder.plan.resolved import (
     Healthcheck, InlineFile, Mount, ResolvedCmd, ResolvedCopy, ResolvedEntrypoint, ResolvedEnv,
     ResolvedExpose, ResolvedHealthcheck, ResolvedLabel, ResolvedMaintainer, ResolvedOnbuild,

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from lamina.builder.plan.args import ArgScope, resolve_arg
 from lamina.builder.plan.cachekey import CacheInputs, pairs
 from lamina.builder.errors import BuildError
-from lamina.builder.plan.imageconfig import HistoryEntry, ImageConfig, ImageState
+from lamina.builder.plan.history import HistoryEntry
+from lamina.builder.plan.imageconfig import ImageConfig, ImageState
 from lamina.builder.plan.resolve import (
     ResolveContext, error_at, lookup_stage, resolve_copy, resolve_metadata, resolve_run,
 )

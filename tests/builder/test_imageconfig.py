@@ -12,11 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lamina.builder.errors import BuildError
-from lamina.builder.plan.imageconfig import (
-    DEFAULT_PATH, HistoryEntry, ImageConfig, ImageState, apply, check_signal, created_by,
-    go_duration, go_quote, history_entry, normalize_workdir, parse_go_duration,
-    parse_healthcheck_interval, parse_port_spec, parse_port_specs,
+from lamina.builder.plan.configvalues import (
+    check_signal, go_duration, normalize_workdir, parse_go_duration, parse_healthcheck_interval,
+    parse_port_spec, parse_port_specs,
 )
+from lamina.builder.plan.history import HistoryEntry, created_by, history_entry
+from lamina.builder.plan.imageconfig import DEFAULT_PATH, ImageConfig, ImageState, apply
+from lamina.grammar.goquote import go_quote
 from lamina.builder.plan.resolved import (
     Healthcheck, InlineFile, ResolvedArg, ResolvedCmd, ResolvedCopy, ResolvedEntrypoint,
     ResolvedEnv, ResolvedExpose, ResolvedHealthcheck, ResolvedLabel, ResolvedMaintainer,
