@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, Sequence
 
-from lamina.store import compression, oci, recompress, refs
+from lamina.store import attestations, compression, oci, recompress, refs
 from lamina.store.archive_tar import CHUNK, ArchivedImage, ArchivedLayer, ArchiveReader, ExportImage
 from lamina.store.blobs import BlobStore
 from lamina.store.docker_archive import MANIFEST_JSON, read_docker_archive, write_docker_archive
@@ -144,7 +144,9 @@ def save(store, references: Sequence[str], dest: str | os.PathLike | BinaryIO, *
         lease.hold(images=[i.manifest_digest for i in images],
                    layers=sorted({l.diff_id for i in images for l in i.layers}))
         if fmt == "oci":
+            stored = [i.manifest_digest for i in images]
             images = recompress.export_all(store, images, compression or recompress.DEFAULT_EXPORT_COMPRESSION)
+            images = attestations.for_export(store, stored, images)  # an index with them (as buildx)
         _write(images, store.blobs, fmt, dest)
     return images
 

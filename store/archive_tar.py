@@ -27,7 +27,7 @@ import os
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Protocol, Sequence
+from typing import Any, BinaryIO, Iterable, Protocol, Sequence
 
 from lamina.store import compression
 from lamina.store.errors import CorruptContent, StoreError
@@ -321,6 +321,7 @@ class ExportImage:
     config: bytes
     layers: Sequence[LayerLike]
     names: tuple[str, ...] = ()
+    attestation: Any = None  # store.attestations.AttestationSet: written as an index (OCI only)
 
 
 @dataclass(frozen=True)

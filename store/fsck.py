@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lamina.store import oci
+from lamina.store.attestations import referenced_blobs
 from lamina.store.errors import BlobNotFound, StoreError
 from lamina.store.layercheck import LayerScan, scan_layer_blob
 from lamina.store.lease import lease_is_live
@@ -97,6 +98,7 @@ def check(store: "StoreRoot", *, quick: bool = False) -> FsckReport:
             layers = {r["diff_id"]: r for r in c.execute("SELECT * FROM layers")}
             layer_blobs = {r["digest"]: r for r in c.execute("SELECT * FROM layer_blobs")}
             cache = c.execute("SELECT key, diff_id FROM cache").fetchall()
+            attested = referenced_blobs(c)  # images' attestation predicates (store.attestations)
 
         # blobs: re-hash every one (layer blobs below, unless quick, with their diff_ids)
         stored = set()
@@ -111,7 +113,7 @@ def check(store: "StoreRoot", *, quick: bool = False) -> FsckReport:
             except BlobNotFound:
                 stored.discard(digest)
 
-        referenced: set[str] = set()
+        referenced: set[str] = set(attested)
         image_digests = {r["manifest_digest"] for r in images}
         for img in images:
             md, cd = img["manifest_digest"], img["config_digest"]

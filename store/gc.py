@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from lamina.store.attestations import referenced_blobs
 from lamina.store.layerdirs import walk
 from lamina.store.lease import lease_is_live
 from lamina.store.locks import clean_stale_temp, remove_tree
@@ -108,6 +109,7 @@ def collect(store: "StoreRoot", *, cache_max_age: timedelta | None = None,
                 keep_blobs.add(r["manifest_digest"])
                 keep_blobs.add(r["config_digest"])
             keep_blobs |= {r["digest"] for r in c.execute("SELECT DISTINCT digest FROM image_layers")}
+            keep_blobs |= referenced_blobs(c)  # images' attestations (store.attestations)
             for md in held["image"]:
                 keep_blobs.add(md)
             drop_layers: list[str] = []

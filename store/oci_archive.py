@@ -62,9 +62,12 @@ def index_document(images: Sequence[ExportImage]) -> bytes:
     descs: list[oci.Descriptor] = []
     for img in images:
         media_type = oci.manifest_media_type(json.loads(img.manifest))
+        digest, size = img.manifest_digest, len(img.manifest)
+        if img.attestation is not None:  # the index holding the image and its attestations
+            media_type, digest, size = oci.OCI_INDEX, img.attestation.index_digest, len(img.attestation.index)
         for name in img.names or (None,):
             ann = {} if name is None else {oci.ANNOTATION_REF_NAME: name, CONTAINERD_NAME: name}
-            descs.append(oci.Descriptor(media_type, img.manifest_digest, len(img.manifest), ann))
+            descs.append(oci.Descriptor(media_type, digest, size, ann))
     return oci.encode(oci.build_index(descs), "index")
 
 
@@ -76,6 +79,9 @@ def write_oci_archive(out: BinaryIO, images: Sequence[ExportImage], blobs: BlobS
         files[blob_member(img.config_digest)] = img.config
         for layer in img.layers:
             files[blob_member(layer.digest)] = layer
+        if img.attestation is not None:
+            for digest, data in img.attestation.blobs.items():
+                files[blob_member(digest)] = data
     tar = TarWriter(out)
     for name in sorted(list(files) + ["blobs/", "blobs/sha256/"], key=sort_key):
         if name.endswith("/"):

@@ -251,10 +251,17 @@ class InspectView(dict):
 @click.option("-f", "--format", "fmt", default=None, metavar="FORMAT",
               help="'json' (default: a JSON list) or a Go TEMPLATE run once per image, e.g. "
                    "'{{.Id}}', '{{json .Config.Env}}', '{{index .RepoTags 0}}'.")
+@click.option("--provenance", "show_provenance", is_flag=True,
+              help="Print the image's SLSA provenance (an in-toto statement) instead.")
+@click.option("--sbom", "show_sbom", is_flag=True, help="Print the image's SPDX SBOM (an in-toto statement) instead.")
 @click.argument("refs_", nargs=-1, required=True, metavar="REF...")
 @click.pass_obj
-def inspect_cmd(g: Globals, fmt: str | None, refs_: tuple[str, ...]) -> None:
+def inspect_cmd(g: Globals, fmt: str | None, refs_: tuple[str, ...], show_provenance: bool = False,
+                show_sbom: bool = False) -> None:
     """Show image details as JSON (a list, like docker image inspect)."""
+    if show_provenance or show_sbom:  # builder.cli.attest
+        from lamina.builder.cli.attest import print_attestations
+        return print_attestations(g.root, refs_, provenance=show_provenance, sbom=show_sbom)
     _check_format(fmt)
     found, missing = [], []
     with open_store(g) as store:

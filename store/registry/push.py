@@ -8,7 +8,10 @@ bytes). Each blob is first asked for with HEAD and skipped when the registry has
 a blob the registry has in another repository of the same registry is mounted
 (``?mount=&from=``) instead of uploaded; otherwise it is uploaded monolithically
 (POST, then one PUT with the digest) from the blob file, so a retry re-sends it
-from its start. The manifest goes last, with its own media type.
+from its start. The manifest goes last, with its own media type. An image with
+attestations (store.attestations) goes as BuildKit pushes it: the statements and the
+attestation config as blobs, the image manifest and the attestation manifest by
+digest, then the index holding both under the tag.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from lamina.store import oci, refs, repodigests
+from lamina.store import attestations, oci, refs, repodigests
 from lamina.store.blobs import sha256_digest
 from lamina.store.errors import StoreError
 from lamina.store.registry.pull import repo_scope
@@ -39,6 +42,7 @@ class Pushed:
     manifest_digest: str
     uploaded: int      # blob bytes sent
     skipped: int       # blobs the registry already had (or mounted)
+    index_digest: str | None = None  # the index the tag names, when attestations went along
 
 
 def _has_blob(session: RegistrySession, path: str, digest: str, scope: str) -> bool:
@@ -130,7 +134,11 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
     if dest.digest is not None:
         raise StoreError(f"cannot push to a digest reference {destination or source!r}: name a tag")
     tag = dest.tag or refs.DEFAULT_TAG
-    (image,) = export_all(store, export_images(store, [source]), compression)
+    (stored,) = export_images(store, [source])
+    (image,) = attestations.for_export(store, [stored.manifest_digest], export_all(store, [stored], compression))
+    att = image.attestation  # with attestations: an index (image + attestation manifest), as buildx
+    if att is not None:
+        attestations.put_blobs(store, att)
     mount_from = _same_registry_repo(source, dest)
     own = session is None
     session = session or RegistrySession(dest.domain)
@@ -138,6 +146,8 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
     try:
         blobs = [(image.config_digest, "config")]
         blobs += [(l.digest, f"layer {i + 1}/{len(image.layers)}") for i, l in enumerate(image.layers)]
+        if att is not None:
+            blobs += [(d, "attestation") for d in (att.config_digest, *att.statements)]
         uploaded = skipped = 0
         with ThreadPoolExecutor(max_workers=PARALLEL_UPLOADS) as pool:
             futures = [pool.submit(_upload, session, store.blobs, dest.path, d, scope, mount_from,
@@ -151,15 +161,24 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
                     uploaded += n
         manifest = image.manifest
         media_type = oci.manifest_media_type(oci.decode(manifest, "manifest"))
+        if att is not None:  # the manifests by digest, then the index under the tag
+            for body, mt in ((manifest, media_type), (att.manifest, oci.OCI_MANIFEST)):
+                with session.request("PUT", f"/v2/{dest.path}/manifests/{sha256_digest(body)}", scope=scope,
+                                     body=body, headers={"Content-Type": mt}, ok=(201, 200)):
+                    pass
+            manifest, media_type = att.index, oci.OCI_INDEX
         with session.request("PUT", f"/v2/{dest.path}/manifests/{tag}", scope=scope, body=manifest,
                              headers={"Content-Type": media_type}, ok=(201, 200)) as resp:
             served = resp.headers.get("docker-content-digest")
         digest = sha256_digest(manifest)
         if served and served != digest:
             raise RegistryError(f"registry {session.host} stored the manifest as {served}, not {digest}")
+        index_digest = None
+        if att is not None:  # the tag names the index; the image manifest's digest stays the RepoDigest
+            index_digest, digest = digest, image.manifest_digest
         repodigests.record(store, dest.name, digest, store.resolve(source).manifest_digest)
         return Pushed(reference=str(dest.with_tag(tag)) if dest.tag is None else str(dest),
-                      manifest_digest=digest, uploaded=uploaded, skipped=skipped)
+                      manifest_digest=digest, uploaded=uploaded, skipped=skipped, index_digest=index_digest)
     finally:
         if own:
             session.close()

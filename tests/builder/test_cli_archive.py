@@ -98,6 +98,9 @@ def _oci_layers(path: Path) -> tuple[str, list[dict]]:
     with tarfile.open(path) as tf:
         index = json.load(tf.extractfile("index.json"))
         digest = index["manifests"][0]["digest"]
+        if index["manifests"][0]["mediaType"] == oci.OCI_INDEX:  # a built image with its attestations
+            inner = json.load(tf.extractfile("blobs/sha256/" + digest.split(":")[1]))
+            digest = next(m["digest"] for m in inner["manifests"] if m["platform"]["os"] != "unknown")
         manifest = json.load(tf.extractfile("blobs/sha256/" + digest.split(":")[1]))
     return digest, manifest["layers"]
 

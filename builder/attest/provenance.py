@@ -1,0 +1,317 @@
+"""SLSA provenance v1 of a lamina build: what the predicate says and how it is read back.
+
+`provenance_predicate(inputs, mode)` (pure) turns the `BuildInputs` a build recorded
+(builder.attest.record) into a `https://slsa.dev/provenance/v1` predicate, shaped as
+BuildKit's (docs/attestations/slsa-definitions.md) where both have the field:
+
+    buildDefinition.buildType            LAMINA_BUILD_TYPE (this module's format)
+    buildDefinition.externalParameters
+        configSource   {path, digest.sha256}       the Dockerfile (path relative to the
+                                                    context when inside it)
+        context        {digest.sha256} + {uri, digest.sha1 (commit), dirty} for a git work tree
+        request        {frontend: dockerfile.v0, args: {build-arg:K: V, target: T}}
+        sourceDateEpoch                              the epoch the image's times come from
+    buildDefinition.internalParameters
+        builderPlatform                              os/arch of the build machine
+        dockerfile, steps                            mode=max only: the Dockerfile text and
+                                                    every filesystem step (stage, line,
+                                                    instruction, cache key, layer or not)
+    buildDefinition.resolvedDependencies   every base image (purl + manifest digest, the
+                                          image ID as annotation), every ADD URL (sha256 of
+                                          its bytes) and ADD git source (commit)
+    runDetails.builder                     {id: LAMINA_BUILDER_ID, version: {lamina: V}}
+    runDetails.metadata                    {lamina_completeness, lamina_hermetic};
+                                          no invocation ID and no start/finish times: the
+                                          same build gives the same provenance (and index)
+
+Content digests never include times; the context digest is lamina's: sha256 over
+every visible context entry's [path, type, permission bits, content digest, link
+target, device number] (`context_digest`), the same fields COPY's content key uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform as host_platform
+import subprocess
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from lamina.builder.errors import BuildError
+
+LAMINA_BUILD_TYPE = "https://lamina.invalid/attestations/dockerfile-build/v1"
+LAMINA_BUILDER_ID = "https://lamina.invalid/builder/local"
+MODES = ("min", "max")
+
+
+# -- the --provenance / --sbom flags ------------------------------------------------------
+
+def parse_provenance(text: str | None) -> str | None:
+    """buildx's `--provenance` value -> None (off), "min" or "max". Default (no flag):
+    mode=min, as buildx >= 0.10."""
+    if text is None:
+        return "min"
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on", ""):
+        return "min"
+    if value in ("false", "0", "no", "off"):
+        return None
+    mode = None
+    for part in value.split(","):
+        k, sep, v = part.partition("=")
+        if not sep:
+            raise BuildError(f"invalid --provenance {text!r}: expected true, false, mode=min or mode=max")
+        if k == "mode" and v in MODES:
+            mode = v
+        elif k == "disabled" and v in ("true", "false"):
+            if v == "true":
+                return None
+        else:
+            raise BuildError(f"invalid --provenance {text!r}: lamina knows mode=min|max "
+                             "(and true/false)")
+    return mode or "min"
+
+
+def parse_sbom(text: str | None) -> bool:
+    """buildx's `--sbom` value -> on/off (default off, as buildx)."""
+    if text is None:
+        return False
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on", ""):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise BuildError(f"invalid --sbom {text!r}: expected true or false")
+
+
+# -- what a build used -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BaseUse:
+    """An image a build read (FROM, COPY --from, RUN --mount from=), as resolved."""
+
+    ref: str              # as the Dockerfile named it, after ARG expansion
+    manifest_digest: str
+    config_digest: str
+
+
+@dataclass(frozen=True)
+class StepUse:
+    """One filesystem step as the build ran (or reused) it."""
+
+    stage: str
+    line: int
+    instruction: str
+    cache_key: str
+    layer: bool           # did it add a layer
+
+
+@dataclass(frozen=True)
+class GitContext:
+    commit: str
+    remote: str | None
+    dirty: bool
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """Everything the provenance names."""
+
+    dockerfile_path: str          # relative to the context when inside it, else absolute
+    dockerfile_digest: str
+    dockerfile_text: str
+    context_digest: str
+    git: GitContext | None
+    build_args: Mapping[str, str]
+    target: str | None
+    source_date_epoch: int
+    bases: tuple[BaseUse, ...]
+    remote_sources: Mapping[str, str]   # "url:URL" -> "sha256:... mtime=...", "git:REMOTE#REF" -> commit
+    steps: tuple[StepUse, ...] = ()
+    network_used: bool = True
+    lamina_version: str = "unknown"
+    platform: str = field(default_factory=lambda: "linux/" + _arch())
+
+
+def _arch() -> str:
+    m = host_platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(m, m)
+
+
+def context_digest(entries) -> str:
+    """lamina's digest of a build context: its visible entries (builder.context
+    ContextEntry, sorted by path) with path, type, permission bits, content digest,
+    link target and device number; no times, no owners (a context's owners never
+    reach an image)."""
+    records = [[e.path, e.kind, e.mode, e.digest or "", e.link_target or "", e.rdev] for e in entries]
+    blob = json.dumps(records, separators=(",", ":"), ensure_ascii=True).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def git_context(directory: Path) -> GitContext | None:
+    """Commit, origin URL and dirtiness when `directory` is the top of a git work tree."""
+    def git(*args: str) -> str | None:
+        try:
+            p = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(directory), *args],
+                               capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if not top or os.path.realpath(top) != os.path.realpath(directory):
+        return None
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    remote = git("remote", "get-url", "origin") or None
+    status = git("status", "--porcelain", "--untracked-files=normal")
+    return GitContext(commit=commit, remote=remote, dirty=bool(status))
+
+
+# -- the predicate (pure) ----------------------------------------------------------------
+
+def image_purl(ref: str, platform: str) -> str:
+    """`pkg:docker/NAME@TAG?platform=os%2Farch` as BuildKit writes base images."""
+    name, tag = ref, "latest"
+    if "@" in name:
+        name = name.split("@", 1)[0]
+        tag = ""
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = name.rsplit(":", 1)
+    purl = f"pkg:docker/{name}" + (f"@{tag}" if tag else "")
+    return purl + "?platform=" + urllib.parse.quote(platform, safe="")
+
+
+def _digest_map(digest: str) -> dict[str, str]:
+    algo, _, hexd = digest.partition(":")
+    return {algo: hexd}
+
+
+def resolved_dependencies(inputs: BuildInputs) -> list[dict[str, Any]]:
+    deps: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for b in inputs.bases:
+        if (b.ref, b.manifest_digest) in seen:
+            continue
+        seen.add((b.ref, b.manifest_digest))
+        deps.append({"uri": image_purl(b.ref, inputs.platform), "name": b.ref,
+                     "digest": _digest_map(b.manifest_digest),
+                     "annotations": {"lamina.image.id": b.config_digest}})
+    for name, value in sorted(inputs.remote_sources.items()):
+        kind, _, where = name.partition(":")
+        if kind == "url":
+            digest = value.split()[0]
+            deps.append({"uri": where, "digest": _digest_map(digest)})
+        elif kind == "git":
+            commit = value.split()[0]
+            deps.append({"uri": where, "digest": {"sha1": commit}})
+    return deps
+
+
+def provenance_predicate(inputs: BuildInputs, mode: str = "min") -> dict[str, Any]:
+    """The SLSA provenance v1 predicate (see the module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"provenance mode {mode!r}")
+    args = {f"build-arg:{k}": v for k, v in sorted(inputs.build_args.items())}
+    if inputs.target:
+        args["target"] = inputs.target
+    context: dict[str, Any] = {"digest": _digest_map(inputs.context_digest)}
+    if inputs.git is not None:
+        context["git"] = {"uri": inputs.git.remote or "", "digest": {"sha1": inputs.git.commit},
+                          "dirty": inputs.git.dirty}
+    external = {
+        "configSource": {"path": inputs.dockerfile_path, "digest": _digest_map(inputs.dockerfile_digest)},
+        "context": context,
+        "request": {"frontend": "dockerfile.v0", "args": args,
+                    "locals": [{"name": "context"}, {"name": "dockerfile"}]},
+        "sourceDateEpoch": inputs.source_date_epoch,
+    }
+    if inputs.git is not None and inputs.git.remote and not inputs.git.dirty:
+        external["configSource"]["uri"] = f"{inputs.git.remote}#{inputs.git.commit}"
+    internal: dict[str, Any] = {"builderPlatform": inputs.platform}
+    if mode == "max":
+        internal["dockerfile"] = inputs.dockerfile_text
+        internal["steps"] = [{"stage": s.stage, "line": s.line, "instruction": s.instruction,
+                              "cacheKey": s.cache_key, "layer": s.layer} for s in inputs.steps]
+    return {
+        "buildDefinition": {
+            "buildType": LAMINA_BUILD_TYPE,
+            "externalParameters": external,
+            "internalParameters": internal,
+            "resolvedDependencies": resolved_dependencies(inputs),
+        },
+        "runDetails": {
+            "builder": {"id": LAMINA_BUILDER_ID, "version": {"lamina": inputs.lamina_version}},
+            "metadata": {
+                "lamina_completeness": {"request": True, "resolvedDependencies": True},
+                "lamina_hermetic": not inputs.network_used,
+            },
+        },
+    }
+
+
+# -- reading a predicate back (verify) -----------------------------------------------------
+
+@dataclass(frozen=True)
+class RecordedBuild:
+    """What `lamina verify` needs from a provenance predicate."""
+
+    dockerfile_path: str
+    dockerfile_digest: str
+    dockerfile_text: str | None      # mode=max only
+    context_digest: str
+    git_remote: str | None
+    git_commit: str | None
+    build_args: dict[str, str]
+    target: str | None
+    source_date_epoch: int
+    bases: tuple[tuple[str, str, str | None], ...]   # (ref, manifest digest, image ID)
+    lamina_version: str
+
+
+def _sha256(d: Mapping[str, Any] | None, what: str) -> str:
+    if not isinstance(d, Mapping) or not isinstance(d.get("sha256"), str):
+        raise BuildError(f"the provenance has no sha256 digest of {what}")
+    return "sha256:" + d["sha256"]
+
+
+def read_predicate(pred: Mapping[str, Any]) -> RecordedBuild:
+    """The build a lamina provenance predicate records (BuildError if it is not one)."""
+    try:
+        bd = pred["buildDefinition"]
+        if bd.get("buildType") != LAMINA_BUILD_TYPE:
+            raise BuildError(f"the provenance is of build type {bd.get('buildType')!r}, not lamina's: "
+                             "give --dockerfile and --expect to verify it")
+        ext = bd["externalParameters"]
+        cs = ext["configSource"]
+        ctx = ext["context"]
+        git = ctx.get("git") or {}
+        args = ext.get("request", {}).get("args", {})
+        build_args = {k[len("build-arg:"):]: v for k, v in args.items() if k.startswith("build-arg:")}
+        bases = []
+        for dep in bd.get("resolvedDependencies") or []:
+            if isinstance(dep.get("uri"), str) and dep["uri"].startswith("pkg:docker/") and dep.get("name"):
+                bases.append((dep["name"], _sha256(dep.get("digest"), dep["name"]),
+                              (dep.get("annotations") or {}).get("lamina.image.id")))
+        return RecordedBuild(
+            dockerfile_path=cs["path"], dockerfile_digest=_sha256(cs.get("digest"), "the Dockerfile"),
+            dockerfile_text=(bd.get("internalParameters") or {}).get("dockerfile"),
+            context_digest=_sha256(ctx.get("digest"), "the context"),
+            git_remote=git.get("uri") or None, git_commit=(git.get("digest") or {}).get("sha1"),
+            build_args=build_args, target=args.get("target"),
+            source_date_epoch=int(ext.get("sourceDateEpoch", 0)),
+            bases=tuple(bases),
+            lamina_version=(pred.get("runDetails", {}).get("builder", {}).get("version", {})
+                            .get("lamina", "unknown")))
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise BuildError(f"the provenance is not one lamina can rebuild from (missing {e})") from None
+
+
+def steps_of(pred: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+    return (pred.get("buildDefinition", {}).get("internalParameters") or {}).get("steps") or ()

@@ -1,0 +1,386 @@
+"""`lamina verify`: rebuild an image from what its provenance records and compare.
+
+    verify(store, source="app:1" | "app.tar", context=None | DIR | GIT-URL[#COMMIT])
+    verify(store, context=DIR, dockerfile=FILE, expect="sha256:...")   # no provenance
+
+1. The original: an image of the store (its attestations from store.attestations),
+   or an OCI archive (`lamina save --format oci`, `build --output type=oci`; its
+   provenance read from the attestation manifest of the archive's index).
+2. The recorded build (builder.attest.provenance.read_predicate): Dockerfile path and
+   digest (its text too with mode=max), context digest and git commit, build args,
+   target, SOURCE_DATE_EPOCH, every base image by manifest digest.
+3. The context: CONTEXT as a directory (its lamina content digest must equal the
+   recorded one), or a git URL (cloned, and the recorded commit - or the one after
+   `#` - checked out); no CONTEXT: the recorded git remote at the recorded commit.
+4. A throw-away store (in the user store's tmp/, removed afterwards): each recorded
+   base image copied in from the user store by manifest digest (as stored: same
+   bytes), or pulled as name@digest; the original copied in too. The rebuild runs
+   there with --no-cache, the recorded args, target and epoch.
+5. Comparison. The image ID (config digest) is the identity: it names the content
+   (layer diff_ids are digests of the uncompressed tars) and the config. The
+   manifest digest also depends on the compressor's bytes (zstd/zlib version and
+   parameters): same image ID with another manifest digest is reported as a
+   compression-only difference, and still verifies. Different image IDs: the
+   explanation - `lamina diff` (builder.imagediff) when it is installed, else
+   builder.attest.layerdiff: config fields, each differing layer with the step that
+   made it, and its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from lamina.builder.attest import layerdiff
+from lamina.builder.attest.provenance import RecordedBuild, context_digest, read_predicate
+from lamina.builder.errors import BuildError
+from lamina.store import attestations, oci, refs
+from lamina.store.errors import ImageNotFound, StoreError
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    source: str
+    original_id: str | None          # None in --expect mode when only a digest is known
+    original_manifest: str | None
+    rebuilt_id: str
+    rebuilt_manifest: str
+    identical: bool                  # same image ID (the identity)
+    lines: tuple[str, ...] = ()      # the explanation (differences, compression notes)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def summary(self) -> str:
+        if self.identical:
+            extra = "" if self.original_manifest in (None, self.rebuilt_manifest) else \
+                " (manifest digest differs by layer compression only)"
+            return (f"verified: {self.source} rebuilds identically: image ID {self.rebuilt_id}, "
+                    f"manifest {self.rebuilt_manifest}{extra}")
+        return (f"NOT reproducible: {self.source}: image ID {self.original_id or '?'} "
+                f"(manifest {self.original_manifest or '?'}), rebuilt {self.rebuilt_id} "
+                f"(manifest {self.rebuilt_manifest})")
+
+
+# -- where the original and its provenance come from -------------------------------------
+
+@dataclass(frozen=True)
+class Original:
+    label: str
+    predicates: Mapping[str, Mapping[str, Any]]
+    copy_into: Any          # callable(target_store) -> Image in the target store
+
+
+def _is_archive(source: str) -> bool:
+    return os.path.isfile(source)
+
+
+def _archive_attestations(path: str, tmp_dir: Path) -> dict[str, dict]:
+    """The predicates of the host-platform image of an OCI archive (from the
+    attestation manifest its index holds); {} when it has none."""
+    from lamina.store.archive_tar import ArchiveReader
+    from lamina.store.oci_archive import INDEX_JSON, blob_member
+
+    host = oci.host_platform()
+    with ArchiveReader(path, tmp_dir=tmp_dir) as reader:
+        if not reader.has(INDEX_JSON):
+            return {}  # a docker-archive holds no attestations
+        top = oci.decode(reader.read(INDEX_JSON), f"{path}: {INDEX_JSON}")
+        for d in top.get("manifests") or []:
+            if d.get("mediaType") not in oci.INDEX_TYPES:
+                continue
+            index = oci.decode(reader.read(blob_member(d["digest"])), f"{path}: index {d['digest']}")
+            images = {m["digest"] for m in index.get("manifests") or []
+                      if (m.get("platform") or {}).get("os") == host["os"]
+                      and (m.get("platform") or {}).get("architecture") == host["architecture"]}
+            for target, att in attestations.attestation_descriptors(index):
+                if target in images:
+                    stmts = attestations.read_statements(reader.read(blob_member(att["digest"])),
+                                                         lambda dg: reader.read(blob_member(dg)))
+                    return {t: s.get("predicate") or {} for t, s in stmts.items()}
+    return {}
+
+
+def _copy_image(src_store, manifest_digest: str, dst_store, tag: str | None):
+    """Copy an image of `src_store` into `dst_store` with its stored bytes (an OCI
+    archive with the stored zstd blobs: same manifest digest), tagged `tag`."""
+    from lamina.store import archive
+
+    tmp = dst_store.temp_path("copy.tar")
+    try:
+        archive.save(src_store, [manifest_digest], tmp, fmt="oci", compression="zstd")
+        (loaded,) = archive.load(dst_store, tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if tag:
+        dst_store.tag(tag, loaded.image.manifest_digest)
+    return dst_store._load_image(loaded.image.manifest_digest)
+
+
+def _original(store, source: str) -> Original:
+    if _is_archive(source):
+        from lamina.store import archive
+
+        preds = _archive_attestations(source, store.tmp_dir)
+
+        def copy(dst):
+            loaded = archive.load(dst, source)
+            if not loaded:
+                raise StoreError(f"{source}: no image in the archive")
+            return loaded[0].image
+        return Original(source, preds, copy)
+    image = store.resolve(source)
+    preds = attestations.predicates(store, image.manifest_digest)
+    return Original(source, preds, lambda dst: _copy_image(store, image.manifest_digest, dst, None))
+
+
+# -- the context -----------------------------------------------------------------------
+
+def _looks_like_git(text: str) -> bool:
+    return ("://" in text or text.endswith(".git") or "#" in text
+            or (":" in text and "@" in text.split(":", 1)[0]))
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    try:
+        p = subprocess.run(["git", "-c", "safe.directory=*", *args], capture_output=True, text=True,
+                           timeout=600, cwd=cwd)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BuildError(f"git {args[0]} failed: {e}") from None
+    if p.returncode != 0:
+        raise BuildError(f"git {args[0]} failed: {p.stderr.strip() or p.returncode}")
+    return p.stdout.strip()
+
+
+def clone_context(url: str, commit: str | None, dest: Path) -> tuple[Path, str]:
+    """Clone `url` (`URL#COMMIT` names the commit) into dest; (dir, commit checked out)."""
+    if "#" in url:
+        url, _, wanted = url.partition("#")
+        commit = wanted or commit
+    _git("clone", "--quiet", "--no-checkout", url, str(dest))
+    if commit:
+        _git("checkout", "--quiet", "--detach", commit, cwd=dest)
+    else:
+        _git("checkout", "--quiet", cwd=dest)
+    return dest, _git("rev-parse", "HEAD", cwd=dest)
+
+
+def _context_digest(directory: Path, dockerfile: Path, stat_dir: Path) -> str:
+    from lamina.builder.context.context import BuildContext
+
+    ctx = BuildContext.open(directory, dockerfile, stat_dir)
+    try:
+        return context_digest(ctx.entries())
+    finally:
+        ctx.stat_cache.close()
+
+
+# -- the rebuild -----------------------------------------------------------------------
+
+def _verify_build_class():
+    from lamina.builder.attest.record import RecordingBuild
+
+    class VerifyBuild(RecordingBuild):
+        """Resolves images the throw-away store lacks from the user's store (copied,
+        same bytes) before pulling them."""
+
+        user_store = None
+
+        def resolve_image(self, ref, stage=None):
+            if self.user_store is not None and not self._in_store(ref):
+                try:
+                    found = self.user_store.resolve(ref)
+                except (ImageNotFound, StoreError):
+                    found = None
+                if found is not None:
+                    _copy_image(self.user_store, found.manifest_digest, self.store,
+                                None if "@" in ref or refs.looks_like_id(ref) else ref)
+            return super().resolve_image(ref, stage)
+
+    return VerifyBuild
+
+
+def _rebuild(tstore, user_store, *, context: Path, dockerfile: Path, build_args: Mapping[str, str],
+             target: str | None, epoch: int | None, progress):
+    from lamina.builder.executor import BuildOptions
+
+    options = BuildOptions(context_dir=context, dockerfile=dockerfile, build_args=dict(build_args),
+                           target=target, no_cache=True, source_date_epoch=epoch)
+    cls = _verify_build_class()
+    build = cls(tstore, options, progress)
+    build.user_store = user_store
+    return build.run(), build
+
+
+def _seed_bases(tstore, user_store, recorded: RecordedBuild) -> list[str]:
+    """Put every recorded base image, by its recorded digest, into the throw-away
+    store under the name the Dockerfile uses. Returns notes."""
+    from lamina.store.registry.pull import pull_image
+
+    notes = []
+    for ref, manifest_digest, _image_id in recorded.bases:
+        tag = None if "@" in ref or refs.looks_like_id(ref) else ref
+        try:
+            user_store._load_image(manifest_digest)
+            have = True
+        except (ImageNotFound, StoreError):
+            have = False
+        if have:
+            _copy_image(user_store, manifest_digest, tstore, tag)
+            continue
+        name = refs.parse(ref).name if not refs.looks_like_id(ref) else None
+        if name is None:
+            raise BuildError(f"base image {ref} ({manifest_digest}) is not in the store and has no name to pull")
+        pulled = pull_image(tstore, f"{name}@{manifest_digest}", tag=False)
+        if tag:
+            tstore.tag(tag, pulled.image.manifest_digest)
+        notes.append(f"pulled base {name}@{manifest_digest}")
+    return notes
+
+
+def _explain(tstore, original, rebuilt) -> list[str]:
+    if importlib.util.find_spec("lamina.builder.imagediff") is not None:
+        try:
+            from lamina.builder import imagediff  # the full `lamina diff`, when it is there
+            explain = getattr(imagediff, "explain_lines", None)
+            if explain is not None:
+                return list(explain(tstore, original.manifest_digest, rebuilt.manifest_digest))
+        except Exception:  # noqa: BLE001 - fall back to the built-in explanation
+            pass
+    return layerdiff.explain(tstore.blobs, original, tstore.blobs, rebuilt)
+
+
+def compare(tstore, source: str, original, rebuilt) -> VerifyResult:
+    if original.config_digest == rebuilt.config_digest:
+        lines = [] if original.manifest_digest == rebuilt.manifest_digest else \
+            ["image ID identical; the manifest digests differ only in the compressed layer bytes:"] + \
+            ["  " + l for l in layerdiff.compression_only(original, rebuilt)]
+        return VerifyResult(source, original.config_digest, original.manifest_digest, rebuilt.config_digest,
+                            rebuilt.manifest_digest, True, tuple(lines))
+    return VerifyResult(source, original.config_digest, original.manifest_digest, rebuilt.config_digest,
+                        rebuilt.manifest_digest, False, tuple(_explain(tstore, original, rebuilt)))
+
+
+def _throwaway(user_store):
+    from lamina.store.store import Store
+
+    path = user_store.temp_path("verify")
+    return path, Store(path)
+
+
+def _cleanup(path: Path, tstore) -> None:
+    from lamina.store.locks import remove_tree
+
+    tstore.close()
+    remove_tree(path)
+
+
+def verify_provenance(user_store, source: str, context: str | None, *, dockerfile: Path | None = None,
+                      progress=None) -> VerifyResult:
+    """Rebuild `source` (a store reference or an OCI archive) from its provenance."""
+    from lamina.builder.progress import Progress
+    import sys
+
+    progress = progress or Progress(sys.stderr)
+    original = _original(user_store, source)
+    pred = original.predicates.get(attestations.SLSA_PROVENANCE_V1)
+    if pred is None:
+        raise BuildError(f"{source} has no provenance attestation: build it with --provenance=true, or "
+                         "verify with --dockerfile FILE CONTEXT --expect DIGEST")
+    recorded = read_predicate(pred)
+    path, tstore = _throwaway(user_store)
+    notes: list[str] = []
+    try:
+        work = path / "verify-work"
+        work.mkdir()
+        # the context
+        if context is None:
+            if not (recorded.git_remote and recorded.git_commit):
+                raise BuildError("the provenance records no git remote for the context: give the "
+                                 "context directory (or a git URL) after the image")
+            ctx_dir, commit = clone_context(recorded.git_remote, recorded.git_commit, work / "context")
+            cloned = True
+        elif os.path.isdir(context) and not context.endswith(".git"):
+            ctx_dir, commit, cloned = Path(context), None, False
+        elif _looks_like_git(context) or os.path.isdir(context):
+            ctx_dir, commit = clone_context(context, recorded.git_commit, work / "context")
+            cloned = True
+        else:
+            raise BuildError(f"context {context!r} is neither a directory nor a git URL")
+        if cloned and recorded.git_commit and commit != recorded.git_commit:
+            raise BuildError(f"the context is commit {commit}, the provenance records {recorded.git_commit}")
+        # the Dockerfile
+        if dockerfile is not None:
+            df = Path(dockerfile)
+        elif recorded.dockerfile_text is not None:
+            df = work / "Dockerfile"
+            df.write_text(recorded.dockerfile_text, encoding="utf-8")
+        elif not os.path.isabs(recorded.dockerfile_path):
+            df = ctx_dir / recorded.dockerfile_path
+        else:
+            raise BuildError(f"the Dockerfile was outside the context ({recorded.dockerfile_path}) and the "
+                             "provenance (mode=min) does not hold its text: give --dockerfile")
+        try:
+            got = "sha256:" + hashlib.sha256(df.read_bytes()).hexdigest()
+        except OSError as e:
+            raise BuildError(f"cannot read the Dockerfile {df}: {e.strerror}") from None
+        if got != recorded.dockerfile_digest:
+            raise BuildError(f"the Dockerfile {df} is {got}, the provenance records {recorded.dockerfile_digest}")
+        if not cloned:
+            cd = _context_digest(ctx_dir, df, tstore.root / "cache" / "statcache")
+            if cd != recorded.context_digest:
+                raise BuildError(f"the context {ctx_dir} has content digest {cd}, the provenance records "
+                                 f"{recorded.context_digest}: it is not the context that was built")
+        notes += _seed_bases(tstore, user_store, recorded)
+        orig = original.copy_into(tstore)
+        rebuilt, _ = _rebuild(tstore, user_store, context=ctx_dir, dockerfile=df,
+                              build_args=recorded.build_args, target=recorded.target,
+                              epoch=recorded.source_date_epoch, progress=progress)
+        result = compare(tstore, source, orig, rebuilt)
+        return VerifyResult(**{**result.__dict__, "notes": tuple(notes)})
+    finally:
+        _cleanup(path, tstore)
+
+
+def verify_expect(user_store, context: Path, dockerfile: Path, expect: str, *,
+                  build_args: Mapping[str, str] | None = None, target: str | None = None,
+                  epoch: int | None = None, progress=None) -> VerifyResult:
+    """Rebuild from CONTEXT and a Dockerfile (no provenance) and compare with `expect`
+    (an image ID or a manifest digest; an image of the store when it has one, whose
+    differences are then explained)."""
+    from lamina.builder.progress import Progress
+    import sys
+
+    progress = progress or Progress(sys.stderr)
+    if not refs.is_digest(expect):
+        raise BuildError(f"--expect {expect!r}: give an image ID or manifest digest (sha256:<64 hex>)")
+    path, tstore = _throwaway(user_store)
+    try:
+        rebuilt, _ = _rebuild(tstore, user_store, context=Path(context), dockerfile=Path(dockerfile),
+                              build_args=build_args or {}, target=target, epoch=epoch, progress=progress)
+        if expect in (rebuilt.config_digest, rebuilt.manifest_digest):
+            return VerifyResult(expect, rebuilt.config_digest if expect == rebuilt.config_digest else None,
+                                expect if expect == rebuilt.manifest_digest else None,
+                                rebuilt.config_digest, rebuilt.manifest_digest, True)
+        try:
+            known = user_store.resolve(expect)
+        except (ImageNotFound, StoreError):
+            known = None
+        if known is None:
+            return VerifyResult(expect, None, None, rebuilt.config_digest, rebuilt.manifest_digest, False,
+                                (f"{expect} is neither the rebuilt image ID nor its manifest digest, and no "
+                                 "image of the store has it: nothing to compare file by file",))
+        orig = _copy_image(user_store, known.manifest_digest, tstore, None)
+        return compare(tstore, expect, orig, rebuilt)
+    finally:
+        _cleanup(path, tstore)
+
+
+def result_json(r: VerifyResult) -> str:
+    return json.dumps({"source": r.source, "identical": r.identical, "original": {"id": r.original_id,
+                       "manifest": r.original_manifest}, "rebuilt": {"id": r.rebuilt_id,
+                       "manifest": r.rebuilt_manifest}, "explanation": list(r.lines), "notes": list(r.notes)})
