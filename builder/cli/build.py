@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from lamina.builder.cli.app import Globals, cli
+from lamina.builder.cli.attest import Attest, attestation_options
 from lamina.builder.cli.resources import parse_limits, resource_options
 from lamina.builder.errors import BuildError
 
@@ -48,6 +49,7 @@ from lamina.builder.errors import BuildError
 @click.option("--check", "check", is_flag=True,
               help="Run the build checks only (no build): print findings, exit 1 if any.")
 @resource_options  # -m/--memory, --pids-limit, --cpu-*... (builder.cli.resources)
+@attestation_options  # --provenance, --sbom (builder.cli.attest; read from **resource_flags)
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.pass_obj
 def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
@@ -77,6 +79,7 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
     epoch = resolve_source_date(timestamp, args, os.environ, context)
     if epoch is not None:  # RUN sees the number (as BuildKit) where an ARG declares it
         args[ARG] = str(epoch)
+    attest = Attest.from_flags(resource_flags)
     options = BuildOptions(
         context_dir=context,
         dockerfile=Path(dockerfile) if dockerfile else context / "Dockerfile",
@@ -103,8 +106,9 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
             findings = warn_before_build(store, progress, context=context,
                                          dockerfile=options.dockerfile,
                                          build_args=options.build_args, target=target)
-            build = Build(store, options, progress)
+            build = attest.new_build(store, options, progress)
             image = build.run()
+            attest.attach(store, build, image)  # provenance / SBOM, before any output or push
             for out in wanted:
                 write_output(store, image, out, epoch=build.epoch, tags=tuple(tags))
             if push:
