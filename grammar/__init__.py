@@ -11,9 +11,21 @@ Public API:
     DockerfileError
 """
 
-from lamina.grammar.dump import dump
 from lamina.grammar.errors import DockerfileError
-from lamina.grammar.parser import parse
-from lamina.grammar.shell import expand, split_words
 
 __all__ = ["DockerfileError", "dump", "expand", "parse", "split_words"]
+
+# The parser (Lark, the AST's dataclasses) loads on first use: a command that only
+# needs DockerfileError (every command's error handler) does not pay for it.
+_LAZY = {"dump": "lamina.grammar.dump", "parse": "lamina.grammar.parser",
+         "expand": "lamina.grammar.shell", "split_words": "lamina.grammar.shell"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,8 @@
 config change, the parent key), with created / last-used times for gc's policy.
 
 The build engine looks a key up, reuses the layer on a hit (touching the entry so
-that gc keeps what is used), and puts an entry after running a step. Entries live
+that gc keeps what is used, at most once a minute), and puts an entry after running
+a step. Entries live
 in the `cache` table of store.db; their layers must be recorded first.
 """
 
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 
 __all__ = ["BuildCache", "CacheEntry"]
 
+#: a hit refreshes an entry's last-used time only when it is older than this: gc's
+#: age and size policies work in hours and days, and a rebuild then writes nothing
+TOUCH_GRANULARITY_S = 60.0
+
 
 class BuildCache:
     def __init__(self, store: "StoreRoot") -> None:
@@ -35,12 +40,14 @@ class BuildCache:
             if entry is not None and touch:
                 self.touch(key)
             return entry
-        with self._store.writing():
+        # one transaction, not fsynced: a lease's items and a last-used time are moot
+        # after a crash (a no-op rebuild then costs no disk flush per step)
+        with self._store.writing(), db.write(durable=False) as c:
             entry = db.cache_lookup(key)
             if entry is None:
                 return None
             lease.hold(cache_keys=[key], layers=[entry.diff_id] if entry.diff_id else [])
-            if touch:
+            if touch and entry.last_used < time.time() - TOUCH_GRANULARITY_S:
                 self.touch(key)
             return entry
 
@@ -54,7 +61,7 @@ class BuildCache:
             self._store.db.cache_put(c, key, entry, time.time())
 
     def touch(self, key: str) -> None:
-        with self._store.db.write() as c:
+        with self._store.db.write(durable=False) as c:
             c.execute("UPDATE cache SET last_used=? WHERE key=?", (time.time(), key))
 
     def delete(self, key: str) -> bool:

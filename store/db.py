@@ -191,12 +191,30 @@ class Database:
     # -- transactions ----------------------------------------------------------------
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
+    def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error).
+
+        `durable=False` commits without waiting for the disk (synchronous=NORMAL: the
+        WAL is not fsynced at commit; a power loss may drop the transaction, never
+        corrupt the database) - for records a crash makes moot anyway: a lease's
+        items, a cache entry's last-used time."""
         conn = self.conn
         if conn.in_transaction:  # nested: join the outer transaction
             yield conn
             return
+        if durable:
+            with self._transaction(conn) as c:
+                yield c
+            return
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._transaction(conn) as c:
+                yield c
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         try:
             _retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
         except sqlite3.DatabaseError as e:

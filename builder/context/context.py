@@ -2,7 +2,8 @@
 
 Owns:
 - `StatCache`: a persistent (SQLite, WAL) map (device, inode) -> (size, mtime_ns,
-  ctime_ns, sha256) so an unchanged file is never read twice. Entries recorded too
+  ctime_ns, sha256) so an unchanged file is never read twice; read in one query at
+  the first lookup, written only for entries that changed. Entries recorded too
   close to the file's last change ("racy", as in git) are not trusted: the next
   lookup re-reads the file once.
 - `SourceTree`: a directory that COPY/ADD reads from (the context, later a stage's
@@ -109,6 +110,7 @@ class StatCache:
         self._mem: dict[tuple[int, int], tuple[int, int, int, str, int]] = {}
         self._pending: dict[tuple[int, int], tuple[int, int, int, str, int]] = {}
         self._db: sqlite3.Connection | None = None
+        self._loaded = False
         if self.directory is not None:
             self._db = self._open_db()
 
@@ -180,21 +182,28 @@ class StatCache:
 
     # -- lookups ---------------------------------------------------------------------
 
+    def _load(self) -> None:
+        """Read every recorded entry in one query (a walk of a 5,000-file context then
+        costs one SELECT, not 5,000). Called under the lock, once."""
+        self._loaded = True
+        if self._db is None:
+            return
+        try:
+            rows = self._db.execute(
+                "SELECT dev, ino, size, mtime_ns, ctime_ns, digest, hashed_at_ns FROM files").fetchall()
+        except sqlite3.Error:
+            return  # an unreadable cache only costs re-reading files
+        mem = self._mem
+        for dev, ino, *row in rows:
+            mem.setdefault((dev, ino), tuple(row))  # entries of this process win
+
     def lookup(self, st: os.stat_result) -> str | None:
         """The digest recorded for exactly this stat, unless missing or racy."""
         key = (st.st_dev, st.st_ino)
         with self._lock:
+            if not self._loaded:
+                self._load()
             row = self._pending.get(key) or self._mem.get(key)
-            if row is None and self._db is not None:
-                try:
-                    r = self._db.execute(
-                        "SELECT size, mtime_ns, ctime_ns, digest, hashed_at_ns FROM files"
-                        " WHERE dev = ? AND ino = ?", key).fetchone()
-                except sqlite3.Error:
-                    r = None
-                if r is not None:
-                    row = tuple(r)
-                    self._mem[key] = row
         if row is None:
             return None
         size, mtime_ns, ctime_ns, digest, hashed_at = row

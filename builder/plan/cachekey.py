@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 SCHEMA = "lamina.cachekey.v1"
 
@@ -116,7 +116,10 @@ class CacheInputs:
 
     def to_json(self) -> str:
         """A storable form (the executor keeps the last build's inputs per step)."""
-        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+        # every field is a str or a flat tuple (of str or of pairs): no deep copy needed
+        # (asdict copies recursively: ~60 ms for a COPY of 5,000 files)
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)},
+                          sort_keys=True, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> "CacheInputs":
