@@ -243,13 +243,17 @@ def _seed_bases(tstore, user_store, recorded: RecordedBuild) -> list[str]:
 
 
 def _explain(tstore, original, rebuilt) -> list[str]:
+    """The `lamina diff` explanation (builder.imagediff) when it is installed, else
+    builder.attest.layerdiff's."""
     if importlib.util.find_spec("lamina.builder.imagediff") is not None:
         try:
-            from lamina.builder import imagediff  # the full `lamina diff`, when it is there
-            explain = getattr(imagediff, "explain_lines", None)
-            if explain is not None:
-                return list(explain(tstore, original.manifest_digest, rebuilt.manifest_digest))
-        except Exception:  # noqa: BLE001 - fall back to the built-in explanation
+            from lamina.builder import imagediff
+            from lamina.store.imagesource import from_store
+
+            with from_store(tstore, original.manifest_digest, name="original") as a, \
+                    from_store(tstore, rebuilt.manifest_digest, name="rebuilt") as b:
+                return imagediff.render_text(imagediff.compare(a, b)).rstrip("\n").splitlines()
+        except Exception:  # noqa: BLE001 - an API still moving: the built-in explanation
             pass
     return layerdiff.explain(tstore.blobs, original, tstore.blobs, rebuilt)
 
