@@ -487,7 +487,13 @@ class Build:
 
     def _remember(self, stage: Stage, step: Step, inputs: CacheInputs) -> None:
         path = self._explain_path(stage, step)
+        text = inputs.to_json()
+        try:
+            if path.read_text() == text:
+                return  # the same inputs as last time: nothing to write
+        except (OSError, UnicodeDecodeError):
+            pass
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(inputs.to_json())
+        tmp.write_text(text)
         os.replace(tmp, path)
