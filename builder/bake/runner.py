@@ -72,6 +72,8 @@ def check_target(t: Target) -> list[str]:
                          "build this image with `lamina build --ssh` instead")
     host = Platform.host()
     for platform in t.platforms:
+        if platform == "local":  # buildx: the platform of the builder, here the host
+            continue
         try:
             wanted = Platform.parse(platform)
         except Exception:  # noqa: BLE001 - any parse failure is the user's text

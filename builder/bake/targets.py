@@ -91,14 +91,16 @@ def ssh_entry(value: Any) -> dict[str, Any]:
 
 
 def output_entry(value: Any) -> dict[str, str]:
+    """An output as buildx prints it: a bare path is a local export; keys sorted."""
     if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    text = str(value)
-    if text == "-":
-        return {"type": "tar", "dest": "-"}
-    if "=" not in text:
-        return {"type": "local", "dest": text}
-    return csv_fields(text, "output")
+        entry = {str(k): str(v) for k, v in value.items()}
+    elif str(value) == "-":
+        entry = {"type": "tar", "dest": "-"}
+    elif "=" not in str(value):
+        entry = {"type": "local", "dest": str(value)}
+    else:
+        entry = csv_fields(str(value), "output")
+    return dict(sorted(entry.items()))
 
 
 def _append_unique(old: list, new: list) -> list:
@@ -120,7 +122,7 @@ def normalize(raw: dict[str, Any]) -> dict[str, Any]:
     for key in ("tags", "platforms"):
         if t.get(key) is not None:
             values = t[key] if isinstance(t[key], list) else [t[key]]
-            t[key] = list(dict.fromkeys(str(v) for v in values))
+            t[key] = list(dict.fromkeys(str(v) for v in values if v is not None and v != ""))
     for key in MAPPED:
         if t.get(key) is not None:
             if not isinstance(t[key], dict):

@@ -375,3 +375,74 @@ def test_shared_stages_only_when_the_args_they_read_agree(tmp_path):
     assert shared_stages([target("a", "a", BASEV="1"), target("b", "b", BASEV="2")]) == []
     # nothing in common but the base image: no sharing
     assert shared_stages([target("b", "b"), target("c", "c")]) == []
+
+
+def test_real_world_bake_file_forms(tmp_path, monkeypatch):
+    """Forms seen in public docker-bake.hcl files and buildx's variables/functions
+    docs: an empty metadata-action target to inherit from, bare variable
+    references, numbers in args, a function calling a variable, a conditional tag
+    that is empty (buildx drops empty tags), `split(...)[0]`, output paths, the
+    `local` platform."""
+    monkeypatch.delenv("TAG", raising=False)
+    (tmp_path / "docker-bake.hcl").write_text("""\
+# -*- hcl -*-
+/** Special target: https://github.com/docker/metadata-action#bake-definition */
+target "docker-metadata-action" {}
+variable "GO_VERSION" {
+  default = "1.17.0"
+}
+variable "BIN_OUT" {
+  default = "./bin"
+}
+variable "REPO" {
+  default = "user/repo"
+}
+variable "TAG" {
+  default = ""
+}
+function "increment" {
+  params = [number]
+  result = number + 1
+}
+function "tag" {
+  params = [tag]
+  result = ["${REPO}:${tag}"]
+}
+target "_common" {
+  args = {
+    GO_VERSION = GO_VERSION
+    BUILDKIT_CONTEXT_KEEP_GIT_DIR = 1
+    buildno = "${increment(123)}"
+  }
+}
+target "binaries" {
+  inherits  = ["docker-metadata-action", "_common"]
+  target    = "binaries"
+  output    = [BIN_OUT]
+  platforms = ["local"]
+  tags      = ["${REPO}:latest", notequal("", TAG) ? "${REPO}:${TAG}" : ""]
+  labels    = { major = split(".", GO_VERSION)[0] }
+}
+target "webapp" {
+  tags = tag("v1")
+}
+""")
+    got = bake_print(tmp_path, "-f", str(tmp_path / "docker-bake.hcl"), "binaries", "webapp")
+    assert got == {
+        "group": {"default": {"targets": ["binaries", "webapp"]}},
+        "target": {
+            "binaries": {
+                "context": ".", "dockerfile": "Dockerfile",
+                "args": {"BUILDKIT_CONTEXT_KEEP_GIT_DIR": "1", "GO_VERSION": "1.17.0", "buildno": "124"},
+                "labels": {"major": "1"},
+                "tags": ["user/repo:latest"],
+                "target": "binaries",
+                "platforms": ["local"],
+                "output": [{"dest": "./bin", "type": "local"}],
+            },
+            "webapp": {"context": ".", "dockerfile": "Dockerfile", "tags": ["user/repo:v1"]},
+        },
+    }
+    monkeypatch.setenv("TAG", "v2")
+    got = bake_print(tmp_path, "-f", str(tmp_path / "docker-bake.hcl"), "binaries")
+    assert got["target"]["binaries"]["tags"] == ["user/repo:latest", "user/repo:v2"]

@@ -408,3 +408,59 @@ services:
     assert again.code == 0, again.stderr
     assert "cache miss" not in again.stderr
     assert image_ids(again.stdout)["plain"] == ids["plain"]
+
+
+@pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
+def test_killed_bake_stops_every_target_build(shared_root, tmp_path, how):
+    """SIGKILL of lamina bake alone: its target builds get SIGTERM (they die with
+    it) and stop their steps; Ctrl-C: the whole group stops, exit 130. No step
+    process, no mount under the store, nothing tagged."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.builder.buildkit import lamina_argv, procs_with_cmdline, python_env, store_mounts
+
+    marks = {"sigkill": ("2101", "2102"), "ctrl-c": ("2201", "2202")}[how]
+    for name, mark in zip(("first", "second"), marks):
+        make_context(tmp_path / name, f"FROM bb\nRUN echo started && sleep {mark}\n")
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  first:\n    image: kill/first:1\n    build: ./first\n"
+        "  second:\n    image: kill/second:1\n    build: ./second\n")
+    needles = [f"sleep\x00{m}".encode() for m in marks]
+
+    def running(needle: bytes) -> bool:
+        return bool(procs_with_cmdline(needle))
+
+    def wait_for(predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    proc = subprocess.Popen(lamina_argv(shared_root, "bake", "-f", str(tmp_path / "compose.yaml"),
+                                        "--jobs", "2"),
+                            env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: all(running(n) for n in needles), 60, "both targets' RUN steps")
+        children = procs_with_cmdline(b"lamina.builder.bake.child")
+        assert len(children) >= 2
+        if how == "sigkill":
+            proc.send_signal(signal.SIGKILL)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == (-signal.SIGKILL if how == "sigkill" else 130)
+    wait_for(lambda: not any(running(n) for n in needles), 15, "the RUN steps to stop")
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), 15,
+             "the target builds to exit")
+    assert store_mounts(shared_root) == []
+    assert not has_image(shared_root, "kill/first:1") and not has_image(shared_root, "kill/second:1")
