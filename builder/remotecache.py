@@ -195,23 +195,24 @@ class RemoteCache:
             if record is None or record.epoch is not None and record.epoch != self.epoch:
                 continue  # (a layer whose times were clamped for another SOURCE_DATE_EPOCH)
             if record.epoch is not None:
+                # a layer re-stamped for this epoch: not for the local cache, whose
+                # entries hold for any epoch (the commit re-stamps their layers)
                 self._hit_epochs[key] = record.epoch
+            local_ok = record.epoch is None
             if record.diff_id is None:
                 self._put_local(key, None, parent)
                 return (None,)
-            if record.diff_id in self._fetched:
-                layer = self._fetched[record.diff_id]
-                self._put_local(key, layer.diff_id, parent)
+            layer = self._fetched.get(record.diff_id) or self._local_layer(record.diff_id, lease)
+            if layer is not None:
+                if local_ok:
+                    self._put_local(key, layer.diff_id, parent)
                 return (layer,)
-            local = self._local_layer(record.diff_id, lease)
-            if local is not None:
-                self._put_local(key, local.diff_id, parent)
-                return (local,)
             pending = self._pending.get(record.diff_id)
             if pending is None:
                 pending = self._pending[record.diff_id] = _Pending(loaded.data.layers[record.diff_id],
                                                                    loaded.source)
-            pending.entries.append((key, parent))
+            if local_ok:
+                pending.entries.append((key, parent))
             return (pending.layer,)
         return None
 

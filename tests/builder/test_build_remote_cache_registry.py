@@ -118,10 +118,11 @@ def test_cold_build_with_registry_cache_is_all_cached(original, reg, tmp_path):
     assert original["builder_only"]
     for diff_id in original["builder_only"]:
         assert not _layer_known(cold, diff_id)
-    # the fetched layers were recorded in the local cache: again, no --cache-from
-    again = build(cold, original["ctx"]).check()
-    _all_cached(again, FINAL_STEPS)
+    # the fetched layers stay in the store: built again, nothing is fetched
+    again = build(cold, original["ctx"], "--cache-from", f"{reg}/app/cache:max").check()
+    _all_cached(again, FINAL_STEPS + BUILDER_STEPS)
     assert again.image_id == original["id"]
+    assert "fetched" not in again.stderr, again.stderr
 
 
 def test_reexport_of_unfetched_layers_mounts_them_registry_side(original, reg, tmp_path):
