@@ -120,6 +120,23 @@ def prepare(caps: frozenset[int] = DEFAULT_CAPABILITIES) -> None:
     seccomp.filter_program(caps)
 
 
+def _set_groups(groups: tuple[int, ...] | list[int]) -> None:
+    try:
+        os.setgroups(list(groups))
+    except PermissionError:
+        try:
+            denied = open("/proc/self/setgroups").read().strip() == "deny"
+        except OSError:
+            denied = False
+        if not denied:
+            raise
+        # rootless lamina with a single-ID mapping (builder.sandbox.userns): the kernel
+        # forbids setgroups there; the step keeps lamina's (unmapped) groups
+        if groups:
+            raise SandboxError("supplementary groups need subordinate IDs for rootless "
+                               "lamina (/etc/subgid)") from None
+
+
 def enter(uid: int, gid: int, groups: tuple[int, ...] | list[int],
           caps: frozenset[int] = DEFAULT_CAPABILITIES) -> None:
     program = seccomp.filter_program(caps)  # cached by prepare() in lamina's process
@@ -128,7 +145,7 @@ def enter(uid: int, gid: int, groups: tuple[int, ...] | list[int],
     effective, permitted, _ = get_capabilities()
     set_capabilities(effective, permitted, 0)
     seccomp.install(program)
-    os.setgroups(list(groups))
+    _set_groups(groups)
     os.setgid(gid)
     os.setuid(uid)
     keep = mask(caps) & permitted if uid == 0 else 0
