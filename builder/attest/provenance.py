@@ -26,7 +26,8 @@ BuildKit's (docs/attestations/slsa-definitions.md) where both have the field:
 
 Content digests never include times; the context digest is lamina's: sha256 over
 every visible context entry's [path, type, permission bits, content digest, link
-target, device number] (`context_digest`), the same fields COPY's content key uses.
+target, device number] (`context_digest`), the same fields COPY's content key uses,
+without the top-level .git directory (a git work tree is named by its commit).
 """
 
 from __future__ import annotations
@@ -146,8 +147,10 @@ def context_digest(entries) -> str:
     """lamina's digest of a build context: its visible entries (builder.context
     ContextEntry, sorted by path) with path, type, permission bits, content digest,
     link target and device number; no times, no owners (a context's owners never
-    reach an image)."""
-    records = [[e.path, e.kind, e.mode, e.digest or "", e.link_target or "", e.rdev] for e in entries]
+    reach an image). The top-level .git directory is left out: a git work tree is
+    recorded by its commit, and every clone has its own .git."""
+    records = [[e.path, e.kind, e.mode, e.digest or "", e.link_target or "", e.rdev] for e in entries
+               if e.path != ".git" and not e.path.startswith(".git/")]
     blob = json.dumps(records, separators=(",", ":"), ensure_ascii=True).encode()
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
@@ -268,6 +271,7 @@ class RecordedBuild:
     context_digest: str
     git_remote: str | None
     git_commit: str | None
+    git_dirty: bool
     build_args: dict[str, str]
     target: str | None
     source_date_epoch: int
@@ -304,6 +308,7 @@ def read_predicate(pred: Mapping[str, Any]) -> RecordedBuild:
             dockerfile_text=(bd.get("internalParameters") or {}).get("dockerfile"),
             context_digest=_sha256(ctx.get("digest"), "the context"),
             git_remote=git.get("uri") or None, git_commit=(git.get("digest") or {}).get("sha1"),
+            git_dirty=bool(git.get("dirty")),
             build_args=build_args, target=args.get("target"),
             source_date_epoch=int(ext.get("sourceDateEpoch", 0)),
             bases=tuple(bases),

@@ -317,6 +317,9 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
             raise BuildError(f"context {context!r} is neither a directory nor a git URL")
         if cloned and recorded.git_commit and commit != recorded.git_commit:
             raise BuildError(f"the context is commit {commit}, the provenance records {recorded.git_commit}")
+        if cloned and recorded.git_dirty:
+            raise BuildError(f"the build context had changes not committed to {recorded.git_commit}: a "
+                             "clone cannot reproduce it; give the context directory")
         # the Dockerfile
         if dockerfile is not None:
             df = Path(dockerfile)
@@ -334,11 +337,11 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
             raise BuildError(f"cannot read the Dockerfile {df}: {e.strerror}") from None
         if got != recorded.dockerfile_digest:
             raise BuildError(f"the Dockerfile {df} is {got}, the provenance records {recorded.dockerfile_digest}")
-        if not cloned:
-            cd = _context_digest(ctx_dir, df, tstore.root / "cache" / "statcache")
-            if cd != recorded.context_digest:
-                raise BuildError(f"the context {ctx_dir} has content digest {cd}, the provenance records "
-                                 f"{recorded.context_digest}: it is not the context that was built")
+        cd = _context_digest(ctx_dir, df, tstore.root / "cache" / "statcache")
+        if cd != recorded.context_digest:
+            raise BuildError(f"the context {context or recorded.git_remote} has content digest {cd}, the "
+                             f"provenance records {recorded.context_digest}: it is not the context that was "
+                             "built (files, their permission bits or links differ)")
         notes += _seed_bases(tstore, user_store, recorded)
         orig = original.copy_into(tstore)
         rebuilt, _ = _rebuild(tstore, user_store, context=ctx_dir, dockerfile=df,
