@@ -192,7 +192,8 @@ class Build:
         config["history"] = list(result.history)
         layers = self.remote.ensure(result.layers, self.lease)  # fetch remote cache hits' layers
         layers = [clamped_layer(self.store, l, self.epoch, lease=self.lease)
-                  if l.diff_id in self._step_layers else l for l in layers]
+                  if l.diff_id in self._step_layers and not self.remote.stamped(l.diff_id) else l
+                  for l in layers]  # (a remote cache's layers may come re-stamped for the epoch)
         config["rootfs"] = {"type": "layers", "diff_ids": [l.diff_id for l in layers]}
         self.remote.committed(result.layers, layers)  # the cache names the image's layers
         return self.store.commit_image(config, layers, tags=self.options.tags,

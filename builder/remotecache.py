@@ -148,6 +148,7 @@ class RemoteCache:
         self._records: dict[str, rc.CacheRecord] = {}
         self._layers: dict[str, LayerBlob] = {}
         self._hit_epochs: dict[str, int] = {}      # key -> epoch of the remote record it hit
+        self._stamped: set[str] = set()            # diff_ids of hit layers re-stamped for self.epoch
         self._committed: dict[str, LayerBlob] = {}  # step layer diff_id -> the image's layer
 
     def _warn(self, message: str) -> None:
@@ -198,6 +199,8 @@ class RemoteCache:
                 # a layer re-stamped for this epoch: not for the local cache, whose
                 # entries hold for any epoch (the commit re-stamps their layers)
                 self._hit_epochs[key] = record.epoch
+                if record.diff_id is not None:
+                    self._stamped.add(record.diff_id)
             local_ok = record.epoch is None
             if record.diff_id is None:
                 self._put_local(key, None, parent)
@@ -232,6 +235,11 @@ class RemoteCache:
             self.store.cache.put(key, CacheEntry(diff_id=diff_id, config_change={}, parent=parent))
         except StoreError:
             pass  # the local cache is an optimisation here
+
+    def stamped(self, diff_id: str) -> bool:
+        """Whether a hit's layer is already re-stamped for this build's epoch (as the
+        image holds it): committing it needs no second pass."""
+        return diff_id in self._stamped
 
     def previous(self, stage, step) -> CacheInputs | None:
         """The inputs a remote cache recorded for this step (newest), for explanations."""
@@ -288,6 +296,7 @@ class RemoteCache:
         self._records = {}
         self._layers = {}
         self._hit_epochs = {}
+        self._stamped = set()
 
     # -- exporting -------------------------------------------------------------------
 

@@ -118,6 +118,8 @@ def test_cold_build_with_registry_cache_is_all_cached(original, reg, tmp_path):
     assert original["builder_only"]
     for diff_id in original["builder_only"]:
         assert not _layer_known(cold, diff_id)
+    # the image's layers came as the image holds them (re-stamped for the epoch): no second pass
+    assert not list((cold / "cache" / "layer-times").glob("*"))
     # the fetched layers stay in the store: built again, nothing is fetched
     again = build(cold, original["ctx"], "--cache-from", f"{reg}/app/cache:max").check()
     _all_cached(again, FINAL_STEPS + BUILDER_STEPS)
@@ -146,6 +148,29 @@ def test_reexport_of_unfetched_layers_mounts_them_registry_side(original, reg, t
     last = build(tmp_path / "fifth", original["ctx"], "--cache-from", f"type=local,src={layout}").check()
     _all_cached(last, FINAL_STEPS + BUILDER_STEPS)
     assert last.image_id == original["id"]
+
+
+STABLE = """\
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY greeting.txt /greeting.txt
+"""
+
+
+def test_image_layers_serve_only_builds_with_their_epoch(reg, tmp_path):
+    """The cached layers of the image are stamped with the build's SOURCE_DATE_EPOCH:
+    a build with another epoch does not take them, and gets the image a fresh build
+    with that epoch gives (the steps' own layers would serve any epoch)."""
+    ctx = _context(tmp_path / "ctx", STABLE)
+    ref = f"{reg}/epochs/cache:1"
+    build(tmp_path / "a", ctx, "--cache-to", f"type=registry,ref={ref}").check()
+    same = build(tmp_path / "b", ctx, "--cache-from", ref).check()
+    _all_cached(same, ("COPY busybox", "--install", "COPY greeting.txt"))
+    other = build(tmp_path / "c", ctx, "--cache-from", ref, "--timestamp", "1000000000").check()
+    assert not other.step("COPY greeting.txt").cached, other.stderr
+    fresh = build(tmp_path / "d", ctx, "--timestamp", "1000000000").check()
+    assert other.image_id == fresh.image_id != same.image_id
 
 
 def test_image_and_cache_share_blobs(original, reg):
