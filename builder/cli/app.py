@@ -60,4 +60,5 @@ def cli(ctx: click.Context, root: Path | None) -> None:
     own = getattr(ctx.command, "own_command_line", False)
     if own and not ctx.resilient_parsing and userns.needs_reexec():
         userns.reexec(root if root is not None else default_root())
+    userns.adopt_namespace()  # root of a user namespace lamina did not make (a container)
     ctx.obj = Globals(root=root if root is not None else default_root())

@@ -55,7 +55,7 @@ from lamina.store import overlayform
 CLONE_NEWUSER = 0x10000000
 SUBUID = "/etc/subuid"
 SUBGID = "/etc/subgid"
-ROOTLESS_ENV = "LAMINA_ROOTLESS"  # set in the re-executed process: "subids" | "single"
+ROOTLESS_ENV = "LAMINA_ROOTLESS"  # "subids" | "single" (re-executed), "container" (adopted)
 OUTER_ENV = "LAMINA_ROOTLESS_IDS"  # "UID:GID" of the user outside
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -290,6 +290,17 @@ def reexec(store_root: Path) -> NoReturn:
     enter(mapping)
     os.execve(sys.executable, argv, env)
     raise AssertionError("unreachable")
+
+
+def adopt_namespace() -> None:
+    """lamina started as root of a user namespace it did not make (an unprivileged
+    container, `unshare -U -r`): no re-exec, but the same rootless rules — a cgroup
+    only where a delegated v2 subtree is writable (LAMINA_CGROUPS), and the rootless
+    note. Nothing to do in the host's user namespace or in lamina's own."""
+    if not overlayform.unprivileged() or os.environ.get(ROOTLESS_ENV):
+        return
+    os.environ[ROOTLESS_ENV] = "container"
+    os.environ.setdefault("LAMINA_CGROUPS", cgroup_mode())
 
 
 def report() -> list[str]:
