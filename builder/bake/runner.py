@@ -193,7 +193,8 @@ class Bake:
         jobs = self.options.jobs or os.cpu_count() or 1
         self.slots = threading.Semaphore(max(1, jobs))
         results: dict[str, TargetResult] = {}
-        warmups = shared_stages(self.targets)
+        # with --no-cache a target cannot reuse what another built first
+        warmups = [] if self.options.no_cache else shared_stages(self.targets)
         warm_of = {name: w for w in warmups for name in w.members}
         warm_done = {w.label: threading.Event() for w in warmups}
         warm_error: dict[str, str | None] = {}
@@ -346,6 +347,8 @@ def shared_stages(targets: list[Target]) -> list[SharedStages]:
     differ in. Planning problems mean no sharing: each target reports its own."""
     groups: dict[tuple, list[Target]] = {}
     for t in targets:
+        if t.no_cache:
+            continue
         try:
             text = t.dockerfile_inline if t.dockerfile_inline is not None else \
                 t.dockerfile.read_text(encoding="utf-8")

@@ -375,6 +375,9 @@ def test_shared_stages_only_when_the_args_they_read_agree(tmp_path):
     assert shared_stages([target("a", "a", BASEV="1"), target("b", "b", BASEV="2")]) == []
     # nothing in common but the base image: no sharing
     assert shared_stages([target("b", "b"), target("c", "c")]) == []
+    # --no-cache targets cannot reuse a stage built before them
+    from dataclasses import replace
+    assert shared_stages([replace(target("a", "a"), no_cache=True), target("b", "b")]) == []
 
 
 def test_real_world_bake_file_forms(tmp_path, monkeypatch):
