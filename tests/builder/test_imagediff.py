@@ -221,3 +221,22 @@ def test_archives_against_store_references(tmp_path):
     assert run.code == 1
     assert "layers.count: 2 -> 1" in run.stdout and "~ /etc/motd" not in run.stdout
     assert "+ /etc/motd" in run.stdout  # whited out in A's final filesystem, present in B
+
+
+def test_registry_images_are_pulled_into_a_throw_away_store(tmp_path):
+    from tests.store.registryfix import registry
+
+    c = craft([layer_tar(BASE)])
+    root = tmp_path / "store"
+    assert lamina(root, "load", "-i", str(write_oci_archive(tmp_path / "img.tar", c))).code == 0
+    with registry(tmp_path / "reg") as host:
+        assert lamina(root, "push", "example.org/crafted:1", f"{host}/team/app:1").code == 0
+        run = lamina(root, "diff", f"docker://{host}/team/app:1", "example.org/crafted:1")
+        assert run.code == 0, run.stdout + run.stderr
+        assert f"A: docker://{host}/team/app:1 (store)" in run.stdout
+        # a reference the store does not hold is looked up in its registry
+        assert lamina(root, "diff", f"{host}/team/app:1", str(tmp_path / "img.tar")).code == 0
+        missing = lamina(root, "diff", f"docker://{host}/team/none:1", "example.org/crafted:1")
+        assert missing.code == 2 and "lamina:" in missing.stderr
+    images = lamina(root, "images", "--format", "{{.Repository}}")
+    assert images.stdout.split() == ["example.org/crafted"]  # nothing pulled into the user's store
