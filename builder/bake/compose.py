@@ -199,9 +199,13 @@ def load_compose(files: list[Path], definition: Definition,
         if not isinstance(data, dict):
             raise BuildError(f"{path}: a compose file is a mapping (services: ...)")
         data = interpolate_tree(data, env, f"{path}: ")
-        for name, service in (data.get("services") or {}).items():
+        found = data.get("services") or {}
+        declared = data.get("secrets") or {}
+        if not isinstance(found, dict) or not isinstance(declared, dict):
+            raise BuildError(f"{path}: services and secrets must be mappings of names")
+        for name, service in found.items():
             services[str(name)] = _merge_service(services.get(str(name)), service or {})
-        secrets.update(data.get("secrets") or {})
+        secrets.update(declared)
     if not services:
         raise BuildError(f"{files[0]}: no services in the compose file")
     group: list[str] = []
@@ -313,7 +317,12 @@ def _service_target(name: str, service: dict, build: Any, secrets: dict, env: Ma
             entries.append({"id": ident, **({"paths": [str(path)]} if path else {})})
         raw["ssh"] = sorted(entries, key=lambda e: e["id"])
     if build.get("secrets"):
+        if not isinstance(build["secrets"], list):
+            raise BuildError(f"service {name!r}: build.secrets must be a list")
         raw["secret"] = [_secret(name, s, secrets, project_dir) for s in build["secrets"]]
+    for key in ("cache_from", "cache_to", "platforms", "tags"):
+        if build.get(key) is not None and not isinstance(build[key], (list, str)):
+            raise BuildError(f"service {name!r}: build.{key} must be a list")
     xbake = build.get("x-bake")
     if isinstance(xbake, dict):
         for key in ("tags", "platforms"):

@@ -360,8 +360,8 @@ class _Parser:
         if name in FUNCTIONS:
             try:
                 return FUNCTIONS[name](*args)
-            except TypeError:
-                raise ExpressionError(f"wrong arguments for {name}(): {args!r}") from None
+            except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError, re.error) as e:
+                raise ExpressionError(f"{name}({', '.join(map(repr, args))}): {e}") from None
         if self.scope.call is not None:
             return self.scope.call(name, args)
         raise ExpressionError(f"unknown function {name}()")

@@ -449,3 +449,29 @@ target "webapp" {
     monkeypatch.setenv("TAG", "v2")
     got = bake_print(tmp_path, "-f", str(tmp_path / "docker-bake.hcl"), "binaries")
     assert got["target"]["binaries"]["tags"] == ["user/repo:latest", "user/repo:v2"]
+
+
+@pytest.mark.parametrize("name,text", [
+    ("compose.yaml", "services: [a, b]\n"),
+    ("compose.yaml", "services:\n  a:\n    build:\n      secrets: token\n"),
+    ("compose.yaml", "services:\n  a:\n    build: 3\n"),
+    ("compose.yaml", "services:\n  a:\n    build:\n      args: 7\n"),
+    ("compose.yaml", "services:\n  a:\n    build: .\n    image: ${X\n"),
+    ("compose.yaml", "services:\n  a: {build: .\n"),
+    ("compose.yaml", "- just\n- a list\n"),
+    ("compose.yaml", "services:\n  a b:\n    build: .\n"),
+    ("docker-bake.hcl", 'target "a" {\n  tags = [element([], 0)]\n}\n'),
+    ("docker-bake.hcl", 'target "a" {\n  args = { X = 1 / 0 }\n}\n'),
+    ("docker-bake.hcl", 'target "a" {\n  tags = ["${regex_replace("x", "(", "y")}"]\n}\n'),
+    ("docker-bake.hcl", 'target "a" {\n  matrix = { v = ["1", "2"] }\n}\n'),
+    ("docker-bake.hcl", 'target "a" {\n  tags = nope("x")\n}\n'),
+    ("docker-bake.hcl", 'target "a" {\n  args = "not a map"\n}\n'),
+    ("docker-bake.json", '{"target": {"a": ["not", "an", "object"]}}'),
+    ("docker-bake.json", '{"target": {"a": {"tags": ["${"]}}}'),
+])
+def test_malformed_definitions_are_one_clear_error(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    run = lamina(tmp_path / "store", "bake", "-f", str(tmp_path / name), "--print")
+    assert run.code == 1, (run.code, run.stdout, run.stderr)
+    assert run.stderr.startswith("lamina: ") and "internal error" not in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
