@@ -81,9 +81,10 @@ def referenced_blobs(conn) -> set[str]:
 
 
 def attach(root, manifest_digest: str, predicates: Mapping[str, Mapping[str, Any]]) -> None:
-    """Record `predicates` (predicate type -> predicate) as the attestations of the
-    stored image `manifest_digest`, replacing those it had. Blobs first, then one
-    transaction."""
+    """Record `predicates` (predicate type -> predicate) as attestations of the stored
+    image `manifest_digest`: each replaces the one of its type the image had (the
+    newest build's provenance), others stay (an SBOM describes the image's content,
+    whichever build made it). Blobs first, then one transaction."""
     blobs = {ptype: canonical_json(p) for ptype, p in sorted(predicates.items())}
     with root.writing():
         digests = {ptype: root.blobs.put(data) for ptype, data in blobs.items()}
@@ -92,8 +93,8 @@ def attach(root, manifest_digest: str, predicates: Mapping[str, Mapping[str, Any
             if c.execute("SELECT 1 FROM images WHERE manifest_digest=?", (manifest_digest,)).fetchone() is None:
                 raise StoreError(f"no such image: {manifest_digest} (removed while attaching its "
                                  "attestations)", digest=manifest_digest)
-            c.execute("DELETE FROM attestations WHERE manifest_digest=?", (manifest_digest,))
-            c.executemany("INSERT INTO attestations(manifest_digest, predicate_type, digest) VALUES (?,?,?)",
+            c.executemany("INSERT INTO attestations(manifest_digest, predicate_type, digest) VALUES (?,?,?) "
+                          "ON CONFLICT(manifest_digest, predicate_type) DO UPDATE SET digest=excluded.digest",
                           [(manifest_digest, t, d) for t, d in digests.items()])
 
 
