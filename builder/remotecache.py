@@ -24,6 +24,7 @@ inputs of the same step, so the miss is explained across machines.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -150,6 +151,7 @@ class RemoteCache:
         self._hit_epochs: dict[str, int] = {}      # key -> epoch of the remote record it hit
         self._stamped: set[str] = set()            # diff_ids of hit layers re-stamped for self.epoch
         self._committed: dict[str, LayerBlob] = {}  # step layer diff_id -> the image's layer
+        self._fetching = threading.Lock()  # exports provide layers from several threads
 
     def _warn(self, message: str) -> None:
         if self.progress is not None:
@@ -255,11 +257,12 @@ class RemoteCache:
         """`layers` with every layer a remote hit promised fetched into the store,
         verified and recorded (returned as recorded). RemoteLayerLost on failure."""
         layers = tuple(layers)
-        todo = [self._pending[l.diff_id] for l in layers
-                if l.diff_id in self._pending and l.diff_id not in self._fetched]
-        if todo:
-            self._fetch(todo, lease)
-        return tuple(self._fetched.get(l.diff_id, l) for l in layers)
+        with self._fetching:
+            todo = [self._pending[l.diff_id] for l in layers
+                    if l.diff_id in self._pending and l.diff_id not in self._fetched]
+            if todo:
+                self._fetch(todo, lease)
+            return tuple(self._fetched.get(l.diff_id, l) for l in layers)
 
     def _fetch(self, todo: list[_Pending], lease) -> None:
         started = time.monotonic()

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -46,7 +47,7 @@ from lamina.store.layerrecords import record_layer
 from lamina.store.layers import LayerBlob, describe_layer
 from lamina.store.registry.pull import (MAX_MANIFEST_BYTES, choose_manifest, fetch_blob, fetch_manifest,
                                         fetch_small_blob, host, repo_scope)
-from lamina.store.registry.push import _upload
+from lamina.store.registry.push import PARALLEL_UPLOADS, _upload
 from lamina.store.registry.session import RegistryError, RegistrySession
 
 SCHEMA = "lamina.cache.v1"
@@ -474,23 +475,25 @@ def push_cache(store, reference: str, data: CacheData, *, mode: str = "min", pro
     origins = origins or {}
     try:
         merged = merge(data, _load_existing(session, dest.path, tag, dest.familiar)) if mode == "max" else data
-        uploaded = reused = 0
-        for layer in data.used_layers():
+        def send(layer: LayerBlob) -> int:
+            """Bytes uploaded, or -1 when the registry had or mounted the blob."""
             origin = origins.get(layer.digest)
             if _has(session, dest.path, layer.digest, scope):
-                reused += 1
-                continue
+                return -1
             if (not store.blobs.exists(layer.digest) and origin is not None and origin[0] == dest.domain
                     and origin[1] != dest.path and _mount(session, dest.path, layer.digest, origin[1], scope)):
-                reused += 1
-                continue
+                return -1
             if not store.blobs.exists(layer.digest):
                 provide(layer)
-            n = _upload(session, store.blobs, dest.path, layer.digest, scope, None, None, "layer")
-            if n < 0:
-                reused += 1
-            else:
-                uploaded += n
+            return _upload(session, store.blobs, dest.path, layer.digest, scope, None, None, "layer")
+
+        uploaded = reused = 0
+        with ThreadPoolExecutor(max_workers=PARALLEL_UPLOADS) as pool:
+            futures = [pool.submit(send, l) for l in data.used_layers()]
+            for f in futures:  # every upload ends (or fails) before the manifest is written
+                n = f.result()
+                reused += n < 0
+                uploaded += max(n, 0)
         # a 400 (blob unknown) comes from a merged layer gone from the registry, or from
         # a blob another writer is committing at the same moment: try again, then alone
         attempts = [merged, merged, data, data] if merged is not data else [data, data, data]
