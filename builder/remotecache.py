@@ -39,6 +39,7 @@ from lamina.store.cache import CacheEntry
 from lamina.store.errors import StoreError
 from lamina.store.layers import LayerBlob
 from lamina.store.registry import cache as rc
+from lamina.store.registry.cachelayout import LayoutCacheSource, write_layout
 
 TYPES = ("registry", "local", "inline")
 COMPRESSIONS = ("gzip", "zstd")
@@ -169,7 +170,7 @@ class RemoteCache:
             source: rc.CacheSource | None = None
             try:
                 source = (rc.RegistryCacheSource(spec.ref) if spec.type == "registry"
-                          else rc.LayoutCacheSource(spec.path))
+                          else LayoutCacheSource(spec.path))
                 data = source.load()
             except (StoreError, httpx.HTTPError, OSError) as e:
                 if source is not None:
@@ -372,7 +373,7 @@ class RemoteCache:
                                f"{pushed.uploaded} bytes uploaded, {pushed.reused} layers reused) "
                                f"in {time.monotonic() - started:.1f}s")
                 else:
-                    rc.write_layout(self.store, spec.path, data, mode=spec.mode,
+                    write_layout(self.store, spec.path, data, mode=spec.mode,
                                     provide=lambda l: self._provide(l, lease))
                     self._note(f"exported cache to {spec.path} ({spec.mode}: {len(data.records)} steps) "
                                f"in {time.monotonic() - started:.1f}s")

@@ -31,13 +31,11 @@ it is recorded (`import_layer`). Imports only lamina.store.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from lamina.store import oci, refs
 from lamina.store.blobs import sha256_digest
@@ -45,7 +43,7 @@ from lamina.store.compression import kind_for_media_type
 from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.layerrecords import record_layer
 from lamina.store.layers import LayerBlob, describe_layer
-from lamina.store.registry.pull import (MAX_MANIFEST_BYTES, choose_manifest, fetch_blob, fetch_manifest,
+from lamina.store.registry.pull import (choose_manifest, fetch_blob, fetch_manifest,
                                         fetch_small_blob, host, repo_scope)
 from lamina.store.registry.push import PARALLEL_UPLOADS, _upload
 from lamina.store.registry.session import RegistryError, RegistrySession
@@ -212,7 +210,7 @@ def artifact(data: CacheData, mode: str) -> tuple[bytes, bytes, bytes]:
     return config, records, oci.encode(manifest, "manifest")
 
 
-def _records_descriptor(manifest: Mapping[str, Any], where: str) -> oci.Descriptor | None:
+def records_descriptor(manifest: Mapping[str, Any], where: str) -> oci.Descriptor | None:
     """The records blob of a cache artifact manifest, None if it is not one."""
     config = manifest.get("config")
     if manifest.get("artifactType") != ARTIFACT_TYPE and not (
@@ -283,13 +281,13 @@ class RegistryCacheSource(CacheSource):
             data, media_type, _ = fetch_manifest(s, path, choose_manifest(
                 oci.decode(data, f"{self.where}: index"), host(), self.where))
         manifest = oci.decode(data, f"{self.where}: manifest")
-        desc = _records_descriptor(manifest, self.where)
+        desc = records_descriptor(manifest, self.where)
         if desc is not None:
-            _check_size(desc, self.where)
+            check_size(desc, self.where)
             return decode_records(fetch_small_blob(s, path, desc.digest, MAX_RECORDS_BYTES), self.where)
         if INLINE_ANNOTATION in (manifest.get("annotations") or {}):
             config = oci.Descriptor.from_json(manifest.get("config"), f"{self.where}: config")
-            _check_size(config, self.where)
+            check_size(config, self.where)
             return _inline(manifest, fetch_small_blob(s, path, config.digest, MAX_RECORDS_BYTES), self.where)
         raise CorruptContent(f"{self.where} is neither a lamina build cache nor an image with an "
                              "inline cache")
@@ -302,65 +300,10 @@ class RegistryCacheSource(CacheSource):
             self.session.close()
 
 
-def _check_size(desc: oci.Descriptor, where: str) -> None:
+def check_size(desc: oci.Descriptor, where: str) -> None:
     if desc.size > MAX_RECORDS_BYTES:
         raise CorruptContent(f"{where}: cache blob {desc.digest} is {desc.size} bytes "
                              f"(more than {MAX_RECORDS_BYTES >> 20} MiB)")
-
-
-class LayoutCacheSource(CacheSource):
-    """A cache written by `write_layout` (an OCI image layout directory)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = Path(directory)
-        self.where = str(self.dir)
-
-    def _blob_path(self, digest: str) -> Path:
-        return self.dir / "blobs" / "sha256" / _digest(digest, self.where).split(":", 1)[1]
-
-    def _read(self, digest: str, limit: int) -> bytes:
-        try:
-            with open(self._blob_path(digest), "rb") as f:
-                data = f.read(limit + 1)
-        except OSError as e:
-            raise StoreError(f"{self.where}: cannot read blob {digest}: {e.strerror or e}",
-                             path=str(self._blob_path(digest))) from None
-        if len(data) > limit:
-            raise CorruptContent(f"{self.where}: blob {digest} is larger than {limit} bytes", digest=digest)
-        if sha256_digest(data) != digest:
-            raise CorruptContent(f"{self.where}: blob {digest} does not match its digest", digest=digest)
-        return data
-
-    def load(self) -> CacheData:
-        try:
-            index = (self.dir / "index.json").read_bytes()
-        except OSError as e:
-            raise StoreError(f"no build cache in {self.where}: {e.strerror or e}", path=self.where) from None
-        idx = oci.decode(index, f"{self.where}/index.json")
-        oci.check_index(idx, f"{self.where}/index.json")
-        for d in idx["manifests"]:
-            if d.get("artifactType") == ARTIFACT_TYPE and d["size"] <= MAX_MANIFEST_BYTES:
-                manifest = oci.decode(self._read(d["digest"], MAX_MANIFEST_BYTES), f"{self.where}: manifest")
-                desc = _records_descriptor(manifest, self.where)
-                if desc is not None:
-                    _check_size(desc, self.where)
-                    return decode_records(self._read(desc.digest, MAX_RECORDS_BYTES), self.where)
-        raise CorruptContent(f"{self.where}/index.json names no lamina build cache")
-
-    def fetch_blob(self, blobs, layer: LayerBlob) -> None:
-        if blobs.exists(layer.digest):
-            return
-        try:
-            f = open(self._blob_path(layer.digest), "rb")
-        except OSError as e:
-            raise StoreError(f"{self.where}: cannot read layer blob {layer.digest}: {e.strerror or e}",
-                             digest=layer.digest) from None
-        with f:
-            _, size = blobs.ingest(f, expected=layer.digest)
-        if size != layer.size:
-            blobs.delete(layer.digest)
-            raise CorruptContent(f"{self.where}: layer blob {layer.digest} has {size} bytes, "
-                                 f"the cache says {layer.size}", digest=layer.digest)
 
 
 def import_layer(store, source: CacheSource, layer: LayerBlob, lease=None) -> LayerBlob:
@@ -448,10 +391,10 @@ def _mount(session: RegistrySession, path: str, digest: str, source: str, scope:
 def _load_existing(session: RegistrySession, path: str, tag: str, where: str) -> CacheData | None:
     try:
         data, _, _ = fetch_manifest(session, path, tag)
-        desc = _records_descriptor(oci.decode(data, where), where)
+        desc = records_descriptor(oci.decode(data, where), where)
         if desc is None:
             return None
-        _check_size(desc, where)
+        check_size(desc, where)
         return decode_records(fetch_small_blob(session, path, desc.digest, MAX_RECORDS_BYTES), where)
     except StoreError:  # nothing there, or nothing usable: overwritten
         return None
@@ -518,76 +461,7 @@ def push_cache(store, reference: str, data: CacheData, *, mode: str = "min", pro
             session.close()
 
 
-# -- writing to an OCI layout ------------------------------------------------------------
-
-def _place(directory: Path, name: str, write: Callable[[Any], None]) -> None:
-    """Write a file by temp file + fsync + rename (readers see it whole or not at all)."""
-    target = directory / name
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _copy_blob(blobs, digest: str) -> Callable[[Any], None]:
-    def write(out) -> None:
-        with blobs.open(digest) as f:
-            while chunk := f.read(1 << 20):
-                out.write(chunk)
-    return write
-
-
-def write_layout(store, directory: Path, data: CacheData, *, mode: str = "min",
-                 provide: Provide) -> str:
-    """Write `data` as the cache artifact of the OCI image layout `directory`
-    (created if needed): blobs (each by rename) first, index.json (by rename)
-    last. mode=max merges the cache already there. Returns the manifest digest."""
-    directory = Path(directory)
-    blob_dir = directory / "blobs" / "sha256"
-    try:
-        blob_dir.mkdir(parents=True, exist_ok=True)
-        if not (directory / "oci-layout").exists():
-            _place(directory, "oci-layout", lambda f: f.write(b'{"imageLayoutVersion":"1.0.0"}'))
-        old = None
-        if mode == "max":
-            try:
-                old = LayoutCacheSource(directory).load()
-            except StoreError:
-                old = None
-        merged = merge(data, old)
-        if any(not (blob_dir / l.digest.split(":", 1)[1]).is_file() for l in merged.used_layers()
-               if l.diff_id not in data.layers):
-            merged = data  # a layer of the old cache is gone: write ours alone
-        for layer in data.used_layers():
-            name = layer.digest.split(":", 1)[1]
-            if (blob_dir / name).is_file():
-                continue
-            if not store.blobs.exists(layer.digest):
-                provide(layer)
-            _place(blob_dir, name, _copy_blob(store.blobs, layer.digest))
-        config, records, manifest = artifact(merged, mode)
-        for blob in (config, records, manifest):
-            name = sha256_digest(blob).split(":", 1)[1]
-            if not (blob_dir / name).is_file():
-                _place(blob_dir, name, lambda f, b=blob: f.write(b))
-        digest = sha256_digest(manifest)
-        index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [{
-            "mediaType": oci.OCI_MANIFEST, "artifactType": ARTIFACT_TYPE, "digest": digest,
-            "size": len(manifest), "annotations": {oci.ANNOTATION_REF_NAME: "latest"}}]}
-        _place(directory, "index.json", lambda f: f.write(oci.encode(index, "index")))
-        return digest
-    except OSError as e:
-        raise StoreError(f"cannot write the build cache to {directory}: {e.strerror or e}",
-                         path=str(directory)) from None
-
-
 __all__ = ["ARTIFACT_TYPE", "CONFIG_TYPE", "RECORDS_TYPE", "INLINE_ANNOTATION", "MODES", "CacheRecord",
-           "CacheData", "CacheSource", "RegistryCacheSource", "LayoutCacheSource", "PushedCache",
-           "encode_records", "decode_records", "merge", "artifact", "inline_annotation", "import_layer",
-           "push_cache", "write_layout"]
+           "CacheData", "CacheSource", "RegistryCacheSource", "PushedCache", "encode_records",
+           "decode_records", "merge", "artifact", "inline_annotation", "import_layer", "push_cache",
+           "records_descriptor", "check_size"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.builder.buildkit import build, busybox_binary, lamina, lamina_argv, make_context, python_env
+from tests.builder.buildkit import build, busybox_binary, lamina_argv, make_context, python_env
 from tests.conftest import require_tool
 from tests.store.registryfix import free_port, registry
 

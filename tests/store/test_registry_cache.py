@@ -15,8 +15,8 @@ from hypothesis import given, settings, strategies as st
 from lamina.store.errors import CorruptContent
 from lamina.store.layers import LayerBlob
 from lamina.store.registry.cache import (ARTIFACT_TYPE, CONFIG_TYPE, RECORDS_TYPE, CacheData, CacheRecord,
-                                         LayoutCacheSource, artifact, decode_records, encode_records,
-                                         import_layer, merge, write_layout)
+                                         artifact, decode_records, encode_records, import_layer, merge)
+from lamina.store.registry.cachelayout import LayoutCacheSource, write_layout
 from lamina.store.store import Store
 
 HEX = "0123456789abcdef"
