@@ -32,6 +32,7 @@ import pytest
 from lamina.builder.sandbox.userns import (IdRange, IdMapping, map_args, parse_subordinate,
                                            plan_mapping)
 from lamina.store.overlayform import host_user_namespace
+from tests.builder.test_sandbox_network import TOKEN, host_loopback, peer  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 RANGE = 65536
@@ -425,3 +426,69 @@ def _owner(pid: str) -> int | None:
         return os.stat(f"/proc/{pid}").st_uid
     except OSError:
         return None
+
+
+@pytest.fixture()
+def tun_for_users():
+    """/dev/net/tun open to every user, as udev makes it (0666) on most systems; a host
+    with 0600 (this project's VMs) gets 0666 for the test and its mode back after."""
+    tun = Path("/dev/net/tun")
+    if not tun.exists():
+        pytest.skip("no /dev/net/tun")
+    mode = tun.stat().st_mode & 0o777
+    if mode != 0o666:
+        tun.chmod(0o666)
+    try:
+        yield
+    finally:
+        if mode != 0o666:
+            tun.chmod(mode)
+
+
+@pytest.mark.root
+def test_rootless_run_has_the_default_network_seccomp_and_docker_capabilities(
+        users, work, peer, host_loopback, tun_for_users):
+    user, _, python = users
+    port4, _, hits = host_loopback
+    ctx = work / "net"
+    ctx.mkdir()
+    shutil.copy(work / "hello" / "busybox", ctx / "busybox")
+    (ctx / "Dockerfile").write_text(f"""\
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN wget -q -O- http://{peer.addr}:{peer.port}/token.txt | sed 's/^/GOT /' \\
+ && for u in http://10.0.2.2:{port4}/gw http://127.0.0.1:{port4}/lo; do \\
+      timeout 5 wget -q -O- "$u" && echo "REACHED $u"; done; \\
+    grep -E '^(Seccomp|CapBnd|CapEff):' /proc/self/status; \\
+    ip -o link | cut -d: -f2
+""")
+    for p in (ctx, *ctx.iterdir()):
+        os.chown(p, user.uid, user.uid)
+    done = lamina_as(user, python, "build", "--progress", "plain", str(ctx), root=work / "store-net")
+    log = done.stderr
+    assert f"GOT {TOKEN.strip()}" in log
+    assert "REACHED" not in log and hits == []
+    assert re.search(r"Seccomp:\s+2\b", log)  # docker's filter, installed inside the namespace
+    # docker's default capability set (moby's oci/caps defaults), root of the step
+    assert re.search(r"CapBnd:\s+00000000a80425fb\b", log)
+    assert re.search(r"CapEff:\s+00000000a80425fb\b", log)
+    assert re.search(r"\btap0\b", log)
+    # the helper ran as the user (root of lamina's namespace) and is gone with the step
+    assert not [p for p in _procs_mentioning("slirp4netns") if _owner(str(p)) in user.outside_ids()]
+
+
+@pytest.mark.root
+def test_concurrent_rootless_builds_share_one_store(users, work, root_ids):
+    user, _, python = users
+    store = work / "store-concurrent"
+    env = ["env", "-i", f"HOME={user.home}", "PATH=/usr/bin:/bin"]
+    procs = {name: subprocess.Popen(["runuser", "-u", user.name, "--", *env, *python, "--root",
+                                     str(store), "build", "--network", "none", str(work / name)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("hello", "diff", "multistage")}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert _iid(out) == root_ids[name]
+    lamina_as(user, python, "fsck", root=store)
