@@ -1,0 +1,152 @@
+"""`lamina verify` (builder.attest.verify): a reproducible build verifies from another
+copy of its context (other mtimes, file creation order, umask), from an OCI archive
+(a compression-only difference is said to be one) and from its git origin; a RUN that
+writes the date or random bytes fails verification naming the file and the step;
+`--expect` works without provenance; a changed context is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.builder.buildkit import build, lamina, make_base, make_context
+
+pytestmark = pytest.mark.root
+
+FILES = {"app/main.sh": ("#!/bin/sh\necho main\n", 0o755), "app/data.txt": ("data\n", 0o644),
+         "conf/app.conf": ("x=1\n", 0o644)}
+DOCKERFILE = "FROM bb\nARG GREETING=hi\nCOPY app/ /app/\nCOPY conf/app.conf /etc/app.conf\n" \
+             "RUN echo $GREETING > /app/greeting && chmod 600 /etc/app.conf\n"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    base = tmp_path_factory.mktemp("verify")
+    root = base / "store"
+    make_base(root, base / "base")
+    return root
+
+
+def context_copy(src, dest, *, reverse=True, mtime=123456789):
+    """The files of `src` written anew under `dest`: another creation order, other
+    mtimes, the same permission bits (set explicitly, whatever the umask)."""
+    paths = sorted(p for p in src.rglob("*") if p.is_file() and ".git" not in p.parts)
+    for p in (reversed(paths) if reverse else paths):
+        q = dest / p.relative_to(src)
+        q.parent.mkdir(parents=True, exist_ok=True)
+        q.write_bytes(p.read_bytes())
+        os.chmod(q, p.stat().st_mode & 0o7777)
+    for q in dest.rglob("*"):
+        if q.is_dir():
+            os.chmod(q, 0o755)
+        os.utime(q, (mtime, mtime))
+    return dest
+
+
+def verify(root, *args):
+    return lamina(root, "verify", *[str(a) for a in args])
+
+
+def test_reproducible_build_verifies_from_another_copy(store, tmp_path):
+    ctx = make_context(tmp_path / "ctx", DOCKERFILE, FILES)
+    run = build(store, ctx, "-t", "repro:1", "--build-arg", "GREETING=hello").check()
+    other = context_copy(ctx, tmp_path / "other")
+    old = os.umask(0o077)  # verify's store, its temp files and the rebuild under another umask
+    try:
+        result = verify(store, "repro:1", other)
+    finally:
+        os.umask(old)
+    assert result.code == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("verified: repro:1 rebuilds identically")
+    assert run.image_id in lines[0]
+    as_json = json.loads(verify(store, "repro:1", other, "--format", "json").stdout)
+    assert as_json["identical"] is True and as_json["rebuilt"]["id"] == run.image_id
+
+
+def test_archive_verifies_and_a_compression_difference_is_named(store, tmp_path):
+    ctx = make_context(tmp_path / "ctx", DOCKERFILE, FILES)
+    run = build(store, ctx, "-t", "arch:1").check()
+    archive = tmp_path / "arch.tar"
+    assert lamina(store, "save", "--format", "oci", "-o", archive, "arch:1").code == 0  # gzip layers
+    result = verify(store, archive, ctx)
+    assert result.code == 0, result.stdout + result.stderr
+    first, *rest = result.stdout.splitlines()
+    assert first.startswith(f"verified: {archive} rebuilds identically: image ID {run.image_id}")
+    assert "differs by layer compression only" in first
+    assert rest and all("same content" in l for l in rest[1:])  # each layer: same diff_id, other bytes
+    # an archive of the stored (zstd) blobs: the manifest digest too is the same
+    zstd = tmp_path / "zstd.tar"
+    assert lamina(store, "save", "--format", "oci", "--compression", "zstd", "-o", zstd, "arch:1").code == 0
+    same = verify(store, zstd, ctx)
+    assert same.code == 0 and len(same.stdout.splitlines()) == 1 and "compression" not in same.stdout
+
+
+@pytest.mark.parametrize("run_line,path", [
+    ("RUN head -c 16 /dev/urandom | od -An -tx1 > /random", "/random"),
+    ("RUN sleep 1 && date +%s > /built-at", "/built-at"),
+])
+def test_nondeterministic_run_fails_naming_the_file_and_the_step(store, tmp_path, run_line, path):
+    ctx = make_context(tmp_path / "ctx", f"FROM bb\nCOPY app/ /app/\n{run_line}\n", FILES)
+    build(store, ctx, "-t", "nondet:1").check()
+    result = verify(store, "nondet:1", ctx)
+    assert result.code == 1, result.stdout + result.stderr
+    assert result.stdout.startswith("NOT reproducible: nondet:1")
+    changed = [l for l in result.stdout.splitlines() if path in l and run_line[4:20] in l]
+    assert changed, result.stdout  # the file, with the step that made it
+    assert "/app/main.sh" not in result.stdout  # files of reproducible steps are not mentioned
+
+
+def test_expect_without_provenance(store, tmp_path):
+    # an image no build with provenance made before (same files, other config)
+    ctx = make_context(tmp_path / "ctx", DOCKERFILE + "LABEL built=without-provenance\n", FILES)
+    run = build(store, ctx, "-t", "noprov:1", "--provenance=false").check()
+    missing = verify(store, "noprov:1", ctx)
+    assert missing.code == 1 and "has no provenance attestation" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    ok = verify(store, "--dockerfile", ctx / "Dockerfile", ctx, "--expect", run.image_id)
+    assert ok.code == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("verified:") and len(ok.stdout.splitlines()) == 1
+    # another build arg: another image, explained against the expected one
+    other = verify(store, "--dockerfile", ctx / "Dockerfile", ctx, "--expect", run.image_id,
+                   "--build-arg", "GREETING=bye")
+    assert other.code == 1
+    assert "/app/greeting" in other.stdout
+    unknown = verify(store, "--dockerfile", ctx / "Dockerfile", ctx, "--expect", "sha256:" + "0" * 64)
+    assert unknown.code == 1 and "no image of the store has it" in unknown.stdout
+
+
+def test_a_changed_context_is_refused(store, tmp_path):
+    ctx = make_context(tmp_path / "ctx", DOCKERFILE, FILES)
+    build(store, ctx, "-t", "changed:1").check()
+    other = context_copy(ctx, tmp_path / "other")
+    (other / "conf" / "app.conf").write_text("x=2\n")
+    result = verify(store, "changed:1", other)
+    assert result.code == 1
+    assert "not the context that was built" in result.stderr
+
+
+def test_git_context_verifies_from_its_origin(store, tmp_path):
+    def git(cwd, *args):
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@e"}
+        return subprocess.run(["git", "-c", "init.defaultBranch=main", *args], cwd=cwd, env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    ctx = make_context(tmp_path / "ctx", DOCKERFILE, FILES)
+    bare = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(ctx, "init", "-q")
+    git(ctx, "add", ".")
+    git(ctx, "commit", "-qm", "release")
+    git(ctx, "remote", "add", "origin", str(bare))
+    git(ctx, "push", "-q", "origin", "main")
+    run = build(store, ctx, "-t", "fromgit:1").check()
+    shutil.rmtree(ctx)  # only the origin is left
+    result = verify(store, "fromgit:1")
+    assert result.code == 0, result.stdout + result.stderr
+    assert run.image_id in result.stdout and len(result.stdout.splitlines()) == 1
