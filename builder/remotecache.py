@@ -182,7 +182,7 @@ class RemoteCache:
                 best = self._previous.get(r.position)
                 if r.inputs and (best is None or r.created > best.created):
                     self._previous[r.position] = r
-            self._note(f"importing cache from {spec.where}: {len(data.records)} steps")
+            self._note(f"importing cache from {spec.where}: {_steps(len(data.records))}")
 
     def close(self) -> None:
         for loaded in self._loaded:
@@ -369,13 +369,13 @@ class RemoteCache:
                 if spec.type == "registry":
                     pushed = rc.push_cache(self.store, spec.ref, data, mode=spec.mode,
                                            provide=lambda l: self._provide(l, lease), origins=origins)
-                    self._note(f"exported cache to {pushed.reference} ({spec.mode}: {pushed.records} steps, "
+                    self._note(f"exported cache to {pushed.reference} ({spec.mode}: {_steps(pushed.records)}, "
                                f"{pushed.uploaded} bytes uploaded, {pushed.reused} layers reused) "
                                f"in {time.monotonic() - started:.1f}s")
                 else:
                     write_layout(self.store, spec.path, data, mode=spec.mode,
                                     provide=lambda l: self._provide(l, lease))
-                    self._note(f"exported cache to {spec.path} ({spec.mode}: {len(data.records)} steps) "
+                    self._note(f"exported cache to {spec.path} ({spec.mode}: {_steps(len(data.records))}) "
                                f"in {time.monotonic() - started:.1f}s")
             except (StoreError, BuildError, httpx.HTTPError, OSError) as e:
                 self._warn(f"cannot export the build cache to {spec.where}: {_reason(e)}")
@@ -424,6 +424,10 @@ class RemoteCache:
             self.ensure([pending.layer], lease)
         except RemoteLayerLost as e:
             raise StoreError(e.message, digest=layer.digest) from None
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
 
 
 def _reason(e: BaseException) -> str:
