@@ -45,7 +45,7 @@ from lamina.store.layerrecords import record_layer
 from lamina.store.layers import LayerBlob, describe_layer
 from lamina.store.registry.pull import (choose_manifest, fetch_blob, fetch_manifest,
                                         fetch_small_blob, host, repo_scope)
-from lamina.store.registry.push import PARALLEL_UPLOADS, _upload
+from lamina.store.registry.push import PARALLEL_UPLOADS, upload_blob
 from lamina.store.registry.session import RegistryError, RegistrySession
 
 SCHEMA = "lamina.cache.v1"
@@ -428,7 +428,7 @@ def push_cache(store, reference: str, data: CacheData, *, mode: str = "min", pro
                 return -1
             if not store.blobs.exists(layer.digest):
                 provide(layer)
-            return _upload(session, store.blobs, dest.path, layer.digest, scope, None, None, "layer")
+            return upload_blob(session, store.blobs, dest.path, layer.digest, scope, None, None, "layer")
 
         uploaded = reused = 0
         with ThreadPoolExecutor(max_workers=PARALLEL_UPLOADS) as pool:

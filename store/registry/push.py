@@ -50,8 +50,11 @@ def _has_blob(session: RegistrySession, path: str, digest: str, scope: str) -> b
         return resp.status_code == 200
 
 
-def _upload(session: RegistrySession, blobs, path: str, digest: str, scope: str,
-            mount_from: str | None, progress: Progress | None, what: str) -> int:
+def upload_blob(session: RegistrySession, blobs, path: str, digest: str, scope: str,
+                mount_from: str | None, progress: Progress | None, what: str) -> int:
+    """Make stored blob `digest` present in repository `path`: skipped when the
+    registry has it, mounted from `mount_from` when it can be, uploaded otherwise.
+    Returns the bytes sent, or -1 when nothing had to be sent."""
     if _has_blob(session, path, digest, scope):
         return -1
     params = {"mount": digest, "from": mount_from} if mount_from and mount_from != path else None
@@ -150,7 +153,7 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
             blobs += [(d, "attestation") for d in (att.config_digest, *att.statements)]
         uploaded = skipped = 0
         with ThreadPoolExecutor(max_workers=PARALLEL_UPLOADS) as pool:
-            futures = [pool.submit(_upload, session, store.blobs, dest.path, d, scope, mount_from,
+            futures = [pool.submit(upload_blob, session, store.blobs, dest.path, d, scope, mount_from,
                                    progress, what)
                        for d, what in blobs]
             for f in futures:
