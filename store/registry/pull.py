@@ -9,7 +9,9 @@ are read with a size cap; blobs stream into the blob store while being hashed, a
 dropped connection resumes with ``Range``, and nothing is stored whose digest or
 size differs from its descriptor. Layers download in parallel (bounded). The image
 is recorded with its manifest bytes as the registry sent them, so its digest (the
-RepoDigest) and its image ID are the registry's.
+RepoDigest) and its image ID are the registry's. When the index holds an attestation
+manifest for the chosen image (BuildKit's layout), its provenance and SBOM are
+recorded with the image (store.attestations), so `lamina verify` works on it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Callable
 
 import httpx
 
-from lamina.store import oci, refs, repodigests
+from lamina.store import attestations, oci, refs, repodigests
 from lamina.store.blobs import sha256_digest
 from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.layers import LayerBlob, describe_layer
@@ -233,10 +235,12 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
     target = ref.digest or ref.tag or refs.DEFAULT_TAG
     data, media_type, digest = fetch_manifest(session, ref.path, target)
     seen = {digest}
+    predicates: dict = {}
     if media_type in oci.INDEX_TYPES:
         chosen = choose_manifest(json.loads(data), want, where)
         if chosen in seen:
             raise CorruptContent(f"{where}: the index refers to itself")
+        predicates = _attestations(session, ref.path, json.loads(data), chosen)
         data, media_type, digest = fetch_manifest(session, ref.path, chosen)
         if media_type in oci.INDEX_TYPES:
             raise CorruptContent(f"{where}: the index for {want} points at another index")
@@ -270,6 +274,8 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
             names = [str(refs.parse_tag(str(ref)))] if tag and ref.digest is None else []
             image = store.add_manifest(data, config, layers, names)
             repodigests.record(store, ref.name, digest, image.manifest_digest)
+            if predicates and image.manifest_digest == digest:  # provenance/SBOM came along
+                attestations.attach(store, image.manifest_digest, predicates)
         except BaseException:
             # nothing of a refused image stays (blobs an earlier pull stored are kept)
             for d in added:
@@ -279,6 +285,23 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
                     pass
             raise
     return Pulled(reference=str(ref), manifest_digest=digest, image=image, downloaded=downloaded)
+
+
+def _attestations(session: RegistrySession, path: str, index: dict, image_digest: str) -> dict:
+    """The predicates of the attestation manifest an index holds for `image_digest`
+    (BuildKit's layout, store.attestations); {} when it has none or they cannot be read
+    (attestations never fail a pull)."""
+    for target, desc in attestations.attestation_descriptors(index):
+        if target != image_digest:
+            continue
+        try:
+            data, _, _ = fetch_manifest(session, path, desc["digest"])
+            statements = attestations.read_statements(
+                data, lambda d: fetch_small_blob(session, path, d, MAX_CONFIG_BYTES))
+        except (StoreError, KeyError, TypeError):
+            return {}
+        return {t: st.get("predicate") or {} for t, st in statements.items()}
+    return {}
 
 
 def _layer_blob(store, desc: dict, where: str) -> LayerBlob:

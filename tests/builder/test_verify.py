@@ -150,3 +150,26 @@ def test_git_context_verifies_from_its_origin(store, tmp_path):
     result = verify(store, "fromgit:1")
     assert result.code == 0, result.stdout + result.stderr
     assert run.image_id in result.stdout and len(result.stdout.splitlines()) == 1
+
+
+def test_registry_workflow_build_push_pull_verify(store, tmp_path):
+    """CI builds FROM a registry base and pushes; elsewhere a clean store pulls the
+    image (its attestations come along) and verifies it against a checkout."""
+    from tests.store.registryfix import registry
+
+    with registry(tmp_path / "registry") as host:
+        # the base as it is stored (zstd): the registry serves the store's manifest digest
+        assert lamina(store, "push", "--compression", "zstd", "bb", f"{host}/base/bb:1").code == 0
+        ci_store = tmp_path / "ci"
+        ctx = make_context(tmp_path / "ctx", DOCKERFILE.replace("FROM bb", f"FROM {host}/base/bb:1"), FILES)
+        run = build(ci_store, ctx, "-t", f"{host}/team/app:1", "--push").check()
+        elsewhere = tmp_path / "elsewhere"
+        assert lamina(elsewhere, "pull", f"{host}/team/app:1").code == 0
+        assert lamina(elsewhere, "inspect", "--provenance", f"{host}/team/app:1").code == 0
+        checkout = context_copy(ctx, tmp_path / "checkout")
+        result = verify(elsewhere, f"{host}/team/app:1", checkout)
+        assert result.code == 0, result.stdout + result.stderr
+        first = result.stdout.splitlines()[0]
+        assert run.image_id in first  # pushed gzip, rebuilt zstd: the same image, said so
+        assert "differs by layer compression only" in first
+        assert "pulled base" in result.stderr  # the base by its recorded digest, from the registry
