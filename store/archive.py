@@ -24,7 +24,9 @@ container in store.archive_tar; this module joins them to the Store:
   bytes, so image IDs and manifest digests are those of the source; a docker-archive
   has no manifest, so an OCI manifest is synthesised (canonical JSON: the same
   archive always gives the same manifest digest) over the layer members kept as
-  they are (uncompressed tars, media type ...layer.v1.tar, digest = diff_id). Any failure raises one
+  they are (uncompressed tars, media type ...layer.v1.tar, digest = diff_id). The
+  provenance/SBOM an OCI archive's index carries for an image (BuildKit's attestation
+  manifest) is recorded with it (store.attestations). Any failure raises one
   StoreError and removes the blobs this load added: the store is as it was.
 """
 
@@ -335,6 +337,11 @@ def load(store, source: str | os.PathLike) -> list[Loaded]:
                 image = store.add_manifest(manifest, img.config, layers, img.names)
                 registered = True  # from here on, added blobs are referenced: keep them
                 out.append(Loaded(image=image, names=img.names))
+            if _fmt == "oci":  # provenance / SBOM an index carries (BuildKit's layout)
+                found = attestations.archive_predicates(reader)
+                for loaded in out:
+                    if found.get(loaded.image.manifest_digest):
+                        attestations.attach(store, loaded.image.manifest_digest, found[loaded.image.manifest_digest])
             return out
         except BaseException:
             if not registered:

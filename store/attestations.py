@@ -183,15 +183,6 @@ def attestation_set(image_manifest: bytes, image_config: Mapping[str, Any],
 
 # -- reading them back from an index (archives, registries) ---------------------------
 
-@dataclass(frozen=True)
-class FoundAttestations:
-    """What an index says about one image manifest: its attestation manifest's
-    statements (predicate type -> statement)."""
-
-    image_digest: str
-    statements: Mapping[str, dict[str, Any]]
-
-
 def attestation_descriptors(index: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """(target image digest, attestation manifest descriptor) pairs of an index."""
     out = []
@@ -220,6 +211,30 @@ def read_statements(att_manifest: bytes, read_blob) -> dict[str, dict[str, Any]]
     return out
 
 
+def archive_predicates(reader) -> dict[str, dict[str, dict[str, Any]]]:
+    """Attestations in an OCI archive (a store.archive_tar.ArchiveReader): image
+    manifest digest -> predicates, from every index index.json names that holds an
+    attestation manifest for an image. Unreadable attestations are left out."""
+    from lamina.store.oci_archive import INDEX_JSON, blob_member
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    if not reader.has(INDEX_JSON):
+        return out
+    top = oci.decode(reader.read(INDEX_JSON), INDEX_JSON)
+    for d in top.get("manifests") or []:
+        if d.get("mediaType") not in oci.INDEX_TYPES or not reader.has(blob_member(d.get("digest", ""))):
+            continue
+        try:
+            index = oci.decode(reader.read(blob_member(d["digest"])), f"index {d['digest']}")
+            for target, att in attestation_descriptors(index):
+                stmts = read_statements(reader.read(blob_member(att["digest"])),
+                                        lambda dg: reader.read(blob_member(dg)))
+                out[target] = {t: st.get("predicate") or {} for t, st in stmts.items()}
+        except (StoreError, KeyError, TypeError):
+            continue
+    return out
+
+
 # -- export (archives, push) -----------------------------------------------------------
 
 def for_export(root, stored_digests: Sequence[str], images: Sequence[Any]) -> list[Any]:
@@ -245,6 +260,6 @@ def put_blobs(root, att: AttestationSet) -> None:
             root.blobs.put(data)
 
 
-__all__ = ["AttestationSet", "FoundAttestations", "IN_TOTO_MEDIA_TYPE", "SLSA_PROVENANCE_V1", "SPDX_DOCUMENT",
-           "attach", "attestation_descriptors", "attestation_set", "canonical_json", "for_export",
+__all__ = ["AttestationSet", "IN_TOTO_MEDIA_TYPE", "SLSA_PROVENANCE_V1", "SPDX_DOCUMENT",
+           "archive_predicates", "attach", "attestation_descriptors", "attestation_set", "canonical_json", "for_export",
            "predicates", "put_blobs", "read_statements", "referenced_blobs", "statement"]

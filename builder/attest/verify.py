@@ -3,9 +3,10 @@
     verify(store, source="app:1" | "app.tar", context=None | DIR | GIT-URL[#COMMIT])
     verify(store, context=DIR, dockerfile=FILE, expect="sha256:...")   # no provenance
 
-1. The original: an image of the store (its attestations from store.attestations),
-   or an OCI archive (`lamina save --format oci`, `build --output type=oci`; its
-   provenance read from the attestation manifest of the archive's index).
+1. The original: an image of the store, or an OCI archive (`lamina save --format
+   oci`, `build --output type=oci`, `skopeo copy --all ... oci-archive:`), copied
+   into the throw-away store with its attestations (store.attestations: the
+   attestation manifest of the index).
 2. The recorded build (builder.attest.provenance.read_predicate): Dockerfile path and
    digest (its text too with mode=max), context digest and git commit, build args,
    target, SOURCE_DATE_EPOCH, every base image by manifest digest.
@@ -68,46 +69,10 @@ class VerifyResult:
 
 # -- where the original and its provenance come from -------------------------------------
 
-@dataclass(frozen=True)
-class Original:
-    label: str
-    predicates: Mapping[str, Mapping[str, Any]]
-    copy_into: Any          # callable(target_store) -> Image in the target store
-
-
-def _is_archive(source: str) -> bool:
-    return os.path.isfile(source)
-
-
-def _archive_attestations(path: str, tmp_dir: Path) -> dict[str, dict]:
-    """The predicates of the host-platform image of an OCI archive (from the
-    attestation manifest its index holds); {} when it has none."""
-    from lamina.store.archive_tar import ArchiveReader
-    from lamina.store.oci_archive import INDEX_JSON, blob_member
-
-    host = oci.host_platform()
-    with ArchiveReader(path, tmp_dir=tmp_dir) as reader:
-        if not reader.has(INDEX_JSON):
-            return {}  # a docker-archive holds no attestations
-        top = oci.decode(reader.read(INDEX_JSON), f"{path}: {INDEX_JSON}")
-        for d in top.get("manifests") or []:
-            if d.get("mediaType") not in oci.INDEX_TYPES:
-                continue
-            index = oci.decode(reader.read(blob_member(d["digest"])), f"{path}: index {d['digest']}")
-            images = {m["digest"] for m in index.get("manifests") or []
-                      if (m.get("platform") or {}).get("os") == host["os"]
-                      and (m.get("platform") or {}).get("architecture") == host["architecture"]}
-            for target, att in attestations.attestation_descriptors(index):
-                if target in images:
-                    stmts = attestations.read_statements(reader.read(blob_member(att["digest"])),
-                                                         lambda dg: reader.read(blob_member(dg)))
-                    return {t: s.get("predicate") or {} for t, s in stmts.items()}
-    return {}
-
-
 def _copy_image(src_store, manifest_digest: str, dst_store, tag: str | None):
     """Copy an image of `src_store` into `dst_store` with its stored bytes (an OCI
-    archive with the stored zstd blobs: same manifest digest), tagged `tag`."""
+    archive with the stored zstd blobs: same manifest digest; attestations come
+    along), tagged `tag`."""
     from lamina.store import archive
 
     tmp = dst_store.temp_path("copy.tar")
@@ -121,21 +86,19 @@ def _copy_image(src_store, manifest_digest: str, dst_store, tag: str | None):
     return dst_store._load_image(loaded.image.manifest_digest)
 
 
-def _original(store, source: str) -> Original:
-    if _is_archive(source):
-        from lamina.store import archive
+def _original(user_store, tstore, source: str):
+    """The image to verify, copied into the throw-away store (its attestations come
+    along: `load` records those an OCI archive's index carries), and its predicates."""
+    from lamina.store import archive
 
-        preds = _archive_attestations(source, store.tmp_dir)
-
-        def copy(dst):
-            loaded = archive.load(dst, source)
-            if not loaded:
-                raise StoreError(f"{source}: no image in the archive")
-            return loaded[0].image
-        return Original(source, preds, copy)
-    image = store.resolve(source)
-    preds = attestations.predicates(store, image.manifest_digest)
-    return Original(source, preds, lambda dst: _copy_image(store, image.manifest_digest, dst, None))
+    if os.path.isfile(source):
+        loaded = archive.load(tstore, source)
+        if not loaded:
+            raise StoreError(f"{source}: no image in the archive")
+        image = loaded[0].image
+    else:
+        image = _copy_image(user_store, user_store.resolve(source).manifest_digest, tstore, None)
+    return image, attestations.predicates(tstore, image.manifest_digest)
 
 
 # -- the context -----------------------------------------------------------------------
@@ -290,15 +253,15 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
     import sys
 
     progress = progress or Progress(sys.stderr)
-    original = _original(user_store, source)
-    pred = original.predicates.get(attestations.SLSA_PROVENANCE_V1)
-    if pred is None:
-        raise BuildError(f"{source} has no provenance attestation: build it with --provenance=true, or "
-                         "verify with --dockerfile FILE CONTEXT --expect DIGEST")
-    recorded = read_predicate(pred)
     path, tstore = _throwaway(user_store)
     notes: list[str] = []
     try:
+        orig, preds = _original(user_store, tstore, source)
+        pred = preds.get(attestations.SLSA_PROVENANCE_V1)
+        if pred is None:
+            raise BuildError(f"{source} has no provenance attestation: build it with --provenance=true, or "
+                             "verify with --dockerfile FILE CONTEXT --expect DIGEST")
+        recorded = read_predicate(pred)
         work = path / "verify-work"
         work.mkdir()
         # the context
@@ -343,7 +306,6 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
                              f"provenance records {recorded.context_digest}: it is not the context that was "
                              "built (files, their permission bits or links differ)")
         notes += _seed_bases(tstore, user_store, recorded)
-        orig = original.copy_into(tstore)
         rebuilt, _ = _rebuild(tstore, user_store, context=ctx_dir, dockerfile=df,
                               build_args=recorded.build_args, target=recorded.target,
                               epoch=recorded.source_date_epoch, progress=progress)

@@ -263,6 +263,9 @@ def test_saved_oci_archive_holds_the_attestation_manifest(store, tmp_path):
         loaded = lamina(tmp_path / f"load-{archive.stem}", "load", "-i", str(archive))
         assert loaded.code == 0, loaded.stderr
         assert inspect(tmp_path / f"load-{archive.stem}", "saved:1")["Id"] == run.image_id
+        # with its provenance (the predicate; the subject is the loaded manifest)
+        assert provenance(tmp_path / f"load-{archive.stem}", "saved:1")["predicate"] == \
+            provenance(store, "saved:1")["predicate"]
 
 
 @pytest.mark.root
