@@ -198,7 +198,12 @@ def _seed_bases(tstore, user_store, recorded: RecordedBuild) -> list[str]:
         name = refs.parse(ref).name if not refs.looks_like_id(ref) else None
         if name is None:
             raise BuildError(f"base image {ref} ({manifest_digest}) is not in the store and has no name to pull")
-        pulled = pull_image(tstore, f"{name}@{manifest_digest}", tag=False)
+        try:
+            pulled = pull_image(tstore, f"{name}@{manifest_digest}", tag=False)
+        except StoreError as e:
+            raise BuildError(f"base image {ref} ({manifest_digest}, as the provenance records it) is not in "
+                             f"the store and cannot be pulled as {name}@{manifest_digest}: {e.message} "
+                             "(load or pull it first)") from None
         if tag:
             tstore.tag(tag, pulled.image.manifest_digest)
         notes.append(f"pulled base {name}@{manifest_digest}")
