@@ -28,6 +28,7 @@ COMMAND_MODULES: dict[str, str] = {
     "gc": "maintenance", "prune": "maintenance", "fsck": "maintenance", "du": "maintenance",
     "pull": "registry", "push": "registry", "login": "registry", "logout": "registry",
     "run": "run", "version": "version", "diff": "diff",
+    **dict.fromkeys(["ps", "logs", "stop", "kill", "rm", "exec", "commit"], "containers"),
 }
 
 

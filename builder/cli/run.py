@@ -1,35 +1,85 @@
-"""`lamina run [--rm] REF [CMD...]`: run an image's command once in the sandbox."""
+"""`lamina run [-d] [--rm] [--name N] [-it] ... IMAGE [CMD...]`: create a container
+from IMAGE and start it under its monitor (builder.containers), docker's way:
+detached (`-d`: print its ID and leave it running) or attached (follow its output,
+forward signals, drive its TTY with `-t`, exit with its exit status)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
 import sys
+import time
 
 import click
 
 from lamina.builder.cli.app import Globals, cli
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--rm", is_flag=True, help="Accepted for docker compatibility: every run is removed.")
-@click.option("--network", type=click.Choice(["none", "host"]), default="none",
-              help="Network namespace (default none).")
+@cli.command(context_settings={"allow_interspersed_args": False, "help_option_names": ["--help"]})
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container ID.")
+@click.option("--rm", is_flag=True, help="Remove the container when it exits.")
+@click.option("--name", default="", metavar="NAME", help="Name the container.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin connected.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
 @click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Set an environment variable.")
-@click.option("-u", "--user", default=None, metavar="USER[:GROUP]", help="Run as this user.")
+@click.option("--env-file", "env_files", multiple=True, metavar="FILE",
+              help="Read environment variables from a file.")
 @click.option("-w", "--workdir", default=None, metavar="DIR", help="Working directory.")
+@click.option("-u", "--user", default=None, metavar="USER[:GROUP]", help="Run as this user.")
+@click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CTR[:ro]",
+              help="Bind-mount a host path.")
+@click.option("--network", "--net", type=click.Choice(["default", "bridge", "none", "host"]),
+              default="default", help="default (own namespace, outbound through slirp4netns), "
+                                      "none (only lo) or host.")
+@click.option("-h", "--hostname", default=None, metavar="NAME",
+              help="Container hostname (default: its short ID).")
+@click.option("--entrypoint", default=None, metavar="CMD", help="Replace the image's Entrypoint.")
 @click.argument("ref")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def run(g: Globals, rm: bool, network: str, env, user, workdir, ref: str, command) -> None:
-    """Run REF's command (Entrypoint + Cmd, or Entrypoint + COMMAND) and discard its writes."""
-    from lamina.builder.runimage import run_image
+def run(g: Globals, detach, rm, name, interactive, tty, env, env_files, workdir, user, volumes,
+        network, hostname, entrypoint, ref: str, command) -> None:
+    """Run a command in a new container from image REF."""
+    from lamina.builder.containers.attach import Attached, terminal_size
+    from lamina.builder.containers.create import RunOptions, create, spawn_monitor
+    from lamina.builder.containers.state import ContainerStore
     from lamina.store.store import Store
 
-    def out(data: bytes) -> None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-
+    opts = RunOptions(image=ref, args=tuple(command), name=name, detach=detach, auto_remove=rm,
+                      interactive=interactive, tty=tty, env=tuple(env), env_files=tuple(env_files),
+                      workdir=workdir, user=user, volumes=tuple(volumes), network=network,
+                      hostname=hostname, entrypoint=entrypoint,
+                      tty_size=terminal_size() if tty else None)
     with Store(g.root) as store:
-        code = run_image(store, ref, list(command), network=network, env=env, user=user,
-                         workdir=workdir, on_output=out)
+        record = create(store, opts)
+    cs = ContainerStore(g.root)
+    d = cs.path(record.id)
+    if detach:
+        spawn_monitor(g.root, record.id)
+        while True:  # until the monitor started the container (or could not)
+            current = cs.reconcile(cs.read(record.id) or record)
+            if current.status != "created":
+                break
+            time.sleep(0.02)
+        if current.status == "exited" and current.error:
+            click.echo(f"lamina: {current.error}", err=True)
+            raise click.exceptions.Exit(current.exit_code or 125)
+        click.echo(record.id)
+        return
+    lock = os.open(d / "attach.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_SH)  # --rm: the monitor waits for us to read the status
+    try:
+        ours = None
+        if tty:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            spawn_monitor(g.root, record.id, attach_fd=theirs.fileno())
+            theirs.close()
+        else:
+            spawn_monitor(g.root, record.id, stdin_fd=0 if interactive else None)
+        sys.stdout.flush()
+        code = Attached(cs, record.id, ours).run()
+    finally:
+        os.close(lock)
     if code != 0:
         raise click.exceptions.Exit(code)

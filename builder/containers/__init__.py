@@ -1,0 +1,8 @@
+"""Containers: `lamina run [-d]`, `ps`, `logs`, `stop`, `kill`, `rm`, `exec`, `commit`.
+
+state (the record in ROOT/containers/<id>/, liveness across kills and reboots),
+logs (the log file: docker's json-file records), create (image -> record), monitor
+(the per-container supervisor process, as conmon), attach (a foreground run: follow
+the log, forward signals, drive the TTY), control (stop, kill, rm, exec), commit
+(the upper dir becomes a layer). The namespaces themselves: builder.sandbox.container.
+"""

@@ -1,0 +1,219 @@
+"""A foreground `lamina run`: show the container's output as it comes, pass its
+exit status on, forward signals, and with `-t` drive its pseudo-terminal.
+
+The container does not depend on lamina: its monitor writes every byte of output to
+the log and lamina *follows the log* (as `logs -f`), so a lamina killed mid-run
+loses nothing and leaves the container to its monitor. Signals lamina receives
+(INT, TERM, HUP, QUIT, USR1, USR2) are sent to the container's PID 1 (docker's
+sig-proxy). With `-t` lamina receives the pty master from the monitor (SCM_RIGHTS),
+puts its own terminal in raw mode (so Ctrl-C is a byte the container's line
+discipline turns into SIGINT for its foreground job), copies its stdin to the master
+and keeps the window size in step (SIGWINCH).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+import termios
+import time
+import tty as ttymod
+from pathlib import Path
+
+from lamina.builder.containers.logs import read_from
+from lamina.builder.containers.state import LOG_FILE, Container, ContainerStore, process_is
+from lamina.builder.sandbox.container import set_window_size, window_size
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+POLL_SECONDS = 0.02
+
+
+def _write(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            n = os.write(fd, data)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        except BrokenPipeError:
+            return
+        data = data[n:]
+
+
+def send_signal(c: Container, sig: int) -> bool:
+    """Signal the container's PID 1 (checked by pid and start time)."""
+    if not process_is(c.init_pid, c.init_start):
+        return False
+    try:
+        os.kill(c.init_pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+class Attached:
+    def __init__(self, cs: ContainerStore, cid: str, master_sock: socket.socket | None) -> None:
+        self.cs = cs
+        self.cid = cid
+        self.master_sock = master_sock
+        self.master: int | None = None
+        self.pending: list[int] = []
+        self.record: Container | None = None
+
+    def run(self) -> int:
+        old = {sig: signal.signal(sig, self._on_signal) for sig in FORWARDED}
+        old_winch = signal.signal(signal.SIGWINCH, self._on_winch)
+        saved_tty = None
+        stdin_open = self.master_sock is not None
+        try:
+            if self.master_sock is not None and os.isatty(0):
+                saved_tty = termios.tcgetattr(0)
+                ttymod.setraw(0)
+            offset = 0
+            log = self.cs.path(self.cid) / LOG_FILE
+            while True:
+                record = self.cs.reconcile(self.cs.read(self.cid) or self.record)
+                if record is None:
+                    return 125
+                self.record = record
+                if self.master_sock is not None and self.master is None \
+                        and record.status != "created":
+                    self._receive_master()
+                self._deliver()
+                records, offset = read_from(log, offset)
+                for r in records:
+                    _write(2 if r.stream == "stderr" else 1, r.data)
+                if record.status == "exited":
+                    records, offset = read_from(log, offset)
+                    for r in records:
+                        _write(2 if r.stream == "stderr" else 1, r.data)
+                    if record.error:
+                        if saved_tty is not None:
+                            termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
+                            saved_tty = None
+                        print(f"lamina: {record.error}", file=sys.stderr)
+                    return record.exit_code if record.exit_code is not None else 125
+                if stdin_open and self.master is not None:
+                    ready, _, _ = select.select([0], [], [], POLL_SECONDS)
+                    if ready:
+                        data = os.read(0, 65536)
+                        if data:
+                            _write(self.master, data)
+                        else:
+                            stdin_open = False
+                            _write(self.master, b"\x04")  # EOF to a canonical-mode reader
+                else:
+                    time.sleep(POLL_SECONDS)
+        finally:
+            if saved_tty is not None:
+                termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            signal.signal(signal.SIGWINCH, old_winch)
+            if self.master is not None:
+                os.close(self.master)
+            if self.master_sock is not None:
+                self.master_sock.close()
+
+    def _receive_master(self) -> None:
+        self.master_sock.settimeout(5)
+        try:
+            msg, fds, _, _ = socket.recv_fds(self.master_sock, 16, 1)
+        except (OSError, socket.timeout):
+            msg, fds = b"", []
+        if fds:
+            self.master = fds[0]
+            self._on_winch()
+        self.master_sock.close()
+        self.master_sock = None if not fds else self.master_sock
+
+    def _on_signal(self, sig, frame) -> None:
+        self.pending.append(sig)
+
+    def _on_winch(self, *args) -> None:
+        if self.master is None:
+            return
+        for fd in (0, 1, 2):
+            if os.isatty(fd):
+                size = window_size(fd)
+                if size:
+                    set_window_size(self.master, *size)
+                return
+
+    def _deliver(self) -> None:
+        while self.pending and self.record is not None and self.record.status == "running":
+            send_signal(self.record, self.pending.pop(0))
+
+
+def terminal_size() -> tuple[int, int] | None:
+    for fd in (0, 1, 2):
+        if os.isatty(fd):
+            return window_size(fd)
+    return None
+
+
+def relay_tty(pid: int, master: int, stdin: bool) -> int:
+    """`exec -t`: lamina is the hub between its terminal and the exec's pty master
+    until the child `pid` (the exec's helper) exits; its exit status."""
+    saved = None
+    if stdin and os.isatty(0):
+        saved = termios.tcgetattr(0)
+        ttymod.setraw(0)
+
+    def winch(*args) -> None:
+        size = terminal_size()
+        if size:
+            set_window_size(master, *size)
+
+    old_winch = signal.signal(signal.SIGWINCH, winch)
+    winch()
+    status = None
+    try:
+        fds = [master] + ([0] if stdin else [])
+        while True:
+            ready, _, _ = select.select(fds, [], [], 0.1)
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    data = b""
+                if data:
+                    _write(1, data)
+                else:
+                    fds.remove(master)
+            if 0 in ready:
+                data = os.read(0, 65536)
+                if data:
+                    _write(master, data)
+                else:
+                    fds.remove(0)
+                    _write(master, b"\x04")
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+                # what is left in the pty
+                while True:
+                    r, _, _ = select.select([master], [], [], 0.05)
+                    if not r:
+                        break
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    _write(1, data)
+                break
+            if master not in fds and not stdin:
+                _, status = os.waitpid(pid, 0)
+                break
+    finally:
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, old_winch)
+        os.close(master)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)

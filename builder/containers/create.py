@@ -1,0 +1,207 @@
+"""From `lamina run`'s options and an image to a container record, and the start of
+its monitor.
+
+    options = RunOptions(image="app", args=("sh",), ...)
+    record = create(store, options)          # ROOT/containers/<id>/, status "created"
+    spawn_monitor(store.root, record.id, stdin_fd=..., attach_fd=...)
+
+Docker's rules: the command is Entrypoint + Cmd, or Entrypoint + the arguments given;
+`--entrypoint` replaces the Entrypoint and drops the image's Cmd; the environment is the
+image's Env, then `--env-file` lines, then `-e` (a bare `-e NAME` takes lamina's own
+value, or is skipped); user and working dir default to the image's; the hostname to
+the short container ID; the stop signal to the image's STOPSIGNAL, else SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina.builder.containers.state import Container, ContainerError, ContainerStore, boot_id
+from lamina.builder.errors import BuildError
+from lamina.builder.runimage import image_command
+from lamina.builder.sandbox.users import resolve_user_in_layers
+from lamina.store.store import Store
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    image: str
+    args: tuple[str, ...] = ()
+    name: str = ""
+    detach: bool = False
+    auto_remove: bool = False
+    interactive: bool = False
+    tty: bool = False
+    env: tuple[str, ...] = ()
+    env_files: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    volumes: tuple[str, ...] = ()
+    network: str = "default"
+    hostname: str | None = None
+    entrypoint: str | None = None
+    tty_size: tuple[int, int] | None = None
+
+
+def parse_env_file(path: str) -> list[str]:
+    """docker's --env-file: KEY=VALUE lines, `#` comments and blank lines skipped, a
+    bare KEY takes lamina's own value (or is skipped)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ContainerError(f"cannot read env file {path}: {exc.strerror}") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.lstrip()
+        if not line or line.startswith("#"):
+            continue
+        out.extend(_env_item(line, f"{path}:{n}"))
+    return out
+
+
+def _env_item(item: str, where: str) -> list[str]:
+    key, sep, value = item.partition("=")
+    if not key or " " in key.strip() or "\0" in item:
+        raise ContainerError(f"invalid environment variable {item!r} ({where})")
+    if not sep:
+        return [f"{key}={os.environ[key]}"] if key in os.environ else []
+    return [item]
+
+
+def merge_env(image_env, items) -> list[str]:
+    merged: dict[str, str] = {}
+    for item in list(image_env) + list(items):
+        key, _, value = item.partition("=")
+        merged[key] = value
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def parse_volume(spec: str) -> tuple[str, str, bool]:
+    """`-v HOST:CTR[:ro|rw]` (host paths only: lamina has no named volumes)."""
+    parts = spec.split(":")
+    mode = "rw"
+    if len(parts) == 3:
+        mode = parts.pop()
+    if len(parts) != 2 or mode not in ("ro", "rw") or not parts[1].startswith("/"):
+        raise ContainerError(f"invalid volume {spec!r}: expected /HOST/PATH:/CONTAINER/PATH[:ro]")
+    host, target = parts
+    if not host.startswith("/"):
+        raise ContainerError(f"volume {spec!r}: named volumes are not supported; give an "
+                             "absolute host path")
+    if not os.path.exists(host):
+        raise ContainerError(f"volume {spec!r}: host path {host} does not exist")
+    return os.path.realpath(host), os.path.normpath(target), mode == "ro"
+
+
+def signal_number(name: str | int) -> int:
+    """SIGTERM, TERM, 15 -> 15 (docker's STOPSIGNAL and `kill -s` forms)."""
+    text = str(name).strip().upper()
+    if text.isdigit():
+        n = int(text)
+    else:
+        if not text.startswith("SIG"):
+            text = "SIG" + text
+        try:
+            n = int(getattr(signal.Signals, text))
+        except AttributeError:
+            raise ContainerError(f"invalid signal: {name}") from None
+    if not 0 < n < signal.NSIG:
+        raise ContainerError(f"invalid signal: {name}")
+    return n
+
+
+def create(store: Store, opts: RunOptions) -> Container:
+    """Resolve the image, extract its layer dirs, write the record ("created")."""
+    if opts.network not in ("default", "none", "host", "bridge"):
+        raise ContainerError(f"invalid --network {opts.network!r}: lamina has default "
+                             "(also called bridge), none and host")
+    env_items: list[str] = []
+    for f in opts.env_files:
+        env_items.extend(parse_env_file(f))
+    for item in opts.env:
+        env_items.extend(_env_item(item, "-e"))
+    volumes = tuple(parse_volume(v) for v in opts.volumes)
+    with store.lease() as lease:
+        with store.writing():
+            image = store.resolve(opts.image)
+            lease.hold(layers=[l.diff_id for l in image.layers], images=[image.manifest_digest])
+        lowers = tuple(store.layer_dir(l.diff_id) for l in reversed(image.layers))
+        config = dict(image.config.get("config") or {})
+        if opts.entrypoint is not None:
+            argv = tuple(([opts.entrypoint] if opts.entrypoint else []) + list(opts.args))
+            if not argv:
+                raise BuildError("no command to run: --entrypoint is empty and no CMD given")
+        else:
+            argv = image_command(config, opts.args)
+        user = opts.user if opts.user is not None else (config.get("User") or "0")
+        who = resolve_user_in_layers(lowers, user)
+        env = merge_env(config.get("Env") or [], env_items)
+        if not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={who.home or '/'}")
+        if not any(e.startswith("PATH=") for e in env):
+            env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        cs = ContainerStore(store.root)
+        cid = cs.new_id()
+        record = Container(
+            id=cid, name=opts.name, image=opts.image, image_id=image.config_digest,
+            manifest=image.manifest_digest, argv=argv, args=tuple(opts.args),
+            entrypoint=(tuple([opts.entrypoint] if opts.entrypoint else [])
+                        if opts.entrypoint is not None else None),
+            env=tuple(env), user=user, uid=who.uid, gid=who.gid, groups=tuple(who.groups),
+            workdir=opts.workdir or config.get("WorkingDir") or "/",
+            hostname=opts.hostname or cid[:12],
+            network="default" if opts.network == "bridge" else opts.network,
+            volumes=volumes, tty=opts.tty, interactive=opts.interactive, detach=opts.detach,
+            auto_remove=opts.auto_remove, stop_signal=str(config.get("StopSignal") or "SIGTERM"),
+            created=time.time(), boot_id=boot_id(), tty_size=opts.tty_size)
+        cs.create(record)
+        return cs.read(cid) or record
+
+
+def spawn_monitor(root: Path, cid: str, *, stdin_fd: int | None = None,
+                  attach_fd: int | None = None) -> None:
+    """Start the container's monitor, detached from lamina: fork, setsid, fork again
+    and exec `python -m lamina.builder.containers.monitor` (so it is nobody's child
+    but init's, in a session of its own, with no PDEATHSIG towards lamina). Its stdio
+    are /dev/null and ROOT/containers/<id>/monitor.err; `stdin_fd` (the container's
+    stdin, `-i` without a TTY) arrives as fd 3, `attach_fd` (where a foreground run
+    receives the pty master) as fd 4."""
+    d = ContainerStore(root).path(cid)
+    argv = [sys.executable, "-m", "lamina.builder.containers.monitor", str(root), cid]
+    if stdin_fd is not None:
+        argv.append("--stdin=3")
+    if attach_fd is not None:
+        argv.append("--attach=4")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            null = os.open("/dev/null", os.O_RDWR)
+            err = os.open(d / "monitor.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            moves = [(null, 0), (null, 1), (err, 2)]
+            # park the passed fds above 9 first: dup2 into 3/4 must not clobber them
+            if stdin_fd is not None:
+                moves.append((os.dup(stdin_fd) if stdin_fd < 10 else stdin_fd, 3))
+            if attach_fd is not None:
+                moves.append((os.dup(attach_fd) if attach_fd < 10 else attach_fd, 4))
+            parked = [(fcntl_dup_high(src), dst) for src, dst in moves]
+            for src, dst in parked:
+                os.dup2(src, dst, inheritable=True)
+            keep = {dst for _, dst in parked}
+            os.closerange(max(keep) + 1, 65536)
+            os.execv(sys.executable, argv)
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)
+
+
+def fcntl_dup_high(fd: int) -> int:
+    import fcntl
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)

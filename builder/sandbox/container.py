@@ -1,0 +1,494 @@
+"""The namespaces of a long-lived container (`lamina run`, `lamina exec`): the same
+sandbox a RUN step gets (builder.sandbox.sandbox), arranged for a process that lives
+on after lamina exits.
+
+    start(spec: ContainerSpec, stdin_fd) -> Started      # in the container's monitor
+    exec_in(target: ExecTarget, spec: ExecSpec, ...) -> int   # `lamina exec`
+
+How ``start`` differs from a RUN step: the caller (the per-container monitor,
+builder.containers.monitor) unshares PID/IPC/UTS(/net) itself and stays outside the
+container's mount namespace; its child C2 joins the container's cgroup, unshares mount
+and cgroup namespaces, mounts the overlay (upper dir kept for the container's life),
+/proc, /dev, /sys, /etc/hosts, /etc/resolv.conf, /etc/hostname (docker's three) and
+the ``-v`` volumes (bind mounts written through to the host), pivot_roots, and
+*execs the command as PID 1* (as docker: no init of lamina's in the container; the
+command gets STOPSIGNAL, and the kernel kills the rest when it exits). With a TTY, C2
+opens the pseudo-terminal in the container's own devpts instance, makes it the
+controlling terminal of a new session and hands the master to the monitor over a
+unix socket (SCM_RIGHTS). Capabilities, seccomp, keyring, masked paths: exactly
+those of a RUN (builder.sandbox.privileges, rootmounts, devices).
+
+``exec_in`` joins the cgroup and the namespaces (setns: ipc, uts, net, cgroup, pid,
+mnt) of a running container's PID 1, forks the command into its PID namespace and
+applies the same privileges.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import termios
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from lamina.builder.errors import SandboxError
+from lamina.builder.sandbox import linux, network as netstack, overlay, privileges
+from lamina.builder.sandbox.cgroups import Limits, StepCgroup
+from lamina.builder.sandbox.devices import seal_mounts
+from lamina.builder.sandbox.mountpoints import StubRecorder
+from lamina.builder.sandbox.privateroot import make_private
+from lamina.builder.sandbox.rootmounts import bind, mount_system
+from lamina.builder.sandbox.sandbox import hosts_file
+
+TIOCSPTLCK = 0x40045431
+TIOCGPTN = 0x80045430
+NAMESPACES = ("ipc", "uts", "net", "cgroup", "pid", "mnt")  # setns order: mnt last
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """`-v HOST:CTR[:ro]`: a host path bind-mounted at an image path (writes reach the host)."""
+
+    source: Path
+    target: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    lower_dirs: tuple[Path, ...]
+    upper_dir: Path
+    work_dir: Path
+    run_dir: Path          # host dir for the merged mount point and the injected /etc files
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+    hostname: str = "localhost"
+    network: Literal["default", "none", "host"] = "default"
+    volumes: tuple[Volume, ...] = ()
+    tty: bool = False
+    tty_size: tuple[int, int] | None = None   # rows, columns
+    limits: Limits = Limits()
+
+
+@dataclass
+class Started:
+    """What the monitor holds of a started container."""
+
+    pid: int                    # host pid of the container's PID 1
+    stdout: int | None          # read ends (no TTY)
+    stderr: int | None
+    master: int | None          # pty master (TTY)
+    stubs: dict = field(default_factory=dict)
+    cgroup: StepCgroup | None = None
+    network: netstack.UserNetwork | None = None
+    alive: int | None = None    # held open by the monitor: its EOF tells PID 1 it is gone
+
+    def close(self) -> None:
+        """After PID 1 is reaped: stop the network helper, remove the cgroup."""
+        if self.network is not None:
+            self.network.stop()
+            self.network = None
+        if self.cgroup is not None:
+            try:
+                self.cgroup.close()
+            finally:
+                self.cgroup = None
+
+
+def validate(spec: ContainerSpec) -> None:
+    if not spec.argv:
+        raise SandboxError("nothing to run: empty command")
+    if not 0 < len(spec.hostname.encode()) <= 64 or "\0" in spec.hostname:
+        raise SandboxError(f"invalid hostname {spec.hostname!r} (1 to 64 bytes)")
+    if spec.network not in netstack.MODES:
+        raise SandboxError(f"unknown network mode {spec.network!r} "
+                           f"(expected one of {', '.join(netstack.MODES)})")
+    if not spec.cwd.startswith("/"):
+        raise SandboxError(f"working directory {spec.cwd!r} is not an absolute path")
+    if any("\0" in a for a in spec.argv) or any("\0" in k + v or "=" in k or not k
+                                                 for k, v in spec.env):
+        raise SandboxError("command or environment contains a NUL byte or a bad name")
+    overlay.check_upper_work(Path(spec.upper_dir), Path(spec.work_dir))
+    for v in spec.volumes:
+        if not v.target.startswith("/"):
+            raise SandboxError(f"volume target {v.target!r} is not an absolute path")
+        if not Path(v.source).exists():
+            raise SandboxError(f"volume source {v.source} does not exist")
+
+
+def _send(sock: socket.socket, msg: dict, fds: tuple[int, ...] = ()) -> None:
+    data = json.dumps(msg).encode()
+    try:
+        if fds:
+            socket.send_fds(sock, [data], list(fds))
+        else:
+            sock.send(data)
+    except OSError:
+        pass
+
+
+def _describe(exc: BaseException, what: str) -> str:
+    if isinstance(exc, SandboxError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{what}:{where} {linux.errno_text(exc.errno or 0)}"
+    return f"{what}: {type(exc).__name__}: {exc}"
+
+
+# --- start (in the monitor) -------------------------------------------------------
+
+def start(spec: ContainerSpec, stdin_fd: int | None = None) -> Started:
+    """Create the namespaces and start PID 1. The calling process (the monitor) is
+    moved into the new network/IPC/UTS namespaces and its next child is PID 1 of the
+    new PID namespace; its mount namespace stays the host's."""
+    validate(spec)
+    privileges.prepare()
+    run_dir = Path(spec.run_dir)
+    (run_dir / "root").mkdir(parents=True, exist_ok=True)
+    for name, data in (("hosts", hosts_file(spec.hostname).encode()),
+                       ("resolv.conf", netstack.resolv_conf(spec.network)),
+                       ("hostname", spec.hostname.encode() + b"\n")):
+        (run_dir / name).write_bytes(data)
+        (run_dir / name).chmod(0o644)
+    cgroup = StepCgroup.create(spec.limits)
+    stack = None
+    try:
+        stack = netstack.UserNetwork.prepare() if spec.network == "default" else None
+        flags = linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
+        if netstack.own_namespace(spec.network):
+            flags |= linux.CLONE_NEWNET
+        linux.unshare(flags)
+        if stack is not None:
+            stack.attach()
+        return _fork_init(spec, stdin_fd, cgroup, stack)
+    except BaseException:
+        if stack is not None:
+            stack.stop()
+        cgroup.close()
+        raise
+
+
+def _fork_init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
+               stack) -> Started:
+    ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    out = err = None
+    if not spec.tty:
+        out, err = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
+    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)  # EOF in the child: the monitor is gone
+    pid = os.fork()
+    if pid == 0:
+        code = 125
+        try:
+            gc.disable()
+            ctl_parent.close()
+            os.close(alive_w)
+            if out is not None:
+                os.close(out[0])
+                os.close(err[0])
+            _init(spec, stdin_fd, cgroup, ctl_child, out[1] if out else None,
+                  err[1] if err else None, alive_r)
+        except BaseException as exc:  # noqa: BLE001 - the child must never return
+            _send(ctl_child, {"error": _describe(exc, "container setup")})
+            code = 127 if "cannot exec" in str(exc) else 125
+        finally:
+            os._exit(code)
+    ctl_child.close()
+    os.close(alive_r)
+    if out is not None:
+        os.close(out[1])
+        os.close(err[1])
+    started = Started(pid=pid, stdout=out[0] if out else None, stderr=err[0] if err else None,
+                      master=None, cgroup=cgroup, network=stack, alive=alive_w)
+    errors: list[str] = []
+    with ctl_parent:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(ctl_parent, 1 << 20, 4)
+            except InterruptedError:
+                continue
+            if not data:
+                break
+            msg = json.loads(data)
+            if "stubs" in msg:
+                started.stubs = msg["stubs"]
+            if "master" in msg and fds:
+                started.master = fds[0]
+            if "error" in msg:
+                errors.append(msg["error"])
+    if errors:
+        for fd in (started.stdout, started.stderr, started.master):
+            if fd is not None:
+                os.close(fd)
+        os.waitpid(pid, 0)
+        started.close()
+        raise SandboxError(errors[0])
+    return started
+
+
+def _init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
+          ctl: socket.socket, out_w: int | None, err_w: int | None, alive_r: int) -> None:
+    """C2, PID 1: build the root, pivot into it, set up stdio, exec the command."""
+    linux.set_pdeathsig(signal.SIGKILL)
+    poller = select.poll()
+    poller.register(alive_r, select.POLLIN)
+    if poller.poll(0):  # EOF: the monitor died before PDEATHSIG was armed
+        raise SandboxError("the container's monitor went away during setup")
+    os.close(alive_r)
+    cgroup.join()
+    linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWCGROUP)
+    make_private(root_mount=True)
+    run_dir = Path(spec.run_dir)
+    root = run_dir / "root"
+    recorder = None
+    try:
+        overlay.mount_overlay(tuple(Path(p) for p in spec.lower_dirs), Path(spec.upper_dir),
+                              Path(spec.work_dir), root, run_dir)
+        recorder = StubRecorder(str(root))
+        mount_system(recorder, run_dir / "hosts", run_dir / "resolv.conf")
+        bind(run_dir / "hostname", recorder.ensure("/etc/hostname", "file"), readonly=False)
+        for v in spec.volumes:
+            kind = "dir" if Path(v.source).is_dir() else "file"
+            bind(v.source, recorder.ensure(v.target, kind), readonly=v.readonly)
+    finally:
+        if recorder is not None:
+            _send(ctl, {"stubs": recorder.report()})
+    seal_mounts(root)
+    os.chdir(root)
+    linux.pivot_root(".", ".")
+    linux.umount2(".", linux.MNT_DETACH)
+    os.chdir("/")
+    linux.sethostname(spec.hostname)
+    if netstack.own_namespace(spec.network):
+        linux.interface_up("lo")
+    if not os.path.isdir(spec.cwd):  # docker creates a missing working dir
+        try:
+            os.makedirs(spec.cwd, 0o755, exist_ok=True)
+            os.chown(spec.cwd, spec.uid, spec.gid)
+        except OSError:
+            pass
+    os.setsid()
+    if spec.tty:
+        master, slave = open_pty()
+        if spec.tty_size:
+            set_window_size(master, *spec.tty_size)
+        _send(ctl, {"master": True}, (master,))
+        os.close(master)
+        _stdio(slave, slave, slave, controlling=True)
+    else:
+        stdin = stdin_fd if stdin_fd is not None else os.open("/dev/null", os.O_RDONLY)
+        _stdio(stdin, out_w, err_w)
+    exec_command(spec.argv, dict(spec.env), spec.cwd, spec.uid, spec.gid, spec.groups,
+                 keep=(ctl.fileno(),))
+
+
+# --- shared by PID 1 and exec ---------------------------------------------------
+
+def open_pty() -> tuple[int, int]:
+    """A pseudo-terminal of the devpts instance mounted at /dev/pts (ours after
+    pivot_root / setns): (master, slave), both close-on-exec."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    n = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+    slave = os.open(f"/dev/pts/{n}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    return master, slave
+
+
+def set_window_size(fd: int, rows: int, cols: int) -> None:
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    except OSError:
+        pass
+
+
+def window_size(fd: int) -> tuple[int, int] | None:
+    try:
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    except OSError:
+        return None
+    return (rows, cols) if rows and cols else None
+
+
+def _stdio(stdin: int, stdout: int, stderr: int, controlling: bool = False) -> None:
+    if controlling:
+        fcntl.ioctl(stdin, termios.TIOCSCTTY, 0)
+    for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+        os.dup2(fd, target, inheritable=True)
+
+
+def exec_command(argv, env: dict, cwd: str, uid: int, gid: int, groups, keep=()) -> None:
+    """Close every fd but stdio (and `keep`, close-on-exec), reset signals, drop the
+    capability bounding set, chdir, enter docker's privileges (seccomp...), exec."""
+    for fd in os.listdir("/proc/self/fd"):
+        n = int(fd)
+        if n > 2 and n not in keep:
+            try:
+                os.close(n)
+            except OSError:
+                pass
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    os.umask(0o022)
+    linux.drop_bounding_capabilities()
+    try:
+        os.chdir(cwd)
+    except OSError as exc:
+        raise SandboxError(f"cannot change to working directory {cwd}: "
+                           f"{linux.errno_text(exc.errno or 0)}") from None
+    privileges.enter(uid, gid, tuple(groups))
+    try:
+        os.execvpe(argv[0], list(argv), env)
+    except OSError as exc:
+        raise SandboxError(f"cannot exec {argv[0]!r}: {linux.errno_text(exc.errno or 0)}"
+                           f" (PATH={env.get('PATH', os.defpath)})") from None
+
+
+# --- exec (in lamina) --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExecTarget:
+    pid: int                        # host pid of the container's PID 1
+    cgroup_dirs: tuple[str, ...]    # its cgroup dirs (cgroup.procs joined first)
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+    tty: bool = False
+    interactive: bool = False
+    tty_size: tuple[int, int] | None = None
+
+
+def exec_in(target: ExecTarget, spec: ExecSpec) -> tuple[int, int | None]:
+    """Fork X, which enters the container and forks the command into its PID
+    namespace. Returns (pid of X, pty master or None); X's exit status is the
+    command's (`wait_exec`)."""
+    if not spec.argv:
+        raise SandboxError("nothing to run: empty command")
+    privileges.prepare()
+    ns_fds = []
+    try:
+        for name in NAMESPACES:
+            ns_fds.append(os.open(f"/proc/{target.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        for fd in ns_fds:
+            os.close(fd)
+        raise SandboxError(f"cannot enter the container's namespaces: "
+                           f"{linux.errno_text(exc.errno or 0)}") from None
+    ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        code = 126
+        try:
+            gc.disable()
+            ctl_parent.close()
+            code = _exec_child(target, spec, ns_fds, ctl_child)
+        except BaseException as exc:  # noqa: BLE001
+            _send(ctl_child, {"error": _describe(exc, "exec")})
+        finally:
+            os._exit(code)
+    for fd in ns_fds:
+        os.close(fd)
+    ctl_child.close()
+    master = None
+    errors = []
+    with ctl_parent:
+        while True:
+            data, fds, _, _ = socket.recv_fds(ctl_parent, 65536, 4)
+            if not data:
+                break
+            msg = json.loads(data)
+            if "master" in msg and fds:
+                master = fds[0]
+            if "error" in msg:
+                errors.append(msg["error"])
+            if "started" in msg:
+                break
+    if errors:
+        os.waitpid(pid, 0)
+        raise SandboxError(errors[0])
+    return pid, master
+
+
+def _exec_child(target: ExecTarget, spec: ExecSpec, ns_fds: list[int],
+                ctl: socket.socket) -> int:
+    for d in target.cgroup_dirs:
+        try:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except OSError:
+            pass
+    for name, fd in zip(NAMESPACES, ns_fds):
+        if _libc.setns(fd, 0) != 0:
+            err = ctypes.get_errno()
+            raise SandboxError(f"setns({name}): {linux.errno_text(err)}")
+        os.close(fd)
+    master = slave = None
+    if spec.tty:
+        master, slave = open_pty()
+        if spec.tty_size:
+            set_window_size(master, *spec.tty_size)
+    child = os.fork()  # the first process of ours in the container's PID namespace
+    if child == 0:
+        try:
+            linux.set_pdeathsig(signal.SIGKILL)
+            if spec.tty:
+                os.setsid()
+                _stdio(slave, slave, slave, controlling=True)
+            elif not spec.interactive:
+                null = os.open("/dev/null", os.O_RDONLY)
+                os.dup2(null, 0)
+            exec_command(spec.argv, dict(spec.env), spec.cwd, spec.uid, spec.gid, spec.groups,
+                         keep=(ctl.fileno(),))
+        except BaseException as exc:  # noqa: BLE001
+            _send(ctl, {"error": _describe(exc, "exec")})
+        finally:
+            os._exit(126)
+    if master is not None:
+        _send(ctl, {"master": True}, (master,))
+        os.close(master)
+        os.close(slave)
+    ctl.close()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, lambda s, f, c=child: _forward(c, s))
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:
+            continue
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _forward(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
