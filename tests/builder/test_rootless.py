@@ -12,6 +12,7 @@ site-packages added.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -125,18 +126,28 @@ class User:
         return ids
 
 
-def _python_for(user: str) -> list[str]:
-    """An interpreter command the user can run that imports this lamina."""
+def _python_for(user: str, where: Path) -> list[str]:
+    """An interpreter command the user can run that imports this lamina (and whose
+    sys.executable does too: `lamina run` starts its monitor with it)."""
     ok = subprocess.run(["runuser", "-u", user, "--", sys.executable, "-c", "import lamina"],
                         capture_output=True)
     if ok.returncode == 0:
-        return [sys.executable]
+        return [sys.executable, "-m", "lamina"]
     system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     if not os.path.exists(system):
         pytest.skip(f"the user cannot run {sys.executable} and there is no {system}")
+    # a venv of the system interpreter that adds this venv's site-packages (.pth)
+    venv = where / "venv"
+    subprocess.run([system, "-m", "venv", "--without-pip", str(venv)], check=True)
     site_dir = sysconfig.get_paths()["purelib"]
-    return [system, "-c", f"import site, runpy; site.addsitedir({site_dir!r}); "
-                          "runpy.run_module('lamina', run_name='__main__', alter_sys=True)"]
+    (Path(glob.glob(str(venv / "lib" / "python*" / "site-packages"))[0]) / "lamina-dev.pth"
+     ).write_text(f"import site; site.addsitedir({site_dir!r})\n")
+    for dirpath, _, filenames in os.walk(venv):
+        for n in [dirpath, *(os.path.join(dirpath, f) for f in filenames)]:
+            if not os.path.islink(n):
+                os.chmod(n, os.stat(n).st_mode | 0o555 if os.path.isdir(n) else
+                         os.stat(n).st_mode | 0o444)
+    return [str(venv / "bin" / "python"), "-m", "lamina"]
 
 
 @pytest.fixture(scope="module")
@@ -148,13 +159,16 @@ def users():
             pytest.fail(f"{tool} missing (dev/setup installs uidmap and passwd)")
     tag = os.getpid() % 100000
     made = []
+    tools = Path(tempfile.mkdtemp(prefix="lamina-rootless-python-"))
+    tools.chmod(0o755)
     try:
         made.append(User(f"lamrl{tag}", ranges=True))
         made.append(User(f"lamrs{tag}", ranges=False))
-        yield made[0], made[1], _python_for(made[0].name)
+        yield made[0], made[1], _python_for(made[0].name, tools)
     finally:
         for u in made:
             u.delete()
+        shutil.rmtree(tools, ignore_errors=True)
     text = Path("/etc/subuid").read_text() + Path("/etc/subgid").read_text()
     assert f"lamrl{tag}:" not in text and f"lamrs{tag}:" not in text
 
@@ -323,6 +337,9 @@ def test_other_commands_work_unprivileged(users, work):
                            *python, "images"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert oct(env_root.stat().st_mode & 0o777) == "0o700" and env_root.stat().st_uid == user.uid
+    # run: the image's command in the sandbox, as the image's user
+    ran = lamina_as(user, python, "run", "--rm", "--network", "none", "hello:rl", "id", root=store)
+    assert ran.stdout.strip() == "uid=1000 gid=1000"
     # a file of the store the user cannot remove from outside goes from inside
     check = lamina_as(user, python, "unshare", "--check", root=store)
     assert f"uid {user.uid} outside" in check.stdout and "subordinate IDs: 0..65536" in check.stdout
