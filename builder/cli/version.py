@@ -90,7 +90,16 @@ def host_features() -> HostFeatures:
     return HostFeatures(overlay=probe_overlay(), user_namespaces=probe_user_namespaces(),
                         cgroup=probe_cgroup(), seccomp=probe_seccomp(),
                         network_helper=probe_network_helper(),
-                        running_as="root" if uid == 0 else f"uid {uid} (rootless)")
+                        running_as=_running_as(uid))
+
+
+def _running_as(uid: int) -> str:
+    mode = os.environ.get("LAMINA_ROOTLESS")  # builder.sandbox.userns
+    if uid == 0 and mode:
+        outside = os.environ.get("LAMINA_ROOTLESS_IDS", "?").split(":")[0]
+        ids = {"subids": "subordinate IDs", "single": "own ID only"}.get(mode, "adopted namespace")
+        return f"root of a user namespace (rootless: uid {outside} outside, {ids})"
+    return "root" if uid == 0 else f"uid {uid} (rootless)"
 
 
 def lamina_version() -> str:
