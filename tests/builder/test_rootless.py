@@ -509,3 +509,19 @@ def test_concurrent_rootless_builds_share_one_store(users, work, root_ids):
         assert proc.returncode == 0, err
         assert _iid(out) == root_ids[name]
     lamina_as(user, python, "fsck", root=store)
+
+
+@pytest.mark.root
+def test_push_and_pull_unprivileged(users, work, tmp_path, root_ids):
+    from tests.store.registryfix import registry
+
+    user, _, python = users
+    store, other = work / "store-push", work / "store-pull"
+    lamina_as(user, python, "build", "--network", "none", "-t", "diff:rl", str(work / "diff"),
+              root=store)
+    with registry(tmp_path / "registry") as host:
+        lamina_as(user, python, "push", "diff:rl", f"{host}/team/diff:1", root=store)
+        lamina_as(user, python, "pull", f"{host}/team/diff:1", root=other)
+    ids = lamina_as(user, python, "images", "-q", "--no-trunc", root=other).stdout.split()
+    assert ids == [root_ids["diff"]]  # pulled layers extracted with the image's owners
+    lamina_as(user, python, "fsck", root=other)
