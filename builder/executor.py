@@ -387,7 +387,9 @@ class Build:
             try:
                 if prepared is not None:
                     prepared = fetch_copy(prepared, download_dir, url_records=self._url_records)
-                layer = self._execute(step, label, layers, prepared, source)
+                layer = self._execute(step, label, layers, prepared, source,
+                                      reuse=lambda upper: self._copy_reuse(stage, step, inputs,
+                                                                           source, upper, layers))
             except BuildError as e:
                 err = self._at(step, e)
                 self.progress.failed(label, e.message.split("\n")[0])
@@ -421,7 +423,25 @@ class Build:
             return e
         return step.error(e.message)
 
-    def _execute(self, step: Step, label: StepLabel, layers, prepared, source) -> LayerBlob | None:
+    def _copy_reuse(self, stage: Stage, step: Step, inputs: CacheInputs, source, upper: Path,
+                    layers):
+        """A COPY from the context that misses only because some files changed: the
+        previous result of the step, whose unchanged files are moved over, not copied
+        again (builder.steps.reuse). None when there is nothing to reuse."""
+        r = step.resolved
+        if self.options.no_cache or source is not None or r.keyword != "COPY" or r.inline:
+            return None
+        try:
+            previous = CacheInputs.from_json(self._explain_path(stage, step).read_text())
+        except (OSError, ValueError, TypeError):
+            return None
+        from lamina.builder.steps.reuse import previous_copy
+        in_use = {l.diff_id for res in self.results.values() for l in res.layers}
+        return previous_copy(self.store, self.lease, previous, inputs, str(upper),
+                             in_use | {l.diff_id for l in layers})
+
+    def _execute(self, step: Step, label: StepLabel, layers, prepared, source,
+                 reuse=lambda upper: None) -> LayerBlob | None:
         r = step.resolved
         upper = self.store.temp_path("upper")
         work = self.store.temp_path("work")
@@ -445,12 +465,22 @@ class Build:
                 if source is not None:
                     views["source"] = self._lower_dirs(source[1])
                 epoch = None  # created dirs and heredoc files: now (the commit clamps)
+                previous = reuse(upper)
 
-                def copy(root: Path, view_roots: dict) -> None:
-                    apply_copy(root, r, prepared, workdir=workdir,
-                               source_root=view_roots.get("source"), source_date_epoch=epoch)
+                def copy(root: Path, view_roots: dict) -> tuple[str, ...]:
+                    return apply_copy(root, r, prepared, workdir=workdir,
+                                      source_root=view_roots.get("source"), source_date_epoch=epoch,
+                                      reuse=previous)
 
-                in_mounted_root(lowers, upper, work, scratch, copy, views=views)
+                try:
+                    claimed = in_mounted_root(lowers, upper, work, scratch, copy, views=views)
+                    if claimed:  # unchanged files: moved from the previous result's dir
+                        from lamina.builder.steps.reuse import move_claimed
+                        move_claimed(previous, claimed)
+                finally:
+                    if previous is not None:
+                        from lamina.builder.steps.reuse import discard
+                        discard(previous)
             elif isinstance(r, ResolvedWorkdir):
                 user = step.config.user
 

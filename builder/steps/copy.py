@@ -152,8 +152,10 @@ class _Copier:
     """Executes the actions of one copy into an open RootDir."""
 
     def __init__(self, r: RootDir, *, chown: tuple[int, int] | None, chmod: ChmodSpec | None,
-                 preserve_ownership: bool, mtime_ns: int | None, verify_digests: bool) -> None:
+                 preserve_ownership: bool, mtime_ns: int | None, verify_digests: bool,
+                 reuse=None) -> None:
         self.r = r
+        self.reuse = reuse  # builder.steps.reuse.ReuseClaims: files linked after the step
         self.chown = chown
         self.chmod = chmod
         self.preserve = preserve_ownership
@@ -301,6 +303,10 @@ class _Copier:
         kind = e.kind
         if kind == "socket":
             self.n.skipped += 1
+            return
+        if kind == "file" and self.reuse is not None and self.reuse.claim(
+                parent, name, dest, e.path, src, self.owner, self.mode):
+            self.n.files += 1  # unchanged since the previous build: linked from its layer
             return
         self.clear_target(parent, name, dest)
         if kind == "file":
@@ -481,16 +487,18 @@ def copy_into_root(root: str | os.PathLike, actions: Sequence[CopyAction], *,
                    source_date_epoch: int | None = None,
                    follow_final: Iterable[str] = (),
                    heredocs: Sequence[tuple[str, HeredocSource, bool]] = (),
-                   verify_digests: bool = True) -> CopyStats:
+                   verify_digests: bool = True, reuse=None) -> CopyStats:
     """Execute `actions` (from plan_copy) inside `root`. `chown` = (uid, gid) already
     resolved; `chmod` octal/symbolic; `preserve_ownership` keeps source owners when no
     chown (stage sources); `follow_final` = destinations whose final symlink is
-    followed; `heredocs` = (dest, HeredocSource, follow_final) files to write.
+    followed; `heredocs` = (dest, HeredocSource, follow_final) files to write;
+    `reuse` (builder.steps.reuse.ReuseClaims) takes the files to link afterwards.
     BuildError on any failure (the root is then partially written: the step fails)."""
     spec = parse_chmod(chmod)
     with RootDir(root) as r:
         c = _Copier(r, chown=chown, chmod=spec, preserve_ownership=preserve_ownership,
-                    mtime_ns=_epoch_ns(source_date_epoch), verify_digests=verify_digests)
+                    mtime_ns=_epoch_ns(source_date_epoch), verify_digests=verify_digests,
+                    reuse=reuse)
         try:
             c.run(actions, frozenset(follow_final))
             for dest, doc, follow in heredocs:

@@ -53,7 +53,8 @@ def copy_selection(root: str | os.PathLike, selection: CopySelection, dest: str,
                    chown: tuple[int, int] | None = None,
                    chmod: "str | int | ChmodSpec | None" = None,
                    source_date_epoch: int | None = None,
-                   instruction: str = "COPY", verify_digests: bool = True) -> CopyStats:
+                   instruction: str = "COPY", verify_digests: bool = True,
+                   reuse=None) -> CopyStats:
     """COPY `selection` (and heredoc bodies) to `dest` inside `root`, with docker's
     destination rules evaluated against the root as it is now (the merged view)."""
     spec = parse_chmod(chmod)
@@ -72,4 +73,4 @@ def copy_selection(root: str | os.PathLike, selection: CopySelection, dest: str,
     return copy_into_root(root, actions, chown=chown, chmod=spec,
                           preserve_ownership=selection.preserves_ownership,
                           source_date_epoch=source_date_epoch, follow_final=follow,
-                          heredocs=docs, verify_digests=verify_digests)
+                          heredocs=docs, verify_digests=verify_digests, reuse=reuse)

@@ -135,8 +135,12 @@ def _owner(root: Path, chown: str) -> tuple[int, int] | None:
 
 
 def apply_copy(root: Path, r: ResolvedCopy, prepared: PreparedCopy, *, workdir: str,
-               source_root: Path | None, source_date_epoch: int | None) -> None:
-    """Write a COPY/ADD into `root` (runs inside the mount namespace child)."""
+               source_root: Path | None, source_date_epoch: int | None,
+               reuse=None) -> tuple[str, ...]:
+    """Write a COPY/ADD into `root` (runs inside the mount namespace child). With
+    `reuse` (builder.steps.reuse.CopyReuse; a COPY from the context only), files the
+    previous build of the step wrote exactly so are not written: their destinations
+    are returned, for builder.steps.reuse.link_claimed once the overlay is gone."""
     if not prepared.fetched:
         raise BuildError(f"{r.keyword}: remote sources were not fetched before executing")
     owner = _owner(root, r.chown)
@@ -160,11 +164,20 @@ def apply_copy(root: Path, r: ResolvedCopy, prepared: PreparedCopy, *, workdir: 
             copy_selection(root, empty, r.dest_path, workdir, heredocs=heredocs, chown=owner,
                            chmod=r.chmod or None, source_date_epoch=source_date_epoch,
                            instruction="ADD")
-        return
+        return ()
     if selection is None:
         selection = CopySelection(sources=(), preserves_ownership=False)
-    copy_selection(root, selection, r.dest_path, workdir, heredocs=heredocs, chown=owner,
-                   chmod=r.chmod or None, source_date_epoch=source_date_epoch)
+    claims = None
+    if reuse is not None and source_root is None and not heredocs:
+        from lamina.builder.steps.reuse import ReuseClaims
+        claims = ReuseClaims(reuse, root)
+    try:
+        copy_selection(root, selection, r.dest_path, workdir, heredocs=heredocs, chown=owner,
+                       chmod=r.chmod or None, source_date_epoch=source_date_epoch, reuse=claims)
+    finally:
+        if claims is not None:
+            claims.close()
+    return tuple(claims.claimed) if claims is not None else ()
 
 
 def apply_workdir(root: Path, r: ResolvedWorkdir, user: str,
