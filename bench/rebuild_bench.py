@@ -128,6 +128,13 @@ def _pdeathsig() -> None:  # runs in the child: die with the bench
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
+def _python_env() -> dict:
+    """The environment for lamina: Python writes its bytecode caches (as an installed
+    lamina has them; PYTHONDONTWRITEBYTECODE would recompile changed modules on every
+    start)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run_timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int]:
     """(seconds, peak RSS in KiB of the largest process of the tree); exits on failure."""
     subprocess.run(["sync"], check=True)
@@ -168,12 +175,13 @@ class Lamina(Builder):
 
     def load_base(self, tar: Path) -> None:
         subprocess.run(self.base + ["import", str(tar), BASE_REF], check=True,
-                       capture_output=True, cwd=REPO)
+                       capture_output=True, cwd=REPO, env=_python_env())
 
     def build(self, dockerfile: str, no_cache: bool) -> tuple[float, int]:
         cmd = self.base + ["build", "--network", "none", "--progress", "plain", "-t", "bench",
                            "-f", str(self.ctx / dockerfile)]
-        return run_timed(cmd + (["--no-cache"] if no_cache else []) + [str(self.ctx)], cwd=REPO)
+        return run_timed(cmd + (["--no-cache"] if no_cache else []) + [str(self.ctx)],
+                         env=_python_env(), cwd=REPO)
 
 
 class LaminaAt(Lamina):
@@ -192,7 +200,7 @@ class LaminaAt(Lamina):
         shutil.copytree(src / "lamina", pkg)
         for sub in ("grammar", "store", "builder"):
             (pkg / sub).symlink_to(src / sub)
-        self.env = {**os.environ, "PYTHONPATH": str(self.tmp / "path")}
+        self.env = {**_python_env(), "PYTHONPATH": str(self.tmp / "path")}
 
     def build(self, dockerfile: str, no_cache: bool) -> tuple[float, int]:
         cmd = self.base + ["build", "--network", "none", "--progress", "plain", "-t", "bench",
