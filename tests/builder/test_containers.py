@@ -1,0 +1,215 @@
+"""Containers through the real CLI (`python -m lamina`): foreground runs and their exit
+status, a detached container's logs, exec, stop with its STOPSIGNAL, commit, `ps`
+formats, `rm -f`, `-i` stdin. The expected behaviour is docker's (documented in
+docker's `run`/`ps`/`stop` reference): exit status passed through, hostname = short ID,
+PID 1 = the command, STOPSIGNAL then SIGKILL after the timeout, commit = upper dir as
+a new layer."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.builder.buildkit import REPO, build, make_context
+
+pytestmark = pytest.mark.root
+
+
+def lamina(root, *args, input=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout, input=input)
+
+
+def state(root: Path, cid: str) -> dict:
+    return json.loads((root / "containers" / cid / "state.json").read_text())
+
+
+def wait_for(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def store(build_store):
+    root, _ = build_store
+    yield root
+    for cid in lamina(root, "ps", "-aq", "--no-trunc").stdout.split():
+        lamina(root, "rm", "-f", cid)
+
+
+def test_foreground_runs_pass_output_and_exit_status(store):
+    r = lamina(store, "run", "--network", "none", "bb", "sh", "-c",
+               "echo out; echo err >&2; exit 3")
+    assert r.returncode == 3
+    assert r.stdout == "out\n" and r.stderr == "err\n"
+    # a container is kept (docker's default without --rm), exited with its status
+    ps = lamina(store, "ps", "-a", "--format", "{{.Status}}|{{.Command}}").stdout.splitlines()
+    assert ps[0].startswith("Exited (3) ")
+    assert ps[0].endswith('|"sh -c echo out; ech…"')  # docker: quoted, cut to 20 runes
+    missing = lamina(store, "run", "--rm", "--network", "none", "bb", "no-such-command")
+    assert missing.returncode == 127 and "no-such-command" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_run_environment_hostname_user_workdir_volume_entrypoint(store, tmp_path):
+    host = tmp_path / "vol"
+    host.mkdir()
+    host.chmod(0o777)  # writable by uid 1000: only the :ro mount refuses the write
+    (host / "in").write_text("from host\n")
+    envfile = tmp_path / "env"
+    envfile.write_text("# comment\nFROMFILE=yes\n")
+    r = lamina(store, "run", "--rm", "--network", "none", "-e", "A=1", "--env-file", envfile,
+               "-u", "1000", "-w", "/home/alice", "-v", f"{host}:/data",
+               "-v", f"{host}:/ro:ro", "bb", "sh", "-c",
+               "echo $A $FROMFILE $(id -u) $(pwd) $HOME; cat /data/in; echo new > /data/out;"
+               " echo x > /ro/x 2>/dev/null || echo ro-refused; hostname; cat /proc/1/cmdline")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:3] == ["1 yes 1000 /home/alice /home/alice", "from host", "ro-refused"]
+    assert re.fullmatch(r"[0-9a-f]{12}", lines[3])        # hostname: the short ID
+    assert lines[4] == "cat\0/proc/1/cmdline\0"     # the command (sh exec's its last) is PID 1
+    assert (host / "out").read_text() == "new\n"          # -v writes reach the host
+    named = lamina(store, "run", "--rm", "--network", "none", "--hostname", "box",
+                   "--entrypoint", "hostname", "bb")
+    assert named.stdout == "box\n"
+
+
+def test_foreground_run_forwards_signals_and_reports_a_kill(store):
+    argv = [sys.executable, "-m", "lamina", "--root", str(store), "run", "--network", "none",
+            "bb", "sh", "-c", "trap 'echo got TERM; exit 7' TERM; echo ready;"
+                              " while true; do sleep 0.1; done"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert p.stdout.readline() == "ready\n"
+    p.send_signal(15)                      # lamina forwards it to the container's PID 1
+    assert p.wait(20) == 7
+    assert p.stdout.read() == "got TERM\n"
+    p = subprocess.Popen(argv[:-1] + ["echo ready; sleep 1000"], stdout=subprocess.PIPE, text=True,
+                         cwd=REPO)
+    assert p.stdout.readline() == "ready\n"
+    cid = lamina(store, "ps", "-q").stdout.strip()
+    assert lamina(store, "kill", cid).returncode == 0  # SIGKILL from outside: 128 + 9
+    assert p.wait(20) == 137
+    p.stdout.close()
+
+
+def test_stdin_with_i(store):
+    r = lamina(store, "run", "--rm", "-i", "--network", "none", "bb", "sh", "-c", "tr a-z A-Z",
+               input="piped in\n")
+    assert r.returncode == 0 and r.stdout == "PIPED IN\n"
+    r = lamina(store, "run", "--rm", "--network", "none", "bb", "cat", input="ignored\n")
+    assert r.stdout == ""  # without -i stdin is not connected (docker)
+
+
+def test_detached_logs_exec_commit_and_rm_force(store):
+    r = lamina(store, "run", "-d", "--name", "web", "--network", "none", "bb",
+               "sh", "-c", "echo hi; echo oops >&2; sleep 1000")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", cid)
+    assert wait_for(lambda: b"oops" in (store / "containers" / cid / "ctr.log").read_bytes())
+    logs = lamina(store, "logs", "web")
+    assert logs.stdout == "hi\n" and logs.stderr == "oops\n"
+    assert lamina(store, "logs", "--tail", "1", cid[:8]).stderr == "oops\n"
+    assert lamina(store, "logs", "--tail", "1", cid[:8]).stdout == ""
+    ps = lamina(store, "ps").stdout.splitlines()
+    assert ps[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
+                             "NAMES"]
+    assert ps[1].startswith(cid[:12] + "   bb ") and ps[1].endswith("web")
+    assert lamina(store, "ps", "-q").stdout == cid[:12] + "\n"
+    assert lamina(store, "ps", "-q", "--no-trunc").stdout == cid + "\n"
+    table = lamina(store, "ps", "--format", "table {{.Names}}\t{{.State}}").stdout
+    assert table == "NAMES     STATE\nweb       running\n"
+    assert json.loads(lamina(store, "ps", "--format", "json").stdout)["Names"] == "web"
+    # exec: the container's namespaces (its PID 1, its hostname), docker's capabilities
+    ex = lamina(store, "exec", "web", "sh", "-c",
+                "cat /proc/1/cmdline; echo; hostname; grep CapBnd /proc/self/status;"
+                " grep Seccomp: /proc/self/status; echo made > /made; exit 4")
+    assert ex.returncode == 4, ex.stderr
+    out = ex.stdout.splitlines()
+    assert out[0] == "sleep\x001000\x00" or out[0].startswith("sh\x00-c")
+    assert out[1] == cid[:12]
+    assert out[2].split()[1] == "00000000a80425fb"   # docker's default capability set
+    assert out[3].split()[1] == "2"                    # seccomp filter mode
+    assert lamina(store, "exec", "-u", "alice", "web", "id", "-un").stdout == "alice\n"
+    # commit: the upper dir becomes a layer of a new image
+    commit = lamina(store, "commit", "web", "snap:1")
+    assert commit.returncode == 0, commit.stderr
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", commit.stdout)
+    shown = lamina(store, "run", "--rm", "--network", "none", "snap:1", "sh", "-c",
+                   "cat /made; ls /etc/hostname 2>&1 | head -1")
+    assert shown.stdout.splitlines()[0] == "made"
+    from tests.builder.buildkit import image_config
+    base, snap = image_config(store, "bb"), image_config(store, "snap:1")
+    assert snap["rootfs"]["diff_ids"][:-1] == base["rootfs"]["diff_ids"]
+    assert len(snap["rootfs"]["diff_ids"]) == len(base["rootfs"]["diff_ids"]) + 1
+    # rm without -f refuses a running container, -f removes it
+    refused = lamina(store, "rm", "web")
+    assert refused.returncode == 1 and "is running" in refused.stderr
+    pid = state(store, cid)["init_pid"]
+    forced = lamina(store, "rm", "-f", "web")
+    assert forced.returncode == 0 and forced.stdout == "web\n"
+    assert not (store / "containers" / cid).exists()
+    assert not _alive(pid)
+    assert lamina(store, "ps", "-aq").stdout == ""
+    assert lamina(store, "logs", "web").returncode == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+def test_stop_uses_the_images_stopsignal(store, tmp_path):
+    ctx = make_context(tmp_path / "ctx", """\
+FROM bb
+STOPSIGNAL SIGUSR1
+CMD ["sh", "-c", "trap 'echo stopping by USR1; exit 0' USR1; echo ready; while true; do sleep 0.1; done"]
+""", {})
+    build(store, ctx, "-t", "stoppable").check()
+    cid = lamina(store, "run", "-d", "--network", "none", "stoppable").stdout.strip()
+    assert wait_for(lambda: lamina(store, "logs", cid).stdout == "ready\n")
+    started = time.monotonic()
+    stop = lamina(store, "stop", "-t", "20", cid[:12])
+    assert stop.returncode == 0 and stop.stdout == cid[:12] + "\n"
+    assert time.monotonic() - started < 10  # the trap ran: no wait for the SIGKILL
+    assert state(store, cid)["exit_code"] == 0
+    assert lamina(store, "logs", cid).stdout == "ready\nstopping by USR1\n"
+    assert lamina(store, "ps", "-a", "--format", "{{.Status}}").stdout.startswith("Exited (0) ")
+    # a PID 1 without a handler ignores SIGTERM: stop kills it after the timeout (docker)
+    cid = lamina(store, "run", "-d", "--network", "none", "bb", "sleep", "1000").stdout.strip()
+    started = time.monotonic()
+    lamina(store, "stop", "-t", "1", cid)
+    assert 1 <= time.monotonic() - started < 8
+    assert state(store, cid)["exit_code"] == 137
+    # kill -s
+    cid = lamina(store, "run", "-d", "--network", "none", "bb", "sh", "-c",
+                 "trap 'exit 9' HUP; while true; do sleep 0.1; done").stdout.strip()
+    assert lamina(store, "kill", "-s", "HUP", cid).returncode == 0
+    assert wait_for(lambda: state(store, cid)["status"] == "exited")
+    assert state(store, cid)["exit_code"] == 9
+
+
+def test_run_rm_removes_the_container(store):
+    r = lamina(store, "run", "--rm", "--network", "none", "bb", "true")
+    assert r.returncode == 0
+    assert wait_for(lambda: lamina(store, "ps", "-aq").stdout == "")
+    cid = lamina(store, "run", "-d", "--rm", "--network", "none", "bb", "sleep", "0.2").stdout.strip()
+    assert wait_for(lambda: not (store / "containers" / cid).exists())
+
+
+def test_default_network_has_outbound_interface(store):
+    r = lamina(store, "run", "--rm", "bb", "sh", "-c", "ip -o -4 addr show tap0")
+    assert r.returncode == 0, r.stderr
+    assert "10.0.2.100" in r.stdout  # slirp4netns's address, as a RUN's default network
