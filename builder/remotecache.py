@@ -31,15 +31,29 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
-import httpx
-
 from lamina.builder.errors import BuildError
 from lamina.builder.plan.cachekey import CacheInputs
 from lamina.store.cache import CacheEntry
 from lamina.store.errors import StoreError
 from lamina.store.layers import LayerBlob
-from lamina.store.registry import cache as rc
-from lamina.store.registry.cachelayout import LayoutCacheSource, write_layout
+
+
+class _OnUse:
+    """A module imported at its first attribute use: a build without --cache-from or
+    --cache-to never loads the registry client (httpx alone: ~50 ms of every start)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+httpx = _OnUse("httpx")
+rc = _OnUse("lamina.store.registry.cache")
+_layout = _OnUse("lamina.store.registry.cachelayout")
 
 TYPES = ("registry", "local", "inline")
 COMPRESSIONS = ("gzip", "zstd")
@@ -170,7 +184,7 @@ class RemoteCache:
             source: rc.CacheSource | None = None
             try:
                 source = (rc.RegistryCacheSource(spec.ref) if spec.type == "registry"
-                          else LayoutCacheSource(spec.path))
+                          else _layout.LayoutCacheSource(spec.path))
                 data = source.load()
             except (StoreError, httpx.HTTPError, OSError) as e:
                 if source is not None:
@@ -373,7 +387,7 @@ class RemoteCache:
                                f"{pushed.uploaded} bytes uploaded, {pushed.reused} layers reused) "
                                f"in {time.monotonic() - started:.1f}s")
                 else:
-                    write_layout(self.store, spec.path, data, mode=spec.mode,
+                    _layout.write_layout(self.store, spec.path, data, mode=spec.mode,
                                     provide=lambda l: self._provide(l, lease))
                     self._note(f"exported cache to {spec.path} ({spec.mode}: {_steps(len(data.records))}) "
                                f"in {time.monotonic() - started:.1f}s")
