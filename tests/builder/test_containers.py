@@ -213,3 +213,20 @@ def test_default_network_has_outbound_interface(store):
     r = lamina(store, "run", "--rm", "bb", "sh", "-c", "ip -o -4 addr show tap0")
     assert r.returncode == 0, r.stderr
     assert "10.0.2.100" in r.stdout  # slirp4netns's address, as a RUN's default network
+
+
+def test_logs_follow_detached_tty_and_exec_options(store):
+    cid = lamina(store, "run", "-dt", "--network", "none", "bb", "sh", "-c",
+                 "tty; echo x; sleep 0.5; echo y").stdout.strip()
+    followed = lamina(store, "logs", "-f", cid)          # returns once the container exits
+    assert followed.stdout == "/dev/pts/0\nx\ny\n"  # a TTY's (text mode reads its \r\n as \n)
+    assert state(store, cid)["status"] == "exited"
+    stamped = lamina(store, "logs", "-t", "--tail", "1", cid).stdout
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z y\n", stamped)
+    cid = lamina(store, "run", "-d", "--network", "none", "-e", "A=1", "bb",
+                 "sleep", "1000").stdout.strip()
+    ex = lamina(store, "exec", "-e", "B=2", "-w", "/tmp", cid, "sh", "-c", "echo $A $B $(pwd)")
+    assert ex.stdout == "1 2 /tmp\n"
+    lamina(store, "rm", "-f", cid)
+    gone = lamina(store, "exec", cid, "true")
+    assert gone.returncode == 1 and "No such container" in gone.stderr
