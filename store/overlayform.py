@@ -16,6 +16,7 @@ so the prefix is a property of the process, decided once:
     unprivileged() -> bool      this process is not in the host's user namespace
     prefix() -> str             "trusted.overlay." or "user.overlay."
     opaque_xattr() -> str       prefix() + "opaque"
+    check_store(root)           record a store's form on first use, refuse the other
 
 """
 
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import os
+
+from lamina.store.errors import StoreError
 
 TRUSTED_PREFIX = "trusted.overlay."
 USER_PREFIX = "user.overlay."
@@ -51,3 +54,32 @@ def prefix() -> str:
 
 def opaque_xattr() -> str:
     return prefix() + "opaque"
+
+
+MARKER = "overlay-xattrs"  # in a store's root: "trusted" or "user", written on first use
+
+
+def check_store(root) -> None:
+    """Record the overlay form of a store on first use; refuse a store of the other
+    form (a rootless store opened as root, or the reverse), whose opaque dirs this
+    process would not see. A store without the marker predates it: it gets this
+    process's form."""
+    form = "user" if unprivileged() else "trusted"
+    path = os.path.join(os.fspath(root), MARKER)
+    try:
+        with open(path) as f:
+            found = f.read().strip()
+    except FileNotFoundError:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(form + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # a concurrent first use writes the same
+        return
+    if found != form:
+        made = "rootless lamina (in a user namespace)" if found == "user" else "lamina as root"
+        now = "rootless" if form == "user" else "as root"
+        raise StoreError(f"the store {root} was made by {made}: its layers mark opaque "
+                         f"directories with {found}.overlay.* xattrs, which lamina running "
+                         f"{now} cannot use; use another --root", path=str(root))

@@ -22,6 +22,7 @@ import functools
 import os
 from pathlib import Path
 
+from lamina.store import overlayform
 from lamina.store.blobs import BlobStore
 from lamina.store.db import Database
 from lamina.store.errors import StoreError
@@ -59,6 +60,7 @@ class StoreRoot:
         except OSError as e:
             raise StoreError(f"cannot create the store at {self.root}: {e.strerror or e}",
                              path=str(self.root)) from None
+        overlayform.check_store(self.root)  # root's and rootless stores are not mixed
         self.layers_root = self.root / "layers"
         self.tmp_dir = self.root / "tmp"
         self.locks_dir = self.root / "locks"

@@ -525,3 +525,20 @@ def test_push_and_pull_unprivileged(users, work, tmp_path, root_ids):
     ids = lamina_as(user, python, "images", "-q", "--no-trunc", root=other).stdout.split()
     assert ids == [root_ids["diff"]]  # pulled layers extracted with the image's owners
     lamina_as(user, python, "fsck", root=other)
+
+
+@pytest.mark.root
+def test_a_rootless_store_is_refused_as_root_and_the_reverse(users, work, tmp_path):
+    user, _, python = users
+    store = work / "store-forms"
+    lamina_as(user, python, "images", root=store)
+    assert (store / "overlay-xattrs").read_text() == "user\n"
+    as_root = subprocess.run([sys.executable, "-m", "lamina", "--root", str(store), "images"],
+                             capture_output=True, text=True, timeout=60)
+    assert as_root.returncode == 1
+    assert "made by rootless lamina" in as_root.stderr and "Traceback" not in as_root.stderr
+    root_store = work / "store-root-form"
+    lamina_as_root("images", root=root_store)
+    os.chown(root_store, user.uid, user.uid)
+    theirs = lamina_as(user, python, "images", root=root_store, check=False)
+    assert theirs.returncode == 1 and "made by lamina as root" in theirs.stderr
