@@ -85,7 +85,7 @@ def _supervise(root: Path, cs: ContainerStore, record, stdin_fd, attach_fd) -> i
             except (SandboxError, BuildError, StoreError, OSError) as exc:
                 message = str(exc) if not isinstance(exc, OSError) else \
                     f"{exc.strerror or exc} {exc.filename or ''}".strip()
-                code = 127 if "cannot exec" in message else 126 if "working directory" in message else 125
+                code = exit_code_for(message)
                 cs.update(record.id, status="exited", exit_code=code, error=message,
                           finished=time.time(), started=time.time())
                 return code
@@ -112,6 +112,14 @@ def _supervise(root: Path, cs: ContainerStore, record, stdin_fd, attach_fd) -> i
             return code
     finally:
         log.close()
+
+
+def exit_code_for(message: str) -> int:
+    """docker's codes for a container that could not start: 127 command not found,
+    126 found but not runnable (permission, a bad working dir), 125 anything else."""
+    if "cannot exec" in message:
+        return 127 if "No such file" in message or "not found" in message else 126
+    return 126 if "working directory" in message else 125
 
 
 def _hand_master(attach_fd: int, master: int | None) -> None:
