@@ -19,7 +19,8 @@ Public API:
   xattrs in a user namespace).
 - ``mount_overlay(lower_dirs, upper, work, target, scratch_dir, api="auto")``:
   mount (in the caller's mount namespace), ``nodev`` (builder.sandbox.devices). ``lower_dirs`` are top-most first and
-  may be empty (an empty dir under ``scratch_dir`` stands in). ``api``: "new"
+  may be empty (an empty dir under ``scratch_dir`` stands in); a dir given twice
+  (two steps wrote the same diff) is kept at its top-most place only. ``api``: "new"
   (fsopen/fsconfig ``lowerdir+`` — no page-size limit), "classic" (mount(2) with
   the data shortened through symlinks ``scratch_dir/l/<n>`` so 500 layers fit in
   one page) or "auto" (new, falling back to classic when the kernel lacks it).
@@ -104,7 +105,7 @@ def _option_string() -> str:
 def mount_overlay(lower_dirs: tuple[Path, ...] | list[Path], upper: Path, work: Path,
                   target: Path, scratch_dir: Path, api: str = "auto") -> str:
     """Mount the overlay on `target`; return which API did it ("new" or "classic")."""
-    lowers = [Path(p) for p in lower_dirs]
+    lowers = _distinct(lower_dirs)
     if not lowers:
         empty = scratch_dir / "empty"
         empty.mkdir(exist_ok=True)
@@ -138,12 +139,27 @@ def mount_overlay(lower_dirs: tuple[Path, ...] | list[Path], upper: Path, work: 
 def mount_overlay_readonly(lower_dirs, target: Path, scratch_dir: Path) -> None:
     """Mount the merged, read-only view of a layer stack (top-most first) on `target`:
     an overlay without an upper dir (an empty dir pads a stack of 0 or 1 layers)."""
-    lowers = [Path(p) for p in lower_dirs]
+    lowers = _distinct(lower_dirs)
     empty = scratch_dir / "empty"
     empty.mkdir(exist_ok=True)
     while len(lowers) < 2:
         lowers.append(empty)
     _mount_new_api(lowers, None, None, target)
+
+
+def _distinct(lower_dirs) -> list[Path]:
+    """The stack with each layer dir once, at its top-most place. Two steps writing the
+    same bytes share one layer dir, and overlayfs refuses a lowerdir given twice
+    ("conflicting lowerdir path"); the lower copy adds nothing to the merged view, as
+    the top-most one already shows every entry of it and hides what lies below."""
+    seen: set[str] = set()
+    out = []
+    for p in lower_dirs:
+        key = os.path.normpath(os.fspath(p))
+        if key not in seen:
+            seen.add(key)
+            out.append(Path(p))
+    return out
 
 
 def _mount_new_api(lowers: list[Path], upper: Path | None, work: Path | None,
