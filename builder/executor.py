@@ -50,7 +50,8 @@ from lamina.builder.progress import Progress, StepLabel
 from lamina.builder.remotecache import RemoteCache, RemoteLayerLost
 from lamina.builder.plan.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun, ResolvedWorkdir
 from lamina.builder.plan.stageplan import BaseImage, StagePlan, Step, plan_stage
-from lamina.builder.steps.files import apply_copy, apply_workdir, fetch_copy, identify_copy
+from lamina.builder.steps.files import (apply_copy, apply_workdir, fetch_copy, identify_copy,
+                                        remote_sources)
 from lamina.builder.steps.run import RunEnvironment, check_network, execute_run
 from lamina.grammar import DockerfileError, parse
 from lamina.store import StoreError
@@ -132,13 +133,13 @@ class Build:
     # -- the whole build -----------------------------------------------------------------
 
     def read_dockerfile(self) -> tuple[str, str]:
+        from lamina.builder.context.contextfile import read_context_file
+
         path = self.options.dockerfile
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
+        try:  # symlinks resolved inside its directory: never a host file (hostile context)
+            return read_context_file(path, "the Dockerfile").decode("utf-8"), str(path)
         except FileNotFoundError:
             raise BuildError(f"cannot read the Dockerfile {path}: no such file") from None
-        except IsADirectoryError:
-            raise BuildError(f"cannot read the Dockerfile {path}: it is a directory") from None
         except UnicodeDecodeError:
             raise BuildError(f"cannot read the Dockerfile {path}: not UTF-8 text") from None
 
@@ -329,7 +330,8 @@ class Build:
         prepared = None
         source = None
         download_dir = self.store.temp_path("download")
-        download_dir.mkdir()
+        if isinstance(r, ResolvedCopy) and any(remote_sources(r)):
+            download_dir.mkdir()  # identifying a URL may download it; else made on a miss
         try:
             try:
                 if isinstance(r, ResolvedCopy):
@@ -386,6 +388,7 @@ class Build:
             t0 = time.monotonic()
             try:
                 if prepared is not None:
+                    download_dir.mkdir(exist_ok=True)
                     prepared = fetch_copy(prepared, download_dir, url_records=self._url_records)
                 layer = self._execute(step, label, layers, prepared, source,
                                       reuse=lambda upper: self._copy_reuse(stage, step, inputs,

@@ -193,6 +193,8 @@ def _require_blobs(root: StoreRoot, layers: Sequence[LayerBlob]) -> None:
 def record_image(root: StoreRoot, manifest_digest: str, manifest_bytes: bytes, manifest: Mapping[str, Any],
                  config_digest: str, config_bytes: bytes, config: Mapping[str, Any],
                  layers: Sequence[LayerBlob], tags: Sequence[refs.Reference]) -> None:
+    if _recorded(root, manifest_digest, layers, tags):
+        return  # a rebuild that changed nothing writes nothing
     now = time.time()
     size = sum(l.uncompressed_size for l in layers)
     with root.db.write() as c:
@@ -207,6 +209,26 @@ def record_image(root: StoreRoot, manifest_digest: str, manifest_bytes: bytes, m
                       [(manifest_digest, i, l.digest, l.diff_id) for i, l in enumerate(layers)])
         for t in tags:
             set_tag(c, str(t), manifest_digest, now)
+
+
+def _recorded(root: StoreRoot, manifest_digest: str, layers: Sequence[LayerBlob],
+              tags: Sequence[refs.Reference]) -> bool:
+    """Is the image recorded with exactly these layers, and does every tag already
+    name it? (read in one snapshot)"""
+    with root.db.read() as c:
+        if c.execute("SELECT 1 FROM images WHERE manifest_digest=?", (manifest_digest,)).fetchone() is None:
+            return False
+        rows = c.execute("SELECT l.digest, l.diff_id, b.digest IS NOT NULL AND r.diff_id IS NOT NULL "
+                         "FROM image_layers l LEFT JOIN layer_blobs b ON b.digest=l.digest "
+                         "LEFT JOIN layers r ON r.diff_id=l.diff_id "
+                         "WHERE l.manifest_digest=? ORDER BY l.idx", (manifest_digest,)).fetchall()
+        if [(r[0], r[1], bool(r[2])) for r in rows] != [(l.digest, l.diff_id, True) for l in layers]:
+            return False
+        for t in tags:
+            row = c.execute("SELECT manifest_digest FROM tags WHERE name=?", (str(t),)).fetchone()
+            if row is None or row[0] != manifest_digest:
+                return False
+    return True
 
 
 def set_tag(c, name: str, manifest_digest: str, now: float) -> None:
