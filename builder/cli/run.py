@@ -42,7 +42,7 @@ def run(g: Globals, detach, rm, name, interactive, tty, env, env_files, workdir,
         network, hostname, entrypoint, ref: str, command) -> None:
     """Run a command in a new container from image REF."""
     from lamina.builder.containers.attach import Attached, terminal_size
-    from lamina.builder.containers.create import RunOptions, create, spawn_monitor
+    from lamina.builder.containers.create import RunOptions, check_monitor, create, spawn_monitor
     from lamina.builder.containers.state import ContainerStore
     from lamina.store.store import Store
 
@@ -56,8 +56,9 @@ def run(g: Globals, detach, rm, name, interactive, tty, env, env_files, workdir,
     cs = ContainerStore(g.root)
     d = cs.path(record.id)
     if detach:
-        spawn_monitor(g.root, record.id)
+        monitor = spawn_monitor(g.root, record.id)
         while True:  # until the monitor started the container (or could not)
+            check_monitor(cs, record.id, monitor)
             current = cs.reconcile(cs.read(record.id) or record)
             if current.status != "created":
                 break
@@ -73,12 +74,12 @@ def run(g: Globals, detach, rm, name, interactive, tty, env, env_files, workdir,
         ours = None
         if tty:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            spawn_monitor(g.root, record.id, attach_fd=theirs.fileno())
+            monitor = spawn_monitor(g.root, record.id, attach_fd=theirs.fileno())
             theirs.close()
         else:
-            spawn_monitor(g.root, record.id, stdin_fd=0 if interactive else None)
+            monitor = spawn_monitor(g.root, record.id, stdin_fd=0 if interactive else None)
         sys.stdout.flush()
-        code = Attached(cs, record.id, ours).run()
+        code = Attached(cs, record.id, ours, monitor, interactive).run()
     finally:
         os.close(lock)
     if code != 0:

@@ -23,6 +23,7 @@ import time
 import tty as ttymod
 from pathlib import Path
 
+from lamina.builder.containers.create import check_monitor
 from lamina.builder.containers.logs import read_from
 from lamina.builder.containers.state import LOG_FILE, Container, ContainerStore, process_is
 from lamina.builder.sandbox.container import set_window_size, window_size
@@ -56,10 +57,13 @@ def send_signal(c: Container, sig: int) -> bool:
 
 
 class Attached:
-    def __init__(self, cs: ContainerStore, cid: str, master_sock: socket.socket | None) -> None:
+    def __init__(self, cs: ContainerStore, cid: str, master_sock: socket.socket | None,
+                 monitor_pid: int = 0, interactive: bool = False) -> None:
         self.cs = cs
         self.cid = cid
         self.master_sock = master_sock
+        self.monitor_pid = monitor_pid
+        self.interactive = interactive
         self.master: int | None = None
         self.pending: list[int] = []
         self.record: Container | None = None
@@ -68,14 +72,16 @@ class Attached:
         old = {sig: signal.signal(sig, self._on_signal) for sig in FORWARDED}
         old_winch = signal.signal(signal.SIGWINCH, self._on_winch)
         saved_tty = None
-        stdin_open = self.master_sock is not None
+        stdin_open = self.master_sock is not None and self.interactive
         try:
-            if self.master_sock is not None and os.isatty(0):
+            if stdin_open and os.isatty(0):
                 saved_tty = termios.tcgetattr(0)
                 ttymod.setraw(0)
             offset = 0
             log = self.cs.path(self.cid) / LOG_FILE
             while True:
+                if self.monitor_pid:
+                    check_monitor(self.cs, self.cid, self.monitor_pid)
                 record = self.cs.reconcile(self.cs.read(self.cid) or self.record)
                 if record is None:
                     return 125

@@ -164,24 +164,27 @@ def create(store: Store, opts: RunOptions) -> Container:
 
 
 def spawn_monitor(root: Path, cid: str, *, stdin_fd: int | None = None,
-                  attach_fd: int | None = None) -> None:
+                  attach_fd: int | None = None) -> int:
     """Start the container's monitor, detached from lamina: fork, setsid, fork again
     and exec `python -m lamina.builder.containers.monitor` (so it is nobody's child
     but init's, in a session of its own, with no PDEATHSIG towards lamina). Its stdio
     are /dev/null and ROOT/containers/<id>/monitor.err; `stdin_fd` (the container's
     stdin, `-i` without a TTY) arrives as fd 3, `attach_fd` (where a foreground run
-    receives the pty master) as fd 4."""
+    receives the pty master) as fd 4. Returns the monitor's pid."""
     d = ContainerStore(root).path(cid)
     argv = [sys.executable, "-m", "lamina.builder.containers.monitor", str(root), cid]
     if stdin_fd is not None:
         argv.append("--stdin=3")
     if attach_fd is not None:
         argv.append("--attach=4")
+    pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         try:
             os.setsid()
-            if os.fork() != 0:
+            monitor = os.fork()
+            if monitor != 0:
+                os.write(pid_w, str(monitor).encode())
                 os._exit(0)
             null = os.open("/dev/null", os.O_RDWR)
             err = os.open(d / "monitor.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -199,7 +202,36 @@ def spawn_monitor(root: Path, cid: str, *, stdin_fd: int | None = None,
             os.execv(sys.executable, argv)
         finally:
             os._exit(127)
+    os.close(pid_w)
     os.waitpid(pid, 0)
+    with os.fdopen(pid_r, "rb") as f:
+        text = f.read()
+    if not text.isdigit():
+        raise ContainerError("could not start the container's monitor process")
+    return int(text)
+
+
+def check_monitor(cs: ContainerStore, cid: str, monitor_pid: int) -> None:
+    """A monitor that died before recording itself (it could not even start) leaves
+    the record "created": record it exited, with what it wrote to monitor.err."""
+    record = cs.read(cid)
+    if record is None or record.status != "created" or record.monitor_pid:
+        return
+    try:
+        with open(f"/proc/{monitor_pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X"):
+                return
+    except OSError:
+        pass
+    record = cs.read(cid)
+    if record is None or record.status != "created" or record.monitor_pid:
+        return
+    try:
+        tail = (cs.path(cid) / "monitor.err").read_text(errors="replace").strip().splitlines()[-1:]
+    except OSError:
+        tail = []
+    cs.update(cid, status="exited", exit_code=125, finished=time.time(),
+              error="the container's monitor exited at once" + (f": {tail[0]}" if tail else ""))
 
 
 def fcntl_dup_high(fd: int) -> int:

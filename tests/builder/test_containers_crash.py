@@ -208,3 +208,23 @@ def test_gc_keeps_the_layers_of_a_running_container(tmp_path):
     assert lamina(store, "rm", "-f", cid).returncode == 0
     assert lamina(store, "gc").returncode == 0
     assert not any(d.is_dir() for d in dirs)   # once it is gone, so are they
+
+
+def test_a_monitor_that_dies_at_once_is_reported(tmp_path):
+    from lamina.builder.containers.create import check_monitor
+    from lamina.builder.containers.state import Container, ContainerStore
+
+    cs = ContainerStore(tmp_path)
+    cid = cs.new_id()
+    cs.create(Container(id=cid, name="", image="x", image_id="", manifest="", argv=("true",),
+                        created=time.time()))
+    (cs.path(cid) / "monitor.err").write_text("Traceback...\nImportError: broken install\n")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    check_monitor(cs, cid, os.getpid())          # alive: nothing to say yet
+    assert cs.read(cid).status == "created"
+    check_monitor(cs, cid, dead.pid)
+    rec = cs.read(cid)
+    assert rec.status == "exited" and rec.exit_code == 125
+    assert rec.error.endswith("ImportError: broken install")
+    assert rec.name and cs.find(rec.name).id == cid   # a generated docker-like name
