@@ -174,10 +174,10 @@ def users():
 
 
 def lamina_as(user: User, python: list[str], *args: str, root: Path,
-              check: bool = True, **kw) -> subprocess.CompletedProcess:
+              check: bool = True, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
     env = {"HOME": str(user.home), "XDG_DATA_HOME": str(user.home / "data"),
            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "LANG": "C.UTF-8"}
+           "LANG": "C.UTF-8", **(env_extra or {})}
     cmd = ["runuser", "-u", user.name, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
            *python, "--root", str(root), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
@@ -186,9 +186,10 @@ def lamina_as(user: User, python: list[str], *args: str, root: Path,
     return done
 
 
-def lamina_as_root(*args: str, root: Path) -> subprocess.CompletedProcess:
+def lamina_as_root(*args: str, root: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env_extra or {})})
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
@@ -542,3 +543,47 @@ def test_a_rootless_store_is_refused_as_root_and_the_reverse(users, work, tmp_pa
     os.chown(root_store, user.uid, user.uid)
     theirs = lamina_as(user, python, "images", root=root_store, check=False)
     assert theirs.returncode == 1 and "made by lamina as root" in theirs.stderr
+
+
+@pytest.mark.root
+def test_differential_cases_give_the_root_image_ids(users, work, busybox_path):
+    """Every dedicated case of the differential suite (tests/builder/diffcases) on its
+    imported busybox base: the rootless build's image ID is the root build's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.builder.test_differential import BASE_REF, CASES as DIFF_CASES, _base_rootfs, case_dir
+
+    user, _, python = users
+    EPOCH = {"SOURCE_DATE_EPOCH": "1000000"}  # import stamps the time: one for both
+    base = work / "diffcases"
+    base.mkdir()
+    tar = _base_rootfs(base, busybox_path)
+    mine, theirs = work / "store-diffcases", base / "root-store"
+    contexts = {}
+    for name, case in DIFF_CASES.items():
+        ctx = case_dir(base, name)
+        if case.prepare:
+            case.prepare(ctx)
+        contexts[name] = ctx
+    for dirpath, dirnames, filenames in os.walk(base):
+        for n in [dirpath, *(os.path.join(dirpath, x) for x in dirnames + filenames)]:
+            os.lchown(n, user.uid, user.uid)
+
+    def args(name: str) -> list[str]:
+        case = DIFF_CASES[name]
+        out = [f"--build-arg={k}={v}" for k, v in case.args.items()]
+        return out + (["--target", case.target] if case.target else [])
+
+    def as_user() -> dict[str, str]:
+        lamina_as(user, python, "import", str(tar), BASE_REF, root=mine, env_extra=EPOCH)
+        return {n: _iid(lamina_as(user, python, "build", "--network", "none", *args(n), str(c),
+                                  root=mine).stdout) for n, c in contexts.items()}
+
+    def as_root() -> dict[str, str]:
+        lamina_as_root("import", str(tar), BASE_REF, root=theirs, env_extra=EPOCH)
+        return {n: _iid(lamina_as_root("build", "--network", "none", *args(n), str(c),
+                                       root=theirs).stdout) for n, c in contexts.items()}
+
+    with ThreadPoolExecutor(2) as pool:
+        ours, roots = pool.submit(as_user), pool.submit(as_root)
+        assert ours.result() == roots.result()
