@@ -227,6 +227,8 @@ def test_logs_follow_detached_tty_and_exec_options(store):
                  "sleep", "1000").stdout.strip()
     ex = lamina(store, "exec", "-e", "B=2", "-w", "/tmp", cid, "sh", "-c", "echo $A $B $(pwd)")
     assert ex.stdout == "1 2 /tmp\n"
+    assert lamina(store, "exec", "-i", cid, "tr", "a-z", "A-Z", input="up\n").stdout == "UP\n"
+    assert lamina(store, "exec", cid, "cat", input="not connected\n").stdout == ""
     lamina(store, "rm", "-f", cid)
     gone = lamina(store, "exec", cid, "true")
     assert gone.returncode == 1 and "No such container" in gone.stderr
