@@ -150,7 +150,6 @@ class Build:
                           target=self.options.target, platform=Platform.host())
 
     def run(self) -> Image:
-        started = time.monotonic()
         plan = self.plan()
         for warning in plan.warnings:
             self.progress.note(warning)
@@ -167,7 +166,9 @@ class Build:
                     try:
                         for index in plan.order():
                             self.results[index] = self.build_stage(plan, plan.stage(index))
+                        committing = time.monotonic()  # "writing image": the commit alone
                         image = self.commit(plan, self.results[plan.target])
+                        committed = time.monotonic() - committing
                         break
                     except RemoteLayerLost as e:  # a remote cache hit's layer cannot be fetched
                         if attempt == 2:
@@ -178,8 +179,7 @@ class Build:
         finally:
             self.remote.close()
             self.context.stat_cache.close()
-        self.progress.finished(image.config_digest, tuple(self.options.tags),
-                               time.monotonic() - started)
+        self.progress.finished(image.config_digest, tuple(self.options.tags), committed)
         return image
 
     def commit(self, plan: BuildPlan, result: StageResult) -> Image:
