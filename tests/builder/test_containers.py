@@ -232,3 +232,28 @@ def test_logs_follow_detached_tty_and_exec_options(store):
     lamina(store, "rm", "-f", cid)
     gone = lamina(store, "exec", cid, "true")
     assert gone.returncode == 1 and "No such container" in gone.stderr
+
+
+@pytest.mark.parametrize("sample", ["hello", "multistage"])
+def test_samples_run_as_containers(store, tmp_path, sample):
+    import hashlib
+    import shutil
+
+    from tests.builder.buildkit import busybox_binary
+
+    ctx = tmp_path / sample
+    shutil.copytree(REPO / "samples" / sample, ctx, ignore=shutil.ignore_patterns("busybox"))
+    shutil.copy2(busybox_binary(), ctx / "busybox")
+    build(store, ctx, "-t", f"sample-{sample}:run").check()
+    r = lamina(store, "run", "--rm", "--network", "none", f"sample-{sample}:run")
+    assert r.returncode == 0, r.stderr
+    if sample == "hello":  # the sample's script, as its Dockerfile's USER/WORKDIR/ENV say
+        assert r.stdout == "hello from lamina, running as 1000 in /app\n"
+    else:  # ENTRYPOINT cat + CMD the report the build stage wrote
+        words = (ctx / "src" / "words.txt").read_bytes()
+        assert r.stdout.splitlines()[0] == "report version 1.0"
+        assert r.stdout.splitlines()[2].split()[0] == hashlib.sha256(words).hexdigest()
+        # arguments replace CMD, not ENTRYPOINT (docker)
+        other = lamina(store, "run", "--rm", "--network", "none", f"sample-{sample}:run",
+                       "/srv/missing")
+        assert other.returncode == 1 and "missing" in other.stderr
