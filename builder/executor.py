@@ -133,13 +133,13 @@ class Build:
     # -- the whole build -----------------------------------------------------------------
 
     def read_dockerfile(self) -> tuple[str, str]:
+        from lamina.builder.context.contextfile import read_context_file
+
         path = self.options.dockerfile
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
+        try:  # symlinks resolved inside its directory: never a host file (hostile context)
+            return read_context_file(path, "the Dockerfile").decode("utf-8"), str(path)
         except FileNotFoundError:
             raise BuildError(f"cannot read the Dockerfile {path}: no such file") from None
-        except IsADirectoryError:
-            raise BuildError(f"cannot read the Dockerfile {path}: it is a directory") from None
         except UnicodeDecodeError:
             raise BuildError(f"cannot read the Dockerfile {path}: not UTF-8 text") from None
 

@@ -65,7 +65,9 @@ def build_inputs(store: Store, build: RecordingBuild) -> BuildInputs:
     from lamina.builder.cli.version import lamina_version
 
     opts = build.options
-    data = Path(opts.dockerfile).read_bytes()
+    from lamina.builder.context.contextfile import read_context_file
+
+    data = read_context_file(opts.dockerfile, "the Dockerfile")  # as the build read it
     ctx = BuildContext.open(opts.context_dir, opts.dockerfile, store.root / "cache" / "statcache")
     try:
         cdigest = context_digest(ctx.entries())

@@ -300,7 +300,9 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
             raise BuildError(f"the Dockerfile was outside the context ({recorded.dockerfile_path}) and the "
                              "provenance (mode=min) does not hold its text: give --dockerfile")
         try:
-            got = "sha256:" + hashlib.sha256(df.read_bytes()).hexdigest()
+            from lamina.builder.context.contextfile import read_context_file
+
+            got = "sha256:" + hashlib.sha256(read_context_file(df, "the Dockerfile")).hexdigest()
         except OSError as e:
             raise BuildError(f"cannot read the Dockerfile {df}: {e.strerror}") from None
         if got != recorded.dockerfile_digest:

@@ -46,8 +46,12 @@ def run_checks(store, *, context: Path, dockerfile: Path, build_args: Mapping[st
     from lamina.grammar import parse
     from lamina.grammar.errors import DockerfileError
 
-    try:
-        text = dockerfile.read_text(encoding="utf-8")
+    from lamina.builder.context.contextfile import read_context_file
+
+    try:  # symlinks resolved inside its directory: never a host file (hostile context)
+        text = read_context_file(dockerfile, "the Dockerfile").decode("utf-8")
+    except FileNotFoundError:
+        raise BuildError(f"cannot read the Dockerfile {dockerfile}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise BuildError(f"cannot read the Dockerfile {dockerfile}: {exc}") from None
     parsed = parse(text, path=str(dockerfile))

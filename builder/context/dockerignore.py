@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -394,21 +393,15 @@ def load_ignore_rules(context_dir: str | os.PathLike, dockerfile_path: str | os.
     if dockerfile_path is not None:
         candidates.append(Path(os.fspath(dockerfile_path) + ".dockerignore"))
     candidates.append(Path(context_dir) / ".dockerignore")
+    from lamina.builder.context.contextfile import read_context_file
+
     for path in candidates:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:  # symlinks resolved inside its directory: never a host file (hostile context)
+            data = read_context_file(path, "the ignore file")
         except FileNotFoundError:
             continue
         except OSError as e:
             raise BuildError(f"cannot read {path}: {e.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise BuildError(f"cannot read {path}: not a regular file")
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = f.read()
-        finally:
-            os.close(fd)
         return IgnoreRules.parse(data, source=str(path))
     return IgnoreRules()
 
