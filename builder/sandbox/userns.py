@@ -265,8 +265,9 @@ def enter(mapping: IdMapping) -> None:
         _write("/proc/self/gid_map", f"0 {gid} 1\n")
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
-    if mapping.subordinate:
-        os.setgroups([])
+    # the user's supplementary groups stay (unmapped, they read as nogroup inside):
+    # lamina keeps reading a context the user reads through a group; every RUN step
+    # sets its own groups (builder.sandbox.privileges)
 
 
 def own_command_line() -> list[str]:
