@@ -180,20 +180,24 @@ def needs_reexec() -> bool:
     return os.geteuid() != 0 and not overlayform.unprivileged()
 
 
+def own_v2_cgroup(proc_cgroup: str, mountinfo: str) -> Path | None:
+    """This process's cgroup v2 dir from /proc/self/cgroup and /proc/self/mountinfo
+    text; None without a cgroup2 mount or a v2 entry (pure)."""
+    mount = next((ln.split(" - ", 1)[0].split()[4] for ln in mountinfo.splitlines()
+                  if " - cgroup2 " in ln), None)
+    rel = next((ln.split(":", 2)[2] for ln in proc_cgroup.splitlines() if ln.startswith("0::")),
+               None)
+    if mount is None or rel is None:
+        return None
+    return Path(mount) / rel.lstrip("/")
+
+
 def cgroup_mode() -> str:
     """"v2" when lamina's own cgroup v2 dir is delegated to this user (writable, with
     the pids or memory controller), else "off"."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
+    own = own_v2_cgroup(_read("/proc/self/cgroup"), _read("/proc/self/mountinfo"))
+    if own is None:
         return "off"
-    v2_mount = next((ln.split(" - ", 1)[0].split()[4] for ln in mounts
-                     if " - cgroup2 " in ln), None)
-    rel = next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), None)
-    if v2_mount is None or rel is None:
-        return "off"
-    own = Path(v2_mount) / rel.lstrip("/")
     controllers = set(_read(str(own / "cgroup.controllers")).split())
     if not controllers & {"pids", "memory"}:
         return "off"

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from lamina.builder.sandbox.userns import (IdRange, IdMapping, map_args, parse_subordinate,
-                                           plan_mapping)
+from lamina.builder.sandbox.userns import (IdRange, IdMapping, map_args, own_v2_cgroup,
+                                           parse_subordinate, plan_mapping)
 from lamina.store.overlayform import host_user_namespace
 from tests.builder.test_sandbox_network import TOKEN, host_loopback, peer  # noqa: F401 - fixtures
 
@@ -68,6 +68,22 @@ def test_no_ranges_gives_a_single_id_mapping():
     m = plan_mapping(1000, 1000, (), ((5, 5),))
     assert m == IdMapping((IdRange(0, 1000, 1),), (IdRange(0, 1000, 1),))
     assert not m.subordinate and m.size == 1
+
+
+def test_own_v2_cgroup_of_a_systemd_user_session_and_of_a_hybrid_host():
+    # a cgroup v2 host: systemd's user@1000.service is the user's delegated subtree
+    mountinfo = ("22 1 0:21 / / rw,relatime - ext4 /dev/vda rw\n"
+                 "35 25 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
+    proc = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n"
+    assert own_v2_cgroup(proc, mountinfo) == Path(
+        "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope")
+    # hybrid (v1 controllers, an empty v2 at unified): the v2 dir, found under unified
+    hybrid = ("30 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+              "31 25 0:28 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n")
+    assert own_v2_cgroup("12:pids:/\n0::/init.scope\n", hybrid) == Path(
+        "/sys/fs/cgroup/unified/init.scope")
+    assert own_v2_cgroup("12:pids:/\n", hybrid) is None
+    assert own_v2_cgroup(proc, "22 1 0:21 / / rw - ext4 /dev/vda rw\n") is None
 
 
 def test_host_user_namespace_is_the_full_identity_map():
