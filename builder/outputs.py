@@ -14,7 +14,8 @@ names the exporters.
 The root filesystem is the merged, read-only view of the image's layers, mounted
 in a private mount namespace (builder.mountedroot) and written with the store's
 deterministic tar writer; `local` extracts that tar (safely) into DIR.
-A bare `-o DIR` means type=local,dest=DIR, as with buildx.
+A bare `-o DIR` means type=local,dest=DIR, as with buildx. Rootless, `local` files
+belong to the user (as BuildKit's client writes them), not to the image's owners.
 """
 
 from __future__ import annotations
@@ -112,7 +113,10 @@ def write_output(store: Store, image: Image, out: Output, *, epoch: int | None =
     try:
         _rootfs_tar(store, image, tmp, epoch)
         with open(tmp, "rb") as f:
-            extract_tar(f, dest)
+            # rootless (builder.sandbox.userns): the files are the user's, as BuildKit's
+            # client writes them; the image's owners would be subordinate IDs on the host
+            extract_tar(f, dest, same_owner=False if os.environ.get("LAMINA_ROOTLESS") in
+                        ("subids", "single") else None)
     finally:
         if tmp.exists():
             tmp.unlink()

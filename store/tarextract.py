@@ -116,12 +116,13 @@ def normalise(name: bytes, member: bytes) -> Components:
 
 
 class _Extractor:
-    def __init__(self, dest: Path, allow_devices: bool, mirror=None) -> None:
+    def __init__(self, dest: Path, allow_devices: bool, mirror=None,
+                 same_owner: bool | None = None) -> None:
         self.mirror = mirror  # a store.tarwrite.TarMirror, told about every member
         self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.dest = str(dest)
         self.allow_devices = allow_devices
-        self.same_owner = os.geteuid() == 0
+        self.same_owner = os.geteuid() == 0 if same_owner is None else same_owner
         self.dirs: dict[Components, Entry] = {}  # deferred dir mode/mtime, first-seen order
         self.seen: set[Components] = set()  # non-directory members, for hard links
         self._cache: tuple[Components, int] | None = None
@@ -415,14 +416,16 @@ class _Extractor:
             self._drop_cache()
 
 
-def extract_tar(stream: BinaryIO, dest: Path, *, allow_devices: bool = True, mirror=None) -> None:
+def extract_tar(stream: BinaryIO, dest: Path, *, allow_devices: bool = True, mirror=None,
+                same_owner: bool | None = None) -> None:
     """Extract the uncompressed OCI layer tar `stream` into the existing directory
     `dest`, converting OCI whiteouts to overlay form. Reads up to the end-of-archive
     marker (not beyond). UnsafeArchive / CorruptContent name the offending member.
     `mirror` (a store.tarwrite.TarMirror) is shown every member and its data, and
-    checks each extracted file against the entry it wrote (one pass for import)."""
+    checks each extracted file against the entry it wrote (one pass for import).
+    `same_owner`: give files the members' owners (default: when running as root)."""
     reader = TarReader(stream)
-    ex = _Extractor(dest, allow_devices, mirror)
+    ex = _Extractor(dest, allow_devices, mirror, same_owner)
     try:
         while True:
             e = reader.next()

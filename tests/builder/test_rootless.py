@@ -354,6 +354,14 @@ def test_other_commands_work_unprivileged(users, work):
                            *python, "images"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert oct(env_root.stat().st_mode & 0o777) == "0o700" and env_root.stat().st_uid == user.uid
+    # --output type=local: the files are the user's (as BuildKit's client writes them)
+    out = work / "diff-out"
+    lamina_as(user, python, "build", "--network", "none", "-o", f"type=local,dest={out}",
+              str(work / "diff"), root=store)
+    assert (out / "home" / "u" / "id").read_text() == "1000\n1000\n"  # made by uid 1000
+    assert {os.lstat(os.path.join(d, n)).st_uid for d, ds, fs in os.walk(out)
+            for n in ds + fs} == {user.uid}
+    assert (out / "d" / "g").stat().st_mode & 0o7777 == 0o4755
     # run: the image's command in the sandbox, as the image's user
     ran = lamina_as(user, python, "run", "--rm", "--network", "none", "hello:rl", "id", root=store)
     assert ran.stdout.strip() == "uid=1000 gid=1000"
