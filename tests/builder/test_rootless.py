@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings, strategies as st
 
 from lamina.builder.sandbox.userns import (IdRange, IdMapping, map_args, own_v2_cgroup,
                                            parse_subordinate, plan_mapping)
@@ -62,6 +63,26 @@ def test_own_id_inside_a_range_is_mapped_once():
     assert m.uids == (IdRange(0, 100005, 1), IdRange(1, 100000, 5), IdRange(6, 100006, 4))
     outside = [r.outside + i for r in m.uids for i in range(r.count)]
     assert len(outside) == len(set(outside)) == 10
+
+
+_RANGES = st.lists(st.tuples(st.integers(1, 300000), st.integers(1, 70000)), max_size=4)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 400000), _RANGES)
+def test_mapping_is_one_to_one_and_dense_from_0(own, subs):
+    # user_namespaces(7): ranges must not overlap, inside or outside
+    assume(all(a[0] + a[1] <= b[0] or b[0] + b[1] <= a[0]
+               for i, a in enumerate(subs) for b in subs[i + 1:]))
+    m = plan_mapping(own, own, tuple(subs), tuple(subs))
+    inside = [r.inside + i for r in m.uids for i in range(r.count)]
+    outside = [r.outside + i for r in m.uids for i in range(r.count)]
+    assert inside == list(range(len(inside)))           # 0.. without gaps
+    assert len(set(outside)) == len(outside)            # no host ID twice
+    assert m.uids[0] == IdRange(0, own, 1)              # the user is root
+    covered = {x for s0, c in subs for x in range(s0, s0 + c)} | {own}
+    assert set(outside) == (covered if subs else {own})
+    assert all(r.count > 0 for r in m.uids) and m.uids == m.gids
 
 
 def test_no_ranges_gives_a_single_id_mapping():
