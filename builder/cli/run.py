@@ -46,6 +46,9 @@ def run(g: Globals, detach, rm, name, interactive, tty, env, env_files, workdir,
     from lamina.builder.containers.state import ContainerStore
     from lamina.store.store import Store
 
+    if tty and interactive and not os.isatty(0):
+        from lamina.builder.containers.state import ContainerError
+        raise ContainerError("the input device is not a TTY (drop -t, or run lamina on a terminal)")
     opts = RunOptions(image=ref, args=tuple(command), name=name, detach=detach, auto_remove=rm,
                       interactive=interactive, tty=tty, env=tuple(env), env_files=tuple(env_files),
                       workdir=workdir, user=user, volumes=tuple(volumes), network=network,

@@ -13,7 +13,8 @@ import time
 
 from lamina.builder.containers.attach import send_signal
 from lamina.builder.containers.create import signal_number
-from lamina.builder.containers.state import Container, ContainerError, ContainerStore, process_is
+from lamina.builder.containers.state import (Container, ContainerError, ContainerStore, boot_id,
+                                             process_is)
 
 DEFAULT_STOP_TIMEOUT = 10
 
@@ -69,7 +70,8 @@ def remove(cs: ContainerStore, c: Container, force: bool = False) -> None:
         c = wait_exited(cs, c, 30)
         if c.status == "running":
             raise ContainerError(f"container {c.short_id} did not exit after SIGKILL")
-    _wait_monitor_gone(c, 10)  # it may still be writing the record or removing (--rm)
+    if c.boot_id == boot_id():
+        _wait_monitor_gone(c, 10)  # it may still be writing the record or removing (--rm)
     if cs.path(c.id).is_dir():
         cs.remove(c)
 

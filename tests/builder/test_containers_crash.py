@@ -178,6 +178,7 @@ def test_after_a_reboot_running_containers_show_exited(store):
     rec = json.loads(path.read_text())
     lamina(store, "kill", cid)
     assert wait_for(lambda: state(store, cid)["status"] == "exited")
+    assert wait_for(lambda: not _alive(rec["monitor_pid"]))  # done writing the record
     # as the store is found after a reboot: "running", another boot id, some live pid
     rec.update(boot_id="00000000-0000-0000-0000-000000000000", monitor_pid=1,
                monitor_start=Path("/proc/1/stat").read_text().rsplit(")", 1)[1].split()[19])
