@@ -257,3 +257,16 @@ def test_samples_run_as_containers(store, tmp_path, sample):
         other = lamina(store, "run", "--rm", "--network", "none", f"sample-{sample}:run",
                        "/srv/missing")
         assert other.returncode == 1 and "missing" in other.stderr
+
+
+def test_pid1_gets_the_sandbox_of_a_run_step(store):
+    r = lamina(store, "run", "--rm", "--network", "none", "bb", "sh", "-c",
+               "grep -E '^(CapBnd|CapAmb|CapInh|Seccomp|NoNewPrivs):' /proc/self/status;"
+               " cut -d: -f3 /proc/self/cgroup | sort -u; touch /proc/sys/x 2>/dev/null || echo ro")
+    assert r.returncode == 0, r.stderr
+    fields = dict(line.split(":\t") for line in r.stdout.splitlines() if ":\t" in line)
+    assert fields["CapBnd"] == "00000000a80425fb"   # docker's default capability set
+    assert fields["CapAmb"] == fields["CapInh"] == "0000000000000000"
+    assert fields["Seccomp"] == "2"                 # a seccomp filter
+    rest = [line for line in r.stdout.splitlines() if ":\t" not in line]
+    assert rest == ["/", "ro"]                      # its own cgroup namespace; /proc/sys read-only
