@@ -63,6 +63,7 @@ FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
 FSMOUNT_CLOEXEC = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_SYMLINKS = 0x10
 AT_FDCWD = -100
 
 OVERLAYFS_SUPER_MAGIC = 0x794C7630
@@ -276,9 +277,11 @@ def fsmount(fsfd: int, flags: int = FSMOUNT_CLOEXEC, attr_flags: int = 0) -> int
 
 
 def move_mount_fd(mntfd: int, target: str | os.PathLike) -> None:
+    # T_SYMLINKS: a final symlink of the target is followed, as mount(2) does, so that
+    # a mount point held open can be named /proc/self/fd/N (builder.sandbox.rootmounts)
     res = _libc.syscall(ctypes.c_long(syscall_number("move_mount")), ctypes.c_int(mntfd),
                         b"", ctypes.c_int(AT_FDCWD), _b(target),
-                        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
+                        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_SYMLINKS))
     if res < 0:
         raise _fail(f"move_mount onto {os.fsdecode(target)}")
 

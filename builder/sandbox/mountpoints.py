@@ -7,7 +7,10 @@ result; docker removes them, and so does lamina:
 
 - ``StubRecorder(root)`` runs in the sandbox before pivot_root: ``ensure(path,
   kind)`` resolves an image path inside the merged root (symlinks followed, never
-  out of the root), creates what is missing and records it; ``report()`` gives a
+  out of the root: each step an openat O_NOFOLLOW from the previous directory's
+  descriptor), creates what is missing and records it; ``ensure_fd`` gives the mount
+  point as a descriptor instead, for targets that may lie in a dir another process
+  writes (a cache mount shared with concurrent builds); ``report()`` gives a
   JSON-able dict: the created paths (in creation order) and, for every pre-existing
   dir on the overlay that was traversed, its metadata before and its mtime after
   the creations.
@@ -32,6 +35,8 @@ XATTR_PREFIX = overlayform.prefix()
 OPAQUE_XATTR = overlayform.opaque_xattr()
 
 _MAX_HOPS = 40
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _xattrs(target: str | int) -> dict[str, str]:
@@ -64,74 +69,106 @@ class StubRecorder:
     def _host(self, rel: str) -> str:
         return self.root + ("/" + rel if rel else "")
 
-    def _note_dir(self, rel: str) -> None:
+    def _note_dir(self, rel: str, fd: int) -> None:
         if rel in self.dirs or any(c[0] == rel for c in self.created):
             return
-        host = self._host(rel)
-        st = os.lstat(host)
+        st = os.fstat(fd)
         if st.st_dev != self.overlay_dev:
             return
         self.dirs[rel] = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid,
-                          "mtime": st.st_mtime_ns, "xattrs": _xattrs(host)}
+                          "mtime": st.st_mtime_ns, "xattrs": _xattrs(fd)}
 
     def ensure(self, path: str, kind: str) -> str:
         """Host path of image path `path`, creating it (a dir, or an empty file if
-        kind == "file") and missing parents when absent."""
+        kind == "file") and missing parents when absent. For a mount on a root that
+        nothing else writes (the overlay's own dirs); a target that may lie in a dir
+        other processes write (a cache mount) is mounted through `ensure_fd`."""
+        rel, fd = self._walk(path, kind)
+        os.close(fd)
+        return self._host(rel)
+
+    def ensure_fd(self, path: str, kind: str) -> int:
+        """Like ensure, but an O_PATH descriptor (caller closes) of the mount point:
+        mount on ``/proc/self/fd/N`` so that a component swapped for a symlink after
+        the walk (by a RUN of a concurrent build sharing a cache mount) cannot move
+        the mount, as runc mounts. The walk itself only ever creates through
+        descriptors opened O_NOFOLLOW inside the root."""
+        return self._walk(path, kind)[1]
+
+    def _walk(self, path: str, kind: str) -> tuple[str, int]:
         if not path.startswith("/"):
             raise SandboxError(f"mount target {path!r} is not an absolute path")
         parts = [p for p in path.split("/") if p and p != "."]
         done: list[str] = []
+        fds = [os.open(self.root, _DIR_FLAGS)]  # fds[i]: the dir done[:i]
         hops = 0
-        self._note_dir("")
-        while parts:
-            name = parts.pop(0)
-            if name == "..":
-                if done:
-                    done.pop()
-                continue
-            rel = "/".join(done + [name])
-            host = self._host(rel)
-            try:
-                st = os.lstat(host)
-            except FileNotFoundError:
-                parent = "/".join(done)
-                on_overlay = os.stat(self._host(parent)).st_dev == self.overlay_dev
+        try:
+            self._note_dir("", fds[0])
+            while parts:
+                name = parts.pop(0)
+                if name == "..":
+                    if done:
+                        done.pop()
+                        os.close(fds.pop())
+                    continue
+                rel = "/".join(done + [name])
+                last = not parts
                 try:
-                    if not parts and kind == "file":
-                        fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                                     | os.O_NOFOLLOW, 0o644)
-                        os.close(fd)
-                    else:
-                        os.mkdir(host, 0o755)
-                except OSError as exc:
-                    raise SandboxError(
-                        f"cannot create mount point {path} (/{rel}) in the image: "
-                        f"{os.strerror(exc.errno or 0)}") from None
-                if on_overlay:
-                    self.created.append([rel, "file" if (not parts and kind == "file") else "dir"])
-                done.append(name)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > _MAX_HOPS:
-                    raise SandboxError(f"mount target {path}: too many levels of symbolic links")
-                target = os.readlink(host)
-                if target.startswith("/"):
-                    done = []
-                parts = [p for p in target.split("/") if p and p != "."] + parts
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                self._note_dir(rel)
-                done.append(name)
-                if not parts and kind == "file":
-                    raise SandboxError(f"cannot mount a file on {path}: it is a directory "
+                    st = os.stat(name, dir_fd=fds[-1], follow_symlinks=False)
+                except FileNotFoundError:
+                    self._create(fds[-1], name, rel, path, file=last and kind == "file")
+                    st = os.stat(name, dir_fd=fds[-1], follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    hops += 1
+                    if hops > _MAX_HOPS:
+                        raise SandboxError(f"mount target {path}: too many levels of symbolic links")
+                    target = os.readlink(name, dir_fd=fds[-1])
+                    if target.startswith("/"):
+                        done = []
+                        for fd in fds[1:]:
+                            os.close(fd)
+                        del fds[1:]
+                    parts = [p for p in target.split("/") if p and p != "."] + parts
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if last and kind == "file":
+                        raise SandboxError(f"cannot mount a file on {path}: it is a directory "
+                                           "in the image")
+                    fds.append(self._open(fds[-1], name, _DIR_FLAGS, path, rel))
+                    done.append(name)
+                    self._note_dir(rel, fds[-1])
+                    continue
+                if not last or kind == "dir":
+                    raise SandboxError(f"cannot mount on {path}: /{rel} is not a directory "
                                        "in the image")
-                continue
-            if parts or kind == "dir":
-                raise SandboxError(f"cannot mount on {path}: /{rel} is not a directory "
-                                   "in the image")
-            done.append(name)
-        return self._host("/".join(done))
+                fds.append(self._open(fds[-1], name, _FILE_FLAGS, path, rel))
+                done.append(name)
+            return "/".join(done), fds.pop()
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _create(self, parent: int, name: str, rel: str, path: str, *, file: bool) -> None:
+        on_overlay = os.fstat(parent).st_dev == self.overlay_dev
+        try:
+            if file:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o644, dir_fd=parent))
+            else:
+                os.mkdir(name, 0o755, dir_fd=parent)
+        except OSError as exc:
+            raise SandboxError(f"cannot create mount point {path} (/{rel}) in the image: "
+                               f"{os.strerror(exc.errno or 0)}") from None
+        if on_overlay:
+            self.created.append([rel, "file" if file else "dir"])
+
+    @staticmethod
+    def _open(parent: int, name: str, flags: int, path: str, rel: str) -> int:
+        try:
+            return os.open(name, flags, dir_fd=parent)
+        except OSError as exc:  # swapped for something else since the stat
+            raise SandboxError(f"cannot mount on {path}: /{rel} changed while the mount "
+                               f"point was made ({os.strerror(exc.errno or 0)})") from None
 
     def report(self) -> dict:
         for rel, meta in self.dirs.items():

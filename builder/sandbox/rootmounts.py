@@ -156,13 +156,45 @@ def mount_system(rec: StubRecorder, hosts: Path, resolv: Path) -> None:
 
 def mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str = "auto") -> None:
     """Mount one RUN --mount on the merged root; `scratch` is a fresh path on a
-    tmpfs of the sandbox for copies and discarded writes."""
+    tmpfs of the sandbox for copies and discarded writes. Every target is mounted on
+    ``/proc/self/fd/N`` of the mount point (StubRecorder.ensure_fd), never on a path
+    resolved again: it may lie in a cache dir that a RUN of a concurrent build
+    rewrites (a dir swapped for a symlink to / would move the mount to the host)."""
+    opened: list[int] = []
+
+    def _target(rec: StubRecorder, path: str, kind: str) -> str:
+        fd = rec.ensure_fd(path, kind)
+        opened.append(fd)
+        return f"/proc/self/fd/{fd}"
+
+    def bind_at(source: str | Path, target: str, readonly: bool) -> None:
+        # /proc/self/fd/N names the mount point, not what is mounted on it, so a
+        # read-only bind is made and remounted on a staging point of the scratch tmpfs
+        # first, then moved onto the target
+        if not readonly:
+            return bind(source, target, readonly=False)
+        staging = Path(f"{scratch}.ro")
+        if os.path.isdir(source):
+            staging.mkdir(mode=0o755)
+        else:
+            os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        bind(source, staging, readonly=True)
+        linux.mount(staging, target, None, linux.MS_MOVE)
+
+    try:
+        _mount_user(m, scratch, rec, api, _target, bind_at)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def _mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str, _target, bind) -> None:
     if isinstance(m, TmpfsMount):
-        target = rec.ensure(m.target, "dir")
+        target = _target(rec, m.target, "dir")
         data = "mode=1777" + (f",size={m.size}" if m.size else "")
         linux.mount("tmpfs", target, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, data)
     elif isinstance(m, CacheMount):
-        target = rec.ensure(m.target, "dir")
+        target = _target(rec, m.target, "dir")
         if not m.subdir:
             bind(m.source, target, readonly=m.readonly)
         else:
@@ -175,7 +207,7 @@ def mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str = "auto") ->
             finally:
                 os.close(fd)
     elif isinstance(m, SecretMount):
-        target = rec.ensure(m.target, "file")
+        target = _target(rec, m.target, "file")
         scratch.mkdir()
         copy = scratch / "secret"
         copy.write_bytes(Path(m.source).read_bytes())
@@ -185,7 +217,7 @@ def mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str = "auto") ->
     elif isinstance(m, BindMount):
         source = Path(m.source)
         is_dir = source.is_dir()
-        target = rec.ensure(m.target, "dir" if is_dir else "file")
+        target = _target(rec, m.target, "dir" if is_dir else "file")
         if m.readonly:
             bind(source, target, readonly=True)
         elif is_dir:
@@ -210,7 +242,8 @@ def mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str = "auto") ->
         source = resolve_in_root(scratch / "view", m.source or "/")
         if not os.path.lexists(source):
             raise SandboxError(f"mount source {m.source!r} does not exist in {m.what or 'its stage'}")
-        target = rec.ensure(m.target, "dir" if source.is_dir() else "file")
+        target = _target(rec, m.target, "dir" if source.is_dir() else "file")
         bind(source, target, readonly=m.readonly)
     else:
         raise SandboxError(f"unknown mount type {type(m).__name__}")
+
