@@ -156,7 +156,10 @@ def context_digest(entries) -> str:
 
 
 def git_context(directory: Path) -> GitContext | None:
-    """Commit, origin URL and dirtiness when `directory` is the top of a git work tree."""
+    """Commit, origin URL and dirtiness when `directory` is the top of a git work tree
+    (no git process at all for a context without .git)."""
+    if not os.path.lexists(os.path.join(directory, ".git")):
+        return None
     def git(*args: str) -> str | None:
         try:
             p = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(directory), *args],

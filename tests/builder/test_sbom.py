@@ -5,15 +5,18 @@ images holding a dpkg status file, Python dist-info/egg-info and npm packages.""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
+import subprocess
+import tarfile
 import textwrap
 
 import pytest
 
 from lamina.builder.attest.sbom import (Package, parse_apk_installed, parse_dpkg_status, parse_package_json,
                                         parse_python_metadata, purl, spdx_document, spdx_expression)
-from tests.builder.buildkit import build, lamina, make_base, make_context
+from tests.builder.buildkit import REPO, build, lamina, make_base, make_context
+from tests.conftest import require_tool
 
 DPKG_STATUS = textwrap.dedent("""\
     Package: base-files
@@ -64,10 +67,22 @@ APK_INSTALLED = textwrap.dedent("""\
     """)
 
 
-def test_dpkg_status_lists_installed_packages_only():
+def dpkg_query_installed(admindir) -> set[tuple[str, str, str]]:
+    """(package, version, arch) of the installed packages of a dpkg database, as
+    Debian's own dpkg-query lists them (the oracle)."""
+    dpkg_query = require_tool("dpkg-query")
+    out = subprocess.run([dpkg_query, f"--admindir={admindir}", "-W",
+                          "-f", "${db:Status-Status} ${Package} ${Version} ${Architecture}\n"],
+                         capture_output=True, text=True, check=True).stdout
+    return {tuple(l.split()[1:]) for l in out.splitlines() if l.split()[:1] == ["installed"]}
+
+
+def test_dpkg_status_lists_installed_packages_only(tmp_path):
     pkgs = parse_dpkg_status(DPKG_STATUS)
     assert [(p.name, p.version, p.arch) for p in pkgs] == [("base-files", "12.4+deb12u5", "amd64"),
                                                            ("libc6", "2.36-9+deb12u4", "amd64")]
+    (tmp_path / "status").write_text(DPKG_STATUS)
+    assert {(p.name, p.version, p.arch) for p in pkgs} == dpkg_query_installed(tmp_path)
 
 
 def test_apk_installed_db():
@@ -198,3 +213,33 @@ def test_build_sbom_lists_dpkg_python_and_npm_packages(tmp_path):
     assert json.loads(lamina(root, "inspect", "--sbom", "sbom:2").stdout)["predicate"] == doc
     missing = lamina(root, "inspect", "--sbom", "bb")
     assert missing.code == 1 and "has no sbom attestation" in missing.stderr
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not (os.environ.get("CI") == "true" or os.environ.get("LAMINA_SLOW_TESTS")),
+                    reason="debootstrap base (~2 min): runs in CI, or with LAMINA_SLOW_TESTS=1")
+def test_sbom_of_the_python_sample_on_a_debootstrap_base_lists_its_dpkg_packages(tmp_path_factory, tmp_path):
+    """samples/python-app on the debootstrap base (the root filesystem tar the
+    differential suite makes): every package dpkg-query calls installed, by version."""
+    import shutil
+
+    from tests.builder.test_differential import DEBIAN_REF, debian_rootfs_tar
+
+    tar = debian_rootfs_tar(tmp_path_factory)
+    root = tmp_path / "store"
+    assert lamina(root, "import", tar, DEBIAN_REF).code == 0
+    ctx = tmp_path / "python-app"
+    shutil.copytree(REPO / "samples" / "python-app", ctx)
+    build(root, ctx, "-t", "py:1", "--sbom=true").check()
+    doc = json.loads(lamina(root, "inspect", "--sbom", "py:1").stdout)["predicate"]
+    _validate(doc, tmp_path)
+    admin = tmp_path / "dpkg"
+    admin.mkdir()
+    with tarfile.open(tar) as tf:
+        member = next(m for m in tf.getmembers() if m.name.lstrip("./") == "var/lib/dpkg/status")
+        (admin / "status").write_bytes(tf.extractfile(member).read())
+    want = dpkg_query_installed(admin)
+    assert len(want) > 50  # a minbase system
+    got = {(p["name"], p["versionInfo"]) for p in doc["packages"]
+           if any(r["referenceLocator"].startswith("pkg:deb/debian/") for r in p.get("externalRefs", []))}
+    assert got == {(name, version) for name, version, _arch in want}
