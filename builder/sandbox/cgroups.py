@@ -143,7 +143,7 @@ def check(limits: Limits, lay: Layout | None = None) -> list[str]:
             missing.append("--memory-swap")
     if lay.version == "off" and os.environ.get("LAMINA_ROOTLESS"):  # set by builder.sandbox.userns
         skipped = f" ({', '.join(missing)} skipped)" if missing else ""
-        return [f"note: rootless lamina without a delegated cgroup v2 subtree: RUN steps run "
+        return [f"note: rootless lamina has no step cgroups: RUN steps run "
                 f"without resource limits{skipped}; host devices are kept out by nodev mounts"]
     if missing:
         why = ("cgroups are switched off" if lay.version == "off" else

@@ -29,9 +29,14 @@ root). The store default is decided before the exec ($XDG_DATA_HOME/lamina, pass
 as LAMINA_ROOT): inside, lamina is uid 0 and would otherwise pick /var/lib/lamina.
 
 cgroups rootless: only a delegated cgroup v2 subtree is writable by the user
-(systemd's user@.service gives one); ``cgroup_mode`` picks v2 when lamina's own v2
-cgroup is writable with the pids or memory controller, else "off" (limits are
-then skipped, builder.sandbox.cgroups says so) — passed on as LAMINA_CGROUPS.
+(systemd's user@.service gives one), and cgroup v2 lets a cgroup hand controllers to
+children only while it holds no process — lamina's own cgroup (a terminal's scope)
+holds lamina and its shell, and builder.sandbox.cgroups makes step cgroups under it.
+Making the delegated controllers reach a step needs a cgroup of lamina's own
+outside its caller's (a systemd scope asked for over D-Bus, as podman does), which
+lamina does not do yet: rootless lamina runs without step cgroups
+(LAMINA_CGROUPS=off, limits skipped with a note); ``cgroup_mode`` only reports
+whether a delegated subtree exists.
 
 ``report()`` (``lamina unshare --check``) says what this machine offers a rootless
 lamina and what is missing.
@@ -194,7 +199,7 @@ def own_v2_cgroup(proc_cgroup: str, mountinfo: str) -> Path | None:
 
 def cgroup_mode() -> str:
     """"v2" when lamina's own cgroup v2 dir is delegated to this user (writable, with
-    the pids or memory controller), else "off"."""
+    the pids or memory controller), else "off" (reported by `lamina unshare --check`)."""
     own = own_v2_cgroup(_read("/proc/self/cgroup"), _read("/proc/self/mountinfo"))
     if own is None:
         return "off"
@@ -289,7 +294,7 @@ def reexec(store_root: Path) -> NoReturn:
         print(w, file=sys.stderr, flush=True)
     env = dict(os.environ)
     env.setdefault("LAMINA_ROOT", str(store_root))
-    env.setdefault("LAMINA_CGROUPS", cgroup_mode())
+    env.setdefault("LAMINA_CGROUPS", "off")  # see the module docstring
     env[ROOTLESS_ENV] = "subids" if mapping.subordinate else "single"
     env[OUTER_ENV] = f"{os.getuid()}:{os.getgid()}"
     enter(mapping)
@@ -305,7 +310,7 @@ def adopt_namespace() -> None:
     if not overlayform.unprivileged() or os.environ.get(ROOTLESS_ENV):
         return
     os.environ[ROOTLESS_ENV] = "container"
-    os.environ.setdefault("LAMINA_CGROUPS", cgroup_mode())
+    os.environ.setdefault("LAMINA_CGROUPS", "off")
 
 
 def report() -> list[str]:
@@ -336,9 +341,12 @@ def report() -> list[str]:
     if mapping.subordinate:
         lines.append(f"subordinate IDs: 0..{mapping.size - 1} usable in images (0 = you)")
     lines.extend(w.removeprefix("lamina: ") for w in warnings)
-    cg = os.environ.get("LAMINA_CGROUPS") if mode else cgroup_mode()
-    lines.append("cgroups: " + ("delegated v2 subtree: limits apply" if cg == "v2" else
-                                "no delegated cgroup v2 subtree: resource limits are skipped"))
+    cg = os.environ.get("LAMINA_CGROUPS", "off")
+    delegated = cgroup_mode() == "v2"
+    lines.append("cgroups: " + ("LAMINA_CGROUPS=v2: step cgroups under lamina's own" if cg == "v2"
+                                else "resource limits are skipped (no step cgroups rootless"
+                                + ("; a delegated v2 subtree exists, lamina does not use it "
+                                   "yet)" if delegated else ")")))
     try:
         os.close(os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC))
         lines.append("/dev/net/tun: usable (RUN's default network)")
