@@ -3,7 +3,9 @@ zstd or plain tar), and streaming decoders that turn bad or truncated input into
 CorruptContent - a zstd stream's frame structure is followed (ZstdFrameTracker)
 because zstandard's reader returns a clean EOF for a cut frame.
 
-Reads sequentially, never seeks; `read(n)` returns n bytes unless at EOF.
+Reads sequentially, never seeks; `read(n)` returns n bytes unless at EOF. gzip is
+inflated with python-isal (ISA-L, the same zlib API and output, about twice as fast
+as zlib here: every pulled or loaded gzip layer goes through it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import zlib
 from typing import BinaryIO
 
 import zstandard
+from isal import isal_zlib as inflate  # zlib's API, ~2x faster inflate (Intel ISA-L)
 
 from lamina.store.errors import CorruptContent, StoreError
 
@@ -49,7 +52,7 @@ class _GzipReader:
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
-        self._z = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._z = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
         self._started = False  # the current member has received input
         self._pending = b""
         self._buf = bytearray()
@@ -75,11 +78,11 @@ class _GzipReader:
                 self._started = True
             try:
                 self._buf += self._z.decompress(src, READ_SIZE)
-            except zlib.error as e:
+            except (inflate.error, zlib.error) as e:
                 raise CorruptContent(f"gzip stream is corrupt: {e}") from None
             if self._z.eof:
                 self._pending = self._z.unused_data
-                self._z = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                self._z = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
                 self._started = False
 
     def read(self, n: int = -1) -> bytes:
