@@ -134,6 +134,7 @@ class BuildInputs:
     remote_sources: Mapping[str, str]   # "url:URL" -> "sha256:... mtime=...", "git:REMOTE#REF" -> commit
     steps: tuple[StepUse, ...] = ()
     network_used: bool = True
+    network: str = "default"           # the build's --network
     lamina_version: str = "unknown"
     platform: str = field(default_factory=lambda: "linux/" + _arch())
 
@@ -227,6 +228,8 @@ def provenance_predicate(inputs: BuildInputs, mode: str = "min") -> dict[str, An
     args = {f"build-arg:{k}": v for k, v in sorted(inputs.build_args.items())}
     if inputs.target:
         args["target"] = inputs.target
+    if inputs.network != "default":  # --network none|host of the whole build (BuildKit's frontend option)
+        args["force-network-mode"] = inputs.network
     context: dict[str, Any] = {"digest": _digest_map(inputs.context_digest)}
     if inputs.git is not None:
         context["git"] = {"uri": inputs.git.remote or "", "digest": {"sha1": inputs.git.commit},
@@ -280,6 +283,8 @@ class RecordedBuild:
     source_date_epoch: int
     bases: tuple[tuple[str, str, str | None], ...]   # (ref, manifest digest, image ID)
     lamina_version: str
+    remote_sources: Mapping[str, str] = field(default_factory=dict)  # URL or git source -> digest/commit
+    network: str = "default"
 
 
 def _sha256(d: Mapping[str, Any] | None, what: str) -> str:
@@ -302,10 +307,14 @@ def read_predicate(pred: Mapping[str, Any]) -> RecordedBuild:
         args = ext.get("request", {}).get("args", {})
         build_args = {k[len("build-arg:"):]: v for k, v in args.items() if k.startswith("build-arg:")}
         bases = []
+        remote: dict[str, str] = {}
         for dep in bd.get("resolvedDependencies") or []:
             if isinstance(dep.get("uri"), str) and dep["uri"].startswith("pkg:docker/") and dep.get("name"):
                 bases.append((dep["name"], _sha256(dep.get("digest"), dep["name"]),
                               (dep.get("annotations") or {}).get("lamina.image.id")))
+            elif isinstance(dep.get("uri"), str) and isinstance(dep.get("digest"), Mapping) and dep["digest"]:
+                algo, value = sorted(dep["digest"].items())[0]
+                remote[dep["uri"]] = value if algo == "sha1" else f"{algo}:{value}"
         return RecordedBuild(
             dockerfile_path=cs["path"], dockerfile_digest=_sha256(cs.get("digest"), "the Dockerfile"),
             dockerfile_text=(bd.get("internalParameters") or {}).get("dockerfile"),
@@ -314,7 +323,8 @@ def read_predicate(pred: Mapping[str, Any]) -> RecordedBuild:
             git_dirty=bool(git.get("dirty")),
             build_args=build_args, target=args.get("target"),
             source_date_epoch=int(ext.get("sourceDateEpoch", 0)),
-            bases=tuple(bases),
+            bases=tuple(bases), remote_sources=remote,
+            network=args.get("force-network-mode", "default"),
             lamina_version=(pred.get("runDetails", {}).get("builder", {}).get("version", {})
                             .get("lamina", "unknown")))
     except (KeyError, TypeError, AttributeError, ValueError) as e:

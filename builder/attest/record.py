@@ -86,6 +86,7 @@ def build_inputs(store: Store, build: RecordingBuild) -> BuildInputs:
         remote_sources=dict(build.remote_sources),
         steps=tuple(build.steps),
         network_used=build.network_used and opts.network != "none",
+        network=opts.network,
         lamina_version=lamina_version(),
     )
 

@@ -168,11 +168,11 @@ def _verify_build_class():
 
 
 def _rebuild(tstore, user_store, *, context: Path, dockerfile: Path, build_args: Mapping[str, str],
-             target: str | None, epoch: int | None, progress):
+             target: str | None, epoch: int | None, progress, network: str = "default"):
     from lamina.builder.executor import BuildOptions
 
     options = BuildOptions(context_dir=context, dockerfile=dockerfile, build_args=dict(build_args),
-                           target=target, no_cache=True, source_date_epoch=epoch)
+                           target=target, no_cache=True, source_date_epoch=epoch, network=network)
     cls = _verify_build_class()
     build = cls(tstore, options, progress)
     build.user_store = user_store
@@ -207,6 +207,19 @@ def _seed_bases(tstore, user_store, recorded: RecordedBuild) -> list[str]:
         if tag:
             tstore.tag(tag, pulled.image.manifest_digest)
         notes.append(f"pulled base {name}@{manifest_digest}")
+    return notes
+
+
+def source_changes(recorded: RecordedBuild, rebuild) -> list[str]:
+    """Remote sources (ADD URL, ADD git) whose digest the rebuild found other than
+    recorded: the usual reason a rebuild differs without any local change."""
+    notes = []
+    for name, value in sorted(rebuild.remote_sources.items()):
+        kind, _, where = name.partition(":")
+        now = value.split()[0]
+        then = recorded.remote_sources.get(where)
+        if then is not None and then != now:
+            notes.append(f"ADD source {where} is now {now}, the provenance records {then}")
     return notes
 
 
@@ -288,14 +301,16 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
         if cloned and recorded.git_dirty:
             raise BuildError(f"the build context had changes not committed to {recorded.git_commit}: a "
                              "clone cannot reproduce it; give the context directory")
-        # the Dockerfile
+        # the Dockerfile: given, else the context's (where its own .dockerignore sits),
+        # else the text a mode=max provenance holds
+        in_context = None if os.path.isabs(recorded.dockerfile_path) else ctx_dir / recorded.dockerfile_path
         if dockerfile is not None:
             df = Path(dockerfile)
+        elif in_context is not None and (in_context.is_file() or recorded.dockerfile_text is None):
+            df = in_context
         elif recorded.dockerfile_text is not None:
             df = work / "Dockerfile"
             df.write_text(recorded.dockerfile_text, encoding="utf-8")
-        elif not os.path.isabs(recorded.dockerfile_path):
-            df = ctx_dir / recorded.dockerfile_path
         else:
             raise BuildError(f"the Dockerfile was outside the context ({recorded.dockerfile_path}) and the "
                              "provenance (mode=min) does not hold its text: give --dockerfile")
@@ -313,9 +328,11 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
                              f"provenance records {recorded.context_digest}: it is not the context that was "
                              "built (files, their permission bits or links differ)")
         notes += _seed_bases(tstore, user_store, recorded)
-        rebuilt, _ = _rebuild(tstore, user_store, context=ctx_dir, dockerfile=df,
-                              build_args=recorded.build_args, target=recorded.target,
-                              epoch=recorded.source_date_epoch, progress=progress)
+        rebuilt, rebuild = _rebuild(tstore, user_store, context=ctx_dir, dockerfile=df,
+                                    build_args=recorded.build_args, target=recorded.target,
+                                    epoch=recorded.source_date_epoch, progress=progress,
+                                    network=recorded.network)
+        notes += source_changes(recorded, rebuild)
         result = compare(tstore, source, orig, rebuilt)
         return VerifyResult(**{**result.__dict__, "notes": tuple(notes)})
     finally:

@@ -173,3 +173,43 @@ def test_registry_workflow_build_push_pull_verify(store, tmp_path):
         assert run.image_id in first  # pushed gzip, rebuilt zstd: the same image, said so
         assert "differs by layer compression only" in first
         assert "pulled base" in result.stderr  # the base by its recorded digest, from the registry
+
+
+def test_a_changed_add_url_is_named(store, tmp_path, monkeypatch):
+    """The rebuild fetches ADD sources again: one that changed since the build is said
+    to be the reason, beside the file it changed."""
+    import http.server
+    import threading
+
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    body = {"data": b"version 1\n"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body["data"])))
+            self.end_headers()
+            self.wfile.write(body["data"])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/data.txt"
+        ctx = make_context(tmp_path / "ctx", f"FROM bb\nADD {url} /data.txt\n", {})
+        build(store, ctx, "-t", "url:1", "--network", "none").check()
+        prov = json.loads(lamina(store, "inspect", "--provenance", "url:1").stdout)
+        assert prov["predicate"]["buildDefinition"]["externalParameters"]["request"]["args"] == {
+            "force-network-mode": "none"}
+        assert verify(store, "url:1", ctx).code == 0
+        body["data"] = b"version 2\n"
+        changed = verify(store, "url:1", ctx)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert changed.code == 1
+    assert f"ADD source {url} is now sha256:" in changed.stderr
+    assert "/data.txt" in changed.stdout
