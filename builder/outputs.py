@@ -21,6 +21,7 @@ belong to the user (as BuildKit's client writes them), not to the image's owners
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,8 @@ def parse_output(text: str) -> Output:
     return Output(kind, Path(dest), comp)
 
 
-def _rootfs_tar(store: Store, image: Image, out_path: Path, epoch: int | None) -> None:
-    """Write the merged root filesystem of `image` as a tar to `out_path`."""
+def _rootfs_tar(store: Store, image: Image, out_fd: int, epoch: int | None) -> None:
+    """Write the merged root filesystem of `image` as a tar to the open file `out_fd`."""
     from lamina.builder.sandbox.mountedroot import run_in_namespace
 
     lowers = tuple(store.layer_dir(l.diff_id) for l in reversed(image.layers))
@@ -80,7 +81,7 @@ def _rootfs_tar(store: Store, image: Image, out_path: Path, epoch: int | None) -
         view = scratch / "view"
         view.mkdir()
         mount_overlay_readonly(lowers, view, scratch)
-        with open(out_path, "wb") as f:
+        with os.fdopen(os.dup(out_fd), "wb") as f:
             write_tar(view, f, source_date_epoch=epoch)
 
     try:
@@ -99,19 +100,28 @@ def write_output(store: Store, image: Image, out: Output, *, epoch: int | None =
                      compression=out.compression)
         return
     if out.type == "tar":
-        tmp = out.dest.with_name(f".{out.dest.name}.{os.getpid()}.tmp")
+        # made O_EXCL with an unguessable name: DEST's directory may be a shared one
+        # (/tmp) where another user plants a symlink at a predictable temp name
         try:
-            _rootfs_tar(store, image, tmp, epoch)
+            fd, tmp = tempfile.mkstemp(prefix=f".{out.dest.name}.", suffix=".tmp",
+                                       dir=out.dest.parent)
+        except OSError as e:
+            raise BuildError(f"cannot write {out.dest}: {e.strerror}") from None
+        try:
+            _rootfs_tar(store, image, fd, epoch)
+            os.fchmod(fd, 0o644)
             os.replace(tmp, out.dest)
         finally:
-            if tmp.exists():
-                tmp.unlink()
+            os.close(fd)
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
         return
     dest = out.dest
     dest.mkdir(parents=True, exist_ok=True)
     tmp = store.temp_path("rootfs.tar")
     try:
-        _rootfs_tar(store, image, tmp, epoch)
+        with open(tmp, "xb") as f:
+            _rootfs_tar(store, image, f.fileno(), epoch)
         with open(tmp, "rb") as f:
             # rootless (builder.sandbox.userns): the files are the user's, as BuildKit's
             # client writes them; the image's owners would be subordinate IDs on the host
