@@ -28,6 +28,8 @@ import httpx
 from lamina.store import attestations, oci, refs, repodigests
 from lamina.store.blobs import sha256_digest
 from lamina.store.errors import CorruptContent, StoreError
+from lamina.store.compression import media_type_for
+from lamina.store.layerdigest import LayerDigester
 from lamina.store.layers import LayerBlob, describe_layer
 from lamina.store.registry.session import RegistryError, RegistrySession
 
@@ -141,9 +143,12 @@ def choose_manifest(index: dict, want: Platform, where: str) -> str:
 
 
 def fetch_blob(session: RegistrySession, blobs, path: str, digest: str, size: int | None,
-               progress: Progress | None = None, what: str = "") -> int:
+               progress: Progress | None = None, what: str = "",
+               on_chunk: Callable[[bytes], None] | None = None,
+               on_restart: Callable[[], None] | None = None) -> int:
     """Stream blob `digest` into the store (verified); returns the bytes downloaded
-    (-1 when the store already had it)."""
+    (-1 when the store already had it). Every chunk stored is also given to
+    `on_chunk`; `on_restart` is called when the download starts over from byte 0."""
     if blobs.exists(digest):
         return -1
     writer = blobs.writer()
@@ -157,8 +162,12 @@ def fetch_blob(session: RegistrySession, blobs, path: str, digest: str, size: in
                     if writer.size and resp.status_code == 200:
                         writer.abort()  # no range support: start again from 0
                         writer = blobs.writer()
+                        if on_restart:
+                            on_restart()
                     for chunk in resp.iter_raw():  # as received: a drop keeps what came
                         writer.write(chunk)
+                        if on_chunk:
+                            on_chunk(chunk)
                         if size is not None and writer.size > size:
                             raise CorruptContent(f"registry {session.host}: blob {digest} is larger than "
                                                  f"its descriptor's {size} bytes", digest=digest)
@@ -254,23 +263,24 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
     with store.writing():
         try:
             with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
-                futures = [pool.submit(fetch_blob, session, store.blobs, ref.path, d["digest"],
-                                       d.get("size"), progress, f"layer {i + 1}/{len(layers_desc)}")
+                futures = [pool.submit(_fetch_layer, session, store, ref.path, d,
+                                       f"{where}: layer {i + 1}/{len(layers_desc)} ({d['digest']})",
+                                       progress, f"layer {i + 1}/{len(layers_desc)}")
                            for i, d in enumerate(layers_desc)]
                 failure = None
+                layers = []
                 for d, f in zip(layers_desc, futures):  # every download ends before we go on
                     try:
-                        n = f.result()
+                        n, layer = f.result()
                     except BaseException as e:  # noqa: BLE001 - re-raised below
                         failure = failure or e
                         continue
+                    layers.append(layer)
                     if n >= 0:
                         downloaded += n
                         added.append(d["digest"])
                 if failure is not None:
                     raise failure
-            layers = [_layer_blob(store, d, f"{where}: layer {i + 1}/{len(layers_desc)} ({d['digest']})")
-                      for i, d in enumerate(layers_desc)]
             names = [str(refs.parse_tag(str(ref)))] if tag and ref.digest is None else []
             image = store.add_manifest(data, config, layers, names)
             repodigests.record(store, ref.name, digest, image.manifest_digest)
@@ -302,6 +312,35 @@ def _attestations(session: RegistrySession, path: str, index: dict, image_digest
             return {}
         return {t: st.get("predicate") or {} for t, st in statements.items()}
     return {}
+
+
+def _fetch_layer(session: RegistrySession, store, path: str, desc: dict, where: str,
+                 progress: Progress | None, what: str) -> tuple[int, LayerBlob]:
+    """Download one layer blob (unless stored) with its diff_id computed and its tar
+    walked while it arrives (store.layerdigest); (bytes downloaded or -1, LayerBlob)."""
+    box = [LayerDigester()]
+
+    def restart() -> None:
+        box[0].abandon()
+        box[0] = LayerDigester()
+
+    try:
+        n = fetch_blob(session, store.blobs, path, desc["digest"], desc.get("size"), progress, what,
+                       on_chunk=lambda chunk: box[0].feed(chunk), on_restart=restart)
+    except BaseException:
+        box[0].abandon()
+        raise
+    if n < 0:  # already stored: describe it from the store
+        box[0].abandon()
+        return n, _layer_blob(store, desc, where)
+    try:
+        diff_id, usize, kind = box[0].finish()
+    except CorruptContent as e:
+        store.blobs.delete(desc["digest"])  # downloaded by this pull: not a layer, not kept
+        raise CorruptContent(f"{where}: {e.message}", digest=desc["digest"]) from None
+    return n, LayerBlob(diff_id=diff_id, digest=desc["digest"], size=desc.get("size") or n,
+                        media_type=desc.get("mediaType") or media_type_for(kind),
+                        uncompressed_size=usize)
 
 
 def _layer_blob(store, desc: dict, where: str) -> LayerBlob:
