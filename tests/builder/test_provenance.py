@@ -300,3 +300,29 @@ def test_pushed_index_holds_the_attestation_manifest(store, tmp_path):
         pulled = lamina(tmp_path / "fresh", "pull", dest)
         assert pulled.code == 0, pulled.stderr
         assert inspect(tmp_path / "fresh", dest)["Id"] == run.image_id
+
+
+@pytest.mark.root
+def test_gc_keeps_attestations_with_their_image_and_fsck_is_clean(tmp_path):
+    root = tmp_path / "store"
+    make_base(root, tmp_path / "base")
+    ctx = make_context(tmp_path / "ctx", "FROM bb\nRUN echo kept > /k\n")
+    build(root, ctx, "-t", "kept:1", "--sbom=true").check()
+    before = provenance(root, "kept:1")
+    assert lamina(root, "gc").code == 0
+    assert provenance(root, "kept:1") == before
+    assert lamina(root, "inspect", "--sbom", "kept:1").code == 0
+    from lamina.store.store import Store
+    with Store(root) as s:
+        rep = s.fsck()
+        assert rep.ok, rep.problems
+        assert not any("unreferenced" in n for n in rep.notes), rep.notes
+        image = s.resolve("kept:1")
+        digests = {r[0] for r in s.db.query("SELECT digest FROM attestations WHERE manifest_digest=?",
+                                            (image.manifest_digest,))}
+    assert len(digests) == 2
+    # the image goes: its attestation rows with it, their blobs with the next gc
+    assert lamina(root, "rmi", "kept:1").code == 0
+    assert lamina(root, "gc").code == 0
+    with Store(root) as s:
+        assert not any(s.blobs.exists(d) for d in digests)
