@@ -101,8 +101,9 @@ def push(g: Globals, source: str, destination: str | None, compression: str, qui
     if quiet:
         click.echo(pushed.manifest_digest)
         return
+    index = f", index with attestations: {pushed.index_digest}" if pushed.index_digest else ""
     click.echo(f"{pushed.reference}: digest: {pushed.manifest_digest} "
-               f"(uploaded {pushed.uploaded} bytes, {pushed.skipped} blobs already there)")
+               f"(uploaded {pushed.uploaded} bytes, {pushed.skipped} blobs already there{index})")
 
 
 @cli.command()
