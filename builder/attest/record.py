@@ -22,6 +22,7 @@ from pathlib import Path
 from lamina.builder.attest.provenance import (BaseUse, BuildInputs, StepUse, context_digest, git_context,
                                               provenance_predicate)
 from lamina.builder.context.context import BuildContext
+from lamina.builder.errors import BuildError
 from lamina.builder.executor import Build
 from lamina.store import attestations
 from lamina.store.store import Image, Store
@@ -97,7 +98,13 @@ def attach_attestations(store: Store, build: Build, image: Image, *, provenance:
     predicate). `provenance`: None, "min" or "max" (needs a RecordingBuild)."""
     preds: dict[str, dict] = {}
     if provenance is not None and isinstance(build, RecordingBuild):
-        preds[attestations.SLSA_PROVENANCE_V1] = provenance_predicate(build_inputs(store, build), provenance)
+        try:
+            inputs = build_inputs(store, build)
+        except (BuildError, OSError) as e:  # e.g. a context file vanished: the image is still good
+            message = e.message if isinstance(e, BuildError) else f"{e.strerror or e} ({e.filename})"
+            build.progress.note(f"warning: no provenance attached: {message}")
+        else:
+            preds[attestations.SLSA_PROVENANCE_V1] = provenance_predicate(inputs, provenance)
     if sbom:
         from lamina.builder.attest.sbom import image_sbom
         preds[attestations.SPDX_DOCUMENT] = image_sbom(store, image, epoch=build.epoch,

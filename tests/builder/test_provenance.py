@@ -326,3 +326,17 @@ def test_gc_keeps_attestations_with_their_image_and_fsck_is_clean(tmp_path):
     assert lamina(root, "gc").code == 0
     with Store(root) as s:
         assert not any(s.blobs.exists(d) for d in digests)
+
+
+@pytest.mark.root
+def test_a_provenance_that_cannot_be_made_is_a_warning_not_a_failed_build(store, tmp_path, monkeypatch):
+    from lamina.builder.attest import record
+
+    def vanished(entries):
+        raise BuildError("cannot open directory gone in the context: No such file or directory")
+
+    monkeypatch.setattr(record, "context_digest", vanished)
+    ctx = make_context(tmp_path / "ctx", "FROM bb\nRUN echo warned > /w\n")
+    run = build(store, ctx, "-t", "warned:1").check()
+    assert "warning: no provenance attached: cannot open directory gone" in run.stderr
+    assert lamina(store, "inspect", "--provenance", "warned:1").code == 1
