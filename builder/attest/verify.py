@@ -36,12 +36,12 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from lamina.builder.attest import layerdiff
 from lamina.builder.attest.provenance import RecordedBuild, context_digest, read_predicate
 from lamina.builder.errors import BuildError
-from lamina.store import attestations, oci, refs
+from lamina.store import attestations, refs
 from lamina.store.errors import ImageNotFound, StoreError
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import click
 
 from lamina.builder.cli.app import Globals, cli
-from lamina.builder.errors import BuildError
 
 
 @cli.command("verify")
@@ -71,5 +70,3 @@ def verify_cmd(g: Globals, args, dockerfile, expect, build_args, target, timesta
     if not result.identical:
         raise click.exceptions.Exit(1)
 
-
-__all__ = ["verify_cmd", "BuildError"]
