@@ -48,6 +48,7 @@ class BakeOptions:
     fail_fast: bool = False
     no_cache: bool = False
     pull: bool = False
+    allow_network_host: bool = False  # bake --allow network.host (builder.bake.entitlements)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,8 @@ def build_argv(t: Target, options: BakeOptions, workspace: _Workspace, iidfile: 
         argv.append("--pull")
     if t.network:
         argv += ["--network", t.network]
+    if options.allow_network_host:
+        argv += ["--allow", "network.host"]
     for number, (ident, src, env) in enumerate(t.secrets):
         if env:
             src = str(workspace.write(f"secret-{number}", os.environ[env]))

@@ -30,10 +30,14 @@ from lamina.builder.cli.app import Globals, cli
 @click.option("--fail-fast", is_flag=True, help="Stop every other target when one fails.")
 @click.option("--progress", type=click.Choice(["auto", "plain"]), default="auto",
               help="Progress output: lines labelled [TARGET] (auto and plain alike).")
+@click.option("--allow", "allow", multiple=True, metavar="ENTITLEMENT",
+              help="Let the definition read/write host paths outside the working directory "
+                   "(fs.read=PATH, fs.write=PATH, fs=PATH; PATH may be *) or use the host's "
+                   "network (network.host), as buildx bake --allow.")
 @click.argument("names", nargs=-1, metavar="[TARGET|GROUP...]")
 @click.pass_obj
 def bake(g: Globals, files, sets, print_, push, load, no_cache, pull, jobs, fail_fast, progress,
-         names) -> None:
+         allow, names) -> None:
     """Build the targets of a Compose or bake file (default group: default)."""
     from lamina.builder.bake.files import default_files, load_definition
     from lamina.builder.bake.runner import Bake, BakeOptions, check_target, summary, with_push
@@ -52,8 +56,14 @@ def bake(g: Globals, files, sets, print_, push, load, no_cache, pull, jobs, fail
     for t in targets:  # refuse before anything runs
         for note in check_target(t):
             click.echo(f"lamina: note: {note}", err=True)
+    # a bake file is hostile input: host paths outside the working directory (and the
+    # definition files' directories) and the host's network only when the user allows
+    from lamina.builder.bake.entitlements import check_entitlements, parse_allow
+    cwd = Path.cwd()
+    granted = parse_allow(allow, cwd)
+    check_entitlements(targets, granted, [cwd, *(p.parent for p in paths)], cwd)
     options = BakeOptions(root=g.root, jobs=jobs or 0, push=push, fail_fast=fail_fast,
-                          no_cache=no_cache, pull=pull)
+                          no_cache=no_cache, pull=pull, allow_network_host=granted.network_host)
     results = Bake(targets, options, sys.stderr).run()
     click.echo(summary(results), err=True)
     for r in results:
