@@ -1,0 +1,32 @@
+"""Red-team pins: what lamina itself holds must stay out of a RUN's reach. The
+sandbox's init (PID 1 of the step) is a fork of lamina: it holds lamina's open store
+database and lock files and lamina's whole environment; the step must see none of it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.builder.buildkit import build, make_context
+
+pytestmark = pytest.mark.root
+
+
+def test_run_sees_no_fd_env_or_init_state_of_lamina(build_store, tmp_path, monkeypatch):
+    root, _ = build_store
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/tmp/lamina-redteam-agent.sock")
+    monkeypatch.setenv("LAMINA_REDTEAM_TOKEN", "s3cr3t-token")
+    # the fds a process of the step starts with (those of sleep: the shell's at fork)
+    script = ("sleep 30 & P=$!; echo FDS $(ls /proc/$P/fd | sort -n | tr '\\n' ' '); "
+              "kill $P; env | sort; "
+              "for f in /proc/1/fd/* /proc/1/environ /proc/1/mem; do "
+              "head -c1 $f >/dev/null 2>&1 && echo READABLE $f; done; "
+              "ls /proc/1/root/ >/dev/null 2>&1 && echo READABLE /proc/1/root; echo end")
+    ctx = make_context(tmp_path / "ctx", f"FROM bb\nRUN {script}\n")
+    run = build(root, ctx, "--no-cache")
+    assert run.code == 0, run.stderr
+    out = run.steps[-1].output
+    assert out[-1] == "end"
+    assert "FDS 0 1 2" in out, out
+    assert not [line for line in out if line.startswith("READABLE")], out
+    text = "\n".join(out)
+    assert "SSH_AUTH_SOCK" not in text and "s3cr3t-token" not in text
