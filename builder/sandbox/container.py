@@ -21,6 +21,9 @@ those of a RUN (builder.sandbox.privileges, rootmounts, devices).
 ``exec_in`` joins the cgroup and the namespaces (setns: ipc, uts, net, cgroup, pid,
 mnt) of a running container's PID 1, forks the command into its PID namespace and
 applies the same privileges.
+
+What a RUN step's child does too (checks, error reports, the final exec step) is
+builder.sandbox.childproc.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import fcntl
 import gc
 import json
 import os
-import select
 import signal
 import socket
 import struct
@@ -42,6 +44,8 @@ from typing import Literal
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox import linux, network as netstack, overlay, privileges
 from lamina.builder.sandbox.cgroups import Limits, StepCgroup
+from lamina.builder.sandbox.childproc import (describe, exec_command, exit_code, parent_gone, send,
+                                              set_stdio, validate_process)
 from lamina.builder.sandbox.devices import seal_mounts
 from lamina.builder.sandbox.mountpoints import StubRecorder
 from lamina.builder.sandbox.privateroot import make_private
@@ -111,44 +115,13 @@ class Started:
 
 
 def validate(spec: ContainerSpec) -> None:
-    if not spec.argv:
-        raise SandboxError("nothing to run: empty command")
-    if not 0 < len(spec.hostname.encode()) <= 64 or "\0" in spec.hostname:
-        raise SandboxError(f"invalid hostname {spec.hostname!r} (1 to 64 bytes)")
-    if spec.network not in netstack.MODES:
-        raise SandboxError(f"unknown network mode {spec.network!r} "
-                           f"(expected one of {', '.join(netstack.MODES)})")
-    if not spec.cwd.startswith("/"):
-        raise SandboxError(f"working directory {spec.cwd!r} is not an absolute path")
-    if any("\0" in a for a in spec.argv) or any("\0" in k + v or "=" in k or not k
-                                                 for k, v in spec.env):
-        raise SandboxError("command or environment contains a NUL byte or a bad name")
-    overlay.check_upper_work(Path(spec.upper_dir), Path(spec.work_dir))
+    validate_process(spec.argv, spec.env, spec.cwd, spec.hostname, spec.network,
+                     spec.upper_dir, spec.work_dir)
     for v in spec.volumes:
         if not v.target.startswith("/"):
             raise SandboxError(f"volume target {v.target!r} is not an absolute path")
         if not Path(v.source).exists():
             raise SandboxError(f"volume source {v.source} does not exist")
-
-
-def _send(sock: socket.socket, msg: dict, fds: tuple[int, ...] = ()) -> None:
-    data = json.dumps(msg).encode()
-    try:
-        if fds:
-            socket.send_fds(sock, [data], list(fds))
-        else:
-            sock.send(data)
-    except OSError:
-        pass
-
-
-def _describe(exc: BaseException, what: str) -> str:
-    if isinstance(exc, SandboxError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        where = f" {exc.filename}" if exc.filename else ""
-        return f"{what}:{where} {linux.errno_text(exc.errno or 0)}"
-    return f"{what}: {type(exc).__name__}: {exc}"
 
 
 # --- start (in the monitor) -------------------------------------------------------
@@ -204,7 +177,7 @@ def _fork_init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
             _init(spec, stdin_fd, cgroup, ctl_child, out[1] if out else None,
                   err[1] if err else None, alive_r)
         except BaseException as exc:  # noqa: BLE001 - the child must never return
-            _send(ctl_child, {"error": _describe(exc, "container setup")})
+            send(ctl_child, {"error": describe(exc, "container setup")})
             code = 127 if "cannot exec" in str(exc) else 125
         finally:
             os._exit(code)
@@ -244,12 +217,8 @@ def _fork_init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
 def _init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
           ctl: socket.socket, out_w: int | None, err_w: int | None, alive_r: int) -> None:
     """C2, PID 1: build the root, pivot into it, set up stdio, exec the command."""
-    linux.set_pdeathsig(signal.SIGKILL)
-    poller = select.poll()
-    poller.register(alive_r, select.POLLIN)
-    if poller.poll(0):  # EOF: the monitor died before PDEATHSIG was armed
+    if parent_gone(alive_r):  # EOF: the monitor died before PDEATHSIG was armed
         raise SandboxError("the container's monitor went away during setup")
-    os.close(alive_r)
     cgroup.join()
     linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWCGROUP)
     make_private(root_mount=True)
@@ -267,7 +236,7 @@ def _init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
             bind(v.source, recorder.ensure(v.target, kind), readonly=v.readonly)
     finally:
         if recorder is not None:
-            _send(ctl, {"stubs": recorder.report()})
+            send(ctl, {"stubs": recorder.report()})
     seal_mounts(root)
     os.chdir(root)
     linux.pivot_root(".", ".")
@@ -287,17 +256,17 @@ def _init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
         master, slave = open_pty()
         if spec.tty_size:
             set_window_size(master, *spec.tty_size)
-        _send(ctl, {"master": True}, (master,))
+        send(ctl, {"master": True}, (master,))
         os.close(master)
-        _stdio(slave, slave, slave, controlling=True)
+        set_stdio(slave, slave, slave, controlling=True)
     else:
         stdin = stdin_fd if stdin_fd is not None else os.open("/dev/null", os.O_RDONLY)
-        _stdio(stdin, out_w, err_w)
+        set_stdio(stdin, out_w, err_w)
     exec_command(spec.argv, dict(spec.env), spec.cwd, spec.uid, spec.gid, spec.groups,
                  keep=(ctl.fileno(),))
 
 
-# --- shared by PID 1 and exec ---------------------------------------------------
+# --- terminals (PID 1 and exec) ---------------------------------------------------
 
 def open_pty() -> tuple[int, int]:
     """A pseudo-terminal of the devpts instance mounted at /dev/pts (ours after
@@ -322,46 +291,6 @@ def window_size(fd: int) -> tuple[int, int] | None:
     except OSError:
         return None
     return (rows, cols) if rows and cols else None
-
-
-def _stdio(stdin: int, stdout: int, stderr: int, controlling: bool = False) -> None:
-    if controlling:
-        fcntl.ioctl(stdin, termios.TIOCSCTTY, 0)
-    for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
-        os.dup2(fd, target, inheritable=True)
-
-
-def exec_command(argv, env: dict, cwd: str, uid: int, gid: int, groups, keep=()) -> None:
-    """Close every fd but stdio (and `keep`, close-on-exec), reset signals, drop the
-    capability bounding set, chdir, enter docker's privileges (seccomp...), exec."""
-    for fd in os.listdir("/proc/self/fd"):
-        n = int(fd)
-        if n > 2 and n not in keep:
-            try:
-                os.close(n)
-            except OSError:
-                pass
-    for sig in range(1, signal.NSIG):
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    os.umask(0o022)
-    linux.drop_bounding_capabilities()
-    try:
-        os.chdir(cwd)
-    except OSError as exc:
-        raise SandboxError(f"cannot change to working directory {cwd}: "
-                           f"{linux.errno_text(exc.errno or 0)}") from None
-    privileges.enter(uid, gid, tuple(groups))
-    try:
-        os.execvpe(argv[0], list(argv), env)
-    except OSError as exc:
-        raise SandboxError(f"cannot exec {argv[0]!r}: {linux.errno_text(exc.errno or 0)}"
-                           f" (PATH={env.get('PATH', os.defpath)})") from None
 
 
 # --- exec (in lamina) --------------------------------------------------------------
@@ -410,7 +339,7 @@ def exec_in(target: ExecTarget, spec: ExecSpec) -> tuple[int, int | None]:
             ctl_parent.close()
             code = _exec_child(target, spec, ns_fds, ctl_child)
         except BaseException as exc:  # noqa: BLE001
-            _send(ctl_child, {"error": _describe(exc, "exec")})
+            send(ctl_child, {"error": describe(exc, "exec")})
         finally:
             os._exit(code)
     for fd in ns_fds:
@@ -460,18 +389,18 @@ def _exec_child(target: ExecTarget, spec: ExecSpec, ns_fds: list[int],
             linux.set_pdeathsig(signal.SIGKILL)
             if spec.tty:
                 os.setsid()
-                _stdio(slave, slave, slave, controlling=True)
+                set_stdio(slave, slave, slave, controlling=True)
             elif not spec.interactive:
                 null = os.open("/dev/null", os.O_RDONLY)
                 os.dup2(null, 0)
             exec_command(spec.argv, dict(spec.env), spec.cwd, spec.uid, spec.gid, spec.groups,
                          keep=(ctl.fileno(),))
         except BaseException as exc:  # noqa: BLE001
-            _send(ctl, {"error": _describe(exc, "exec")})
+            send(ctl, {"error": describe(exc, "exec")})
         finally:
             os._exit(126)
     if master is not None:
-        _send(ctl, {"master": True}, (master,))
+        send(ctl, {"master": True}, (master,))
         os.close(master)
         os.close(slave)
     ctl.close()
@@ -483,8 +412,7 @@ def _exec_child(target: ExecTarget, spec: ExecSpec, ns_fds: list[int],
             break
         except InterruptedError:
             continue
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+    return exit_code(status)
 
 
 def _forward(pid: int, sig: int) -> None:

@@ -66,6 +66,8 @@ from typing import Callable, Literal
 from lamina.builder.sandbox import linux, network as netstack, overlay, privileges
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox.cgroups import Limits, StepCgroup
+from lamina.builder.sandbox.childproc import (describe, exec_command, exit_code, parent_gone, send,
+                                              validate_process)
 from lamina.builder.sandbox.devices import seal_mounts
 from lamina.builder.sandbox.mountpoints import StubRecorder, remove_stubs
 from lamina.builder.sandbox.privateroot import make_private
@@ -110,19 +112,8 @@ class _Plan:
 # --- parent side -----------------------------------------------------------------
 
 def _validate(spec: SandboxSpec) -> None:
-    if not spec.argv:
-        raise SandboxError("nothing to run: empty command")
-    if not 0 < len(spec.hostname.encode()) <= 64 or "\0" in spec.hostname:
-        raise SandboxError(f"invalid hostname {spec.hostname!r} (1 to 64 bytes)")
-    if spec.network not in netstack.MODES:
-        raise SandboxError(f"unknown network mode {spec.network!r} "
-                           f"(expected one of {', '.join(netstack.MODES)})")
-    if not spec.cwd.startswith("/"):
-        raise SandboxError(f"working directory {spec.cwd!r} is not an absolute path")
-    if any("\0" in a for a in spec.argv) or any("\0" in k + v or "=" in k or not k
-                                                 for k, v in spec.env):
-        raise SandboxError("command or environment contains a NUL byte or a bad name")
-    overlay.check_upper_work(Path(spec.upper_dir), Path(spec.work_dir))
+    validate_process(spec.argv, spec.env, spec.cwd, spec.hostname, spec.network,
+                     spec.upper_dir, spec.work_dir)
     for d in spec.lower_dirs:
         if not Path(d).is_dir():
             raise SandboxError(f"layer dir {d} does not exist or is not a directory")
@@ -249,7 +240,7 @@ def _execute(spec: SandboxSpec, plan: _Plan, on_output: Callable[[bytes], None],
             os.close(ctl_r)
             code = _stage1(spec, plan, out_w, ctl_w, parent_pid)
         except BaseException as exc:  # noqa: BLE001 - the child must never return
-            _send(ctl_w, {"error": _describe(exc, "sandbox setup")})
+            send(ctl_w, {"error": describe(exc, "sandbox setup")})
         finally:
             os._exit(code)
     os.close(out_w)
@@ -283,8 +274,7 @@ def _execute(spec: SandboxSpec, plan: _Plan, on_output: Callable[[bytes], None],
             os.close(ctl.init_pidfd)
     if ctl.errors:
         raise SandboxError(ctl.errors[0])
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+    return exit_code(status)
 
 
 def _kill_sandbox(pid: int, ctl: _Control, ctl_r: int, state: dict, reaped: bool) -> None:
@@ -331,25 +321,6 @@ def _kill_sandbox(pid: int, ctl: _Control, ctl_r: int, state: dict, reaped: bool
 
 # --- child side ------------------------------------------------------------------
 
-def _describe(exc: BaseException, what: str) -> str:
-    if isinstance(exc, SandboxError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        where = f" {exc.filename}" if exc.filename else ""
-        return f"{what}:{where} {linux.errno_text(exc.errno or 0)}"
-    return f"{what}: {type(exc).__name__}: {exc}"
-
-
-def _send(fd: int, msg: dict) -> None:
-    data = json.dumps(msg).encode() + b"\n"
-    while data:
-        try:
-            n = os.write(fd, data)
-        except OSError:
-            return
-        data = data[n:]
-
-
 def _stage1(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, parent_pid: int) -> int:
     """C1: new session, die with P, unshare, fork the namespace's init, relay its status."""
     os.setsid()
@@ -385,10 +356,10 @@ def _stage1_run(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int) -> int:
             os.close(alive_w)
             code = _stage2(spec, plan, out_w, ctl_w, alive_r)
         except BaseException as exc:  # noqa: BLE001
-            _send(ctl_w, {"error": _describe(exc, "sandbox setup")})
+            send(ctl_w, {"error": describe(exc, "sandbox setup")})
         finally:
             os._exit(code)
-    _send(ctl_w, {"init": pid})
+    send(ctl_w, {"init": pid})
     os.close(ctl_w)
     os.close(out_w)
     os.close(alive_r)
@@ -396,18 +367,13 @@ def _stage1_run(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int) -> int:
         _, status = os.waitpid(pid, 0)
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             break
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+    return exit_code(status)
 
 
 def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int) -> int:
     """C2: PID 1 of the namespace. Build the root, pivot into it, run C3, reap."""
-    linux.set_pdeathsig(signal.SIGKILL)
-    poller = select.poll()
-    poller.register(alive_r, select.POLLIN)
-    if poller.poll(0):  # C1 already gone (EOF on its pipe): we would be orphaned
+    if parent_gone(alive_r):  # C1 already gone (EOF on its pipe): we would be orphaned
         return 125
-    os.close(alive_r)
     linux.prctl(linux.PR_SET_DUMPABLE, 0)
     linux.set_process_title(INIT_TITLE)
 
@@ -423,7 +389,7 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
             mount_user(m, plan.scratch / f"m{i}", recorder, api=OVERLAY_API)
     finally:
         if recorder is not None:
-            _send(ctl_w, {"stubs": recorder.report()})
+            send(ctl_w, {"stubs": recorder.report()})
 
     seal_mounts(plan.root)  # nodev on every mount but the allowed /dev nodes
     os.chdir(plan.root)
@@ -439,7 +405,7 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
         try:
             _stage3(spec, out_w, ctl_w)
         except BaseException as exc:  # noqa: BLE001
-            _send(ctl_w, {"error": _describe(exc, "sandbox")})
+            send(ctl_w, {"error": describe(exc, "sandbox")})
         finally:
             os._exit(127)
     os.close(out_w)
@@ -450,44 +416,15 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
         except ChildProcessError:
             return 125
         if reaped == pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
-            code = os.waitstatus_to_exitcode(status)
-            return 128 - code if code < 0 else code
+            return exit_code(status)
 
 
 def _stage3(spec: SandboxSpec, out_w: int, ctl_w: int) -> None:
-    """C3: the command. stdio, signals, capabilities, cwd, ids, exec."""
+    """C3: the command. stdin /dev/null, stdout and stderr the output pipe, then
+    signals, capabilities, cwd, ids, exec (builder.sandbox.childproc)."""
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(out_w, 1)
     os.dup2(out_w, 2)
-    keep = {0, 1, 2, ctl_w}
-    for fd in os.listdir("/proc/self/fd"):
-        n = int(fd)
-        if n not in keep:
-            try:
-                os.close(n)
-            except OSError:
-                pass
-    for sig in range(1, signal.NSIG):
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    os.umask(0o022)
-    linux.drop_bounding_capabilities()
-    try:
-        os.chdir(spec.cwd)
-    except OSError as exc:
-        raise SandboxError(f"cannot change to working directory {spec.cwd}: "
-                           f"{linux.errno_text(exc.errno or 0)}") from None
-    # fresh session keyring, no inheritable/ambient caps, seccomp, ids (builder.sandbox.privileges)
-    privileges.enter(spec.uid, spec.gid, spec.groups)
-    env = {k: v for k, v in spec.env}
-    try:
-        os.execvpe(spec.argv[0], list(spec.argv), env)
-    except OSError as exc:
-        raise SandboxError(f"cannot exec {spec.argv[0]!r}: {linux.errno_text(exc.errno or 0)}"
-                           f" (PATH={env.get('PATH', os.defpath)})") from None
+    exec_command(spec.argv, dict(spec.env), spec.cwd, spec.uid, spec.gid, spec.groups,
+                 keep=(ctl_w,))

@@ -1,0 +1,151 @@
+"""The parts of a sandbox child process that a RUN step (builder.sandbox.sandbox) and a
+container (builder.sandbox.container) share: checking what is to run, reporting a
+child's failure to its parent, dying with the parent, and the last step before the
+command — stdio, signals, capabilities, working dir, IDs, exec.
+
+    validate_process(argv, env, cwd, hostname, network, upper_dir, work_dir)
+    describe(exc, what) -> str            # a child's exception as one line for the user
+    send(channel, msg, fds=())            # one JSON message to the parent (pipe or socket)
+    parent_gone(alive_r) -> bool          # arm PDEATHSIG; True if the parent already left
+    set_stdio(stdin, stdout, stderr, controlling=False)
+    reset_signals()
+    exec_command(argv, env, cwd, uid, gid, groups, keep=())   # never returns
+    exit_code(wait_status) -> int         # 128+N for a death by signal N
+
+A child reports with ``send`` and leaves with ``os._exit``: it never returns into
+the parent's code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import termios
+from pathlib import Path
+from typing import Iterable
+
+from lamina.builder.errors import SandboxError
+from lamina.builder.sandbox import linux, network as netstack, overlay, privileges
+
+
+def validate_process(argv, env, cwd: str, hostname: str, network: str, upper_dir: Path,
+                     work_dir: Path) -> None:
+    """What every sandboxed command needs: a command, a sane hostname, a known network
+    mode, an absolute working dir, no NUL byte, usable overlay upper/work dirs."""
+    if not argv:
+        raise SandboxError("nothing to run: empty command")
+    if not 0 < len(hostname.encode()) <= 64 or "\0" in hostname:
+        raise SandboxError(f"invalid hostname {hostname!r} (1 to 64 bytes)")
+    if network not in netstack.MODES:
+        raise SandboxError(f"unknown network mode {network!r} "
+                           f"(expected one of {', '.join(netstack.MODES)})")
+    if not cwd.startswith("/"):
+        raise SandboxError(f"working directory {cwd!r} is not an absolute path")
+    if any("\0" in a for a in argv) or any("\0" in k + v or "=" in k or not k for k, v in env):
+        raise SandboxError("command or environment contains a NUL byte or a bad name")
+    overlay.check_upper_work(Path(upper_dir), Path(work_dir))
+
+
+def describe(exc: BaseException, what: str) -> str:
+    """The message a failed child sends its parent: a SandboxError as it is, an
+    OSError with its path and errno text, anything else with its type."""
+    if isinstance(exc, SandboxError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{what}:{where} {linux.errno_text(exc.errno or 0)}"
+    return f"{what}: {type(exc).__name__}: {exc}"
+
+
+def send(channel: int | socket.socket, msg: dict, fds: Iterable[int] = ()) -> None:
+    """One newline-terminated JSON message: written whole to a pipe fd, or as one
+    datagram (with `fds` as SCM_RIGHTS) on a socket. A parent that is gone is no
+    error: the child is about to exit anyway."""
+    data = json.dumps(msg).encode() + b"\n"
+    fds = list(fds)
+    if isinstance(channel, socket.socket):
+        try:
+            if fds:
+                socket.send_fds(channel, [data], fds)
+            else:
+                channel.send(data)
+        except OSError:
+            pass
+        return
+    while data:
+        try:
+            n = os.write(channel, data)
+        except OSError:
+            return
+        data = data[n:]
+
+
+def parent_gone(alive_r: int) -> bool:
+    """Die with the parent from now on (PR_SET_PDEATHSIG); True if it had already gone
+    (EOF on `alive_r`, the read end of a pipe whose write end only the parent holds)
+    before that was armed. Closes `alive_r`."""
+    linux.set_pdeathsig(signal.SIGKILL)
+    poller = select.poll()
+    poller.register(alive_r, select.POLLIN)
+    gone = bool(poller.poll(0))
+    os.close(alive_r)
+    return gone
+
+
+def set_stdio(stdin: int, stdout: int, stderr: int, controlling: bool = False) -> None:
+    """Make the three fds 0, 1, 2 (inheritable); `controlling`: `stdin` is a terminal
+    that becomes the session's controlling terminal (the caller called setsid)."""
+    if controlling:
+        fcntl.ioctl(stdin, termios.TIOCSCTTY, 0)
+    for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+        os.dup2(fd, target, inheritable=True)
+
+
+def reset_signals() -> None:
+    """Every signal to its default action, none blocked (what an exec'd command expects)."""
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def exec_command(argv, env: dict, cwd: str, uid: int, gid: int, groups, keep=()) -> None:
+    """Close every fd but stdio (and `keep`, close-on-exec), reset signals, drop the
+    capability bounding set to docker's, chdir, enter docker's privileges (fresh
+    session keyring, no inheritable/ambient caps, seccomp, groups/gid/uid:
+    builder.sandbox.privileges), exec `argv` (argv[0] looked up in env's PATH)."""
+    for fd in os.listdir("/proc/self/fd"):
+        n = int(fd)
+        if n > 2 and n not in keep:
+            try:
+                os.close(n)
+            except OSError:
+                pass
+    reset_signals()
+    os.umask(0o022)
+    linux.drop_bounding_capabilities()
+    try:
+        os.chdir(cwd)
+    except OSError as exc:
+        raise SandboxError(f"cannot change to working directory {cwd}: "
+                           f"{linux.errno_text(exc.errno or 0)}") from None
+    privileges.enter(uid, gid, tuple(groups))
+    try:
+        os.execvpe(argv[0], list(argv), env)
+    except OSError as exc:
+        raise SandboxError(f"cannot exec {argv[0]!r}: {linux.errno_text(exc.errno or 0)}"
+                           f" (PATH={env.get('PATH', os.defpath)})") from None
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell's exit code: the code, or 128+N for signal N."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
