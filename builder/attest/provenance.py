@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import platform as host_platform
-import subprocess
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,13 +160,13 @@ def git_context(directory: Path) -> GitContext | None:
     (no git process at all for a context without .git)."""
     if not os.path.lexists(os.path.join(directory, ".git")):
         return None
+    # the context's own git config must run nothing (it is hostile input, git runs as
+    # root): builder.context.worktree; submodules are not looked into (their config
+    # could name commands too)
+    from lamina.builder.context.worktree import git_output, strip_credentials
+
     def git(*args: str) -> str | None:
-        try:
-            p = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(directory), *args],
-                               capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return p.stdout.strip() if p.returncode == 0 else None
+        return git_output(directory, *args)
 
     top = git("rev-parse", "--show-toplevel")
     if not top or os.path.realpath(top) != os.path.realpath(directory):
@@ -176,7 +175,9 @@ def git_context(directory: Path) -> GitContext | None:
     if not commit:
         return None
     remote = git("remote", "get-url", "origin") or None
-    status = git("status", "--porcelain", "--untracked-files=normal")
+    if remote:  # a CI checkout's token must not end up in a pushed attestation
+        remote = strip_credentials(remote)
+    status = git("status", "--porcelain", "--untracked-files=normal", "--ignore-submodules=all")
     return GitContext(commit=commit, remote=remote, dirty=bool(status))
 
 

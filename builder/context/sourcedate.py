@@ -10,7 +10,7 @@ CI job can pin every timestamp to the commit it builds. None when nothing is giv
 
 from __future__ import annotations
 
-import subprocess
+import shutil
 from pathlib import Path
 from typing import Mapping
 
@@ -37,16 +37,15 @@ def parse_epoch(value: str, *, source: str, context_dir: Path) -> int:
 
 def git_commit_time(context_dir: Path) -> int:
     """The committer time (seconds) of HEAD of the git work tree holding `context_dir`."""
-    try:
-        out = subprocess.run(["git", "-C", str(context_dir), "log", "-1", "--format=%ct", "HEAD"],
-                             capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        raise BuildError("SOURCE_DATE_EPOCH=git needs the git command, which is not installed") from None
-    if out.returncode != 0 or not out.stdout.strip().isdigit():
-        detail = (out.stderr.strip().splitlines() or ["no commit"])[-1]
+    from lamina.builder.context.worktree import git_output  # the context's config runs nothing
+
+    if shutil.which("git") is None:
+        raise BuildError("SOURCE_DATE_EPOCH=git needs the git command, which is not installed")
+    out = git_output(context_dir, "log", "-1", "--format=%ct", "HEAD", timeout=60)
+    if out is None or not out.isdigit():
         raise BuildError(f"SOURCE_DATE_EPOCH=git: the context {context_dir} is not in a git "
-                         f"work tree with a commit ({detail})")
-    return int(out.stdout.strip())
+                         f"work tree with a commit")
+    return int(out)
 
 
 def resolve_source_date(timestamp: str | None, build_args: Mapping[str, str],
