@@ -124,7 +124,10 @@ def clone_context(url: str, commit: str | None, dest: Path) -> tuple[Path, str]:
     if "#" in url:
         url, _, wanted = url.partition("#")
         commit = wanted or commit
-    _git("clone", "--quiet", "--no-checkout", url, str(dest))
+    # the URL and commit come from the image's provenance (hostile input): never options
+    if commit and commit.startswith("-"):
+        raise BuildError(f"the provenance names the git commit {commit!r}, which is not a commit")
+    _git("clone", "--quiet", "--no-checkout", "--", url, str(dest))
     if commit:
         _git("checkout", "--quiet", "--detach", commit, cwd=dest)
     else:
