@@ -3,7 +3,8 @@ reaches.
 
 Roots: every image row (tagged or not — an untagged image is removed by `rmi`,
 not by gc), every cache entry the policy keeps (and its ancestors, since a hit
-on a step needs the steps before it), and everything a live lease holds.
+on a step needs the steps before it), everything a live lease holds and
+everything a hold (store.holds: a container, running or stopped) holds.
 From images: the manifest and config blobs and the layers (by diff_id); from a
 layer: all its blobs and its extracted directory. Everything else goes: blobs,
 layer rows, extracted dirs, content-index entries of removed dirs, dead leases,
@@ -29,6 +30,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from lamina.store.attestations import referenced_blobs
+from lamina.store.holds import held_items
 from lamina.store.layerdirs import walk
 from lamina.store.lease import lease_is_live
 from lamina.store.locks import clean_stale_temp, remove_tree
@@ -94,6 +96,8 @@ def collect(store: "StoreRoot", *, cache_max_age: timedelta | None = None,
             held: dict[str, set[str]] = {"blob": set(), "layer": set(), "cache": set(), "image": set()}
             for row in c.execute("SELECT kind, value FROM lease_items"):
                 held[row["kind"]].add(row["value"])
+            for kind, values in held_items(c).items():  # holds: containers (store.holds)
+                held.setdefault(kind, set()).update(values)
 
             cache = {r["key"]: r for r in c.execute("SELECT key, diff_id, parent, last_used FROM cache")}
             image_layers = {r["diff_id"] for r in c.execute("SELECT DISTINCT diff_id FROM image_layers")}

@@ -117,9 +117,9 @@ class Store(StoreRoot):
         """Remove a tag (the image stays). Returns the manifest digest it pointed at."""
         return tags_.untag(self, ref)
 
-    def remove_image(self, ref: str, *, force: bool = False) -> list[str]:
-        """`rmi` as docker (see store.tags.remove_image)."""
-        return tags_.remove_image(self, ref, force=force)
+    def remove_image(self, ref: str, *, force: bool = False, users=None) -> list[str]:
+        """`rmi` as docker (see store.tags.remove_image; `users`: what uses an image)."""
+        return tags_.remove_image(self, ref, force=force, users=users)
 
     # -- layers ----------------------------------------------------------------------
 

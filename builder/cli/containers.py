@@ -172,7 +172,9 @@ def kill_cmd(g: Globals, sig: str, containers) -> None:
 def rm_cmd(g: Globals, force: bool, volumes: bool, containers) -> None:
     """Remove containers (their upper dir, log and record)."""
     from lamina.builder.containers.control import remove
+    from lamina.builder.containers.imagehold import sweep
     from lamina.builder.containers.state import ContainerError
+    from lamina.store.store import Store
 
     cs = _store(g)
     failed = None
@@ -183,6 +185,8 @@ def rm_cmd(g: Globals, force: bool, volumes: bool, containers) -> None:
         except ContainerError as e:
             click.echo(f"lamina: {e}", err=True)
             failed = e
+    with Store(g.root) as store:
+        sweep(store, cs)  # holds a crash left behind, containers made before holds
     if failed is not None:
         raise click.exceptions.Exit(1)
 
@@ -210,8 +214,10 @@ def exec_cmd(g: Globals, interactive, tty, env, user, workdir, detach, container
     if user is not None:
         from lamina.store.store import Store
 
+        from lamina.builder.containers.imagehold import container_image
+
         with Store(g.root) as store:
-            image = store._load_image(c.manifest)
+            image = container_image(store, c)
             layer_dirs = (cs.path(c.id) / "upper",) + tuple(
                 store.layer_dir(l.diff_id) for l in reversed(image.layers))
     code = exec_in(c, command, tty=tty, interactive=interactive, env=env, user=user,

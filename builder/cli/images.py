@@ -343,11 +343,15 @@ def tag_cmd(g: Globals, source: str, target: str) -> None:
 def rmi_cmd(g: Globals, force: bool, refs_: tuple[str, ...]) -> None:
     """Remove images (untag; the image goes with its last tag). Space is reclaimed
     by `lamina gc`."""
+    from lamina.builder.containers.imagehold import image_users
+    from lamina.builder.containers.state import ContainerStore
+
     errors: list[StoreError] = []
+    users = image_users(ContainerStore(g.root))  # docker's conflicts with containers
     with open_store(g) as store:
         for ref in refs_:
             try:
-                for line in store.remove_image(ref, force=force):
+                for line in store.remove_image(ref, force=force, users=users):
                     click.echo(line)
             except StoreError as e:
                 errors.append(e)

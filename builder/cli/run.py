@@ -59,9 +59,10 @@ def run(g: Globals, detach, rm, name, interactive, tty, env, env_files, workdir,
     cs = ContainerStore(g.root)
     d = cs.path(record.id)
     if detach:
+        spawned = time.monotonic()
         monitor = spawn_monitor(g.root, record.id)
         while True:  # until the monitor started the container (or could not)
-            check_monitor(cs, record.id, monitor)
+            check_monitor(cs, record.id, monitor, spawned)
             current = cs.reconcile(cs.read(record.id) or record)
             if current.status != "created":
                 break

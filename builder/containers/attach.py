@@ -67,6 +67,7 @@ class Attached:
         self.master: int | None = None
         self.pending: list[int] = []
         self.record: Container | None = None
+        self.spawned = time.monotonic()  # check_monitor's start deadline counts from here
 
     def run(self) -> int:
         old = {sig: signal.signal(sig, self._on_signal) for sig in FORWARDED}
@@ -81,7 +82,7 @@ class Attached:
             log = self.cs.path(self.cid) / LOG_FILE
             while True:
                 if self.monitor_pid:
-                    check_monitor(self.cs, self.cid, self.monitor_pid)
+                    check_monitor(self.cs, self.cid, self.monitor_pid, self.spawned)
                 record = self.cs.reconcile(self.cs.read(self.cid) or self.record)
                 if record is None:
                     return 125

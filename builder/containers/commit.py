@@ -103,12 +103,13 @@ def commit_config(image: Image, c: Container, message: str = "", author: str = "
 def commit(store: Store, c: Container, upper: Path, ref: str | None, *, message: str = "",
            author: str = "") -> Image:
     """Make the image; `ref` tags it (None: untagged, as `docker commit` without REF)."""
+    from lamina.builder.containers.imagehold import container_image
     from lamina.builder.sandbox.mountpoints import remove_stubs
     from lamina.builder.sandbox.overlay import finalize_upper
 
     with store.lease() as lease:
         with store.writing():
-            image = store._load_image(c.manifest)
+            image = container_image(store, c)
             lease.hold(layers=[l.diff_id for l in image.layers], images=[c.manifest])
         scratch = store.temp_path("commit")
         scratch.mkdir()

@@ -21,11 +21,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.builder.containers.state import Container, ContainerError, ContainerStore, boot_id
+from lamina.builder.containers.imagehold import hold_image
+from lamina.builder.containers.state import (Container, ContainerError, ContainerStore, boot_id,
+                                             process_is)
 from lamina.builder.errors import BuildError
 from lamina.builder.runimage import image_command
 from lamina.builder.sandbox.users import resolve_user_in_layers
 from lamina.store.store import Store
+
+START_TIMEOUT = 60.0  # seconds a monitor may take to start its container (check_monitor)
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,8 @@ def signal_number(name: str | int) -> int:
 
 
 def create(store: Store, opts: RunOptions) -> Container:
-    """Resolve the image, extract its layer dirs, write the record ("created")."""
+    """Resolve the image, extract its layer dirs, write the record ("created") and
+    hold the image for the container's life."""
     if opts.network not in ("default", "none", "host", "bridge"):
         raise ContainerError(f"invalid --network {opts.network!r}: lamina has default "
                              "(also called bridge), none and host")
@@ -159,7 +164,8 @@ def create(store: Store, opts: RunOptions) -> Container:
             volumes=volumes, tty=opts.tty, interactive=opts.interactive, detach=opts.detach,
             auto_remove=opts.auto_remove, stop_signal=str(config.get("StopSignal") or "SIGTERM"),
             created=time.time(), boot_id=boot_id(), tty_size=opts.tty_size)
-        cs.create(record)
+        # the container holds its image until `rm` (builder.containers.imagehold)
+        cs.create(record, on_create=lambda: hold_image(store, cid, image))
         return cs.read(cid) or record
 
 
@@ -211,27 +217,58 @@ def spawn_monitor(root: Path, cid: str, *, stdin_fd: int | None = None,
     return int(text)
 
 
-def check_monitor(cs: ContainerStore, cid: str, monitor_pid: int) -> None:
+def check_monitor(cs: ContainerStore, cid: str, monitor_pid: int,
+                  spawned: float | None = None) -> None:
     """A monitor that died before recording itself (it could not even start) leaves
-    the record "created": record it exited, with what it wrote to monitor.err."""
+    the record "created": record it exited, with what it wrote to monitor.err. One
+    that has not started the container START_TIMEOUT seconds after it was spawned
+    (`spawned`, time.monotonic()) is killed and recorded the same way: a `lamina run`
+    waiting for it never hangs."""
     record = cs.read(cid)
-    if record is None or record.status != "created" or record.monitor_pid:
+    if record is None or record.status != "created":
         return
+    if not record.monitor_pid and not _running(monitor_pid):
+        record = cs.read(cid)
+        if record is None or record.status != "created" or record.monitor_pid:
+            return
+        _give_up(cs, cid, "the container's monitor exited at once")
+        return
+    if spawned is None or time.monotonic() - spawned < START_TIMEOUT:
+        return
+    if record.monitor_pid:
+        if process_is(record.monitor_pid, record.monitor_start):
+            _kill(record.monitor_pid)
+    elif _running(monitor_pid):
+        _kill(monitor_pid)
+    if (cs.read(cid) or record).status == "created":
+        _give_up(cs, cid, f"the container's monitor did not start it within {START_TIMEOUT:g} s "
+                          "(it was stopped)")
+
+
+def _running(pid: int) -> bool:
     try:
-        with open(f"/proc/{monitor_pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X"):
-                return
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
-    record = cs.read(cid)
-    if record is None or record.status != "created" or record.monitor_pid:
-        return
+
+
+def _give_up(cs: ContainerStore, cid: str, why: str) -> None:
+    """Record a container its monitor could not start: exited 125 with `why` and the
+    last line the monitor wrote to monitor.err."""
     try:
         tail = (cs.path(cid) / "monitor.err").read_text(errors="replace").strip().splitlines()[-1:]
     except OSError:
         tail = []
     cs.update(cid, status="exited", exit_code=125, finished=time.time(),
-              error="the container's monitor exited at once" + (f": {tail[0]}" if tail else ""))
+              error=why + (f": {tail[0]}" if tail else ""))
 
 
 def fcntl_dup_high(fd: int) -> int:

@@ -5,7 +5,8 @@ and living exactly as long as the container.
     python -m lamina.builder.containers.monitor ROOT ID [--stdin=3] [--attach=4]
 
 It records itself (pid, start time, boot id) in the container's state, holds a store
-lease on the image (gc never removes the layers of a running container), starts the
+lease on the image (besides the hold every container has from `create` to `rm`:
+builder.containers.imagehold), starts the
 container (builder.sandbox.container.start: its next child is the container's PID 1,
 with PDEATHSIG, so killing the monitor kills the container), records it running,
 writes its stdout/stderr (or the pty's output) to the log file, reaps PID 1, removes
@@ -20,6 +21,7 @@ import select
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from lamina.builder.containers.logs import LogWriter
@@ -42,12 +44,17 @@ def main(argv: list[str]) -> int:
     if record is None:
         return 1
     code = 125
+    error = ""
     try:
         code = _supervise(root, cs, record, stdin_fd, attach_fd)
+    except BaseException as exc:  # noqa: BLE001 - said in the record, for `lamina run`
+        error = f"the container's monitor failed: {type(exc).__name__}: {exc}"
+        traceback.print_exc()  # to monitor.err
     finally:
         current = cs.read(cid)
         if current is not None and current.status != "exited":
-            cs.update(cid, status="exited", exit_code=code, finished=time.time())
+            cs.update(cid, status="exited", exit_code=code, finished=time.time(),
+                      error=current.error or error)
     record = cs.read(cid)
     if record is not None and record.auto_remove:
         d = cs.path(cid)
@@ -57,6 +64,7 @@ def main(argv: list[str]) -> int:
 
 
 def _supervise(root: Path, cs: ContainerStore, record, stdin_fd, attach_fd) -> int:
+    from lamina.builder.containers.imagehold import container_image
     from lamina.builder.errors import SandboxError, BuildError
     from lamina.builder.sandbox.container import ContainerSpec, Volume, start
     from lamina.builder.sandbox.overlay import empty_dir
@@ -69,7 +77,7 @@ def _supervise(root: Path, cs: ContainerStore, record, stdin_fd, attach_fd) -> i
         with Store(root) as store, store.lease() as lease:
             try:
                 with store.writing():
-                    image = store._load_image(record.manifest)
+                    image = container_image(store, record)
                     lease.hold(layers=[l.diff_id for l in image.layers],
                                images=[record.manifest])
                 lowers = tuple(store.layer_dir(l.diff_id) for l in reversed(image.layers))

@@ -21,7 +21,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from lamina.builder.errors import BuildError
 from lamina.store.locks import flocked, remove_tree
@@ -139,7 +139,8 @@ class ContainerStore:
     """ROOT/containers: create, read, update, list, find and remove records."""
 
     def __init__(self, root: Path) -> None:
-        self.dir = Path(root) / "containers"
+        self.root = Path(root)
+        self.dir = self.root / "containers"
 
     def path(self, cid: str) -> Path:
         return self.dir / cid
@@ -147,7 +148,10 @@ class ContainerStore:
     def new_id(self) -> str:
         return secrets.token_hex(32)
 
-    def create(self, record: Container) -> Path:
+    def create(self, record: Container, on_create: Callable[[], None] | None = None) -> Path:
+        """Write a new record (a free name if it has none). `on_create` runs under the
+        names lock just before the dir is made (the image hold:
+        builder.containers.imagehold)."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with flocked(self.dir / ".names.lock"):
             if not record.name:
@@ -162,6 +166,8 @@ class ContainerStore:
                             f'the container name "/{record.name}" is already in use by '
                             f'container "{other.id}". You have to remove (or rename) that '
                             "container to be able to reuse that name.")
+            if on_create is not None:
+                on_create()
             d = self.path(record.id)
             d.mkdir(mode=0o700)
             for sub in ("upper", "work", "run"):
@@ -265,9 +271,18 @@ class ContainerStore:
         return updated or c
 
     def remove(self, c: Container) -> None:
+        """Remove the container's dir, then its hold on its image."""
+        from lamina.builder.containers.imagehold import release_image
+        from lamina.store.root import StoreRoot
+
         d = self.path(c.id)
         if d.is_dir():
             remove_tree(d)
+        store = StoreRoot(self.root)
+        try:
+            release_image(store, c.id)
+        finally:
+            store.close()
 
     def iter_ids(self) -> Iterator[str]:
         return (c.id for c in self.all())

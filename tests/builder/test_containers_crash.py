@@ -200,13 +200,15 @@ def test_gc_keeps_the_layers_of_a_running_container(tmp_path):
     with Store(store) as s:
         image = s.resolve("gcvictim")
         dirs = [s.layer_dir(l.diff_id) for l in image.layers]
-    # nothing but the container holds the image now: no tag, no image, no cache entry
-    assert lamina(store, "rmi", "bb", "gcvictim").returncode == 0
+    # nothing but the container holds the image now: no tag, no cache entry (docker's
+    # rmi -f of a running container's image only untags it)
+    assert lamina(store, "rmi", "-f", "bb", "gcvictim").returncode == 0
     assert lamina(store, "prune", "-f").returncode == 0
     assert lamina(store, "gc").returncode == 0
-    assert all(d.is_dir() for d in dirs)       # the monitor's lease holds them
+    assert all(d.is_dir() for d in dirs)       # the container's hold and lease
     assert lamina(store, "exec", cid, "cat", "/marker").stdout == "layer\n"
     assert lamina(store, "rm", "-f", cid).returncode == 0
+    assert lamina(store, "rmi", image.config_digest).returncode == 0
     assert lamina(store, "gc").returncode == 0
     assert not any(d.is_dir() for d in dirs)   # once it is gone, so are they
 
