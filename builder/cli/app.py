@@ -59,6 +59,11 @@ def cli(ctx: click.Context, root: Path | None) -> None:
     from lamina.builder.sandbox import userns
     own = getattr(ctx.command, "own_command_line", False)
     if own and not ctx.resilient_parsing and userns.needs_reexec():
-        userns.reexec(root if root is not None else default_root())
+        from lamina.builder.containers.userns import namespace_to_join
+
+        store_root = root if root is not None else default_root()
+        # a container command joins the namespace its containers run in
+        userns.reexec(store_root, join=namespace_to_join(store_root, ctx.invoked_subcommand,
+                                                         userns.own_command_line()))
     userns.adopt_namespace()  # root of a user namespace lamina did not make (a container)
     ctx.obj = Globals(root=root if root is not None else default_root())

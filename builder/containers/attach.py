@@ -21,11 +21,11 @@ import sys
 import termios
 import time
 import tty as ttymod
-from pathlib import Path
 
 from lamina.builder.containers.create import check_monitor
 from lamina.builder.containers.logs import read_from
-from lamina.builder.containers.state import LOG_FILE, Container, ContainerStore, process_is
+from lamina.builder.containers.state import (LOG_FILE, Container, ContainerError, ContainerStore,
+                                             process_is)
 from lamina.builder.sandbox.container import set_window_size, window_size
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -54,6 +54,11 @@ def send_signal(c: Container, sig: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+    except PermissionError:
+        raise ContainerError(f"cannot signal container {c.short_id}: permission denied"
+                             + (" (it runs in the user namespace of another rootless lamina, "
+                                "started at the same time)" if os.environ.get("LAMINA_ROOTLESS")
+                                else "")) from None
 
 
 class Attached:

@@ -286,20 +286,54 @@ def own_command_line() -> list[str]:
     return [os.fsdecode(a) for a in data.split(b"\0")[:-1]]
 
 
-def reexec(store_root: Path) -> NoReturn:
-    """Enter the user namespace and exec this same command line there."""
+def reexec(store_root: Path, join: int | None = None) -> NoReturn:
+    """Enter the user namespace and exec this same command line there. `join`: the
+    pid of a process in a namespace of this user's to enter instead of making a new
+    one (a detached container's monitor: builder.containers.userns); a new one if it
+    cannot be joined."""
     argv = own_command_line()
     mapping, warnings = current_mapping()
-    for w in warnings:
-        print(w, file=sys.stderr, flush=True)
     env = dict(os.environ)
     env.setdefault("LAMINA_ROOT", str(store_root))
     env.setdefault("LAMINA_CGROUPS", "off")  # see the module docstring
-    env[ROOTLESS_ENV] = "subids" if mapping.subordinate else "single"
     env[OUTER_ENV] = f"{os.getuid()}:{os.getgid()}"
-    enter(mapping)
+    joined = join_namespace(join) if join else None
+    if joined is None:
+        for w in warnings:
+            print(w, file=sys.stderr, flush=True)
+        env[ROOTLESS_ENV] = "subids" if mapping.subordinate else "single"
+        enter(mapping)
+    else:
+        env[ROOTLESS_ENV] = joined
     os.execve(sys.executable, argv, env)
     raise AssertionError("unreachable")
+
+
+def join_namespace(pid: int) -> str | None:
+    """Enter the user namespace of `pid` if it is one this user made (root inside is
+    this user outside) and become root there; its ROOTLESS_ENV value ("subids" or
+    "single"), or None (gone, not ours, refused) with nothing changed."""
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_ino == os.stat("/proc/self/ns/user").st_ino:
+            return None
+        uid_map = Path(f"/proc/{pid}/uid_map").read_text().split()
+        gid_map = Path(f"/proc/{pid}/gid_map").read_text().split()
+        if uid_map[:3] != ["0", str(uid), "1"] or gid_map[:3] != ["0", str(gid), "1"]:
+            return None
+        if _libc.setns(fd, CLONE_NEWUSER) != 0:
+            return None
+    except (OSError, IndexError):
+        return None
+    finally:
+        os.close(fd)
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    return "subids" if len(uid_map) > 3 else "single"
 
 
 def adopt_namespace() -> None:
