@@ -85,8 +85,25 @@ def bind(source: str | Path, target: str, readonly: bool) -> None:
                     | linux.MS_NODEV)
 
 
+def _ordinary_dir(rec: StubRecorder, name: str, fstype: str) -> None:
+    """runc's rule: proc and sysfs go on an ordinary directory of the image (or one the
+    sandbox makes), never through a symlink. Docker's masked and read-only paths are
+    applied under /proc and /sys: with `/proc -> /p` the kernel filesystem would land
+    on /p and the masks nowhere, leaving /proc/sys (core_pattern!) writable."""
+    try:
+        st = os.lstat(os.path.join(rec.root, name))
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+        raise SandboxError(f"/{name} in the image is {what}: {fstype} can only be mounted on "
+                           f"an ordinary directory (as runc refuses)")
+
+
 def mount_system(rec: StubRecorder, hosts: Path, resolv: Path) -> None:
     """Mount /proc, /dev, /sys and the injected /etc files on the merged root."""
+    _ordinary_dir(rec, "proc", "proc")
+    _ordinary_dir(rec, "sys", "sysfs")
     # /proc
     proc = rec.ensure("/proc", "dir")
     linux.mount("proc", proc, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
