@@ -19,21 +19,22 @@ import os
 import urllib.parse
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from lamina.builder.context.context import SourceTree
 from lamina.builder.context.copysrc import CopySelection, select_sources
 from lamina.builder.errors import BuildError
 from lamina.builder.sandbox.rootpath import mkdir_p_in_root, read_file_in_root
 from lamina.builder.plan.resolved import ResolvedCopy, ResolvedWorkdir
-from lamina.builder.steps.add import (
-    FetchedGit, FetchedURL, GitIdentity, GitSource, URLIdentity, add_git, add_local, add_url,
-    fetch_identified, fetch_identified_git, identify_git, identify_url, is_url_source,
-    parse_git_source,
-)
 from lamina.builder.steps.copy import HeredocSource
 from lamina.builder.steps.copyinto import copy_selection
 from lamina.builder.steps.chown import resolve_chown
+
+if TYPE_CHECKING:
+    from lamina.builder.steps.add import FetchedGit, FetchedURL, GitIdentity, GitSource, URLIdentity
+
+# builder.steps.add (URLs: urllib/http.client/ssl; git) is imported by the functions
+# that handle an ADD: a COPY, and a build whose steps all hit the cache, never load it
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def remote_sources(r: ResolvedCopy) -> tuple[list[str], list[str]]:
     """(URLs, git sources) among an ADD's sources."""
     if r.keyword != "ADD":
         return [], []
+    from lamina.builder.steps.add import is_url_source, parse_git_source
+
     urls, gits = [], []
     for src in r.sources:
         if parse_git_source(src, allow_file=True) is not None:
@@ -99,6 +102,8 @@ def identify_copy(r: ResolvedCopy, context: SourceTree, download_dir: Path, *,
     recorded). A host repository is checked against --allow before git sees it."""
     urls, gits = remote_sources(r)
     local = [s for s in r.sources if s not in urls and s not in gits]
+    if urls or gits:
+        from lamina.builder.steps.add import identify_git, identify_url, parse_git_source
     git_sources = [parse_git_source(g, allow_file=True) for g in gits]
     for source in git_sources:
         if source.is_local:
@@ -119,6 +124,8 @@ def fetch_copy(prepared: PreparedCopy, download_dir: Path, *,
     executing); what identifying already fetched is not fetched again."""
     if prepared.fetched:
         return prepared
+    if prepared.urls or prepared.gits:
+        from lamina.builder.steps.add import fetch_identified, fetch_identified_git
     urls = tuple(fetch_identified(u, download_dir, records_dir=url_records)
                  for u in prepared.urls)
     gits = tuple(fetch_identified_git(g, download_dir, keep_git_dir=prepared.keep_git_dir)
@@ -150,6 +157,8 @@ def apply_copy(root: Path, r: ResolvedCopy, prepared: PreparedCopy, *, workdir: 
         selection = select_sources(tree, list(r.sources), excludes=r.exclude, parents=r.parents)
     heredocs = tuple(HeredocSource(f.name, f.data.encode("utf-8")) for f in r.inline)
     if r.keyword == "ADD":
+        from lamina.builder.steps.add import add_git, add_local, add_url
+
         if selection is not None and selection.sources:
             add_local(root, selection, r.dest_path, workdir, chown=owner, chmod=r.chmod or None,
                       unpack=r.unpack is not False, source_date_epoch=source_date_epoch)
