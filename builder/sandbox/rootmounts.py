@@ -22,7 +22,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.builder.sandbox import linux, overlay
+from lamina.builder.sandbox import devices, linux, overlay
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox.mountpoints import StubRecorder
 from lamina.builder.sandbox.kernelpaths import protect_kernel_paths
@@ -171,6 +171,18 @@ def mount_system(rec: StubRecorder, hosts: Path, resolv: Path) -> None:
                     | linux.MS_NODEV | linux.MS_NOEXEC)
 
 
+# statvfs flag -> mount flag: what a bind remount must keep (a user namespace may not
+# clear flags locked on the source mount: EPERM)
+_KEPT = ((os.ST_RDONLY, linux.MS_RDONLY), (os.ST_NOSUID, linux.MS_NOSUID),
+         (os.ST_NOEXEC, linux.MS_NOEXEC), (os.ST_NOATIME, 1 << 10),
+         (os.ST_NODIRATIME, 1 << 11), (os.ST_RELATIME, 1 << 21))
+
+
+def _kept_flags(path: str | Path) -> int:
+    f_flag = os.statvfs(path).f_flag
+    return sum(mount_flag for st_flag, mount_flag in _KEPT if f_flag & st_flag)
+
+
 def mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str = "auto") -> None:
     """Mount one RUN --mount on the merged root; `scratch` is a fresh path on a
     tmpfs of the sandbox for copies and discarded writes. Every target is mounted on
@@ -185,17 +197,22 @@ def mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str = "auto") ->
         return f"/proc/self/fd/{fd}"
 
     def bind_at(source: str | Path, target: str, readonly: bool) -> None:
-        # /proc/self/fd/N names the mount point, not what is mounted on it, so a
-        # read-only bind is made and remounted on a staging point of the scratch tmpfs
-        # first, then moved onto the target
-        if not readonly:
-            return bind(source, target, readonly=False)
-        staging = Path(f"{scratch}.ro")
+        # /proc/self/fd/N names the mount point, not what is mounted on it, so the bind
+        # is made and remounted on a staging point of the scratch tmpfs first, then
+        # moved onto the target. It is nodev from the start: seal_mounts finds mounts
+        # again by path, and a cache dir a concurrent build rewrites could hide one
+        staging = Path(f"{scratch}.bind")
         if os.path.isdir(source):
             staging.mkdir(mode=0o755)
         else:
             os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
-        bind(source, staging, readonly=True)
+        linux.mount(source, staging, None, linux.MS_BIND | linux.MS_REC)
+        flags = linux.MS_BIND | linux.MS_REMOUNT | _kept_flags(staging)
+        if devices.NODEV_MOUNTS:
+            flags |= linux.MS_NODEV
+        if readonly:
+            flags |= linux.MS_RDONLY | linux.MS_NOSUID
+        linux.mount(None, staging, None, flags)
         linux.mount(staging, target, None, linux.MS_MOVE)
 
     try:
