@@ -22,6 +22,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from lamina.builder.steplog import terminal_safe
+
 TAIL_LINES = 6  # output lines of the running step shown by the tty view
 
 
@@ -264,7 +266,8 @@ class TtyProgress(Progress):
             row = self.running.get(step.number)
             if row is None:
                 return
-            row.tail.extend(_split_lines(row.partial, data))
+            # the step's control characters are shown, never sent (builder.steplog)
+            row.tail.extend(terminal_safe(line) for line in _split_lines(row.partial, data))
             self._erase()
             self._draw()
 

@@ -7,6 +7,14 @@ discarded — the command keeps running, its exit status is kept.
     max_size_from_env(environ) -> int | None   # LAMINA_STEP_LOG_MAX_SIZE; None = unlimited
     StepLog(sink, max_size).feed(data)         # the clipping filter; O(len(data)) per call
     OutputTail(lines).feed(data) / .text()     # the last lines, for a failed step's message
+    terminal_safe(text) -> str                 # control characters shown, not sent
+
+What lamina itself draws on a terminal (the tty progress, a failed step's error message)
+shows a step's output with its control characters made visible in `cat -v`'s caret form
+(ESC as ^[): a RUN's escape sequences would otherwise reach the user's terminal - clear
+it, rewrite the lines above, set the clipboard (OSC 52). BuildKit's tty view renders the
+output in a terminal emulator of its own for the same reason. `--progress plain` and
+`json` pass the bytes on unchanged, as BuildKit's plain output.
 
 `LAMINA_STEP_LOG_MAX_SIZE` is a byte count (as BUILDKIT_STEP_LOG_MAX_SIZE); -1 means
 no limit. BuildKit's speed limit (BUILDKIT_STEP_LOG_MAX_SPEED) is not modelled: lamina
@@ -90,6 +98,19 @@ class StepLog:
         self.sink(head + (b"" if self._ends_line else b"\n") + note)
 
 
+_CONTROLS = {c: f"^{chr(c + 64)}" for c in range(0x20) if c != 0x09}
+_CONTROLS[0x7f] = "^?"
+_CONTROLS.update({c: f"M-^{chr(c - 0x80 + 64)}" for c in range(0x80, 0xa0)})  # C1: CSI, OSC...
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every control character but tab in caret notation (ESC -> ^[); of a
+    line rewritten with carriage returns (a progress bar) only its last state."""
+    if "\r" in text:
+        text = text.rstrip("\r").rpartition("\r")[2]
+    return text.translate(_CONTROLS)
+
+
 class OutputTail:
     """The last `lines` lines of a step's output (for an error message), each kept to
     at most `line_max` bytes. O(len(data)) per feed, bounded memory."""
@@ -109,7 +130,7 @@ class OutputTail:
 
     def _end_line(self) -> None:
         text = bytes(self.partial).decode("utf-8", "replace").rstrip("\r")
-        self.lines.append(text + ("…" if self.cut else ""))
+        self.lines.append(terminal_safe(text) + ("…" if self.cut else ""))
         self.partial.clear()
         self.cut = False
 
