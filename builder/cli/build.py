@@ -56,6 +56,25 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
           ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool = False, timestamp: str | None = None,
           **resource_flags) -> None:
     """Build an image from a Dockerfile and a context directory."""
+    key = None
+    if not check:  # nothing changed since a build that was all cache hits? (builder.rebuild)
+        import os
+        from lamina.builder import rebuild
+        from lamina.builder.context.sourcedate import resolve_source_date
+
+        args = _build_args(build_args)
+        key = rebuild.request_key(click.get_current_context().params, args, g.root)
+        if key is not None:
+            request_epoch = resolve_source_date(timestamp, args, os.environ, context)
+            unchanged = rebuild.replay(
+                g.root, key, tags=tags, context=context, epoch=request_epoch,
+                dockerfile=Path(dockerfile) if dockerfile else context / "Dockerfile",
+                progress_mode=progress)
+            if unchanged is not None:
+                if iidfile:
+                    Path(iidfile).write_text(unchanged)
+                click.echo(unchanged)
+                return
     from lamina.builder.executor import Build, BuildOptions
     from lamina.builder.outputs import parse_output, write_output
     from lamina.builder.progress import make_progress
@@ -100,6 +119,8 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
     )
     wanted = [parse_output(o) for o in outputs]
     progress = make_progress(progress)
+    if key is not None:
+        progress = rebuild.ProgressRecorder(progress)
     store = Store(g.root)
     try:
         with _sigterm_interrupts():
@@ -113,6 +134,10 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
                 write_output(store, image, out, epoch=build.epoch, tags=tuple(tags))
             if push:
                 _push_tags(store, tags)
+            if key is not None:
+                rebuild.record(g.root, key, store=store, build=build, image=image,
+                               recorder=progress, findings=findings, tags=tags,
+                               context=context, dockerfile=options.dockerfile, epoch=epoch)
     finally:
         progress.close()
         store.close()
