@@ -214,7 +214,10 @@ def replay(root: Path, key: str, *, tags, context: Path, dockerfile: Path, epoch
         return None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("epoch") != epoch:
         return None
-    if data.get("state") != context_state(root, context, dockerfile):
+    state = data.get("state") or {}
+    if state.get("dockerfile") != _file_sha256(dockerfile):  # cheap first: an edited Dockerfile
+        return None
+    if state != context_state(root, context, dockerfile):
         return None
     from lamina.store.store import Store
 
