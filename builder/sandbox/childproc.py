@@ -84,15 +84,16 @@ def send(channel: int | socket.socket, msg: dict, fds: Iterable[int] = ()) -> No
         data = data[n:]
 
 
-def parent_gone(alive_r: int) -> bool:
+def parent_gone(alive_r: int, close: bool = True) -> bool:
     """Die with the parent from now on (PR_SET_PDEATHSIG); True if it had already gone
     (EOF on `alive_r`, the read end of a pipe whose write end only the parent holds)
-    before that was armed. Closes `alive_r`."""
+    before that was armed. Closes `alive_r` unless told not to."""
     linux.set_pdeathsig(signal.SIGKILL)
     poller = select.poll()
     poller.register(alive_r, select.POLLIN)
     gone = bool(poller.poll(0))
-    os.close(alive_r)
+    if close:
+        os.close(alive_r)
     return gone
 
 
@@ -117,11 +118,17 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
-def exec_command(argv, env: dict, cwd: str, uid: int, gid: int, groups, keep=()) -> None:
+def exec_command(argv, env: dict, cwd: str, uid: int, gid: int, groups, keep=(),
+                 alive_r: int | None = None) -> None:
     """Close every fd but stdio (and `keep`, close-on-exec), reset signals, drop the
     capability bounding set to docker's, chdir, enter docker's privileges (fresh
     session keyring, no inheritable/ambient caps, seccomp, groups/gid/uid:
-    builder.sandbox.privileges), exec `argv` (argv[0] looked up in env's PATH)."""
+    builder.sandbox.privileges), exec `argv` (argv[0] looked up in env's PATH).
+
+    `alive_r` (see parent_gone): the command must die with its parent. Changing the
+    uid clears PR_SET_PDEATHSIG, so it is armed again after the ids are set, and the
+    command is not started if the parent left meanwhile."""
+    keep = set(keep) | ({alive_r} if alive_r is not None else set())
     for fd in os.listdir("/proc/self/fd"):
         n = int(fd)
         if n > 2 and n not in keep:
@@ -138,6 +145,8 @@ def exec_command(argv, env: dict, cwd: str, uid: int, gid: int, groups, keep=())
         raise SandboxError(f"cannot change to working directory {cwd}: "
                            f"{linux.errno_text(exc.errno or 0)}") from None
     privileges.enter(uid, gid, tuple(groups))
+    if alive_r is not None and parent_gone(alive_r):
+        raise SandboxError("the process that started the command went away")
     try:
         os.execvpe(argv[0], list(argv), env)
     except OSError as exc:

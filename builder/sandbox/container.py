@@ -217,7 +217,7 @@ def _fork_init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
 def _init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
           ctl: socket.socket, out_w: int | None, err_w: int | None, alive_r: int) -> None:
     """C2, PID 1: build the root, pivot into it, set up stdio, exec the command."""
-    if parent_gone(alive_r):  # EOF: the monitor died before PDEATHSIG was armed
+    if parent_gone(alive_r, close=False):  # EOF: the monitor died before PDEATHSIG was armed
         raise SandboxError("the container's monitor went away during setup")
     cgroup.join()
     linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWCGROUP)
@@ -263,7 +263,7 @@ def _init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
         stdin = stdin_fd if stdin_fd is not None else os.open("/dev/null", os.O_RDONLY)
         set_stdio(stdin, out_w, err_w)
     exec_command(spec.argv, dict(spec.env), spec.cwd, spec.uid, spec.gid, spec.groups,
-                 keep=(ctl.fileno(),))
+                 keep=(ctl.fileno(),), alive_r=alive_r)
 
 
 # --- terminals (PID 1 and exec) ---------------------------------------------------
@@ -383,10 +383,13 @@ def _exec_child(target: ExecTarget, spec: ExecSpec, ns_fds: list[int],
         master, slave = open_pty()
         if spec.tty_size:
             set_window_size(master, *spec.tty_size)
+    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)  # EOF in the child: this process is gone
     child = os.fork()  # the first process of ours in the container's PID namespace
     if child == 0:
         try:
-            linux.set_pdeathsig(signal.SIGKILL)
+            os.close(alive_w)
+            if parent_gone(alive_r, close=False):
+                raise SandboxError("lamina exec went away")
             if spec.tty:
                 os.setsid()
                 set_stdio(slave, slave, slave, controlling=True)
@@ -394,11 +397,12 @@ def _exec_child(target: ExecTarget, spec: ExecSpec, ns_fds: list[int],
                 null = os.open("/dev/null", os.O_RDONLY)
                 os.dup2(null, 0)
             exec_command(spec.argv, dict(spec.env), spec.cwd, spec.uid, spec.gid, spec.groups,
-                         keep=(ctl.fileno(),))
+                         keep=(ctl.fileno(),), alive_r=alive_r)
         except BaseException as exc:  # noqa: BLE001
             send(ctl, {"error": describe(exc, "exec")})
         finally:
             os._exit(126)
+    os.close(alive_r)  # alive_w stays open until this process exits
     if master is not None:
         send(ctl, {"master": True}, (master,))
         os.close(master)

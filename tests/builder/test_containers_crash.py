@@ -172,6 +172,54 @@ def test_monitor_killed_takes_the_container_and_leaves_its_state(store):
     assert not os.path.exists(d)
 
 
+def test_a_non_root_container_and_exec_die_with_their_monitor_and_lamina(store):
+    # PR_SET_PDEATHSIG is cleared when a process changes its uid (prctl(2)): a
+    # container running as USER 1000 must still die with its monitor, an exec'd
+    # command as 1000 with lamina exec's helper that entered the namespaces (killing
+    # lamina exec itself leaves it running, as killing `docker exec` does)
+    cid = lamina(store, "run", "-d", "-u", "1000", "--network", "none", "bb",
+                 "sleep", "1000").stdout.strip()
+    rec = state(store, cid)
+    assert os.stat(f"/proc/{rec['init_pid']}").st_uid == 1000
+    argv = [sys.executable, "-m", "lamina", "--root", str(store), "exec", "-u", "1000", cid,
+            "sh", "-c", "echo $$; exec sleep 999"]
+    ex = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    inner = int(ex.stdout.readline())          # its pid in the container's namespace
+    host = [p for p in _children_in(rec["init_pid"]) if b"sleep\x00999" in _cmdline(p)]
+    assert inner > 1 and len(host) == 1
+    helper = int(Path(f"/proc/{ex.pid}/task/{ex.pid}/children").read_text().split()[0])
+    assert Path(f"/proc/{host[0]}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(helper)
+    os.kill(helper, signal.SIGKILL)
+    assert wait_for(lambda: not _alive(host[0]))
+    assert ex.wait(10) == 137
+    ex.stdout.close()
+    os.kill(rec["monitor_pid"], signal.SIGKILL)
+    assert wait_for(lambda: not _alive(rec["init_pid"]))
+    assert wait_for(lambda: state(store, cid)["status"] == "exited" or
+                    lamina(store, "ps", "-q").stdout == "")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _children_in(init_pid: int) -> list[int]:
+    """Host pids of the processes in the PID namespace of `init_pid`."""
+    ns = os.readlink(f"/proc/{init_pid}/ns/pid")
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if os.readlink(f"/proc/{p}/ns/pid") == ns:
+                    out.append(int(p))
+            except OSError:
+                pass
+    return out
+
+
 def test_after_a_reboot_running_containers_show_exited(store):
     cid = lamina(store, "run", "-d", "--network", "none", "bb", "sleep", "1000").stdout.strip()
     path = store / "containers" / cid / "state.json"

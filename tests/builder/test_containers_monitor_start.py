@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.builder.buildkit import REPO
-from tests.builder.test_containers import lamina
+from tests.builder.test_containers import lamina, store  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.root
 
@@ -28,14 +28,6 @@ from lamina.builder.cli import main
 sys.argv = ["lamina"] + sys.argv[3:]
 sys.exit(main())
 """
-
-
-@pytest.fixture
-def store(build_store):
-    root, _ = build_store
-    yield root
-    for cid in lamina(root, "ps", "-aq", "--no-trunc").stdout.split():
-        lamina(root, "rm", "-f", cid)
 
 
 def _interpreters(tmp: Path) -> dict[str, str]:

@@ -131,3 +131,31 @@ def test_liveness_needs_pid_start_time_and_boot(tmp_path):
     cs.update(c.id, status="running", boot_id="another-boot", monitor_start=start_time(me))
     rebooted = cs.reconcile(cs.read(c.id))
     assert (rebooted.status, rebooted.exit_code) == ("exited", 255)
+
+
+def test_rootless_container_commands_pick_a_live_monitor_to_join(tmp_path):
+    import subprocess
+
+    from lamina.builder.containers.userns import namespace_to_join
+
+    cs = ContainerStore(tmp_path)
+    assert namespace_to_join(tmp_path, "exec", ["exec", "x", "sh"]) is None   # no containers
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        me, other = os.getpid(), sleeper.pid
+        for name, pid, started in (("mine", me, 2.0), ("other", other, 1.0), ("dead", me, 3.0)):
+            cs.create(Container(id=cs.new_id(), name=name, image="i", image_id="", manifest="",
+                                argv=("x",), status="running", boot_id=boot_id(), monitor_pid=pid,
+                                monitor_start=start_time(pid) if name != "dead" else "1",
+                                started=started, created=started))
+        other_id = cs.find("other").id
+        # a named container's monitor, by name or ID prefix; else the newest live one
+        assert namespace_to_join(tmp_path, "stop", ["stop", "other"]) == other
+        assert namespace_to_join(tmp_path, "exec", ["exec", other_id[:6], "sh"]) == other
+        assert namespace_to_join(tmp_path, "run", ["run", "-d", "img"]) == me
+        assert namespace_to_join(tmp_path, "build", ["build", "."]) is None  # not a container command
+        assert namespace_to_join(tmp_path, "images", ["images"]) is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert namespace_to_join(tmp_path, "stop", ["stop", "other"]) == me  # its monitor is gone

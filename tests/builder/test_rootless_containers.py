@@ -9,23 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.builder.test_containers import wait_for
 from tests.builder.test_rootless import lamina_as, users, work  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.root
-
-
-def _wait(predicate, timeout=15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def _state(store: Path, cid: str) -> dict:
@@ -36,9 +27,27 @@ def _user_ns(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/ns/user")
 
 
-def test_detached_containers_are_reachable_from_later_rootless_calls(users, work):
+@pytest.fixture
+def stores():
+    """Stores the test names; whatever still runs in them afterwards (a failed test)
+    is killed by its monitor's pid, so that the user can be deleted."""
+    from lamina.builder.containers.state import process_is
+
+    made: list[Path] = []
+    yield made
+    for store in made:
+        for d in (store / "containers").glob("*/state.json"):
+            rec = json.loads(d.read_text())
+            for pid, started in ((rec.get("monitor_pid"), rec.get("monitor_start")),
+                                 (rec.get("init_pid"), rec.get("init_start"))):
+                if pid and process_is(pid, started or ""):
+                    os.kill(pid, 9)
+
+
+def test_detached_containers_are_reachable_from_later_rootless_calls(users, work, stores):
     user, _, python = users
     store = work / "store-containers"
+    stores.append(store)
     lamina_as(user, python, "build", "--network", "none", "-t", "hello:rl", str(work / "hello"),
               root=store)
     # two detached containers from two invocations; the image's USER is 1000 (a
@@ -51,7 +60,7 @@ def test_detached_containers_are_reachable_from_later_rootless_calls(users, work
     assert s1["status"] == s2["status"] == "running"
     assert _user_ns(s1["monitor_pid"]) == _user_ns(s2["monitor_pid"]) != _user_ns(os.getpid())
     assert os.stat(f"/proc/{s1['init_pid']}").st_uid == user.start + 999   # uid 1000 inside
-    assert _wait(lambda: lamina_as(user, python, "logs", first, root=store).stdout == "started\n")
+    assert wait_for(lambda: lamina_as(user, python, "logs", first, root=store).stdout == "started\n")
     ran = lamina_as(user, python, "exec", first, "sh", "-c", "id -u; cat /proc/1/cmdline",
                     root=store)
     assert ran.stdout == "1000\nsleep\x001000\x00"
@@ -63,7 +72,7 @@ def test_detached_containers_are_reachable_from_later_rootless_calls(users, work
     after = _state(store, first)
     assert after["status"] == "exited" and after["exit_code"] == 137
     assert lamina_as(user, python, "kill", "two", root=store).stdout == "two\n"
-    assert _wait(lambda: _state(store, second)["status"] == "exited")
+    assert wait_for(lambda: _state(store, second)["status"] == "exited")
     ps = lamina_as(user, python, "ps", "-a", "--format", "{{.Status}}", root=store).stdout
     assert [l.split(" ")[:2] for l in ps.splitlines()] == [["Exited", "(137)"]] * 2
     lamina_as(user, python, "rm", first, "two", root=store)
@@ -72,19 +81,20 @@ def test_detached_containers_are_reachable_from_later_rootless_calls(users, work
     assert lamina_as(user, python, "ps", "-aq", root=store).stdout == ""
     for st in (s1, s2):
         assert not os.path.exists(f"/proc/{st['monitor_pid']}") or \
-            _wait(lambda: not os.path.exists(f"/proc/{st['monitor_pid']}"))
+            wait_for(lambda: not os.path.exists(f"/proc/{st['monitor_pid']}"))
 
 
-def test_rm_force_and_a_new_namespace_once_no_container_runs(users, work):
+def test_rm_force_and_a_new_namespace_once_no_container_runs(users, work, stores):
     user, _, python = users
     store = work / "store-containers-2"
+    stores.append(store)
     lamina_as(user, python, "build", "--network", "none", "-t", "hello:rl", str(work / "hello"),
               root=store)
     cid = lamina_as(user, python, "run", "-d", "--network", "none", "hello:rl", "sleep", "1000",
                     root=store).stdout.strip()
     init = _state(store, cid)["init_pid"]
     lamina_as(user, python, "rm", "-f", cid, root=store)
-    assert _wait(lambda: not os.path.exists(f"/proc/{init}"))
+    assert wait_for(lambda: not os.path.exists(f"/proc/{init}"))
     assert not (store / "containers" / cid).exists()
     # nothing runs: a later run makes (and works in) a namespace of its own
     again = lamina_as(user, python, "run", "--rm", "--network", "none", "hello:rl", "id", "-u",
