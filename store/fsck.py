@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from lamina.store import oci
 from lamina.store.attestations import referenced_blobs
+from lamina.store.holds import held_items
 from lamina.store.errors import BlobNotFound, StoreError
 from lamina.store.layercheck import LayerScan, scan_layer_blob
 from lamina.store.lease import lease_is_live
@@ -99,6 +100,7 @@ def check(store: "StoreRoot", *, quick: bool = False) -> FsckReport:
             layer_blobs = {r["digest"]: r for r in c.execute("SELECT * FROM layer_blobs")}
             cache = c.execute("SELECT key, diff_id FROM cache").fetchall()
             attested = referenced_blobs(c)  # images' attestation predicates (store.attestations)
+            attested |= held_items(c)["blob"]  # what holds keep (store.holds: containers)
 
         # blobs: re-hash every one (layer blobs below, unless quick, with their diff_ids)
         stored = set()

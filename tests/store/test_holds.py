@@ -41,6 +41,8 @@ def test_a_hold_keeps_an_image_deleted_by_rmi_through_gc_until_released(store, t
     assert report.layers_removed == 0 and all(d.is_dir() for d in dirs)
     for digest in (img.manifest_digest, img.config_digest, a.digest, b.digest):
         assert store.blobs.exists(digest)
+    rep = store.fsck()                               # held blobs are referenced, not strays
+    assert not rep.problems and not any("unreferenced" in n for n in rep.notes), rep.notes
     holds.release(store, "container c1")
     holds.release(store, "container c1")            # twice: nothing to do
     assert holds.names(store) == []
