@@ -28,28 +28,27 @@ def _user_ns(pid: int) -> str:
 
 
 @pytest.fixture
-def stores():
-    """Stores the test names; whatever still runs in them afterwards (a failed test)
-    is killed by its monitor's pid, so that the user can be deleted."""
+def store(users, work, request):
+    """A store of the user's holding `hello:rl` (USER 1000); whatever still runs in it
+    afterwards (a failed test) is killed by its monitor's pid, so that the user can
+    be deleted."""
     from lamina.builder.containers.state import process_is
 
-    made: list[Path] = []
-    yield made
-    for store in made:
-        for d in (store / "containers").glob("*/state.json"):
-            rec = json.loads(d.read_text())
-            for pid, started in ((rec.get("monitor_pid"), rec.get("monitor_start")),
-                                 (rec.get("init_pid"), rec.get("init_start"))):
-                if pid and process_is(pid, started or ""):
-                    os.kill(pid, 9)
-
-
-def test_detached_containers_are_reachable_from_later_rootless_calls(users, work, stores):
     user, _, python = users
-    store = work / "store-containers"
-    stores.append(store)
+    store = work / f"store-{request.node.name[:40]}"
     lamina_as(user, python, "build", "--network", "none", "-t", "hello:rl", str(work / "hello"),
               root=store)
+    yield store
+    for d in (store / "containers").glob("*/state.json"):
+        rec = json.loads(d.read_text())
+        for pid, started in ((rec.get("monitor_pid"), rec.get("monitor_start")),
+                             (rec.get("init_pid"), rec.get("init_start"))):
+            if pid and process_is(pid, started or ""):
+                os.kill(pid, 9)
+
+
+def test_detached_containers_are_reachable_from_later_rootless_calls(users, store):
+    user, _, python = users
     # two detached containers from two invocations; the image's USER is 1000 (a
     # subordinate ID outside): signalling it needs lamina's own namespace
     first = lamina_as(user, python, "run", "-d", "--network", "none", "hello:rl",
@@ -84,12 +83,8 @@ def test_detached_containers_are_reachable_from_later_rootless_calls(users, work
             wait_for(lambda: not os.path.exists(f"/proc/{st['monitor_pid']}"))
 
 
-def test_rm_force_and_a_new_namespace_once_no_container_runs(users, work, stores):
+def test_rm_force_and_a_new_namespace_once_no_container_runs(users, store):
     user, _, python = users
-    store = work / "store-containers-2"
-    stores.append(store)
-    lamina_as(user, python, "build", "--network", "none", "-t", "hello:rl", str(work / "hello"),
-              root=store)
     cid = lamina_as(user, python, "run", "-d", "--network", "none", "hello:rl", "sleep", "1000",
                     root=store).stdout.strip()
     init = _state(store, cid)["init_pid"]
