@@ -21,18 +21,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from lamina.builder.containers.state import Container, ContainerStore
+from lamina.builder.containers.state import HOLD_PREFIX, Container, ContainerStore, hold_name
 from lamina.store import holds, oci
 from lamina.store.errors import ImageNotFound, StoreError
 from lamina.store.images import Image
 from lamina.store.locks import flocked
-
-PREFIX = "container "
-
-
-def hold_name(cid: str) -> str:
-    return PREFIX + cid
-
 
 def hold_image(store, cid: str, image: Image) -> None:
     holds.hold(store, hold_name(cid), blobs=[image.manifest_digest, image.config_digest],
@@ -51,7 +44,7 @@ def sweep(store, cs: ContainerStore) -> None:
     if not cs.dir.is_dir():
         return
     with flocked(cs.dir / ".names.lock"):
-        held = {n[len(PREFIX):] for n in holds.names(store) if n.startswith(PREFIX)}
+        held = {n[len(HOLD_PREFIX):] for n in holds.names(store) if n.startswith(HOLD_PREFIX)}
         present = {c.id: c for c in cs.all()}
         for cid in held - set(present):
             if not cs.path(cid).is_dir():

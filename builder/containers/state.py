@@ -26,6 +26,13 @@ from typing import Callable, Iterator
 from lamina.builder.errors import BuildError
 from lamina.store.locks import flocked, remove_tree
 
+HOLD_PREFIX = "container "
+
+
+def hold_name(cid: str) -> str:
+    """The store hold (a gc root) a container keeps on its image until `rm`."""
+    return HOLD_PREFIX + cid
+
 STATE_FILE = "state.json"
 LOG_FILE = "ctr.log"
 EXIT_LOST = 137          # the monitor was killed: so was PID 1
@@ -272,7 +279,7 @@ class ContainerStore:
 
     def remove(self, c: Container) -> None:
         """Remove the container's dir, then its hold on its image."""
-        from lamina.builder.containers.imagehold import release_image
+        from lamina.store import holds
         from lamina.store.root import StoreRoot
 
         d = self.path(c.id)
@@ -280,7 +287,7 @@ class ContainerStore:
             remove_tree(d)
         store = StoreRoot(self.root)
         try:
-            release_image(store, c.id)
+            holds.release(store, hold_name(c.id))
         finally:
             store.close()
 
