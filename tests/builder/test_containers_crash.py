@@ -185,7 +185,12 @@ def test_a_non_root_container_and_exec_die_with_their_monitor_and_lamina(store):
             "sh", "-c", "echo $$; exec sleep 999"]
     ex = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
     inner = int(ex.stdout.readline())          # its pid in the container's namespace
-    host = [p for p in _children_in(rec["init_pid"]) if b"sleep\x00999" in _cmdline(p)]
+
+    def exec_sleep() -> list[int]:  # the shell may not have exec'd sleep yet
+        return [p for p in _children_in(rec["init_pid"]) if b"sleep\x00999" in _cmdline(p)]
+
+    assert wait_for(lambda: len(exec_sleep()) == 1)
+    host = exec_sleep()
     assert inner > 1 and len(host) == 1
     helper = int(Path(f"/proc/{ex.pid}/task/{ex.pid}/children").read_text().split()[0])
     assert Path(f"/proc/{host[0]}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(helper)
