@@ -265,7 +265,10 @@ def layer_members(store, diff_id) -> dict[str, tarfile.TarInfo]:
 
 
 @pytest.mark.root
-def test_built_image_is_clean_though_its_dir_keeps_the_real_mtimes(built_copy):
+def test_built_image_is_clean(built_copy):
+    # the image's RUN layer is the step's layer with its times clamped to the epoch at
+    # commit (the step's own layer, with real times, stays the cache's and the next
+    # step's lower dir); each layer dir is checked against its own tar
     root, diff_id = built_copy
     with Store(root) as s:
         d = s.layer_dir(diff_id)
@@ -274,13 +277,13 @@ def test_built_image_is_clean_though_its_dir_keeps_the_real_mtimes(built_copy):
         assert {"data/f", "data/hl", "data/sym", "data/fifo", ".wh.gone", "etc/dir/.wh..wh..opq",
                 "etc/dir/c"} <= set(members)
         assert members["data/hl"].islnk() and members["data/f"].mode == 0o4755
-        # the dir is the adopted upper dir: real file times, the tar's clamped
-        assert members["data/f"].mtime <= EPOCH < os.lstat(d / "data/f").st_mtime
+        assert members["data/f"].mtime <= EPOCH
         assert os.lstat(d / "gone").st_rdev == 0 and os.getxattr(d / "etc/dir", "trusted.overlay.opaque") == b"y"
         rep = s.fsck()
         assert rep.ok, rep.problems
-        assert rep.layer_dirs_verified == 2 and rep.images_checked == 2
-    assert lamina(root, "fsck").stdout.strip().endswith("2 layer dirs: ok")
+        dirs = rep.layer_dirs_verified
+        assert dirs >= 2 and rep.images_checked == 2
+    assert lamina(root, "fsck").stdout.strip().endswith(f"{dirs} layer dirs: ok")
 
 
 def _content(d):
