@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import stat
 from pathlib import Path
 
 from lamina.store import overlayform
@@ -41,8 +42,24 @@ def make_private_root(root: Path) -> None:
     try:
         root.mkdir(mode=STORE_MODE)
     except FileExistsError:
+        link = os.lstat(root)
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, os.geteuid()):
+            # another user's link (say /tmp/store -> /etc) would make lamina build its
+            # store in, and tighten to 0700, a directory of their choosing
+            raise StoreError(f"the store {root} is a symlink of uid {link.st_uid}: refused "
+                             "(use the directory it names, if you trust it)", path=str(root))
         st = root.stat()
-        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        if st.st_uid != os.geteuid():
+            if (root / overlayform.MARKER).exists():
+                overlayform.check_store(root)  # a store of the other form (rootless): say so
+            # its owner can rename and replace every entry (layers/, tmp/...) with links
+            # of their choosing: lamina's writes and deletes would follow them, and the
+            # 0700 gate that keeps setuid files of layers away from other users is theirs
+            raise StoreError(f"the store {root} belongs to uid {st.st_uid}, not to this "
+                             f"process (uid {os.geteuid()}): its owner could redirect what "
+                             "lamina writes there; chown it or use another --root",
+                             path=str(root)) from None
+        if st.st_mode & 0o077:
             os.chmod(root, STORE_MODE)
 
 
