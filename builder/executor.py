@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -118,6 +119,7 @@ class Build:
         self.epoch = _resolve_epoch(options.source_date_epoch)
         self.results: dict[int, StageResult] = {}
         self.step_number = 0
+        self._numbering = threading.Lock()  # stages of one wave label their steps at once
         self.lease = None
         self.context: BuildContext | None = None
         self.explain_dir = store.root / "buildinfo"
@@ -164,8 +166,7 @@ class Build:
                 self.remote.open()
                 for attempt in (1, 2):
                     try:
-                        for index in plan.order():
-                            self.results[index] = self.build_stage(plan, plan.stage(index))
+                        self.build_stages(plan)
                         committing = time.monotonic()  # "writing image": the commit alone
                         image = self.commit(plan, self.results[plan.target])
                         committed = time.monotonic() - committing
@@ -249,6 +250,56 @@ class Build:
         self._pulled.add(ref)
         self.progress.note(f"pulled {parsed.familiar}: {pulled.manifest_digest}")
 
+    def build_stages(self, plan: BuildPlan) -> None:
+        """Every stage the target needs, wave by wave (plan.levels(): a wave needs only
+        earlier ones). The stages of one wave are built at the same time, one thread
+        each besides the main one: a RUN waits for its sandbox child and a layer is
+        hashed and compressed outside the GIL, so two independent stages take about
+        as long as the longer one. A failure is raised once the wave has ended (the
+        first in file order); an interrupt (Ctrl-C, SIGTERM: the main thread) stops
+        the other stages' running steps - their processes are this one's children -
+        and waits for their cleanup."""
+        for wave in plan.levels():
+            if len(wave) == 1:
+                self.results[wave[0]] = self.build_stage(plan, plan.stage(wave[0]))
+            else:
+                self._build_wave(plan, wave)
+
+    def _build_wave(self, plan: BuildPlan, wave: tuple[int, ...]) -> None:
+        # modules a step's child process imports lazily: imported here, before any other
+        # thread can hold their import locks while a fork copies them
+        import lamina.builder.steps.add  # noqa: F401
+        import lamina.builder.steps.reuse  # noqa: F401
+        from lamina.builder.sandbox.overlay import finalize_upper  # noqa: F401
+
+        failures: dict[int, BaseException] = {}
+
+        def work(index: int) -> None:
+            try:
+                self.results[index] = self.build_stage(plan, plan.stage(index))
+            except BaseException as e:  # noqa: BLE001 - raised by the main thread
+                failures[index] = e
+
+        threads = [threading.Thread(target=work, args=(index,), daemon=True,
+                                    name=f"lamina-stage-{index}") for index in wave[1:]]
+        for t in threads:
+            t.start()
+        try:
+            work(wave[0])
+            if isinstance(failures.get(wave[0]), KeyboardInterrupt):
+                raise failures.pop(wave[0])
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except BaseException:
+            _kill_children()
+            for t in threads:
+                t.join()
+            raise
+        for index in wave:
+            if index in failures:
+                raise failures[index]
+
     def build_stage(self, plan: BuildPlan, stage: Stage) -> StageResult:
         if stage.base_stage is not None:
             base = self.results[stage.base_stage]
@@ -293,8 +344,10 @@ class Build:
         return StageResult(plan=sp, layers=tuple(layers), history=tuple(history), parent=parent)
 
     def label(self, stage: Stage, position: int, total: int, step: Step) -> StepLabel:
-        self.step_number += 1
-        return StepLabel(number=self.step_number, stage=stage.display_name, index=position,
+        with self._numbering:
+            self.step_number += 1
+            number = self.step_number
+        return StepLabel(number=number, stage=stage.display_name, index=position,
                          total=total, text=step.display)
 
     # -- one filesystem step -------------------------------------------------------------
@@ -531,3 +584,24 @@ class Build:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(text)
         os.replace(tmp, path)
+
+
+def _kill_children() -> None:
+    """SIGKILL every child process of this one (the running steps of the other stages
+    of a wave, when the build is interrupted or fails); their threads then clean up."""
+    import signal
+
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
