@@ -90,9 +90,15 @@ def _record_path(root: Path, key: str) -> Path:
 
 
 def _file_sha256(path: Path) -> str | None:
+    """The Dockerfile's digest, read as the build reads it (symlinks resolved inside
+    its own directory, size-capped): never a host file a link points at, never a
+    device that blocks."""
+    from lamina.builder.context.contextfile import read_context_file
+    from lamina.builder.errors import BuildError
+
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
+        return hashlib.sha256(read_context_file(path, "Dockerfile")).hexdigest()
+    except (OSError, BuildError):
         return None
 
 

@@ -12,6 +12,7 @@ every blob against its digest (paths are built only from checked digests).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,9 +85,12 @@ class LayoutCacheSource(CacheSource):
 def _place(directory: Path, name: str, write: Callable[[Any], None]) -> None:
     """Write a file by temp file + fsync + rename (readers see it whole or not at all)."""
     target = directory / name
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    # an exclusive temp file with an unguessable name: the destination dir may be
+    # shared, and a planted symlink at a predictable name would be written through
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    tmp = Path(tmp_name)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
