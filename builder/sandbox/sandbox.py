@@ -63,7 +63,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
-from lamina.builder.sandbox import linux, network as netstack, overlay, privileges
+from lamina.builder.sandbox import fuseoverlay, linux, network as netstack, overlay, privileges
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox.cgroups import Limits, StepCgroup
 from lamina.builder.sandbox.childproc import (describe, exec_command, exit_code, parent_gone, send,
@@ -107,6 +107,7 @@ class _Plan:
     hosts: Path
     resolv: Path
     cgroup: StepCgroup | None = None  # joined by C1 (builder.sandbox.cgroups)
+    fuse: bool = False  # fuse-overlayfs, mounted and flushed by C1 (builder.sandbox.fuseoverlay)
 
 
 # --- parent side -----------------------------------------------------------------
@@ -163,6 +164,10 @@ def _cleanup(spec: SandboxSpec, plan: _Plan, report: dict | None) -> None:
         except OSError as exc:
             failures.append(f"{what}: {exc.filename or ''} {linux.errno_text(exc.errno or 0)}")
 
+    if plan.fuse:  # before the stubs: fuse-overlayfs's markers sit in new dirs
+        attempt("converting fuse-overlayfs's upper dir",
+                lambda: fuseoverlay.convert_upper(Path(spec.upper_dir), spec.lower_dirs))
+
     if report:
         attempt("removing mount points from the upper dir",
                 lambda: remove_stubs(str(spec.upper_dir), report))
@@ -181,7 +186,7 @@ def _cleanup(spec: SandboxSpec, plan: _Plan, report: dict | None) -> None:
 def run(spec: SandboxSpec, on_output: Callable[[bytes], None]) -> int:
     _validate(spec)
     privileges.prepare()  # compiles the seccomp filter here, where errors are reported
-    plan = _prepare(spec)
+    plan = replace(_prepare(spec), fuse=fuseoverlay.use_fuse(Path(spec.work_dir).parent))
     state: dict = {"report": None}
     try:
         cgroup = StepCgroup.create(spec.limits)
@@ -333,6 +338,15 @@ def _stage1(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, parent_pid: 
              | linux.CLONE_NEWUTS | linux.CLONE_NEWCGROUP)
     if netstack.own_namespace(spec.network):
         flags |= linux.CLONE_NEWNET
+    fuse = None
+    if plan.fuse:
+        # the daemon lives in the step's mount namespace but outside its PID namespace,
+        # so that C1 can unmount (flush) and wait for it after the namespace is gone;
+        # C2 pivots in a mount namespace of its own
+        linux.unshare(linux.CLONE_NEWNS)
+        make_private(root_mount=True)
+        fuse = fuseoverlay.mount(spec.lower_dirs, Path(spec.upper_dir), Path(spec.work_dir),
+                                 plan.root, plan.run_dir)
     stack = netstack.UserNetwork.prepare() if spec.network == "default" else None
     try:
         if plan.cgroup is not None:
@@ -340,13 +354,15 @@ def _stage1(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, parent_pid: 
         linux.unshare(flags)
         if stack is not None:
             stack.attach()  # tap0 is configured before the command can run
-        return _stage1_run(spec, plan, out_w, ctl_w)
+        return _stage1_run(spec, plan, out_w, ctl_w, fuse)
     finally:
         if stack is not None:
             stack.stop()
+        if fuse is not None:
+            fuseoverlay.unmount(fuse)  # raises before the status counts: step failed
 
 
-def _stage1_run(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int) -> int:
+def _stage1_run(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, fuse=None) -> int:
     make_private(root_mount=True)  # / a private mount point, also inside a chroot
     alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -360,7 +376,8 @@ def _stage1_run(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int) -> int:
         finally:
             os._exit(code)
     send(ctl_w, {"init": pid})
-    os.close(ctl_w)
+    if fuse is None:  # else kept to report a failed flush (fuseoverlay.unmount)
+        os.close(ctl_w)
     os.close(out_w)
     os.close(alive_r)
     while True:
@@ -379,8 +396,12 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
 
     recorder = None
     try:
-        overlay.mount_overlay(tuple(Path(p) for p in spec.lower_dirs), Path(spec.upper_dir),
-                              Path(spec.work_dir), plan.root, plan.run_dir, api=OVERLAY_API)
+        if plan.fuse:  # C1 mounted it; pivot_root must not move C1's root
+            linux.unshare(linux.CLONE_NEWNS)
+            make_private(root_mount=True)
+        else:
+            overlay.mount_overlay(tuple(Path(p) for p in spec.lower_dirs), Path(spec.upper_dir),
+                                  Path(spec.work_dir), plan.root, plan.run_dir, api=OVERLAY_API)
         recorder = StubRecorder(str(plan.root))
         linux.mount("tmpfs", plan.scratch, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
                     "mode=700")
@@ -408,7 +429,9 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
             send(ctl_w, {"error": describe(exc, "sandbox")})
         finally:
             os._exit(127)
-    os.close(out_w)
+    # defence in depth: the init keeps none of lamina's descriptors (the store's
+    # database and locks, pipes) while the step runs beside it
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     # tiny init: reap everything, leave with the command's status
     while True:
         try:

@@ -30,3 +30,32 @@ def test_run_sees_no_fd_env_or_init_state_of_lamina(build_store, tmp_path, monke
     assert not [line for line in out if line.startswith("READABLE")], out
     text = "\n".join(out)
     assert "SSH_AUTH_SOCK" not in text and "s3cr3t-token" not in text
+
+
+def test_step_init_holds_no_descriptor_of_lamina(build_store, tmp_path):
+    """Seen from the host while the step runs: the init (lamina-init) keeps only its
+    stdio, never the store's database, lock files or pipes of lamina."""
+    import os
+    import subprocess
+    import time
+
+    from tests.builder.buildkit import lamina_argv, procs_with_cmdline
+
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx", "FROM bb\nRUN sleep 5\n")
+    proc = subprocess.Popen(lamina_argv(root, "build", "--no-cache", "--progress", "plain", str(ctx)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        inits = []
+        while not inits and time.monotonic() < deadline:
+            inits = [p for p in procs_with_cmdline(b"lamina-init") if p != os.getpid()]
+            time.sleep(0.05)
+        assert inits, "the step's init was not seen"
+        time.sleep(0.3)  # past its fork of the command
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{inits[0]}/fd"))
+        targets = [os.readlink(f"/proc/{inits[0]}/fd/{fd}") for fd in fds if fd > 2]
+        assert fds and max(fds) <= 2, targets
+    finally:
+        proc.kill()  # the build is stopped on purpose: only its init was of interest
+        proc.wait()
