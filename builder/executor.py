@@ -546,7 +546,10 @@ class Build:
                 in_mounted_root(lowers, upper, work, scratch, mkdir)
             if not any(upper.iterdir()):
                 return None
-            layer = self.store.write_layer(upper, lease=self.lease)  # real times
+            try:
+                layer = self.store.write_layer(upper, lease=self.lease)  # real times
+            except StoreError as e:  # what the step made cannot be a layer: name the step
+                raise step.error(e.message) from None
             self.store.adopt_layer_dir(layer.diff_id, upper)
             return layer
         finally:

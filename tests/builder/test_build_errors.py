@@ -155,3 +155,12 @@ def test_bind_mount_missing_source_in_stage(build_store, tmp_path):
     ctx = make_context(tmp_path / "ctx", "FROM bb AS s\nRUN true\nFROM bb\n"
                        "RUN --mount=type=bind,from=s,source=/nope,target=/m true\n")
     _fails(build(root, ctx), "Dockerfile:4", "/nope")
+
+
+def test_a_file_a_layer_cannot_hold_names_the_step(build_store, tmp_path):
+    # '.wh.' names are whiteouts in an OCI layer: a RUN that makes one cannot be stored,
+    # and the error says which step of which Dockerfile line did it
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx", "FROM bb\nRUN touch /.wh.evil\n")
+    err = _fails(build(root, ctx, "--no-cache"), "Dockerfile:2", ".wh.evil", "reserved for whiteouts")
+    assert "RUN touch /.wh.evil" in err
