@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 
-from lamina.builder.sandbox import linux
+from lamina.builder.sandbox import fuseoverlay, linux
 from lamina.builder.errors import BuildError
 from lamina.builder.sandbox.overlay import finalize_upper, mount_overlay, mount_overlay_readonly
 from lamina.builder.sandbox.privateroot import make_private
@@ -108,11 +108,22 @@ def in_mounted_root(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Pa
     docstring."""
     upper_dir, work_dir, scratch_dir = Path(upper_dir), Path(work_dir), Path(scratch_dir)
     views = dict(views or {})
+    lower_dirs = tuple(lower_dirs)
+    fuse = fuseoverlay.use_fuse(work_dir.parent)
 
     def inside() -> T:
         target = scratch_dir / "root"
         target.mkdir(parents=True, exist_ok=True)
+        if fuse:  # flushed before the result goes back (builder.sandbox.fuseoverlay)
+            mounted = fuseoverlay.mount(lower_dirs, upper_dir, work_dir, target, scratch_dir)
+            try:
+                return _views_and_call(target)
+            finally:
+                fuseoverlay.unmount(mounted)
         mount_overlay(tuple(lower_dirs), upper_dir, work_dir, target, scratch_dir)
+        return _views_and_call(target)
+
+    def _views_and_call(target: Path) -> T:
         view_roots = {}
         for i, (name, stack) in enumerate(sorted(views.items())):
             where = scratch_dir / f"view{i}"
@@ -124,4 +135,6 @@ def in_mounted_root(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Pa
     try:
         return run_in_namespace(inside)
     finally:
+        if fuse:
+            fuseoverlay.convert_upper(upper_dir, lower_dirs)
         finalize_upper(upper_dir)

@@ -347,6 +347,7 @@ def _stage1(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, parent_pid: 
         make_private(root_mount=True)
         fuse = fuseoverlay.mount(spec.lower_dirs, Path(spec.upper_dir), Path(spec.work_dir),
                                  plan.root, plan.run_dir)
+        flags &= ~linux.CLONE_NEWNS
     stack = netstack.UserNetwork.prepare() if spec.network == "default" else None
     try:
         if plan.cgroup is not None:
