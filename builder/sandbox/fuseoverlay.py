@@ -52,6 +52,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,14 +79,16 @@ def _note(text: str) -> None:
 
 
 _DECIDED: list[bool] = []
+_DECIDING = threading.Lock()  # stages build in threads (builder.executor)
 
 
 def use_fuse(scratch: Path | None = None) -> bool:
     """Whether this process's step overlays are fuse-overlayfs (decided once, a probe
     mount under `scratch` in auto mode; says so once on stderr when they are)."""
-    if not _DECIDED:
-        _DECIDED.append(_decide(scratch))
-    return _DECIDED[0]
+    with _DECIDING:
+        if not _DECIDED:
+            _DECIDED.append(_decide(scratch))
+        return _DECIDED[0]
 
 
 def _decide(scratch: Path | None) -> bool:
