@@ -7,9 +7,13 @@ kernel whose overlayfs misbehaves) or ``auto`` (default: fuse only in a user
 namespace whose kernel refuses a probe overlay mount).
 
     use_fuse(scratch) -> bool
-    mount(lower_dirs, upper, work, target, scratch) -> FuseMount
+    mount(lower_dirs, upper, work, target, scratch) -> FuseMount   (upper None: read-only)
     unmount(fm)                 flush: umount2, then wait for the daemon to exit
     convert_upper(upper, lower_dirs)
+
+The read-only merged views of other stages and images (COPY --from, outputs, the
+SBOM scan: builder.sandbox.overlay.mount_overlay_readonly) follow the same choice;
+a RUN --mount of another stage and containers (`lamina run`) still need the kernel's.
 
 ``mount`` runs ``fuse-overlayfs -f`` as a child of the caller, killed with it
 (PR_SET_PDEATHSIG), mounting on `target` in the caller's mount namespace (the caller
@@ -156,16 +160,19 @@ def _escape_free(paths) -> bool:
     return not any(c in str(p) for p in paths for c in ":,\\=")
 
 
-def mount(lower_dirs, upper: Path, work: Path, target: Path, scratch: Path) -> FuseMount:
-    """Mount fuse-overlayfs on `target` (lower dirs top-most first, may be empty);
-    return once the mount answers."""
+def mount(lower_dirs, upper: Path | None, work: Path | None, target: Path,
+          scratch: Path) -> FuseMount:
+    """Mount fuse-overlayfs on `target` (lower dirs top-most first, may be empty;
+    without `upper` and `work`: the read-only merged view); return once the mount
+    answers."""
     from lamina.builder.sandbox.overlay import _distinct
     lowers = _distinct(lower_dirs)
     if not lowers:
         empty = scratch / "empty"
         empty.mkdir(exist_ok=True)
         lowers = [empty]
-    paths = [*lowers, upper, work]
+    writable = upper is not None
+    paths = [*lowers, upper, work] if writable else list(lowers)
     cwd = "/"
     if not _escape_free(paths):  # short names in scratch, as overlay's classic mount
         links = scratch / "fl"
@@ -178,11 +185,14 @@ def mount(lower_dirs, upper: Path, work: Path, target: Path, scratch: Path) -> F
             link.symlink_to(os.path.abspath(p))
             short.append(f"fl/{i:x}")
         paths, cwd = short, str(scratch)
-    opts = (f"lowerdir={':'.join(map(str, paths[:-2]))},upperdir={paths[-2]},"
-            f"workdir={paths[-1]},allow_other,suid")
+    if writable:
+        opts = (f"lowerdir={':'.join(map(str, paths[:-2]))},upperdir={paths[-2]},"
+                f"workdir={paths[-1]},allow_other,suid")
+    else:
+        opts = f"lowerdir={':'.join(map(str, paths))},allow_other,suid"
     argv = [_binary(), "-f", "-o", opts, os.path.abspath(target)]
-    log = scratch / "fuse-overlayfs.log"
-    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    log_fd, log_name = tempfile.mkstemp(prefix="fuse-overlayfs.", suffix=".log", dir=scratch)
+    log = Path(log_name)
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:

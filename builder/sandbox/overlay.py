@@ -24,6 +24,8 @@ Public API:
   (fsopen/fsconfig ``lowerdir+`` — no page-size limit), "classic" (mount(2) with
   the data shortened through symlinks ``scratch_dir/l/<n>`` so 500 layers fit in
   one page) or "auto" (new, falling back to classic when the kernel lacks it).
+  Where a user namespace may not mount overlayfs (or LAMINA_OVERLAY=fuse), RUN,
+  COPY and ADD steps mount fuse-overlayfs instead (builder.sandbox.fuseoverlay).
 - ``finalize_upper(upper)``: remove overlay bookkeeping xattrs (origin, impure,
   uuid, nlink...) that the kernel leaves in an upper dir; keeps opaque markers.
   Both take the prefix of this process's overlay form (trusted./user.overlay.).
@@ -130,20 +132,28 @@ def mount_overlay(lower_dirs: tuple[Path, ...] | list[Path], upper: Path, work: 
         if overlayform.unprivileged() and getattr(exc, "errno", None) == 1:
             raise SandboxError(
                 f"{exc}: this kernel does not let a user namespace mount overlayfs (Linux "
-                ">= 5.11 does); rootless lamina needs it (fuse-overlayfs is not supported "
-                "yet): run lamina as root, or on a newer kernel") from None
+                ">= 5.11 does); RUN, COPY and ADD steps fall back to fuse-overlayfs "
+                "(builder.sandbox.fuseoverlay), this mount (RUN --mount from another stage, "
+                "a container) has no fallback yet: run lamina as root, or on a newer "
+                "kernel") from None
         raise
     return "classic"
 
 
 def mount_overlay_readonly(lower_dirs, target: Path, scratch_dir: Path) -> None:
     """Mount the merged, read-only view of a layer stack (top-most first) on `target`:
-    an overlay without an upper dir (an empty dir pads a stack of 0 or 1 layers)."""
+    an overlay without an upper dir (an empty dir pads a stack of 0 or 1 layers); with
+    fuse-overlayfs (builder.sandbox.fuseoverlay) its daemon lives until the caller,
+    always a short-lived child in a private mount namespace, exits."""
     lowers = _distinct(lower_dirs)
     empty = scratch_dir / "empty"
     empty.mkdir(exist_ok=True)
     while len(lowers) < 2:
         lowers.append(empty)
+    from lamina.builder.sandbox import fuseoverlay
+    if fuseoverlay.use_fuse(scratch_dir):  # the daemon dies with the caller (read-only)
+        fuseoverlay.mount(lowers, None, None, target, scratch_dir)
+        return
     _mount_new_api(lowers, None, None, target)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox import fuseoverlay, overlay
 from lamina.store.tarwrite import write_tar
 from tests.builder.test_rootless import DIFF_DOCKERFILE, lamina_as, users  # noqa: F401 - fixture
@@ -145,6 +146,31 @@ def test_fuse_upper_dir_converts_to_the_layer_the_kernel_gives(tmp_path):
             "file-to-dir/.wh..wh..opq"} <= set(names)
     assert "brand/.wh..wh..opq" not in names and names["keep/sub"][5] == OLD
     assert names["keep/owned-link"][1] == b"1" and names["keep/owned"][2] == 0o4755
+
+
+def test_auto_uses_fuse_only_where_the_kernel_refuses_and_says_so_once(monkeypatch, capsys,
+                                                                      tmp_path):
+    monkeypatch.setenv("LAMINA_OVERLAY", "auto")
+    monkeypatch.setattr(fuseoverlay.overlayform, "unprivileged", lambda: True)
+    monkeypatch.setattr(fuseoverlay, "_kernel_overlay_works", lambda scratch: False)
+    monkeypatch.setattr(fuseoverlay, "_DECIDED", [])
+    assert fuseoverlay.use_fuse(tmp_path) and fuseoverlay.use_fuse(tmp_path)
+    err = capsys.readouterr().err
+    assert err.count("does not let a user namespace mount overlayfs") == 1
+    monkeypatch.setattr(fuseoverlay, "_kernel_overlay_works", lambda scratch: True)
+    monkeypatch.setattr(fuseoverlay, "_DECIDED", [])
+    assert not fuseoverlay.use_fuse(tmp_path) and capsys.readouterr().err == ""
+    monkeypatch.setenv("LAMINA_OVERLAY", "fusee")
+    monkeypatch.setattr(fuseoverlay, "_DECIDED", [])
+    with pytest.raises(SandboxError, match="expected auto, kernel or fuse"):
+        fuseoverlay.use_fuse(tmp_path)
+
+
+@pytest.mark.root
+def test_the_probe_sees_what_this_kernel_allows(tmp_path):
+    # overlayfs mounts here (the kernel overlay tests rely on it), and leaves nothing
+    assert fuseoverlay._kernel_overlay_works(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- builds -----------------------------------------------------------------------
@@ -271,10 +297,14 @@ def test_rootless_builds_through_fuse_give_the_root_image_ids(users, contexts, k
                          root=store, env_extra={**ENV, "LAMINA_OVERLAY": "fuse"})
         return _iid(done.stdout), done.stderr
 
-    for name in ("layers", "hello", "mtimes"):
+    for name in ("layers", "multistage", "mtimes"):
         iid, stderr = build(name)
         assert iid == kernel_ids[name], (name, stderr)
         assert stderr.count(NOTE) == 1
+    # auto: this kernel lets the user namespace mount overlayfs, the probe says so
+    auto = lamina_as(user, python, "build", "--no-cache", "--network", "none",
+                     str(work / "layers"), root=store, env_extra=ENV)
+    assert _iid(auto.stdout) == kernel_ids["layers"] and NOTE not in auto.stderr
     assert _mentions(str(store)) == ([], [])
 
 
