@@ -166,6 +166,7 @@ def mount(lower_dirs, upper: Path | None, work: Path | None, target: Path,
     without `upper` and `work`: the read-only merged view); return once the mount
     answers."""
     from lamina.builder.sandbox.overlay import _distinct
+    _check_device()
     lowers = _distinct(lower_dirs)
     if not lowers:
         empty = scratch / "empty"
@@ -204,6 +205,7 @@ def mount(lower_dirs, upper: Path | None, work: Path | None, target: Path,
             os.dup2(null, 0)
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)
+            os.closerange(3, 1 << 16)  # none of lamina's files (store, locks, pipes)
             os.chdir(cwd)
             os.execv(argv[0], argv)
         finally:
@@ -228,6 +230,15 @@ def mount(lower_dirs, upper: Path | None, work: Path | None, target: Path,
             raise SandboxError(f"fuse-overlayfs did not mount {target} within "
                                f"{START_TIMEOUT:.0f} s: {_log_text(log)}")
         time.sleep(0.002)
+
+
+def _check_device() -> None:
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        raise SandboxError(f"fuse-overlayfs needs /dev/fuse, which this process cannot "
+                           f"open ({linux.errno_text(exc.errno or 0)}): load the fuse module "
+                           "or give /dev/fuse its usual mode 0666") from None
 
 
 def _log_text(log: Path) -> str:
