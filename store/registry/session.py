@@ -272,7 +272,9 @@ class RegistrySession:
             attempt += 1
             url = path if path.startswith(("http://", "https://")) else self.base_url() + path
             h = dict(headers or {})
-            auth = self._auth_header(scope)
+            # credentials go only to the registry itself: a Location it hands out (an
+            # upload URL) may name another host, which must not get them
+            auth = self._auth_header(scope) if self._same_origin(url) else None
             if auth:
                 h["Authorization"] = auth
             content = body() if callable(body) else body
@@ -305,6 +307,10 @@ class RegistrySession:
                 return
             finally:
                 resp.close()
+
+    def _same_origin(self, url: str) -> bool:
+        return httpx.URL(url).netloc.decode("ascii", "replace") == httpx.URL(self.base_url()).netloc.decode(
+            "ascii", "replace")
 
     def error_for(self, resp: httpx.Response, method: str, path: str) -> RegistryError:
         try:

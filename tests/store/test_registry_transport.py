@@ -212,3 +212,66 @@ def test_self_referencing_index_and_huge_manifest(pushed, tmp_path):
             with pytest.raises(StoreError, match="MiB"):
                 pull_image(store, f"{pushed}/faults/weird:huge")
         assert store.images() == []
+
+
+def test_credentials_never_go_to_another_host(tmp_path):
+    """A registry may hand out an upload Location on another host (blob storage): the
+    request goes there, but without the registry's Authorization header."""
+    import base64
+
+    from lamina.store.registry.auth import Credentials
+
+    seen: dict[str, list] = {"registry": [], "other": []}
+
+    def server(name, handle):
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                seen[name].append((self.command, self.path, self.headers.get("Authorization")))
+                status, headers = handle(self)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = do_HEAD = _any
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        return srv
+
+    other = server("other", lambda h: (201, {}))
+    want = "Basic " + base64.b64encode(b"ci:pw").decode()
+
+    def registry_handle(h):
+        if h.headers.get("Authorization") != want:
+            return 401, {"WWW-Authenticate": 'Basic realm="test"'}
+        if h.command == "POST":
+            return 202, {"Location": f"http://127.0.0.1:{other.server_port}/upload?state=1"}
+        return 200, {}
+
+    reg = server("registry", registry_handle)
+    try:
+        host = f"127.0.0.1:{reg.server_port}"
+        with RegistrySession(host, credentials=Credentials("ci", "pw")) as s:
+            scope = "repository:x/y:pull,push"
+            with s.request("POST", "/v2/x/y/blobs/uploads/", scope=scope, ok=(202,)) as r:
+                location = r.headers["location"]
+            with s.request("PUT", location + "&digest=sha256:" + "0" * 64, scope=scope, body=b"data",
+                           ok=(201,)):
+                pass
+    finally:
+        reg.shutdown()
+        other.shutdown()
+        reg.server_close()
+        other.server_close()
+    assert any(auth == want for _, _, auth in seen["registry"])
+    assert seen["other"] and all(auth is None for _, _, auth in seen["other"]), seen["other"]
