@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -147,6 +148,33 @@ def test_fuse_upper_dir_converts_to_the_layer_the_kernel_gives(tmp_path):
             "file-to-dir/.wh..wh..opq"} <= set(names)
     assert "brand/.wh..wh..opq" not in names and names["keep/sub"][5] == OLD
     assert names["keep/owned-link"][1] == b"1" and names["keep/owned"][2] == 0o4755
+
+
+@pytest.mark.root
+def test_fuse_overlayfs_fallback_forms_convert_to_the_overlay_form(tmp_path):
+    """The forms fuse-overlayfs writes where it may not mknod or chown (its source:
+    `.wh.<name>` files, user.fuseoverlayfs.opaque, override_stat uid:gid:mode), made by
+    hand: a whiteout is char 0/0, the recorded owner and mode are applied."""
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    (lower / "was-dir").mkdir(parents=True)
+    (lower / "gone").write_text("g")
+    upper.mkdir()
+    (upper / ".wh.gone").touch(mode=0o700)
+    for name in ("was-dir", "fresh"):
+        (upper / name).mkdir()
+        (upper / name / ".wh..wh..opq").touch(mode=0o700)
+        os.setxattr(upper / name, "user.fuseoverlayfs.opaque", b"y")
+    (upper / "tool").write_text("t")
+    os.setxattr(upper / "tool", "user.fuseoverlayfs.override_stat", b"1000:1001:4755:file")
+    fuseoverlay.convert_upper(upper, [lower])
+    assert sorted(os.listdir(upper)) == ["fresh", "gone", "tool", "was-dir"]
+    st = os.lstat(upper / "gone")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert os.listdir(upper / "was-dir") == [] == os.listdir(upper / "fresh")
+    assert os.getxattr(upper / "was-dir", overlay.OPAQUE_XATTR) == b"y"  # hid a lower dir
+    assert os.listxattr(upper / "fresh") == [] and os.listxattr(upper / "tool") == []
+    st = os.lstat(upper / "tool")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1001, 0o4755)
 
 
 def test_auto_uses_fuse_only_where_the_kernel_refuses_and_says_so_once(monkeypatch, capsys,
