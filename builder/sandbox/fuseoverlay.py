@@ -89,6 +89,8 @@ _DECIDING = threading.Lock()  # stages build in threads (builder.executor)
 def use_fuse(scratch: Path | None = None) -> bool:
     """Whether this process's step overlays are fuse-overlayfs (decided once, a probe
     mount under `scratch` in auto mode; says so once on stderr when they are)."""
+    if _DECIDED:  # no lock: a forked child may hold a copy another thread had taken
+        return _DECIDED[0]
     with _DECIDING:
         if not _DECIDED:
             _DECIDED.append(_decide(scratch))
@@ -192,8 +194,7 @@ def mount(lower_dirs, upper: Path | None, work: Path | None, target: Path,
     else:
         opts = f"lowerdir={':'.join(map(str, paths))},allow_other,suid"
     argv = [_binary(), "-f", "-o", opts, os.path.abspath(target)]
-    log_fd, log_name = tempfile.mkstemp(prefix="fuse-overlayfs.", suffix=".log", dir=scratch)
-    log = Path(log_name)
+    log, log_fd = _new_log(scratch)
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -230,6 +231,19 @@ def mount(lower_dirs, upper: Path | None, work: Path | None, target: Path,
             raise SandboxError(f"fuse-overlayfs did not mount {target} within "
                                f"{START_TIMEOUT:.0f} s: {_log_text(log)}")
         time.sleep(0.002)
+
+
+def _new_log(scratch: Path) -> tuple[Path, int]:
+    """A fresh file for the daemon's messages (no tempfile: its lock may have been
+    copied taken into a forked child)."""
+    for n in range(1000):
+        path = scratch / f"fuse-overlayfs.{os.getpid()}.{n}.log"
+        try:
+            return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                                 | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            continue
+    raise SandboxError(f"cannot make a log file for fuse-overlayfs in {scratch}")
 
 
 def _check_device() -> None:
