@@ -34,7 +34,12 @@ checked on this machine, version 1.10):
   ``user.fuseoverlayfs.override_stat`` ("uid:gid:mode[:type]") where it could not
   chown/chmod for real;
 - a copied-up directory gets the copy-up time as mtime (overlayfs keeps the lower's
-  and restores the parent's times after each copy-up).
+  and restores the parent's times after each copy-up);
+- a directory made in a setgid directory keeps the maker's group and no setgid bit
+  (it is made in the work dir and moved; files get both right), and a copied-up
+  directory loses its setgid bit; a copied-up file loses its setgid bit when its group
+  is not root's and its setuid bit when its owner is not root (the copy is chowned
+  after it is made, which clears them).
 
 ``convert_upper`` turns that, in one walk after the daemon has exited, into the
 overlay form of this process (store.overlayform): overlayfs marks a new directory
@@ -42,9 +47,19 @@ opaque only when it is made where the upper dir held a whiteout, i.e. where the
 merged lower layers show an entry — so a directory stays opaque exactly when the
 lower layers (seen through its parents) have something at its path; the markers
 and fuse-overlayfs's xattrs go, ``override_stat`` is applied, ``.wh.<name>`` files
-become char 0/0 whiteouts, and a copied-up directory whose entries are all
+become char 0/0 whiteouts, a directory made in a directory that is setgid after
+the step gets its group and setgid bit (as mkdir gives; wrong only where the step
+set the bit after making the subdirectory, or changed the group of the new dir), a
+copied-up directory gets back its lower's setgid bit (unless the step changed its
+group or mode otherwise), what was made in a directory given its bit back takes the
+directory's group (not a hard link), and a copied-up directory whose entries are all
 copy-ups (nothing new, nothing removed) gets its lower directory's times back.
 Each directory keeps its own times across the walk.
+
+Not converted back: the setuid/setgid bits a copied-up *file* lost (see above) — a
+step may have removed them on purpose (`chmod a-s` hardening), so they are not
+guessed back; such a layer differs from the kernel's (a missing bit, never an added
+one). tests/builder/test_fuse_overlay.py keeps this known difference visible.
 """
 
 from __future__ import annotations
@@ -390,6 +405,7 @@ def convert_upper(upper: Path, lower_dirs) -> None:
             break
     # (dir path, the lower dirs that merge into it)
     todo: list[tuple[str, list[str]]] = [(str(upper), root_alive)]
+    regained: set[str] = set()  # dirs given back a setgid bit: their new files' group
     while todo:
         path, alive = todo.pop()
         before = os.lstat(path)
@@ -411,13 +427,22 @@ def convert_upper(upper: Path, lower_dirs) -> None:
             if _is_whiteout(st):
                 modified = True
                 continue
-            if lower is None or stat.S_IFMT(lower.st_mode) != stat.S_IFMT(st.st_mode):
-                modified = True
+            new = lower is None or stat.S_IFMT(lower.st_mode) != stat.S_IFMT(st.st_mode)
+            modified = modified or new
             fuse_opaque = _strip_xattrs(child, stat.S_ISLNK(st.st_mode))
             if not stat.S_ISDIR(st.st_mode):
+                if (new and path in regained and st.st_nlink == 1
+                        and st.st_gid != before.st_gid):
+                    os.chown(child, -1, before.st_gid, follow_symlinks=False)
                 continue
             if not fuse_opaque:
                 fuse_opaque = os.path.lexists(os.path.join(child, OPAQUE_FILE))
+            if fuse_opaque and before.st_mode & stat.S_ISGID:
+                if _inherit_setgid(child, st, before):
+                    regained.add(child)
+            elif not fuse_opaque and lower is not None and stat.S_ISDIR(lower.st_mode):
+                if _keep_setgid(child, st, lower):
+                    regained.add(child)
             if fuse_opaque and lower is not None:
                 os.setxattr(child, opaque_attr, b"y", follow_symlinks=False)
                 merged = []
@@ -427,6 +452,30 @@ def convert_upper(upper: Path, lower_dirs) -> None:
             os.utime(path, ns=(top.st_atime_ns, top.st_mtime_ns), follow_symlinks=False)
         else:
             os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
+
+
+def _inherit_setgid(child: str, st: os.stat_result, parent: os.stat_result) -> bool:
+    """A dir made in a setgid dir takes that dir's group and setgid bit (what the
+    kernel does at mkdir; fuse-overlayfs makes dirs in its work dir and moves them).
+    Whether the bit was missing (what was made inside then missed the group too)."""
+    if st.st_gid != parent.st_gid:
+        os.chown(child, -1, parent.st_gid, follow_symlinks=False)
+    mode = stat.S_IMODE(os.lstat(child).st_mode)
+    if not mode & stat.S_ISGID:
+        os.chmod(child, mode | stat.S_ISGID)
+        return True
+    return False
+
+
+def _keep_setgid(child: str, st: os.stat_result, lower: os.stat_result) -> bool:
+    """A copied-up dir gets back the setgid bit of its lower dir, which fuse-overlayfs
+    drops (mkdir ignores it), unless the step changed its group or other bits."""
+    mode = stat.S_IMODE(st.st_mode)
+    if (lower.st_mode & stat.S_ISGID and not mode & stat.S_ISGID and st.st_gid == lower.st_gid
+            and mode == stat.S_IMODE(lower.st_mode) & ~stat.S_ISGID):
+        os.chmod(child, mode | stat.S_ISGID)
+        return True
+    return False
 
 
 def _remove_marker(path: str, name: str, names: list[str]) -> None:
