@@ -29,8 +29,6 @@ Everything the build uses is held by a store lease, so a concurrent gc keeps it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import time
@@ -39,23 +37,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
-from lamina.builder.plan.cachekey import CacheInputs, explain_miss, parent_image, parent_scratch, parent_step
+from lamina.builder.plan.cachekey import CacheInputs, parent_image, parent_scratch, parent_step
 from lamina.builder.context.context import BuildContext
 from lamina.builder.context.copysrc import content_key, select_sources
+from lamina.builder.baseimages import BaseImages
 from lamina.builder.errors import BuildError
+from lamina.builder.missrecords import MissRecords
 from lamina.builder.plan.imageconfig import ImageConfig, platform_config_fields
 from lamina.builder.sandbox.cgroups import Limits, check as cgroup_notes
-from lamina.builder.sandbox.mountedroot import in_mounted_root
 from lamina.builder.plan.plan import BuildPlan, Stage, plan_build
 from lamina.builder.progress import Progress, StepLabel
 from lamina.builder.remotecache import RemoteCache, RemoteLayerLost
-from lamina.builder.plan.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun, ResolvedWorkdir
+from lamina.builder.plan.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun
 from lamina.builder.plan.stageplan import BaseImage, StagePlan, Step, plan_stage
-from lamina.builder.steps.files import (apply_copy, apply_workdir, fetch_copy, identify_copy,
-                                        remote_sources)
-from lamina.builder.steps.run import RunEnvironment, check_network, execute_run
-from lamina.grammar import DockerfileError, parse
-from lamina.store import StoreError
+from lamina.builder.steps.files import fetch_copy, identify_copy, remote_sources
+from lamina.builder.stepexec import execute_step
+from lamina.builder.steps.run import RunEnvironment, check_network
+from lamina.grammar import parse
 from lamina.store.cache import CacheEntry
 from lamina.store.errors import ImageNotFound, StoreError
 from lamina.store.layers import LayerBlob
@@ -122,8 +120,8 @@ class Build:
         self._numbering = threading.Lock()  # stages of one wave label their steps at once
         self.lease = None
         self.context: BuildContext | None = None
-        self.explain_dir = store.root / "buildinfo"
-        self._pulled: set[str] = set()
+        self.misses = MissRecords(store.root / "buildinfo", options.dockerfile)
+        self.base_images = BaseImages(store, progress, pull=options.pull)
         self._step_layers: set[str] = set()  # diff_ids of step layers (real times, clamped at commit)
         self.remote = RemoteCache(store, options.cache_from, options.cache_to, progress,
                                   str(options.dockerfile), epoch=self.epoch)
@@ -207,8 +205,7 @@ class Build:
         """The image `ref` names, held by the build's lease. Resolving and holding
         happen under the store's writer lock, so a gc cannot slip in between."""
         try:
-            if self.options.pull or not self._in_store(ref):
-                self._pull(ref)
+            self.base_images.ensure(ref)
             with self.store.writing():
                 image = self.store.resolve(ref)
                 self.lease.hold(blobs=[image.manifest_digest, image.config_digest],
@@ -223,32 +220,6 @@ class Build:
                                  line=stage.from_.span.start,
                                  source_line=stage.from_.source.split("\n")[0]) from None
             raise BuildError(message) from None
-
-    def _in_store(self, ref: str) -> bool:
-        try:
-            self.store.resolve(ref)
-            return True
-        except ImageNotFound:
-            return False
-
-    def _pull(self, ref: str) -> None:
-        """Pull `ref` from its registry (FROM, COPY --from and RUN --mount=from of an
-        image that is not in the store, or every base with --pull). A name@digest
-        already in the store is never fetched again: its content cannot change."""
-        from lamina.store import refs
-        from lamina.store.registry.pull import pull_image
-
-        if refs.looks_like_id(ref):
-            raise ImageNotFound(f"no image with ID {ref!r} in the store")
-        parsed = refs.parse(ref)
-        if parsed.digest is not None and self._in_store(ref):
-            return
-        if ref in self._pulled:
-            return
-        self.progress.note(f"pulling {parsed.familiar}")
-        pulled = pull_image(self.store, ref)
-        self._pulled.add(ref)
-        self.progress.note(f"pulled {parsed.familiar}: {pulled.manifest_digest}")
 
     def build_stages(self, plan: BuildPlan) -> None:
         """Every stage the target needs, wave by wave (plan.levels(): a wave needs only
@@ -487,9 +458,8 @@ class Build:
         r = step.resolved
         if self.options.no_cache or source is not None or r.keyword != "COPY" or r.inline:
             return None
-        try:
-            previous = CacheInputs.from_json(self._explain_path(stage, step).read_text())
-        except (OSError, ValueError, TypeError):
+        previous = self.misses.previous(stage.display_name, step.index)
+        if previous is None:
             return None
         from lamina.builder.steps.reuse import previous_copy
         in_use = {l.diff_id for res in self.results.values() for l in res.layers}
@@ -498,95 +468,25 @@ class Build:
 
     def _execute(self, step: Step, label: StepLabel, layers, prepared, source,
                  reuse=lambda upper: None) -> LayerBlob | None:
-        r = step.resolved
-        upper = self.store.temp_path("upper")
-        work = self.store.temp_path("work")
-        scratch = self.store.temp_path("step")
-        for d in (upper, work, scratch):
-            d.mkdir()
-        from lamina.store.locks import remove_tree
-        try:
-            lowers = self._lower_dirs(layers)
-            workdir = step.config.working_dir or "/"
-            if isinstance(r, ResolvedRun):
-                execute_run(r, lower_dirs=lowers, upper_dir=upper, work_dir=work,
-                            scratch_dir=scratch, step_env=step.run_env(), user=step.config.user,
-                            workdir=workdir, env=self.run_env,
-                            on_output=lambda data: self.progress.output(label, data),
-                            fail=step.error, layers_of=lambda m: self._mount_source(m)[1:])
-                from lamina.builder.sandbox.overlay import finalize_upper
-                finalize_upper(upper)
-            elif isinstance(r, ResolvedCopy):
-                views = {}
-                if source is not None:
-                    views["source"] = self._lower_dirs(source[1])
-                epoch = None  # created dirs and heredoc files: now (the commit clamps)
-                previous = reuse(upper)
+        return execute_step(
+            self.store, self.lease, step, lowers=self._lower_dirs(layers), label=label,
+            progress=self.progress, run_env=self.run_env, prepared=prepared,
+            source_lowers=self._lower_dirs(source[1]) if source is not None else None,
+            mount_layers=lambda m: self._mount_source(m)[1:], reuse=reuse)
 
-                def copy(root: Path, view_roots: dict) -> tuple[str, ...]:
-                    return apply_copy(root, r, prepared, workdir=workdir,
-                                      source_root=view_roots.get("source"), source_date_epoch=epoch,
-                                      reuse=previous)
-
-                try:
-                    claimed = in_mounted_root(lowers, upper, work, scratch, copy, views=views)
-                    if claimed:  # unchanged files: moved from the previous result's dir
-                        from lamina.builder.steps.reuse import move_claimed
-                        move_claimed(previous, claimed)
-                finally:
-                    if previous is not None:
-                        from lamina.builder.steps.reuse import discard
-                        discard(previous)
-            elif isinstance(r, ResolvedWorkdir):
-                user = step.config.user
-
-                def mkdir(root: Path, view_roots: dict) -> None:
-                    apply_workdir(root, r, user, None)
-
-                in_mounted_root(lowers, upper, work, scratch, mkdir)
-            if not any(upper.iterdir()):
-                return None
-            try:
-                layer = self.store.write_layer(upper, lease=self.lease)  # real times
-            except StoreError as e:  # what the step made cannot be a layer: name the step
-                raise step.error(e.message) from None
-            self.store.adopt_layer_dir(layer.diff_id, upper)
-            return layer
-        finally:
-            for d in (upper, work, scratch):
-                if d.exists():
-                    remove_tree(d)
-
-    # -- explaining misses ---------------------------------------------------------------
-
-    def _explain_path(self, stage: Stage, step: Step) -> Path:
-        where = json.dumps([os.path.abspath(self.options.dockerfile), stage.display_name,
-                            step.index])
-        return self.explain_dir / hashlib.sha256(where.encode()).hexdigest()[:32]
+    # -- explaining misses (builder.missrecords) -------------------------------------------
 
     def _why(self, stage: Stage, step: Step, inputs: CacheInputs) -> str:
         if self.options.no_cache:
             return "--no-cache"
-        try:
-            previous = CacheInputs.from_json(self._explain_path(stage, step).read_text())
-        except (OSError, ValueError, TypeError):
-            previous = self.remote.previous(stage, step)  # as the remote cache recorded it
-            if previous is None:
-                return "not built before"
-        return explain_miss(previous, inputs)
+        if self.misses.previous(stage.display_name, step.index) is None:
+            # not built here before: as the remote cache recorded it, if it did
+            return self.misses.why(stage.display_name, step.index, inputs,
+                                   fallback=self.remote.previous(stage, step))
+        return self.misses.why(stage.display_name, step.index, inputs)
 
     def _remember(self, stage: Stage, step: Step, inputs: CacheInputs) -> None:
-        path = self._explain_path(stage, step)
-        text = inputs.to_json()
-        try:
-            if path.read_text() == text:
-                return  # the same inputs as last time: nothing to write
-        except (OSError, UnicodeDecodeError):
-            pass
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        self.misses.remember(stage.display_name, step.index, inputs)
 
 
 def _kill_children() -> None:

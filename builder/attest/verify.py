@@ -157,7 +157,7 @@ def _verify_build_class():
         user_store = None
 
         def resolve_image(self, ref, stage=None):
-            if self.user_store is not None and not self._in_store(ref):
+            if self.user_store is not None and not self.base_images.in_store(ref):
                 try:
                     found = self.user_store.resolve(ref)
                 except (ImageNotFound, StoreError):

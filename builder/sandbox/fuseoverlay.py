@@ -78,6 +78,7 @@ from pathlib import Path
 
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox import linux
+from lamina.builder.sandbox.layerstack import distinct as _distinct
 from lamina.store import overlayform
 
 ENV = "LAMINA_OVERLAY"
@@ -141,7 +142,6 @@ def _binary() -> str:
 
 def _kernel_overlay_works(scratch: Path | None) -> bool:
     """Probe: can this process mount an overlay (userxattr) in a new mount namespace?"""
-    from lamina.builder.sandbox.overlay import mount_overlay
     base = Path(tempfile.mkdtemp(prefix="lamina-ovl-probe-", dir=scratch))
     try:
         for d in ("l", "u", "w", "m"):
@@ -152,7 +152,11 @@ def _kernel_overlay_works(scratch: Path | None) -> bool:
             try:
                 linux.unshare(linux.CLONE_NEWNS)
                 linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-                mount_overlay([base / "l"], base / "u", base / "w", base / "m", base)
+                # the mount a rootless step makes (builder.sandbox.overlay), in its
+                # simplest form: one lower dir, the user.* xattr namespace
+                linux.mount("overlay", base / "m", "overlay", 0,
+                            f"lowerdir={base / 'l'},upperdir={base / 'u'},workdir={base / 'w'},"
+                            "userxattr")
                 code = 0
             except BaseException:  # noqa: BLE001 - the answer is the exit code
                 pass
@@ -182,7 +186,6 @@ def mount(lower_dirs, upper: Path | None, work: Path | None, target: Path,
     """Mount fuse-overlayfs on `target` (lower dirs top-most first, may be empty;
     without `upper` and `work`: the read-only merged view); return once the mount
     answers."""
-    from lamina.builder.sandbox.overlay import _distinct
     _check_device()
     lowers = _distinct(lower_dirs)
     if not lowers:
@@ -396,7 +399,6 @@ def _strip_xattrs(path: str, is_link: bool) -> bool:
 def convert_upper(upper: Path, lower_dirs) -> None:
     """Turn fuse-overlayfs's upper dir into lamina's overlay form (module docstring);
     `lower_dirs` are the step's lower layers, top-most first."""
-    from lamina.builder.sandbox.overlay import _distinct
     opaque_attr = overlayform.opaque_xattr()
     root_alive: list[str] = []
     for d in _distinct(lower_dirs):

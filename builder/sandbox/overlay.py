@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.builder.sandbox import devices, linux
+from lamina.builder.sandbox.layerstack import distinct as _distinct
 from lamina.store import overlayform
 from lamina.store.layerdirs import walk
 from lamina.store.locks import remove_tree
@@ -157,19 +158,6 @@ def mount_overlay_readonly(lower_dirs, target: Path, scratch_dir: Path) -> None:
     _mount_new_api(lowers, None, None, target)
 
 
-def _distinct(lower_dirs) -> list[Path]:
-    """The stack with each layer dir once, at its top-most place. Two steps writing the
-    same bytes share one layer dir, and overlayfs refuses a lowerdir given twice
-    ("conflicting lowerdir path"); the lower copy adds nothing to the merged view, as
-    the top-most one already shows every entry of it and hides what lies below."""
-    seen: set[str] = set()
-    out = []
-    for p in lower_dirs:
-        key = os.path.normpath(os.fspath(p))
-        if key not in seen:
-            seen.add(key)
-            out.append(Path(p))
-    return out
 
 
 def _mount_new_api(lowers: list[Path], upper: Path | None, work: Path | None,
