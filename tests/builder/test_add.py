@@ -22,7 +22,8 @@ import pytest
 from tests.conftest import require_tool
 import zstandard
 
-from lamina.builder.context.context import BuildContext, StatCache
+from lamina.builder.context.context import BuildContext
+from lamina.builder.context.statcache import StatCache
 from lamina.builder.context.copysrc import select_sources
 from lamina.builder.context.dockerignore import IgnoreRules
 from lamina.builder.errors import BuildError

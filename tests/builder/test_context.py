@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from lamina.builder.context.context import BuildContext, SourceTree, StatCache
+from lamina.builder.context.context import BuildContext, SourceTree
+from lamina.builder.context.statcache import StatCache
 from lamina.builder.context.dockerignore import IgnoreRules
 from lamina.builder.errors import BuildError
 

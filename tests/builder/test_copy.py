@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lamina.builder.context.context import BuildContext, SourceTree, StatCache
+from lamina.builder.context.context import BuildContext, SourceTree
+from lamina.builder.context.statcache import StatCache
 from lamina.builder.context.copysrc import select_sources
 from lamina.builder.context.dockerignore import IgnoreRules
 from lamina.builder.errors import BuildError

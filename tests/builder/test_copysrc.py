@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lamina.builder.context.context import BuildContext, SourceTree, StatCache
+from lamina.builder.context.context import BuildContext, SourceTree
+from lamina.builder.context.statcache import StatCache
 from lamina.builder.context.copysrc import content_key, plan_copy, resolve_in_tree, select_sources
 from lamina.builder.context.dockerignore import IgnoreRules
 from lamina.builder.errors import BuildError

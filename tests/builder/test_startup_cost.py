@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lamina.builder.context.context import StatCache
+from lamina.builder.context.statcache import StatCache
 
 REPO = Path(__file__).resolve().parents[2]
 
