@@ -156,6 +156,10 @@ class StubRecorder:
                                  | os.O_CLOEXEC, 0o644, dir_fd=parent))
             else:
                 os.mkdir(name, 0o755, dir_fd=parent)
+        except FileExistsError:
+            # made meanwhile by a step of a concurrent build (or stage) sharing this cache
+            # mount: not ours to record; the caller looks at what is there now
+            return
         except OSError as exc:
             raise SandboxError(f"cannot create mount point {path} (/{rel}) in the image: "
                                f"{os.strerror(exc.errno or 0)}") from None

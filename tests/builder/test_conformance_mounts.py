@@ -121,3 +121,30 @@ COPY --from=victim /etc/hostname /hostname
     run = build(build_store[0], ctx, "--no-cache")
     assert run.code != 0, "a cache source= through a link outside the cache must fail"
     assert "does not exist in the cache" in run.stderr, run.stderr  # /etc inside the cache
+
+
+def test_mount_point_made_meanwhile_by_another_step_is_used(tmp_path):
+    """Two steps sharing a cache mount (parallel stages, or two builds) may both create
+    the mount point of a nested mount in it: the one that finds it made is not an error
+    (BuildKit's testCacheMountParallel races exactly so)."""
+    import os
+
+    from lamina.builder.sandbox.mountpoints import StubRecorder
+
+    root = tmp_path / "root"
+    (root / "cache").mkdir(parents=True)
+    rec = StubRecorder(str(root))
+    real_mkdir = os.mkdir
+
+    def racing_mkdir(name, mode=0o777, *, dir_fd=None):
+        real_mkdir(name, mode, dir_fd=dir_fd)  # "the other step" was first
+        raise FileExistsError(17, "File exists", name)
+
+    os.mkdir = racing_mkdir
+    try:
+        fd = rec.ensure_fd("/cache/baz", "dir")
+    finally:
+        os.mkdir = real_mkdir
+    os.close(fd)
+    assert (root / "cache" / "baz").is_dir()
+    assert ["cache/baz", "dir"] not in rec.created  # not ours: never removed as a stub
