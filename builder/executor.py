@@ -12,11 +12,13 @@ COPY, ADD, WORKDIR):
   are now (git commit by ls-remote, URL checksum or validated digest: no clone or
   download before a miss);
 - on a hit reuses the stored layer without running anything;
-- on a miss says why (which input changed since the last build of that step),
-  runs it over a fresh overlay upper dir — RUN in the sandbox, COPY/ADD/WORKDIR in
-  a private mount namespace — and turns the upper dir into a layer: a blob for the
-  image and, by rename, the layer's extracted dir for the next step's lowerdir. A
-  step whose diff is empty adds no layer (history `empty_layer`, as BuildKit).
+- on a miss says why (which input changed since the last build of that step:
+  builder.missrecords), runs it over a fresh overlay upper dir — RUN in the sandbox,
+  COPY/ADD/WORKDIR in a private mount namespace — and turns the upper dir into a
+  layer (builder.stepexec): a blob for the image and, by rename, the layer's
+  extracted dir for the next step's lowerdir. A step whose diff is empty adds no
+  layer (history `empty_layer`). Base images come from the store or their registry
+  (builder.baseimages); independent stages run in parallel.
 
 Metadata steps (ENV, LABEL, CMD...) only change the config, computed by the plan;
 they are not part of the cache chain, so changing a LABEL never invalidates a RUN
