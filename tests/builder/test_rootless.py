@@ -35,6 +35,7 @@ from lamina.builder.sandbox.userns import (IdRange, IdMapping, map_args, own_v2_
                                            parse_subordinate, plan_mapping)
 from lamina.store.overlayform import host_user_namespace
 from tests.builder.test_sandbox_network import TOKEN, host_loopback, peer  # noqa: F401 - fixtures
+from tests.conftest import IN_CI
 
 REPO = Path(__file__).resolve().parents[2]
 RANGE = 65536
@@ -172,7 +173,7 @@ def _python_for(user: str, where: Path) -> list[str]:
         return [sys.executable, "-m", "lamina"]
     system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     if not os.path.exists(system):
-        pytest.skip(f"the user cannot run {sys.executable} and there is no {system}")
+        _skip_or_fail(f"the user cannot run {sys.executable} and there is no {system}")
     # a venv of the system interpreter that adds this venv's site-packages (.pth)
     venv = where / "venv"
     subprocess.run([system, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -187,10 +188,18 @@ def _python_for(user: str, where: Path) -> list[str]:
     return [str(venv / "bin" / "python"), "-m", "lamina"]
 
 
+def _skip_or_fail(reason: str) -> None:
+    """Outside CI a missing prerequisite skips; in CI (root, a machine like this one)
+    it is a failure, never a silent skip."""
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def users():
     if os.geteuid() != 0:
-        pytest.skip("needs root to create users")
+        _skip_or_fail("needs root to create users")
     for tool in ("useradd", "userdel", "runuser", "newuidmap", "newgidmap"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} missing (dev/setup installs uidmap and passwd)")
@@ -499,7 +508,7 @@ def tun_for_users():
     with 0600 (this project's VMs) gets 0666 for the test and its mode back after."""
     tun = Path("/dev/net/tun")
     if not tun.exists():
-        pytest.skip("no /dev/net/tun")
+        _skip_or_fail("no /dev/net/tun")
     mode = tun.stat().st_mode & 0o777
     if mode != 0o666:
         tun.chmod(0o666)
