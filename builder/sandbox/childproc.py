@@ -8,7 +8,7 @@ command — stdio, signals, capabilities, working dir, IDs, exec.
     send(channel, msg, fds=())            # one JSON message to the parent (pipe or socket)
     parent_gone(alive_r) -> bool          # arm PDEATHSIG; True if the parent already left
     set_stdio(stdin, stdout, stderr, controlling=False)
-    reset_signals()
+    linux.reset_signals()
     exec_command(argv, env, cwd, uid, gid, groups, keep=())   # never returns
     exit_code(wait_status) -> int         # 128+N for a death by signal N
 
@@ -106,18 +106,6 @@ def set_stdio(stdin: int, stdout: int, stderr: int, controlling: bool = False) -
         os.dup2(fd, target, inheritable=True)
 
 
-def reset_signals() -> None:
-    """Every signal to its default action, none blocked (what an exec'd command expects)."""
-    for sig in range(1, signal.NSIG):
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-
-
 def exec_command(argv, env: dict, cwd: str, uid: int, gid: int, groups, keep=(),
                  alive_r: int | None = None) -> None:
     """Close every fd but stdio (and `keep`, close-on-exec), reset signals, drop the
@@ -136,7 +124,7 @@ def exec_command(argv, env: dict, cwd: str, uid: int, gid: int, groups, keep=(),
                 os.close(n)
             except OSError:
                 pass
-    reset_signals()
+    linux.reset_signals()
     os.umask(0o022)
     linux.drop_bounding_capabilities()
     try:

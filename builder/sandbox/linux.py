@@ -20,6 +20,7 @@ import errno as errno_mod
 import fcntl
 import os
 import platform
+import signal
 import socket
 import struct
 
@@ -310,3 +311,15 @@ def interface_up(name: str = "lo") -> None:
             fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, ifreq)
         except OSError as exc:
             raise _fail(f"bring interface {name} up", exc.errno or 0) from None
+
+
+def reset_signals() -> None:
+    """Every signal to its default action, none blocked (what an exec'd command expects)."""
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())

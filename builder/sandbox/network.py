@@ -276,14 +276,7 @@ def _helper(binary: str, target: int, go_r: int, ready_w: int, exit_r: int,
     linux.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != target:
         return  # C1 is already gone
-    for sig in range(1, signal.NSIG):
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    linux.reset_signals()
     if os.read(go_r, 1) != b"g":
         return  # C1 failed before unsharing
     os.setsid()
