@@ -107,6 +107,10 @@ def check_entitlements(targets: Sequence[Target], granted: Entitlements,
     base = [os.path.realpath(r) for r in roots]
     missing: list[str] = []
     grants: list[str] = []
+    ambiguous = [problem for t in targets for problem in t.ambiguous_flag_values()]
+    if ambiguous:
+        raise BuildError("the bake definition has values lamina cannot pass on "
+                         "unambiguously:\n  " + "\n  ".join(ambiguous))
     for t in targets:
         if t.network == "host" and not granted.network_host:
             missing.append(f"target {t.name!r}: network host needs network.host")

@@ -154,17 +154,23 @@ def build_argv(t: Target, options: BakeOptions, workspace: _Workspace, iidfile: 
     for number, (ident, src, env) in enumerate(t.secrets):
         if env:
             src = str(workspace.write(f"secret-{number}", os.environ[env]))
-        argv += ["--secret", f"id={ident},src={src}"]
+        argv += ["--secret", _csv((("id", ident), ("src", src)))]
     for entry in t.cache_from:
-        argv += ["--cache-from", ",".join(f"{k}={v}" for k, v in entry)]
+        argv += ["--cache-from", _csv(entry)]
     for entry in t.cache_to:
-        argv += ["--cache-to", ",".join(f"{k}={v}" for k, v in entry)]
+        argv += ["--cache-to", _csv(entry)]
     for output in t.outputs:
         fields = dict(output)
         if fields.get("type") in ("oci", "tar", "local"):
-            argv += ["--output", ",".join(f"{k}={v}" for k, v in output)]
+            argv += ["--output", _csv(output)]
     argv.append(str(t.context))
     return argv
+
+
+def _csv(pairs) -> str:
+    """`k=v,k=v` for a `lamina build` flag (entries holding ',' were refused before
+    anything ran: Target.ambiguous_flag_values)."""
+    return ",".join(f"{k}={v}" for k, v in pairs)
 
 
 class _View:

@@ -439,6 +439,19 @@ class Target:
         return any(dict(o).get("type") == "registry" or dict(o).get("push") == "true"
                    for o in self.outputs)
 
+    def ambiguous_flag_values(self) -> list[str]:
+        """Entries that cannot go into a `k=v,k=v` flag of `lamina build` unchanged: a
+        ',' in a value (or '=' in a key) would add keys of its own when the flag is
+        split - "./out,dest=/" would pass a path check as ./out and then mean /."""
+        entries = [("cache-from", e) for e in self.cache_from]
+        entries += [("cache-to", e) for e in self.cache_to]
+        entries += [("output", e) for e in self.outputs]
+        entries += [("secret", (("id", i), ("src", src))) for i, src, _ in self.secrets]
+        return [f"target {self.name!r}: {what} entry {k}={v!r} holds a ','"
+                + (" (or its key a '=')" if "=" in str(k) else "")
+                for what, pairs in entries for k, v in pairs
+                if "," in str(k) or "=" in str(k) or "," in str(v)]
+
 
 def freeze(name: str, raw: dict[str, Any], base_dir: Path) -> Target:
     context = Path(os.path.expanduser(str(raw.get("context") or ".")))

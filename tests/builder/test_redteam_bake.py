@@ -83,3 +83,20 @@ def test_host_network_needs_network_host(build_store, repo):
     run = bake(root, repo, text)
     assert run.code == 1 and "network.host" in run.stderr
     assert bake(root, repo, text, "--allow", "network.host").code == 0
+
+
+def test_a_comma_in_an_object_entry_cannot_smuggle_keys_past_the_check(build_store, repo):
+    # object-form entries are joined into `k=v,k=v` flags for `lamina build`: a value
+    # "./out,dest=/HOST" would pass the path check as ./out and then write to /HOST
+    import json
+
+    root, _ = build_store
+    repo, host = repo
+    dest = host / "smuggled"
+    definition = {"target": {"app": {"context": str(repo / "app"), "output": [
+        {"type": "local", "dest": f"{repo}/out,dest={dest}"}]}}}
+    (repo / "docker-bake.json").write_text(json.dumps(definition))
+    run = lamina(root, "bake", "--progress", "plain", "-f", str(repo / "docker-bake.json"), "app")
+    assert run.code == 1
+    assert "holds a ','" in run.stderr and "Traceback" not in run.stderr
+    assert not dest.exists() and not (repo / "out").exists()
