@@ -190,7 +190,6 @@ class Build:
             config["author"] = final.author
         config.update(platform_config_fields(plan.platform))
         config["config"] = final.config.to_oci_dict()
-        config["rootfs"] = {"type": "layers", "diff_ids": [l.diff_id for l in result.layers]}
         config["history"] = list(result.history)
         layers = self.remote.ensure(result.layers, self.lease)  # fetch remote cache hits' layers
         layers = [clamped_layer(self.store, l, self.epoch, lease=self.lease)

@@ -306,7 +306,10 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
                              "clone cannot reproduce it; give the context directory")
         # the Dockerfile: given, else the context's (where its own .dockerignore sits),
         # else the text a mode=max provenance holds
-        in_context = None if os.path.isabs(recorded.dockerfile_path) else ctx_dir / recorded.dockerfile_path
+        # the recorded path is hostile input: only a path inside the context is used
+        rel = os.path.normpath(recorded.dockerfile_path or "Dockerfile")
+        in_context = (None if os.path.isabs(rel) or rel == ".." or rel.startswith("../")
+                      else ctx_dir / rel)
         if dockerfile is not None:
             df = Path(dockerfile)
         elif in_context is not None and (in_context.is_file() or recorded.dockerfile_text is None):
@@ -334,7 +337,9 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
         rebuilt, rebuild = _rebuild(tstore, user_store, context=ctx_dir, dockerfile=df,
                                     build_args=recorded.build_args, target=recorded.target,
                                     epoch=recorded.source_date_epoch, progress=progress,
-                                    network=recorded.network)
+                                    # never the host's network because a
+                                    # (possibly hostile) provenance says so
+                                    network="none" if recorded.network == "host" else recorded.network)
         notes += source_changes(recorded, rebuild)
         result = compare(tstore, source, orig, rebuilt)
         return VerifyResult(**{**result.__dict__, "notes": tuple(notes)})

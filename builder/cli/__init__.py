@@ -27,7 +27,7 @@ COMMAND_MODULES: dict[str, str] = {
     "tag": "images", "rmi": "images",
     "gc": "maintenance", "prune": "maintenance", "fsck": "maintenance", "du": "maintenance",
     "pull": "registry", "push": "registry", "login": "registry", "logout": "registry",
-    "run": "run", "version": "version", "diff": "diff", "verify": "verify",
+    "run": "run", "version": "version", "diff": "diff", "verify": "verify", "unshare": "unshare",
     **dict.fromkeys(["ps", "logs", "stop", "kill", "rm", "exec", "commit"], "containers"),
 }
 

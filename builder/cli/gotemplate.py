@@ -325,6 +325,8 @@ class _Exec:
             raise TemplateError(f"error calling {name}: {e}") from None
         except TypeError:
             raise TemplateError(f"wrong number of args for {name}: got {len(args)}") from None
+        except ValueError as e:  # e.g. pad/truncate given a word where a number belongs
+            raise TemplateError(f"error calling {name}: {e}") from None
 
     def run(self, nodes: list[Node], dot: Any, scope: dict[str, Any], out: list[str]) -> None:
         for n in nodes:

@@ -59,6 +59,8 @@ def parse_env_file(path: str) -> list[str]:
         text = Path(path).read_text()
     except OSError as exc:
         raise ContainerError(f"cannot read env file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ContainerError(f"env file {path} is not UTF-8 text") from None
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.lstrip()

@@ -18,6 +18,7 @@ import base64
 import json
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,14 +86,17 @@ def _decode_auth(entry: dict, path: Path) -> Credentials | None:
         return None
     try:
         user, _, password = base64.b64decode(auth).decode().partition(":")
-    except ValueError:
+    except (ValueError, TypeError):
         raise CredentialError(f"credentials file {path}: an 'auth' entry is not base64 of user:password",
                               path=str(path)) from None
     return Credentials(user, password)
 
 
 def _from_auths(data: dict, host: str, path: Path) -> Credentials | None:
-    for key, entry in (data.get("auths") or {}).items():
+    auths = data.get("auths")
+    if not isinstance(auths, dict):
+        return None
+    for key, entry in auths.items():
         if isinstance(entry, dict) and _key_matches(key, host):
             found = _decode_auth(entry, path)
             if found:
@@ -150,8 +154,9 @@ def find_credentials(host: str) -> Credentials | None:
 
 def _write_private_json(path: Path, data: dict) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    # exclusive and unguessable: the file's dir may be shared with other users
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent="\t")

@@ -126,6 +126,10 @@ def choose_manifest(index: dict, want: Platform, where: str) -> str:
     offered = []
     fallback = None
     for e in entries:
+        if not isinstance(e, dict):
+            continue
+        if not isinstance(e.get("digest"), str):
+            raise CorruptContent(f"{where}: index entry without a digest")
         p = e.get("platform") or {}
         if not isinstance(p, dict):
             continue

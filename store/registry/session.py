@@ -309,8 +309,10 @@ class RegistrySession:
                 resp.close()
 
     def _same_origin(self, url: str) -> bool:
-        return httpx.URL(url).netloc.decode("ascii", "replace") == httpx.URL(self.base_url()).netloc.decode(
-            "ascii", "replace")
+        """Same scheme, host and port as the registry (never credentials to another
+        host, nor over plain HTTP when the registry speaks HTTPS)."""
+        a, b = httpx.URL(url), httpx.URL(self.base_url())
+        return (a.scheme, a.netloc) == (b.scheme, b.netloc)
 
     def error_for(self, resp: httpx.Response, method: str, path: str) -> RegistryError:
         try:
