@@ -260,6 +260,8 @@ def _strings(value: Any) -> list[str]:
         return []
     if isinstance(value, str):
         return [value]
+    if not isinstance(value, list):
+        raise BuildError(f"expected a string or a list in the compose file, got {value!r}")
     return [str(v) for v in value]
 
 
@@ -340,11 +342,15 @@ def _service_target(name: str, service: dict, build: Any, secrets: dict, env: Ma
 
 
 def _split(value: Any) -> list[str]:
-    return value.split() if isinstance(value, str) else [str(v) for v in value]
+    if isinstance(value, str):
+        return value.split()
+    return _strings(value)
 
 
 def _secret(service: str, item: Any, secrets: dict, project_dir: Path) -> dict[str, str]:
     source = item.get("source") if isinstance(item, dict) else str(item)
+    if not isinstance(source, str):
+        raise BuildError(f"service {service!r}: a secret's source must be a name, got {source!r}")
     spec = secrets.get(source)
     if not isinstance(spec, dict):
         raise BuildError(f"service {service!r} refers to undefined secret {source}")

@@ -475,3 +475,15 @@ def test_malformed_definitions_are_one_clear_error(tmp_path, name, text):
     assert run.code == 1, (run.code, run.stdout, run.stderr)
     assert run.stderr.startswith("lamina: ") and "internal error" not in run.stderr, run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+@pytest.mark.parametrize("build", ["tags: 5", "ssh: 5", "x-bake: {tags: 5}",
+                                   "secrets: [{source: [a]}]"])
+def test_compose_values_of_the_wrong_type_are_one_clear_error(tmp_path, build):
+    (tmp_path / "compose.yaml").write_text(
+        f"services:\n  a:\n    build:\n      context: .\n      {build}\n"
+        "secrets:\n  a:\n    file: ./a\n")
+    run = lamina(tmp_path / "store", "bake", "--print", "-f", str(tmp_path / "compose.yaml"))
+    assert run.code == 1
+    assert "internal error" not in run.stderr and "Traceback" not in run.stderr
+    assert run.stderr.startswith("lamina: ")
