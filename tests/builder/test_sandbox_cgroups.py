@@ -105,13 +105,20 @@ def test_step_runs_in_its_own_cgroup_with_the_limits(busybox_rootfs, step_dirs):
         for controller in ("pids", "memory", "devices", "freezer"):
             (d,) = _step_dirs(controller)
             found[controller] = d
-        procs = (found["pids"] / "cgroup.procs").read_text().split()
+        # the step's shell may be forking meanwhile: read the hierarchies until two
+        # reads in a row agree (each controller's file is read at another instant)
+        for _ in range(100):
+            procs = sorted((found["pids"] / "cgroup.procs").read_text().split())
+            same = all(sorted((d / "cgroup.procs").read_text().split()) == procs
+                       for d in found.values())
+            if same:
+                break
+            time.sleep(0.01)
         return {"dirs": found, "procs": len(procs),
                 "pids.max": (found["pids"] / "pids.max").read_text().strip(),
                 "memory": (found["memory"] / "memory.limit_in_bytes").read_text().strip(),
                 "devices": (found["devices"] / "devices.list").read_text().split("\n"),
-                "same_procs": all((d / "cgroup.procs").read_text().split() == procs
-                                  for d in found.values())}
+                "same_procs": same}
 
     code, out, seen = _run_watching(
         busybox_rootfs, step_dirs,
