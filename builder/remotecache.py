@@ -324,7 +324,7 @@ class RemoteCache:
             return
         self._records[str(key)] = rc.CacheRecord(
             key=str(key), diff_id=layer.diff_id if layer else None, parent=parent,
-            position=self.position(stage, step), inputs=inputs.to_json(), created=time.time(),
+            position=self.position(stage, step), inputs=inputs.sealed().to_json(), created=time.time(),
             epoch=self._hit_epochs.get(str(key)))
         if layer is not None:
             self._layers[layer.diff_id] = layer

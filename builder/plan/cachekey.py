@@ -10,12 +10,20 @@ is described by its id and target only.
 
 The executor stores the inputs of the last build for each step position and, on a
 miss, `explain_miss(previous, current)` says which input changed.
+
+Inputs that leave the machine (an exported build cache) are `sealed()` first: every
+value that can carry a build arg (the instruction text, env, args, flag values, user,
+workdir, mount specs) becomes a salted HMAC, so a registry cache of a builder stage
+never shows the token an ARG passed it. `explain_miss` compares a sealed value by
+sealing the current one with the same salt and names the change without values.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
@@ -114,6 +122,25 @@ class CacheInputs:
     def key(self) -> CacheKey:
         return CacheKey(hashlib.sha256(self.canonical()).hexdigest())
 
+    def sealed(self, salt: str | None = None) -> "CacheInputs":
+        """These inputs with every value that can hold a build arg or secret replaced
+        by `sealed_value` (names, file digests, parents, shell and platform stay): what
+        an exported cache record carries. One random salt per record unless given."""
+        salt = salt or secrets.token_hex(8)
+
+        def seal(value: str) -> str:
+            return value if is_sealed(value) else sealed_value(salt, value)
+
+        return CacheInputs(
+            parent=self.parent, instruction=seal(self.instruction),
+            flags=tuple((k, seal(v)) for k, v in self.flags),
+            env=tuple((k, seal(v)) for k, v in self.env),
+            args=tuple((k, seal(v)) for k, v in self.args),
+            user=seal(self.user), workdir=seal(self.workdir), shell=self.shell,
+            content=self.content, files=self.files, sources=self.sources,
+            mounts=tuple(seal(m) for m in self.mounts), network=self.network,
+            platform=self.platform)
+
     def to_json(self) -> str:
         """A storable form (the executor keeps the last build's inputs per step)."""
         # every field is a str or a flat tuple (of str or of pairs): no deep copy needed
@@ -139,6 +166,27 @@ class CacheInputs:
 
 _PAIR_FIELDS = frozenset({"flags", "env", "args", "files", "sources"})
 
+_SEALED = "sealed:hmac-sha256:"
+
+
+def sealed_value(salt: str, value: str) -> str:
+    """`value` as `sealed:hmac-sha256:SALT:MAC` (MAC = HMAC-SHA256 keyed by SALT)."""
+    mac = hmac.new(salt.encode("utf-8"), value.encode("utf-8", "surrogateescape"),
+                   hashlib.sha256).hexdigest()
+    return f"{_SEALED}{salt}:{mac}"
+
+
+def is_sealed(value: str) -> bool:
+    return value.startswith(_SEALED)
+
+
+def _same(before: str, after: str) -> bool:
+    """Whether a recorded value (sealed or plain) and a current one are equal."""
+    if is_sealed(before) and not is_sealed(after):
+        salt = before[len(_SEALED):].rpartition(":")[0]
+        return hmac.compare_digest(sealed_value(salt, after), before)
+    return before == after
+
 
 def _q(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
@@ -149,11 +197,14 @@ def _diff_pairs(label: str, before: Pairs, after: Pairs) -> list[str]:
     out = []
     for name in sorted(set(old) | set(new)):
         if name not in old:
-            out.append(f"{label} {name} added: {_q(new[name])}")
+            shown = "" if any(is_sealed(v) for v in old.values()) else f": {_q(new[name])}"
+            out.append(f"{label} {name} added{shown}")
         elif name not in new:
-            out.append(f"{label} {name} removed (was {_q(old[name])})")
-        elif old[name] != new[name]:
-            out.append(f"{label} {name} changed: {_q(old[name])} -> {_q(new[name])}")
+            out.append(f"{label} {name} removed" +
+                       ("" if is_sealed(old[name]) else f" (was {_q(old[name])})"))
+        elif not _same(old[name], new[name]):
+            out.append(f"{label} {name} changed" + (
+                "" if is_sealed(old[name]) else f": {_q(old[name])} -> {_q(new[name])}"))
     return out
 
 
@@ -183,7 +234,7 @@ def explain_miss(previous: CacheInputs | None, current: CacheInputs, *, limit: i
     if previous.key() == current.key():
         return "no input changed (the cached result is missing)"
     reasons: list[str] = []
-    if previous.instruction != current.instruction:
+    if not _same(previous.instruction, current.instruction):
         reasons.append("instruction text changed")
     reasons += _diff_pairs("flag", previous.flags, current.flags)
     reasons += _diff_pairs("ARG", previous.args, current.args)
@@ -200,11 +251,15 @@ def explain_miss(previous: CacheInputs | None, current: CacheInputs, *, limit: i
     for label, name in (("USER", "user"), ("WORKDIR", "workdir"), ("network", "network"),
                         ("platform", "platform")):
         before, after = getattr(previous, name), getattr(current, name)
-        if before != after:
+        if is_sealed(before):
+            if not _same(before, after):
+                reasons.append(f"{label} changed")
+        elif before != after:
             reasons.append(f"{label} changed: {_q(before)} -> {_q(after)}")
     if previous.shell != current.shell:
         reasons.append(f"SHELL changed: {list(previous.shell)} -> {list(current.shell)}")
-    if previous.mounts != current.mounts:
+    if len(previous.mounts) != len(current.mounts) or not all(
+            _same(a, b) for a, b in zip(previous.mounts, current.mounts)):
         reasons.append("mounts changed")
     old_src, new_src = dict(previous.sources), dict(current.sources)
     for name in sorted(set(old_src) | set(new_src)):
@@ -216,12 +271,12 @@ def explain_miss(previous: CacheInputs | None, current: CacheInputs, *, limit: i
                            f"{_describe_parent(current.parent)}")
         else:
             reasons.append("previous step changed")
-    if not reasons:  # pragma: no cover - every field is compared above
-        reasons.append("cache inputs changed")
+    if not reasons:  # only a sealed record can compare equal field by field
+        return "no input changed (the cached result is missing)"
     if len(reasons) > limit:
         reasons = reasons[:limit] + [f"and {len(reasons) - limit} more"]
     return "; ".join(reasons)
 
 
-__all__ = ["SCHEMA", "CacheKey", "CacheInputs", "explain_miss", "pairs",
+__all__ = ["SCHEMA", "CacheKey", "CacheInputs", "explain_miss", "is_sealed", "pairs",
            "parent_scratch", "parent_image", "parent_step"]

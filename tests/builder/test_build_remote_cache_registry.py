@@ -399,3 +399,44 @@ def test_bad_cache_flags_are_one_clear_error(tmp_path, flag, value, message):
     run = build(tmp_path / "s", ctx, flag, value)
     assert run.code != 0 and message in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
+
+
+SECRET_ARG = """\
+FROM scratch AS base
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+
+FROM base AS builder
+ARG TOKEN
+ENV MODE=release-$TOKEN
+RUN test -n "$TOKEN" && echo built > /out
+COPY greeting.txt /greeting-$TOKEN.txt
+
+FROM base
+COPY --from=builder /out /out
+"""
+
+
+def test_exported_cache_never_shows_build_arg_values(reg, tmp_path):
+    """A builder stage's ARG (a token, say) must not be readable from a mode=max cache
+    or an inline cache: the records carry sealed values; a miss is still explained."""
+    token = "tok3n-4f9c2e61d7"
+    ctx = _context(tmp_path / "ctx", SECRET_ARG)
+    layout, ref = tmp_path / "layout", f"{reg}/sealed/app:1"
+    build(tmp_path / "a", ctx, "--build-arg", f"TOKEN={token}", "-t", ref, "--push",
+          "--cache-to", f"type=local,dest={layout},mode=max", "--cache-to", "type=inline").check()
+    blobs = list((layout / "blobs" / "sha256").iterdir())
+    assert blobs
+    for blob in blobs:
+        assert token.encode() not in blob.read_bytes(), blob
+    assert token not in json.dumps(_image_manifest(ref))
+    # the same token in an empty store: every step hits
+    again = build(tmp_path / "b", ctx, "--build-arg", f"TOKEN={token}",
+                  "--cache-from", f"type=local,src={layout}").check()
+    _all_cached(again, ("COPY busybox", "--install", "test -n", "COPY --from=builder"))
+    # another token: the miss names the ARG, never either value
+    other = build(tmp_path / "c", ctx, "--build-arg", "TOKEN=other-value",
+                  "--cache-from", f"type=local,src={layout}").check()
+    step = other.step("test -n")
+    assert not step.cached and step.miss == "ARG TOKEN changed; ENV MODE changed", other.stderr
+    assert token not in other.stderr

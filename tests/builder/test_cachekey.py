@@ -165,3 +165,40 @@ def test_explain_added_removed_args_and_limit():
 def test_explain_first_build_and_same_inputs():
     assert explain_miss(None, BASE) == "not built before"
     assert "no input changed" in explain_miss(BASE, BASE)
+
+
+# ----------------------------------------------------------------- sealed records
+
+def test_sealed_inputs_hide_every_value_that_can_carry_an_arg():
+    secret = "hunter2-secret"
+    inputs = dataclasses.replace(BASE, instruction=f"COPY a /{secret}", args={"TOKEN": secret},
+                                 env={"PATH": "/bin", "TOKEN": secret}, flags={"chown": secret},
+                                 user=secret, workdir=f"/{secret}", mounts=(f"type=cache,id={secret}",))
+    sealed = inputs.sealed()
+    assert secret not in sealed.to_json()
+    assert dict(sealed.args).keys() == {"TOKEN"} and sealed.parent == inputs.parent
+    assert sealed.files == inputs.files and sealed.content == inputs.content
+    # the same values compare equal through the seal; a fresh salt per record
+    assert explain_miss(sealed, inputs) == "no input changed (the cached result is missing)"
+    assert inputs.sealed().args != sealed.args
+    assert CacheInputs.from_json(sealed.to_json()) == sealed
+
+
+def test_explain_against_a_sealed_record_names_changes_without_values():
+    sealed = BASE.sealed()
+    now = dataclasses.replace(BASE, args={"GREETING": "hi", "NEW": "1"}, user="0",
+                              instruction="RUN other")
+    reasons = explain_miss(sealed, now, limit=10).split("; ")
+    assert reasons == ["instruction text changed", "ARG GREETING changed", "ARG NEW added",
+                       "USER changed"]
+    gone = dataclasses.replace(BASE, args={})
+    assert explain_miss(sealed, gone) == "ARG GREETING removed"
+    assert "hello" not in explain_miss(sealed, dataclasses.replace(BASE, env={"PATH": "/x"}), limit=10)
+
+
+@given(st.text(), st.text())
+def test_sealed_value_matches_exactly_its_value(a, b):
+    from lamina.builder.plan.cachekey import _same, sealed_value
+
+    assert _same(sealed_value("salt", a), a)
+    assert _same(sealed_value("salt", a), b) == (a == b)
