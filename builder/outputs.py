@@ -124,9 +124,11 @@ def write_output(store: Store, image: Image, out: Output, *, epoch: int | None =
             _rootfs_tar(store, image, f.fileno(), epoch)
         with open(tmp, "rb") as f:
             # rootless (builder.sandbox.userns): the files are the user's, as BuildKit's
-            # client writes them; the image's owners would be subordinate IDs on the host
-            extract_tar(f, dest, same_owner=False if os.environ.get("LAMINA_ROOTLESS") in
-                        ("subids", "single") else None)
+            # client writes them (the image's owners would be subordinate IDs on the host),
+            # without setuid/setgid bits, as an unprivileged tar extracts them: a setuid
+            # file of the user's own would let anyone who can reach DEST act as the user
+            rootless = os.environ.get("LAMINA_ROOTLESS") in ("subids", "single")
+            extract_tar(f, dest, same_owner=False if rootless else None, drop_setid=rootless)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -19,7 +19,7 @@ Owns the one place where bytes from outside (an imported or pulled layer) become
   from the tar are dropped (they would steer overlayfs); in a user namespace (rootless,
   store.overlayform) the opaque marker is user.overlay.opaque=y and user.overlay.* from
   the tar is dropped too;
-- owner (when root), mode, xattrs and mtime are set on every member, in the order that
+- owner (when root), mode (setuid/setgid cleared on request), xattrs and mtime are set on every member, in the order that
   keeps them (chown before chmod and before security.capability); directory mode and
   mtime are applied last, children first.
 
@@ -117,12 +117,13 @@ def normalise(name: bytes, member: bytes) -> Components:
 
 class _Extractor:
     def __init__(self, dest: Path, allow_devices: bool, mirror=None,
-                 same_owner: bool | None = None) -> None:
+                 same_owner: bool | None = None, drop_setid: bool = False) -> None:
         self.mirror = mirror  # a store.tarwrite.TarMirror, told about every member
         self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.dest = str(dest)
         self.allow_devices = allow_devices
         self.same_owner = os.geteuid() == 0 if same_owner is None else same_owner
+        self.mode_bits = 0o1777 if drop_setid else 0o7777
         self.dirs: dict[Components, Entry] = {}  # deferred dir mode/mtime, first-seen order
         self.seen: set[Components] = set()  # non-directory members, for hard links
         self._cache: tuple[Components, int] | None = None
@@ -285,7 +286,7 @@ class _Extractor:
         self.remove(parent, name)
         os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
         self.chown(e, parent=parent, name=name)
-        os.chmod(name, e.mode & 0o7777, dir_fd=parent)
+        os.chmod(name, e.mode & self.mode_bits, dir_fd=parent)
         self.set_mtime(e, parent=parent, name=name)
         self._check(parent, name)
 
@@ -357,7 +358,7 @@ class _Extractor:
                 if tee:
                     self.mirror.end_data(n)
                 self.chown(e, fd=fd)
-                os.fchmod(fd, e.mode & 0o7777)
+                os.fchmod(fd, e.mode & self.mode_bits)
                 self.set_xattrs(e, fd=fd)
                 self.set_mtime(e, fd=fd)
                 if self.mirror is not None and self.mirror.checking:
@@ -389,7 +390,7 @@ class _Extractor:
                 os.mknod(last, kind | 0o600, os.makedev(e.devmajor, e.devminor), dir_fd=parent)
             self.chown(e, parent=parent, name=last)
             # just created by us in a pinned dir; chmod cannot take AT_SYMLINK_NOFOLLOW here
-            os.chmod(last, e.mode & 0o7777, dir_fd=parent)
+            os.chmod(last, e.mode & self.mode_bits, dir_fd=parent)
             self.set_xattrs(e, parent=parent, name=last)
             self.set_mtime(e, parent=parent, name=last)
             self._check(parent, last)
@@ -407,7 +408,7 @@ class _Extractor:
                     self.mirror.stop("directory replaced by a later member")
                 continue  # replaced by a later member
             try:
-                os.fchmod(fd, e.mode & 0o7777)
+                os.fchmod(fd, e.mode & self.mode_bits)
                 self.set_mtime(e, fd=fd)
                 if self.mirror is not None:
                     self.mirror.check_dir(comps, fd)
@@ -417,15 +418,17 @@ class _Extractor:
 
 
 def extract_tar(stream: BinaryIO, dest: Path, *, allow_devices: bool = True, mirror=None,
-                same_owner: bool | None = None) -> None:
+                same_owner: bool | None = None, drop_setid: bool = False) -> None:
     """Extract the uncompressed OCI layer tar `stream` into the existing directory
     `dest`, converting OCI whiteouts to overlay form. Reads up to the end-of-archive
     marker (not beyond). UnsafeArchive / CorruptContent name the offending member.
     `mirror` (a store.tarwrite.TarMirror) is shown every member and its data, and
     checks each extracted file against the entry it wrote (one pass for import).
-    `same_owner`: give files the members' owners (default: when running as root)."""
+    `same_owner`: give files the members' owners (default: when running as root).
+    `drop_setid`: clear setuid/setgid bits (files that end up the extracting user's own,
+    where a setuid bit would lend that user's identity to whoever runs them)."""
     reader = TarReader(stream)
-    ex = _Extractor(dest, allow_devices, mirror, same_owner)
+    ex = _Extractor(dest, allow_devices, mirror, same_owner, drop_setid)
     try:
         while True:
             e = reader.next()

@@ -228,6 +228,25 @@ def test_extract_replaces_and_dir_metadata_after_children(tmp_path):
     assert (dest / "x").read_bytes() == b"!"
 
 
+def test_extract_drop_setid_clears_only_setuid_and_setgid(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, mode, kind in (("d", 0o3775, tarfile.DIRTYPE), ("d/su", 0o4755, tarfile.REGTYPE),
+                                 ("d/sg", 0o2711, tarfile.REGTYPE), ("t", 0o1777, tarfile.DIRTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = kind, mode
+            tf.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    modes = {}
+    for drop in (False, True):
+        dest = tmp_path / f"dest{drop}"
+        dest.mkdir()
+        buf.seek(0)
+        extract_tar(buf, dest, drop_setid=drop)
+        modes[drop] = {n: stat.S_IMODE(os.lstat(dest / n).st_mode) for n in ("d", "d/su", "d/sg", "t")}
+    assert modes[False] == {"d": 0o3775, "d/su": 0o4755, "d/sg": 0o2711, "t": 0o1777}
+    assert modes[True] == {"d": 0o1775, "d/su": 0o755, "d/sg": 0o711, "t": 0o1777}
+
+
 def test_extract_whiteout_replaces_existing(tmp_path):
     dest = tmp_path / "dest"
     (dest / "victim").mkdir(parents=True)
