@@ -20,57 +20,110 @@ from pathlib import Path
 
 from lamina.builder.containers.logs import rfc3339_nano
 from lamina.builder.containers.state import Container
+from lamina.builder.errors import BuildError
 from lamina.store.images import Image
 from lamina.store.locks import remove_tree
 from lamina.store.store import Store
 
 
-def copy_tree(src: Path, dst: Path) -> None:
-    """Copy `src` into the new dir `dst` exactly (never following symlinks)."""
-    links: dict[tuple[int, int], str] = {}
-    dirs: list[tuple[str, os.stat_result]] = []
+_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
-    def meta(path: str, st: os.stat_result, src_path: str) -> None:
-        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
-        if not stat.S_ISLNK(st.st_mode):
-            os.chmod(path, stat.S_IMODE(st.st_mode))
+
+class CommitRace(BuildError):
+    """An entry of a running container changed type while its upper dir was copied."""
+
+
+def _pinned(fd: int) -> str:
+    """The path of the inode `fd` holds (an O_PATH fd), through /proc: opening it
+    reopens that inode, whatever its name points at now."""
+    return f"/proc/self/fd/{fd}"
+
+
+def _xattrs(path: str, follow: bool) -> list[tuple[str, bytes]]:
+    try:
+        return [(n, os.getxattr(path, n, follow_symlinks=follow))
+                for n in os.listxattr(path, follow_symlinks=follow)]
+    except OSError:
+        return []
+
+
+def _meta(path: str, st: os.stat_result, xattrs: list[tuple[str, bytes]]) -> None:
+    os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+    for name, value in xattrs:
         try:
-            for name in os.listxattr(src_path, follow_symlinks=False):
-                os.setxattr(path, name, os.getxattr(src_path, name, follow_symlinks=False),
-                            follow_symlinks=False)
+            os.setxattr(path, name, value, follow_symlinks=False)
         except OSError:
             pass
-        if not stat.S_ISDIR(st.st_mode):
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
-    st = os.lstat(src)
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy `src` into the new dir `dst` exactly, never following a symlink.
+
+    `src` may belong to a running container whose processes rename and replace its
+    entries while we copy: every directory is walked from a pinned fd, every entry
+    opened O_PATH|O_NOFOLLOW relative to it and examined through that fd (its type and
+    metadata, its content reopened through /proc/self/fd), so a directory swapped for a
+    symlink to a host path can only ever be copied as that symlink."""
+    links: dict[tuple[int, int], str] = {}
+    dirs: list[tuple[str, os.stat_result]] = []
+    root = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(root)
     os.mkdir(dst, 0o700)
-    meta(str(dst), st, str(src))
+    _meta(str(dst), st, _xattrs(_pinned(root), True))
     dirs.append((str(dst), st))
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        out_dir = os.path.normpath(os.path.join(dst, rel))
-        for name in dirnames + filenames:
-            s = os.path.join(dirpath, name)
-            d = os.path.join(out_dir, name)
-            st = os.lstat(s)
-            mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                os.mkdir(d, 0o700)
-                dirs.append((d, st))
-            elif stat.S_ISLNK(mode):
-                os.symlink(os.readlink(s), d)
-            elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
-                os.link(links[(st.st_dev, st.st_ino)], d)
+    stack = [(root, str(dst), iter(sorted(os.listdir(root))))]
+    try:
+        while stack:
+            dfd, out_dir, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                os.close(dfd)
+                stack.pop()
                 continue
-            elif stat.S_ISREG(mode):
-                shutil.copyfile(s, d, follow_symlinks=False)
-                if st.st_nlink > 1:
-                    links[(st.st_dev, st.st_ino)] = d
-            else:
-                os.mknod(d, mode, st.st_rdev)
-            meta(d, st, s)
-        # os.walk does not descend into symlinked dirs (followlinks=False): good
+            try:
+                fd = os.open(name, _PATH, dir_fd=dfd)
+            except FileNotFoundError:
+                raise CommitRace(f"/{os.path.relpath(os.path.join(out_dir, name), dst)} was removed while the container was "
+                                 f"committed: commit again, or stop the container first") from None
+            try:
+                st = os.fstat(fd)
+                mode, d = st.st_mode, os.path.join(out_dir, name)
+                if stat.S_ISDIR(mode):
+                    sub = os.open(_pinned(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    os.mkdir(d, 0o700)
+                    _meta(d, st, _xattrs(_pinned(sub), True))
+                    dirs.append((d, st))
+                    stack.append((sub, d, iter(sorted(os.listdir(sub)))))
+                    continue
+                if stat.S_ISLNK(mode):
+                    try:
+                        target = os.readlink(name, dir_fd=dfd)
+                    except OSError:
+                        raise CommitRace(f"/{os.path.relpath(d, dst)} changed while the container was committed: "
+                                         f"commit again, or stop the container first") from None
+                    os.symlink(target, d)
+                    _meta(d, st, _xattrs(f"{_pinned(dfd)}/{name}", False))
+                    continue
+                if st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
+                    os.link(links[(st.st_dev, st.st_ino)], d)
+                    continue
+                if stat.S_ISREG(mode):
+                    with open(_pinned(fd), "rb") as f_in, open(d, "xb") as f_out:
+                        shutil.copyfileobj(f_in, f_out, 1 << 20)
+                    if st.st_nlink > 1:
+                        links[(st.st_dev, st.st_ino)] = d
+                else:  # fifo, socket, device: made, never opened
+                    os.mknod(d, mode, st.st_rdev)
+                _meta(d, st, _xattrs(_pinned(fd), True))
+            finally:
+                os.close(fd)
+    finally:
+        for dfd, _, _ in stack:
+            os.close(dfd)
     for d, st in reversed(dirs):
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
 
