@@ -1,7 +1,14 @@
-"""A layer's diff_id computed while its compressed bytes arrive (a download), in a
-thread beside the one receiving them: the chunks pass through a bounded queue to a
-thread that decompresses, hashes and walks the tar (as layers.diff_id_of does), so
-decompression overlaps the transfer instead of following it.
+"""A layer's diff_id computed while its compressed bytes arrive (a download), beside the
+thread receiving them, in two more threads so that the work spreads over the cores:
+
+    receiving thread --chunks--> inflate thread --blocks--> scan thread
+    (store.registry)             (gzip/zstd/plain:          (sha256 of the tar,
+                                  store.decompress)          store.tarformat.TarScan)
+
+Decompression (isal/zstandard) and hashing (OpenSSL) release the GIL, and TarScan walks
+the tar headers without copying member data, so the layer is checked about as fast as
+it can be decompressed - the same checks as layers.diff_id_of (every header, checksum,
+size, PAX record, the end-of-archive marker): a damaged layer is refused as it arrives.
 
     digest = LayerDigester()
     for chunk in chunks: digest.feed(chunk)
@@ -12,13 +19,16 @@ decompression overlaps the transfer instead of following it.
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 
-from lamina.store.decompress import PrefixedReader, detect
-from lamina.store.layers import diff_id_of
+from lamina.store.decompress import PrefixedReader, detect, open_decompressed
+from lamina.store.tarformat import TarScan
 
-QUEUE_CHUNKS = 32
+QUEUE_CHUNKS = 32          # compressed chunks waiting for the inflate thread
+QUEUE_BLOCKS = 8           # decompressed blocks waiting for the scan thread
+BLOCK_SIZE = 1 << 20       # decompressed bytes handed over at once
 
 
 class _QueueReader:
@@ -26,20 +36,32 @@ class _QueueReader:
 
     def __init__(self, q: "queue.Queue[bytes | None]") -> None:
         self._q = q
-        self._buf = b""
+        self._buf = bytearray()
         self._eof = False
 
     def read(self, n: int = -1) -> bytes:
-        while not self._eof and (n < 0 or len(self._buf) < n):
+        if n is not None and 0 <= n <= len(self._buf):
+            data = bytes(self._buf[:n])
+            del self._buf[:n]
+            return data
+        if not self._buf and not self._eof and n is not None and n >= 0:
+            chunk = self._q.get()  # the common case: hand a whole chunk on, uncopied
+            if chunk is None:
+                self._eof = True
+                return b""
+            if len(chunk) <= n:
+                return chunk
+            self._buf += chunk
+            return self.read(n)
+        while not self._eof and (n is None or n < 0 or len(self._buf) < n):
             chunk = self._q.get()
             if chunk is None:
                 self._eof = True
             else:
                 self._buf += chunk
-        if n < 0:
-            data, self._buf = self._buf, b""
-        else:
-            data, self._buf = self._buf[:n], self._buf[n:]
+        size = len(self._buf) if n is None or n < 0 else min(n, len(self._buf))
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
         return data
 
     def readable(self) -> bool:
@@ -49,47 +71,90 @@ class _QueueReader:
         while not self._eof:
             if self._q.get() is None:
                 self._eof = True
-        self._buf = b""
+        self._buf = bytearray()
 
 
 class LayerDigester:
     def __init__(self) -> None:
-        self._q: "queue.Queue[bytes | None]" = queue.Queue(maxsize=QUEUE_CHUNKS)
-        self._result: tuple[str, int, str] | None = None
-        self._error: BaseException | None = None
+        self._chunks: "queue.Queue[bytes | None]" = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._blocks: "queue.Queue[bytes | None]" = queue.Queue(maxsize=QUEUE_BLOCKS)
+        self._kind = "none"
+        self._result: tuple[str, int] | None = None
+        self._inflate_error: BaseException | None = None
+        self._scan_error: BaseException | None = None
+        self._scan_failed_early = False  # a bad header, not an early end of the stream
+        self._stop = threading.Event()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="layer-digest", daemon=True)
-        self._thread.start()
+        self._inflate = threading.Thread(target=self._run_inflate, name="layer-inflate", daemon=True)
+        self._scan = threading.Thread(target=self._run_scan, name="layer-scan", daemon=True)
+        self._inflate.start()
+        self._scan.start()
 
-    def _run(self) -> None:
-        reader = _QueueReader(self._q)
+    def _run_inflate(self) -> None:
+        reader = _QueueReader(self._chunks)
         try:
             head = reader.read(6)
-            kind = detect(head)
-            diff_id, size = diff_id_of(PrefixedReader(head, reader))
-            self._result = (diff_id, size, kind)
+            self._kind = detect(head)
+            stream = open_decompressed(PrefixedReader(head, reader))
+            while not self._stop.is_set():
+                block = stream.read(BLOCK_SIZE)
+                if not block:
+                    break
+                self._blocks.put(block)
         except BaseException as e:  # noqa: BLE001 - reported by finish()
-            self._error = e
+            self._inflate_error = e
         finally:
-            reader.drain()  # never leave the feeding thread blocked on a full queue
+            self._blocks.put(None)
+            reader.drain()  # never leave the receiving thread blocked on a full queue
+
+    def _run_scan(self) -> None:
+        sha, size, scan = hashlib.sha256(), 0, TarScan()
+        try:
+            while True:
+                block = self._blocks.get()
+                if block is None:
+                    break
+                sha.update(block)
+                size += len(block)
+                if not scan.ended:
+                    try:
+                        scan.feed(block)
+                    except BaseException:
+                        self._scan_failed_early = True
+                        raise
+            scan.finish()
+            self._result = ("sha256:" + sha.hexdigest(), size)
+        except BaseException as e:  # noqa: BLE001 - reported by finish()
+            self._scan_error = e
+            self._stop.set()
+            while self._blocks.get() is not None:  # let the inflate thread end
+                pass
 
     def feed(self, chunk: bytes) -> None:
         if chunk and not self._closed:
-            self._q.put(chunk)
+            self._chunks.put(chunk)
 
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._q.put(None)
-        self._thread.join()
+            self._chunks.put(None)
+        self._inflate.join()
+        self._scan.join()
 
     def finish(self) -> tuple[str, int, str]:
         """(diff_id, uncompressed size, compression kind) of everything fed."""
         self._close()
-        if self._error is not None:
-            raise self._error
+        # the first fault in stream order: a bad tar header before the point where
+        # decompression failed, else the decompression error, else the tar's
+        if self._scan_error is not None and self._scan_failed_early:
+            raise self._scan_error
+        if self._inflate_error is not None:
+            raise self._inflate_error
+        if self._scan_error is not None:
+            raise self._scan_error
         assert self._result is not None
-        return self._result
+        return (*self._result, self._kind)
 
     def abandon(self) -> None:
+        self._stop.set()
         self._close()

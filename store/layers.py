@@ -20,7 +20,7 @@ from lamina.store.compression import (Compression, PrefixedReader, compress_stre
                                kind_for_media_type, media_type_for, open_decompressed)
 from lamina.store.errors import CorruptContent
 from lamina.store.tarextract import extract_tar
-from lamina.store.tarformat import TarReader
+from lamina.store.tarformat import TarScan
 from lamina.store.tarwrite import TarMirror, write_tar
 
 DEFAULT_COMPRESSION: Compression = "zstd"
@@ -170,10 +170,14 @@ def diff_id_of(stream: BinaryIO) -> tuple[str, int]:
     end-of-archive marker): CorruptContent if it is not a valid tar, so a damaged
     layer is refused when it arrives, not when a build first extracts it."""
     r = HashingReader(open_decompressed(stream))
-    reader = TarReader(r)
-    while reader.next() is not None:
-        pass
-    r.drain()  # the rest of the end marker and any record padding
+    scan = TarScan()
+    while True:
+        block = r.read(CHUNK)
+        if not block:
+            break
+        if not scan.ended:
+            scan.feed(block)
+    scan.finish()
     return r.digest(), r.size
 
 

@@ -210,6 +210,187 @@ def _pax_mtime_ns(value: bytes) -> int:
     return -ns if neg else ns
 
 
+def _check_header(block: bytes, start: int) -> tuple[bytes, int]:
+    """(typeflag, size field) of the non-zero header `block` at stream offset `start`;
+    CorruptContent for a bad checksum or size."""
+    stored = _parse_number(block[148:156], "checksum")
+    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    if stored != unsigned:
+        signed = sum(b - 256 if b > 127 else b for b in block[:148]) + 256 + \
+            sum(b - 256 if b > 127 else b for b in block[156:])
+        if stored != signed:
+            raise CorruptContent(f"tar header at byte {start} has a bad checksum")
+    size = _parse_number(block[124:136], "size")
+    if size < 0:
+        raise CorruptContent(f"tar header at byte {start} has a negative size")
+    return block[156:157], size
+
+
+def _entry(block: bytes, typeflag: bytes, size: int, merged: dict[bytes, bytes],
+           longname: bytes | None, longlink: bytes | None) -> Entry:
+    """The Entry of member header `block` with its PAX records (global and local,
+    `merged`) and GNU long names applied; CorruptContent for a field that is invalid."""
+    for key in merged:
+        if key.startswith(b"GNU.sparse."):
+            raise CorruptContent("tar member is a sparse file (not supported)")
+    if typeflag == b"S":
+        raise CorruptContent("tar member is a GNU sparse file (not supported)")
+    name = _cstr(block[0:100])
+    if block[257:262] == b"ustar":
+        prefix = _cstr(block[345:500])
+        if prefix and block[257:265] == b"ustar\x0000":
+            name = prefix + b"/" + name
+    linkname = _cstr(block[157:257])
+    if longname is not None:
+        name = longname
+    if longlink is not None:
+        linkname = longlink
+    e = Entry(
+        name=merged.get(b"path", name),
+        type=AREGTYPE if typeflag == AREGTYPE else typeflag,
+        mode=_parse_number(block[100:108], "mode") & 0o7777,
+        uid=_parse_number(block[108:116], "uid"),
+        gid=_parse_number(block[116:124], "gid"),
+        size=size,
+        mtime=_parse_number(block[136:148], "mtime"),
+        linkname=merged.get(b"linkpath", linkname),
+        devmajor=_parse_number(block[329:337], "devmajor") if block[257:262] == b"ustar" else 0,
+        devminor=_parse_number(block[337:345], "devminor") if block[257:262] == b"ustar" else 0,
+    )
+    e.mtime_ns = e.mtime * 10**9
+    if b"uid" in merged:
+        e.uid = _pax_int(merged[b"uid"], "uid")
+    if b"gid" in merged:
+        e.gid = _pax_int(merged[b"gid"], "gid")
+    if b"size" in merged:
+        e.size = _pax_int(merged[b"size"], "size")
+        if e.size < 0:
+            raise CorruptContent("tar PAX size is negative")
+    if b"mtime" in merged:
+        e.mtime_ns = _pax_mtime_ns(merged[b"mtime"])
+        e.mtime = e.mtime_ns // 10**9
+    pre = XATTR_PREFIX.encode()
+    for key, value in merged.items():
+        if key.startswith(pre):
+            e.xattrs[key[len(pre):]] = value
+    if e.type in (REGTYPE, AREGTYPE, CONTTYPE):
+        if e.type == AREGTYPE and e.name.endswith(b"/"):
+            e.type = DIRTYPE
+        else:
+            e.type = REGTYPE
+    return e
+
+
+def _data_size(e: Entry) -> int:
+    """Bytes of data that follow the header of `e` (before padding): regular files and
+    members of unknown type carry data (as tarfile and GNU tar read them)."""
+    return e.size if e.type == REGTYPE or e.type not in _NO_DATA_TYPES else 0
+
+
+_EXTENDED = {PAX_LOCAL: "PAX header", PAX_GLOBAL: "PAX global header",
+             GNU_LONGNAME: "GNU long name", GNU_LONGLINK: "GNU long link name"}
+
+
+class TarScan:
+    """Checks an uncompressed tar stream fed in pieces of any size exactly as TarReader
+    reads it - every header, checksum, number field, PAX record and GNU long name, up to
+    the end-of-archive marker - without copying member data: the walk of a layer that
+    arrives from a registry, where only validity matters. `feed()` raises CorruptContent
+    at the first bad header; `finish()` at the end of the stream raises it when the
+    stream stopped before its end-of-archive marker."""
+
+    def __init__(self) -> None:
+        self.offset = 0          # stream bytes consumed
+        self.ended = False       # the end-of-archive marker was seen
+        self._skip = 0           # member data + padding still to pass over
+        self._want = BLOCK       # size of the unit being collected: a header, or
+        self._extended: tuple[bytes, int] | None = None  # ... the data of this extended header
+        self._part = bytearray()
+        self._unit_start = 0
+        self._global: dict[bytes, bytes] = {}
+        self._pax: dict[bytes, bytes] = {}
+        self._longname: bytes | None = None
+        self._longlink: bytes | None = None
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        pos, n = 0, len(view)
+        while pos < n and not self.ended:
+            if self._skip:
+                k = min(self._skip, n - pos)
+                self._skip -= k
+                pos += k
+                self.offset += k
+                continue
+            if not self._part:
+                self._unit_start = self.offset
+            k = min(self._want - len(self._part), n - pos)
+            if not self._part and k == self._want:
+                unit = bytes(view[pos:pos + k])
+            else:
+                self._part += view[pos:pos + k]
+                if len(self._part) < self._want:
+                    self.offset += k
+                    return
+                unit, self._part = bytes(self._part), bytearray()
+            pos += k
+            self.offset += k
+            self._unit(unit)
+
+    def _pending(self) -> bool:
+        return bool(self._pax) or self._longname is not None or self._longlink is not None
+
+    def _unit(self, unit: bytes) -> None:
+        if self._extended is not None:
+            typeflag, size = self._extended
+            self._extended, self._want = None, BLOCK
+            self._apply(typeflag, unit)
+            self._skip = -size % BLOCK
+            return
+        start = self._unit_start
+        if unit == ZERO_BLOCK:
+            if self._pending():
+                raise CorruptContent(f"tar stream ends inside an extended header at byte {start}")
+            self.ended = True
+            return
+        typeflag, size = _check_header(unit, start)
+        what = _EXTENDED.get(typeflag)
+        if what is not None:
+            if size > MAX_META:
+                raise CorruptContent(f"tar {what} of {size} bytes is larger than allowed ({MAX_META})")
+            if size:
+                self._extended, self._want = (typeflag, size), size
+            else:
+                self._apply(typeflag, b"")
+            return
+        e = _entry(unit, typeflag, size, {**self._global, **self._pax}, self._longname, self._longlink)
+        self._pax, self._longname, self._longlink = {}, None, None
+        data = _data_size(e)
+        self._skip = data + (-data % BLOCK)
+
+    def _apply(self, typeflag: bytes, data: bytes) -> None:
+        if typeflag == PAX_LOCAL:
+            self._pax.update(parse_pax(data))
+        elif typeflag == PAX_GLOBAL:
+            self._global.update(parse_pax(data))
+        elif typeflag == GNU_LONGNAME:
+            self._longname = _cstr(data)
+        else:
+            self._longlink = _cstr(data)
+
+    def finish(self) -> None:
+        """The stream ended: CorruptContent unless the end-of-archive marker was seen."""
+        if self.ended:
+            return
+        if self.offset == 0:
+            raise CorruptContent("tar stream is empty")
+        if self._skip or self._part or self._extended is not None:
+            raise CorruptContent(f"tar stream is truncated at byte {self.offset}")
+        if self._pending():
+            raise CorruptContent(f"tar stream is truncated at byte {self.offset}")
+        raise CorruptContent(f"tar stream ends at byte {self.offset} without an end-of-archive marker")
+
+
 class TarReader:
     """Iterates the members of an uncompressed tar stream. After `next()` returns an
     Entry, its data is read with `read_data(sink)` or skipped automatically by the
@@ -291,17 +472,7 @@ class TarReader:
                 if pax or longname is not None or longlink is not None:
                     raise CorruptContent(f"tar stream ends inside an extended header at byte {start}")
                 return None
-            stored = _parse_number(block[148:156], "checksum")
-            unsigned = sum(block[:148]) + 256 + sum(block[156:])
-            if stored != unsigned:
-                signed = sum(b - 256 if b > 127 else b for b in block[:148]) + 256 + \
-                    sum(b - 256 if b > 127 else b for b in block[156:])
-                if stored != signed:
-                    raise CorruptContent(f"tar header at byte {start} has a bad checksum")
-            typeflag = block[156:157]
-            size = _parse_number(block[124:136], "size")
-            if size < 0:
-                raise CorruptContent(f"tar header at byte {start} has a negative size")
+            typeflag, size = _check_header(block, start)
             if typeflag == PAX_LOCAL:
                 pax.update(parse_pax(self._read_meta(size, "PAX header")))
                 continue
@@ -316,57 +487,8 @@ class TarReader:
                 continue
             break
 
-        merged = {**self._global, **pax}
-        for key in merged:
-            if key.startswith(b"GNU.sparse."):
-                raise CorruptContent("tar member is a sparse file (not supported)")
-        if typeflag == b"S":
-            raise CorruptContent("tar member is a GNU sparse file (not supported)")
-        name = _cstr(block[0:100])
-        if block[257:262] == b"ustar":
-            prefix = _cstr(block[345:500])
-            if prefix and block[257:265] == b"ustar\x0000":
-                name = prefix + b"/" + name
-        linkname = _cstr(block[157:257])
-        if longname is not None:
-            name = longname
-        if longlink is not None:
-            linkname = longlink
-        e = Entry(
-            name=merged.get(b"path", name),
-            type=AREGTYPE if typeflag == AREGTYPE else typeflag,
-            mode=_parse_number(block[100:108], "mode") & 0o7777,
-            uid=_parse_number(block[108:116], "uid"),
-            gid=_parse_number(block[116:124], "gid"),
-            size=size,
-            mtime=_parse_number(block[136:148], "mtime"),
-            linkname=merged.get(b"linkpath", linkname),
-            devmajor=_parse_number(block[329:337], "devmajor") if block[257:262] == b"ustar" else 0,
-            devminor=_parse_number(block[337:345], "devminor") if block[257:262] == b"ustar" else 0,
-        )
-        e.mtime_ns = e.mtime * 10**9
-        if b"uid" in merged:
-            e.uid = _pax_int(merged[b"uid"], "uid")
-        if b"gid" in merged:
-            e.gid = _pax_int(merged[b"gid"], "gid")
-        if b"size" in merged:
-            e.size = _pax_int(merged[b"size"], "size")
-            if e.size < 0:
-                raise CorruptContent("tar PAX size is negative")
-        if b"mtime" in merged:
-            e.mtime_ns = _pax_mtime_ns(merged[b"mtime"])
-            e.mtime = e.mtime_ns // 10**9
-        pre = XATTR_PREFIX.encode()
-        for key, value in merged.items():
-            if key.startswith(pre):
-                e.xattrs[key[len(pre):]] = value
-        if e.type in (REGTYPE, AREGTYPE, CONTTYPE):
-            if e.type == AREGTYPE and e.name.endswith(b"/"):
-                e.type = DIRTYPE
-            else:
-                e.type = REGTYPE
-        # data follows regular files and members of unknown type (as tarfile/GNU tar read)
-        data = e.size if e.type == REGTYPE or e.type not in _NO_DATA_TYPES else 0
+        e = _entry(block, typeflag, size, {**self._global, **pax}, longname, longlink)
+        data = _data_size(e)
         self._remaining, self._pad = data, -data % BLOCK
         return e
 

@@ -1,0 +1,100 @@
+"""TarScan (the push-fed tar check of a layer arriving from a registry) must accept and
+refuse exactly what TarReader does, whatever the pieces the stream arrives in."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lamina.store.errors import CorruptContent
+from lamina.store.tarformat import TarReader, TarScan
+
+
+def _reader_verdict(data: bytes) -> str:
+    try:
+        reader = TarReader(io.BytesIO(data))
+        while reader.next() is not None:
+            pass
+        return "ok"
+    except CorruptContent:
+        return "corrupt"
+
+
+def _scan_verdict(data: bytes, cuts: list[int]) -> str:
+    scan = TarScan()
+    try:
+        prev = 0
+        for cut in sorted({c % (len(data) + 1) for c in cuts}) + [len(data)]:
+            scan.feed(data[prev:cut])
+            prev = cut
+        scan.finish()
+        return "ok"
+    except CorruptContent:
+        return "corrupt"
+
+
+def _archive(members: list[tuple[str, bytes, str]], fmt: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+            elif kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, "t/" * 60 + name
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                if kind == "xattr" and fmt == tarfile.PAX_FORMAT:
+                    info.pax_headers = {"SCHILY.xattr.user.k": "v" * 30, "mtime": "1.5"}
+                tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+names = st.text(st.characters(min_codepoint=97, max_codepoint=122), min_size=1, max_size=130)
+members = st.lists(st.tuples(names, st.binary(max_size=1500),
+                             st.sampled_from(["file", "dir", "link", "xattr"])),
+                   min_size=0, max_size=6)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(members, st.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT]),
+       st.lists(st.integers(min_value=0), max_size=8),
+       st.one_of(st.none(), st.integers(min_value=0)),       # truncate here
+       st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)),
+                max_size=3))                                  # set these bytes
+def test_scan_agrees_with_reader(ms, fmt, cuts, truncate, flips):
+    try:
+        data = _archive(ms, fmt)
+    except ValueError:  # a name USTAR cannot hold
+        return
+    data = bytearray(data)
+    for pos, value in flips:
+        if data:
+            data[pos % len(data)] = value
+    if truncate is not None:
+        data = data[:truncate % (len(data) + 1)]
+    data = bytes(data)
+    assert _scan_verdict(data, cuts) == _reader_verdict(data)
+
+
+@pytest.mark.parametrize("data, verdict", [
+    (b"", "corrupt"),                                     # empty
+    (bytes(512), "ok"),                                   # only the end marker
+    (bytes(100), "corrupt"),                              # a partial block
+])
+def test_edges(data, verdict):
+    assert _reader_verdict(data) == verdict
+    assert _scan_verdict(data, [1, 7, 300]) == verdict
+
+
+def test_truncated_member_data_and_pax_size_are_refused():
+    good = _archive([("a", b"x" * 3000, "file"), ("b" * 120, b"y", "xattr")], tarfile.PAX_FORMAT)
+    assert _scan_verdict(good, [513]) == "ok"
+    cut = good[:1024 + 1000]
+    assert _scan_verdict(cut, []) == _reader_verdict(cut) == "corrupt"
