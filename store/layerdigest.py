@@ -29,10 +29,13 @@ from lamina.store.tarformat import TarScan
 QUEUE_CHUNKS = 32          # compressed chunks waiting for the inflate thread
 QUEUE_BLOCKS = 8           # decompressed blocks waiting for the scan thread
 BLOCK_SIZE = 1 << 20       # decompressed bytes handed over at once
+SHORT_READS = 1 << 16      # reads this large may be short (the decompressors' reads)
 
 
 class _QueueReader:
-    """A readable stream over the chunks put into `q` (None: end of stream)."""
+    """A readable stream over the chunks put into `q` (None: end of stream). `read(n)`
+    returns n bytes unless the stream ends first - except that a read of SHORT_READS
+    bytes or more may return one chunk, uncopied, as a raw stream may."""
 
     def __init__(self, q: "queue.Queue[bytes | None]") -> None:
         self._q = q
@@ -45,11 +48,11 @@ class _QueueReader:
             del self._buf[:n]
             return data
         if not self._buf and not self._eof and n is not None and n >= 0:
-            chunk = self._q.get()  # the common case: hand a whole chunk on, uncopied
+            chunk = self._q.get()  # a chunk of exactly n bytes goes on uncopied
             if chunk is None:
                 self._eof = True
                 return b""
-            if len(chunk) <= n:
+            if len(chunk) == n or n >= SHORT_READS and len(chunk) < n:
                 return chunk
             self._buf += chunk
             return self.read(n)
@@ -109,10 +112,12 @@ class LayerDigester:
 
     def _run_scan(self) -> None:
         sha, size, scan = hashlib.sha256(), 0, TarScan()
+        ended = False  # the inflate thread's None was taken
         try:
             while True:
                 block = self._blocks.get()
                 if block is None:
+                    ended = True
                     break
                 sha.update(block)
                 size += len(block)
@@ -127,8 +132,8 @@ class LayerDigester:
         except BaseException as e:  # noqa: BLE001 - reported by finish()
             self._scan_error = e
             self._stop.set()
-            while self._blocks.get() is not None:  # let the inflate thread end
-                pass
+            while not ended:  # let the inflate thread end
+                ended = self._blocks.get() is None
 
     def feed(self, chunk: bytes) -> None:
         if chunk and not self._closed:
