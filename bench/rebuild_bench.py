@@ -14,7 +14,17 @@ issue 10. Scenarios:
 - one file changed: one of the 5,000 source files edited, then a rebuild;
 - last RUN changed: the Dockerfile's last RUN edited, then a rebuild;
 - multi-stage cold: `--no-cache` build of two independent stages (~2 s each) and a
-  final stage copying from both.
+  final stage copying from both;
+- export docker-archive / export oci: the workload image written as an archive
+  (`lamina save`, `docker save`, `buildah push docker-archive:/oci-archive:`; docker
+  20.10 cannot write OCI archives, so buildah is the only peer there);
+- scale cold / scale COPY changed: one RUN writing 1 GB in 50,000 files of random
+  bytes, `--no-cache`, then rebuilt after the COPY above it changed.
+
+Also: lamina's peak RSS (the summed resident sets of its whole process tree, sampled
+every 20 ms) in the cold and scale builds, and each builder's disk use in a fresh
+store for the base, the workload image and a variant sharing its base (another last
+RUN), against the two images' unique content (their distinct layer tars).
 
 Peers: BuildKit through a dockerd this bench starts on a private socket (its own
 data root, no bridge, no iptables; `DOCKER_BUILDKIT=1 docker build --network none`),
@@ -23,8 +33,7 @@ own --root (overlay driver, chroot isolation). Every builder gets its own copy o
 context and sees the same edits. Before each timed build: `sync`. The builders run in
 an order that rotates every round; each figure is the median of --repeat rounds.
 Printed as a table with the ratio lamina / best peer (< 1: lamina is faster), and
-written as JSON. lamina's peak RSS is the largest resident set of any process of its
-tree (wait4's ru_maxrss) in the cold build.
+written as JSON.
 
 Not a test: the machines are shared; compare the builders within one run only.
 Everything started here is stopped by pid; the daemons' dirs are removed.
@@ -77,7 +86,19 @@ COPY --from=two /opt/two/debconf /two/
 CMD ["ls", "/one", "/two"]
 """
 
-SCENARIOS = ("cold", "no-op", "one file changed", "last RUN changed", "multi-stage cold")
+# the scale variant: one RUN writing 1 GB in 50,000 files (random bytes: nothing
+# compresses them), under a COPY whose change reruns it
+SCALE = """\
+FROM bench/debian:bookworm
+COPY stamp.txt /stamp.txt
+RUN mkdir /data && cd /data && head -c 1000000000 /dev/urandom | split -b 20000 -a 5 - f
+CMD ["ls", "/data"]
+"""
+
+SCENARIOS = ("cold", "no-op", "one file changed", "last RUN changed", "multi-stage cold",
+             "export docker-archive", "export oci", "scale cold", "scale COPY changed")
+# what lamina's peak RSS is reported for (its whole process tree, sampled)
+RSS_SCENARIOS = ("cold", "scale cold", "scale COPY changed")
 
 
 # ------------------------------------------------------------------ the workload
@@ -111,6 +132,8 @@ def make_context(ctx: Path) -> None:
         (d / f"mod{i % 100:03d}.py").write_text(f"# module {i}\n{body}")
     (ctx / "Dockerfile").write_text(DOCKERFILE.format(stamp=""))
     (ctx / "Multistage.Dockerfile").write_text(MULTISTAGE)
+    (ctx / "Scale.Dockerfile").write_text(SCALE)
+    (ctx / "stamp.txt").write_text("0\n")
 
 
 def edit_one_file(ctx: Path, n: int) -> None:
@@ -135,19 +158,59 @@ def _python_env() -> dict:
     return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
+def _tree_rss_kib(pid: int) -> int:
+    """The summed VmRSS of `pid` and all its descendants (KiB; 0 once gone)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+class TreeRss:
+    """Samples the summed RSS of a process tree every 20 ms in a thread; `peak` KiB."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.pid, self.peak = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _tree_rss_kib(self.pid))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def run_timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int]:
-    """(seconds, peak RSS in KiB of the largest process of the tree); exits on failure."""
+    """(seconds, peak RSS in KiB of the whole process tree, sampled); exits on failure."""
     subprocess.run(["sync"], check=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, preexec_fn=_pdeathsig)
+    rss = TreeRss(proc.pid)
     out = proc.stdout.read()
+    peak = rss.stop()
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{out.decode(errors='replace')[-3000:]}")
-    return elapsed, usage.ru_maxrss
+    return elapsed, max(peak, usage.ru_maxrss)
 
 
 class Builder:
@@ -159,6 +222,14 @@ class Builder:
         self.ctx = self.tmp / "ctx"
 
     def build(self, dockerfile: str, no_cache: bool) -> tuple[float, int]:
+        raise NotImplementedError
+
+    def export(self, fmt: str, dest: Path) -> tuple[float, int] | None:
+        """Write the image `bench` as a docker-archive or OCI archive (None: cannot)."""
+        raise NotImplementedError
+
+    def storage(self) -> Path:
+        """Where this builder keeps its images and layers (for the disk figure)."""
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -182,6 +253,13 @@ class Lamina(Builder):
                            "-f", str(self.ctx / dockerfile)]
         return run_timed(cmd + (["--no-cache"] if no_cache else []) + [str(self.ctx)],
                          env=_python_env(), cwd=REPO)
+
+    def export(self, fmt: str, dest: Path) -> tuple[float, int] | None:
+        return run_timed(self.base + ["save", "--format", "oci" if fmt == "oci" else "docker",
+                                      "-o", str(dest), "bench"], env=_python_env(), cwd=REPO)
+
+    def storage(self) -> Path:
+        return self.store
 
 
 class LaminaAt(Lamina):
@@ -211,6 +289,10 @@ class LaminaAt(Lamina):
     def load_base(self, tar: Path) -> None:
         subprocess.run(self.base + ["import", str(tar), BASE_REF], check=True,
                        capture_output=True, cwd=self.tmp, env=self.env)
+
+    def export(self, fmt: str, dest: Path) -> tuple[float, int] | None:
+        return run_timed(self.base + ["save", "-o", str(dest), "bench"] +
+                         (["--format", "oci"] if fmt == "oci" else []), env=self.env, cwd=self.tmp)
 
 
 class BuildKit(Builder):
@@ -253,6 +335,14 @@ class BuildKit(Builder):
                "-f", str(self.ctx / dockerfile)]
         return run_timed(cmd + (["--no-cache"] if no_cache else []) + [str(self.ctx)], env=self.env)
 
+    def export(self, fmt: str, dest: Path) -> tuple[float, int] | None:
+        if fmt == "oci":
+            return None  # docker 20.10's save writes docker-archive only
+        return run_timed(["/usr/bin/docker", "save", "-o", str(dest), "bench"], env=self.env)
+
+    def storage(self) -> Path:
+        return self.tmp / "data"
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -285,6 +375,13 @@ class Buildah(Builder):
                            "-t", "bench", "-f", str(self.ctx / dockerfile)]
         return run_timed(cmd + (["--no-cache"] if no_cache else []) + [str(self.ctx)])
 
+    def export(self, fmt: str, dest: Path) -> tuple[float, int] | None:
+        target = f"oci-archive:{dest}" if fmt == "oci" else f"docker-archive:{dest}:bench:latest"
+        return run_timed(self.base + ["push", "localhost/bench", target])
+
+    def storage(self) -> Path:
+        return self.tmp / "root"
+
     def stop(self) -> None:  # containers/storage leaves its overlay dir mounted on itself
         subprocess.run(["umount", "-R", str(self.tmp / "root" / "overlay")], capture_output=True)
 
@@ -308,7 +405,68 @@ def round_of(scenario: str, b: Builder, n: int) -> tuple[float, int]:
         return b.build("Dockerfile", no_cache=False)
     if scenario == "multi-stage cold":
         return b.build("Multistage.Dockerfile", no_cache=True)
+    if scenario.startswith("export "):
+        b.build("Dockerfile", no_cache=False)
+        dest = b.tmp / "export.tar"
+        try:
+            return b.export(scenario.split()[1], dest)
+        finally:
+            dest.unlink(missing_ok=True)
+    if scenario == "scale cold":
+        return b.build("Scale.Dockerfile", no_cache=True)
+    if scenario == "scale COPY changed":
+        b.build("Scale.Dockerfile", no_cache=False)
+        (b.ctx / "stamp.txt").write_text(f"{n}\n")
+        return b.build("Scale.Dockerfile", no_cache=False)
     raise ValueError(scenario)
+
+
+def disk_use(path: Path) -> int:
+    """Bytes allocated under `path` (du: hard links once, this filesystem only)."""
+    out = subprocess.run(["du", "-sx", "--block-size=1", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def disk_figure(cls, tmp: Path, base: Path, lamina_archives: list[Path] | None) -> dict:
+    """A fresh store of builder `cls`: the base imported, then the workload image and a
+    variant sharing its base (another last RUN) built; its disk use (du) against the
+    images' unique content (the sizes of their distinct layer tars, base included,
+    from lamina's docker-archives of the same two images)."""
+    b = cls(tmp)
+    try:
+        make_context(b.ctx)
+        b.load_base(base)
+        b.build("Dockerfile", no_cache=False)
+        if lamina_archives is not None:
+            b.export("docker-archive", lamina_archives[0])
+        edit_last_run(b.ctx, 424242)
+        b.build("Dockerfile", no_cache=False)
+        if lamina_archives is not None:
+            b.export("docker-archive", lamina_archives[1])
+        return {"bytes": disk_use(b.storage())}
+    finally:
+        b.stop()
+
+
+def unique_content(archives: list[Path]) -> int:
+    """Bytes of the distinct layers (by diff_id) of docker-archives: their tar sizes."""
+    import hashlib
+    import tarfile as tf
+
+    seen: dict[str, int] = {}
+    for a in archives:
+        with tf.open(a) as t:
+            for m in t.getmembers():
+                if m.name.endswith("layer.tar") or m.name.startswith("blobs/sha256/"):
+                    f = t.extractfile(m)
+                    if f is None:
+                        continue
+                    h = hashlib.sha256()
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                    seen[h.hexdigest()] = m.size
+    return sum(seen.values())
 
 
 def machine() -> str:
@@ -332,6 +490,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=OUT / "rebuild.json")
     ap.add_argument("--baseline", metavar="REV",
                     help="also time lamina at this git revision (before/after in one run)")
+    ap.add_argument("--no-disk", action="store_true", help="skip the store disk use figure")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (dockerd, buildah and lamina's sandbox need it)")
@@ -340,6 +499,10 @@ def main() -> None:
     make_base(args.base)
     tmp = Path(tempfile.mkdtemp(prefix="rebuild-bench-", dir="/var/tmp"))
     builders: list[Builder] = []
+    times = {s: {} for s in scenarios}
+    rss: dict[str, list[int]] = {s: [] for s in scenarios if s in RSS_SCENARIOS}
+    disk: dict[str, int] = {}
+    unique = None
     try:
         classes = {"lamina": Lamina, "buildkit": BuildKit, "buildah": Buildah}
         names = ["lamina", *(["baseline"] if args.baseline else []), *peers]
@@ -350,17 +513,30 @@ def main() -> None:
             b.load_base(args.base)
             b.build("Dockerfile", no_cache=False)  # warm: daemon, caches, page cache
         times = {s: {b.name: [] for b in builders} for s in scenarios}
-        rss = []
         for s in scenarios:
             for n in range(args.repeat):
                 k = n % len(builders)
                 for b in builders[k:] + builders[:k]:
-                    secs, maxrss = round_of(s, b, n + 1000 * SCENARIOS.index(s))
+                    got = round_of(s, b, n + 1000 * SCENARIOS.index(s))
+                    if got is None:  # this builder cannot (docker 20.10: no OCI save)
+                        continue
+                    secs, maxrss = got
                     times[s][b.name].append(secs)
-                    if b.name == "lamina" and s == "cold":
-                        rss.append(maxrss)
+                    if b.name == "lamina" and s in rss:
+                        rss[s].append(maxrss)
                 print(f"  {s} round {n + 1}: " + "  ".join(
-                    f"{name} {v[-1]:.2f}" for name, v in times[s].items()), file=sys.stderr)
+                    f"{name} {v[-1]:.2f}" for name, v in times[s].items() if v), file=sys.stderr)
+        for b in builders:
+            b.stop()
+        if not args.no_disk:
+            archives = [tmp / "disk-a.tar", tmp / "disk-b.tar"]
+            for name in ["lamina", *peers]:
+                d = tmp / "disk"
+                d.mkdir(exist_ok=True)
+                disk[name] = disk_figure(classes[name], d, args.base,
+                                         archives if name == "lamina" else None)["bytes"]
+                print(f"  disk {name}: {disk[name] / 2**20:.0f} MiB", file=sys.stderr)
+            unique = unique_content(archives)
     finally:
         for b in builders:
             b.stop()
@@ -371,20 +547,27 @@ def main() -> None:
         else:
             print(f"left {tmp}: still mounted under it: {mounted[:3]}", file=sys.stderr)
     result = {"machine": machine(), "repeat": args.repeat, "date": time.strftime("%Y-%m-%d"),
-              "lamina_peak_rss_kib": max(rss) if rss else None, "scenarios": {}}
-    header = f"{'scenario':<20}" + "".join(f"{b.name[:14]:>15}" for b in builders) + f"{'lamina/best':>13}"
+              "lamina_peak_rss_kib": {s: max(v) for s, v in rss.items() if v}, "scenarios": {},
+              "disk_bytes": disk, "unique_content_bytes": unique}
+    header = (f"{'scenario':<22}" + "".join(f"{b.name[:14]:>15}" for b in builders)
+              + f"{'lamina/best':>13}")
     lines = [header]
     for s in scenarios:
-        med = {name: statistics.median(v) for name, v in times[s].items()}
+        med = {name: statistics.median(v) for name, v in times[s].items() if v}
         best = min((v for name, v in med.items() if not name.startswith("lamina")), default=None)
-        ratio = med["lamina"] / best if best else None
+        ratio = med["lamina"] / best if best and "lamina" in med else None
         result["scenarios"][s] = {"median_s": med, "runs_s": times[s], "lamina_over_best": ratio}
-        lines.append(f"{s:<20}" + "".join(f"{med[b.name]:>15.2f}" for b in builders)
+        lines.append(f"{s:<22}" + "".join(f"{med[b.name]:>15.2f}" if b.name in med else f"{'-':>15}"
+                                          for b in builders)
                      + (f"{ratio:>13.2f}" if ratio else f"{'-':>13}"))
     print(f"median of {args.repeat} (seconds), {result['machine']}")
     print("\n".join(lines))
-    if rss:
-        print(f"lamina peak RSS (cold build, largest process): {max(rss) / 1024:.0f} MiB")
+    for s, v in result["lamina_peak_rss_kib"].items():
+        print(f"lamina peak RSS ({s}, whole process tree): {v / 1024:.0f} MiB")
+    if disk and unique:
+        print(f"store disk use, base + workload image + a variant (unique content "
+              f"{unique / 2**20:.0f} MiB): " + ", ".join(
+                  f"{name} {n / 2**20:.0f} MiB ({n / unique:.2f}x)" for name, n in disk.items()))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -14,10 +14,10 @@ def source_date_epoch(value: int | None = None) -> int | None:
     if value is not None:
         return int(value)
     env = os.environ.get("SOURCE_DATE_EPOCH")
-    if env is None or env == "":
+    if env is None or env.strip() == "":  # empty or blank: unset (as the build CLI reads it)
         return None
     try:
-        v = int(env)
+        v = int(env.strip())
     except ValueError:
         raise StoreError(f"SOURCE_DATE_EPOCH must be an integer number of seconds, got {env!r}") from None
     if v < 0:

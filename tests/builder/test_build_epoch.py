@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,13 @@ def test_timestamp_git_outside_a_work_tree_is_one_clear_error(build_store, ctx):
     assert "not in a git work tree" in run.stderr and "Traceback" not in run.stderr
     bad = build(root, ctx, "--timestamp", "yesterday")
     assert bad.code == 1 and "whole number of seconds" in bad.stderr
+
+
+@pytest.mark.parametrize("value, epoch", [(" ", None), ("", None), (" 86400\n", 86400)])
+def test_blank_source_date_epoch_is_unset_as_the_build_cli_reads_it(monkeypatch, value, epoch):
+    from lamina.builder.context.sourcedate import resolve_source_date
+    from lamina.store.epoch import source_date_epoch
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    assert source_date_epoch() == epoch
+    assert resolve_source_date(None, {}, {"SOURCE_DATE_EPOCH": value}, Path(".")) == epoch
