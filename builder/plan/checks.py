@@ -24,7 +24,7 @@ from lamina.builder.errors import BuildError
 from lamina.builder.context.dockerignore import IgnoreRules, go_clean
 from lamina.builder.plan.args import GlobalScope
 from lamina.builder.plan.imageconfig import DEFAULT_PATH
-from lamina.builder.plan.resolve import lookup_stage
+from lamina.builder.plan.resolve import lookup_stage, stage_references
 from lamina.builder.plan.resolved import Platform, normalize_arch
 from lamina.grammar import ast
 from lamina.grammar.checks import (
@@ -34,7 +34,6 @@ from lamina.grammar.checks import (
 from lamina.grammar.directives import CheckOptions, parse_check_options
 from lamina.grammar.errors import DockerfileError
 from lamina.grammar.goquote import go_quote
-from lamina.grammar.mounts import MountError, split_fields
 from lamina.grammar.shell import expand, referenced_names
 
 CHECK_BUILD_ARG = "BUILDKIT_DOCKERFILE_CHECK"
@@ -198,25 +197,7 @@ def default_arg_findings(path: str, meta: Iterable[ast.Instruction], stages: Ite
 
 def _stage_refs(inst: ast.Instruction, names: tuple[str | None, ...]) -> list[int]:
     out = []
-    refs: list[tuple[str, bool]] = []
-    if isinstance(inst, ast.Copy) and inst.flag("from"):
-        refs.append((inst.flag("from"), True))
-    if isinstance(inst, ast.Run):
-        for value in inst.flag_values("mount"):
-            try:
-                fields = split_fields(value)
-            except MountError:
-                continue
-            kind, source = "bind", ""
-            for item in fields:
-                key, eq, val = item.partition("=")
-                if eq and key.lower() == "type":
-                    kind = val.lower()
-                elif eq and key.lower() == "from":
-                    source = val
-            if source and kind != "tmpfs":
-                refs.append((source, False))
-    for value, allow_index in refs:
+    for value, allow_index in stage_references(inst):
         try:
             dep, _ = lookup_stage(names, value, allow_index=allow_index, error=ValueError)
         except ValueError:

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from lamina.builder.plan.args import GlobalScope, proxy_env, unconsumed_build_args, unconsumed_warning
 from lamina.builder.plan.cachekey import pairs
 from lamina.builder.errors import BuildError
-from lamina.builder.plan.resolve import error_at, lookup_stage
+from lamina.builder.plan.resolve import error_at, lookup_stage, stage_references
 from lamina.builder.plan.resolved import Platform
 from lamina.grammar import ast
 from lamina.grammar.errors import DockerfileError
-from lamina.grammar.mounts import MountError, split_fields
 from lamina.grammar.shell import expand, referenced_names
 
 SCRATCH = "scratch"
@@ -121,37 +120,6 @@ class BuildPlan:
     def independent(self, a: int, b: int) -> bool:
         """Neither stage needs the other: they may be built at the same time."""
         return a != b and a not in self.needs(b) and b not in self.needs(a)
-
-
-def _mount_from(value: str) -> tuple[str, str]:
-    """(type, from) of a --mount value, before expansion (for the stage graph)."""
-    try:
-        fields = split_fields(value)
-    except MountError:
-        return "bind", ""
-    kind, source = "bind", ""
-    for item in fields:
-        key, eq, val = item.partition("=")
-        if eq and key.lower() == "type":
-            kind = val.lower()
-        elif eq and key.lower() == "from":
-            source = val
-    return kind, source
-
-
-def _references(inst: ast.Instruction) -> list[tuple[str, bool]]:
-    """(value, allow_index) of each stage/image reference an instruction makes."""
-    if isinstance(inst, ast.Onbuild):
-        return []
-    out: list[tuple[str, bool]] = []
-    if isinstance(inst, (ast.Copy, ast.Add)) and inst.flag("from"):
-        out.append((inst.flag("from"), True))
-    if isinstance(inst, ast.Run):
-        for value in inst.flag_values("mount"):
-            kind, source = _mount_from(value)
-            if source and kind != "tmpfs":
-                out.append((source, False))
-    return out
 
 
 def _expand_global(path: str, inst: ast.Instruction, word: str, env: Mapping[str, str],
@@ -254,7 +222,7 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
         if base_stage is not None:  # the base stage's ONBUILD triggers run here
             scanned += [x.instruction for x in sections[base_stage][1] if isinstance(x, ast.Onbuild)]
         for inst in scanned:
-            for value, allow_index in _references(inst):
+            for value, allow_index in stage_references(inst):
                 if isinstance(inst, (ast.Copy, ast.Add)):
                     try:
                         plain = expand(value, {}, escape=escape)
@@ -302,7 +270,7 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
             if bases:
                 todo.append(bases[-1])
             for inst in sections[j][1]:
-                for value, allow_index in _references(inst):
+                for value, allow_index in stage_references(inst):
                     try:
                         dep, _ = lookup_stage(names, value, allow_index=allow_index,
                                                error=lambda m: BuildError(m))

@@ -396,7 +396,39 @@ def resolve_copy(ctx: ResolveContext, inst: ast.Copy | ast.Add) -> ResolvedCopy:
         checksum=checksum, keep_git_dir=inst.bool_flag("keep-git-dir"), unpack=unpack)
 
 
-__all__ = [
+def _mount_from(value: str) -> tuple[str, str]:
+    """(type, from) of a --mount value, before expansion (for the stage graph)."""
+    try:
+        fields = split_fields(value)
+    except MountError:
+        return "bind", ""
+    kind, source = "bind", ""
+    for item in fields:
+        key, eq, val = item.partition("=")
+        if eq and key.lower() == "type":
+            kind = val.lower()
+        elif eq and key.lower() == "from":
+            source = val
+    return kind, source
+
+
+def stage_references(inst: ast.Instruction) -> list[tuple[str, bool]]:
+    """(value, allow_index) of each stage/image reference an instruction makes (COPY/ADD
+    --from, RUN --mount from=), before expansion: the edges of the stage graph."""
+    if isinstance(inst, ast.Onbuild):
+        return []
+    out: list[tuple[str, bool]] = []
+    if isinstance(inst, (ast.Copy, ast.Add)) and inst.flag("from"):
+        out.append((inst.flag("from"), True))
+    if isinstance(inst, ast.Run):
+        for value in inst.flag_values("mount"):
+            kind, source = _mount_from(value)
+            if source and kind != "tmpfs":
+                out.append((source, False))
+    return out
+
+
+__all__ = ["stage_references", 
     "ResolveContext", "StageLookup", "error_at", "lookup_stage", "with_shell",
     "resolve_metadata", "resolve_run", "resolve_mount", "resolve_copy", "dest_path",
     "onbuild_trigger_text",
