@@ -10,7 +10,10 @@ layout for skopeo (the same gzip blobs both tools send). A real registry
 - push: lamina `push` vs `skopeo copy oci:LAYOUT docker://…`, each into a new
   repository of an empty registry per run (so every blob is really uploaded);
 - pull: lamina `pull` into a new, empty store vs `skopeo copy docker://… oci:NEWDIR`
-  (lamina also computes diff_ids and walks every layer as a tar on the way).
+  (lamina also decompresses every layer, computes its diff_id and walks it as a tar on
+  the way; skopeo only stores the compressed bytes), and `podman pull` into a new,
+  empty containers/storage (which decompresses, checks diff_ids and extracts, as a
+  builder's store must before a FROM can use the image).
 
 Prints seconds (best of --runs) and the ratio lamina/skopeo (target <= 1.0).
 Not a unit test; exits non-zero only if a tool fails.
@@ -64,7 +67,8 @@ def main() -> int:
         subprocess.run(["skopeo", "copy", "-q", f"oci-archive:{archive}", f"oci:{layout}:app"], check=True)
         print(f"image: {files} files, {size / 1e6:.0f} MB uncompressed")
         results: dict[str, list[float]] = {k: [] for k in ("push lamina", "push skopeo",
-                                                           "pull lamina", "pull skopeo")}
+                                                           "pull lamina", "pull skopeo",
+                                                           "pull podman")}
         for i in range(args.runs):
             with registry(work / f"registry{i}") as host:
                 results["push lamina"].append(run(lamina(store, "push", "bench/app:1", f"{host}/l{i}/app:1")))
@@ -73,12 +77,21 @@ def main() -> int:
                 results["pull lamina"].append(run(lamina(work / f"fresh{i}", "pull", f"{host}/l{i}/app:1")))
                 results["pull skopeo"].append(run(["skopeo", "copy", "-q", "--src-tls-verify=false",
                                                    f"docker://{host}/s{i}/app:1", f"oci:{work / f'out{i}'}:app"]))
+                podman = ["podman", "--root", str(work / f"podman{i}"), "--runroot",
+                          str(work / f"podman-run{i}"), "--storage-driver", "overlay"]
+                try:
+                    results["pull podman"].append(run(podman + ["pull", "-q", "--tls-verify=false",
+                                                                f"docker://{host}/l{i}/app:1"]))
+                finally:  # containers/storage leaves its overlay dir mounted on itself
+                    subprocess.run(["umount", "-R", str(work / f"podman{i}" / "overlay")],
+                                   capture_output=True)
             shutil.rmtree(work / f"registry{i}", ignore_errors=True)
         best = {k: min(v) for k, v in results.items()}
         for k, v in best.items():
             print(f"{k:12s} {v:7.2f} s")
         print(f"ratio push lamina/skopeo: {best['push lamina'] / best['push skopeo']:.2f}")
         print(f"ratio pull lamina/skopeo: {best['pull lamina'] / best['pull skopeo']:.2f}")
+        print(f"ratio pull lamina/podman: {best['pull lamina'] / best['pull podman']:.2f}")
         return 0
     finally:
         if args.work is None:

@@ -56,26 +56,27 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
           ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool = False, timestamp: str | None = None,
           **resource_flags) -> None:
     """Build an image from a Dockerfile and a context directory."""
+    import os
+    from lamina.builder.context.sourcedate import ARG, resolve_source_date
+
+    args = _build_args(build_args)
+    dockerfile_path = Path(dockerfile) if dockerfile else context / "Dockerfile"
+    epoch = None if check else resolve_source_date(timestamp, args, os.environ, context)
     key = None
     if not check:  # nothing changed since a build that was all cache hits? (builder.rebuild)
-        import os
         from lamina.builder import rebuild
-        from lamina.builder.context.sourcedate import resolve_source_date
 
-        args = _build_args(build_args)
         key = rebuild.request_key(click.get_current_context().params, args, g.root)
         if key is not None:
-            request_epoch = resolve_source_date(timestamp, args, os.environ, context)
             unchanged = rebuild.replay(
-                g.root, key, tags=tags, context=context, epoch=request_epoch,
-                dockerfile=Path(dockerfile) if dockerfile else context / "Dockerfile",
-                progress_mode=progress)
+                g.root, key, tags=tags, context=context, epoch=epoch,
+                dockerfile=dockerfile_path, progress_mode=progress)
             if unchanged is not None:
                 if iidfile:
                     Path(iidfile).write_text(unchanged)
                 click.echo(unchanged)
                 return
-    from lamina.builder.executor import Build, BuildOptions
+    from lamina.builder.executor import BuildOptions
     from lamina.builder.outputs import parse_output, write_output
     from lamina.builder.progress import make_progress
     from lamina.builder.steps.ssh import parse_ssh_flags
@@ -83,25 +84,20 @@ def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push
 
     from lamina.builder.cli.check import check_command, summarize, warn_before_build
 
-    dockerfile_path = Path(dockerfile) if dockerfile else context / "Dockerfile"
     if check:  # lint only, as `docker build --check`
         with Store(g.root) as lint_store:
             raise click.exceptions.Exit(check_command(
                 lint_store, context=context, dockerfile=dockerfile_path,
-                build_args=_build_args(build_args), target=target))
+                build_args=args, target=target))
     from lamina.builder.remotecache import parse_cache_spec
     cache_imports = tuple(parse_cache_spec(v, export=False) for v in cache_from)
     cache_exports = tuple(parse_cache_spec(v, export=True) for v in cache_to)
-    import os
-    from lamina.builder.context.sourcedate import ARG, resolve_source_date
-    args = _build_args(build_args)
-    epoch = resolve_source_date(timestamp, args, os.environ, context)
     if epoch is not None:  # RUN sees the number (as BuildKit) where an ARG declares it
         args[ARG] = str(epoch)
     attest = Attest.from_flags(resource_flags)
     options = BuildOptions(
         context_dir=context,
-        dockerfile=Path(dockerfile) if dockerfile else context / "Dockerfile",
+        dockerfile=dockerfile_path,
         tags=tuple(tags),
         build_args=args,
         source_date_epoch=epoch,
