@@ -123,7 +123,6 @@ def test_import_uses_source_date_epoch_from_env(store, busybox_tar, monkeypatch)
         store.import_rootfs(busybox_tar, "y")
 
 
-
 def test_import_of_garbage_fails_and_leaves_the_store_as_it_was(store, tmp_path, busybox_tar):
     store.import_rootfs(busybox_tar, "keep")
     before = (sorted(store.blobs.digests()), sorted(os.listdir(store.layers_root)),
