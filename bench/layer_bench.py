@@ -86,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     kinds: list[tuple[str, int | None]] = [("none", None), ("gzip", None), ("zstd", None)]
     if args.levels:
-        kinds += [("gzip", 0), ("gzip", 1), ("zstd", 1), ("zstd", 9), ("zstd", 19)]
+        kinds += [("gzip", 1), ("gzip", 9), ("zstd", 1), ("zstd", 9), ("zstd", 19)]
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         dirs = args.dirs or default_trees(tmp)
         for d in dirs:

@@ -153,21 +153,10 @@ def test_parallel_conversion_gives_the_same_blobs_as_one_thread(tmp_path):
 def test_store_layer_prefers_the_default_compression_so_builds_do_not_change(tmp_path):
     """A tiny layer gzips smaller than it zstds: the old 'smallest blob' rule would hand
     the build the export's gzip blob and change the rebuilt image's manifest."""
-    from lamina.store.layers import LayerBlob
-
     s = Store(tmp_path / "s")
     img = committed(s, tmp_path / "t", [{"a": b"a"}], "tiny:1")
-    [layer] = img.layers
-    # a gzip blob of the layer smaller than its zstd blob, as a zlib gzip at level 9 of
-    # a tiny layer is (lamina's own ISA-L gzip is not)
-    with s.blobs.open(layer.digest) as f:
-        raw = zstandard.ZstdDecompressor().stream_reader(f).read()
-    with s.blobs.writer() as w:
-        w.write(gzip.compress(raw, compresslevel=9, mtime=0))
-        digest, size = w.commit()
-    s.record_layer(LayerBlob(diff_id=layer.diff_id, digest=digest, size=size, media_type=GZIP,
-                             uncompressed_size=len(raw)))
     save(s, ["tiny:1"], tmp_path / "x.tar", fmt="oci")
+    [layer] = img.layers
     sizes = {b.media_type: b.size for b in s.layer_blobs(layer.diff_id)}
     assert sizes[GZIP] < sizes[ZSTD]  # the case that matters
     assert s.layer(layer.diff_id) == layer
