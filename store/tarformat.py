@@ -194,6 +194,8 @@ def parse_pax(data: bytes) -> dict[bytes, bytes]:
 
 
 def _pax_int(value: bytes, key: str) -> int:
+    if len(value) > 30:  # (and int() refuses more than 4300 digits with ValueError)
+        raise CorruptContent(f"tar PAX record {key}={value[:40]!r}... is out of range")
     try:
         return int(value)
     except ValueError:
@@ -204,8 +206,8 @@ def _pax_mtime_ns(value: bytes) -> int:
     s = value.decode("ascii", "replace")
     neg = s.startswith("-")
     whole, _, frac = s.lstrip("-").partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()):
-        raise CorruptContent(f"tar PAX record mtime={value!r} is invalid")
+    if not whole.isdigit() or (frac and not frac.isdigit()) or len(whole) > 30:
+        raise CorruptContent(f"tar PAX record mtime={value[:40]!r} is invalid")
     ns = int(whole) * 10**9 + int((frac + "000000000")[:9] or 0)
     return -ns if neg else ns
 

@@ -13,10 +13,12 @@ image's with the container's Env, and its Cmd/Entrypoint when they were given on
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 from pathlib import Path
+from typing import Iterator
 
 from lamina.builder.containers.logs import rfc3339_nano
 from lamina.builder.containers.state import Container
@@ -39,12 +41,26 @@ def _pinned(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def _xattrs(path: str, follow: bool) -> list[tuple[str, bytes]]:
+def _xattrs(fd: int) -> list[tuple[str, bytes]]:
+    """The xattrs of the inode `fd` (an O_PATH or open fd; a symlink's own through the
+    /proc magic link, never its target's). One removed meanwhile is skipped; any other
+    failure is an error, never a silently missing xattr (the overlay's opaque marker
+    is one: without it, files the container deleted would come back)."""
+    path = _pinned(fd)
     try:
-        return [(n, os.getxattr(path, n, follow_symlinks=follow))
-                for n in os.listxattr(path, follow_symlinks=follow)]
-    except OSError:
-        return []
+        names = os.listxattr(path)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
+    out = []
+    for n in names:
+        try:
+            out.append((n, os.getxattr(path, n)))
+        except OSError as e:
+            if e.errno != errno.ENODATA:
+                raise
+    return out
 
 
 def _meta(path: str, st: os.stat_result, xattrs: list[tuple[str, bytes]]) -> None:
@@ -70,13 +86,24 @@ def copy_tree(src: Path, dst: Path) -> None:
     symlink to a host path can only ever be copied as that symlink."""
     links: dict[tuple[int, int], str] = {}
     dirs: list[tuple[str, os.stat_result]] = []
-    root = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    st = os.fstat(root)
-    os.mkdir(dst, 0o700)
-    _meta(str(dst), st, _xattrs(_pinned(root), True))
-    dirs.append((str(dst), st))
-    stack = [(root, str(dst), iter(sorted(os.listdir(root))))]
+    stack: list[tuple[int, str, Iterator[str]]] = []
+
+    def enter(fd: int, out_dir: str, st: os.stat_result) -> None:
+        """Make `out_dir` for the open directory `fd` (closed with the stack from now)."""
+        stack.append((fd, out_dir, iter(())))
+        os.mkdir(out_dir, 0o700)
+        _meta(out_dir, st, _xattrs(fd))
+        dirs.append((out_dir, st))
+        stack[-1] = (fd, out_dir, iter(sorted(os.listdir(fd))))
+
     try:
+        root = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            root_st = os.fstat(root)
+        except BaseException:
+            os.close(root)
+            raise
+        enter(root, str(dst), root_st)
         while stack:
             dfd, out_dir, names = stack[-1]
             name = next(names, None)
@@ -84,29 +111,22 @@ def copy_tree(src: Path, dst: Path) -> None:
                 os.close(dfd)
                 stack.pop()
                 continue
+            d = os.path.join(out_dir, name)
             try:
                 fd = os.open(name, _PATH, dir_fd=dfd)
             except FileNotFoundError:
-                raise CommitRace(f"/{os.path.relpath(os.path.join(out_dir, name), dst)} was removed while the container was "
-                                 f"committed: commit again, or stop the container first") from None
+                raise CommitRace(f"/{os.path.relpath(d, dst)} was removed while the container "
+                                 f"was committed: commit again, or stop the container first") from None
             try:
                 st = os.fstat(fd)
-                mode, d = st.st_mode, os.path.join(out_dir, name)
+                mode = st.st_mode
                 if stat.S_ISDIR(mode):
                     sub = os.open(_pinned(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                    os.mkdir(d, 0o700)
-                    _meta(d, st, _xattrs(_pinned(sub), True))
-                    dirs.append((d, st))
-                    stack.append((sub, d, iter(sorted(os.listdir(sub)))))
+                    enter(sub, d, st)
                     continue
-                if stat.S_ISLNK(mode):
-                    try:
-                        target = os.readlink(name, dir_fd=dfd)
-                    except OSError:
-                        raise CommitRace(f"/{os.path.relpath(d, dst)} changed while the container was committed: "
-                                         f"commit again, or stop the container first") from None
-                    os.symlink(target, d)
-                    _meta(d, st, _xattrs(f"{_pinned(dfd)}/{name}", False))
+                if stat.S_ISLNK(mode):  # the target and xattrs of this inode, by its fd
+                    os.symlink(os.readlink("", dir_fd=fd), d)
+                    _meta(d, st, _xattrs(fd))
                     continue
                 if st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
                     os.link(links[(st.st_dev, st.st_ino)], d)
@@ -118,7 +138,7 @@ def copy_tree(src: Path, dst: Path) -> None:
                         links[(st.st_dev, st.st_ino)] = d
                 else:  # fifo, socket, device: made, never opened
                     os.mknod(d, mode, st.st_rdev)
-                _meta(d, st, _xattrs(_pinned(fd), True))
+                _meta(d, st, _xattrs(fd))
             finally:
                 os.close(fd)
     finally:

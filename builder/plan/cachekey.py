@@ -122,14 +122,14 @@ class CacheInputs:
     def key(self) -> CacheKey:
         return CacheKey(hashlib.sha256(self.canonical()).hexdigest())
 
-    def sealed(self, salt: str | None = None) -> "CacheInputs":
+    def sealed(self) -> "CacheInputs":
         """These inputs with every value that can hold a build arg or secret replaced
         by `sealed_value` (names, file digests, parents, shell and platform stay): what
-        an exported cache record carries. One random salt per record unless given."""
-        salt = salt or secrets.token_hex(8)
+        an exported cache record carries. A random salt per value, so equal values in
+        two places (an ARG and the ENV made from it) do not show as equal."""
 
         def seal(value: str) -> str:
-            return value if is_sealed(value) else sealed_value(salt, value)
+            return sealed_value(secrets.token_hex(8), value)
 
         return CacheInputs(
             parent=self.parent, instruction=seal(self.instruction),

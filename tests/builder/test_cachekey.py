@@ -181,6 +181,9 @@ def test_sealed_inputs_hide_every_value_that_can_carry_an_arg():
     # the same values compare equal through the seal; a fresh salt per record
     assert explain_miss(sealed, inputs) == "no input changed (the cached result is missing)"
     assert inputs.sealed().args != sealed.args
+    assert dict(sealed.env)["TOKEN"] != dict(sealed.args)["TOKEN"]  # equal values, unlinkable
+    looks_sealed = dataclasses.replace(BASE, args={"A": "sealed:hmac-sha256:00:" + secret})
+    assert secret not in looks_sealed.sealed().to_json()
     assert CacheInputs.from_json(sealed.to_json()) == sealed
 
 

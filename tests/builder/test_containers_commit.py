@@ -90,3 +90,37 @@ def test_a_directory_swapped_for_a_host_symlink_is_never_followed(tmp_path):
         swapper.join()
     assert copies > 10
     assert not leaked, leaked[:3]
+
+
+def test_a_failed_copy_leaves_no_descriptor_open(tmp_path, monkeypatch):
+    from lamina.builder.containers import commit as commit_mod
+
+    src = tmp_path / "upper"
+    (src / "a" / "b" / "c").mkdir(parents=True)
+    (src / "a" / "b" / "f").write_text("x")
+    real = commit_mod._meta
+
+    def failing(path, st, xattrs):
+        if path.endswith("/b"):
+            raise OSError(28, "No space left on device")
+        return real(path, st, xattrs)
+
+    monkeypatch.setattr(commit_mod, "_meta", failing)
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError):
+        copy_tree(src, tmp_path / "copy")
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_symlinks_own_target_and_xattrs_are_copied(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("trusted.* xattrs on a symlink need root")
+    src = tmp_path / "upper"
+    src.mkdir()
+    (src / "target").write_text("t")
+    os.symlink("target", src / "link")
+    os.setxattr(src / "link", "trusted.mark", b"on-the-link", follow_symlinks=False)
+    copy_tree(src, tmp_path / "copy")
+    assert os.readlink(tmp_path / "copy" / "link") == "target"
+    assert os.getxattr(tmp_path / "copy" / "link", "trusted.mark", follow_symlinks=False) == b"on-the-link"
+    assert "trusted.mark" not in os.listxattr(tmp_path / "copy" / "target")

@@ -98,3 +98,15 @@ def test_truncated_member_data_and_pax_size_are_refused():
     assert _scan_verdict(good, [513]) == "ok"
     cut = good[:1024 + 1000]
     assert _scan_verdict(cut, []) == _reader_verdict(cut) == "corrupt"
+
+
+@pytest.mark.parametrize("key", ["mtime", "size", "uid"])
+def test_a_huge_pax_number_is_corrupt_content_not_a_crash(key):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("f")
+        info.pax_headers = {key: "9" * 5000}
+        tf.addfile(info, io.BytesIO(b""))
+    data = buf.getvalue()
+    assert _reader_verdict(data) == "corrupt"
+    assert _scan_verdict(data, [700]) == "corrupt"
