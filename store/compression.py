@@ -4,7 +4,9 @@ Owns the byte-level choices that make a compressed layer reproducible:
 
 - gzip: header written here (no filename, MTIME=0, XFL=0, OS=255 "unknown" - the same
   header Go's compress/gzip writes, so the choice matches most of the container world),
-  raw deflate from zlib at level GZIP_LEVEL, memLevel 8, then CRC32 and ISIZE. (ISA-L,
+  raw deflate from zlib at level GZIP_LEVEL, memLevel 8, in independent blocks as pigz
+  cuts it (`_GzipWriter`: the same bytes for any number of threads), then CRC32 and
+  ISIZE. (ISA-L,
   ten times faster, was tried and dropped: it picks an implementation per CPU - SSE,
   AVX2, AVX-512 - whose output may differ, so two CI runners could push one image with
   two manifest digests; zlib gives the same bytes for the same zlib.)
@@ -35,6 +37,8 @@ import os
 import struct
 import weakref
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import BinaryIO, Iterator, Literal
 
@@ -65,6 +69,8 @@ _KIND_OF_MEDIA_TYPE: dict[str, str] = {
 }
 
 GZIP_LEVEL = 6
+GZIP_WORKERS = max(1, min(4, os.cpu_count() or 1))  # any count gives the same bytes
+_DEFLATE_WINDOW = 32 << 10
 ZSTD_LEVEL = 3
 ZSTD_WORKERS = 2  # any value >= 1 gives the same bytes; 0 would give other bytes
 ZSTD_JOB_SIZE = 2 << 20
@@ -122,27 +128,67 @@ class _Chunker:
             self._buf = bytearray()
 
 
+def _deflate_block(level: int, block: bytes, dictionary: bytes, last: bool) -> bytes:
+    """One block of a pigz-style gzip body: raw deflate of `block`, primed with the 32
+    KiB of input before it, ended byte-aligned (Z_SYNC_FLUSH) or as the stream's end."""
+    if dictionary:
+        z = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, zlib.Z_DEFAULT_STRATEGY,
+                             zdict=dictionary)
+    else:
+        z = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, zlib.Z_DEFAULT_STRATEGY)
+    return z.compress(block) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
 class _GzipWriter:
+    """gzip as pigz makes it: the input is cut into the fixed CHUNK-sized blocks the
+    chunker delivers, each deflated on its own (zlib releases the GIL) with the 32 KiB
+    before it as dictionary and ended on a byte boundary, the last one ending the
+    stream; the pieces are written in order. The bytes depend on zlib, the level and
+    CHUNK - never on GZIP_WORKERS or timing - and any gzip reader reads them as one
+    member. About GZIP_WORKERS times faster than one stream, for ~0.2% more bytes."""
+
     def __init__(self, out: BinaryIO, level: int) -> None:
         self._out = out
-        self._z = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, zlib.Z_DEFAULT_STRATEGY)
+        self._level = level
         self._crc = 0
         self._len = 0
+        self._held: bytes | None = None  # the newest block: final or not, not yet known
+        self._dict = b""                 # the 32 KiB of input before the held block
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque = deque()
         out.write(_GZIP_HEADER)
 
-    def feed(self, data: bytes) -> None:
-        self._crc = zlib.crc32(data, self._crc)
-        self._len += len(data)
-        out = self._z.compress(data)
-        if out:
-            self._out.write(out)
+    def feed(self, data) -> None:
+        block = bytes(data)  # (the chunker may hand a view of the caller's buffer)
+        self._crc = zlib.crc32(block, self._crc)
+        self._len += len(block)
+        if self._held is not None:
+            self._submit(self._held, last=False)
+        self._held = block
+
+    def _submit(self, block: bytes, last: bool) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=GZIP_WORKERS, thread_name_prefix="gzip")
+        self._pending.append(self._pool.submit(_deflate_block, self._level, block, self._dict, last))
+        self._dict = (self._dict + block)[-_DEFLATE_WINDOW:]
+        while self._pending and (len(self._pending) > GZIP_WORKERS or self._pending[0].done()):
+            self._out.write(self._pending.popleft().result())
 
     def finish(self) -> None:
-        self._out.write(self._z.flush(zlib.Z_FINISH))
+        self._submit(self._held or b"", last=True)
+        self._held = None
+        try:
+            while self._pending:
+                self._out.write(self._pending.popleft().result())
+        finally:
+            self.release()
         self._out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._len & 0xFFFFFFFF))
 
     def release(self) -> None:
-        pass
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 _live_zstd: "weakref.WeakSet[_ZstdWriter]" = weakref.WeakSet()

@@ -53,6 +53,32 @@ def external_decompress(kind: str, path) -> bytes:
     return subprocess.run([*tool, str(path)], check=True, capture_output=True).stdout
 
 
+@pytest.mark.parametrize("size", [0, 1, 32 << 10, 1 << 20, (1 << 20) + 1, (5 << 20) + 333])
+def test_gzip_blocks_are_the_same_for_any_thread_count_and_read_by_gzip(monkeypatch, tmp_path, size):
+    """The gzip body is deflated in CHUNK blocks on worker threads (pigz's scheme): the
+    bytes must not depend on the thread count, and GNU gzip must read them as one
+    member equal to the input."""
+    import gzip
+    import subprocess
+
+    from lamina.store import compression
+    rnd = os.urandom(1 << 12)
+    data = b"".join(rnd[i % 5:] + b"%d" % i for i in range(size // 4000 + 1))[:size]
+    outs = []
+    for workers in (1, 2, 4):
+        monkeypatch.setattr(compression, "GZIP_WORKERS", workers)
+        out = io.BytesIO()
+        with compress_stream("gzip", out) as w:
+            for i in range(0, len(data), 77_777):
+                w.write(data[i:i + 77_777])
+        outs.append(out.getvalue())
+    assert outs[0] == outs[1] == outs[2]
+    assert gzip.decompress(outs[0]) == data
+    (tmp_path / "x.gz").write_bytes(outs[0])
+    done = subprocess.run(["gzip", "-dc", str(tmp_path / "x.gz")], capture_output=True)
+    assert done.returncode == 0 and done.stdout == data
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_write_layer_digests(blobs, tree, kind):
     layer = write_layer(blobs, tree, compression=kind, source_date_epoch=0)
