@@ -416,6 +416,7 @@ class Build:
                     download_dir.mkdir(exist_ok=True)
                     prepared = fetch_copy(prepared, download_dir, url_records=self._url_records)
                 layer = self._execute(step, label, layers, prepared, source,
+                                      clamp=self._in_image(plan, stage),
                                       reuse=lambda upper: self._copy_reuse(stage, step, inputs,
                                                                            source, upper, layers))
             except BuildError as e:
@@ -467,13 +468,27 @@ class Build:
         return previous_copy(self.store, self.lease, previous, inputs, str(upper),
                              in_use | {l.diff_id for l in layers})
 
-    def _execute(self, step: Step, label: StepLabel, layers, prepared, source,
-                 reuse=lambda upper: None) -> LayerBlob | None:
+    def _execute(self, step: Step, label: StepLabel, layers, prepared, source, *,
+                 clamp: bool = False, reuse=lambda upper: None) -> LayerBlob | None:
         return execute_step(
             self.store, self.lease, step, lowers=self._lower_dirs(layers), label=label,
             progress=self.progress, run_env=self.run_env, prepared=prepared,
             source_lowers=self._lower_dirs(source[1]) if source is not None else None,
-            mount_layers=lambda m: self._mount_source(m)[1:], reuse=reuse)
+            mount_layers=lambda m: self._mount_source(m)[1:], reuse=reuse,
+            clamp_epoch=self.epoch if clamp else None)
+
+    @staticmethod
+    def _in_image(plan: BuildPlan, stage: Stage) -> bool:
+        """Whether the stage's layers end up in the image (the target stage and the
+        stages it is built FROM): their snapshots also write the epoch-clamped layer
+        the commit needs, in the same walk (store.layertimes)."""
+        st = plan.target_stage
+        while True:
+            if st.index == stage.index:
+                return True
+            if st.base_stage is None:
+                return False
+            st = plan.stage(st.base_stage)
 
     # -- explaining misses (builder.missrecords) -------------------------------------------
 

@@ -25,11 +25,13 @@ def execute_step(store, lease, step: Step, *, lowers: tuple[Path, ...], label: S
                  progress: Progress, run_env: RunEnvironment, prepared,
                  source_lowers: tuple[Path, ...] | None,
                  mount_layers: Callable, reuse: Callable[[Path], object] = lambda upper: None,
-                 ) -> LayerBlob | None:
+                 clamp_epoch: int | None = None) -> LayerBlob | None:
     """The layer step `step` adds on `lowers` (top-most first), or None. `prepared`:
     the COPY/ADD sources; `source_lowers`: the layers of a `--from` source;
     `mount_layers(mount)`: (layer dirs, name) of a RUN --mount=from;
-    `reuse(upper)`: a previous COPY result whose unchanged files may be moved over."""
+    `reuse(upper)`: a previous COPY result whose unchanged files may be moved over;
+    `clamp_epoch`: also store the layer's form for that SOURCE_DATE_EPOCH (a step of
+    the image: the commit will need it)."""
     from lamina.store.locks import remove_tree
 
     r = step.resolved
@@ -60,7 +62,7 @@ def execute_step(store, lease, step: Step, *, lowers: tuple[Path, ...], label: S
         if not any(upper.iterdir()):
             return None
         try:
-            layer = store.write_layer(upper, lease=lease)  # real times
+            layer = store.write_layer(upper, lease=lease, clamp_epoch=clamp_epoch)  # real times
         except StoreError as e:  # what the step made cannot be a layer: name the step
             raise step.error(e.message) from None
         store.adopt_layer_dir(layer.diff_id, upper)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from lamina.store.compression import media_type_for
 from lamina.store.errors import BlobNotFound, StoreError
-from lamina.store.layers import DEFAULT_COMPRESSION, LayerBlob, write_layer as write_layer_blob
+from lamina.store.layers import DEFAULT_COMPRESSION, LayerBlob, write_layer as write_layer_blob, write_layer_pair
 from lamina.store.root import StoreRoot
 
 if TYPE_CHECKING:
@@ -35,16 +35,32 @@ def record_layer(root: StoreRoot, layer: LayerBlob) -> None:
 
 
 def write_layer(root: StoreRoot, src_dir: Path, *, compression: str = DEFAULT_COMPRESSION,
-                source_date_epoch: int | None = None, lease: "Lease | None" = None) -> LayerBlob:
+                source_date_epoch: int | None = None, lease: "Lease | None" = None,
+                clamp_epoch: int | None = None) -> LayerBlob:
     """Archive `src_dir` as a layer blob and record it, safe from a concurrent gc
-    (held by `lease` if given)."""
+    (held by `lease` if given). With `clamp_epoch`, the same walk also stores the
+    layer store.layertimes.clamped_layer would make for that epoch, and remembers it
+    there, so committing the layer for that epoch costs one lookup."""
     with root.writing():
-        layer = write_layer_blob(root.blobs, Path(src_dir), compression=compression,  # type: ignore[arg-type]
-                                 source_date_epoch=source_date_epoch)
+        if clamp_epoch is None:
+            layer = write_layer_blob(root.blobs, Path(src_dir), compression=compression,  # type: ignore[arg-type]
+                                     source_date_epoch=source_date_epoch)
+            clamped = None
+        else:
+            layer, clamped = write_layer_pair(root.blobs, Path(src_dir), clamp_epoch,
+                                              compression=compression)  # type: ignore[arg-type]
         with root.db.write() as c:
             insert_layer(c, layer)
+            if clamped is not None:
+                insert_layer(c, clamped)
         if lease is not None:
             lease.hold(layers=[layer.diff_id], blobs=[layer.digest])
+            if clamped is not None:
+                lease.hold(layers=[clamped.diff_id], blobs=[clamped.digest])
+    if clamp_epoch is not None:
+        from lamina.store.layertimes import remember
+
+        remember(root, layer.diff_id, int(clamp_epoch), (clamped or layer).diff_id)
     return layer
 
 

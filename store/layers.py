@@ -117,6 +117,28 @@ def write_layer(blobs: BlobStore, src: Path, *, compression: Compression = DEFAU
                      uncompressed_size=tee.size)
 
 
+def write_layer_pair(blobs: BlobStore, src: Path, clamp_epoch: int, *,
+                     compression: Compression = DEFAULT_COMPRESSION) -> tuple[LayerBlob, LayerBlob | None]:
+    """write_layer(src) and, from the same walk, the layer with every mtime clamped to
+    `clamp_epoch` (what store.layertimes would make of it later, byte for byte): the
+    step's layer and the image's, one read of the tree. The second is None when no
+    mtime is newer than the epoch (the layer is its own clamped form)."""
+    media_type = media_type_for(compression)
+    with blobs.writer() as bw, blobs.writer() as bw2:
+        with compress_stream(compression, bw) as cw, compress_stream(compression, bw2) as cw2:
+            tee, tee2 = _HashingWriter(cw), _HashingWriter(cw2)
+            changed = write_tar(src, tee, clamped=(tee2, int(clamp_epoch)))
+        digest, size = bw.commit()
+        clamped = None
+        if changed:
+            digest2, size2 = bw2.commit()
+            clamped = LayerBlob(diff_id=tee2.digest(), digest=digest2, size=size2,
+                                media_type=media_type, uncompressed_size=tee2.size)
+    layer = LayerBlob(diff_id=tee.digest(), digest=digest, size=size, media_type=media_type,
+                      uncompressed_size=tee.size)
+    return layer, clamped
+
+
 def extract_as_layer(blobs: BlobStore, tar: BinaryIO, dest: Path, *,
                      compression: Compression = DEFAULT_COMPRESSION,
                      source_date_epoch: int | None = None) -> LayerBlob:
@@ -222,5 +244,5 @@ def extract_layer(blobs: BlobStore, layer_digest: str, dest: Path, *,
     return diff_id
 
 
-__all__ = ["LayerBlob", "DEFAULT_COMPRESSION", "write_layer", "write_layer_from_tar", "extract_as_layer",
+__all__ = ["LayerBlob", "DEFAULT_COMPRESSION", "write_layer", "write_layer_pair", "write_layer_from_tar", "extract_as_layer",
            "extract_layer", "diff_id_of", "describe_layer", "kind_for_media_type"]

@@ -73,7 +73,8 @@ def _recorded(store: "Store", diff_id: str, epoch: int) -> LayerBlob | None:
     return layer if store.blobs.exists(layer.digest) else None
 
 
-def _remember(store: "Store", diff_id: str, epoch: int, target: str) -> None:
+def remember(store: "Store", diff_id: str, epoch: int, target: str) -> None:
+    """Note that layer `diff_id` clamped to `epoch` is the recorded layer `target`."""
     path = _record_path(store, diff_id, epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -114,8 +115,8 @@ def clamped_layer(store: "Store", layer: LayerBlob, epoch: int, *,
             store.record_layer(new)
         if lease is not None:
             lease.hold(layers=[new.diff_id], blobs=[new.digest])
-    _remember(store, layer.diff_id, epoch, new.diff_id)
+    remember(store, layer.diff_id, epoch, new.diff_id)
     return new
 
 
-__all__ = ["clamp_tar", "clamped_layer"]
+__all__ = ["clamp_tar", "clamped_layer", "remember"]

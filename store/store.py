@@ -129,11 +129,14 @@ class Store(StoreRoot):
 
     @disk_errors
     def write_layer(self, src_dir: Path, *, compression: str = DEFAULT_COMPRESSION,
-                    source_date_epoch: int | None = None, lease: Lease | None = None) -> LayerBlob:
+                    source_date_epoch: int | None = None, lease: Lease | None = None,
+                    clamp_epoch: int | None = None) -> LayerBlob:
         """Archive `src_dir` as a layer blob and record it, safe from a concurrent gc
-        (held by `lease` if given)."""
+        (held by `lease` if given); `clamp_epoch`: also its form with mtimes clamped to
+        that epoch, in the same walk (store.layertimes finds it)."""
         return layerrecords.write_layer(self, src_dir, compression=compression,
-                                        source_date_epoch=source_date_epoch, lease=lease)
+                                        source_date_epoch=source_date_epoch, lease=lease,
+                                        clamp_epoch=clamp_epoch)
 
     def layer(self, diff_id: str) -> LayerBlob:
         """The blob the build engine uses for a layer: the DEFAULT_COMPRESSION one when

@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -107,11 +108,15 @@ class _Dir:
 
 
 class _TarWriter:
-    def __init__(self, out: BinaryIO, epoch: int | None, root: bytes) -> None:
+    def __init__(self, out: BinaryIO, epoch: int | None, root: bytes,
+                 clamped: tuple[BinaryIO, int] | None = None) -> None:
         self.out = out
         self.epoch = epoch
         self.root = root
         self.links: dict[tuple[int, int], bytes] = {}
+        # a second tar of the same walk, every mtime clamped to an epoch (store.layertimes)
+        self.clamped_out, self.clamp_epoch = clamped if clamped is not None else (None, 0)
+        self.clamped = 0  # entries whose mtime the second tar lowered
 
     def mtime(self, st: os.stat_result) -> int:
         t = st.st_mtime_ns // 10**9  # floor, also for negative times
@@ -119,6 +124,16 @@ class _TarWriter:
 
     def emit(self, e: Entry) -> None:
         self.out.write(encode_entry(e))
+        if self.clamped_out is not None:
+            if e.mtime > self.clamp_epoch:
+                e = replace(e, mtime=self.clamp_epoch)
+                self.clamped += 1
+            self.clamped_out.write(encode_entry(e))
+
+    def data(self, chunk) -> None:
+        self.out.write(chunk)
+        if self.clamped_out is not None:
+            self.clamped_out.write(chunk)
 
     def _where(self, rel: bytes) -> str:
         return os.fsdecode(self.root + b"/" + rel)
@@ -138,14 +153,14 @@ class _TarWriter:
                 if not chunk:
                     raise StoreError(f"file shrank while it was archived: {os.fsdecode(rel)}",
                                      path=self._where(rel))
-                self.out.write(chunk)
+                self.data(chunk)
                 left -= len(chunk)
             if os.read(fd, 1):
                 raise StoreError(f"file grew while it was archived: {os.fsdecode(rel)}",
                                  path=self._where(rel))
         finally:
             os.close(fd)
-        self.out.write(padding(st.st_size))
+        self.data(padding(st.st_size))
 
     def children(self, dir_fd: int, prefix: bytes, opaque: bool) -> list:
         with os.scandir(dir_fd) as it:
@@ -250,21 +265,30 @@ class _TarWriter:
                              path=self._where(rel))
 
 
-def write_tar(src: Path, out: BinaryIO, *, source_date_epoch: int | None = None) -> None:
+def write_tar(src: Path, out: BinaryIO, *, source_date_epoch: int | None = None,
+              clamped: tuple[BinaryIO, int] | None = None) -> int:
     """Write the tree under `src` (overlay upper/lower form) to `out` as an uncompressed
     OCI layer tar. Streams: memory does not grow with file sizes. The walk uses dir fds
-    (no PATH_MAX, no recursion, two fds at any depth) and never follows a symlink."""
+    (no PATH_MAX, no recursion, two fds at any depth) and never follows a symlink.
+
+    `clamped` = (out2, epoch): in the same walk, also write to out2 the tar that
+    `source_date_epoch=epoch` would give (every mtime clamped; the same bytes as
+    store.layertimes.clamp_tar of the first); returns how many mtimes that lowered."""
     root = os.fsencode(os.fspath(src))
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (NotADirectoryError, FileNotFoundError):
         raise StoreError(f"layer source is not a directory: {os.fsdecode(root)}",
                          path=os.fsdecode(root)) from None
+    writer = _TarWriter(out, source_date_epoch, root, clamped)
     try:
-        _TarWriter(out, source_date_epoch, root).run(root_fd)
+        writer.run(root_fd)
     finally:
         os.close(root_fd)
     out.write(END_OF_ARCHIVE)
+    if clamped is not None:
+        clamped[0].write(END_OF_ARCHIVE)
+    return writer.clamped
 
 
 def _filtered_xattrs(xattrs: dict[bytes, bytes]) -> dict[bytes, bytes]:

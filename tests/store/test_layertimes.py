@@ -79,3 +79,36 @@ def test_clamped_layer_is_stored_once_per_layer_and_epoch(tmp_path):
         # another epoch, another layer
         c2 = clamped_layer(store, real, 2000)
         assert c2.diff_id not in (c1.diff_id, real.diff_id)
+
+
+@pytest.mark.root  # whiteouts (char 0/0), devices, owners
+@given(tree=trees, epoch=EPOCHS)
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_the_clamped_tar_of_the_same_walk_is_writing_with_the_epoch(tree, epoch):
+    with tempfile.TemporaryDirectory() as tmp:
+        build(tree, tmp)
+        real, clamped = io.BytesIO(), io.BytesIO()
+        changed = write_tar(tmp, real, clamped=(clamped, epoch))
+        assert real.getvalue() == _tar(tmp)
+        assert clamped.getvalue() == _tar(tmp, epoch)
+        assert changed == clamp_tar(io.BytesIO(real.getvalue()), io.BytesIO(), epoch)
+
+
+def test_a_step_layer_written_with_its_clamped_form_needs_no_second_pass(tmp_path, monkeypatch):
+    from lamina.store import layertimes
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("data\n")
+    os.utime(src / "f", (5000, 5000))
+    with Store(tmp_path / "store") as store, store.lease() as lease:
+        real = store.write_layer(src, lease=lease, clamp_epoch=1000)
+        assert real == store.write_layer(src)  # the step's layer is unchanged
+        monkeypatch.setattr(layertimes, "clamp_tar", lambda *a: pytest.fail("clamped again"))
+        c = clamped_layer(store, real, 1000, lease=lease)
+        assert c == store.write_layer(src, source_date_epoch=1000)
+        assert store.blobs.exists(c.digest) and lease.items()["layer"] >= {real.diff_id, c.diff_id}
+        # nothing newer than the epoch: no second blob, the layer is its own clamped form
+        same = store.write_layer(src, clamp_epoch=10_000)
+        assert clamped_layer(store, same, 10_000) == same
