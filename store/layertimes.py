@@ -10,7 +10,9 @@ layer's directory, since lamina's tar form depends on nothing but the members.
 `clamped_layer(store, layer, epoch)` stores and records that layer (same compression
 as the source blob) and remembers it per (source diff_id, epoch) under
 ROOT/cache/layer-times/, so committing or exporting the same layers for the same epoch
-again costs one lookup. Memory does not grow with the layer's size.
+again costs one lookup. Memory does not grow with the layer's size. A build's steps
+of the image's stages make it beforehand, in the walk that writes the step's layer
+(store.tarwrite `clamped=`, `remember`): then the commit only looks it up.
 """
 
 from __future__ import annotations
