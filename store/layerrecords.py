@@ -4,6 +4,7 @@ writing a directory as a recorded layer blob."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,10 +59,26 @@ def write_layer(root: StoreRoot, src_dir: Path, *, compression: str = DEFAULT_CO
             if clamped is not None:
                 lease.hold(layers=[clamped.diff_id], blobs=[clamped.digest])
     if clamp_epoch is not None:
-        from lamina.store.layertimes import remember
-
-        remember(root, layer.diff_id, int(clamp_epoch), (clamped or layer).diff_id)
+        remember_clamped(root, layer.diff_id, int(clamp_epoch), (clamped or layer).diff_id)
     return layer
+
+
+# which recorded layer is a layer with its mtimes clamped to an epoch
+# (store.layertimes): ROOT/cache/layer-times/<diff_id hex>-<epoch> holds its diff_id
+CLAMP_RECORD_DIR = ("cache", "layer-times")
+
+
+def clamp_record_path(root: StoreRoot, diff_id: str, epoch: int) -> Path:
+    return root.root.joinpath(*CLAMP_RECORD_DIR) / f"{diff_id.removeprefix('sha256:')}-{epoch}"
+
+
+def remember_clamped(root: StoreRoot, diff_id: str, epoch: int, target: str) -> None:
+    """Note that layer `diff_id` clamped to `epoch` is the recorded layer `target`."""
+    path = clamp_record_path(root, diff_id, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(target + "\n")
+    os.replace(tmp, path)
 
 
 def layer_row(root: StoreRoot, diff_id: str):

@@ -17,14 +17,13 @@ of the image's stages make it beforehand, in the walk that writes the step's lay
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from lamina.store.blobs import check_digest
 from lamina.store.compression import compress_stream, kind_for_media_type, media_type_for, open_decompressed
 from lamina.store.errors import StoreError
+from lamina.store.layerrecords import clamp_record_path as _record_path, remember_clamped as remember
 from lamina.store.layers import LayerBlob, _HashingWriter
 from lamina.store.tarformat import END_OF_ARCHIVE, TarReader, encode_entry, padding
 
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
     from lamina.store.lease import Lease
     from lamina.store.store import Store
 
-RECORD_DIR = ("cache", "layer-times")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 
@@ -57,10 +55,6 @@ def clamp_tar(src: BinaryIO, out: BinaryIO, epoch: int) -> int:
     return changed
 
 
-def _record_path(store: "Store", diff_id: str, epoch: int) -> Path:
-    return store.root.joinpath(*RECORD_DIR) / f"{diff_id.removeprefix('sha256:')}-{epoch}"
-
-
 def _recorded(store: "Store", diff_id: str, epoch: int) -> LayerBlob | None:
     try:
         target = _record_path(store, diff_id, epoch).read_text().strip()
@@ -73,15 +67,6 @@ def _recorded(store: "Store", diff_id: str, epoch: int) -> LayerBlob | None:
     except StoreError:  # collected since: make it again
         return None
     return layer if store.blobs.exists(layer.digest) else None
-
-
-def remember(store: "Store", diff_id: str, epoch: int, target: str) -> None:
-    """Note that layer `diff_id` clamped to `epoch` is the recorded layer `target`."""
-    path = _record_path(store, diff_id, epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(target + "\n")
-    os.replace(tmp, path)
 
 
 def clamped_layer(store: "Store", layer: LayerBlob, epoch: int, *,
