@@ -477,6 +477,9 @@ class BuildkitCase:
     debian: bool = False             # FROM debian-base:bookworm (the mirror, via host net)
     difference: OracleDifference = OracleDifference()
     check: Callable[["Compared"], None] | None = None   # extra checks of lamina's image
+    args: dict = field(default_factory=dict)             # --build-arg of both builds
+    prepare: Callable[[Path], None] | None = None        # makes what git cannot hold
+    target: str | None = None
 
 
 def _check_run_environment(c: Compared) -> None:
@@ -503,6 +506,11 @@ def _check_run_environment(c: Compared) -> None:
 _ENTRYPOINT_NOW = ["/bin/sh", "-c", '["myentrypoint"] # the entrypoint']
 _ENTRYPOINT_V08 = ["myentrypoint"]
 
+def _prepare_dotgit(ctx: Path) -> None:
+    (ctx / ".git").mkdir()
+    (ctx / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+
+
 BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "run-environment": BuildkitCase(check=_check_run_environment),
     "config-verbatim": BuildkitCase(difference=OracleDifference(
@@ -510,6 +518,27 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
         known_history={-2: ('ENTRYPOINT ["/bin/sh" "-c" "[\\"myentrypoint\\"] # the entrypoint"]',
                             'ENTRYPOINT ["myentrypoint"]')})),
     "debian-exim": BuildkitCase(network="default", debian=True),
+    # ARG lines: the value in effect (a --build-arg, else the global ARG's default for
+    # a re-declared one) in current BuildKit, the instruction as written in v0.8
+    "expansion": BuildkitCase(
+        args={"FROMCLI": "cli", "OVERRIDE": "cli-override", "BASE_TAG": "1", "UNDECLARED": "x"},
+        difference=OracleDifference(known_history={
+            0: ("ARG BASE_TAG=1", "ARG BASE_TAG"),
+            1: ("ARG BASE_NAME=diffbase", "ARG BASE_NAME"),
+            5: ("ARG FROMCLI=cli", "ARG FROMCLI=default-in-file"),
+            8: ("ARG OVERRIDE=cli-override", "ARG OVERRIDE=from-arg")})),
+    "escape-backtick": BuildkitCase(),
+    "shell-forms": BuildkitCase(),
+    "users": BuildkitCase(),
+    "copy-wild": BuildkitCase(),
+    "dockerignore-more": BuildkitCase(prepare=_prepare_dotgit),
+    "stages": BuildkitCase(),
+    "volume-run": BuildkitCase(),
+    # the last stage inherits the ARG an ONBUILD trigger declared in its base stage
+    "onbuild-chain": BuildkitCase(difference=OracleDifference(known_history={
+        -1: ("RUN |1 OB_ARG=ob /bin/sh -c echo final >> /triggers # buildkit",
+             "RUN /bin/sh -c echo final >> /triggers # buildkit")})),
+    "metadata-more": BuildkitCase(),
     "debian-app": BuildkitCase(network="default", debian=True, difference=OracleDifference(
         known_history={3: (("WORKDIR /srv/app/", True), ("WORKDIR /srv/app/", False))},
         empty_layers=(0, 1))),
@@ -538,7 +567,9 @@ def test_buildkit_case(builders, request, tmp_path, name):
         request.getfixturevalue("debian")
     ctx = tmp_path / f"ctx-{name}"
     shutil.copytree(BUILDKIT_CASES_DIR / name, ctx, symlinks=True)
-    c = compare(builders, name, ctx, network=case.network)
+    if case.prepare:
+        case.prepare(ctx)
+    c = compare(builders, name, ctx, network=case.network, args=case.args, target=case.target)
     d = case.difference
     history_known = {(i if i >= 0 else len(history(c.our_config, 1)) + i): v
                      for i, v in d.known_history.items()}
