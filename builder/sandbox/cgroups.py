@@ -16,7 +16,9 @@ cgroup, so a limit lamina itself runs under (a systemd unit, a CI job) still hol
 On a cgroup v2 host: ``<lamina's own cgroup>/lamina/<step>`` when lamina's cgroup can
 delegate the controllers, else ``/sys/fs/cgroup/lamina/<step>``; every process is
 killed with ``cgroup.kill`` (Linux >= 5.14; SIGKILL of each member otherwise).
-v2 has no devices file: there the ``nodev`` mounts of builder.sandbox.devices keep
+Rootless lamina uses the v2 subtree delegated to it, if any
+(builder.sandbox.delegation: ``Layout.delegated``, nothing above it is tried). v2 has
+no devices file: there the ``nodev`` mounts of builder.sandbox.devices keep
 host devices out of reach (runc would attach a BPF program; lamina does not).
 
 Step cgroups are named ``<pid>-<start time>-<n>`` of the lamina process that made
@@ -58,6 +60,9 @@ __all__ = ["DEFAULT_PIDS_LIMIT", "Limits", "Layout", "StepCgroup", "check", "lay
 # also LAMINA_CGROUPS=v1|v2|off
 VERSION = "auto"
 DIR_NAME = "lamina"
+# the delegated v2 cgroup rootless lamina moved itself out of, to put step cgroups
+# under (set by builder.sandbox.delegation, inherited by lamina's children)
+PARENT_ENV = "LAMINA_CGROUP_PARENT"
 
 
 def _v2_controller(file: str) -> str:
@@ -74,6 +79,7 @@ class Layout:
     v1: Mapping[str, Path] = field(default_factory=dict)
     v2: Path | None = None
     v2_controllers: frozenset[str] = frozenset()
+    delegated: bool = False  # v2 is the subtree delegated to rootless lamina: nothing above
 
     @property
     def version(self) -> str:
@@ -105,6 +111,11 @@ def layout() -> Layout:
     v1_mounts, v2_mount = _mountinfo_cgroups()
     v1: dict[str, Path] = {}
     v2 = None
+    parent = os.environ.get(PARENT_ENV)
+    if parent and v2_mount is not None and os.environ.get("LAMINA_CGROUPS") == "v2":
+        v2 = Path(parent)  # rootless, delegated: builder.sandbox.delegation
+        return Layout(v2=v2, v2_controllers=frozenset(_read(v2 / "cgroup.controllers").split()),
+                      delegated=True)
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         rel = path.lstrip("/")
@@ -143,8 +154,10 @@ def check(limits: Limits, lay: Layout | None = None) -> list[str]:
             missing.append("--memory-swap")
     if lay.version == "off" and os.environ.get("LAMINA_ROOTLESS"):  # set by builder.sandbox.userns
         skipped = f" ({', '.join(missing)} skipped)" if missing else ""
-        return [f"note: rootless lamina has no step cgroups: RUN steps run "
-                f"without resource limits{skipped}; host devices are kept out by nodev mounts"]
+        why = os.environ.get("LAMINA_CGROUPS_WHY")  # builder.sandbox.delegation
+        return [f"note: rootless lamina has no step cgroups{f' ({why})' if why else ''}: "
+                f"RUN steps run without resource limits{skipped}; host devices are kept "
+                "out by nodev mounts"]
     if missing:
         why = ("cgroups are switched off" if lay.version == "off" else
                f"this host's cgroup {lay.version} lacks the controller")
@@ -174,7 +187,7 @@ _counter = itertools.count(1)
 _swept = False
 
 
-def _start_time(pid: int) -> str | None:
+def start_time(pid: int) -> str | None:
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -182,22 +195,22 @@ def _start_time(pid: int) -> str | None:
     return data.rpartition(")")[2].split()[19]
 
 
-def _owner_alive(name: str) -> bool:
+def owner_alive(name: str) -> bool:
     pid, _, rest = name.partition("-")
     start = rest.partition("-")[0]
     if not pid.isdigit():
         return True  # not ours: leave it
-    return _start_time(int(pid)) == start
+    return start_time(int(pid)) == start
 
 
-def _members(d: Path) -> list[int]:
+def members(d: Path) -> list[int]:
     try:
         return [int(p) for p in (d / "cgroup.procs").read_text().split()]
     except OSError:
         return []
 
 
-def _kill_members(d: Path, v1_freezer: Path | None = None) -> None:
+def _killmembers(d: Path, v1_freezer: Path | None = None) -> None:
     """SIGKILL every process of cgroup dir `d` (frozen first when a v1 freezer dir is
     given, so none can fork meanwhile), until it is empty."""
     kill_file = d / "cgroup.kill"
@@ -207,7 +220,7 @@ def _kill_members(d: Path, v1_freezer: Path | None = None) -> None:
         except OSError:
             pass
     frozen = False
-    if v1_freezer is not None and _members(d):
+    if v1_freezer is not None and members(d):
         try:
             (v1_freezer / "freezer.state").write_text("FROZEN")
             frozen = True
@@ -216,7 +229,7 @@ def _kill_members(d: Path, v1_freezer: Path | None = None) -> None:
     deadline = time.monotonic() + 10
     try:
         while time.monotonic() < deadline:
-            pids = _members(d)
+            pids = members(d)
             if not pids:
                 return
             for pid in pids:
@@ -278,14 +291,14 @@ def sweep_stale(lay: Layout | None = None) -> list[Path]:
         except OSError:
             continue
         for name in names:
-            if _owner_alive(name):
+            if owner_alive(name):
                 continue
             d = base / name
             frz = freezer / DIR_NAME / name if freezer is not None else None
             if frz is not None and not frz.is_dir():
                 frz = None
             try:
-                _kill_members(d, frz)
+                _killmembers(d, frz)
                 _rmdir(d)
                 removed.append(d)
             except OSError:
@@ -295,7 +308,7 @@ def sweep_stale(lay: Layout | None = None) -> list[Path]:
 
 
 def _v2_root(lay: Layout) -> Path | None:
-    if lay.v2 is None:
+    if lay.v2 is None or lay.delegated:
         return None
     p = lay.v2
     while not (p / "cgroup.controllers").exists() or (p.parent / "cgroup.controllers").exists():
@@ -322,7 +335,7 @@ class StepCgroup:
             _swept = True
             sweep_stale(lay)
         me = os.getpid()
-        name = f"{me}-{_start_time(me)}-{next(_counter)}"
+        name = f"{me}-{start_time(me)}-{next(_counter)}"
         if lay.version == "v1":
             return cls._create_v1(limits, lay, name)
         if lay.version == "v2":
@@ -435,7 +448,7 @@ class StepCgroup:
     def pids(self) -> list[int]:
         """Every process in the step's cgroup (the pids one on v1)."""
         d = self.dirs.get("pids") or self.dirs.get("") or next(iter(self.dirs.values()), None)
-        return _members(d) if d is not None else []
+        return members(d) if d is not None else []
 
     def close(self) -> None:
         """Kill every process left in the step's cgroups and remove them."""
@@ -446,7 +459,7 @@ class StepCgroup:
         failures = []
         for d in dict.fromkeys(self.dirs.values()):
             try:
-                _kill_members(d, freezer)
+                _killmembers(d, freezer)
                 _rmdir(d)
             except OSError as exc:
                 failures.append(f"{d}: {os.strerror(exc.errno or 0)}")

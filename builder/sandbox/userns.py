@@ -28,15 +28,10 @@ so a SIGKILL to lamina reaches lamina (the sandbox's children die with it as und
 root). The store default is decided before the exec ($XDG_DATA_HOME/lamina, passed
 as LAMINA_ROOT): inside, lamina is uid 0 and would otherwise pick /var/lib/lamina.
 
-cgroups rootless: only a delegated cgroup v2 subtree is writable by the user
-(systemd's user@.service gives one), and cgroup v2 lets a cgroup hand controllers to
-children only while it holds no process — lamina's own cgroup (a terminal's scope)
-holds lamina and its shell, and builder.sandbox.cgroups makes step cgroups under it.
-Making the delegated controllers reach a step needs a cgroup of lamina's own
-outside its caller's (a systemd scope asked for over D-Bus, as podman does), which
-lamina does not do yet: rootless lamina runs without step cgroups
-(LAMINA_CGROUPS=off, limits skipped with a note); ``cgroup_mode`` only reports
-whether a delegated subtree exists.
+cgroups rootless: only a delegated cgroup v2 subtree is writable by the user;
+builder.sandbox.delegation (``settle``, before the namespace is entered or adopted)
+moves lamina into a leaf of it so that step cgroups get its controllers, or records
+why there are none (limits are then skipped with a note).
 
 ``report()`` (``lamina unshare --check``) says what this machine offers a rootless
 lamina and what is missing.
@@ -185,32 +180,6 @@ def needs_reexec() -> bool:
     return os.geteuid() != 0 and not overlayform.unprivileged()
 
 
-def own_v2_cgroup(proc_cgroup: str, mountinfo: str) -> Path | None:
-    """This process's cgroup v2 dir from /proc/self/cgroup and /proc/self/mountinfo
-    text; None without a cgroup2 mount or a v2 entry (pure)."""
-    mount = next((ln.split(" - ", 1)[0].split()[4] for ln in mountinfo.splitlines()
-                  if " - cgroup2 " in ln), None)
-    rel = next((ln.split(":", 2)[2] for ln in proc_cgroup.splitlines() if ln.startswith("0::")),
-               None)
-    if mount is None or rel is None:
-        return None
-    return Path(mount) / rel.lstrip("/")
-
-
-def cgroup_mode() -> str:
-    """"v2" when lamina's own cgroup v2 dir is delegated to this user (writable, with
-    the pids or memory controller), else "off" (reported by `lamina unshare --check`)."""
-    own = own_v2_cgroup(_read("/proc/self/cgroup"), _read("/proc/self/mountinfo"))
-    if own is None:
-        return "off"
-    controllers = set(_read(str(own / "cgroup.controllers")).split())
-    if not controllers & {"pids", "memory"}:
-        return "off"
-    if not (os.access(own, os.W_OK) and os.access(own / "cgroup.subtree_control", os.W_OK)):
-        return "off"
-    return "v2"
-
-
 def _fail(what: str) -> BuildError:
     err = ctypes.get_errno()
     hint = ""
@@ -295,7 +264,8 @@ def reexec(store_root: Path, join: int | None = None) -> NoReturn:
     mapping, warnings = current_mapping()
     env = dict(os.environ)
     env.setdefault("LAMINA_ROOT", str(store_root))
-    env.setdefault("LAMINA_CGROUPS", "off")  # see the module docstring
+    from lamina.builder.sandbox import delegation  # only rootless pays for its imports
+    delegation.settle(env)  # step cgroups: see the module docstring
     env[OUTER_ENV] = f"{os.getuid()}:{os.getgid()}"
     joined = join_namespace(join) if join else None
     if joined is None:
@@ -344,7 +314,8 @@ def adopt_namespace() -> None:
     if not overlayform.unprivileged() or os.environ.get(ROOTLESS_ENV):
         return
     os.environ[ROOTLESS_ENV] = "container"
-    os.environ.setdefault("LAMINA_CGROUPS", "off")
+    from lamina.builder.sandbox import delegation
+    delegation.settle(os.environ)
 
 
 def report() -> list[str]:
@@ -375,12 +346,8 @@ def report() -> list[str]:
     if mapping.subordinate:
         lines.append(f"subordinate IDs: 0..{mapping.size - 1} usable in images (0 = you)")
     lines.extend(w.removeprefix("lamina: ") for w in warnings)
-    cg = os.environ.get("LAMINA_CGROUPS", "off")
-    delegated = cgroup_mode() == "v2"
-    lines.append("cgroups: " + ("LAMINA_CGROUPS=v2: step cgroups under lamina's own" if cg == "v2"
-                                else "resource limits are skipped (no step cgroups rootless"
-                                + ("; a delegated v2 subtree exists, lamina does not use it "
-                                   "yet)" if delegated else ")")))
+    from lamina.builder.sandbox import delegation
+    lines.append(delegation.report(os.environ))
     try:
         os.close(os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC))
         lines.append("/dev/net/tun: usable (RUN's default network)")

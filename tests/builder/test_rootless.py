@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from lamina.builder.sandbox.userns import (IdRange, IdMapping, map_args, own_v2_cgroup,
+from lamina.builder.sandbox.delegation import own_v2_cgroup
+from lamina.builder.sandbox.userns import (IdRange, IdMapping, map_args,
                                            parse_subordinate, plan_mapping)
 from lamina.store.overlayform import host_user_namespace
 from tests.builder.test_sandbox_network import TOKEN, host_loopback, peer  # noqa: F401 - fixtures
