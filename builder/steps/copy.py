@@ -4,7 +4,7 @@
 `builder.rootpath`. This module owns what happens to each entry.
 
 Public API:
-- `copy_into_root(root, actions, *, chown, chmod, preserve_ownership,
+- `copy_into_root(root, actions, *, chown, chmod, preserve_ownership, source_xattrs,
   source_date_epoch, follow_final)` -> CopyStats: execute CopyActions;
   `HeredocSource(name, data)` is a `COPY <<EOF` body.
 The entry point that reads the destination in the image first is
@@ -42,10 +42,16 @@ Semantics (BuildKit's FileOp copy through fsutil's copier, read not copied):
   (fsutil resolves the whole destination with fs.RootPath): `COPY x /etc/link`
   rewrites the link's target, inside the root. Below a copied directory nothing is
   followed: a symlink there is a non-directory.
-- xattrs of sources are copied best-effort like BuildKit (which logs and ignores
-  xattr errors), after chown and chmod so that security.capability survives; except
-  `trusted.*` (overlayfs state, never ours to copy) and `security.selinux` (a host
-  label, meaningless in an image).
+- xattrs of sources in an image tree (COPY --from a stage or an image) are copied
+  best-effort like BuildKit (which logs and ignores xattr errors), after chown and
+  chmod so that security.capability survives; except `trusted.*` (overlayfs state,
+  never ours to copy) and `security.selinux` (a host label, meaningless in an image).
+  Transferred sources (the build context, a git checkout, a download: source_xattrs
+  False) carry none into the image, as with BuildKit: its context receiver (fsutil's
+  rewriteMetadata) sets the xattrs before the chown, which clears
+  security.capability, and its layer tars keep no other xattr (containerd's and
+  docker's tar writers record security.capability only). Checked against docker
+  20.10's BuildKit (tests/builder/test_differential_buildkit.py, case copy-onto).
 - Devices and fifos are recreated; a char device 0/0 is refused (overlayfs reads it
   as a whiteout); sockets are skipped (nothing a layer can hold).
 - `COPY --link` changes nothing here: the layer is the same diff; only the cache key's
@@ -153,8 +159,9 @@ class _Copier:
 
     def __init__(self, r: RootDir, *, chown: tuple[int, int] | None, chmod: ChmodSpec | None,
                  preserve_ownership: bool, mtime_ns: int | None, verify_digests: bool,
-                 reuse=None) -> None:
+                 reuse=None, source_xattrs: bool = True) -> None:
         self.r = r
+        self.source_xattrs = source_xattrs
         self.reuse = reuse  # builder.steps.reuse.ReuseClaims: files linked after the step
         self.chown = chown
         self.chmod = chmod
@@ -280,7 +287,8 @@ class _Copier:
                 uid, gid = self.owner(p.src_stat)
                 os.fchown(fd, uid, gid)
                 os.fchmod(fd, self.mode(p.src_stat))
-                copy_xattrs(p.src_path, fd)
+                if self.source_xattrs:
+                    copy_xattrs(p.src_path, fd)
                 os.utime(fd, ns=(p.src_stat.st_mtime_ns, p.src_stat.st_mtime_ns))
             finally:
                 os.close(fd)
@@ -351,7 +359,8 @@ class _Copier:
                 uid, gid = self.owner(st)
                 os.fchown(dfd, uid, gid)
                 os.fchmod(dfd, self.mode(st))
-                copy_xattrs(sfd, dfd)
+                if self.source_xattrs:
+                    copy_xattrs(sfd, dfd)
                 os.utime(dfd, ns=(st.st_mtime_ns, st.st_mtime_ns))
             finally:
                 os.close(dfd)
@@ -484,13 +493,15 @@ def copy_into_root(root: str | os.PathLike, actions: Sequence[CopyAction], *,
                    chown: tuple[int, int] | None = None,
                    chmod: "str | int | ChmodSpec | None" = None,
                    preserve_ownership: bool = False,
+                   source_xattrs: bool = True,
                    source_date_epoch: int | None = None,
                    follow_final: Iterable[str] = (),
                    heredocs: Sequence[tuple[str, HeredocSource, bool]] = (),
                    verify_digests: bool = True, reuse=None) -> CopyStats:
     """Execute `actions` (from plan_copy) inside `root`. `chown` = (uid, gid) already
     resolved; `chmod` octal/symbolic; `preserve_ownership` keeps source owners when no
-    chown (stage sources); `follow_final` = destinations whose final symlink is
+    chown (stage sources); `source_xattrs` copies the sources' xattrs (False for the
+    build context and other transferred sources); `follow_final` = destinations whose final symlink is
     followed; `heredocs` = (dest, HeredocSource, follow_final) files to write;
     `reuse` (builder.steps.reuse.ReuseClaims) takes the files to link afterwards.
     BuildError on any failure (the root is then partially written: the step fails)."""
@@ -498,7 +509,7 @@ def copy_into_root(root: str | os.PathLike, actions: Sequence[CopyAction], *,
     with RootDir(root) as r:
         c = _Copier(r, chown=chown, chmod=spec, preserve_ownership=preserve_ownership,
                     mtime_ns=_epoch_ns(source_date_epoch), verify_digests=verify_digests,
-                    reuse=reuse)
+                    reuse=reuse, source_xattrs=source_xattrs)
         try:
             c.run(actions, frozenset(follow_final))
             for dest, doc, follow in heredocs:

@@ -72,5 +72,7 @@ def copy_selection(root: str | os.PathLike, selection: CopySelection, dest: str,
             raise BuildError(f"invalid heredoc file name {d.name!r}")
     return copy_into_root(root, actions, chown=chown, chmod=spec,
                           preserve_ownership=selection.preserves_ownership,
+                          # an image tree's xattrs go along; the context's never do
+                          source_xattrs=selection.preserves_ownership,
                           source_date_epoch=source_date_epoch, follow_final=follow,
                           heredocs=docs, verify_digests=verify_digests, reuse=reuse)

@@ -165,6 +165,40 @@ def apply_layer(data: bytes, root: Path) -> None:
             os.chmod(path, m.mode & 0o7777)
 
 
+def layer_xattrs(layers: Iterable[bytes]) -> dict[str, dict[str, bytes]]:
+    """The extended attributes (PAX ``SCHILY.xattr.*`` records) of every path of the
+    image the layers make, by path: what the applier above does not set on disk."""
+    found: dict[str, dict[str, bytes]] = {}
+
+    def drop(prefix: str, itself: bool) -> None:
+        for p in [p for p in found if p.startswith(prefix + "/") or (itself and p == prefix)]:
+            del found[p]
+
+    for data in layers:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = tar.getmembers()
+            for m in members:
+                rel = _norm(m.name)
+                parent, _, base = rel.rpartition("/")
+                if base == ".wh..wh..opq":
+                    drop(parent, False)
+                elif base.startswith(".wh."):
+                    drop(f"{parent}/{base[4:]}" if parent else base[4:], True)
+            for m in members:
+                rel = _norm(m.name)
+                if rel.rpartition("/")[2].startswith(".wh.") or m.islnk():
+                    continue
+                if not m.isdir():
+                    drop(rel, False)
+                xattrs = {k[len("SCHILY.xattr."):]: v.encode("utf-8", "surrogateescape")
+                          for k, v in m.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+                if xattrs:
+                    found[rel] = xattrs
+                else:
+                    found.pop(rel, None)
+    return found
+
+
 def apply_layers(layers: Iterable[bytes], root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for layer in layers:

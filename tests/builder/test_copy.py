@@ -354,16 +354,35 @@ def test_whiteout_device_refused_and_devices_copied(env, tmp_path):
 
 
 @pytest.mark.root
-def test_xattrs_copied_capability_survives_chown(env):
-    ctx, root, _ = env
-    f = ctx / "a.txt"
+def test_xattrs_of_a_stage_copied_capability_survives_chown(env, tmp_path):
+    _, root, _ = env
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    f = stage / "a.txt"
+    f.write_text("A")
     os.setxattr(f, "user.note", b"kept")
     capability = b"\x01\x00\x00\x02\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
     os.setxattr(f, "security.capability", capability)  # cap_net_bind_service+ep
-    copy(root, ctx, ["a.txt"], "/cap", chown=(1000, 1000))
+    copy(root, stage, ["/a.txt"], "/cap", chown=(1000, 1000), tree=SourceTree(stage))
     assert os.getxattr(root / "cap", "user.note") == b"kept"
     assert os.getxattr(root / "cap", "security.capability") == capability
     assert owner(root / "cap") == (1000, 1000)
+
+
+@pytest.mark.root
+def test_xattrs_of_the_context_not_copied(env):
+    """docker 20.10's BuildKit gives none of them (case copy-onto of
+    test_differential_buildkit.py): its context receiver clears the capability by its
+    chown, its layer tars carry no other xattr."""
+    ctx, root, _ = env
+    os.setxattr(ctx / "a.txt", "user.note", b"dropped")
+    os.setxattr(ctx / "dir" / "sub", "user.note", b"dropped")
+    os.setxattr(ctx / "a.txt", "security.capability",
+                b"\x01\x00\x00\x02\x00\x04" + bytes(14))
+    copy(root, ctx, ["a.txt"], "/cap")
+    copy(root, ctx, ["dir"], "/d/")
+    assert os.listxattr(root / "cap") == []
+    assert os.listxattr(root / "d" / "sub") == []
 
 
 def test_parents_keeps_the_path_below_the_pivot(env):

@@ -276,6 +276,8 @@ class Compared:
     their_links: set
     our_config: dict
     their_config: dict
+    our_xattrs: dict = field(default_factory=dict)
+    their_xattrs: dict = field(default_factory=dict)
 
 
 def compare(b: Builders, name: str, ctx: Path, **kw) -> Compared:
@@ -289,7 +291,8 @@ def compare(b: Builders, name: str, ctx: Path, **kw) -> Compared:
     our_tree = comparable(dt.snapshot(a), a)
     their_tree = without_leftover_stubs(comparable(dt.snapshot(t), t), our_tree)
     return Compared(our_tree, their_tree, a, t, dt.hardlink_groups(a), dt.hardlink_groups(t),
-                    ours.config, theirs.config)
+                    ours.config, theirs.config, dt.layer_xattrs(ours.layers),
+                    dt.layer_xattrs(theirs.layers))
 
 
 # v0.8's mount-stub cleaner (executor/stubs.go, then only for the leaf, and racy when
@@ -327,7 +330,8 @@ def history(image_config: dict, skip: int) -> list[tuple[str, bool]]:
 
 def assert_same(c: Compared, *, known: tuple[Known, ...] = (),
                 known_config: dict | None = None, known_history: dict | None = None,
-                empty_layers: tuple[int, int] = (0, 0), skip_history: int = 1) -> None:
+                empty_layers: tuple[int, int] = (0, 0), skip_history: int = 1,
+                known_xattrs: dict | None = None) -> None:
     ours, theirs = dict(c.ours), dict(c.theirs)
     for k in known:
         _check_known(ours, c.our_root, k, k.ours, "lamina")
@@ -336,6 +340,14 @@ def assert_same(c: Compared, *, known: tuple[Known, ...] = (),
     problems = [p.replace(" buildah=", " buildkit=") for p in dt.diff_trees(ours, theirs)]
     assert not problems, "root filesystems differ:\n" + "\n".join(problems[:60])
     assert c.our_links == c.their_links, "hard-link groups differ"
+    for path, (want_ours, want_theirs) in (known_xattrs or {}).items():
+        assert (c.our_xattrs.get(path), c.their_xattrs.get(path)) == (want_ours, want_theirs), path
+    skip = {k.path for k in known} | set(known_xattrs or {})
+    xa = {p: x for p, x in c.our_xattrs.items() if p not in skip}
+    xb = {p: x for p, x in c.their_xattrs.items() if p not in skip}
+    assert xa == xb, "xattrs differ:\n" + "\n".join(
+        f"{p}: lamina={xa.get(p)!r} buildkit={xb.get(p)!r}" for p in sorted(set(xa) | set(xb))
+        if xa.get(p) != xb.get(p))
     a, b = config_of(c.our_config), config_of(c.their_config)
     for key, (want_ours, want_theirs) in (known_config or {}).items():
         assert (a.pop(key, None), b.pop(key, None)) == (want_ours, want_theirs), key
@@ -412,6 +424,8 @@ class OracleDifference:
     known_history: dict = field(default_factory=dict)
     # (ours, theirs): how many layers whose tar is empty each image has
     empty_layers: tuple[int, int] = (0, 0)
+    # path -> (our xattrs, their xattrs), each checked exactly
+    known_xattrs: dict = field(default_factory=dict)
 
 
 # LAMINA DIFFERS (not the oracle): a filesystem step whose diff is empty (WORKDIR of a
@@ -423,6 +437,15 @@ class OracleDifference:
 # keeps every layer of the ref chain. Seen in debian-app (WORKDIR /srv/app/ after
 # useradd --create-home made it). To fix in the executor; pinned here until then.
 EMPTY_TAR_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+
+# LAMINA DIFFERS (not the oracle): lamina's layer tars keep every xattr of a file but
+# trusted.overlay.* and security.selinux (store/tarwrite.py); BuildKit's keep only
+# security.capability (containerd's archive ChangeWriter, and docker's pkg/archive for
+# docker's own layer store, write no other), so a user.* xattr that an archive (ADD),
+# a stage (COPY --from) or a RUN gave a file is in the snapshot but not in the image.
+# Seen in copy-onto. To change in the store's tar writer (not a builder concern);
+# pinned here until then. (From the build context no xattr reaches either image.)
+_USER_XATTR = {"user.comment": b"from the archive"}
 
 
 # COPY --chmod: v0.8's copier (fsutil of 2020, os.FileMode) kept only the permission
@@ -506,9 +529,39 @@ def _check_run_environment(c: Compared) -> None:
 _ENTRYPOINT_NOW = ["/bin/sh", "-c", '["myentrypoint"] # the entrypoint']
 _ENTRYPOINT_V08 = ["myentrypoint"]
 
+# A global `ARG TARGETPLATFORM` without a value, declared again in a stage: current
+# BuildKit keeps the automatic value (buildMetaArgs adds a global ARG to the global
+# args only when it has a value, since b9a4a6eed "dockerfile: update args definitions
+# to llb.EnvList", 2024); v0.8 replaced it with the global ARG's (empty) value.
+_GLOBAL_PLATFORM_ARG = "a value-less global ARG keeps the automatic platform value (current) / empties it (v0.8)"
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+
 def _prepare_dotgit(ctx: Path) -> None:
     (ctx / ".git").mkdir()
     (ctx / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+
+
+# cap_net_bind_service+ep (vfs_cap_data revision 2), as `setcap` writes it
+_CAP_NET_BIND = bytes.fromhex("0000000200040000000000000000000000000000")
+
+
+def _prepare_copy_onto(ctx: Path) -> None:
+    (ctx / "emptydir").mkdir()
+    (ctx / "zero").write_text("zero\n")
+    os.chmod(ctx / "zero", 0)
+    os.setxattr(ctx / "xattr.txt", "user.comment", b"kept by the copy")
+    os.setxattr(ctx / "xattr.txt", "security.capability", _CAP_NET_BIND)
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, pax in (("cap", {"SCHILY.xattr.security.capability": _CAP_NET_BIND.decode("latin-1")}),
+                          ("user", {"SCHILY.xattr.user.comment": "from the archive"})):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime, info.pax_headers = 2, 0o755, 1_600_000_000, pax
+            tar.addfile(info, io.BytesIO(b"x\n"))
+    (ctx / "xattrs.tar").write_bytes(buf.getvalue())
 
 
 BUILDKIT_CASES: dict[str, BuildkitCase] = {
@@ -539,6 +592,15 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
         -1: ("RUN |1 OB_ARG=ob /bin/sh -c echo final >> /triggers # buildkit",
              "RUN /bin/sh -c echo final >> /triggers # buildkit")})),
     "metadata-more": BuildkitCase(),
+    "copy-onto": BuildkitCase(prepare=_prepare_copy_onto, difference=OracleDifference(
+        known_xattrs={"untar/user": (_USER_XATTR, None), "from-stage/user": (_USER_XATTR, None)})),
+    "crlf-bom": BuildkitCase(),
+    "json-forms": BuildkitCase(),
+    "platform-args": BuildkitCase(difference=OracleDifference(known=(
+        Known("platform", _GLOBAL_PLATFORM_ARG,
+              {"content": f"linux/{_ARCH} linux {_ARCH} [] linux/{_ARCH} linux {_ARCH}\n".encode()},
+              {"content": f" linux {_ARCH} [] linux/{_ARCH} linux {_ARCH}\n".encode()}),),
+        known_history={2: (f"ARG TARGETARCH={_ARCH}", "ARG TARGETARCH")})),
     "debian-app": BuildkitCase(network="default", debian=True, difference=OracleDifference(
         known_history={3: (("WORKDIR /srv/app/", True), ("WORKDIR /srv/app/", False))},
         empty_layers=(0, 1))),
@@ -574,6 +636,6 @@ def test_buildkit_case(builders, request, tmp_path, name):
     history_known = {(i if i >= 0 else len(history(c.our_config, 1)) + i): v
                      for i, v in d.known_history.items()}
     assert_same(c, known=d.known, known_config=d.known_config, known_history=history_known,
-                empty_layers=d.empty_layers)
+                empty_layers=d.empty_layers, known_xattrs=d.known_xattrs)
     if case.check:
         case.check(c)
