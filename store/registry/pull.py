@@ -26,7 +26,7 @@ from typing import Any, Callable
 import httpx
 
 from lamina.store import attestations, oci, refs, repodigests
-from lamina.store.blobs import sha256_digest
+from lamina.store.blobs import check_digest, sha256_digest
 from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.compression import media_type_for
 from lamina.store.layerdigest import LayerDigester
@@ -100,7 +100,7 @@ def fetch_manifest(session: RegistrySession, path: str, ref: str) -> tuple[bytes
         content_type = resp.headers.get("content-type", "").split(";")[0].strip()
     data = bytes(data)
     digest = sha256_digest(data)
-    if ref.startswith("sha256:") and digest != ref:
+    if ":" in ref and digest != ref:  # a digest (a tag has no ':'): the bytes must hash to it
         raise CorruptContent(f"registry {session.host} sent a manifest for {path}@{ref} whose content "
                              f"hashes to {digest}", digest=ref)
     try:
@@ -116,6 +116,17 @@ def fetch_manifest(session: RegistrySession, path: str, ref: str) -> tuple[bytes
     if not media_type:
         media_type = oci.OCI_INDEX if "manifests" in doc else oci.OCI_MANIFEST
     return data, media_type, digest
+
+
+def _entry_digest(value: str, where: str) -> str:
+    """An index entry's digest, which must be a sha256 digest: anything else (a tag,
+    another algorithm) would be fetched as a ref the index does not pin."""
+    try:
+        check_digest(value)
+    except StoreError:
+        raise CorruptContent(f"{where}: index entry digest {value!r} is not a sha256 digest",
+                             digest=value) from None
+    return value
 
 
 def choose_manifest(index: dict, want: Platform, where: str) -> str:
@@ -138,10 +149,10 @@ def choose_manifest(index: dict, want: Platform, where: str) -> str:
             continue
         if want.variant is None or p.get("variant") in (want.variant, None):
             if p.get("variant") == want.variant:
-                return e["digest"]
+                return _entry_digest(e["digest"], where)
             fallback = fallback or e["digest"]
     if fallback:
-        return fallback
+        return _entry_digest(fallback, where)
     raise RegistryError(f"{where} has no image for platform {want} (it has: "
                         f"{', '.join(o for o in offered if o) or 'none'}); choose one with --platform")
 
@@ -309,7 +320,7 @@ def _attestations(session: RegistrySession, path: str, index: dict, image_digest
         if target != image_digest:
             continue
         try:
-            data, _, _ = fetch_manifest(session, path, desc["digest"])
+            data, _, _ = fetch_manifest(session, path, _entry_digest(desc.get("digest"), path))
             statements = attestations.read_statements(
                 data, lambda d: fetch_small_blob(session, path, d, MAX_CONFIG_BYTES))
         except (StoreError, KeyError, TypeError):
