@@ -537,6 +537,26 @@ _GLOBAL_PLATFORM_ARG = "a value-less global ARG keeps the automatic platform val
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 
 
+# ADD --chown of a local archive: current BuildKit chowns what it extracts (fileop
+# unpack with ChownOpts, 46e52f472 "file: add chown to archive unpack from copy",
+# 2025); v0.8 kept the archive's owners.
+_ADD_CHOWN = "ADD --chown applies to an extracted archive (current) / not (v0.8)"
+
+# RUN --mount targets that did not exist: current BuildKit removes the empty
+# directories it made to mount on, parents included (executor/stubs.go, 2cae26f61
+# "stubs cleaner should recursively remove empty directory mounts", 2022, with the
+# RemoveMountStubsRecursive the Dockerfile frontend sets); v0.8 removed stub files only.
+_MOUNT_STUB = "mount-point directory left by v0.8, removed by current BuildKit"
+_MOUNT_STUBS = ("etc/ctx-in-etc", "mnt", "mnt/ctx", "scratch", "scratch/tmp", "srv",
+                "srv/stage-data", "var/cache", "var/cache/thing")
+
+# A RUN after an ARG declared twice: current BuildKit names it once, with the last
+# value, at its first place (runCommandString, e2be8f768 "fix duplicate keys for same
+# arg in history line", 2024); v0.8 listed it twice.
+_REDECLARED = ("VERSION=9.9.9 FULL=v1.2.3-plain MAJOR=1.2.3 WITH_ENV=base-env "
+               "SPACED=a  $b 'c' lower=l LOWER=U")
+
+
 def _prepare_dotgit(ctx: Path) -> None:
     (ctx / ".git").mkdir()
     (ctx / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
@@ -562,6 +582,45 @@ def _prepare_copy_onto(ctx: Path) -> None:
             info.size, info.mode, info.mtime, info.pax_headers = 2, 0o755, 1_600_000_000, pax
             tar.addfile(info, io.BytesIO(b"x\n"))
     (ctx / "xattrs.tar").write_bytes(buf.getvalue())
+
+
+def _tar(entries, compression: str = "") -> bytes:
+    """(name, kind, mode, uid, gid, data) entries -> a tar (PAX), for ADD cases."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:" + compression, format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, mode, uid, gid, data in entries:
+            info = tarfile.TarInfo(name)
+            info.mode, info.uid, info.gid, info.mtime = mode, uid, gid, 1_600_000_000
+            info.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+                         "hardlink": tarfile.LNKTYPE, "file": tarfile.REGTYPE}[kind]
+            if kind in ("symlink", "hardlink"):
+                info.linkname = data
+            if kind == "file":
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def _prepare_add_archives(ctx: Path) -> None:
+    (ctx / "root-entry.tar").write_bytes(_tar([
+        ("./", "dir", 0o750, 1000, 50, None),
+        ("./f", "file", 0o640, 1001, 10, b"f\n"),
+        ("./sub/", "dir", 0o700, 0, 0, None),
+        ("./sub/g", "file", 0o600, 0, 0, b"g\n")]))
+    (ctx / "one.tgz").write_bytes(_tar([("one/x", "file", 0o644, 0, 0, b"1\n")], "gz"))
+    (ctx / "two.tgz").write_bytes(_tar([("two/y", "file", 0o644, 0, 0, b"2\n"),
+                                        ("one/z", "file", 0o644, 0, 0, b"z\n")], "gz"))
+    (ctx / "data.tar.bz2").write_bytes(_tar([("b/data", "file", 0o644, 0, 0, b"bz\n")], "bz2"))
+    (ctx / "links.tar").write_bytes(_tar([
+        ("d/", "dir", 0o755, 0, 0, None),
+        ("d/f", "file", 0o644, 0, 0, b"f\n"),
+        ("l", "symlink", 0o777, 0, 0, "d"),
+        ("h", "hardlink", 0o644, 0, 0, "d/f"),
+        ("abs", "symlink", 0o777, 0, 0, "/etc/passwd")]))
 
 
 BUILDKIT_CASES: dict[str, BuildkitCase] = {
@@ -596,6 +655,25 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
         known_xattrs={"untar/user": (_USER_XATTR, None), "from-stage/user": (_USER_XATTR, None)})),
     "crlf-bom": BuildkitCase(),
     "json-forms": BuildkitCase(),
+    "users-numeric": BuildkitCase(),
+    "dockerignore-exotic": BuildkitCase(),
+    "dockerignore-allowlist": BuildkitCase(),
+    "arg-chains": BuildkitCase(
+        args={"SPACED": "a  $b 'c'", "FLAVOR": "ignored"},
+        difference=OracleDifference(known_history={
+            0: ("ARG VERSION=1.2.3", "ARG VERSION"),
+            1: ("ARG FULL=v1.2.3-plain", "ARG FULL"),
+            5: ("ARG SPACED=a  $b 'c'", "ARG SPACED"),
+            11: (f"RUN |7 {_REDECLARED} /bin/sh -c echo \"$VERSION\" > /out/redeclared # buildkit",
+                 f"RUN |8 {_REDECLARED} VERSION=9.9.9 /bin/sh -c echo \"$VERSION\" > "
+                 "/out/redeclared # buildkit")})),
+    "add-archives": BuildkitCase(prepare=_prepare_add_archives, difference=OracleDifference(known=(
+        Known("opt/chowned/f", _ADD_CHOWN, {"uid": 1000, "gid": 50}, {"uid": 1001, "gid": 10}),
+        Known("opt/chowned/sub", _ADD_CHOWN, {"uid": 1000, "gid": 50}, {"uid": 0, "gid": 0}),
+        Known("opt/chowned/sub/g", _ADD_CHOWN, {"uid": 1000, "gid": 50}, {"uid": 0, "gid": 0})))),
+    "run-mounts": BuildkitCase(difference=OracleDifference(known=tuple(
+        Known(p, _MOUNT_STUB, None, {"type": "dir", "mode": 0o755, "uid": 0, "gid": 0})
+        for p in _MOUNT_STUBS))),
     "platform-args": BuildkitCase(difference=OracleDifference(known=(
         Known("platform", _GLOBAL_PLATFORM_ARG,
               {"content": f"linux/{_ARCH} linux {_ARCH} [] linux/{_ARCH} linux {_ARCH}\n".encode()},
