@@ -8,7 +8,10 @@ Public API:
 - ``resolve_user(rootfs_lookup, user_spec)`` — ``rootfs_lookup(path) -> bytes | None``
   reads a file of the image (e.g. ``LayerStack(lower_dirs).read_file``).
 - ``resolve_user_in_layers(lower_dirs, user_spec)`` — the same, reading through the
-  stacked layer dirs (top-most first) with whiteouts and opaque dirs honoured.
+  stacked layer dirs (top-most first) with whiteouts and opaque dirs honoured. The
+  file is read through a walk inside the layer that provides it (never a symlink out of
+  it, even one swapped in after the lookup by a running container) and only up to
+  MAX_ACCOUNT_FILE bytes (a RUN can leave a sparse /etc/passwd of any size).
 - ``UserLookupError(BuildError)`` — "unable to find user x: no matching entries in
   passwd file" / "unable to find group g: no matching entries in group file".
 
@@ -20,14 +23,17 @@ listing the user name gives a supplementary group.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from lamina.builder.errors import BuildError
 from lamina.builder.sandbox.overlay import LayerStack
+from lamina.builder.sandbox.rootpath import RootDir, RootPathError
 
 _MAX_ID = 2**31 - 1
+MAX_ACCOUNT_FILE = 16 << 20  # /etc/passwd, /etc/group: read whole, so bounded
 
 
 class UserLookupError(BuildError):
@@ -149,6 +155,29 @@ def resolve_user(rootfs_lookup: Callable[[str], bytes | None], user_spec: str) -
     return ResolvedUser(uid=uid, gid=gid, groups=groups, home=home)
 
 
+def _layer_file_reader(lower_dirs) -> Callable[[str], bytes | None]:
+    stack = LayerStack(lower_dirs)
+
+    def read(path: str) -> bytes | None:
+        try:
+            entry = stack.lookup(path)
+            if entry is None or not stat.S_ISREG(entry.st.st_mode):
+                return None
+            if entry.st.st_size > MAX_ACCOUNT_FILE:
+                raise UserLookupError(f"{path} of the image is {entry.st.st_size} bytes, more than "
+                                      f"the {MAX_ACCOUNT_FILE >> 20} MiB lamina reads to resolve a user")
+            # opened again by a walk inside the providing layer: a running container may
+            # have swapped the file for a symlink since the lookup
+            with RootDir(entry.layer) as root:
+                data = root.read_file(entry.image_path, max_bytes=MAX_ACCOUNT_FILE)
+        except (OSError, RootPathError) as e:
+            raise UserLookupError(f"cannot read {path} of the image: "
+                                  f"{getattr(e, 'strerror', None) or e}") from None
+        return data
+
+    return read
+
+
 def resolve_user_in_layers(lower_dirs: tuple[Path, ...] | list[Path], user_spec: str
                            ) -> ResolvedUser:
-    return resolve_user(LayerStack(lower_dirs).read_file, user_spec)
+    return resolve_user(_layer_file_reader(lower_dirs), user_spec)
