@@ -6,7 +6,10 @@ again), so the layer is made from a copy: every entry with its type, mode, owner
 times, xattrs (the overlay opaque marker included) and hard links, whiteouts as the
 0/0 character devices they are. The copy then loses what the sandbox created only
 as mount points (/proc, /etc/hostname... builder.sandbox.mountpoints.remove_stubs)
-and the kernel's overlay bookkeeping (overlay.finalize_upper). The config is the
+and the kernel's overlay bookkeeping (overlay.finalize_upper). The upper dir of a
+fuse-overlayfs container (``Container.overlay``) is flushed first (the kernel's cached
+writes of a running one: builder.containers.fuseroot.sync_running) and its copy turned
+into the overlay form (builder.sandbox.fuseupper) before the stubs go. The config is the
 image's with the container's Env, and its Cmd/Entrypoint when they were given on the
 `run` command line (docker's commit); history gets one entry.
 """
@@ -184,11 +187,19 @@ def commit(store: Store, c: Container, upper: Path, ref: str | None, *, message:
         with store.writing():
             image = container_image(store, c)
             lease.hold(layers=[l.diff_id for l in image.layers], images=[c.manifest])
+        if c.overlay == "fuse":  # what the kernel still caches, into the upper dir
+            from lamina.builder.containers.fuseroot import sync_running
+            from lamina.builder.containers.state import ContainerStore
+            sync_running(ContainerStore(store.root), c)
         scratch = store.temp_path("commit")
         scratch.mkdir()
         try:
             snapshot = scratch / "upper"
             copy_tree(upper, snapshot)
+            if c.overlay == "fuse":  # fuse-overlayfs's form -> lamina's, on the copy only
+                from lamina.builder.sandbox.fuseupper import convert_upper
+                convert_upper(snapshot, [store.layer_dir(l.diff_id)
+                                         for l in reversed(image.layers)], since=c.created)
             if c.stubs:
                 remove_stubs(str(snapshot), c.stubs)
             finalize_upper(snapshot)

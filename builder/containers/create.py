@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lamina.builder.containers.fuseroot import overlay_kind
 from lamina.builder.containers.imagehold import hold_image
 from lamina.builder.containers.state import (Container, ContainerError, ContainerStore, boot_id,
                                              process_is)
@@ -165,7 +166,8 @@ def create(store: Store, opts: RunOptions) -> Container:
             network="default" if opts.network == "bridge" else opts.network,
             volumes=volumes, tty=opts.tty, interactive=opts.interactive, detach=opts.detach,
             auto_remove=opts.auto_remove, stop_signal=str(config.get("StopSignal") or "SIGTERM"),
-            created=time.time(), boot_id=boot_id(), tty_size=opts.tty_size)
+            created=time.time(), boot_id=boot_id(), tty_size=opts.tty_size,
+            overlay=overlay_kind(store.tmp_dir))
         # the container holds its image until `rm` (builder.containers.imagehold)
         cs.create(record, on_create=lambda: hold_image(store, cid, image))
         return cs.read(cid) or record

@@ -6,11 +6,13 @@ and living exactly as long as the container.
 
 It records itself (pid, start time, boot id) in the container's state, holds a store
 lease on the image (besides the hold every container has from `create` to `rm`:
-builder.containers.imagehold), starts the
+builder.containers.imagehold), mounts the container's fuse-overlayfs root in a mount
+namespace of its own when the record says so (builder.containers.fuseroot), starts the
 container (builder.sandbox.container.start: its next child is the container's PID 1,
 with PDEATHSIG, so killing the monitor kills the container), records it running,
 writes its stdout/stderr (or the pty's output) to the log file, reaps PID 1, removes
-its cgroup and network helper, and records the exit status. With `--rm` it removes
+its cgroup and network helper, unmounts (flushes) a fuse root, and records the exit
+status. With `--rm` it removes
 the container afterwards, once no attached `lamina run` holds attach.lock.
 """
 
@@ -64,6 +66,7 @@ def main(argv: list[str]) -> int:
 
 
 def _supervise(root: Path, cs: ContainerStore, record, stdin_fd, attach_fd) -> int:
+    from lamina.builder.containers.fuseroot import end_root, mount_root
     from lamina.builder.containers.imagehold import container_image
     from lamina.builder.errors import SandboxError, BuildError
     from lamina.builder.sandbox.container import ContainerSpec, Volume, start
@@ -73,6 +76,7 @@ def _supervise(root: Path, cs: ContainerStore, record, stdin_fd, attach_fd) -> i
 
     d = cs.path(record.id)
     log = LogWriter(d / LOG_FILE)
+    fuse = None  # the fuse-overlayfs root, mounted here (builder.containers.fuseroot)
     try:
         with Store(root) as store, store.lease() as lease:
             try:
@@ -81,6 +85,8 @@ def _supervise(root: Path, cs: ContainerStore, record, stdin_fd, attach_fd) -> i
                     lease.hold(layers=[l.diff_id for l in image.layers],
                                images=[record.manifest])
                 lowers = tuple(store.layer_dir(l.diff_id) for l in reversed(image.layers))
+                if record.overlay == "fuse":
+                    fuse = mount_root(lowers, d / "upper", d / "work", d / "run")
                 spec = ContainerSpec(
                     lower_dirs=lowers, upper_dir=d / "upper", work_dir=d / "work",
                     run_dir=d / "run", argv=record.argv,
@@ -88,12 +94,14 @@ def _supervise(root: Path, cs: ContainerStore, record, stdin_fd, attach_fd) -> i
                     cwd=record.workdir, uid=record.uid, gid=record.gid, groups=record.groups,
                     hostname=record.hostname, network=record.network,
                     volumes=tuple(Volume(Path(s), t, ro) for s, t, ro in record.volumes),
-                    tty=record.tty, tty_size=record.tty_size)
+                    tty=record.tty, tty_size=record.tty_size, root_mounted=fuse is not None)
                 started = start(spec, stdin_fd)
             except (SandboxError, BuildError, StoreError, OSError) as exc:
                 message = str(exc) if not isinstance(exc, OSError) else \
                     f"{exc.strerror or exc} {exc.filename or ''}".strip()
                 code = exit_code_for(message)
+                end_root(fuse)
+                fuse = None
                 cs.update(record.id, status="exited", exit_code=code, error=message,
                           finished=time.time(), started=time.time())
                 return code
@@ -112,13 +120,19 @@ def _supervise(root: Path, cs: ContainerStore, record, stdin_fd, attach_fd) -> i
                     started.close()
                 except SandboxError as exc:
                     print(f"lamina monitor: {exc}", file=sys.stderr)
+                flushed = end_root(fuse)  # before the work dir goes, and before "exited"
+                fuse = None
                 try:
                     empty_dir(d / "work")
                 except OSError:
                     pass
-            cs.update(record.id, status="exited", exit_code=code, finished=time.time())
+            if flushed:
+                print(f"lamina monitor: {flushed}", file=sys.stderr)
+            cs.update(record.id, status="exited", exit_code=code, finished=time.time(),
+                      **({"error": flushed} if flushed else {}))
             return code
     finally:
+        end_root(fuse)  # an error of the monitor's own: still never a daemon left
         log.close()
 
 

@@ -90,6 +90,7 @@ class Container:
     cgroup_dirs: tuple[str, ...] = ()
     stubs: dict = field(default_factory=dict)
     tty_size: tuple[int, int] | None = None
+    overlay: str = "kernel"         # its root: "kernel" overlayfs or "fuse" (builder.containers.fuseroot)
 
     @property
     def short_id(self) -> str:

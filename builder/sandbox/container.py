@@ -87,6 +87,9 @@ class ContainerSpec:
     tty: bool = False
     tty_size: tuple[int, int] | None = None   # rows, columns
     limits: Limits = Limits()
+    # the overlay is already mounted on run_dir/root in the monitor's own mount
+    # namespace (fuse-overlayfs: builder.containers.fuseroot); C2 only uses it
+    root_mounted: bool = False
 
 
 @dataclass
@@ -129,7 +132,8 @@ def validate(spec: ContainerSpec) -> None:
 def start(spec: ContainerSpec, stdin_fd: int | None = None) -> Started:
     """Create the namespaces and start PID 1. The calling process (the monitor) is
     moved into the new network/IPC/UTS namespaces and its next child is PID 1 of the
-    new PID namespace; its mount namespace stays the host's."""
+    new PID namespace; its mount namespace stays the host's (or, with `root_mounted`,
+    the private one in which it mounted the container's fuse-overlayfs root)."""
     validate(spec)
     privileges.prepare()
     run_dir = Path(spec.run_dir)
@@ -226,8 +230,9 @@ def _init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
     root = run_dir / "root"
     recorder = None
     try:
-        overlay.mount_overlay(tuple(Path(p) for p in spec.lower_dirs), Path(spec.upper_dir),
-                              Path(spec.work_dir), root, run_dir)
+        if not spec.root_mounted:
+            overlay.mount_overlay(tuple(Path(p) for p in spec.lower_dirs), Path(spec.upper_dir),
+                                  Path(spec.work_dir), root, run_dir)
         recorder = StubRecorder(str(root))
         mount_system(recorder, run_dir / "hosts", run_dir / "resolv.conf")
         bind(run_dir / "hostname", recorder.ensure("/etc/hostname", "file"), readonly=False)

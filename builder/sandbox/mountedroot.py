@@ -18,6 +18,7 @@ import os
 import pickle
 import signal
 import struct
+import time
 import traceback
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
@@ -110,6 +111,7 @@ def in_mounted_root(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Pa
     views = dict(views or {})
     lower_dirs = tuple(lower_dirs)
     fuse = fuseoverlay.use_fuse(work_dir.parent)
+    since = time.time()  # before the mount: no copy-up is older (fuseupper.convert_upper)
 
     def inside() -> T:
         target = scratch_dir / "root"
@@ -136,5 +138,5 @@ def in_mounted_root(lower_dirs, upper_dir: Path, work_dir: Path, scratch_dir: Pa
         return run_in_namespace(inside)
     finally:
         if fuse:
-            fuseoverlay.convert_upper(upper_dir, lower_dirs)
+            fuseoverlay.convert_upper(upper_dir, lower_dirs, since=since)
         finalize_upper(upper_dir)

@@ -24,8 +24,9 @@ Public API:
   (fsopen/fsconfig ``lowerdir+`` — no page-size limit), "classic" (mount(2) with
   the data shortened through symlinks ``scratch_dir/l/<n>`` so 500 layers fit in
   one page) or "auto" (new, falling back to classic when the kernel lacks it).
-  Where a user namespace may not mount overlayfs (or LAMINA_OVERLAY=fuse), RUN,
-  COPY and ADD steps mount fuse-overlayfs instead (builder.sandbox.fuseoverlay).
+  Where a user namespace may not mount overlayfs (or LAMINA_OVERLAY=fuse), every
+  overlay is fuse-overlayfs instead (builder.sandbox.fuseoverlay: step roots, RUN
+  --mount views, containers) and this function is not called.
 - ``finalize_upper(upper)``: remove overlay bookkeeping xattrs (origin, impure,
   uuid, nlink...) that the kernel leaves in an upper dir; keeps opaque markers.
   Both take the prefix of this process's overlay form (trusted./user.overlay.).
@@ -133,10 +134,8 @@ def mount_overlay(lower_dirs: tuple[Path, ...] | list[Path], upper: Path, work: 
         if overlayform.unprivileged() and getattr(exc, "errno", None) == 1:
             raise SandboxError(
                 f"{exc}: this kernel does not let a user namespace mount overlayfs (Linux "
-                ">= 5.11 does); RUN, COPY and ADD steps fall back to fuse-overlayfs "
-                "(builder.sandbox.fuseoverlay), this mount (RUN --mount from another stage, "
-                "a container) has no fallback yet: run lamina as root, or on a newer "
-                "kernel") from None
+                ">= 5.11 does); with LAMINA_OVERLAY=auto (the default) or fuse lamina "
+                "mounts fuse-overlayfs instead (builder.sandbox.fuseoverlay)") from None
         raise
     return "classic"
 

@@ -7,7 +7,9 @@ The RUN --mount types (frozen dataclasses, re-exported by builder.sandbox):
 ``BindMount`` (a host path; rw writes are discarded: an overlay on a tmpfs upper for a
 dir, a tmpfs copy for a file), ``TmpfsMount``, ``CacheMount`` (a persistent host dir,
 rw), ``SecretMount`` (a tmpfs copy with mode/uid/gid, bind-mounted read-only),
-``LayerMount`` (a path of another stage's or image's merged layers).
+``LayerMount`` (a path of another stage's or image's merged layers). Where the step's
+overlays are fuse-overlayfs, the views of a ``LayerMount`` and of a writable dir
+``BindMount`` come already mounted (their ``view``: builder.sandbox.fuseviews).
 
 Every mount point is created through ``StubRecorder`` so that the ones the sandbox
 had to create are removed from the upper dir after the step (builder.mountpoints).
@@ -37,6 +39,7 @@ class BindMount:
     source: Path
     target: str
     readonly: bool = True
+    view: Path | None = None  # rw dir: its fuse-overlayfs view, mounted (builder.sandbox.fuseviews)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class LayerMount:
     target: str
     readonly: bool = True
     what: str = ""  # for messages: "stage build", "image alpine"
+    view: Path | None = None  # the merged view, mounted with fuse-overlayfs (builder.sandbox.fuseviews)
 
 
 Mount = BindMount | TmpfsMount | CacheMount | SecretMount | LayerMount
@@ -254,6 +258,8 @@ def _mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str, _target, b
         target = _target(rec, m.target, "dir" if is_dir else "file")
         if m.readonly:
             bind(source, target, readonly=True)
+        elif is_dir and m.view is not None:  # fuse-overlayfs, writes discarded
+            bind(m.view, target, readonly=False)
         elif is_dir:
             # writes go to an overlay upper on the scratch tmpfs: discarded
             for sub in ("", "/u", "/w"):
@@ -269,11 +275,14 @@ def _mount_user(m: Mount, scratch: Path, rec: StubRecorder, api: str, _target, b
             bind(copy, target, readonly=False)
     elif isinstance(m, LayerMount):
         # the merged view of the other stage/image, over an upper on the scratch tmpfs
-        for sub in ("", "/view", "/u", "/w"):
-            os.mkdir(f"{scratch}{sub}", 0o755)
-        overlay.mount_overlay(tuple(m.lower_dirs), scratch / "u", scratch / "w",
-                              scratch / "view", scratch, api=api)
-        source = resolve_in_root(scratch / "view", m.source or "/")
+        view = m.view
+        if view is None:
+            for sub in ("", "/view", "/u", "/w"):
+                os.mkdir(f"{scratch}{sub}", 0o755)
+            overlay.mount_overlay(tuple(m.lower_dirs), scratch / "u", scratch / "w",
+                                  scratch / "view", scratch, api=api)
+            view = scratch / "view"
+        source = resolve_in_root(view, m.source or "/")
         if not os.path.lexists(source):
             raise SandboxError(f"mount source {m.source!r} does not exist in {m.what or 'its stage'}")
         target = _target(rec, m.target, "dir" if source.is_dir() else "file")

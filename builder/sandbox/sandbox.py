@@ -59,11 +59,13 @@ import select
 import shutil
 import signal
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
-from lamina.builder.sandbox import fuseoverlay, linux, network as netstack, overlay, privileges
+from lamina.builder.sandbox import (fuseoverlay, fuseviews, linux, network as netstack, overlay,
+                                    privileges)
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox.cgroups import Limits, StepCgroup
 from lamina.builder.sandbox.childproc import (describe, exec_command, exit_code, parent_gone, send,
@@ -108,6 +110,7 @@ class _Plan:
     resolv: Path
     cgroup: StepCgroup | None = None  # joined by C1 (builder.sandbox.cgroups)
     fuse: bool = False  # fuse-overlayfs, mounted and flushed by C1 (builder.sandbox.fuseoverlay)
+    started: float = 0.0  # time.time() before the step's mount (fuseupper.convert_upper)
 
 
 # --- parent side -----------------------------------------------------------------
@@ -143,7 +146,7 @@ def _prepare(spec: SandboxSpec) -> _Plan:
     work = Path(spec.work_dir)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{work.name}.lamina-sandbox-", dir=work.parent))
     plan = _Plan(run_dir=run_dir, root=run_dir / "root", scratch=run_dir / "scratch",
-                 hosts=run_dir / "hosts", resolv=run_dir / "resolv.conf")
+                 hosts=run_dir / "hosts", resolv=run_dir / "resolv.conf", started=time.time())
     plan.root.mkdir()
     plan.scratch.mkdir()
     plan.hosts.write_text(hosts_file(spec.hostname))
@@ -166,7 +169,8 @@ def _cleanup(spec: SandboxSpec, plan: _Plan, report: dict | None) -> None:
 
     if plan.fuse:  # before the stubs: fuse-overlayfs's markers sit in new dirs
         attempt("converting fuse-overlayfs's upper dir",
-                lambda: fuseoverlay.convert_upper(Path(spec.upper_dir), spec.lower_dirs))
+                lambda: fuseoverlay.convert_upper(Path(spec.upper_dir), spec.lower_dirs,
+                                                  since=plan.started))
 
     if report:
         attempt("removing mount points from the upper dir",
@@ -339,6 +343,7 @@ def _stage1(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, parent_pid: 
     if netstack.own_namespace(spec.network):
         flags |= linux.CLONE_NEWNET
     fuse = None
+    views: list = []
     if plan.fuse:
         # the daemon lives in the step's mount namespace but outside its PID namespace,
         # so that C1 can unmount (flush) and wait for it after the namespace is gone;
@@ -348,6 +353,12 @@ def _stage1(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, parent_pid: 
         fuse = fuseoverlay.mount(spec.lower_dirs, Path(spec.upper_dir), Path(spec.work_dir),
                                  plan.root, plan.run_dir)
         flags &= ~linux.CLONE_NEWNS
+        try:  # RUN --mount views of other stages (builder.sandbox.fuseviews), beside it
+            mounts, views = fuseviews.mount_views(spec.mounts, plan.run_dir)
+        except BaseException:
+            fuseoverlay.unmount(fuse)
+            raise
+        spec = replace(spec, mounts=mounts)
     stack = netstack.UserNetwork.prepare() if spec.network == "default" else None
     try:
         if plan.cgroup is not None:
@@ -359,6 +370,7 @@ def _stage1(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, parent_pid: 
     finally:
         if stack is not None:
             stack.stop()
+        fuseviews.discard_views(views)
         if fuse is not None:
             fuseoverlay.unmount(fuse)  # raises before the status counts: step failed
 
