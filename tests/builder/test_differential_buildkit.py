@@ -457,6 +457,16 @@ _USER_XATTR = {"user.comment": b"from the archive"}
 # mountpoints.py). Seen in scratch-run. To change in the sandbox; pinned until then.
 _RUNC_MOUNT_POINT = "runc's mount point, kept by BuildKit, removed by lamina"
 
+# LAMINA DIFFERS (not the oracle): a directory that WORKDIR or COPY creates inside a
+# setgid directory. BuildKit makes it with a bare mkdir (fsutil copy.MkdirAll, the
+# FileOp mkdir) and a chown only when a user is given, never a chmod: the kernel's
+# setgid inheritance stays (mode 2755) and, without --chown/USER, so does the parent's
+# group. lamina's RootDir._mkdir (builder/sandbox/rootpath.py) fchowns to the DirSpec's
+# uid:gid (0:0 by default) and fchmods the exact mode, dropping both. Seen in
+# alpine-style (/home/app 2750 app:app). To change in the sandbox's rootpath (keep the
+# new directory's S_ISGID; leave the group when no owner is given); pinned until then.
+_SETGID_PARENT = "created in a setgid dir: BuildKit keeps the inherited setgid bit and group"
+
 
 # COPY --chmod: v0.8's copier (fsutil of 2020, os.FileMode) kept only the permission
 # bits of the mode and did not apply it to a copied directory itself; current BuildKit
@@ -697,6 +707,18 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
         empty_layers=(0, 1))),
     "config-more": BuildkitCase(),
     "ignore-empty": BuildkitCase(),
+    "alpine-style": BuildkitCase(difference=OracleDifference(known=(
+        Known("home/app/bin", _SETGID_PARENT, {"mode": 0o755, "uid": 0, "gid": 0},
+              {"mode": 0o2755, "uid": 0, "gid": 101}),
+        Known("home/app/bin/by-root", _SETGID_PARENT, {"mode": 0o755, "uid": 0, "gid": 0},
+              {"mode": 0o2755, "uid": 0, "gid": 101}),
+        *(Known(p, _SETGID_PARENT, {"mode": 0o755, "uid": 100, "gid": 101},
+                {"mode": 0o2755, "uid": 100, "gid": 101})
+          for p in ("home/app/libexec", "home/app/libexec/by-app", "home/app/work")),
+        Known("listing", "`ls -ln /home/app` shows those directories", {"type": "file"},
+              {"type": "file"})))),
+    "stage-vars": BuildkitCase(difference=OracleDifference(known_history={
+        0: ("ARG BUILDER=builder", "ARG BUILDER")})),
     "platform-args": BuildkitCase(difference=OracleDifference(known=(
         Known("platform", _GLOBAL_PLATFORM_ARG,
               {"content": f"linux/{_ARCH} linux {_ARCH} [] linux/{_ARCH} linux {_ARCH}\n".encode()},
