@@ -1,7 +1,12 @@
 """Base images a build names (FROM, COPY --from=IMAGE, RUN --mount=from=IMAGE): the
 store's copy, or a pull from the image's registry when the store lacks it or the
 build says `--pull`. A `name@digest` already in the store is never fetched again:
-its content cannot change; each reference is pulled at most once per build."""
+its content cannot change; each reference is pulled at most once per build.
+
+The pull is lazy: the manifest and config now, the layers recorded as remote blobs of
+the image's repository (store.remoteblobs) and fetched, verified, when a step first
+reads them (a RUN or COPY on the base, COPY --from the image). A build whose steps all
+hit the cache downloads no base layer; pushing it mounts them registry side."""
 
 from __future__ import annotations
 
@@ -40,6 +45,6 @@ class BaseImages:
         if ref in self._pulled:
             return
         self.progress.note(f"pulling {parsed.familiar}")
-        pulled = pull_image(self.store, ref)
+        pulled = pull_image(self.store, ref, lazy=True)  # layers fetched when first read
         self._pulled.add(ref)
         self.progress.note(f"pulled {parsed.familiar}: {pulled.manifest_digest}")

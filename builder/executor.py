@@ -191,7 +191,7 @@ class Build:
         config.update(platform_config_fields(plan.platform))
         config["config"] = final.config.to_oci_dict()
         config["history"] = list(result.history)
-        layers = self.remote.ensure(result.layers, self.lease)  # fetch remote cache hits' layers
+        layers = self.remote.commit_layers(result.layers, self.lease)  # remote hits: not fetched
         layers = [clamped_layer(self.store, l, self.epoch, lease=self.lease)
                   if l.diff_id in self._step_layers and not self.remote.stamped(l.diff_id) else l
                   for l in layers]  # (a remote cache's layers may come re-stamped for the epoch)

@@ -11,9 +11,11 @@ The executor asks `lookup(key)` after a local-cache miss. A remote hit gives the
 layer as the cache describes it, without fetching it: the blob is fetched (and
 checked against its digest and diff_id, then recorded in the store and the local
 cache) only when `ensure()` is asked for it — when a later step that runs needs it
-as a lower dir, or the image is committed. So a build whose steps all hit
-downloads only the layers of the final image, never those of stages it copies
-from. If such a fetch fails the build is told (`RemoteLayerLost`) and builds again
+as a lower dir. The image's layers are recorded at commit as remote blobs of the
+cache's repository (`commit_layers`, store.remoteblobs) and fetched only when read,
+so a build whose steps all hit downloads only what is read afterwards (none when it
+only pushes to the cache's registry: the push mounts them), never the layers of
+stages it copies from. If such a fetch fails the build is told (`RemoteLayerLost`) and builds again
 without the remote cache. `record()` collects every step of the build; `export()`
 writes mode=min (the steps of the final image) or mode=max (every step) records.
 A cache that cannot be read or written is a WARNING in the build output, never a
@@ -277,6 +279,40 @@ class RemoteCache:
                     if l.diff_id in self._pending and l.diff_id not in self._fetched]
             if todo:
                 self._fetch(todo, lease)
+            return tuple(self._fetched.get(l.diff_id, l) for l in layers)
+
+    def commit_layers(self, layers: Iterable[LayerBlob], lease=None) -> tuple[LayerBlob, ...]:
+        """`layers` ready to be an image's: a remote hit from a registry cache is
+        recorded as a remote blob of the cache's repository (store.remoteblobs: fetched
+        only when something reads it, mounted registry side by a push), a hit from a
+        local cache is fetched (`ensure`). So a build that only pushes downloads none."""
+        layers = tuple(layers)
+        with self._fetching:
+            local, remote = [], []
+            for l in layers:
+                p = self._pending.get(l.diff_id)
+                if p is None or l.diff_id in self._fetched:
+                    continue
+                (remote if getattr(p.source, "origin", None) else local).append(p)
+            for p in remote:  # still there? (a HEAD each; the bytes are checked when read)
+                try:
+                    there = p.source.has_blob(p.layer)
+                except (StoreError, httpx.HTTPError, OSError) as e:
+                    raise RemoteLayerLost(f"cannot check cached layer {p.layer.digest} at "
+                                          f"{p.source.where}: {_reason(e)}") from None
+                if not there:
+                    raise RemoteLayerLost(f"cached layer {p.layer.digest} is gone from "
+                                          f"{p.source.where}")
+            for p in remote:
+                origin = p.source.origin
+                self.store.record_remote_layers([p.layer], f"{origin[0]}/{origin[1]}")
+                if lease is not None:
+                    lease.hold(layers=[p.layer.diff_id], blobs=[p.layer.digest])
+                self._fetched[p.layer.diff_id] = p.layer
+                for key, parent in p.entries:
+                    self._put_local(key, p.layer.diff_id, parent)
+            if local:
+                self._fetch(local, lease)
             return tuple(self._fetched.get(l.diff_id, l) for l in layers)
 
     def _fetch(self, todo: list[_Pending], lease) -> None:

@@ -16,7 +16,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from lamina.store.errors import BlobNotFound, CorruptContent, StoreError
 
@@ -139,6 +139,9 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # called with the digest of a blob that is not here; True once it has fetched
+        # it (a recorded remote layer blob: store.remoteblobs), False if it cannot
+        self.fetch_missing: Callable[[str], bool] | None = None
         self.blob_dir = self.root / "blobs" / "sha256"
         self.tmp_dir = self.root / "tmp"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +179,8 @@ class BlobStore:
         try:
             return open(self.path(digest), "rb")
         except FileNotFoundError:
+            if self.fetch_missing is not None and self.fetch_missing(digest):
+                return open(self.path(digest), "rb")
             raise BlobNotFound(f"blob {digest} is not in the store ({self.blob_dir})",
                                digest=digest) from None
 
@@ -187,6 +192,8 @@ class BlobStore:
         try:
             return self.path(digest).stat().st_size
         except FileNotFoundError:
+            if self.fetch_missing is not None and self.fetch_missing(digest):
+                return self.path(digest).stat().st_size
             raise BlobNotFound(f"blob {digest} is not in the store ({self.blob_dir})",
                                digest=digest) from None
 

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping
 
 from lamina.store.errors import StoreError
 
-SCHEMA_VERSION = 2  # 2: repo_digests
+SCHEMA_VERSION = 3  # 2: repo_digests, 3: remote_blobs
 BUSY_TIMEOUT_S = 60.0
 
 _SCHEMA = """
@@ -107,6 +107,10 @@ CREATE TABLE IF NOT EXISTS repo_digests (
     PRIMARY KEY (repository, digest)
 );
 CREATE INDEX IF NOT EXISTS repo_digests_by_image ON repo_digests(manifest_digest);
+CREATE TABLE IF NOT EXISTS remote_blobs (
+    digest          TEXT PRIMARY KEY,      -- a layer blob recorded, not fetched yet
+    source          TEXT NOT NULL          -- the repository that has it: DOMAIN/PATH
+);
 """
 
 LEASE_KINDS = ("blob", "layer", "cache", "image")

@@ -4,7 +4,8 @@ Problems (the store is damaged; `lamina fsck` exits non-zero, naming each):
   - a blob whose bytes do not hash to its name
   - an image whose manifest or config blob is missing, unparseable, or disagrees
     with the database (config digest, layer list, diff_ids)
-  - a layer blob an image or the layer table needs that is missing
+  - a layer blob an image or the layer table needs that is missing (a blob recorded as
+    remote, not fetched yet - store.remoteblobs - is counted, not missing)
   - a layer recorded as extracted whose directory is missing
   - a tag pointing at no image, a cache entry pointing at no layer
   - SQLite's own integrity check failing
@@ -63,6 +64,7 @@ class FsckReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     blobs_checked: int = 0
+    remote_blobs: int = 0   # layer blobs recorded, not fetched yet (store.remoteblobs)
     images_checked: int = 0
     layers_checked: int = 0
     layer_dirs_verified: int = 0
@@ -99,6 +101,8 @@ def check(store: "StoreRoot", *, quick: bool = False) -> FsckReport:
             layers = {r["diff_id"]: r for r in c.execute("SELECT * FROM layers")}
             layer_blobs = {r["digest"]: r for r in c.execute("SELECT * FROM layer_blobs")}
             cache = c.execute("SELECT key, diff_id FROM cache").fetchall()
+            # recorded, not fetched yet (store.remoteblobs): not missing
+            remote = {r["digest"] for r in c.execute("SELECT digest FROM remote_blobs")}
             attested = referenced_blobs(c)  # images' attestation predicates (store.attestations)
             attested |= held_items(c)["blob"]  # what holds keep (store.holds: containers)
 
@@ -146,7 +150,7 @@ def check(store: "StoreRoot", *, quick: bool = False) -> FsckReport:
                 except StoreError as e:
                     rep.problems.append(str(e))
             for r in rows:
-                if r["digest"] not in stored:
+                if r["digest"] not in stored and r["digest"] not in remote:
                     rep.problems.append(f"{what}: layer blob {r['digest']} is missing")
                 if r["diff_id"] not in layers:
                     rep.problems.append(f"{what}: layer {r['diff_id']} is not in the layer table")
@@ -159,7 +163,9 @@ def check(store: "StoreRoot", *, quick: bool = False) -> FsckReport:
         blobs_of: dict[str, list] = {}
         for digest, lb in layer_blobs.items():
             referenced.add(digest)
-            if digest not in stored:
+            if digest in remote and digest not in stored:
+                rep.remote_blobs += 1
+            elif digest not in stored:
                 rep.problems.append(f"layer {lb['diff_id']}: blob {digest} is missing")
             else:
                 blobs_of.setdefault(lb["diff_id"], []).append(lb)

@@ -138,6 +138,8 @@ def collect(store: "StoreRoot", *, cache_max_age: timedelta | None = None,
             c.executemany("DELETE FROM layer_blobs WHERE diff_id=?", [(d,) for d in drop_layers])
             c.executemany("DELETE FROM layers WHERE diff_id=?", [(d,) for d in drop_layers])
             c.executemany("DELETE FROM content WHERE dir=?", [(d,) for d in drop_dirs])
+            # remote blobs (store.remoteblobs) of layers that went
+            c.execute("DELETE FROM remote_blobs WHERE digest NOT IN (SELECT digest FROM layer_blobs)")
             known_dirs = {r["dir"] for r in c.execute("SELECT dir FROM layers WHERE dir IS NOT NULL")}
         report.cache_entries_removed = len(drop_cache)
         report.layers_removed = len(drop_layers)

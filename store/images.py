@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from lamina.store import oci, refs
+from lamina.store import oci, refs, remoteblobs
 from lamina.store.blobs import sha256_digest
 from lamina.store.errors import BlobNotFound, CorruptContent, ImageNotFound, StoreError
 from lamina.store.layerrecords import insert_layer
@@ -38,7 +38,8 @@ class Image:
 
     @property
     def size(self) -> int:
-        return sum(l.uncompressed_size for l in self.layers)
+        # a layer not fetched yet (store.remoteblobs) counts its compressed size
+        return sum(l.uncompressed_size or l.size for l in self.layers)
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,8 @@ def add_manifest(root: StoreRoot, manifest_bytes: bytes, config_bytes: bytes, la
 
 
 def _require_blobs(root: StoreRoot, layers: Sequence[LayerBlob]) -> None:
-    for l in layers:
-        if not root.blobs.exists(l.digest):
+    for l in layers:  # stored, or recorded with the repository it is fetched from
+        if not root.blobs.exists(l.digest) and not remoteblobs.is_remote(root, l.digest):
             raise BlobNotFound(f"layer blob {l.digest} is not in the store", digest=l.digest)
 
 
@@ -196,7 +197,8 @@ def record_image(root: StoreRoot, manifest_digest: str, manifest_bytes: bytes, m
     if _recorded(root, manifest_digest, layers, tags):
         return  # a rebuild that changed nothing writes nothing
     now = time.time()
-    size = sum(l.uncompressed_size for l in layers)
+    # a layer not fetched yet (store.remoteblobs) counts its compressed size until it is
+    size = sum(l.uncompressed_size or l.size for l in layers)
     with root.db.write() as c:
         for l in layers:
             insert_layer(c, l)

@@ -287,8 +287,9 @@ def _drop_src(src_dir: Path | None, result: Path) -> Path:
 
 def _fill(store: "StoreRoot", diff_id: str, name: str, target: Path, src_dir: Path | None) -> Path:
     if src_dir is None:
-        blob = store.db.query_one("SELECT digest FROM layer_blobs WHERE diff_id=? ORDER BY size LIMIT 1",
-                                  (diff_id,))
+        blob = store.db.query_one(  # a stored blob before one still to be fetched
+            "SELECT digest FROM layer_blobs WHERE diff_id=? "
+            "ORDER BY digest IN (SELECT digest FROM remote_blobs), size LIMIT 1", (diff_id,))
         if blob is None:
             raise StoreError(f"layer {diff_id} has no stored blob to extract", digest=diff_id)
         work = store.temp_path("extract")

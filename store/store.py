@@ -5,7 +5,8 @@ It sits on top of its parts and only delegates: store.root (directories, databas
 blobs, locks - the StoreRoot it extends), store.images (resolve, load, list,
 commit), store.tags (tag, untag, rmi), store.layerrecords and store.layerdirs
 (layer blobs and extracted dirs), store.imageviews (history, inspect),
-store.cache, store.lease, store.rootfs (import), store.gc, store.fsck, store.usage.
+store.cache, store.lease, store.rootfs (import), store.gc, store.fsck, store.usage,
+store.remoteblobs (layers recorded before their blobs are fetched).
 Those modules take a StoreRoot and never import this one.
 
 Write order everywhere: bytes first (blob or dir, renamed into place), metadata
@@ -32,7 +33,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lamina.store import fsck as fsck_, gc as gc_, images as images_, imageviews, layerrecords, tags as tags_
+from lamina.store import (fsck as fsck_, gc as gc_, images as images_, imageviews, layerrecords,
+                          remoteblobs, tags as tags_)
 from lamina.store.cache import BuildCache, CacheEntry
 from lamina.store.epoch import source_date_epoch
 from lamina.store.imageviews import HistoryEntry
@@ -62,6 +64,17 @@ class Store(StoreRoot):
     def __init__(self, root: Path, *, file_dedup: bool = False) -> None:
         super().__init__(root, file_dedup=file_dedup)
         self.cache = BuildCache(self)
+        self.blobs.fetch_missing = self._fetch_remote
+
+    def _fetch_remote(self, digest: str) -> bool:
+        """A blob read but not here: fetch it if it is a recorded remote layer blob
+        (store.remoteblobs); False if it is not one."""
+        source = remoteblobs.source_of(self, digest)
+        if source is None:
+            return False
+        from lamina.store.registry.pull import fetch_remote  # the client only when needed
+        fetch_remote(self, digest, source)
+        return True
 
     def __enter__(self) -> "Store":
         return self
@@ -126,6 +139,15 @@ class Store(StoreRoot):
     def record_layer(self, layer: LayerBlob) -> None:
         """Make a stored layer blob known (its blob must exist)."""
         layerrecords.record_layer(self, layer)
+
+    def record_remote_layers(self, layers: Sequence[LayerBlob], source: str) -> None:
+        """Make layers known whose blobs repository `source` (DOMAIN/PATH) has, without
+        fetching them: the first read fetches (store.remoteblobs)."""
+        remoteblobs.record(self, layers, source)
+
+    def remote_source(self, digest: str) -> str | None:
+        """The repository a recorded layer blob is still to be fetched from, if any."""
+        return remoteblobs.source_of(self, digest)
 
     @disk_errors
     def write_layer(self, src_dir: Path, *, compression: str = DEFAULT_COMPRESSION,

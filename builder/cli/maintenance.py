@@ -91,7 +91,9 @@ def fsck_cmd(g: Globals, quick: bool, repair: bool, deep: bool) -> None:
         click.echo(f"not repaired: {n}")
     what = (f"checked {rep.blobs_checked} blobs, {rep.images_checked} images, {rep.layers_checked} layers"
             + (" (quick: layer contents not checked)" if rep.quick
-               else f", {rep.layer_dirs_verified} layer dirs"))
+               else f", {rep.layer_dirs_verified} layer dirs")
+            + (f"; {rep.remote_blobs} layer blob(s) not fetched yet (fetched when read)"
+               if rep.remote_blobs else ""))
     left = rep.unresolved
     if rep.ok:
         status = "ok"

@@ -295,6 +295,15 @@ class RegistryCacheSource(CacheSource):
     def fetch_blob(self, blobs, layer: LayerBlob) -> None:
         fetch_blob(self.session, blobs, self.ref.path, layer.digest, layer.size)
 
+    def has_blob(self, layer: LayerBlob) -> bool:
+        """Does the cache's repository still have the layer's blob, of its size (HEAD)?"""
+        with self.session.request("HEAD", f"/v2/{self.ref.path}/blobs/{layer.digest}",
+                                  scope=repo_scope(self.ref.path), ok=(200, 404)) as resp:
+            if resp.status_code != 200:
+                return False
+            length = resp.headers.get("content-length")
+            return length is None or not length.isdigit() or int(length) == layer.size
+
     def close(self) -> None:
         if self._own:
             self.session.close()

@@ -223,16 +223,18 @@ def fetch_small_blob(session: RegistrySession, path: str, digest: str, limit: in
 
 def pull_image(store, reference: str, *, platform: Platform | None = None,
                session: RegistrySession | None = None, progress: Progress | None = None,
-               tag: bool = True) -> Pulled:
-    """Pull `reference` into `store` and tag it there (by its normalized name)."""
+               tag: bool = True, lazy: bool = False) -> Pulled:
+    """Pull `reference` into `store` and tag it there (by its normalized name).
+    `lazy`: fetch the manifest and config only and record the layers as remote blobs
+    of the image's repository (store.remoteblobs), fetched when first read."""
     ref = refs.parse(reference)
     if session is not None:
-        return _pull(store, session, ref, platform or host(), progress, tag)
+        return _pull(store, session, ref, platform or host(), progress, tag, lazy)
     errors = []
     for server in mirrors_for(ref.domain) + (ref.domain,):
         with RegistrySession(server) as s:
             try:
-                return _pull(store, s, ref, platform or host(), progress, tag)
+                return _pull(store, s, ref, platform or host(), progress, tag, lazy)
             except RegistryError as e:
                 if server == ref.domain:
                     if errors:
@@ -254,7 +256,7 @@ def mirrors_for(domain: str) -> tuple[str, ...]:
 
 
 def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
-          progress: Progress | None, tag: bool) -> Pulled:
+          progress: Progress | None, tag: bool, lazy: bool = False) -> Pulled:
     where = ref.familiar
     target = ref.digest or ref.tag or refs.DEFAULT_TAG
     data, media_type, digest = fetch_manifest(session, ref.path, target)
@@ -275,6 +277,8 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
     layers_desc = manifest["layers"]
     downloaded = 0
     added: list[str] = []
+    if lazy:
+        return _record_lazily(store, ref, data, digest, config, layers_desc, predicates, tag)
     with store.writing():
         try:
             with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
@@ -310,6 +314,80 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
                     pass
             raise
     return Pulled(reference=str(ref), manifest_digest=digest, image=image, downloaded=downloaded)
+
+
+def _record_lazily(store, ref: refs.Reference, data: bytes, digest: str, config: bytes,
+                   layers_desc: list, predicates: dict, tag: bool) -> Pulled:
+    """Record the image with its layers as remote blobs of its repository: described by
+    the manifest (digest, size, media type) and the config (diff_id); fetched, and
+    checked against all of these, when first read (`fetch_remote`)."""
+    where = ref.familiar
+    diff_ids = oci.diff_ids(oci.decode(config, f"{where}: config"))
+    if len(diff_ids) != len(layers_desc):
+        raise CorruptContent(f"{where}: the config lists {len(diff_ids)} layers, the manifest "
+                             f"{len(layers_desc)}")
+    layers = []
+    for d, diff_id in zip(layers_desc, diff_ids):
+        check_digest(d["digest"])
+        check_digest(diff_id)
+        layers.append(LayerBlob(diff_id=diff_id, digest=d["digest"], size=int(d["size"]),
+                                media_type=d.get("mediaType") or oci.OCI_LAYER_GZIP,
+                                uncompressed_size=0))
+    with store.writing():
+        store.record_remote_layers(layers, f"{ref.domain}/{ref.path}")
+        names = [str(refs.parse_tag(str(ref)))] if tag and ref.digest is None else []
+        image = store.add_manifest(data, config, layers, names)
+        repodigests.record(store, ref.name, digest, image.manifest_digest)
+        if predicates and image.manifest_digest == digest:
+            attestations.attach(store, image.manifest_digest, predicates)
+    return Pulled(reference=str(ref), manifest_digest=digest, image=image, downloaded=0)
+
+
+def fetch_remote(store, digest: str, source: str) -> None:
+    """Fetch recorded remote layer blob `digest` from repository `source` (DOMAIN/PATH)
+    into `store`: checked against its digest, size and recorded diff_id, and walked as a
+    tar, while it arrives (as `pull_image` does). StoreError naming the layer and the
+    repository when it cannot be had; nothing stays of a refused blob."""
+    from lamina.store import remoteblobs
+    from lamina.store.locks import flocked
+
+    layer = remoteblobs.layer_of(store, digest)
+    if layer is None:
+        raise StoreError(f"blob {digest} is recorded as remote but belongs to no layer", digest=digest)
+    repo = refs.parse(source)
+    where = f"layer {layer.diff_id} (blob {digest}) of {repo.domain}/{repo.path}"
+    desc = {"digest": digest, "size": layer.size, "mediaType": layer.media_type}
+    with store.writing(), flocked(store.locks_dir / f"fetch-{digest.split(':')[-1]}.lock"):
+        if store.blobs.exists(digest):  # another process fetched it meanwhile
+            remoteblobs.fetched(store, digest)
+            return
+        errors = []
+        servers = mirrors_for(repo.domain) + (repo.domain,)
+        for server in servers:
+            try:
+                with RegistrySession(server) as session:
+                    _, got = _fetch_layer(session, store, repo.path, desc, where, None, "")
+                break
+            except (RegistryError, httpx.HTTPError, OSError) as e:
+                reason = getattr(e, "message", None) or str(e)
+                errors.append(reason if len(servers) == 1 else f"{server}: {reason}")
+        else:
+            raise StoreError(f"{where}: not fetched yet, and cannot be fetched: "
+                             + "; ".join(errors), digest=digest)
+        if got.diff_id != layer.diff_id:
+            store.blobs.delete(digest)
+            raise CorruptContent(f"{where}: the blob holds diff_id {got.diff_id}, the image "
+                                 f"says {layer.diff_id}", digest=digest)
+        if got.uncompressed_size and not layer.uncompressed_size:
+            with store.db.write() as c:  # the sizes the images counted as compressed till now
+                c.execute("UPDATE layer_blobs SET uncompressed_size=? WHERE digest=?",
+                          (got.uncompressed_size, digest))
+                c.execute("UPDATE layers SET size=? WHERE diff_id=? AND (size IS NULL OR size=0)",
+                          (got.uncompressed_size, layer.diff_id))
+                c.execute("UPDATE images SET size = size + ? WHERE manifest_digest IN "
+                          "(SELECT manifest_digest FROM image_layers WHERE digest=?)",
+                          (got.uncompressed_size - layer.size, digest))
+        remoteblobs.fetched(store, digest)
 
 
 def _attestations(session: RegistrySession, path: str, index: dict, image_digest: str) -> dict:

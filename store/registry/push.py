@@ -6,7 +6,9 @@ Layers go as the store's export does (gzip by default, which every registry clie
 reads — the image ID stays the same; ``compression="zstd"`` pushes the stored
 bytes). Each blob is first asked for with HEAD and skipped when the registry has it;
 a blob the registry has in another repository of the same registry is mounted
-(``?mount=&from=``) instead of uploaded; otherwise it is uploaded monolithically
+(``?mount=&from=``) instead of uploaded — a layer recorded but not fetched
+(store.remoteblobs) from the repository that has it, so pushing it downloads nothing
+when that repository is on the same registry; otherwise it is uploaded monolithically
 (POST, then one PUT with the digest) from the blob file, so a retry re-sends it
 from its start. The manifest goes last, with its own media type. An image with
 attestations (store.attestations) goes as BuildKit pushes it: the statements and the
@@ -155,8 +157,8 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
             blobs += [(d, "attestation") for d in (att.config_digest, *att.statements)]
         uploaded = skipped = 0
         with ThreadPoolExecutor(max_workers=PARALLEL_UPLOADS) as pool:
-            futures = [pool.submit(upload_blob, session, store.blobs, dest.path, d, scope, mount_from,
-                                   progress, what)
+            futures = [pool.submit(upload_blob, session, store.blobs, dest.path, d, scope,
+                                   _remote_repo(store, d, dest) or mount_from, progress, what)
                        for d, what in blobs]
             for f in futures:
                 n = f.result()
@@ -187,6 +189,17 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
     finally:
         if own:
             session.close()
+
+
+def _remote_repo(store, digest: str, dest: refs.Reference) -> str | None:
+    """The repository of dest's registry that has `digest`, a layer blob the store has
+    recorded but not fetched (store.remoteblobs): mounted from there, never fetched
+    only to be sent back."""
+    source = store.remote_source(digest)
+    if source is None:
+        return None
+    src = refs.parse(source)
+    return src.path if src.domain == dest.domain else None
 
 
 def _same_registry_repo(source: str, dest: refs.Reference) -> str | None:
