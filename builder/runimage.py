@@ -1,6 +1,9 @@
 """`lamina run`: execute an image's command once, in the same sandbox a RUN step uses
 (mount, PID, IPC, UTS and — unless `--network host` — network namespaces, over an
-overlay of the image's layers), and throw the writes away afterwards.
+overlay of the image's layers: fuse-overlayfs where the sandbox's steps use it,
+builder.sandbox.fuseoverlay), and throw the writes away afterwards. The CLI's
+`lamina run` makes a container instead (builder.containers); ``image_command`` is
+shared with it.
 
 There are no containers to keep: every run starts from the image and its upper dir
 is removed when the command ends (docker's `run --rm`). The command is the image's

@@ -138,6 +138,10 @@ def test_commit_of_a_fuse_container_gives_the_kernel_containers_layer(image_stor
     assert _state(root, f_cid)["overlay"] == "fuse" and _state(root, k_cid)["overlay"] == "kernel"
     procs, _ = _mentions(str(root / "containers" / f_cid))
     assert procs, "no fuse-overlayfs daemon for the fuse container"
+    # exec enters the container's mount namespace: the fuse root, with PID 1's writes
+    ex = _lamina(root, "exec", f_cid, "sh", "-c", "cat /d/g; ls /x 2>&1", mode="fuse",
+                 check=False)
+    assert ex.stdout == "g\nls: /x: No such file or directory\n", ex.stderr
     assert f_entries == k_entries
     assert f_id == k_id
     names = {e[0]: e for e in k_entries}
