@@ -33,6 +33,10 @@ builder.sandbox.delegation (``settle``, before the namespace is entered or adopt
 moves lamina into a leaf of it so that step cgroups get its controllers, or records
 why there are none (limits are then skipped with a note).
 
+Where the kernel refuses overlayfs in the user namespace, every overlay - RUN/COPY/ADD
+roots, RUN --mount views of other stages, containers - is fuse-overlayfs
+(builder.sandbox.fuseoverlay; /dev/fuse must be open to the user).
+
 ``report()`` (``lamina unshare --check``) says what this machine offers a rootless
 lamina and what is missing.
 """
