@@ -19,11 +19,11 @@ Pure except for `load_ignore_rules`. Errors are `builder.errors.BuildError`.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from lamina.builder.context.globmatch import Token, compile_tokens
 from lamina.builder.errors import BuildError
 
 __all__ = [
@@ -84,9 +84,9 @@ def has_wildcards(component: str) -> bool:
     return False
 
 
-def _char_class(p: str, i: int) -> tuple[str, int]:
+def _char_class(p: str, i: int) -> tuple[Token, int]:
     """Parse a Go filepath.Match character class starting after `[` at index i.
-    Returns (python regex, index after the closing `]`). Raises PatternError on
+    Returns (its token, index after the closing `]`). Raises PatternError on
     Go's ErrBadPattern cases: empty class, leading `-` or `]`, dangling `\\`,
     unterminated class, range missing its upper bound."""
     negated = False
@@ -117,34 +117,31 @@ def _char_class(p: str, i: int) -> tuple[str, int]:
         if p[i] == "-":
             hi, i = get_esc(i + 1)
         ranges.append((ord(lo), ord(hi)))
-    parts = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges if lo <= hi)
-    if not parts:  # only empty ranges (lo > hi): Go matches nothing (or anything if negated)
-        return ("[\\s\\S]" if negated else "(?!)"), i
-    return (f"[^{parts}]" if negated else f"[{parts}]"), i
+    return ("class", negated, tuple(ranges)), i
 
 
-def _glob_regex(p: str) -> str:
-    """A Go filepath.Match pattern as a Python regex body (for fullmatch)."""
-    out: list[str] = []
+def _glob_tokens(p: str) -> list[Token]:
+    """A Go filepath.Match pattern as tokens (builder.context.globmatch)."""
+    out: list[Token] = []
     i = 0
     while i < len(p):
         ch = p[i]
         i += 1
         if ch == "*":
-            out.append("[^/]*")
+            out.append(("star",))
         elif ch == "?":
-            out.append("[^/]")
+            out.append(("one",))
         elif ch == "\\":
             if i >= len(p):
                 raise PatternError("syntax error in pattern")
-            out.append(re.escape(p[i]))
+            out.append(("lit", p[i]))
             i += 1
         elif ch == "[":
             cls, i = _char_class(p, i)
             out.append(cls)
         else:
-            out.append(re.escape(ch))
-    return "".join(out)
+            out.append(("lit", ch))
+    return out
 
 
 @dataclass(frozen=True)
@@ -153,17 +150,17 @@ class GlobPattern:
     may (as in Go); `**` is not special (it is `*` twice)."""
 
     text: str
-    regex: re.Pattern
+    matcher: object  # builder.context.globmatch: linear in the name, whatever the pattern
 
     @classmethod
     def compile(cls, text: str) -> "GlobPattern":
         try:
-            return cls(text, re.compile(_glob_regex(text)))
+            return cls(text, compile_tokens(_glob_tokens(text)))
         except PatternError as e:
             raise PatternError(f"invalid pattern {text!r}: {e.message}") from None
 
     def match(self, name: str) -> bool:
-        return self.regex.fullmatch(name) is not None
+        return self.matcher.matches(name)
 
 
 # ---------------------------------------------------------------------------------
@@ -172,11 +169,11 @@ class GlobPattern:
 _EXACT, _PREFIX, _SUFFIX, _REGEX = "exact", "prefix", "suffix", "regex"
 
 
-def _ignore_regex(p: str) -> tuple[str, str]:
-    """Translate a cleaned ignore pattern into (kind, regex body) the way
+def _ignore_tokens(p: str) -> tuple[str, list[Token]]:
+    """Translate a cleaned ignore pattern into (kind, tokens) the way
     patternmatcher classifies it: exact / prefix (`foo/**`) / suffix (`**/foo`) /
     regex. `**` followed by `/` (or at the end) matches any number of directories."""
-    out: list[str] = []
+    out: list[Token] = []
     kind = _EXACT
     i = 0
     first = True
@@ -195,22 +192,22 @@ def _ignore_regex(p: str) -> tuple[str, str]:
                         kind = _PREFIX
                     else:
                         kind = _REGEX
-                    out.append(".*")
+                    out.append(("any",))
                 else:
-                    out.append("(?:.*/)?")
+                    out.append(("dirs",))
                     kind = _REGEX
                 if at_start:
                     kind = _SUFFIX
             else:
-                out.append("[^/]*")
+                out.append(("star",))
                 kind = _REGEX
         elif ch == "?":
-            out.append("[^/]")
+            out.append(("one",))
             kind = _REGEX
         elif ch == "\\":
             if i >= len(p):
                 raise PatternError("syntax error in pattern")
-            out.append(re.escape(p[i]))
+            out.append(("lit", p[i]))
             i += 1
             kind = _REGEX
         elif ch == "[":
@@ -218,11 +215,11 @@ def _ignore_regex(p: str) -> tuple[str, str]:
             out.append(cls)
             kind = _REGEX
         elif ch == "]":
-            out.append(re.escape(ch))
+            out.append(("lit", ch))
             kind = _REGEX
         else:
-            out.append(re.escape(ch))
-    return kind, "".join(out)
+            out.append(("lit", ch))
+    return kind, out
 
 
 @dataclass(frozen=True)
@@ -232,8 +229,8 @@ class IgnorePattern:
     text: str
     exception: bool
     kind: str
-    regex: re.Pattern
-    components: tuple[re.Pattern, ...] | None  # per-component regexes, when no `**`/`[`
+    matcher: object  # builder.context.globmatch: linear in the path, whatever the pattern
+    components: tuple | None  # per-component matchers, when no `**`/`[`
 
     @classmethod
     def compile(cls, raw: str) -> "IgnorePattern":
@@ -245,13 +242,13 @@ class IgnorePattern:
             exception = True
             p = p[1:]
         try:
-            kind, body = _ignore_regex(p)
+            kind, tokens = _ignore_tokens(p)
             comps = None
             if "**" not in p and "[" not in p and "\\" not in p:
-                comps = tuple(re.compile(_glob_regex(c)) for c in p.split("/"))
+                comps = tuple(compile_tokens(_glob_tokens(c)) for c in p.split("/"))
         except PatternError as e:
             raise PatternError(f"invalid pattern {raw!r}: {e.message}") from None
-        return cls(p, exception, kind, re.compile(body), comps)
+        return cls(p, exception, kind, compile_tokens(tokens), comps)
 
     def matches(self, path: str) -> bool:
         """Does this pattern match `path` itself (no parent matching)?"""
@@ -264,7 +261,7 @@ class IgnorePattern:
             if path.endswith(suffix):
                 return True
             return suffix.startswith("/") and path == suffix[1:]
-        return self.regex.fullmatch(path) is not None
+        return self.matcher.matches(path)
 
     def may_match_below(self, directory: str) -> bool:
         """Could this pattern match some path strictly below `directory`? Sound
@@ -274,7 +271,7 @@ class IgnorePattern:
         dirs = directory.split("/")
         if len(self.components) <= len(dirs):
             return False
-        return all(rx.fullmatch(d) is not None for rx, d in zip(self.components, dirs))
+        return all(m.matches(d) for m, d in zip(self.components, dirs))
 
 
 MatchInfo = tuple  # per pattern: "matches this path or one of its parent directories"
