@@ -16,8 +16,8 @@ COPY, ADD, WORKDIR):
   builder.missrecords), runs it over a fresh overlay upper dir — RUN in the sandbox,
   COPY/ADD/WORKDIR in a private mount namespace — and turns the upper dir into a
   layer (builder.stepexec): a blob for the image and, by rename, the layer's
-  extracted dir for the next step's lowerdir. A step whose diff is empty adds no
-  layer (history `empty_layer`). Base images come from the store or their registry
+  extracted dir for the next step's lowerdir. A step whose diff is empty adds the
+  empty layer where BuildKit does (builder.stepexec.adds_layer). Base images come from the store or their registry
   (builder.baseimages); independent stages run in parallel.
 
 Metadata steps (ENV, LABEL, CMD...) only change the config, computed by the plan;
@@ -53,7 +53,7 @@ from lamina.builder.remotecache import RemoteCache, RemoteLayerLost
 from lamina.builder.plan.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun
 from lamina.builder.plan.stageplan import BaseImage, StagePlan, Step, plan_stage
 from lamina.builder.steps.files import fetch_copy, identify_copy, remote_sources
-from lamina.builder.stepexec import execute_step
+from lamina.builder.stepexec import EmptyLayer, adds_layer, execute_step
 from lamina.builder.steps.run import RunEnvironment, check_network
 from lamina.grammar import parse
 from lamina.store.cache import CacheEntry
@@ -163,6 +163,7 @@ class Build:
         try:
             with self.store.lease() as lease:
                 self.lease = lease
+                self._empty_layer = EmptyLayer(self.store, lease)
                 self.remote.open()
                 for attempt in (1, 2):
                     try:
@@ -301,6 +302,8 @@ class Build:
                 position += 1
                 label = self.label(stage, position, total, step)
                 layer, parent = self.filesystem_step(plan, stage, step, label, layers, parent)
+                if layer is None and adds_layer(step.resolved):  # as BuildKit: an empty one
+                    layer = self._empty_layer.get()
                 if layer is not None:
                     layers.append(layer)
                     self._step_layers.add(layer.diff_id)

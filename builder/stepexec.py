@@ -3,11 +3,16 @@ dir and turning that dir into a layer: RUN in the sandbox (builder.steps.run),
 COPY/ADD and WORKDIR in a private mount namespace over the merged view
 (builder.sandbox.mountedroot). The upper dir becomes both the layer's blob (with its
 files' real times) and, by rename, the layer's extracted dir, the next step's lower
-dir. An empty diff gives no layer (None). Scratch dirs live in the store's tmp and
-are removed whatever happens."""
+dir. An empty diff gives no layer (None) here; the image still gets one where
+BuildKit's does (``adds_layer``): every RUN, COPY/ADD and WORKDIR other than ``/`` is
+a layer in a BuildKit image even when it changed nothing — the empty tar (diff_id
+sha256:5f70bf18…; dockerfile2llb commits them "withLayer", its exporter keeps each
+snapshot of the chain) — so ``EmptyLayer`` stands in for it and the image ID is
+docker's. Scratch dirs live in the store's tmp and are removed whatever happens."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -92,3 +97,36 @@ def _copy(r: ResolvedCopy, prepared, lowers, upper: Path, work: Path, scratch: P
         if previous is not None:
             from lamina.builder.steps.reuse import discard
             discard(previous)
+
+
+def adds_layer(resolved) -> bool:
+    """Does the step give the image a layer even when its diff is empty (BuildKit's
+    withLayer)? Every RUN and COPY/ADD, and WORKDIR except of "/"."""
+    if isinstance(resolved, ResolvedWorkdir):
+        return resolved.creates_dir
+    return isinstance(resolved, (ResolvedRun, ResolvedCopy))
+
+
+class EmptyLayer:
+    """The empty layer (a tar with no entries) of one build, written once when a step
+    that adds a layer changed nothing."""
+
+    def __init__(self, store, lease) -> None:
+        self._store, self._lease = store, lease
+        self._layer: LayerBlob | None = None
+        self._lock = threading.Lock()  # stages of one wave may ask at once
+
+    def get(self) -> LayerBlob:
+        from lamina.store.locks import remove_tree
+
+        with self._lock:
+            if self._layer is None:
+                empty = self._store.temp_path("empty")
+                empty.mkdir()
+                try:
+                    self._layer = self._store.write_layer(empty, lease=self._lease)
+                    self._store.adopt_layer_dir(self._layer.diff_id, empty)
+                finally:
+                    if empty.exists():
+                        remove_tree(empty)
+            return self._layer
