@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TextIO
 
 from lamina.builder.bake.targets import Target
+from lamina.builder.context.contextfile import read_context_file
 from lamina.builder.errors import BuildError
 from lamina.store.errors import StoreError
 
@@ -358,10 +359,10 @@ def shared_stages(targets: list[Target]) -> list[SharedStages]:
     for t in targets:
         if t.no_cache:
             continue
-        try:
+        try:  # read as the build reads it: symlinks resolved inside its directory, capped
             text = t.dockerfile_inline if t.dockerfile_inline is not None else \
-                t.dockerfile.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+                read_context_file(t.dockerfile, "Dockerfile").decode("utf-8")
+        except (OSError, UnicodeDecodeError, BuildError):
             continue
         key = (str(t.context), text, t.network, t.no_cache, t.pull, t.secrets)
         groups.setdefault(key, []).append(t)
