@@ -14,12 +14,13 @@ result; docker removes them, and so does lamina:
   JSON-able dict: the created paths (in creation order) and, for every pre-existing
   dir on the overlay that was traversed, its metadata before and its mtime after
   the creations.
-- ``remove_stubs(upper, report)`` runs after the step, with nothing mounted, on the
+- ``remove_stubs(upper, report, keep)`` runs after the step, with nothing mounted, on the
   upper dir (dir fds, never following a symlink): removes each created path that is
   still an empty dir / empty file, restores parent mtimes (to the original if the
   step itself did not change the dir), and drops copied-up dirs that are again
   identical to the lower one (empty in upper, not opaque, same mode, owner, mtime
-  and xattrs) so that they do not appear in the layer.
+  and xattrs) so that they do not appear in the layer. A RUN keeps runc's
+  ``RUNC_MOUNT_POINTS`` (``keep``), as BuildKit's layers do.
 """
 
 from __future__ import annotations
@@ -217,8 +218,16 @@ def _lstat_at(root_fd: int, rel: str) -> os.stat_result | None:
         os.close(pfd)
 
 
-def remove_stubs(upper: str, report: dict) -> None:
-    created: list[list[str]] = report.get("created", [])
+# runc's own mount points: a RUN on a root without them (FROM scratch + a static
+# binary) leaves them in BuildKit's layer - its stub cleaner (executor/stubs.go) removes
+# only /etc/hosts, /etc/resolv.conf and RUN --mount targets - so a RUN step keeps them
+# (`keep`) and the image is docker's; a container's commit drops them, as docker's does
+RUNC_MOUNT_POINTS = ("dev", "proc", "sys")
+
+
+def remove_stubs(upper: str, report: dict, keep: tuple[str, ...] = ()) -> None:
+    created: list[list[str]] = [c for c in report.get("created", [])
+                                if not (c[1] == "dir" and c[0] in keep)]
     dirs: dict[str, dict] = report.get("dirs", {})
     root_fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -62,12 +62,16 @@ class RootPathError(BuildError):
 
 @dataclass(frozen=True)
 class DirSpec:
-    """How to create a missing directory: owner, permission bits, mtime (ns; None = now)."""
+    """How to create a missing directory: owner, permission bits, mtime (ns; None = now).
+    `chown`: the owner was asked for (COPY --chown, WORKDIR under USER); without it a
+    directory made inside a setgid directory keeps that directory's group, as mkdir
+    gives it. Either way it keeps the inherited setgid bit (BuildKit's bare mkdir)."""
 
     uid: int = 0
     gid: int = 0
     mode: int = 0o755
     mtime_ns: int | None = None
+    chown: bool = False
 
 
 def clean_image_path(path: str) -> str:
@@ -238,8 +242,11 @@ class RootDir:
                                 f"{e.strerror}") from None
         fd = os.open(name, _DIR_FLAGS, dir_fd=w.fd)
         try:
-            os.fchown(fd, spec.uid, spec.gid)
-            os.fchmod(fd, spec.mode & 0o7777)
+            parent = os.fstat(w.fd)
+            inherits = parent.st_mode & stat.S_ISGID  # the kernel gave it group and bit
+            gid = spec.gid if spec.chown or not inherits else parent.st_gid
+            os.fchown(fd, spec.uid, gid)
+            os.fchmod(fd, (spec.mode & 0o7777) | inherits)
             if spec.mtime_ns is not None:
                 os.utime(fd, ns=(spec.mtime_ns, spec.mtime_ns))
         finally:
@@ -398,10 +405,12 @@ def is_dir_in_root(root: str | os.PathLike, path: str) -> bool:
 
 
 def mkdir_p_in_root(root: str | os.PathLike, path: str, uid: int = 0, gid: int = 0,
-                    mode: int = 0o755, *, mtime_ns: int | None = None) -> Path:
+                    mode: int = 0o755, *, mtime_ns: int | None = None,
+                    chown: bool = True) -> Path:
     """Make sure directory `path` exists inside `root` (symlinks followed inside the
-    root), creating missing ones owned uid:gid with `mode`. Returns its host path."""
+    root), creating missing ones owned uid:gid with `mode` (see DirSpec for `chown`).
+    Returns its host path."""
     with RootDir(root) as r:
-        fd = r.open_dir(path, create=DirSpec(uid, gid, mode, mtime_ns))
+        fd = r.open_dir(path, create=DirSpec(uid, gid, mode, mtime_ns, chown))
         os.close(fd)
         return r.host_path(path)

@@ -71,7 +71,7 @@ from lamina.builder.sandbox.cgroups import Limits, StepCgroup
 from lamina.builder.sandbox.childproc import (describe, exec_command, exit_code, parent_gone, send,
                                               validate_process)
 from lamina.builder.sandbox.devices import seal_mounts
-from lamina.builder.sandbox.mountpoints import StubRecorder, remove_stubs
+from lamina.builder.sandbox.mountpoints import RUNC_MOUNT_POINTS, StubRecorder, remove_stubs
 from lamina.builder.sandbox.privateroot import make_private
 from lamina.builder.sandbox.rootmounts import (BindMount, CacheMount, LayerMount, Mount, SecretMount,
                                 TmpfsMount, mount_system, mount_user)
@@ -174,7 +174,7 @@ def _cleanup(spec: SandboxSpec, plan: _Plan, report: dict | None) -> None:
 
     if report:
         attempt("removing mount points from the upper dir",
-                lambda: remove_stubs(str(spec.upper_dir), report))
+                lambda: remove_stubs(str(spec.upper_dir), report, keep=RUNC_MOUNT_POINTS))
     attempt("tidying the upper dir", lambda: overlay.finalize_upper(Path(spec.upper_dir)))
     attempt("emptying the overlay work dir", lambda: overlay.empty_dir(Path(spec.work_dir)))
     for mp in (plan.root, plan.scratch):

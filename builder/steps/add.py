@@ -272,7 +272,8 @@ def extract_archive(root: str | os.PathLike, archive: str | os.PathLike, dest: s
     shown = os.path.basename(os.fspath(archive))
     with RootDir(root) as r:
         try:
-            dfd = r.open_dir(dest, create=DirSpec(owner[0], owner[1], 0o755, mtime_ns))
+            dfd = r.open_dir(dest, create=DirSpec(owner[0], owner[1], 0o755, mtime_ns,
+                                                   chown is not None))
         except RootPathError as e:
             raise BuildError(f"ADD failed: cannot extract {shown} into {dest}: {e.message}") from None
         try:

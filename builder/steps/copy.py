@@ -174,7 +174,7 @@ class _Copier:
         # MkdirAll with the copy's mode; BuildKit issue 5943); else, and for a symbolic
         # --chmod, 0755
         dir_mode = chmod.octal if chmod is not None and chmod.octal is not None else 0o755
-        self.created_dir = DirSpec(owner[0], owner[1], dir_mode, mtime_ns)
+        self.created_dir = DirSpec(owner[0], owner[1], dir_mode, mtime_ns, chown is not None)
         self.inodes: dict[tuple[int, int], str] = {}
         self.pending: list[_PendingDir] = []
         self.bases: dict[str, int] = {}

@@ -196,4 +196,4 @@ def apply_workdir(root: Path, r: ResolvedWorkdir, user: str,
         return
     who = _owner(root, user) if user else None
     uid, gid = who if who else (0, 0)
-    mkdir_p_in_root(root, r.path, uid, gid)
+    mkdir_p_in_root(root, r.path, uid, gid, chown=who is not None)

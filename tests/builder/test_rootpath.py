@@ -142,6 +142,31 @@ def test_mkdir_p_owner_mode_time_whatever_the_umask(world):
     assert (s.st_uid, s.st_gid) == (os.getuid(), os.getgid())
 
 
+@pytest.mark.root
+def test_dirs_made_in_a_setgid_dir_keep_what_mkdir_gives(tmp_path):
+    """BuildKit makes WORKDIR/COPY directories with a bare mkdir (chown only when a
+    user is given, never chmod): the kernel's setgid inheritance stays. The oracle is
+    the kernel: a plain mkdir in the same setgid directory."""
+    home = tmp_path / "root" / "home" / "app"
+    home.mkdir(parents=True)
+    os.chown(home, 100, 101)
+    os.chmod(home, 0o2750)
+    os.mkdir(home / "plain", 0o755)
+    kernel = os.lstat(home / "plain")
+    assert kernel.st_gid == 101 and kernel.st_mode & stat.S_ISGID  # what mkdir gives
+    with RootDir(tmp_path / "root") as r:
+        os.close(r.open_dir("/home/app/by-root/sub", create=DirSpec(0, 0, 0o755)))
+        os.close(r.open_dir("/home/app/by-user", create=DirSpec(100, 102, 0o755, chown=True)))
+        os.close(r.open_dir("/elsewhere", create=DirSpec(0, 0, 0o755)))
+    for p in (home / "by-root", home / "by-root" / "sub"):
+        s = os.lstat(p)
+        assert (s.st_uid, s.st_gid, stat.S_IMODE(s.st_mode)) == (0, kernel.st_gid, 0o2755), p
+    s = os.lstat(home / "by-user")  # the asked owner, the inherited bit
+    assert (s.st_uid, s.st_gid, stat.S_IMODE(s.st_mode)) == (100, 102, 0o2755)
+    s = os.lstat(tmp_path / "root" / "elsewhere")  # no setgid parent: as asked
+    assert (s.st_uid, s.st_gid, stat.S_IMODE(s.st_mode)) == (0, 0, 0o755)
+
+
 # -- property: we resolve what the kernel resolves in a chroot -------------------------
 
 _NAMES = st.sampled_from(["a", "b", "c", "d"])

@@ -285,7 +285,9 @@ def test_scratch_base(bare_rootfs, busybox_path, run_sandbox):
         mounts=(sandbox.BindMount(Path(busybox_path), "/bin/busybox"),))
     assert code == 0, out
     assert set(out.decode().split()) == {"bin", "dev", "etc", "proc", "sys"}
-    assert _tree(upper) == ["f"]  # mount points (/bin/busybox, /proc, /etc/hosts...) gone
+    # stubs (/bin/busybox, /etc/hosts...) gone; runc's /dev, /proc and /sys stay, as in
+    # BuildKit's layer of a RUN on scratch
+    assert _tree(upper) == ["dev", "f", "proc", "sys"]
 
 
 # --- injected files and mount points ------------------------------------------------
@@ -308,12 +310,16 @@ def test_mount_points_created_by_the_sandbox_are_removed(bare_rootfs, run_sandbo
     code, out, upper = run_sandbox([bare_rootfs], _sh("ls -d /proc/self /dev/null /sys/kernel "
                                                       "/etc/hosts"))
     assert code == 0, out
-    assert _tree(upper) == []
+    assert _tree(upper) == ["dev", "proc", "sys"]  # runc's mount points, as BuildKit keeps
+    for d in ("dev", "proc", "sys"):
+        st = os.lstat(upper / d)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o755, 0, 0)
+        assert os.listdir(upper / d) == []
     assert {p: os.lstat(bare_rootfs / p).st_mtime_ns for p in before} == before
     # a step that writes next to a stub keeps its own file, not the stubs
     code, _, upper = run_sandbox([bare_rootfs], _sh("echo x > /etc/mine"))
     assert code == 0
-    assert _tree(upper) == ["etc", "etc/mine"]
+    assert _tree(upper) == ["dev", "etc", "etc/mine", "proc", "sys"]
 
 
 def test_copied_up_parent_of_a_stub_is_dropped_if_unchanged(busybox_rootfs, run_sandbox):
