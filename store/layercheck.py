@@ -46,7 +46,7 @@ from lamina.store.compression import open_decompressed
 from lamina.store.errors import StoreError
 from lamina.store.layers import HashingReader
 from lamina.store.tarextract import normalise
-from lamina.store.tarwrite import SKIPPED_XATTR_PREFIXES, SKIPPED_XATTRS, layer_xattrs
+from lamina.store.tarwrite import LAYER_XATTRS, layer_xattrs
 from lamina.store.tarformat import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,
                              Entry, TarReader)
 
@@ -158,11 +158,8 @@ _EXPECTED_KIND = {REGTYPE: (stat.S_ISREG, "a regular file"), DIRTYPE: (stat.S_IS
 def _wanted_xattrs(e: Entry) -> dict[bytes, bytes]:
     out = {}
     for k, v in e.xattrs.items():
-        if k.startswith(SKIPPED_XATTR_PREFIXES) or k in SKIPPED_XATTRS:
-            continue
-        if k.startswith(b"user.") and e.type not in (REGTYPE, DIRTYPE):
-            continue  # extraction skips them where the kernel refuses them
-        out[k] = v
+        if k in LAYER_XATTRS:  # what a layer dir shows of a tar's xattrs (store.tarwrite)
+            out[k] = v
     return out
 
 

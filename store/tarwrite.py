@@ -9,8 +9,11 @@ Owns the mapping from an overlay upper/lower dir to tar entries:
   whiteout's mode/uid/gid/mtime; never hard-linked (overlayfs shares one whiteout inode);
 - dir with trusted.overlay.opaque=y -> the dir entry plus `<dir>/.wh..wh..opq`
   (mode 0, uid/gid 0, mtime of the dir);
-- xattrs as PAX SCHILY.xattr.* except trusted.overlay.* (overlay bookkeeping) and
-  security.selinux (a host label, not image content).
+- xattrs: only security.capability, as PAX SCHILY.xattr.security.capability - the one
+  xattr docker's and BuildKit's layer tars carry (containerd's archive ChangeWriter,
+  moby's pkg/archive). user.*, ACLs, trusted.* (overlay bookkeeping among them) and
+  security.selinux stay on the files of a step's snapshot (later steps see them, as in
+  BuildKit) but are not image content, so the image is docker's.
 
 In a user namespace (rootless lamina) the overlay form uses user.overlay.* instead of
 trusted.overlay.* (store.overlayform): the opaque marker is user.overlay.opaque=y and
@@ -45,8 +48,7 @@ WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
 # decided once per process: trusted.overlay.* as root, user.overlay.* in a user namespace
 OVERLAY_OPAQUE_XATTR = overlayform.opaque_xattr()
-SKIPPED_XATTR_PREFIXES = (os.fsencode(overlayform.prefix()),)
-SKIPPED_XATTRS = (b"security.selinux",)
+LAYER_XATTRS = frozenset({b"security.capability"})  # what a layer tar carries
 CHUNK = 1 << 20
 
 
@@ -62,8 +64,8 @@ def _proc(dir_fd: int, name: bytes) -> bytes:
 
 
 def layer_xattrs(path: bytes | int) -> dict[bytes, bytes]:
-    """The xattrs a layer carries for `path` (an fd, or a path not followed), sorted;
-    overlay bookkeeping and host SELinux labels left out."""
+    """The xattrs a layer carries for `path` (an fd, or a path not followed), sorted:
+    LAYER_XATTRS only."""
     follow = isinstance(path, int)  # an fd: nothing to follow
     try:
         names = os.listxattr(path, follow_symlinks=follow)
@@ -74,7 +76,7 @@ def layer_xattrs(path: bytes | int) -> dict[bytes, bytes]:
     out = {}
     for name in names:
         key = os.fsencode(name)
-        if key.startswith(SKIPPED_XATTR_PREFIXES) or key in SKIPPED_XATTRS:
+        if key not in LAYER_XATTRS:
             continue
         try:
             out[key] = os.getxattr(path, name, follow_symlinks=follow)
@@ -293,8 +295,7 @@ def write_tar(src: Path, out: BinaryIO, *, source_date_epoch: int | None = None,
 
 def _filtered_xattrs(xattrs: dict[bytes, bytes]) -> dict[bytes, bytes]:
     """The xattrs of a tar entry that its extracted file carries into a layer tar."""
-    return dict(sorted((k, v) for k, v in xattrs.items()
-                       if not k.startswith(SKIPPED_XATTR_PREFIXES) and k not in SKIPPED_XATTRS))
+    return dict(sorted((k, v) for k, v in xattrs.items() if k in LAYER_XATTRS))
 
 
 class TarMirror:

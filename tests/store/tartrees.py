@@ -144,9 +144,17 @@ def apply_meta(node: Node, p: str) -> None:
     os.utime(p, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
 
 
-def snapshot(root: str, *, epoch: int | None = None, skip_root: bool = True) -> dict:
+# the one xattr docker's and BuildKit's layer tars carry (containerd's archive
+# ChangeWriter, moby's pkg/archive), and the overlay opaque marker (a `.wh..wh..opq`
+# entry in the tar): a tree through a layer keeps only these
+LAYER_XATTRS = ("security.capability", "trusted.overlay.opaque", "user.overlay.opaque")
+
+
+def snapshot(root: str, *, epoch: int | None = None, skip_root: bool = True,
+             layer: bool = False) -> dict:
     """path -> (type, mode, uid, gid, payload, xattrs, mtime seconds), plus the hard-link
-    partition under key None. mtimes are expected values when `epoch` clamps."""
+    partition under key None. mtimes are expected values when `epoch` clamps; `layer`:
+    the xattrs a layer tar of the tree carries (LAYER_XATTRS)."""
     out: dict = {}
     inodes: dict = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -165,7 +173,8 @@ def snapshot(root: str, *, epoch: int | None = None, skip_root: bool = True) -> 
             else:
                 payload = None
             xattrs = tuple(sorted((k, os.getxattr(p, k, follow_symlinks=False))
-                                  for k in os.listxattr(p, follow_symlinks=False)))
+                                  for k in os.listxattr(p, follow_symlinks=False)
+                                  if not layer or k in LAYER_XATTRS))
             mtime = s.st_mtime_ns // 10**9
             if epoch is not None:
                 mtime = min(mtime, epoch)

@@ -86,7 +86,7 @@ def test_umoci_unpacks_our_layer(tmp_path, kind):
     make_image(layout, blobs, [layer])
     rootfs = unpack(umoci, layout, tmp_path / "bundle")
     got = snapshot(rootfs)
-    want = snapshot(str(src), epoch=1_500_000_000)
+    want = snapshot(str(src), epoch=1_500_000_000, layer=True)
     assert got == want
 
 
