@@ -20,7 +20,7 @@ from lamina.store.errors import BlobNotFound, CorruptContent, ImageNotFound, Sto
 from lamina.store.layers import write_layer
 from lamina.store.refs import InvalidReference
 from lamina.store.store import Store
-from tests.conftest import require_tool
+from tests.conftest import IN_CI, require_tool
 from tests.store.storefix import make_rootfs, make_tar
 
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # OCI image-spec platform names
@@ -509,3 +509,28 @@ def test_default_store_never_links_files_across_layers(store, tmp_path, busybox_
     assert fa.read_bytes() == fb.read_bytes() == big
     assert fa.stat().st_ino != fb.stat().st_ino
     assert fa.stat().st_nlink == fb.stat().st_nlink == 1
+
+
+def test_store_tmp_is_an_orlov_top_directory(tmp_path):
+    """ROOT/tmp, where every step's upper dir is made, carries ext4's top-directory
+    flag (chattr +T): its subdirectories go to block groups with free inodes."""
+    import array
+    import fcntl
+
+    fstype = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True,
+                            text=True).stdout.strip()
+    if fstype != "ext2/ext3":  # how stat(1) names ext4
+        if IN_CI:
+            pytest.fail(f"CI's tmp is on {fstype}: expected ext4 as on the project's machines")
+        pytest.skip(f"{tmp_path} is on {fstype}, not ext4")
+    Store(tmp_path / "store")
+    fd = os.open(tmp_path / "store" / "tmp", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, 0x80086601, flags, True)  # FS_IOC_GETFLAGS
+    finally:
+        os.close(fd)
+    assert flags[0] & 0x00020000  # FS_TOPDIR_FL
+    lsattr = subprocess.run(["lsattr", "-d", str(tmp_path / "store" / "tmp")], capture_output=True,
+                            text=True, check=True).stdout
+    assert "T" in lsattr.split()[0]  # e2fsprogs reads the same flag
