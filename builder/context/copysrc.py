@@ -358,7 +358,12 @@ def plan_copy(selection: CopySelection, dest: str, workdir: str = "/",
     - a directory source copies its content into `dest` (created if missing);
     - a non-directory source lands at `dest/<name>` when `dest` ends with `/`
       (or is `.`) or is an existing directory in the image, else at `dest` itself;
-    - several sources need such a directory destination."""
+    - several sources (arguments or wildcard matches) are copied in turn, each onto
+      `dest` as the ones before left it, as BuildKit does (its Dockerfile frontend has
+      no trailing-slash rule: one FileOp copy per source, fsutil's prepareTargetDir
+      deciding each): files onto a non-directory `dest` replace one another, a
+      directory source makes `dest` a directory for the sources after it, and a
+      directory source after a file is refused ("cannot copy to non-directory")."""
     if not dest.startswith("/"):
         wd = workdir if workdir.startswith("/") else "/" + workdir
         joined = wd.rstrip("/") + "/" + dest
@@ -367,18 +372,21 @@ def plan_copy(selection: CopySelection, dest: str, workdir: str = "/",
     dir_hint = dest in ("", ".") or dest.endswith("/") or dest.endswith("/.")
     dest_abs = go_clean(joined)
     is_dir = dir_hint or dest_abs == "/" or is_dir_in_image(dest_abs)
-    if len(selection.sources) > 1 and not is_dir:
-        raise BuildError(f"When using {instruction} with more than one source file, "
-                         "the destination must be a directory and end with a /")
+    wrote_file = False   # an earlier source of this step made `dest` a file
     actions: list[CopyAction] = []
     for src in selection.sources:
         if src.kind == "dir":
+            if wrote_file:
+                raise BuildError(f"{instruction} {src.spec}: cannot copy to non-directory: "
+                                 f"{dest_abs}")
             actions.append(CopyAction(src.abs_path, dest_abs, "mkdir", source=src.spec))
             for e in src.entries:
                 actions.append(CopyAction(e.abs_path, _join(dest_abs, e.rel), e.kind, e,
                                           source=src.spec))
+            is_dir = True
         else:
             (e,) = src.entries
             target = _join(dest_abs, src.name) if is_dir else dest_abs
             actions.append(CopyAction(e.abs_path, target, e.kind, e, source=src.spec))
+            wrote_file = wrote_file or not is_dir
     return actions

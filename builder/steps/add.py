@@ -310,9 +310,8 @@ def add_local(root: str | os.PathLike, selection: CopySelection, dest: str, work
     spec = parse_chmod(chmod)
     with RootDir(root) as r:
         info = dest_info(r, dest, workdir)
-    if len(selection.sources) > 1 and not info.is_dir:
-        raise BuildError("When using ADD with more than one source file, "
-                         "the destination must be a directory and end with a /")
+    # several sources onto a non-directory dest: each in turn, dest read again each
+    # time (BuildKit; see copysrc.plan_copy)
     total = CopyStats()
     for src in selection.sources:
         if unpack and src.kind == "file" and is_archive(src.abs_path):

@@ -60,12 +60,13 @@ def copy_selection(root: str | os.PathLike, selection: CopySelection, dest: str,
     spec = parse_chmod(chmod)
     with RootDir(root) as r:
         info = dest_info(r, dest, workdir)
-        if len(selection.sources) + len(heredocs) > 1 and not info.is_dir:
-            raise BuildError(f"When using {instruction} with more than one source file, "
-                             "the destination must be a directory and end with a /")
+        # several sources onto a non-directory dest: in turn, as BuildKit (plan_copy)
         actions = plan_copy(selection, dest, workdir, r.is_dir, instruction=instruction)
     follow = frozenset() if info.is_dir else frozenset({info.path})
-    docs = [(go_clean(info.path + "/" + d.name) if info.is_dir else info.path, d, not info.is_dir)
+    # heredoc files come after the sources (BuildKit's order): into dest when it is
+    # (or a source made it) a directory, else each onto dest, the last one kept
+    into_dir = info.is_dir or any(s.kind == "dir" for s in selection.sources)
+    docs = [(go_clean(info.path + "/" + d.name) if into_dir else info.path, d, not into_dir)
             for d in heredocs]
     for _, d, _ in docs:
         if not d.name or "/" in d.name or d.name in (".", ".."):

@@ -334,21 +334,27 @@ def test_single_file_destinations(ctx_dir, dest, workdir, existing, expected):
     assert dests(sel, dest, workdir, lambda p: p in existing) == [("file", expected)]
 
 
-def test_several_sources_need_a_directory_destination(ctx_dir):
+def test_several_sources_onto_a_non_directory_are_copied_in_turn(ctx_dir):
+    # BuildKit (v0.8 and current; docker 20.10 checked): no trailing-slash rule - one
+    # copy per source onto dest as the ones before left it (fsutil prepareTargetDir)
     sel = select_sources(ctx(ctx_dir), ["a.txt", "b.txt"])
-    with pytest.raises(BuildError, match="When using COPY with more than one source file, "
-                                         "the destination must be a directory and end with a /"):
-        plan_copy(sel, "/x", "/")
+    assert dests(sel, "/x") == [("file", "/x"), ("file", "/x")]          # b.txt wins
     assert dests(sel, "/x/") == [("file", "/x/a.txt"), ("file", "/x/b.txt")]
     assert dests(sel, "/x", is_dir=lambda p: p == "/x") == [("file", "/x/a.txt"),
                                                           ("file", "/x/b.txt")]
-    # a wildcard that expands to several files counts as several sources
+    # a wildcard's matches likewise
     sel = select_sources(ctx(ctx_dir), ["?.txt"])
-    with pytest.raises(BuildError, match="ADD with more than one source"):
-        plan_copy(sel, "/x", "/", instruction="ADD")
-    # ... and to a single one does not
+    assert dests(sel, "/x") == [("file", "/x"), ("file", "/x")]
     sel = select_sources(ctx(ctx_dir), ["a.*"])
     assert dests(sel, "/x") == [("file", "/x")]
+    # a directory makes dest a directory for the sources after it
+    sel = select_sources(ctx(ctx_dir), ["hom", "a.txt"])
+    assert dests(sel, "/x") == [("mkdir", "/x"), ("file", "/x/x.txt"), ("file", "/x/y.py"),
+                                ("file", "/x/a.txt")]
+    # ... and after a file is refused, as BuildKit ("cannot copy to non-directory")
+    sel = select_sources(ctx(ctx_dir), ["a.txt", "hom"])
+    with pytest.raises(BuildError, match="cannot copy to non-directory: /x"):
+        plan_copy(sel, "/x", "/", instruction="ADD")
 
 
 def test_symlink_source_lands_under_its_own_name(ctx_dir):

@@ -633,6 +633,12 @@ def _prepare_add_archives(ctx: Path) -> None:
         ("abs", "symlink", 0o777, 0, 0, "/etc/passwd")]))
 
 
+def _prepare_context_links(ctx: Path) -> None:
+    (ctx / "arch.tar.gz").write_bytes(_tar([
+        ("top/", "dir", 0o755, 0, 0, None), ("top/x", "file", 0o644, 0, 0, b"x\n"),
+        ("top/l", "symlink", 0o777, 0, 0, "x"), ("y", "file", 0o600, 33, 33, b"y\n")], "gz"))
+
+
 BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "run-environment": BuildkitCase(check=_check_run_environment),
     "config-verbatim": BuildkitCase(difference=OracleDifference(
@@ -705,6 +711,14 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
         known_history={2: (f"ARG TARGETARCH={_ARCH}", "ARG TARGETARCH")})),
     "debian-app": BuildkitCase(network="default", debian=True, difference=OracleDifference(
         empty_layers=(1, 1))),
+    # the stage's `ARG APP_VERSION` re-declaring a global one: its value in current
+    # BuildKit's history line, as written in v0.8's (see "expansion")
+    "debian-service": BuildkitCase(network="default", debian=True, difference=OracleDifference(
+        known_history={0: ("ARG APP_VERSION=2.7.1", "ARG APP_VERSION")})),
+    "context-links": BuildkitCase(prepare=_prepare_context_links),
+    # several sources onto a dest without a trailing slash: copied in turn, no error
+    # (BuildKit v0.8 and current alike; copysrc.plan_copy)
+    "copy-several": BuildkitCase(),
 }
 
 
