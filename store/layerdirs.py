@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from lamina.store.db import Database
-from lamina.store.errors import StoreError
+from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.layers import extract_layer
 from lamina.store.locks import flocked, remove_tree
 
@@ -287,18 +287,28 @@ def _drop_src(src_dir: Path | None, result: Path) -> Path:
 
 def _fill(store: "StoreRoot", diff_id: str, name: str, target: Path, src_dir: Path | None) -> Path:
     if src_dir is None:
-        blob = store.db.query_one(  # a stored blob before one still to be fetched
-            "SELECT digest FROM layer_blobs WHERE diff_id=? "
-            "ORDER BY digest IN (SELECT digest FROM remote_blobs), size LIMIT 1", (diff_id,))
-        if blob is None:
-            raise StoreError(f"layer {diff_id} has no stored blob to extract", digest=diff_id)
-        work = store.temp_path("extract")
-        work.mkdir()
-        try:
-            extract_layer(store.blobs, blob["digest"], work, expected_diff_id=diff_id)
-        except BaseException:
-            remove_tree(work)
-            raise
+        tried: list[str] = []
+        while True:
+            blob = store.db.query_one(  # a stored blob before one still to be fetched
+                "SELECT digest, digest IN (SELECT digest FROM remote_blobs) AS remote "
+                "FROM layer_blobs WHERE diff_id=? AND digest NOT IN "
+                f"({','.join('?' * len(tried))}) ORDER BY remote, size LIMIT 1",
+                (diff_id, *tried))
+            if blob is None:
+                raise StoreError(f"layer {diff_id} has no stored blob to extract", digest=diff_id)
+            work = store.temp_path("extract")
+            work.mkdir()
+            try:
+                extract_layer(store.blobs, blob["digest"], work, expected_diff_id=diff_id)
+                break
+            except CorruptContent:
+                remove_tree(work)
+                if not blob["remote"]:
+                    raise
+                tried.append(blob["digest"])  # a claim its bytes refuted: another blob may hold it
+            except BaseException:
+                remove_tree(work)
+                raise
     else:
         work = src_dir
     try:

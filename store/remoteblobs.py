@@ -42,6 +42,34 @@ def record(root: "StoreRoot", layers: Sequence[LayerBlob], source: str) -> None:
                               (layer.digest, source))
 
 
+def conflicting(root: "StoreRoot", layers: Sequence[LayerBlob]) -> list[LayerBlob]:
+    """Those of `layers` whose blob digest the store already knows as another layer
+    (another image's claim, or the blob's verified content): the bytes must decide
+    (store.Store.record_remote_layers), never the first claim."""
+    out = []
+    for layer in layers:
+        known = layer_of(root, layer.digest)
+        if known is not None and known.diff_id != layer.diff_id:
+            out.append(layer)
+    return out
+
+
+def settle(root: "StoreRoot", layer: LayerBlob) -> None:
+    """Blob `layer.digest` is stored and its bytes were verified to be `layer` (digest,
+    tar walk, diff_id): a recorded claim that said it is another layer is replaced,
+    and the blob is no longer remote."""
+    with root.db.write() as c:
+        row = c.execute("SELECT diff_id FROM layer_blobs WHERE digest=?", (layer.digest,)).fetchone()
+        if row is None or row[0] == layer.diff_id:
+            return
+        c.execute("INSERT OR IGNORE INTO layers(diff_id, size) VALUES (?,?)",
+                  (layer.diff_id, layer.uncompressed_size))
+        c.execute("UPDATE layer_blobs SET diff_id=?, media_type=?, size=?, uncompressed_size=? "
+                  "WHERE digest=?", (layer.diff_id, layer.media_type, layer.size,
+                                      layer.uncompressed_size, layer.digest))
+        c.execute("DELETE FROM remote_blobs WHERE digest=?", (layer.digest,))
+
+
 def source_of(root: "StoreRoot", digest: str) -> str | None:
     """The repository a recorded, not yet fetched blob comes from (None: not remote)."""
     row = root.db.query_one("SELECT source FROM remote_blobs WHERE digest=?", (digest,))

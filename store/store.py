@@ -37,6 +37,7 @@ from lamina.store import (fsck as fsck_, gc as gc_, images as images_, imageview
                           remoteblobs, tags as tags_)
 from lamina.store.cache import BuildCache, CacheEntry
 from lamina.store.epoch import source_date_epoch
+from lamina.store.errors import CorruptContent
 from lamina.store.imageviews import HistoryEntry
 from lamina.store.images import Image, ImageSummary
 from lamina.store.layerdirs import make_layer_dir
@@ -142,7 +143,24 @@ class Store(StoreRoot):
 
     def record_remote_layers(self, layers: Sequence[LayerBlob], source: str) -> None:
         """Make layers known whose blobs repository `source` (DOMAIN/PATH) has, without
-        fetching them: the first read fetches (store.remoteblobs)."""
+        fetching them: the first read fetches (store.remoteblobs). A blob the store
+        already knows as another layer is fetched now and its bytes decide: the claim
+        that lied (an earlier one is replaced, this one is refused: CorruptContent)."""
+        for layer in remoteblobs.conflicting(self, layers):
+            if not self.blobs.exists(layer.digest):
+                from lamina.store.registry.pull import fetch_remote
+                try:  # verified against the earlier claim; a false one is settled
+                    fetch_remote(self, layer.digest, source, layer)
+                except CorruptContent:
+                    pass
+            else:  # stored: what its bytes are, whatever was recorded
+                from lamina.store.layers import describe_layer
+                remoteblobs.settle(self, describe_layer(self.blobs, layer.digest))
+            known = remoteblobs.layer_of(self, layer.digest)
+            if known is not None and known.diff_id != layer.diff_id:
+                raise CorruptContent(f"layer blob {layer.digest} of {source} holds layer "
+                                     f"{known.diff_id}, the image says {layer.diff_id}",
+                                     digest=layer.digest)
         remoteblobs.record(self, layers, source)
 
     def remote_source(self, digest: str) -> str | None:

@@ -301,6 +301,9 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
                 if failure is not None:
                     raise failure
             names = [str(refs.parse_tag(str(ref)))] if tag and ref.digest is None else []
+            from lamina.store import remoteblobs
+            for layer in layers:  # verified bytes replace another image's claim for them
+                remoteblobs.settle(store, layer)
             image = store.add_manifest(data, config, layers, names)
             repodigests.record(store, ref.name, digest, image.manifest_digest)
             if predicates and image.manifest_digest == digest:  # provenance/SBOM came along
@@ -343,11 +346,13 @@ def _record_lazily(store, ref: refs.Reference, data: bytes, digest: str, config:
     return Pulled(reference=str(ref), manifest_digest=digest, image=image, downloaded=0)
 
 
-def fetch_remote(store, digest: str, source: str) -> None:
+def fetch_remote(store, digest: str, source: str, described: LayerBlob | None = None) -> None:
     """Fetch recorded remote layer blob `digest` from repository `source` (DOMAIN/PATH)
     into `store`: checked against its digest, size and recorded diff_id, and walked as a
     tar, while it arrives (as `pull_image` does). StoreError naming the layer and the
-    repository when it cannot be had; nothing stays of a refused blob."""
+    repository when it cannot be had; nothing stays of a refused blob, but a blob whose
+    bytes are another layer than recorded stays, recorded as that layer (the bytes
+    decide: a false claim shadows no image that has the blob)."""
     from lamina.store import remoteblobs
     from lamina.store.locks import flocked
 
@@ -356,9 +361,17 @@ def fetch_remote(store, digest: str, source: str) -> None:
         raise StoreError(f"blob {digest} is recorded as remote but belongs to no layer", digest=digest)
     repo = refs.parse(source)
     where = f"layer {layer.diff_id} (blob {digest}) of {repo.domain}/{repo.path}"
-    desc = {"digest": digest, "size": layer.size, "mediaType": layer.media_type}
+    # `described`: the blob as another claim describes it (size, media type), when the
+    # recorded one is in doubt (store.Store.record_remote_layers)
+    d = described or layer
+    desc = {"digest": digest, "size": d.size, "mediaType": d.media_type}
     with store.writing(), flocked(store.locks_dir / f"fetch-{digest.split(':')[-1]}.lock"):
-        if store.blobs.exists(digest):  # another process fetched it meanwhile
+        if store.blobs.exists(digest):  # another process fetched it meanwhile: is it this layer?
+            got = _layer_blob(store, desc, where)
+            if got.diff_id != layer.diff_id:
+                remoteblobs.settle(store, got)  # the bytes decide (store.remoteblobs)
+                raise CorruptContent(f"{where}: the blob holds diff_id {got.diff_id}, the image "
+                                     f"says {layer.diff_id}", digest=digest)
             remoteblobs.fetched(store, digest)
             return
         errors = []
@@ -375,7 +388,9 @@ def fetch_remote(store, digest: str, source: str) -> None:
             raise StoreError(f"{where}: not fetched yet, and cannot be fetched: "
                              + "; ".join(errors), digest=digest)
         if got.diff_id != layer.diff_id:
-            store.blobs.delete(digest)
+            # the bytes (digest, size, tar walk) are another layer than claimed: recorded
+            # as what they are, so the false claim shadows no image that has this blob
+            remoteblobs.settle(store, got)
             raise CorruptContent(f"{where}: the blob holds diff_id {got.diff_id}, the image "
                                  f"says {layer.diff_id}", digest=digest)
         if got.uncompressed_size and not layer.uncompressed_size:
