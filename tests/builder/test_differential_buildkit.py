@@ -715,6 +715,7 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     # BuildKit's history line, as written in v0.8's (see "expansion")
     "debian-service": BuildkitCase(network="default", debian=True, difference=OracleDifference(
         known_history={0: ("ARG APP_VERSION=2.7.1", "ARG APP_VERSION")})),
+    "debian-caches": BuildkitCase(network="default", debian=True),
     "context-links": BuildkitCase(prepare=_prepare_context_links),
     # several sources onto a dest without a trailing slash: copied in turn, no error
     # (BuildKit v0.8 and current alike; copysrc.plan_copy)
