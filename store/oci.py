@@ -156,6 +156,9 @@ class Descriptor:
                    d.get("platform"))
 
 
+MAX_BLOB_SIZE = 2**53  # 8 PiB (JSON's exact integers, as the OCI spec advises)
+
+
 def check_descriptor(d: Any, what: str) -> None:
     if not isinstance(d, Mapping):
         raise CorruptContent(f"{what}: not an object")
@@ -165,6 +168,8 @@ def check_descriptor(d: Any, what: str) -> None:
         raise CorruptContent(f"{what}: bad or unsupported digest {d.get('digest')!r}")
     if not isinstance(d.get("size"), int) or isinstance(d.get("size"), bool) or d["size"] < 0:
         raise CorruptContent(f"{what}: bad size {d.get('size')!r}")
+    if d["size"] > MAX_BLOB_SIZE:  # no real blob; and sums of such sizes overflow SQLite
+        raise CorruptContent(f"{what}: size {d['size']} is larger than any blob can be")
 
 
 # -- manifest ----------------------------------------------------------------------

@@ -12,9 +12,13 @@ Rules (BuildKit's llb.WithUser and its FileOp's readUser, read not copied):
   will use the same numeric UID as the GID") — not the passwd entry's gid;
 - a user name without a group gives the name's uid and primary gid from the image's
   /etc/passwd; a group name is looked up in /etc/group;
-- an empty user (``:grp``) is uid 0, an empty group (``usr:``) keeps the user's gid.
-A name the image does not know is an error here, as the reference says ("the build
-will fail on the COPY operation"); BuildKit itself silently uses 0 then.
+- an empty user (``:grp``) is uid 0, an empty group (``usr:``) keeps the user's gid;
+- a name the image does not know (or an image without /etc/passwd, /etc/group) is
+  not an error: an unknown user is 0:0, an unknown group leaves the gid as the user
+  part made it - what docker 20.10's BuildKit and current BuildKit's readUser do
+  (checked with docker: `COPY --chown=nosuch:nogroup` gives 0:65534). The reference's
+  "the build will fail" describes the legacy builder; a Dockerfile docker builds,
+  lamina builds the same.
 """
 
 from __future__ import annotations
@@ -53,18 +57,14 @@ def resolve_chown(read_file: Callable[[str], bytes | None], spec: str) -> tuple[
             uid = gid = number
         else:
             found = [e for e in parse_passwd(read_file("/etc/passwd")) if e.name == user]
-            if not found:
-                raise ChownError(f"unable to find user {user}: no matching entries in "
-                                 f"passwd file (--chown={spec})")
-            uid, gid = found[0].uid, found[0].gid
+            if found:  # else 0:0, as BuildKit
+                uid, gid = found[0].uid, found[0].gid
     if sep and group:
         number = _numeric(group, "gid", spec)
         if number is not None:
             gid = number
         else:
             found_g = [g for g in parse_group(read_file("/etc/group")) if g.name == group]
-            if not found_g:
-                raise ChownError(f"unable to find group {group}: no matching entries in "
-                                 f"group file (--chown={spec})")
-            gid = found_g[0].gid
+            if found_g:  # else the gid stays, as BuildKit
+                gid = found_g[0].gid
     return uid, gid

@@ -101,8 +101,10 @@ def test_resolve_chown_without_passwd_files():
     nothing = lambda path: None  # noqa: E731
     assert resolve_chown(nothing, "1000") == (1000, 1000)
     assert resolve_chown(nothing, "root:5") == (0, 5)
-    with pytest.raises(BuildError, match="unable to find user carol"):
-        resolve_chown(nothing, "carol")
+    # unknown names are 0 (user) or leave the gid (group), as BuildKit's readUser
+    assert resolve_chown(nothing, "carol") == (0, 0)
+    assert resolve_chown(nothing, "carol:staff") == (0, 0)
+    assert resolve_chown(_files, "nosuch:nosuchgrp") == (0, 0)
     with pytest.raises(BuildError, match="out of range"):
         resolve_chown(_files, "-1")
 

@@ -151,3 +151,16 @@ def test_a_false_smaller_blob_for_a_real_diff_id_does_not_fail_it(hostile_regist
         pull_image(store, f"{host}/r:legit", lazy=True)
         pull_image(store, f"{host}/r:evil", lazy=True)
         assert _content(store, diff_id) == legit_bytes
+
+
+def test_a_descriptor_size_past_any_blob_is_refused_cleanly():
+    """A manifest layer of size 2**63 died in SQLite (OverflowError) during a lazy pull;
+    now it is a CorruptContent naming the descriptor, and 2**53 itself still passes."""
+    from lamina.store import oci
+    from lamina.store.errors import CorruptContent
+
+    desc = {"mediaType": oci.OCI_LAYER_GZIP, "digest": "sha256:" + "a" * 64}
+    oci.check_descriptor({**desc, "size": 2**53}, "layer 1")
+    for size in (2**53 + 1, 2**63):
+        with pytest.raises(CorruptContent, match="larger than any blob"):
+            oci.check_descriptor({**desc, "size": size}, "layer 1")
