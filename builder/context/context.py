@@ -130,7 +130,7 @@ class SourceTree:
     # -- visibility ------------------------------------------------------------------
 
     def _dir_has_visible_content(self, rel: str, info: MatchInfo) -> bool:
-        if not self.rules.may_include_under(rel):
+        if not self.rules.may_include_under(rel, info):
             return False
         try:
             fd = self._open_dir(rel)
@@ -270,7 +270,7 @@ class SourceTree:
                 if not excluded:
                     yield self._make_entry(dir_fd, name, child, st, hash_files)
                 continue
-            if excluded and not rules.may_include_under(child):
+            if excluded and not rules.may_include_under(child, cinfo):
                 continue
             if descend is not None and not descend(child):
                 continue

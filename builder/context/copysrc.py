@@ -183,17 +183,23 @@ def _dir_entries(tree: SourceTree, path: str, excludes: IgnoreRules,
     for --parents, by the include pattern)."""
     prefix = path + "/" if path else ""
     descend = None
-    if include is not None:
+    # asked in walk order: each path resumes from its directory's state (linear in names)
+    wanted = include.walk_matcher() if include is not None else None
+    unwanted = excludes.walk_matcher() if excludes else None
+    if wanted is not None:
+        pick = include.walk_matcher()
+
         def descend(child: str) -> bool:
             rel = child[len(prefix):]
-            return include.match(rel)[0] or any(
-                (not p.exception) and p.may_match_below(rel) for p in include.patterns)
+            info = pick.info(rel)
+            return info.excluded or any(
+                (not p.exception) and p.may_match_below(rel, info.depth) for p in include.patterns)
     pairs = [(e.path[len(prefix):], e) for e in tree.walk(path, descend=descend)]
 
     def keep(rel: str) -> bool:
-        if include is not None and not include.match(rel)[0]:
+        if wanted is not None and not wanted.excluded(rel):
             return False
-        return not (excludes and excludes.match(rel)[0])
+        return not (unwanted is not None and unwanted.excluded(rel))
     kept = _filter_tree(pairs, keep)
     return [_selected(tree, e, rel) for rel, e in kept]
 

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lamina.builder.context.globmatch import Token, compile_tokens
+from lamina.builder.context.globmatch import LazyDFA, Token, compile_tokens
 from lamina.builder.errors import BuildError
 
 __all__ = [
-    "GlobPattern", "IgnorePattern", "IgnoreRules", "MatchInfo", "PatternError",
+    "GlobPattern", "IgnorePattern", "IgnoreRules", "MatchInfo", "PatternError", "WalkMatcher",
     "go_clean", "go_trim_space", "has_wildcards", "load_ignore_rules",
 ]
 
@@ -229,7 +230,7 @@ class IgnorePattern:
     text: str
     exception: bool
     kind: str
-    matcher: object  # builder.context.globmatch: linear in the path, whatever the pattern
+    matcher: LazyDFA  # the whole pattern (used by `regex` kind): linear, resumable
     components: tuple | None  # per-component matchers, when no `**`/`[`
 
     @classmethod
@@ -248,7 +249,16 @@ class IgnorePattern:
                 comps = tuple(compile_tokens(_glob_tokens(c)) for c in p.split("/"))
         except PatternError as e:
             raise PatternError(f"invalid pattern {raw!r}: {e.message}") from None
-        return cls(p, exception, kind, compile_tokens(tokens), comps)
+        return cls(p, exception, kind, LazyDFA(tokens), comps)
+
+    @property
+    def fixed(self) -> str:
+        """The fixed text of an exact, prefix (without `**`) or suffix (without `**`) pattern."""
+        if self.kind == _EXACT:
+            return self.text
+        if self.kind == _PREFIX:
+            return self.text[:-2]
+        return self.text[2:]
 
     def matches(self, path: str) -> bool:
         """Does this pattern match `path` itself (no parent matching)?"""
@@ -263,24 +273,55 @@ class IgnorePattern:
             return suffix.startswith("/") and path == suffix[1:]
         return self.matcher.matches(path)
 
-    def may_match_below(self, directory: str) -> bool:
+    def may_match_below(self, directory: str, depth: int | None = None) -> bool:
         """Could this pattern match some path strictly below `directory`? Sound
-        (never False when a match exists), precise for patterns without `**`/`[`."""
+        (never False when a match exists), precise for patterns without `**`/`[`.
+        `depth`: the number of components of `directory`, when the caller knows it
+        (a walk does: `MatchInfo.depth`), so a deep directory costs nothing."""
         if self.components is None:
             return True
-        dirs = directory.split("/")
+        if depth is not None and len(self.components) <= depth:
+            return False
+        dirs = directory.split("/", len(self.components))
         if len(self.components) <= len(dirs):
             return False
         return all(m.matches(d) for m, d in zip(self.components, dirs))
 
 
-MatchInfo = tuple  # per pattern: "matches this path or one of its parent directories"
+class MatchInfo:
+    """What an ignore list knows of a path, for matching the paths below it without
+    reading it again: per pattern True (it matches the path or a parent), None (it
+    cannot match anything below), or the state to resume from (a `DState` for a
+    `regex` pattern, False for the others); `length` of the path, its `depth` in
+    components (0: the root), and whether it is `excluded`."""
+
+    __slots__ = ("length", "depth", "states", "excluded")
+
+    def __init__(self, length: int, depth: int, states: tuple, excluded: bool) -> None:
+        self.length = length
+        self.depth = depth
+        self.states = states
+        self.excluded = excluded
+
+    def __repr__(self) -> str:
+        return f"MatchInfo(length={self.length}, depth={self.depth}, excluded={self.excluded})"
+
+
+def _alive_below(fixed: str, path: str, end: int) -> bool:
+    """Can some path below path[:end] start with `fixed` (an exact or prefix pattern's
+    text, which path[:end] itself did not match)?"""
+    return end < len(fixed) and fixed[end] == "/" and path.startswith(fixed[:end])
 
 
 @dataclass(frozen=True)
 class IgnoreRules:
     """An ordered ignore list. A path is excluded when the last pattern that matches
-    it, or one of its parent directories, is not a `!` exception."""
+    it, or one of its parent directories, is not a `!` exception.
+
+    Matching is incremental: `match(path, info_of_its_directory)` reads only the part
+    of `path` after that directory (exact, prefix and suffix patterns compare their
+    fixed text, the others resume their automaton), so a walk costs the total length
+    of the names it lists, however deep the tree."""
 
     patterns: tuple[IgnorePattern, ...] = ()
     source: str | None = None  # the file the rules came from, for messages
@@ -343,25 +384,79 @@ class IgnoreRules:
     def has_exceptions(self) -> bool:
         return any(p.exception for p in self.patterns)
 
+    @cached_property
+    def _plan(self) -> tuple:
+        """Per pattern: (kind, exception, fixed text, automaton, suffix's path form)."""
+        out = []
+        for p in self.patterns:
+            fixed = p.fixed if p.kind != _REGEX else ""
+            bare = fixed[1:] if p.kind == _SUFFIX and fixed.startswith("/") else None
+            out.append((p.kind, p.exception, fixed, p.matcher, bare))
+        return tuple(out)
+
+    @cached_property
+    def _root(self) -> MatchInfo:
+        states = tuple((None if p.matcher.start.dead else p.matcher.start) if p.kind == _REGEX
+                       else False for p in self.patterns)
+        return MatchInfo(0, 0, states, False)
+
     def root_info(self) -> MatchInfo:
-        return (False,) * len(self.patterns)
+        return self._root
+
+    def _node(self, parent: MatchInfo, path: str, end: int) -> MatchInfo:
+        """The info of path[:end], a path one component below `parent`'s (whose
+        characters path[:parent.length] it starts with)."""
+        segment = path[parent.length:end]
+        whole = end == len(path)
+        states = []
+        excluded = False
+        for (kind, exception, fixed, dfa, bare), st in zip(self._plan, parent.states):
+            if st is True:
+                excluded = not exception
+                states.append(True)
+                continue
+            if st is None:
+                states.append(None)
+                continue
+            if kind is _REGEX:
+                st = dfa.feed(st, segment)
+                hit = st.accept
+                if not hit and st.dead:
+                    st = None
+            elif kind is _EXACT:
+                hit = end == len(fixed) and path.startswith(fixed)
+                if not hit and not _alive_below(fixed, path, end):
+                    st = None
+            elif kind is _PREFIX:
+                hit = path.startswith(fixed, 0, end)
+                if not hit and not _alive_below(fixed, path, end):
+                    st = None
+            else:
+                hit = (path.endswith(fixed) if whole else path.endswith(fixed, 0, end)) or (
+                    bare is not None and end == len(bare) and path.startswith(bare))
+            if hit:
+                excluded = not exception
+                states.append(True)
+            else:
+                states.append(st)
+        depth = parent.depth + (1 if parent.depth == 0 else path.count("/", parent.length, end))
+        return MatchInfo(end, depth, tuple(states), excluded)
 
     def match(self, rel_path: str, parent: MatchInfo | None = None) -> tuple[bool, MatchInfo]:
-        """(excluded, info) for `rel_path`, given the info of its parent directory
-        (None: computed from the path's own ancestors). Walkers pass the parent's info
-        down so each path costs one test per pattern."""
+        """(excluded, info) for `rel_path`, given the info of its parent directory (or
+        of any ancestor; None: the root, and then a leading "/" makes "" an ancestor
+        too, as the path's own split gives it). Walkers pass each directory's info
+        down, so each path costs the length of its own name."""
+        first = 1
         if parent is None:
-            parent = self.root_info()
-            parts = rel_path.split("/")
-            for i in range(1, len(parts)):
-                _, parent = self.match("/".join(parts[:i]), parent)
-        info = tuple(pm or pat.matches(rel_path) for pm, pat in zip(parent, self.patterns))
-        excluded = False
-        for hit, pat in zip(reversed(info), reversed(self.patterns)):
-            if hit:
-                excluded = not pat.exception
-                break
-        return excluded, info
+            parent, first = self._root, 0
+        info = parent
+        cut = rel_path.find("/", parent.length + first)
+        while cut >= 0:  # ancestors between parent and rel_path
+            info = self._node(info, rel_path, cut)
+            cut = rel_path.find("/", cut + 1)
+        info = self._node(info, rel_path, len(rel_path))
+        return info.excluded, info
 
     def excluded(self, rel_path: str, is_dir: bool = False) -> bool:
         """Is `rel_path` (relative to the context, `/`-separated) excluded? Docker's
@@ -376,11 +471,43 @@ class IgnoreRules:
         rel = rel.lstrip("/")
         return self.match(rel)[0]
 
-    def may_include_under(self, directory: str) -> bool:
+    def may_include_under(self, directory: str, info: MatchInfo | None = None) -> bool:
         """Could any path strictly below `directory` be re-included by an exception?
-        When False a walker may skip an excluded directory entirely."""
-        d = go_clean(directory).lstrip("/")
-        return any(p.exception and p.may_match_below(d) for p in self.patterns)
+        When False a walker may skip an excluded directory entirely. A walker passes
+        the directory's `info` (its path then clean): no cost for its depth."""
+        if info is None:
+            d = go_clean(directory).lstrip("/")
+            return any(p.exception and p.may_match_below(d) for p in self.patterns)
+        return any(p.exception and p.may_match_below(directory, info.depth) for p in self.patterns)
+
+    def walk_matcher(self) -> "WalkMatcher":
+        return WalkMatcher(self)
+
+
+class WalkMatcher:
+    """`IgnoreRules.match` for paths asked about in walk order (a directory before
+    the paths below it, as `SourceTree.walk` lists them): each path resumes from the
+    deepest ancestor asked about before it. Any order is answered correctly; walk
+    order makes the total cost that of the names rather than of the whole paths."""
+
+    def __init__(self, rules: IgnoreRules) -> None:
+        self.rules = rules
+        self._stack: list[tuple[str, MatchInfo]] = []
+
+    def info(self, rel: str) -> MatchInfo:
+        stack = self._stack
+        while stack:
+            top = stack[-1][0]
+            n = len(top)
+            if len(rel) > n and rel[n] == "/" and rel.startswith(top):
+                break
+            stack.pop()
+        info = self.rules.match(rel, stack[-1][1] if stack else None)[1]
+        stack.append((rel, info))
+        return info
+
+    def excluded(self, rel: str) -> bool:
+        return self.info(rel).excluded
 
 
 def load_ignore_rules(context_dir: str | os.PathLike, dockerfile_path: str | os.PathLike | None) -> IgnoreRules:

@@ -21,6 +21,15 @@ Tokens, each one character of the path unless said otherwise:
 
 ("any" and "dirs" runs hold no newline: `.` of Go's regexp, which patternmatcher
 compiles `**` to.)
+
+`LazyDFA` is the same automaton made deterministic on demand, for `.dockerignore`
+patterns matched against every path of a context: a walk visits a directory before
+its entries, so each entry resumes from its directory's state (`feed(state, "/name")`)
+instead of re-reading the whole path - a context walk costs the sum of the names'
+lengths, not of the paths' (a 900-deep context of 250-character names has paths of
+~110k characters: matched from their first character, one pattern took minutes).
+States (sets of automaton positions) and their transitions are cached, within a
+budget per pattern (past it the cache is dropped and rebuilt: still linear).
 """
 
 from __future__ import annotations
@@ -77,7 +86,7 @@ class _Automaton:
     def __init__(self, tokens: Sequence[Token]) -> None:
         self._t = tuple(tokens)
 
-    def _closure(self, states: set) -> set:
+    def closure(self, states: set) -> set:
         todo = list(states)
         while todo:
             k, inside = todo.pop()
@@ -88,42 +97,141 @@ class _Automaton:
                     todo.append(nxt)
         return states
 
-    def matches(self, text: str) -> bool:
+    _closure = closure
+
+    def step(self, current, c: str) -> set:
+        """The states after reading `c` from `current` (before closure)."""
         t, end = self._t, len(self._t)
-        current = self._closure({(0, False)})
+        nxt = set()
+        for k, inside in current:
+            if k == end:
+                continue
+            tok = t[k]
+            kind = tok[0]
+            if inside or kind == "dirs":  # `dirs`: any run, left after a "/"
+                if c == "\n":
+                    continue  # `.` of Go's regexp (and Python's) is not a newline
+                nxt.add((k, True))
+                if c == "/":
+                    nxt.add((k + 1, False))
+            elif kind == "lit":
+                if c == tok[1]:
+                    nxt.add((k + 1, False))
+            elif kind == "one":
+                if c != "/":
+                    nxt.add((k + 1, False))
+            elif kind == "class":
+                o = ord(c)
+                if any(lo <= o <= hi for lo, hi in tok[2]) != tok[1]:
+                    nxt.add((k + 1, False))
+            elif kind == "star":
+                if c != "/":
+                    nxt.add((k, False))
+            elif kind == "any":
+                if c != "\n":
+                    nxt.add((k, False))
+        return nxt
+
+    def matches(self, text: str) -> bool:
+        end = len(self._t)
+        current = self.closure({(0, False)})
         for c in text:
-            nxt = set()
-            for k, inside in current:
-                if k == end:
-                    continue
-                tok = t[k]
-                kind = tok[0]
-                if inside or kind == "dirs":  # `dirs`: any run, left after a "/"
-                    if c == "\n":
-                        continue  # `.` of Go's regexp (and Python's) is not a newline
-                    nxt.add((k, True))
-                    if c == "/":
-                        nxt.add((k + 1, False))
-                elif kind == "lit":
-                    if c == tok[1]:
-                        nxt.add((k + 1, False))
-                elif kind == "one":
-                    if c != "/":
-                        nxt.add((k + 1, False))
-                elif kind == "class":
-                    o = ord(c)
-                    if any(lo <= o <= hi for lo, hi in tok[2]) != tok[1]:
-                        nxt.add((k + 1, False))
-                elif kind == "star":
-                    if c != "/":
-                        nxt.add((k, False))
-                elif kind == "any":
-                    if c != "\n":
-                        nxt.add((k, False))
+            nxt = self.step(current, c)
             if not nxt:
                 return False
-            current = self._closure(nxt)
+            current = self.closure(nxt)
         return (end, False) in current
+
+
+class DState:
+    """A state of a `LazyDFA`: the set of automaton states reached by some text.
+    `accept`: the text so far matches; `dead`: no continuation of it can match."""
+
+    __slots__ = ("nfa", "accept", "dead", "next", "after")
+
+    def __init__(self, nfa: frozenset, accept: bool) -> None:
+        self.nfa = nfa
+        self.accept = accept
+        self.dead = not nfa
+        self.next: dict[str, DState] = {}    # one character -> state
+        self.after: dict[str, DState] = {}   # a short segment ("/name") -> state
+
+
+class LazyDFA:
+    """The automaton of some tokens, determinised on demand and resumable: `feed(state,
+    text)` continues a match where `state` left it, in time linear in `text`."""
+
+    #: cache size (states' automaton sets + transitions + cached segment characters)
+    #: past which the cache is dropped and rebuilt
+    BUDGET = 1 << 16
+    #: segments longer than this are not cached whole (their characters' steps are)
+    SEGMENT_CACHE_MAX = 64
+
+    def __init__(self, tokens: Sequence[Token]) -> None:
+        self._nfa = _Automaton(tokens)
+        self._end = len(tokens)
+        # a class of only empty ranges matches nothing: no state before it can accept
+        last_impossible = -1
+        for i, t in enumerate(tokens):
+            if t[0] == "class" and not t[1] and all(lo > hi for lo, hi in t[2]):
+                last_impossible = i
+        self._min_live = last_impossible + 1
+        self._states: dict[frozenset, DState] = {}
+        self._used = 0
+        self.start = self._intern(self._nfa.closure({(0, False)}))
+
+    def _intern(self, nfa: set) -> DState:
+        key = frozenset(s for s in nfa if s[0] >= self._min_live)
+        ds = self._states.get(key)
+        if ds is None:
+            if self._used + len(key) + 1 > self.BUDGET:
+                self._forget()
+            ds = DState(key, (self._end, False) in key)
+            self._states[key] = ds
+            self._used += len(key) + 1
+        return ds
+
+    def _forget(self) -> None:
+        for ds in list(self._states.values()):
+            ds.next.clear()
+            ds.after.clear()
+        self._states.clear()
+        self._used = 0
+
+    def _advance(self, ds: DState, c: str) -> DState:
+        n = self._intern(self._nfa.closure(self._nfa.step(ds.nfa, c)))
+        if self._used >= self.BUDGET:
+            self._forget()
+        ds.next[c] = n
+        self._used += 1
+        return n
+
+    def run(self, ds: DState, text: str) -> DState:
+        """The state after reading `text` from `ds` (no whole-text caching)."""
+        for c in text:
+            n = ds.next.get(c)
+            if n is None:
+                n = self._advance(ds, c)
+            ds = n
+            if ds.dead:
+                break
+        return ds
+
+    def feed(self, ds: DState, segment: str) -> DState:
+        """`run`, with short segments (a walk's "/name") cached per state."""
+        n = ds.after.get(segment)
+        if n is not None:
+            return n
+        n = self.run(ds, segment)
+        if len(segment) <= self.SEGMENT_CACHE_MAX:
+            if self._used + len(segment) >= self.BUDGET:
+                self._forget()
+            ds.after[segment] = n
+            self._used += len(segment) + 1
+        return n
+
+    def matches(self, text: str) -> bool:
+        return self.run(self.start, text).accept
 
 
 def compile_tokens(tokens: Sequence[Token]):
