@@ -30,6 +30,8 @@ from lamina.builder.errors import BuildError
               help="Network for RUN steps: default (own namespace with outbound access, as "
                    "docker), none (only lo) or host.")
 @click.option("--progress", type=click.Choice(["auto", "tty", "plain", "json"]), default="auto")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only the image ID on success (progress and warnings only on failure).")
 @click.option("--secret", "secrets", multiple=True, metavar="id=ID,src=PATH")
 @click.option("--ssh", "ssh", multiple=True, metavar="default|ID[=SOCKET|KEY[,KEY]]",
               help="SSH agent socket or keys to expose to RUN --mount=type=ssh.")
@@ -54,8 +56,35 @@ from lamina.builder.errors import BuildError
 @click.pass_obj
 def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
           ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool = False, timestamp: str | None = None,
-          **resource_flags) -> None:
+          quiet: bool = False, **resource_flags) -> None:
     """Build an image from a Dockerfile and a context directory."""
+    with _quiet_stderr(quiet):
+        _build(g, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
+               ssh, iidfile, outputs, allow, cache_from, cache_to, context, check, timestamp, **resource_flags)
+
+
+@contextlib.contextmanager
+def _quiet_stderr(quiet: bool):
+    """`docker build -q`: stdout gets the image ID alone; what the build writes on
+    stderr (progress, warnings) is held back, and shown only if the build fails."""
+    if not quiet:
+        yield
+        return
+    import io
+    import sys
+
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
+
+
+def _build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
+           ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool, timestamp: str | None,
+           **resource_flags) -> None:
     import os
     from lamina.builder.context.sourcedate import ARG, resolve_source_date
 

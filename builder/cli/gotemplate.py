@@ -37,6 +37,7 @@ from lamina.builder.cli.templateparse import (Field, Ident, Literal, Node, Pipel
                                               TemplateSyntaxError, Var, FUNCTION_NAMES, parse)
 
 __all__ = ["Template", "TemplateError", "TemplateSyntaxError", "Record", "MISSING", "go_str",
+           "GoStruct", "GoMap", "GoNilSlice", "GoDuration", "GoTime", "go_duration",
            "parse", "render"]
 
 
@@ -55,6 +56,79 @@ class Record(dict):
     """A listing row (docker's formatter context): a field it lacks is an error."""
 
     kind = "row"
+
+
+class GoStruct(dict):
+    """A Go struct (docker's inspect types): `fields` maps each field, in declaration
+    order, to its zero value, which a field access gets when the dict lacks the key (the
+    dict itself holds what JSON shows: Go's omitempty). A field not declared is an error;
+    printed as Go's %v of a struct, `{v1 v2 ...}`."""
+
+    def __init__(self, kind: str, fields: dict[str, Any], values: dict[str, Any] | None = None) -> None:
+        super().__init__(values or {})
+        self.kind = kind
+        self.fields = fields
+
+    def field(self, name: str) -> Any:
+        if name in self:
+            return self[name]
+        if name in self.fields:
+            return self.fields[name]
+        raise TemplateError(f"can't evaluate field {name} in type {self.kind}")
+
+
+class GoMap(dict):
+    """A typed Go map: `index` of a missing key is `zero` (the element type's zero
+    value); `nil` ones print `map[]` and marshal as null."""
+
+    def __init__(self, values: dict | None = None, *, zero: Any = "", nil: bool = False) -> None:
+        super().__init__(values or {})
+        self.zero = zero
+        self.nil = nil and not values
+
+
+class GoNilSlice(list):
+    """A nil Go slice: printed `[]`, marshalled as null."""
+
+
+class GoDuration(int):
+    """A time.Duration in nanoseconds: printed as Go's Duration.String() ("1m30s"),
+    marshalled as the number."""
+
+
+class GoTime(str):
+    """A time.Time: marshalled as the RFC 3339 text it holds, printed as `shown` (Go's
+    Time.String(), e.g. "2026-01-02 03:04:05.123 +0000 UTC")."""
+
+    shown: str = ""
+
+    def __new__(cls, text: str, shown: str) -> "GoTime":
+        t = super().__new__(cls, text)
+        t.shown = shown
+        return t
+
+
+def go_duration(ns: int) -> str:
+    """Go's time.Duration.String()."""
+    if ns == 0:
+        return "0s"
+    sign, u = ("-" if ns < 0 else ""), abs(ns)
+    if u < 1_000_000_000:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if u >= size or unit == "ns":
+                whole, frac = divmod(u, size)
+                digits = f"{frac:0{len(str(size)) - 1}d}".rstrip("0") if size > 1 else ""
+                return f"{sign}{whole}{'.' + digits if digits else ''}{unit}"
+    secs, frac = divmod(u, 1_000_000_000)
+    h, rest = divmod(secs, 3600)
+    m, s = divmod(rest, 60)
+    digits = f"{frac:09d}".rstrip("0")
+    out = f"{s}{'.' + digits if digits else ''}s"
+    if h:
+        return f"{sign}{h}h{m}m{out}"
+    if m:
+        return f"{sign}{m}m{out}"
+    return sign + out
 
 
 # -- printing ----------------------------------------------------------------------------
@@ -83,6 +157,12 @@ def go_str(v: Any) -> str:
         return "<no value>"
     if v is None:
         return "<nil>"
+    if isinstance(v, GoStruct):
+        return "{" + " ".join(go_str(v.field(k)) for k in v.fields) + "}"
+    if isinstance(v, GoDuration):
+        return go_duration(int(v))
+    if isinstance(v, GoTime):
+        return v.shown
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
@@ -113,8 +193,12 @@ def _truth(v: Any) -> bool:
 def _json_value(v: Any) -> Any:
     """A value as Go's encoder sees it: a missing key is null, an integral float is
     written without a fraction (Go's float64 1e6 is `1000000`)."""
-    if v is MISSING:
+    if v is MISSING or (isinstance(v, GoMap) and v.nil) or isinstance(v, GoNilSlice):
         return None
+    if isinstance(v, GoDuration):
+        return int(v)
+    if isinstance(v, GoTime):
+        return str(v)
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e21:
         return int(v)
     if isinstance(v, dict):
@@ -149,6 +233,8 @@ def _index(item: Any, *keys: Any) -> Any:
             if not 0 <= k < len(item):
                 raise TemplateError(f"index out of range: {k}")
             item = item[k]
+        elif isinstance(item, GoMap):
+            item = item.get(k, item.zero)
         elif isinstance(item, dict):
             if k in item:
                 item = item[k]
@@ -267,7 +353,9 @@ class _Exec:
 
     def field(self, value: Any, names: tuple[str, ...]) -> Any:
         for n in names:
-            if isinstance(value, Record):
+            if isinstance(value, GoStruct):
+                value = value.field(n)
+            elif isinstance(value, Record):
                 if n not in value:
                     raise TemplateError(f"can't evaluate field {n} in type {value.kind}")
                 value = value[n]

@@ -18,6 +18,7 @@ import click
 from lamina.builder.cli.app import Globals, cli
 from lamina.builder.cli.filters import FilterError, parse_image_filters
 from lamina.builder.cli.gotemplate import Record, TemplateError
+from lamina.builder.cli.inspectview import typed_inspect
 from lamina.builder.cli.listing import FormatError, check_format, render_objects, render_rows
 from lamina.builder.cli.units import human_size, since
 from lamina.store import oci, refs
@@ -228,7 +229,8 @@ def images_cmd(g: Globals, all_: bool, quiet: bool, no_trunc: bool, digests: boo
                     Containers="N/A", CreatedAt=go_time(created), CreatedSince=since(created, now),
                     Digest=s.manifest_digest or "<none>", ID=short_id(s.config_digest, no_trunc),
                     Repository=r.familiar_name if r else "<none>", SharedSize="N/A", Size=size,
-                    Tag=(r.tag or "<none>") if r else "<none>", UniqueSize="N/A", VirtualSize=size))
+                    Tag=(r.tag or "<none>") if r else "<none>", UniqueSize="N/A",
+                    VirtualSize=human_size(s.size, 4)))  # docker's units.HumanSize: 4 digits
     if fmt is None and quiet:
         fmt = "{{.ID}}"
     _render(fmt, rows, IMAGE_HEADERS, IMAGES_TABLE_DIGESTS if digests else IMAGES_TABLE)
@@ -271,7 +273,7 @@ def inspect_cmd(g: Globals, fmt: str | None, refs_: tuple[str, ...], show_proven
             except ImageNotFound:
                 missing.append(ref)
     try:
-        click.echo(render_objects(fmt, [InspectView(o) for o in found], lambda objs: json.dumps(objs, indent=4, ensure_ascii=False) + "\n"),
+        click.echo(render_objects(fmt, [InspectView(typed_inspect(o)) for o in found], lambda objs: json.dumps(objs, indent=4, ensure_ascii=False) + "\n"),
                    nl=False)
     except FormatError as e:
         raise click.BadParameter(str(e), param_hint="'--format'") from None
@@ -289,6 +291,19 @@ HISTORY_TABLE = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{
 HISTORY_TABLE_NONHUMAN = "table {{.ID}}\t{{.CreatedAt}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
 
 
+class _GoBool(click.types.BoolParamType):
+    """A docker (pflag) boolean value: `--human=false` and also `-H=false`, which click
+    hands over as "=false"."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.startswith("="):
+            value = value[1:]
+        return super().convert(value, param, ctx)
+
+
+GO_BOOL = _GoBool()
+
+
 def ellipsis(s: str, n: int) -> str:
     """docker's formatter.Ellipsis: at most n characters, the last one "…" when cut."""
     return s if len(s) <= n else s[: n - 1] + "…"
@@ -296,7 +311,7 @@ def ellipsis(s: str, n: int) -> str:
 
 @cli.command("history")
 @click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
-@click.option("-H", "--human", type=bool, default=True, show_default=True,
+@click.option("-H", "--human", type=GO_BOOL, default=True, show_default=True,
               help="Sizes and dates in human-readable form.")
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
 @_format_option

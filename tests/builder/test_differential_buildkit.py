@@ -755,3 +755,122 @@ def test_buildkit_case(builders, request, tmp_path, name):
                 empty_layers=d.empty_layers, known_xattrs=d.known_xattrs)
     if case.check:
         case.check(c)
+
+
+# ------------------------------------------------------------------ the CLI a script reads
+#
+# One image built by both (tagged), then what a docker user's script reads back from it:
+# `inspect -f TEMPLATE`, `history --no-trunc --format`, `images --format`, `build -q`.
+# Values that cannot be equal (IDs, times, the base layer's bytes) are compared by shape.
+
+_CLI_DOCKERFILE = """\
+FROM diffbase:1 AS base
+LABEL base.label="from base"
+HEALTHCHECK --interval=1m30s --timeout=500ms CMD true
+ONBUILD RUN echo trigger
+
+FROM diffbase:1
+MAINTAINER Jane Doe <jane@example.com>
+ARG SPACED
+ARG FROMENV
+ARG DEFAULTED=kept
+ENV a=1 b="x y" c=$a
+ENV legacy v w  x
+ENV SPACED_ENV="$SPACED" FROMENV_ENV=$FROMENV DEF_ENV=$DEFAULTED
+LABEL multi="one \\
+two" quoted="a \\"q\\" b" sp="$SPACED" fe=$FROMENV
+EXPOSE 80/udp 8080-8081
+VOLUME /data ["/v2"]
+WORKDIR /app/$DEFAULTED
+USER 1000:50
+STOPSIGNAL SIGINT
+CMD ["run"]
+"""
+
+# current docker's HealthConfig has StartInterval (API 1.44): one more duration printed
+_CLI_TEMPLATES_KNOWN = {
+    ("cli-base", "{{.Config.Healthcheck}}"): ("{[CMD-SHELL true] 1m30s 500ms 0s 0s 0}",
+                                              "{[CMD-SHELL true] 1m30s 500ms 0s 0}"),
+}
+_CLI_TEMPLATES = (
+    "{{.Config.User}}", "{{.Config.WorkingDir}}", "{{.Config.StopSignal}}", "{{.Config.Cmd}}",
+    "{{json .Config.Cmd}}", "{{.Config.Entrypoint}}", "{{json .Config.Entrypoint}}",
+    "{{.Config.Env}}", "{{json .Config.Env}}", "{{range .Config.Env}}{{println .}}{{end}}",
+    "{{.Config.Labels}}", "{{json .Config.Labels}}", '{{index .Config.Labels "fe"}}',
+    '{{index .Config.Labels "absent"}}', "{{.Config.ExposedPorts}}", "{{json .Config.ExposedPorts}}",
+    "{{range $p, $_ := .Config.ExposedPorts}}{{$p}} {{end}}", "{{.Config.Volumes}}",
+    "{{.Config.OnBuild}}", "{{.Config.Shell}}", "{{.Config.ArgsEscaped}}",
+    "{{if .Config.Healthcheck}}yes{{else}}no{{end}}", "{{.Config.Healthcheck}}",
+    "{{json .Config.Healthcheck}}", "{{.Author}}", "{{.Os}}/{{.Architecture}}", "{{.RootFS.Type}}",
+    "{{len .RootFS.Layers}}", "{{.Parent}}", "{{.RepoTags}}",
+)
+
+
+def test_cli_views(builders, tmp_path):
+    """inspect -f, history and images --format, build -q: what lamina prints for its image
+    as docker prints for BuildKit's."""
+    ctx = tmp_path / "ctx-cli"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(_CLI_DOCKERFILE)
+    base = ctx / "Dockerfile.base"
+    base.write_text(_CLI_DOCKERFILE.split("\nFROM diffbase:1\n")[0] + "\n")
+    args = ["--build-arg", "SPACED=a b \"c\" d=e $x", "--build-arg", "FROMENV"]
+    env_value = "from the 'environment'"
+    lamina_cmd = [sys.executable, "-m", "lamina", "--root", str(builders.lamina_root)]
+
+    def ours(*cmd: str) -> str:
+        r = subprocess.run(lamina_cmd + list(cmd), cwd=REPO, capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "FROMENV": env_value})
+        assert r.returncode == 0, f"lamina {cmd[:2]}: {r.stdout}{r.stderr}"
+        return r.stdout
+
+    def theirs(*cmd: str) -> str:
+        r = subprocess.run([DOCKER, *cmd], env={**builders.dockerd.env, "FROMENV": env_value},
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"docker {cmd[:2]}: {r.stdout}{r.stderr}"
+        return r.stdout
+
+    for run in (ours, theirs):
+        quiet_full = run("build", "-q", "--network", "none", "-t", "cli-full:1", *args, str(ctx))
+        quiet_base = run("build", "-q", "--network", "none", "-t", "cli-base:1", "-f", str(base),
+                         str(ctx))
+        # build -q: stdout is the image ID and nothing else
+        for out in (quiet_full, quiet_base):
+            assert len(out.splitlines()) == 1 and out.startswith("sha256:") and len(out.strip()) == 71, out
+
+    problems = []
+    for ref in ("cli-full:1", "cli-base:1", BASE_REF):
+        for t in _CLI_TEMPLATES:
+            a, b = ours("inspect", "-f", t, ref), theirs("inspect", "-f", t, ref)
+            want = _CLI_TEMPLATES_KNOWN.get((ref.split(":")[0], t))
+            if want is not None:
+                assert (a.strip(), b.strip()) == want, (ref, t)
+            elif a != b:
+                problems.append(f"{ref} {t}\n  lamina: {a!r}\n  docker: {b!r}")
+    assert not problems, "inspect -f differs:\n" + "\n".join(problems)
+
+    # history: the same lines (v0.8's ARG and HEALTHCHECK wording mapped, see
+    # ORACLE_DIFFERENCES), IDs and sizes by shape
+    fmt = "{{.ID}}|{{.CreatedBy}}|{{.Comment}}"
+    ha = [l.split("|", 2) for l in ours("history", "--no-trunc", "--format", fmt, "cli-full:1").splitlines()]
+    hb = [l.split("|", 2) for l in theirs("history", "--no-trunc", "--format", fmt, "cli-full:1").splitlines()]
+    assert len(ha) == len(hb)
+    # the last line is the base's import ("Imported from -": docker's CLI streams the tar)
+    for (ida, by_a, ca), (idb, by_b, cb) in zip(ha[:-1], hb[:-1]):
+        assert (ida == "<missing>") == (idb == "<missing>") and len(ida) == len(idb), (ida, idb)
+        if by_b.startswith("ARG ") and "=" not in by_b:   # v0.8: the ARG as written
+            by_a = by_a.split("=", 1)[0]
+        (by_a, _), (by_b, _) = _oracle_history((by_a, False), (by_b, False))
+        assert (by_a, ca) == (by_b, cb)
+    assert ours("history", "-H=false", "--format", "{{.CreatedAt}}", "cli-full:1").splitlines()[0] \
+        .endswith("Z")
+
+    # images: the line a script splits
+    fmt = "{{.Repository}}:{{.Tag}} {{.ID}}"
+    la = [l for l in ours("images", "--format", fmt).splitlines() if l.startswith("cli-")]
+    lb = [l for l in theirs("images", "--format", fmt).splitlines() if l.startswith("cli-")]
+    assert sorted(l.split()[0] for l in la) == sorted(l.split()[0] for l in lb) == ["cli-base:1", "cli-full:1"]
+    assert all(len(l.split()[1]) == 12 for l in la + lb)
+    sizes = ours("images", "--format", "{{.Size}} {{.VirtualSize}}", "cli-full").split()
+    # docker's units.HumanSize (VirtualSize) keeps 4 digits, HumanSizeWithPrecision(3) Size
+    assert len(sizes[0].rstrip("kMGB").replace(".", "")) <= 3 and len(sizes[1].rstrip("kMGB").replace(".", "")) <= 4
