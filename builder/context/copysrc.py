@@ -160,21 +160,28 @@ def _selected(tree: SourceTree, e: ContextEntry, rel: str) -> SelectedEntry:
 def _filter_tree(entries: list[tuple[str, ContextEntry]],
                  keep: Callable[[str], bool]) -> list[tuple[str, ContextEntry]]:
     """Keep the entries for which keep(rel) holds, plus every directory that holds a
-    kept non-directory (its parents are needed to hold it)."""
-    kept_paths = {rel for rel, e in entries if not e.is_dir and keep(rel)}
-    needed_dirs: set[str] = set()
-    for rel in kept_paths:
-        parts = rel.split("/")
-        for i in range(1, len(parts)):
-            needed_dirs.add("/".join(parts[:i]))
-    out = []
-    for rel, e in entries:
+    kept non-directory (its parents are needed to hold it). `entries` come in walk
+    order (a directory before its content): the directories holding an entry are the
+    open ones on a stack, so a deep tree costs its length, not its depth squared."""
+    chosen = [False] * len(entries)
+    holds = [False] * len(entries)  # a directory holding a kept non-directory
+    holders: list[int] = []  # indexes of the directories holding the current entry
+    for i, (rel, e) in enumerate(entries):
+        while holders:
+            top = entries[holders[-1]][0]
+            if len(rel) > len(top) and rel[len(top)] == "/" and rel.startswith(top):
+                break
+            holders.pop()
         if e.is_dir:
-            if rel in needed_dirs or keep(rel):
-                out.append((rel, e))
-        elif rel in kept_paths:
-            out.append((rel, e))
-    return out
+            chosen[i] = keep(rel)
+            holders.append(i)
+        elif keep(rel):
+            chosen[i] = True
+            for j in reversed(holders):
+                if holds[j]:
+                    break  # and so are the ones above it
+                holds[j] = chosen[j] = True
+    return [pair for pair, c in zip(entries, chosen) if c]
 
 
 def _dir_entries(tree: SourceTree, path: str, excludes: IgnoreRules,

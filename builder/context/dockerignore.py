@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from lamina.builder.context.globmatch import LazyDFA, Token, compile_tokens
 from lamina.builder.errors import BuildError
@@ -447,16 +447,22 @@ class IgnoreRules:
         of any ancestor; None: the root, and then a leading "/" makes "" an ancestor
         too, as the path's own split gives it). Walkers pass each directory's info
         down, so each path costs the length of its own name."""
+        for info in self._chain(rel_path, parent):
+            pass
+        return info.excluded, info
+
+    def _chain(self, rel_path: str, parent: MatchInfo | None) -> Iterator[MatchInfo]:
+        """The infos of the ancestors of `rel_path` below `parent`, then its own."""
         first = 1
         if parent is None:
             parent, first = self._root, 0
         info = parent
         cut = rel_path.find("/", parent.length + first)
-        while cut >= 0:  # ancestors between parent and rel_path
+        while cut >= 0:
             info = self._node(info, rel_path, cut)
+            yield info
             cut = rel_path.find("/", cut + 1)
-        info = self._node(info, rel_path, len(rel_path))
-        return info.excluded, info
+        yield self._node(info, rel_path, len(rel_path))
 
     def excluded(self, rel_path: str, is_dir: bool = False) -> bool:
         """Is `rel_path` (relative to the context, `/`-separated) excluded? Docker's
@@ -502,8 +508,8 @@ class WalkMatcher:
             if len(rel) > n and rel[n] == "/" and rel.startswith(top):
                 break
             stack.pop()
-        info = self.rules.match(rel, stack[-1][1] if stack else None)[1]
-        stack.append((rel, info))
+        for info in self.rules._chain(rel, stack[-1][1] if stack else None):
+            stack.append((rel[:info.length], info))  # ancestors too: the next path resumes there
         return info
 
     def excluded(self, rel: str) -> bool:

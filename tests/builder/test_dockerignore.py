@@ -9,14 +9,16 @@ implementation BuildKit uses); each case names the rule it checks.
 from __future__ import annotations
 
 import os
+import re
 import string
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lamina.builder.context.dockerignore import (GlobPattern, IgnoreRules, PatternError, go_clean,
-                                  go_trim_space, load_ignore_rules)
+from lamina.builder.context.dockerignore import (GlobPattern, IgnoreRules, PatternError, _ignore_tokens,
+                                                 go_clean, go_trim_space, load_ignore_rules)
+from lamina.builder.context.globmatch import regex_of
 from lamina.builder.errors import BuildError
 
 # -- file format (ignorefile.ReadAll) -------------------------------------------------
@@ -326,3 +328,114 @@ def test_go_trim_space_matches_go():
     assert go_trim_space("\t\n\v\f\r \x85\xa0x\u3000") == "x"
     assert go_trim_space("\x1cx\x1f") == "\x1cx\x1f"
     assert string.whitespace.strip(string.whitespace) == ""
+
+
+# -- incremental matching agrees with whole-path matching ------------------------------
+# The oracle is the matcher lamina had before matching became incremental: each pattern
+# tried on the path and on every parent directory ("/".join of its first components),
+# exact/prefix/suffix patterns by string comparison as patternmatcher does, the others
+# through Python's re on the pattern's regex (the automaton is checked against re in
+# test_globmatch.py).
+
+def _whole_path_hit(pattern, path: str) -> bool:
+    kind, text = pattern.kind, pattern.text
+    if kind == "exact":
+        return path == text
+    if kind == "prefix":
+        return path.startswith(text[:-2])
+    if kind == "suffix":
+        suffix = text[2:]
+        return path.endswith(suffix) or (suffix.startswith("/") and path == suffix[1:])
+    return re.fullmatch(regex_of(_ignore_tokens(text)[1]), path) is not None
+
+
+def _whole_path_excluded(rules: IgnoreRules, path: str) -> bool:
+    parts = path.split("/")
+    chain = ["/".join(parts[:i]) for i in range(1, len(parts))] + [path]
+    verdict = False
+    for p in rules.patterns:  # the last pattern matching the path or a parent wins
+        if any(_whole_path_hit(p, a) for a in chain):
+            verdict = not p.exception
+    return verdict
+
+
+_PIECE = st.sampled_from(["a", "b", "/", "*", "**", "?", "[a-b]", "[^a]", "[/]", "\\a", "\n",
+                          ".", "..", "ab", "/**/"])
+_PATTERN = st.builds(lambda neg, pieces: ("!" if neg else "") + "".join(pieces),
+                     st.booleans(), st.lists(_PIECE, min_size=1, max_size=6))
+_NAME = st.text(alphabet="ab.\n*", min_size=1, max_size=3).filter(lambda n: n not in (".", ".."))
+
+
+def _rules_or_reject(patterns):
+    from hypothesis import assume
+    try:
+        return IgnoreRules.from_patterns(patterns)
+    except PatternError:
+        assume(False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PATTERN, min_size=1, max_size=4), st.lists(_NAME, min_size=1, max_size=5))
+@example(["a", "!a/b"], ["a", "b"])   # pruning: an exception one level below
+@example(["**/b", "!b*/a"], ["ba", "a"])
+def test_walk_order_matching_agrees_with_whole_path_matching(patterns, names):
+    """A walker resumes each path from its directory's info; every level gets the
+    whole-path answer, and the pruning test with the walk's info the string one."""
+    rules = _rules_or_reject(patterns)
+    info, path = rules.root_info(), ""
+    walk = rules.walk_matcher()
+    for name in names:
+        path = f"{path}/{name}" if path else name
+        want = _whole_path_excluded(rules, path)
+        excluded, info = rules.match(path, info)
+        assert excluded == want, (patterns, path)
+        assert rules.match(path)[0] == want
+        assert walk.excluded(path) == want
+        assert rules.may_include_under(path, info) == rules.may_include_under(path)
+    # a walk matcher asked out of order (back up to a sibling, then deep again)
+    assert walk.excluded(names[0]) == _whole_path_excluded(rules, names[0])
+    assert walk.excluded(path) == _whole_path_excluded(rules, path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PATTERN, min_size=1, max_size=4), st.text(alphabet="ab/\n.*", max_size=10))
+@example(["a/b"], "a/b/a")            # a middle parent is matched
+@example(["b/*", "!b/a/**"], "b/a/b/a")
+@example(["a**"], "ab/b/b")           # a prefix pattern without "/"
+@example(["**/b"], "a/b/a/a")         # a suffix pattern on a middle parent
+@example(["*"], "/a")                 # a leading "/": "" is a parent too
+@example(["**/b"], "ba/a")            # a suffix pattern's bare form is the whole path only
+def test_matching_any_string_agrees_with_whole_path_matching(patterns, path):
+    """Any string (`//`, a leading `/`, `.` components): the same answer as before."""
+    rules = _rules_or_reject(patterns)
+    assert rules.match(path)[0] == _whole_path_excluded(rules, path), (patterns, path)
+
+
+_TREE = ["a/b/ab", "a/a\nb/b", "a/ab", "b/a", "b/b/a/b", "ab/b/a/b", "ab/a", "a\nb/a/b", "b\n/b",
+         "*/a", "a.b/b"]
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ignore-tree")
+    for rel in _TREE:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    return root
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_PATTERN, min_size=1, max_size=4))
+def test_a_walk_sees_what_whole_path_matching_lets_through(small_tree, patterns):
+    """BuildKit's visibility: a file is there when not excluded, a directory when not
+    excluded or when it holds something visible - computed here from whole-path
+    answers, against the walk with its incremental matching and pruning."""
+    from lamina.builder.context.context import SourceTree
+    rules = _rules_or_reject(patterns)
+    files = set(_TREE)
+    dirs = {rel.rsplit("/", i)[0] for rel in _TREE for i in range(1, rel.count("/") + 1)}
+    want = {f for f in files if not _whole_path_excluded(rules, f)}
+    want |= {d for d in dirs if not _whole_path_excluded(rules, d)
+             or any(f.startswith(d + "/") for f in want)}
+    got = {e.path for e in SourceTree(small_tree, rules).entries(hash_files=False)}
+    assert got == want, patterns

@@ -1,6 +1,7 @@
-"""builder.context.globmatch: the automaton agrees with a backtracking regex engine
-(Python's re, the oracle on inputs small enough for it), and hostile patterns from a
-repository's .dockerignore or Dockerfile match in linear time instead of hanging."""
+"""builder.context.globmatch: the automaton (and its lazily determinised, resumable
+form) agrees with a backtracking regex engine (Python's re, the oracle on inputs small
+enough for it), and hostile patterns from a repository's .dockerignore or Dockerfile
+match in linear time instead of hanging."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from lamina.builder.context.dockerignore import GlobPattern, IgnoreRules
-from lamina.builder.context.globmatch import _Automaton, compile_tokens, regex_of
+from lamina.builder.context.globmatch import LazyDFA, _Automaton, compile_tokens, regex_of
 
 _TOKEN = st.one_of(
     st.sampled_from([("lit", "a"), ("lit", "b"), ("lit", "/"), ("lit", "\n"), ("one",), ("star",),
@@ -26,6 +27,29 @@ def test_the_automaton_matches_what_the_regex_matches(tokens, text):
     want = re.fullmatch(regex_of(tokens), text) is not None
     assert _Automaton(tokens).matches(text) == want
     assert compile_tokens(tokens).matches(text) == want
+    assert LazyDFA(tokens).matches(text) == want
+
+
+class _SmallDFA(LazyDFA):
+    BUDGET = 8  # the cache is dropped every few steps: answers must not change
+    SEGMENT_CACHE_MAX = 3
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_TOKEN, max_size=7), st.lists(st.text(alphabet="ab/\n", max_size=5), max_size=5),
+       st.booleans())
+def test_the_resumed_automaton_matches_what_the_regex_matches(tokens, pieces, small):
+    """Fed piece by piece, resuming from the state the previous pieces left (as a walk
+    resumes from a directory's state), every prefix gets the regex's answer."""
+    rx = re.compile(regex_of(tokens))
+    dfa = (_SmallDFA if small else LazyDFA)(tokens)
+    state, text = dfa.start, ""
+    for piece in pieces * 2:  # twice: the second round reads through the caches
+        state = dfa.feed(state, piece)
+        text += piece
+        assert state.accept == (rx.fullmatch(text) is not None), (tokens, text)
+        if state.dead:  # dead: no continuation matches
+            assert not any(rx.fullmatch(text + tail) for tail in ("", "a", "b", "/", "ab/b", "/a/"))
 
 
 class _Hang(Exception):
