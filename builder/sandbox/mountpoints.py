@@ -157,6 +157,14 @@ class StubRecorder:
                                  | os.O_CLOEXEC, 0o644, dir_fd=parent))
             else:
                 os.mkdir(name, 0o755, dir_fd=parent)
+                # 0755 whatever lamina's umask: a RUN keeps runc's mount points in its
+                # layer (RUNC_MOUNT_POINTS), so their mode is image content
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=parent)
+                try:
+                    os.fchmod(fd, 0o755 | (os.fstat(fd).st_mode & stat.S_ISGID))
+                finally:
+                    os.close(fd)
         except FileExistsError:
             # made meanwhile by a step of a concurrent build (or stage) sharing this cache
             # mount: not ours to record; the caller looks at what is there now
