@@ -326,6 +326,19 @@ class IgnoreRules:
     patterns: tuple[IgnorePattern, ...] = ()
     source: str | None = None  # the file the rules came from, for messages
 
+    #: automaton cache (LazyDFA units, ~150 bytes each) shared by all the `regex`
+    #: patterns of one list: a hostile list of thousands of lines gets no more
+    MATCH_CACHE_BUDGET = 1 << 18
+    #: the least a pattern gets (smaller only drops its cache more often: still linear)
+    MATCH_CACHE_MIN = 64
+
+    def __post_init__(self) -> None:
+        dfas = [p.matcher for p in self.patterns if p.kind == _REGEX]
+        if dfas:
+            share = max(self.MATCH_CACHE_MIN, self.MATCH_CACHE_BUDGET // len(dfas))
+            for dfa in dfas:
+                dfa.budget = min(dfa.budget, share)
+
     # -- construction -------------------------------------------------------------
 
     @classmethod

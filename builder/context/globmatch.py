@@ -29,7 +29,11 @@ instead of re-reading the whole path - a context walk costs the sum of the names
 lengths, not of the paths' (a 900-deep context of 250-character names has paths of
 ~110k characters: matched from their first character, one pattern took minutes).
 States (sets of automaton positions) and their transitions are cached, within a
-budget per pattern (past it the cache is dropped and rebuilt: still linear).
+budget per pattern (past it the cache is dropped and rebuilt: still linear). A state
+from before a drop (a walk's directories keep theirs) is looked up again in the new
+cache before it is used, so the cache never grows through it; `IgnoreRules` splits one
+budget among its patterns, so a hostile `.dockerignore` of thousands of lines gets no
+more memory than a short one.
 """
 
 from __future__ import annotations
@@ -147,10 +151,11 @@ class DState:
     """A state of a `LazyDFA`: the set of automaton states reached by some text.
     `accept`: the text so far matches; `dead`: no continuation of it can match."""
 
-    __slots__ = ("nfa", "accept", "dead", "next", "after")
+    __slots__ = ("nfa", "accept", "dead", "next", "after", "gen")
 
-    def __init__(self, nfa: frozenset, accept: bool) -> None:
+    def __init__(self, nfa: frozenset, accept: bool, gen: int = 0) -> None:
         self.nfa = nfa
+        self.gen = gen  # the cache generation (LazyDFA._gen) it belongs to
         self.accept = accept
         self.dead = not nfa
         self.next: dict[str, DState] = {}    # one character -> state
@@ -168,6 +173,8 @@ class LazyDFA:
     SEGMENT_CACHE_MAX = 64
 
     def __init__(self, tokens: Sequence[Token]) -> None:
+        self.budget = self.BUDGET  # IgnoreRules lowers it: one budget for all its patterns
+        self._gen = 0
         self._nfa = _Automaton(tokens)
         self._end = len(tokens)
         # a class of only empty ranges matches nothing: no state before it can accept
@@ -184,9 +191,9 @@ class LazyDFA:
         key = frozenset(s for s in nfa if s[0] >= self._min_live)
         ds = self._states.get(key)
         if ds is None:
-            if self._used + len(key) + 1 > self.BUDGET:
+            if self._used + len(key) + 1 > self.budget:
                 self._forget()
-            ds = DState(key, (self._end, False) in key)
+            ds = DState(key, (self._end, False) in key, self._gen)
             self._states[key] = ds
             self._used += len(key) + 1
         return ds
@@ -197,17 +204,24 @@ class LazyDFA:
             ds.after.clear()
         self._states.clear()
         self._used = 0
+        self._gen += 1  # states kept by callers are now outside the cache: never grown
+
+    def _current(self, ds: DState) -> DState:
+        """`ds`, or its twin in the cache when it is from before the last drop."""
+        return ds if ds.gen == self._gen else self._intern(ds.nfa)
 
     def _advance(self, ds: DState, c: str) -> DState:
         n = self._intern(self._nfa.closure(self._nfa.step(ds.nfa, c)))
-        if self._used >= self.BUDGET:
+        if self._used >= self.budget:
             self._forget()
-        ds.next[c] = n
-        self._used += 1
+        if ds.gen == self._gen and n.gen == self._gen:
+            ds.next[c] = n
+            self._used += 1
         return n
 
     def run(self, ds: DState, text: str) -> DState:
         """The state after reading `text` from `ds` (no whole-text caching)."""
+        ds = self._current(ds)
         for c in text:
             n = ds.next.get(c)
             if n is None:
@@ -219,15 +233,17 @@ class LazyDFA:
 
     def feed(self, ds: DState, segment: str) -> DState:
         """`run`, with short segments (a walk's "/name") cached per state."""
+        ds = self._current(ds)
         n = ds.after.get(segment)
         if n is not None:
             return n
         n = self.run(ds, segment)
         if len(segment) <= self.SEGMENT_CACHE_MAX:
-            if self._used + len(segment) >= self.BUDGET:
+            if self._used + len(segment) >= self.budget:
                 self._forget()
-            ds.after[segment] = n
-            self._used += len(segment) + 1
+            if ds.gen == self._gen and n.gen == self._gen:
+                ds.after[segment] = n
+                self._used += len(segment) + 1
         return n
 
     def matches(self, text: str) -> bool:
