@@ -39,6 +39,7 @@ more memory than a short one.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from typing import Sequence
 
 Token = tuple
@@ -83,12 +84,28 @@ class _Regex:
         return self._rx.fullmatch(text) is not None
 
 
+def _merged(ranges: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Non-empty ranges sorted and merged: (starts, ends), both ascending."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for lo, hi in sorted(r for r in ranges if r[0] <= r[1]):
+        if ends and lo <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], hi)
+        else:
+            starts.append(lo)
+            ends.append(hi)
+    return starts, ends
+
+
 class _Automaton:
     """The tokens as a nondeterministic automaton, run on every state at once. A state
     is (token index, inside a `dirs` run); index len(tokens) accepts."""
 
     def __init__(self, tokens: Sequence[Token]) -> None:
         self._t = tuple(tokens)
+        # a class's ranges sorted and merged, searched by bisection: a hostile class of
+        # thousands of ranges costs log(ranges) per character, not ranges
+        self._cls = {k: _merged(t[2]) for k, t in enumerate(self._t) if t[0] == "class"}
 
     def closure(self, states: set) -> set:
         todo = list(states)
@@ -126,7 +143,9 @@ class _Automaton:
                     nxt.add((k + 1, False))
             elif kind == "class":
                 o = ord(c)
-                if any(lo <= o <= hi for lo, hi in tok[2]) != tok[1]:
+                starts, ends = self._cls[k]
+                i = bisect_right(starts, o) - 1
+                if (i >= 0 and o <= ends[i]) != tok[1]:
                     nxt.add((k + 1, False))
             elif kind == "star":
                 if c != "/":
