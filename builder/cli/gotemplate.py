@@ -477,7 +477,10 @@ class Template:
 
     def render(self, data: Any, *, header: bool = False) -> str:
         out: list[str] = []
-        _Exec(data, header).run(list(self.nodes), data, {"$": data}, out)
+        try:
+            _Exec(data, header).run(list(self.nodes), data, {"$": data}, out)
+        except RecursionError:  # an image's label or healthcheck of JSON arrays 500 deep
+            raise TemplateError("a value is nested too deeply to print") from None
         return "".join(out)
 
 
