@@ -392,6 +392,9 @@ def _exec_child(target: ExecTarget, spec: ExecSpec, ns_fds: list[int],
     child = os.fork()  # the first process of ours in the container's PID namespace
     if child == 0:
         try:
+            # until execve, nothing in the container may read this process's memory or
+            # fds (/proc/PID/fd: the control socket) while it drops its privileges
+            linux.prctl(linux.PR_SET_DUMPABLE, 0)
             os.close(alive_w)
             if parent_gone(alive_r, close=False):
                 raise SandboxError("lamina exec went away")
