@@ -210,10 +210,11 @@ class Builders:
     dockerd: Dockerd
     count: int = 0
 
-    def lamina(self, ctx: Path, out: Path, args: dict, target: str | None, network: str):
+    def lamina(self, ctx: Path, out: Path, args: dict, target: str | None, network: str,
+               flags: tuple[str, ...] = ()):
         cmd = [sys.executable, "-m", "lamina", "--root", str(self.lamina_root), "build",
                "--progress", "plain", "--network", network,
-               "--output", f"type=docker,dest={out}"]
+               "--output", f"type=docker,dest={out}", *flags]
         cmd += [f"--build-arg={k}={v}" for k, v in args.items()]
         cmd += ["--target", target] if target else []
         r = subprocess.run(cmd + [str(ctx)], cwd=REPO, capture_output=True, text=True,
@@ -221,9 +222,10 @@ class Builders:
         assert r.returncode == 0, f"lamina build failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
         return dt.read_docker_archive(out)
 
-    def buildkit(self, ctx: Path, out: Path, args: dict, target: str | None, network: str):
+    def buildkit(self, ctx: Path, out: Path, args: dict, target: str | None, network: str,
+                 flags: tuple[str, ...] = ()):
         tag = f"diff-{out.stem}:latest"
-        cmd = ["build", "--progress", "plain", "--network", network, "-t", tag]
+        cmd = ["build", "--progress", "plain", "--network", network, "-t", tag, *flags]
         cmd += [f"--build-arg={k}={v}" for k, v in args.items()]
         cmd += ["--target", target] if target else []
         self.dockerd.docker(*cmd, str(ctx), timeout=900)
@@ -231,15 +233,15 @@ class Builders:
         return dt.read_docker_archive(out)
 
     def both(self, name: str, ctx: Path, *, args: dict | None = None,
-             target: str | None = None, network: str = "none"):
+             target: str | None = None, network: str = "none", flags: tuple[str, ...] = ()):
         args = args or {}
         with ThreadPoolExecutor(2) as pool:
             ours = pool.submit(self.lamina, ctx, self.tmp / f"lamina-{name}.tar", args, target,
-                               network)
+                               network, flags)
             # our dockerd has no bridge network: lamina's default network (slirp4netns)
             # is docker's bridge, which the host network stands in for here
             theirs = pool.submit(self.buildkit, ctx, self.tmp / f"buildkit-{name}.tar", args,
-                                 target, "host" if network == "default" else network)
+                                 target, "host" if network == "default" else network, flags)
             return ours.result(), theirs.result()
 
 
@@ -513,6 +515,8 @@ class BuildkitCase:
     args: dict = field(default_factory=dict)             # --build-arg of both builds
     prepare: Callable[[Path], None] | None = None        # makes what git cannot hold
     target: str | None = None
+    # more flags of both builds (--secret, --ssh), given the context dir
+    flags: Callable[[Path], tuple[str, ...]] | None = None
 
 
 def _check_run_environment(c: Compared) -> None:
@@ -639,6 +643,69 @@ def _prepare_context_links(ctx: Path) -> None:
         ("top/l", "symlink", 0o777, 0, 0, "x"), ("y", "file", 0o600, 33, 33, b"y\n")], "gz"))
 
 
+def _secret_flags(ctx: Path) -> tuple[str, ...]:
+    """A secret file and an ssh key outside the context (the key loaded into each
+    client's own agent: docker's --ssh ID=KEY, lamina's likewise)."""
+    secret, key = ctx.parent / "tok.secret", ctx.parent / "id_ed25519"
+    secret.write_text("s3cret\n")
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True, capture_output=True, timeout=60)
+    return (f"--secret=id=tok,src={secret}", f"--ssh=default={key}")
+
+
+# RUN --mount=type=secret / type=ssh / tmpfs / bind,rw onto paths that do not exist:
+# the mount points and their parents (/run/secrets, /run/buildkit for the agent socket,
+# /opt/deep, /ssh/agent, /newtmp/deep, /nonexist/bind) are left by v0.8 and removed by
+# current BuildKit and lamina (_MOUNT_STUB); later RUNs listing / or /run see them.
+_SECRET_STUBS = ("newtmp", "newtmp/deep", "nonexist", "nonexist/bind", "opt", "opt/deep",
+                 "run/buildkit", "run/keep-dir", "run/secrets", "ssh", "ssh/agent")
+_ROOT_LISTING = ".\n..\nbin\ndev\netc\nhome\nlinuxrc\n{}proc\nroot\nroot-listing\n{}sbin\n" \
+    "secret-deep\nsecret-default\nsecret-stat\nsys\ntmp\nusr\nvar\n"
+_SECRETS_DIFFERENCE = OracleDifference(known=tuple(
+    Known(p, _MOUNT_STUB, None, {"type": "dir", "mode": 0o755, "uid": 0, "gid": 0})
+    for p in _SECRET_STUBS) + (
+    Known("root-listing", _MOUNT_STUB, {"content": _ROOT_LISTING.format("", "").encode()},
+          {"content": _ROOT_LISTING.format("opt\n", "run\n").encode()}),
+    Known("run-listing", _MOUNT_STUB, {"content": b"keep\nsecrets\n"},
+          {"content": b"buildkit\nkeep\nsecrets\n"}),
+    Known("run-listing2", _MOUNT_STUB, {"content": b"keep\nkeep-dir\nmade\n"},
+          {"content": b"buildkit\nkeep\nkeep-dir\nmade\nsecrets\n"})))
+
+# COPY of a fifo (COPY --from a stage whose RUN made one): current BuildKit's copier
+# makes it (fsutil copy.go mknod for devices, fifos and sockets, 331e532 "copy: fix
+# copying devices, fifos", 2022); v0.8's skipped it ("TODO: Support pipes and
+# sockets"). lamina copies it.
+_FIFO_COPY = "a fifo is copied by current BuildKit, skipped by v0.8"
+
+
+def _prepare_context_names(ctx: Path) -> None:
+    (ctx / "with space.txt").write_text("space\n")
+    (ctx / "dir with space").mkdir()
+    (ctx / "dir with space" / "inner file").write_text("inner\n")
+    (ctx / "\u00fcn\u00efc\u00f6d\u00e9-\u540d.txt").write_text("unicode\n")
+    (ctx / "new\nline.txt").write_text("newline\n")
+    (ctx / "hl").mkdir()
+    (ctx / "hl" / "a").write_text("one inode\n")
+    os.link(ctx / "hl" / "a", ctx / "hl" / "b")
+    with open(ctx / "sparse.bin", "wb") as f:
+        f.truncate(1 << 20)
+        f.seek(512 << 10)
+        f.write(b"middle")
+    (ctx / "empty").write_bytes(b"")
+    (ctx / "other-uid").write_text("uid\n")
+    os.chown(ctx / "other-uid", 1234, 5678)
+    (ctx / "d000").mkdir()
+    (ctx / "d000" / "f000").write_text("f\n")
+    os.chmod(ctx / "d000" / "f000", 0)
+    os.chown(ctx / "d000" / "f000", 77, 88)
+    os.chmod(ctx / "d000", 0)
+    (ctx / "conflict.tar").write_bytes(_tar([
+        ("sub", "file", 0o600, 0, 0, b"file over a dir\n"),
+        ("keep/", "dir", 0o750, 0, 0, None),
+        ("keep/inner", "file", 0o644, 0, 0, b"dir over a file\n")]))
+
+
 BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "run-environment": BuildkitCase(check=_check_run_environment),
     "config-verbatim": BuildkitCase(difference=OracleDifference(
@@ -720,6 +787,13 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     # several sources onto a dest without a trailing slash: copied in turn, no error
     # (BuildKit v0.8 and current alike; copysrc.plan_copy)
     "copy-several": BuildkitCase(),
+    "run-secrets": BuildkitCase(flags=_secret_flags, difference=_SECRETS_DIFFERENCE),
+    # --target of an intermediate stage: its own config and history
+    "stage-target": BuildkitCase(target="mid", difference=OracleDifference(known=(
+        Known("copied-lower/fifo", _FIFO_COPY, {"type": "fifo", "mode": 0o644}, None),),
+        known_history={4: ("ARG TARGETOS=linux", "ARG TARGETOS"),
+                       5: (f"ARG TARGETARCH={_ARCH}", "ARG TARGETARCH")})),
+    "context-names": BuildkitCase(prepare=_prepare_context_names),
 }
 
 
@@ -747,7 +821,9 @@ def test_buildkit_case(builders, request, tmp_path, name):
     shutil.copytree(BUILDKIT_CASES_DIR / name, ctx, symlinks=True)
     if case.prepare:
         case.prepare(ctx)
-    c = compare(builders, name, ctx, network=case.network, args=case.args, target=case.target)
+    flags = case.flags(ctx) if case.flags else ()
+    c = compare(builders, name, ctx, network=case.network, args=case.args, target=case.target,
+                flags=flags)
     d = case.difference
     history_known = {(i if i >= 0 else len(history(c.our_config, 1)) + i): v
                      for i, v in d.known_history.items()}
