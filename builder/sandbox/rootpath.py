@@ -160,20 +160,25 @@ class RootDir:
     # -- the walk -----------------------------------------------------------------------
 
     def _walk(self, path: str, *, follow_final: bool, create: DirSpec | None,
-              create_final: bool) -> tuple[_Walk, list[str]]:
+              create_final: bool, create_in_links: bool = True) -> tuple[_Walk, list[str]]:
         """Walk `path`. Returns the walk (positioned on the deepest directory reached)
         and the unresolved rest: [] when the path is that directory; [name] when the
         final component is `name` in it (missing, a non-directory, or not followed);
         longer when a component is missing (without `create`): the first one is
-        missing, the others follow lexically."""
+        missing, the others follow lexically. Without `create_in_links`, a missing
+        component named by a symlink's target is an error even with `create` (only
+        components of `path` itself are created)."""
         shown = clean_image_path(path)
         w = _Walk(self.fd)
         try:
             todo = deque(c for c in shown.split("/") if c)
             virtual: list[str] = []  # components below a missing one (lexical)
             hops = 0
+            linked = 0  # how many of todo's first components come from symlink targets
             while todo:
                 comp = todo.popleft()
+                from_link = linked > 0
+                linked -= from_link
                 if comp == ".":
                     continue
                 if comp == "..":
@@ -197,6 +202,10 @@ class RootDir:
                     raise RootPathError(f"{shown}: {w.path()} is not a directory") from None
                 if st is None:
                     if create is not None and (not last or create_final):
+                        if from_link and not create_in_links:
+                            raise RootPathError(
+                                f"{shown}: {_join(w.path(), comp)} does not exist (named by a "
+                                "symlink on the way)")
                         self._mkdir(w, comp, create, shown)
                         w.push(comp)
                         continue
@@ -214,7 +223,9 @@ class RootDir:
                         raise RootPathError(f"{shown}: {_join(w.path(), comp)} is an empty symlink")
                     if target.startswith("/"):
                         w.reset()
-                    todo.extendleft(reversed([c for c in target.split("/") if c]))
+                    named = [c for c in target.split("/") if c]
+                    todo.extendleft(reversed(named))
+                    linked += len(named)
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     try:
@@ -312,14 +323,16 @@ class RootDir:
         return w.take()
 
     def open_parent(self, path: str, *, create: DirSpec | None = None,
-                    follow_final: bool = False) -> tuple[int, str, str]:
+                    follow_final: bool = False,
+                    create_in_links: bool = True) -> tuple[int, str, str]:
         """(descriptor of the directory holding the final component, the final name,
         the image path of that directory). Parents are followed and created as in
         open_dir; the final component is followed only with follow_final (a final
         symlink then leads to its target's parent and name). `/` has no parent: an
-        error."""
+        error. create_in_links=False: see _walk (an archive's implied directories)."""
         shown = clean_image_path(path)
-        w, rest = self._walk(path, follow_final=follow_final, create=create, create_final=False)
+        w, rest = self._walk(path, follow_final=follow_final, create=create, create_final=False,
+                             create_in_links=create_in_links)
         if w.broken:
             w.close()
             raise RootPathError(f"{shown}: a symlink on the way goes through a missing directory")

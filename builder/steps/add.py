@@ -27,9 +27,12 @@ Semantics (BuildKit's dockerfile2llb + FileOp copy/unpack + http/git sources):
   destination is an error. The destination is the extraction root: symlinks met
   while extracting - already in the image or from earlier members - are followed
   inside *it* (an absolute target restarts at the destination, `..` stops there),
-  never outside. Missing parents are created 0755 root:root. Whatever is at a member's
-  path is replaced unless both are directories (a directory member follows an existing
-  symlink to a directory). Ownership comes from the archive unless --chown; mode and
+  never outside. Missing parents the member names are created 0755 root:root; a
+  symlink on the way whose target does not exist (in the extraction root) is an error,
+  nothing is created inside it (go-archive's createImpliedDirectories + open).
+  Whatever is at a member's path is replaced unless both are directories (a
+  directory member replaces an existing symlink to a directory: Lstat, RemoveAll).
+  Ownership comes from the archive unless --chown; mode and
   mtime from the archive; --chmod does not apply; xattrs are set best-effort
   (`trusted.*` dropped). `.wh.*` names are NOT whiteouts here: they extract as
   plain files, as in BuildKit (a consumer of the layer will read them as whiteouts:
@@ -161,8 +164,12 @@ class _Extractor:
         if not name:
             return  # the root entry: BuildKit skips it
         is_dir = e.type == DIRTYPE
+        # the member's own name is never followed (a directory replaces a symlink), and
+        # implied directories are made only for components the member names, never
+        # inside a symlink's target (go-archive: Lstat the parent, MkdirAll only when
+        # that is missing; a link to a missing directory fails the open)
         parent, leaf, parent_path = self.ext.open_parent(name, create=_IMPLIED_DIR,
-                                                         follow_final=is_dir)
+                                                         create_in_links=False)
         try:
             self.one(e, reader, parent, leaf, posixpath.join(parent_path, leaf), is_dir)
         finally:
