@@ -223,17 +223,7 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
             scanned += [x.instruction for x in sections[base_stage][1] if isinstance(x, ast.Onbuild)]
         for inst in scanned:
             for value, allow_index in stage_references(inst):
-                if isinstance(inst, (ast.Copy, ast.Add)):
-                    try:
-                        plain = expand(value, {}, escape=escape)
-                    except DockerfileError:
-                        plain = None
-                    if plain != value:
-                        raise error_at(path, inst, "variable expansion is not supported for "
-                                       "--from, define a new stage with FROM using ARG from "
-                                       "global scope as a workaround")
-                dep, image = lookup_stage(names, value, allow_index=allow_index,
-                                           error=lambda m, inst=inst: error_at(path, inst, m))
+                dep, image = _reference(inst, value, allow_index)
                 if dep is not None:
                     if dep == i or (dep > i and _reaches(dep, i)):
                         raise error_at(path, inst, "circular dependency detected on stage: "
@@ -250,6 +240,20 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
                      platform=stage_platform, instructions=tuple(body),
                      stage_deps=tuple(deps), image_deps=tuple(images),
                      global_args_used=tuple(used))
+
+    def _reference(inst: ast.Instruction, value: str,
+                   allow_index: bool) -> tuple[int | None, str | None]:
+        if isinstance(inst, (ast.Copy, ast.Add)):
+            try:
+                plain = expand(value, {}, escape=escape)
+            except DockerfileError:
+                plain = None
+            if plain != value:
+                raise error_at(path, inst, "variable expansion is not supported for "
+                               "--from, define a new stage with FROM using ARG from "
+                               "global scope as a workaround")
+        return lookup_stage(names, value, allow_index=allow_index,
+                            error=lambda m: error_at(path, inst, m))
 
     def _reaches(start: int, goal: int) -> bool:
         """Whether stage `start` refers (transitively, by name/index) to `goal`."""
@@ -282,6 +286,17 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
                         todo.append(dep)
         return False
 
+    # BuildKit turns the instructions of every stage into commands (toCommand) and checks
+    # the whole stage graph for cycles (validateCircularDependency) before it keeps the
+    # stages the target needs: a --from naming a stage index out of range, with a
+    # variable, or closing a cycle fails the build in a stage the target does not use too
+    for i, (_, body) in enumerate(sections):
+        for inst in body:
+            for value, allow_index in stage_references(inst):
+                dep, _ = _reference(inst, value, allow_index)
+                if dep is not None and (dep == i or (dep > i and _reaches(dep, i))):
+                    raise error_at(path, inst, "circular dependency detected on stage: "
+                                   f"{names[i] or f'stage-{i}'}")
     visit(target_index)
     planned = tuple(stages[i] for i in sorted(stages))
 

@@ -968,3 +968,52 @@ def test_cli_views(builders, tmp_path):
     sizes = ours("images", "--format", "{{.Size}} {{.VirtualSize}}", "cli-full").split()
     # docker's units.HumanSize (VirtualSize) keeps 4 digits, HumanSizeWithPrecision(3) Size
     assert len(sizes[0].rstrip("kMGB").replace(".", "")) <= 3 and len(sizes[1].rstrip("kMGB").replace(".", "")) <= 4
+
+
+# ------------------------------------------------------------------ builds BuildKit refuses
+#
+# Dockerfiles that build on one side only would be a difference no image comparison
+# sees: each of these is built by both (FROM diffbase:1), and both must fail or both
+# succeed.
+
+_REFUSED = {
+    "copy-dir-onto-file": "RUN echo f > /was-file\nCOPY dir/ /was-file\n",
+    "copy-under-a-file": "RUN echo f > /was-file\nCOPY a.txt /was-file/x\n",
+    "add-through-missing-link": "RUN mkdir /ex && ln -s /real /ex/link && mkdir /real\n"
+                                "ADD link.tar /ex/\n",
+    "required-secret": "RUN --mount=type=secret,id=nope,required true\n",
+    "required-ssh": "RUN --mount=type=ssh,required=true true\n",
+    "from-own-stage": "COPY --from=0 /etc/passwd /x\n",
+    # in a stage the target does not use: BuildKit converts every stage first
+    "from-index-out-of-range": "COPY --from=2 /etc/passwd /x\nFROM diffbase:1\n",
+    "from-variable-unused-stage": "ARG S=0\nCOPY --from=$S /etc/passwd /x\nFROM diffbase:1\n",
+    "cycle-in-unused-stage": "COPY --from=0 /etc/passwd /x\nFROM diffbase:1\n",
+}
+_ACCEPTED = {
+    "optional-secret-and-ssh": "RUN --mount=type=secret,id=nope --mount=type=ssh "
+                               "test \"$SSH_AUTH_SOCK\" = /run/buildkit/ssh_agent.0\n",
+    # a stage index is any stage of the file, a later one too (findStateByIndex)
+    "from-later-stage": "COPY --from=1 /etc/passwd /x\nFROM diffbase:1\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_REFUSED) + sorted(_ACCEPTED))
+def test_buildkit_refuses_too(builders, tmp_path, name):
+    ctx = tmp_path / "ctx"
+    (ctx / "dir").mkdir(parents=True)
+    (ctx / "dir" / "d").write_text("d\n")
+    (ctx / "a.txt").write_text("a\n")
+    (ctx / "link.tar").write_bytes(_tar([("link/inside", "file", 0o644, 0, 0, b"x\n")]))
+    (ctx / "Dockerfile").write_text("FROM diffbase:1\n" + {**_REFUSED, **_ACCEPTED}[name])
+    ours = subprocess.run(
+        [sys.executable, "-m", "lamina", "--root", str(builders.lamina_root), "build",
+         "--progress", "plain", "--network", "none", "--output",
+         f"type=docker,dest={tmp_path / 'out.tar'}", str(ctx)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    theirs = builders.dockerd.docker("build", "--progress", "plain", "--network", "none",
+                                     str(ctx), check=False, timeout=300)
+    want = name in _ACCEPTED
+    assert (theirs.returncode == 0) == want, theirs.stderr[-2000:]
+    assert (ours.returncode == 0) == want, ours.stdout[-2000:] + ours.stderr[-2000:]
+    if not want:
+        assert "Traceback" not in ours.stderr and f"{ctx}/Dockerfile:" in ours.stderr, ours.stderr

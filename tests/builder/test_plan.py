@@ -262,6 +262,12 @@ def test_from_names_a_stage_only_if_defined_earlier():
     ("FROM scratch AS a\nCOPY --from=b / /\nFROM scratch AS b\n",
      'cannot copy from stage "b", it needs to be defined before current stage "a"', 2),
     ("FROM scratch\nCOPY --from=7 / /\n", "invalid stage index 7", 2),
+    # in a stage the target does not use: BuildKit converts and checks every stage
+    # (docker 20.10's BuildKit refuses these too: test_differential_buildkit)
+    ("FROM scratch\nCOPY --from=2 / /\nFROM scratch\n", "invalid stage index 2", 2),
+    ("FROM scratch\nCOPY --from=0 / /\nFROM scratch\n", "circular dependency detected", 2),
+    ("FROM scratch\nARG S=0\nCOPY --from=$S / /\nFROM scratch\n",
+     "variable expansion is not supported for --from", 3),
     ("FROM scratch\nARG S=x\nCOPY --from=$S / /\n",
      "variable expansion is not supported for --from", 3),
     ("FROM --platform=linux/arm64 scratch\n",
@@ -273,6 +279,12 @@ def test_graph_errors(text, message, line):
     with pytest.raises(BuildError, match=re.escape(message)) as err:
         make_plan(text, target="a" if "AS a" in text else None)
     assert err.value.line == line
+
+
+def test_unused_stage_may_name_a_later_stage():
+    # dispatch-time check in BuildKit: only for the stages the target needs
+    plan = make_plan("FROM scratch\nCOPY --from=1 / /\nFROM scratch\n")
+    assert plan.order() == (1,)
 
 
 def test_from_platform_matching_host_is_fine():
