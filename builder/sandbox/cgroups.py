@@ -112,7 +112,8 @@ def layout() -> Layout:
     v1: dict[str, Path] = {}
     v2 = None
     parent = os.environ.get(PARENT_ENV)
-    if parent and v2_mount is not None and os.environ.get("LAMINA_CGROUPS") == "v2":
+    if (parent and v2_mount is not None and os.environ.get("LAMINA_CGROUPS") == "v2"
+            and os.environ.get("LAMINA_ROOTLESS")):  # set with it by builder.sandbox.userns
         v2 = Path(parent)  # rootless, delegated: builder.sandbox.delegation
         return Layout(v2=v2, v2_controllers=frozenset(_read(v2 / "cgroup.controllers").split()),
                       delegated=True)

@@ -356,6 +356,7 @@ def fetch_remote(store, digest: str, source: str, described: LayerBlob | None = 
     from lamina.store import remoteblobs
     from lamina.store.locks import flocked
 
+    check_digest(digest)  # it names a lock file below
     layer = remoteblobs.layer_of(store, digest)
     if layer is None:
         raise StoreError(f"blob {digest} is recorded as remote but belongs to no layer", digest=digest)
