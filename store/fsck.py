@@ -9,6 +9,8 @@ Problems (the store is damaged; `lamina fsck` exits non-zero, naming each):
   - a layer recorded as extracted whose directory is missing
   - a tag pointing at no image, a cache entry pointing at no layer
   - SQLite's own integrity check failing
+  - ROOT or a directory in it that group or other users may enter
+    (store.storemodes; `repair` takes their bits away)
   - unless `quick`: a layer blob that does not decompress to its diff_id, and an
     extracted layer directory whose content is not its layer's (store.layercheck:
     every member compared, and what the tar lacks), named with the first paths
@@ -22,8 +24,8 @@ Notes (harmless, what a crash or an interrupted command leaves; gc removes them)
 unreferenced blobs, directories in ROOT/layers nobody records, temp entries.
 
 `check` holds the gc lock shared, so it never races a gc's deletions; it writes
-nothing. `repair` (`lamina fsck --repair`) then takes the gc lock exclusive and
-removes each damaged or missing layer directory whose layer has a good blob and no
+nothing. `repair` (`lamina fsck --repair`) tightens loose directory modes, then
+takes the gc lock exclusive and removes each damaged or missing layer directory whose layer has a good blob and no
 running build holds: the record is cleared, and `Store.layer_dir` re-extracts the
 directory from the blob on next use.
 """
@@ -41,6 +43,7 @@ from lamina.store.errors import BlobNotFound, StoreError
 from lamina.store.layercheck import LayerScan, scan_layer_blob
 from lamina.store.lease import lease_is_live
 from lamina.store.locks import remove_tree
+from lamina.store.storemodes import LooseMode, loose_modes, tighten
 
 if TYPE_CHECKING:
     from lamina.store.root import StoreRoot
@@ -71,6 +74,8 @@ class FsckReport:
     quick: bool = False
     damaged_dirs: list[DamagedLayerDir] = field(default_factory=list)
     repaired: list[DamagedLayerDir] = field(default_factory=list)   # by `repair`
+    loose_modes: list[LooseMode] = field(default_factory=list)     # store.storemodes
+    tightened: list[LooseMode] = field(default_factory=list)       # by `repair`
     not_repaired: list[str] = field(default_factory=list)           # why, per damaged dir left
 
     @property
@@ -80,13 +85,19 @@ class FsckReport:
     @property
     def unresolved(self) -> list[str]:
         """The problems `repair` did not fix (all of them before a repair)."""
-        fixed = {d.problem for d in self.repaired}
+        fixed = {d.problem for d in self.repaired} | {m.problem for m in self.tightened}
         return [p for p in self.problems if p not in fixed]
 
 
 def check(store: "StoreRoot", *, quick: bool = False) -> FsckReport:
     rep = FsckReport(quick=quick)
     db = store.db
+    was = getattr(store, "root_tightened_from", None)
+    if was is not None:
+        rep.notes.append(f"the store {store.root} was {was:04o}: lamina tightened it to 0700 "
+                         "when it opened the store")
+    rep.loose_modes = loose_modes(store.root)
+    rep.problems += [m.problem for m in rep.loose_modes]
     with store.writing():
         ic = db.query("PRAGMA quick_check")
         if [r[0] for r in ic] != ["ok"]:
@@ -287,8 +298,16 @@ def _check_layer(store: "StoreRoot", diff_id: str, dir_name: str | None, path, b
 
 
 def repair(store: "StoreRoot", rep: FsckReport) -> FsckReport:
-    """Remove the damaged or missing layer directories `rep` found (see the module
-    docstring); fills rep.repaired and rep.not_repaired."""
+    """Tighten the loose directory modes `rep` found and remove the damaged or missing
+    layer directories (see the module docstring); fills rep.tightened, rep.repaired and
+    rep.not_repaired."""
+    for m in rep.loose_modes:
+        try:
+            tighten(m)
+        except OSError as e:
+            rep.not_repaired.append(f"{m.path}: mode not changed: {e.strerror or e}")
+        else:
+            rep.tightened.append(m)
     trash: list = []
     db = store.db
     with store.gc_lock.exclusive():

@@ -32,10 +32,14 @@ from lamina.store.errors import StoreError
 from lamina.store.locks import GcLock, Owner, clean_stale_temp
 
 STORE_MODE = 0o700
+# made 0700 with the store, before any module makes them with its own mode: what
+# layers, step upper dirs, cache mounts, containers and build records live in
+PRIVATE_DIRS = ("blobs", "layers", "tmp", "locks", "leases", "cache", "buildinfo", "containers")
 
 
-def make_private_root(root: Path) -> None:
-    """Create the store root 0700 from its first mkdir, and tighten an existing one.
+def make_private_root(root: Path) -> int | None:
+    """Create the store root 0700 from its first mkdir, and tighten an existing one;
+    returns the mode it had when it was tightened (None otherwise).
 
     The store holds what RUN steps made, setuid-root files included, and the
     neighbours of secrets: the root's mode is the one gate that keeps every other
@@ -63,6 +67,8 @@ def make_private_root(root: Path) -> None:
                              path=str(root)) from None
         if st.st_mode & 0o077:
             os.chmod(root, STORE_MODE)
+            return stat.S_IMODE(st.st_mode)
+    return None
 
 
 _FS_IOC_GETFLAGS = 0x80086601
@@ -102,8 +108,8 @@ class StoreRoot:
         self.root = Path(root)
         self.file_dedup = file_dedup
         try:
-            make_private_root(self.root)
-            for sub in ("blobs", "layers", "tmp", "locks", "leases"):
+            self.root_tightened_from = make_private_root(self.root)
+            for sub in PRIVATE_DIRS:
                 (self.root / sub).mkdir(mode=0o700, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create the store at {self.root}: {e.strerror or e}",

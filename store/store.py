@@ -229,7 +229,7 @@ class Store(StoreRoot):
         if deep is not None:
             quick = not deep
         rep = fsck_.check(self, quick=quick)
-        if repair and rep.damaged_dirs:
+        if repair and (rep.damaged_dirs or rep.loose_modes):
             fsck_.repair(self, rep)
         return rep
 

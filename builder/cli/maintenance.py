@@ -68,7 +68,7 @@ def prune_cmd(g: Globals, all_: bool, force: bool, filters: tuple[str, ...], kee
 @cli.command("fsck")
 @click.option("--quick", is_flag=True, help="Only re-hash blobs and check references (skip decompressing "
               "layers and verifying extracted layer dirs): for big stores.")
-@click.option("--repair", is_flag=True, help="Remove damaged or missing extracted layer dirs (re-extracted "
+@click.option("--repair", is_flag=True, help="Tighten store directories other users could enter; remove damaged or missing extracted layer dirs (re-extracted "
               "from their blob on next use).")
 @click.option("--deep", is_flag=True, hidden=True, help="The default (kept for compatibility).")
 @click.pass_obj
@@ -87,6 +87,8 @@ def fsck_cmd(g: Globals, quick: bool, repair: bool, deep: bool) -> None:
     for d in rep.repaired:
         click.echo(f"repaired: layer {d.diff_id}: removed its extracted directory {g.root / 'layers' / d.dir} "
                    f"(re-extracted from its blob on next use)")
+    for m in rep.tightened:
+        click.echo(f"repaired: {m.path}: mode {m.mode:04o} -> {(m.mode & 0o700) | 0o700:04o}")
     for n in rep.not_repaired:
         click.echo(f"not repaired: {n}")
     what = (f"checked {rep.blobs_checked} blobs, {rep.images_checked} images, {rep.layers_checked} layers"
@@ -103,7 +105,8 @@ def fsck_cmd(g: Globals, quick: bool, repair: bool, deep: bool) -> None:
         status = f"{len(rep.problems)} problem(s)"
     click.echo(f"{what}: {status}")
     if left:
-        hint = "" if repair or not rep.damaged_dirs else "; `lamina fsck --repair` removes damaged layer dirs"
+        hint = ("" if repair or not (rep.damaged_dirs or rep.loose_modes)
+                else "; `lamina fsck --repair` removes damaged layer dirs and tightens loose modes")
         raise StoreError(f"the store at {g.root} is damaged: {len(left)} problem(s), listed above{hint}")
 
 

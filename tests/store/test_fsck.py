@@ -337,3 +337,33 @@ def test_built_layer_repaired_then_built_on(built_copy, tmp_path):
         top = s.layer_dir(s.resolve("t:2").layers[-1].diff_id)
         assert (top / "out").read_bytes() == b"hello\nc\n"
         assert s.fsck().ok
+
+
+def test_loose_store_modes_are_problems_and_repair_tightens_them(imported):
+    """Issue 7: the store root and every directory in it that holds layer content are
+    0700 from the first mkdir; a looser mode (a `chmod -R 755`, a restore that lost
+    modes) is a problem fsck names, and --repair takes group/other bits away."""
+    import stat as stat_
+
+    root, _ = imported
+    with Store(root):
+        pass
+    made = {p.name: stat_.S_IMODE(p.stat().st_mode) for p in root.iterdir() if p.is_dir()}
+    assert {"blobs", "layers", "tmp", "cache", "buildinfo", "containers"} <= set(made)
+    assert set(made.values()) == {0o700}, made
+    os.chmod(root, 0o755)
+    os.chmod(root / "layers", 0o755)
+    os.chmod(root / "cache", 0o777)
+    cli = lamina(root, "fsck", check=False)
+    assert cli.returncode == 1
+    assert f"ERROR: store permissions: {root / 'layers'} is 0755" in cli.stdout
+    assert f"ERROR: store permissions: {root / 'cache'} is 0777" in cli.stdout
+    # the root itself, the gate, is tightened as soon as lamina opens the store
+    assert f"note: the store {root} was 0755" in cli.stdout
+    assert stat_.S_IMODE(root.stat().st_mode) == 0o700
+    assert "lamina fsck --repair" in cli.stderr
+    fixed = lamina(root, "fsck", "--repair")
+    assert "2 repaired" in fixed.stdout
+    assert stat_.S_IMODE((root / "layers").stat().st_mode) == 0o700
+    assert stat_.S_IMODE((root / "cache").stat().st_mode) == 0o700
+    assert lamina(root, "fsck").stdout.strip().endswith("ok")
