@@ -105,6 +105,11 @@ def test_resolve_chown_without_passwd_files():
     assert resolve_chown(nothing, "carol") == (0, 0)
     assert resolve_chown(nothing, "carol:staff") == (0, 0)
     assert resolve_chown(_files, "nosuch:nosuchgrp") == (0, 0)
+    # (readUser: the user part sets uid and gid, an unknown group name changes nothing)
+    assert resolve_chown(_files, "nosuch") == (0, 0)
+    assert resolve_chown(_files, "nosuch:staff") == (0, 50)
+    assert resolve_chown(_files, "carol:nosuchgrp") == (2000, 50)
+    assert resolve_chown(_files, "4242:nosuchgrp") == (4242, 4242)
     with pytest.raises(BuildError, match="out of range"):
         resolve_chown(_files, "-1")
 
