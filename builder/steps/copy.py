@@ -1,28 +1,21 @@
-"""COPY mechanics: writing selected source entries into an image root with docker's
-(BuildKit's) semantics. Source selection and destination rules are
-`builder.copysrc` (select_sources, plan_copy); path resolution in the root is
-`builder.rootpath`. This module owns what happens to each entry.
+"""COPY mechanics: executing a copy's actions in an image root with docker's
+(BuildKit's) semantics - the walk over the actions, directories, hard-link scopes and
+what a destination may replace. Source selection and destination rules are
+`builder.context.copysrc` (select_sources, plan_copy); path resolution in the root is
+`builder.sandbox.rootpath`; writing one file, symlink, device or heredoc body (content,
+owner, mode, xattrs) is `builder.steps.copyentry`.
 
 Public API:
 - `copy_into_root(root, actions, *, chown, chmod, preserve_ownership, source_xattrs,
   source_date_epoch, follow_final)` -> CopyStats: execute CopyActions;
-  `HeredocSource(name, data)` is a `COPY <<EOF` body.
+  `HeredocSource(name, data)` (builder.steps.copyentry) is a `COPY <<EOF` body.
 The entry point that reads the destination in the image first is
 `builder.steps.copyinto.copy_selection`.
 
 Semantics (BuildKit's FileOp copy through fsutil's copier, read not copied):
-- Regular files: content, permission bits (incl. setuid/setgid/sticky) and mtime
-  (ns) from the source; atime is set to the mtime (a layer has no atime). Content is
-  hashed while copied and must match the digest the cache key was computed from
-  (else "changed during the build").
-- Ownership: 0:0, or `--chown` uid:gid (the caller resolves names against the
-  image's /etc/passwd and /etc/group - builder.users), or, with preserve_ownership
-  (COPY --from a stage: the source tree keeps owners), the source's uid:gid.
-- `--chmod` (octal or symbolic, builder.steps.chmod) replaces/adjusts the mode of
-  every copied file and directory (not symlinks).
-- Symlinks are copied as symlinks (never followed); hard links among the files of
-  one source argument (same source inode) stay hard links in the destination; two
-  source arguments never share a link (one fsutil copy per source in BuildKit).
+- Hard links among the files of one source argument (same source inode) stay hard
+  links in the destination; two source arguments never share a link (one fsutil copy
+  per source in BuildKit).
 - A directory source copies its content; an existing destination directory is
   merged into. Nested directories that already exist get the source's owner, mode,
   mtime and xattrs (fsutil's overwriteTargetMetadata); the top-level destination
@@ -42,23 +35,10 @@ Semantics (BuildKit's FileOp copy through fsutil's copier, read not copied):
   (fsutil resolves the whole destination with fs.RootPath): `COPY x /etc/link`
   rewrites the link's target, inside the root. Below a copied directory nothing is
   followed: a symlink there is a non-directory.
-- xattrs of sources in an image tree (COPY --from a stage or an image) are copied
-  best-effort like BuildKit (which logs and ignores xattr errors), after chown and
-  chmod so that security.capability survives; except `trusted.*` (overlayfs state,
-  never ours to copy) and `security.selinux` (a host label, meaningless in an image).
-  Transferred sources (the build context, a git checkout, a download: source_xattrs
-  False) carry none into the image, as with BuildKit: its context receiver (fsutil's
-  rewriteMetadata) sets the xattrs before the chown, which clears
-  security.capability, and its layer tars keep no other xattr (containerd's and
-  docker's tar writers record security.capability only). Checked against docker
-  20.10's BuildKit (tests/builder/test_differential_buildkit.py, case copy-onto).
-- Devices and fifos are recreated; a char device 0/0 is refused (overlayfs reads it
-  as a whiteout); sockets are skipped (nothing a layer can hold).
+- Sockets are skipped (nothing a layer can hold).
 - `COPY --link` changes nothing here: the layer is the same diff; only the cache key's
-  dependency on the parent differs (builder.cachekey's concern).
-- Heredocs (`COPY <<EOF /dest`): a file named after the heredoc word, content the
-  body, mode 0644 (then --chmod), owner 0:0 or --chown, mtime SOURCE_DATE_EPOCH or
-  now; destination rules as for a file source.
+  dependency on the parent differs (builder.plan.cachekey's concern).
+- Heredocs: destination rules as for a file source.
 - Times: directories created here and heredoc files get `source_date_epoch` when
   given, else now; the layer writer clamps every mtime later anyway.
 """
@@ -66,10 +46,8 @@ Semantics (BuildKit's FileOp copy through fsutil's copier, read not copied):
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
-import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -77,21 +55,13 @@ from lamina.builder.context.copysrc import CopyAction, SelectedEntry
 from lamina.builder.errors import BuildError
 from lamina.builder.sandbox.rootpath import DirSpec, RootDir, RootPathError
 from lamina.builder.steps.chmod import ChmodSpec, parse_chmod
+from lamina.builder.steps.copyentry import (EntryOwner, HeredocSource, clear_target, copy_xattrs,
+                                            open_source_file, write_file, write_heredoc,
+                                            write_special, write_symlink)
 
-__all__ = ["CopyStats", "HeredocSource", "HEREDOC_MODE", "copy_into_root", "copy_xattrs"]
+__all__ = ["CopyStats", "HeredocSource", "copy_into_root"]
 
-HEREDOC_MODE = 0o644
-_CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_SKIPPED_XATTR_PREFIXES = (b"trusted.", b"security.selinux")
-
-
-@dataclass(frozen=True)
-class HeredocSource:
-    """`COPY <<NAME dest`: a file called `name` holding `data`."""
-
-    name: str
-    data: bytes
 
 
 @dataclass(frozen=True)
@@ -128,32 +98,6 @@ class _PendingDir:
     src_path: str
 
 
-def _err(dest: str, what: str) -> BuildError:
-    return BuildError(f"copy to {dest} failed: {what}")
-
-
-def copy_xattrs(src: str | int, dst_fd: int) -> None:
-    """Copy the xattrs of `src` (a path, not followed, or a descriptor) to `dst_fd`,
-    best-effort, skipping trusted.* and security.selinux."""
-    try:
-        names = os.listxattr(src, follow_symlinks=False) if isinstance(src, str) else os.listxattr(src)
-    except OSError:
-        return
-    for name in names:
-        key = name.encode()
-        if key.startswith(_SKIPPED_XATTR_PREFIXES):
-            continue
-        try:
-            value = os.getxattr(src, name, follow_symlinks=False) if isinstance(src, str) \
-                else os.getxattr(src, name)
-            os.setxattr(dst_fd, name, value)
-        except OSError as e:
-            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENODATA,
-                           errno.E2BIG, errno.ERANGE, errno.EACCES):
-                continue  # BuildKit logs and ignores xattr errors
-            raise
-
-
 class _Copier:
     """Executes the actions of one copy into an open RootDir."""
 
@@ -163,9 +107,9 @@ class _Copier:
         self.r = r
         self.source_xattrs = source_xattrs
         self.reuse = reuse  # builder.steps.reuse.ReuseClaims: files linked after the step
-        self.chown = chown
-        self.chmod = chmod
-        self.preserve = preserve_ownership
+        self.entries = EntryOwner(chown, chmod, preserve_ownership)
+        self.owner = self.entries.owner  # (uid, gid) of a copied entry, by its source's stat
+        self.mode = self.entries.mode
         self.mtime_ns = mtime_ns
         self.verify = verify_digests
         owner = chown or (0, 0)
@@ -186,21 +130,6 @@ class _Copier:
         for fd in self.bases.values():
             os.close(fd)
         self.bases.clear()
-
-    # -- ownership & mode --------------------------------------------------------------
-
-    def owner(self, st: os.stat_result) -> tuple[int, int]:
-        if self.chown is not None:
-            return self.chown
-        if self.preserve:
-            return st.st_uid, st.st_gid
-        return 0, 0
-
-    def mode(self, st: os.stat_result) -> int:
-        m = stat.S_IMODE(st.st_mode)
-        if self.chmod is not None:
-            return self.chmod.apply(m, stat.S_ISDIR(st.st_mode))
-        return m
 
     # -- directories --------------------------------------------------------------------
 
@@ -295,16 +224,7 @@ class _Copier:
         self._drop_parent()
         self.pending.clear()
 
-    # -- non-directories ---------------------------------------------------------------
-
-    def clear_target(self, parent: int, name: str, dest: str) -> None:
-        try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            raise BuildError(f"cannot replace directory {dest} with a file")
-        os.unlink(name, dir_fd=parent)
+    # -- non-directories (builder.steps.copyentry) --------------------------------------
 
     def place(self, parent: int, name: str, dest: str, e: SelectedEntry, src: str) -> None:
         """Copy the non-directory source `src` (entry `e`) to `name` in `parent`."""
@@ -316,56 +236,31 @@ class _Copier:
                 parent, name, dest, e.path, src, self.owner, self.mode):
             self.n.files += 1  # unchanged since the previous build: linked from its layer
             return
-        self.clear_target(parent, name, dest)
+        clear_target(parent, name, dest)
         if kind == "file":
             self.file(parent, name, dest, e, src)
         elif kind == "symlink":
-            self.symlink(parent, name, dest, e, src)
+            write_symlink(parent, name, src, e.link_target, self.entries)
+            self.n.symlinks += 1
         elif kind in ("fifo", "chardev", "blockdev"):
-            self.special(parent, name, dest, src)
+            write_special(parent, name, dest, src, self.entries)
+            self.n.specials += 1
         else:
             raise BuildError(f"cannot copy {src}: unsupported file type {kind}")
 
     def file(self, parent: int, name: str, dest: str, e: SelectedEntry, src: str) -> None:
+        """A regular file: a hard link to the copy of an inode seen before in the same
+        source argument, else its content."""
+        sfd, st = open_source_file(src)
         try:
-            sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as err:
-            raise BuildError(f"cannot read source {src}: {err.strerror}") from None
-        try:
-            st = os.fstat(sfd)
-            if not stat.S_ISREG(st.st_mode):
-                raise BuildError(f"source {src} changed during the build (no longer a file)")
             key = (st.st_dev, st.st_ino)
             if st.st_nlink > 1 and key in self.inodes and self.link(self.inodes[key], parent, name):
                 self.n.hardlinks += 1
                 return
-            dfd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          0o600, dir_fd=parent)
-            try:
-                h = hashlib.sha256()
-                n = 0
-                while True:
-                    chunk = os.read(sfd, _CHUNK)
-                    if not chunk:
-                        break
-                    h.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(dfd, view):]
-                    n += len(chunk)
-                if self.verify and e.digest and "sha256:" + h.hexdigest() != e.digest:
-                    raise BuildError(f"source {src} changed during the build (content no longer "
-                                     f"matches {e.digest})")
-                uid, gid = self.owner(st)
-                os.fchown(dfd, uid, gid)
-                os.fchmod(dfd, self.mode(st))
-                if self.source_xattrs:
-                    copy_xattrs(sfd, dfd)
-                os.utime(dfd, ns=(st.st_mtime_ns, st.st_mtime_ns))
-            finally:
-                os.close(dfd)
+            self.n.bytes += write_file(sfd, st, parent, name, src,
+                                       digest=e.digest if self.verify else None,
+                                       owner=self.entries, xattrs=self.source_xattrs)
             self.n.files += 1
-            self.n.bytes += n
             if st.st_nlink > 1:
                 self.inodes[key] = dest
         finally:
@@ -385,60 +280,11 @@ class _Copier:
         finally:
             os.close(fparent)
 
-    def symlink(self, parent: int, name: str, dest: str, e: SelectedEntry, src: str) -> None:
-        try:
-            st = os.lstat(src)
-            target = os.readlink(src)
-        except OSError as err:
-            raise BuildError(f"cannot read source {src}: {err.strerror}") from None
-        if e.link_target is not None and target != e.link_target:
-            raise BuildError(f"source {src} changed during the build (link target)")
-        os.symlink(target, name, dir_fd=parent)
-        uid, gid = self.owner(st)
-        os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
-        os.utime(name, ns=(st.st_mtime_ns, st.st_mtime_ns), dir_fd=parent, follow_symlinks=False)
-        self.n.symlinks += 1
-
-    def special(self, parent: int, name: str, dest: str, src: str) -> None:
-        try:
-            st = os.lstat(src)
-        except OSError as err:
-            raise BuildError(f"cannot read source {src}: {err.strerror}") from None
-        if stat.S_ISFIFO(st.st_mode):
-            os.mkfifo(name, 0o600, dir_fd=parent)
-        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                raise BuildError(f"cannot copy {src} to {dest}: a char device 0/0 would read "
-                                 "as a whiteout in the layer")
-            os.mknod(name, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=parent)
-        else:
-            raise BuildError(f"source {src} changed during the build")
-        uid, gid = self.owner(st)
-        os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
-        # just created by us in a pinned directory: chmod may follow (it is no symlink)
-        os.chmod(name, self.mode(st), dir_fd=parent)
-        os.utime(name, ns=(st.st_mtime_ns, st.st_mtime_ns), dir_fd=parent, follow_symlinks=False)
-        self.n.specials += 1
-
     def heredoc(self, dest: str, doc: HeredocSource, follow_final: bool) -> None:
         parent, name, _ = self.r.open_parent(dest, create=self.created_dir,
                                              follow_final=follow_final)
         try:
-            self.clear_target(parent, name, dest)
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=parent)
-            try:
-                view = memoryview(doc.data)
-                while view:
-                    view = view[os.write(fd, view):]
-                uid, gid = self.chown or (0, 0)
-                os.fchown(fd, uid, gid)
-                mode = self.chmod.apply(HEREDOC_MODE) if self.chmod else HEREDOC_MODE
-                os.fchmod(fd, mode)
-                t = self.mtime_ns if self.mtime_ns is not None else time.time_ns()
-                os.utime(fd, ns=(t, t))
-            finally:
-                os.close(fd)
+            write_heredoc(parent, name, dest, doc, self.entries, self.mtime_ns)
         finally:
             os.close(parent)
         self.n.files += 1

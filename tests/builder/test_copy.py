@@ -19,7 +19,7 @@ from lamina.builder.context.copysrc import select_sources
 from lamina.builder.context.dockerignore import IgnoreRules
 from lamina.builder.errors import BuildError
 from lamina.builder.steps.chmod import parse_chmod
-from lamina.builder.steps.copy import HeredocSource
+from lamina.builder.steps.copyentry import HeredocSource
 from lamina.builder.steps.copyinto import copy_selection
 from lamina.builder.sandbox.users import UserLookupError, resolve_user
 
