@@ -85,6 +85,7 @@ class BuildOptions:
     pull: bool = False                        # --pull: re-resolve every base tag in its registry
     cache_from: tuple = ()                    # --cache-from: builder.remotecache.CacheSpec
     cache_to: tuple = ()                      # --cache-to: builder.remotecache.CacheSpec
+    labels: Mapping[str, str] = field(default_factory=dict)  # --label: over the Dockerfile's LABELs
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,9 @@ class Build:
             config["author"] = final.author
         config.update(platform_config_fields(plan.platform))
         config["config"] = final.config.to_oci_dict()
+        if self.options.labels:  # BuildKit: --label set on the target's config, no history entry
+            labels = {**config["config"].get("Labels", {}), **self.options.labels}
+            config["config"]["Labels"] = dict(sorted(labels.items()))
         config["history"] = list(result.history)
         layers = self.remote.commit_layers(result.layers, self.lease)  # remote hits: not fetched
         layers = [clamped_layer(self.store, l, self.epoch, lease=self.lease)

@@ -9,7 +9,7 @@ BuildKit's (docs/attestations/slsa-definitions.md) where both have the field:
         configSource   {path, digest.sha256}       the Dockerfile (path relative to the
                                                     context when inside it)
         context        {digest.sha256} + {uri, digest.sha1 (commit), dirty} for a git work tree
-        request        {frontend: dockerfile.v0, args: {build-arg:K: V, target: T}}
+        request        {frontend: dockerfile.v0, args: {build-arg:K: V, label:K: V, target: T}}
         sourceDateEpoch                              the epoch the image's times come from
     buildDefinition.internalParameters
         builderPlatform                              os/arch of the build machine
@@ -135,6 +135,7 @@ class BuildInputs:
     network_used: bool = True
     network: str = "default"           # the build's --network
     lamina_version: str = "unknown"
+    labels: Mapping[str, str] = field(default_factory=dict)  # the build's --label
     platform: str = field(default_factory=lambda: "linux/" + _arch())
 
 
@@ -231,6 +232,7 @@ def provenance_predicate(inputs: BuildInputs, mode: str = "min") -> dict[str, An
         args["target"] = inputs.target
     if inputs.network != "default":  # --network none|host of the whole build (BuildKit's frontend option)
         args["force-network-mode"] = inputs.network
+    args.update({f"label:{k}": v for k, v in sorted(inputs.labels.items())})  # --label, as BuildKit's
     context: dict[str, Any] = {"digest": _digest_map(inputs.context_digest)}
     if inputs.git is not None:
         context["git"] = {"uri": inputs.git.remote or "", "digest": {"sha1": inputs.git.commit},
@@ -286,6 +288,7 @@ class RecordedBuild:
     lamina_version: str
     remote_sources: Mapping[str, str] = field(default_factory=dict)  # URL or git source -> digest/commit
     network: str = "default"
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def _sha256(d: Mapping[str, Any] | None, what: str) -> str:
@@ -326,6 +329,7 @@ def read_predicate(pred: Mapping[str, Any]) -> RecordedBuild:
             source_date_epoch=int(ext.get("sourceDateEpoch", 0)),
             bases=tuple(bases), remote_sources=remote,
             network=args.get("force-network-mode", "default"),
+            labels={k[len("label:"):]: v for k, v in args.items() if k.startswith("label:")},
             lamina_version=(pred.get("runDetails", {}).get("builder", {}).get("version", {})
                             .get("lamina", "unknown")))
     except (KeyError, TypeError, AttributeError, ValueError) as e:

@@ -88,6 +88,7 @@ def build_inputs(store: Store, build: RecordingBuild) -> BuildInputs:
         steps=tuple(build.steps),
         network_used=build.network_used and opts.network != "none",
         network=opts.network,
+        labels=dict(opts.labels),
         lamina_version=lamina_version(),
     )
 

@@ -14,14 +14,14 @@ have one named last stage, and no build arg they differ in is read by those
 stages, that stage is built first (one child, labelled `[A+B]`), and the targets
 then find it in the cache.
 
-`labels` are set in the image config after the build (as BuildKit's `--label`
-does: no history entry), then the tags are applied; `--push` and
-`output type=registry` push every tag (`lamina build --push`).
+`labels` go to the child as `lamina build --label` (BuildKit's frontend
+`label:` attributes: set on the final config over the Dockerfile's LABELs, no
+history entry); `--push` and `output type=registry` push every tag
+(`lamina build --push`).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import subprocess
@@ -36,7 +36,6 @@ from typing import TextIO
 from lamina.builder.bake.targets import Target
 from lamina.builder.context.contextfile import read_context_file
 from lamina.builder.errors import BuildError
-from lamina.store.errors import StoreError
 
 NETWORKS = ("default", "none", "host")
 
@@ -83,6 +82,10 @@ def check_target(t: Target) -> list[str]:
         if wanted != host:
             raise BuildError(f"{where}: platform {platform} is not this host's ({host}); "
                              "lamina builds only for the host platform")
+    for what, pairs in (("label", t.labels), ("arg", t.args)):  # `--label K=V` / `--build-arg K=V`
+        for key, _ in pairs:
+            if not key or "=" in key:
+                raise BuildError(f"{where}: {what} name {key!r} is empty or holds a '='")
     if t.network is not None and t.network not in NETWORKS:
         raise BuildError(f"{where}: network {t.network!r} is not supported "
                          f"(use one of {', '.join(NETWORKS)})")
@@ -135,11 +138,12 @@ def build_argv(t: Target, options: BakeOptions, workspace: _Workspace, iidfile: 
         dockerfile = workspace.write("Dockerfile", t.dockerfile_inline)
     argv = ["--root", str(options.root), "build", "--progress", "plain",
             "-f", str(dockerfile), "--iidfile", str(iidfile)]
-    if not t.labels:  # tags now; with labels they go on the labelled image afterwards
-        for tag in t.tags:
-            argv += ["-t", tag]
-        if t.push or options.push:
-            argv.append("--push")
+    for tag in t.tags:
+        argv += ["-t", tag]
+    if t.push or options.push:
+        argv.append("--push")
+    for key, value in t.labels:
+        argv += ["--label", f"{key}={value}"]
     for key, value in t.args:
         argv += ["--build-arg", f"{key}={value}"]
     if t.target:
@@ -197,7 +201,6 @@ class Bake:
         self.stop = threading.Event()
         self.children: dict[str, subprocess.Popen] = {}
         self.children_lock = threading.Lock()
-        self.store_lock = threading.Lock()
 
     def run(self) -> list[TargetResult]:
         jobs = self.options.jobs or os.cpu_count() or 1
@@ -279,12 +282,6 @@ class Bake:
                                         error="stopped (--fail-fast)")
                 return self._failed(t, seconds, last_error or f"lamina build exited with {code}")
             image_id = iidfile.read_text().strip()
-            if t.labels:
-                try:
-                    image_id = self._label_tag_push(t, image_id)
-                except (BuildError, StoreError, OSError) as e:
-                    message = getattr(e, "message", None) or str(e)
-                    return self._failed(t, seconds, message)
             return TargetResult(t.name, "built", image_id=image_id,
                                 seconds=time.monotonic() - started, tags=t.tags)
         finally:
@@ -317,28 +314,6 @@ class Bake:
         with self.children_lock:
             self.children.pop(name, None)
         return code, last_error
-
-    def _label_tag_push(self, t: Target, image_id: str) -> str:
-        from lamina.store.store import Store
-
-        with self.store_lock, Store(self.options.root) as store:
-            image = store.resolve(image_id)
-            config = copy.deepcopy(dict(image.config))
-            inner = dict(config.get("config") or {})
-            labels = dict(inner.get("Labels") or {})
-            labels.update(dict(t.labels))
-            inner["Labels"] = labels
-            config["config"] = inner
-            labelled = store.commit_image(config, image.layers, tags=t.tags)
-            self.view.line(t.name, f"labelled: {labelled.config_digest}")
-            if t.push or self.options.push:
-                from lamina.store.registry.push import push_image
-
-                for tag in t.tags:
-                    pushed = push_image(store, tag)
-                    self.view.line(t.name, f"pushed {pushed.reference}: digest: "
-                                           f"{pushed.manifest_digest}")
-            return labelled.config_digest
 
 
 @dataclass(frozen=True)

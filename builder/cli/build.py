@@ -21,6 +21,8 @@ from lamina.builder.errors import BuildError
 @click.option("-f", "--file", "dockerfile", metavar="FILE", default=None,
               help="Dockerfile path (default: CONTEXT/Dockerfile).")
 @click.option("--build-arg", "build_args", multiple=True, metavar="K=V", help="Set a build-time variable.")
+@click.option("--label", "labels", multiple=True, metavar="K=V",
+              help="Set a label on the image (over a Dockerfile LABEL of the same key).")
 @click.option("--target", metavar="STAGE", default=None, help="Build up to this stage.")
 @click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
 @click.option("--pull", is_flag=True, help="Look up every base image tag in its registry again "
@@ -56,11 +58,12 @@ from lamina.builder.errors import BuildError
 @click.pass_obj
 def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
           ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool = False, timestamp: str | None = None,
-          quiet: bool = False, **resource_flags) -> None:
+          quiet: bool = False, labels=(), **resource_flags) -> None:
     """Build an image from a Dockerfile and a context directory."""
     with _quiet_stderr(quiet):
         _build(g, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
-               ssh, iidfile, outputs, allow, cache_from, cache_to, context, check, timestamp, **resource_flags)
+               ssh, iidfile, outputs, allow, cache_from, cache_to, context, check, timestamp,
+               labels=labels, **resource_flags)
 
 
 @contextlib.contextmanager
@@ -84,7 +87,7 @@ def _quiet_stderr(quiet: bool):
 
 def _build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
            ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool, timestamp: str | None,
-           **resource_flags) -> None:
+           labels=(), **resource_flags) -> None:
     import os
     from lamina.builder.context.sourcedate import ARG, resolve_source_date
 
@@ -141,6 +144,7 @@ def _build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, pus
         limits=parse_limits(resource_flags),
         cache_from=cache_imports,
         cache_to=cache_exports,
+        labels=_labels(labels),
     )
     wanted = [parse_output(o) for o in outputs]
     progress = make_progress(progress)
@@ -204,6 +208,18 @@ def _build_args(values) -> dict[str, str]:
             if key not in os.environ:
                 continue
             value = os.environ[key]
+        out[key] = value
+    return out
+
+
+def _labels(values) -> dict[str, str]:
+    """`--label K=V` (repeatable, the last of a key wins); a bare `--label K` is K=""
+    (docker's ConvertKVStringsToMap)."""
+    out = {}
+    for item in values:
+        key, _, value = item.partition("=")
+        if not key:
+            raise BuildError(f"invalid --label {item!r}: expected KEY=VALUE")
         out[key] = value
     return out
 
