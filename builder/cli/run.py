@@ -33,7 +33,7 @@ from lamina.builder.cli.app import Globals, cli
               default="default", help="default (own namespace, outbound through slirp4netns), "
                                       "none (only lo) or host.")
 @click.option("-h", "--hostname", default=None, metavar="NAME",
-              help="Container hostname (default: its short ID).")
+              help="Container hostname (default: its short ID; with --network host the host's).")
 @click.option("--entrypoint", default=None, metavar="CMD", help="Replace the image's Entrypoint.")
 @click.argument("ref")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)

@@ -9,13 +9,17 @@ Docker's rules: the command is Entrypoint + Cmd, or Entrypoint + the arguments g
 `--entrypoint` replaces the Entrypoint and drops the image's Cmd; the environment is the
 image's Env, then `--env-file` lines, then `-e` (a bare `-e NAME` takes lamina's own
 value, or is skipped); user and working dir default to the image's; the hostname to
-the short container ID; the stop signal to the image's STOPSIGNAL, else SIGTERM.
+the short container ID, or with `--network host` to the host's (docker's
+initializeNetworking: os.Hostname(); `--hostname` still names it, inside the container
+alone: its UTS namespace stays its own, as in current docker - old docker refused the
+pair); the stop signal to the image's STOPSIGNAL, else SIGTERM.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -162,7 +166,7 @@ def create(store: Store, opts: RunOptions) -> Container:
                         if opts.entrypoint is not None else None),
             env=tuple(env), user=user, uid=who.uid, gid=who.gid, groups=tuple(who.groups),
             workdir=opts.workdir or config.get("WorkingDir") or "/",
-            hostname=opts.hostname or cid[:12],
+            hostname=opts.hostname or (socket.gethostname() if opts.network == "host" else cid[:12]),
             network="default" if opts.network == "bridge" else opts.network,
             volumes=volumes, tty=opts.tty, interactive=opts.interactive, detach=opts.detach,
             auto_remove=opts.auto_remove, stop_signal=str(config.get("StopSignal") or "SIGTERM"),

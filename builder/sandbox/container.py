@@ -138,7 +138,13 @@ def start(spec: ContainerSpec, stdin_fd: int | None = None) -> Started:
     privileges.prepare()
     run_dir = Path(spec.run_dir)
     (run_dir / "root").mkdir(parents=True, exist_ok=True)
-    for name, data in (("hosts", hosts_file(spec.hostname).encode()),
+    hosts = hosts_file(spec.hostname).encode()
+    if spec.network == "host":  # docker: a copy of the host's (libnetwork's originHostsPath)
+        try:
+            hosts = Path("/etc/hosts").read_bytes()
+        except OSError:
+            hosts = b""
+    for name, data in (("hosts", hosts),
                        ("resolv.conf", netstack.resolv_conf(spec.network)),
                        ("hostname", spec.hostname.encode() + b"\n")):
         (run_dir / name).write_bytes(data)

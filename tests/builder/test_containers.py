@@ -8,6 +8,7 @@ a new layer."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -213,6 +214,36 @@ def test_default_network_has_outbound_interface(store):
     r = lamina(store, "run", "--rm", "bb", "sh", "-c", "ip -o -4 addr show tap0")
     assert r.returncode == 0, r.stderr
     assert "10.0.2.100" in r.stdout  # slirp4netns's address, as a RUN's default network
+
+
+def _net_devices(text: str) -> set[str]:
+    """Interface names of a /proc/net/dev."""
+    return {line.split(":")[0].strip() for line in text.splitlines()[2:] if ":" in line}
+
+
+def test_host_network_shares_the_hosts_interfaces_and_names(store):
+    """docker run --network host (run reference, "Network: host"; moby's
+    initializeNetworking and buildSandboxOptions): the host's interfaces, the host's
+    hostname (os.Hostname()) in the container's own UTS namespace and its
+    /etc/hostname, copies of the host's /etc/hosts and /etc/resolv.conf; `--hostname`
+    renames only the container."""
+    host_name = os.uname().nodename
+    r = lamina(store, "run", "--rm", "--network", "host", "bb", "sh", "-c",
+               "hostname; echo ---; cat /etc/hostname; echo ---; cat /etc/hosts; echo ---;"
+               " cat /etc/resolv.conf; echo ---; cat /proc/net/dev")
+    assert r.returncode == 0, r.stderr
+    name, hostname_file, hosts, resolv, netdev = r.stdout.split("\n---\n")
+    assert name == host_name
+    assert hostname_file == host_name
+    assert hosts + "\n" == Path("/etc/hosts").read_text()
+    assert resolv + "\n" == Path("/etc/resolv.conf").read_text()
+    assert _net_devices(netdev) == _net_devices(Path("/proc/net/dev").read_text())
+    assert len(_net_devices(netdev)) > 1          # more than a fresh namespace's lo
+    named = lamina(store, "run", "--rm", "--network", "host", "--hostname", "box", "bb",
+                   "sh", "-c", "hostname; cat /etc/hostname")
+    assert named.returncode == 0, named.stderr
+    assert named.stdout == "box\nbox\n"
+    assert os.uname().nodename == host_name      # the host keeps its name
 
 
 def test_logs_follow_detached_tty_and_exec_options(store):
