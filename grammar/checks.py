@@ -22,6 +22,20 @@ function and the base's state; `stage_findings` runs them with the text alone
 Rules needing the build's knowledge (ARG values, base image configs, the
 .dockerignore) live in lamina.builder.plan.checks, which also applies the
 `check` directive (`filter_findings`).
+
+Positions: the line is BuildKit's (the instruction's first line; for
+NoEmptyContinuation the instruction's last line). BuildKit gives no column (its
+ranges are whole lines), so the column is lamina's, 1-based, on that line: the
+word the rule is about - the stage name (StageNameCasing, DuplicateStageName,
+ReservedStageName), the AS (FromAsCasing), the key (LegacyKeyValueFormat,
+SecretsUsedInArgOrEnv), the path (WorkdirRelativePath), the port (Expose*), the
+source (CopyIgnoredFile), the image (InvalidDefaultArgInFrom,
+InvalidBaseImagePlatform), the `--platform` flag (RedundantTargetPlatform,
+FromPlatformFlagConstDisallowed), the `$` of the variable (UndefinedVar,
+UndefinedArgInFrom); column 1 for NoEmptyContinuation; the keyword for the rules
+about the whole instruction (ConsistentInstructionCasing, JSONArgsRecommended,
+MaintainerDeprecated, MultipleInstructionsDisallowed), and whenever the word is on
+a continuation line.
 """
 
 from __future__ import annotations
@@ -63,7 +77,7 @@ EXPLANATIONS: dict[str, str] = {
     "WorkdirRelativePath": "a relative WORKDIR depends on the base image's working directory",
     "UndefinedVar": "a variable is used before any ARG or ENV defines it",
     "MultipleInstructionsDisallowed": "only the last CMD, ENTRYPOINT or HEALTHCHECK of a stage takes effect",
-    "LegacyKeyValueFormat": "the space-separated `ENV key value` form is deprecated; use key=value",
+    "LegacyKeyValueFormat": "the space-separated `key value` form is deprecated; use key=value",
     "InvalidBaseImagePlatform": "the base image is for another platform than the one being built",
     "RedundantTargetPlatform": "FROM already uses the target platform; --platform=$TARGETPLATFORM adds nothing",
     "SecretsUsedInArgOrEnv": "ARG and ENV values stay in the image and its history; use secret mounts for secrets",
@@ -75,6 +89,21 @@ EXPLANATIONS: dict[str, str] = {
 }
 
 RULES = tuple(EXPLANATIONS)
+
+_LEGACY_INSTRUCTION = re.compile(r'^"(\S+) key=value"')
+
+
+def explain(finding: Finding) -> str:
+    """The one-line explanation of a finding, naming the instruction where the rule
+    is about one (LegacyKeyValueFormat fires on ENV and LABEL: its BuildKit message
+    says which)."""
+    if finding.rule == "LegacyKeyValueFormat":
+        m = _LEGACY_INSTRUCTION.match(finding.message)
+        if m:
+            word = m.group(1)
+            return (f"the space-separated `{word} key value` form is deprecated; "
+                    f"use `{word} key=value`")
+    return EXPLANATIONS.get(finding.rule, "")
 
 # Rules that BuildKit runs with the file's options only, without the
 # per-instruction `# check=` comments (those apply to all the other rules).
@@ -99,15 +128,60 @@ def keyword_column(inst: ast.Instruction) -> int:
     return len(first) - len(first.lstrip(" \t")) + 1
 
 
-def word_column(inst: ast.Instruction, word: str, *, after_keyword: bool = True) -> int:
-    """1-based column of `word` on the instruction's first line (the keyword's
-    column when it is not found there, e.g. on a continuation line)."""
+def _first_line(inst: ast.Instruction) -> tuple[str, int]:
+    """The instruction's first source line and the index just past its keyword."""
     first = inst.source.split("\n", 1)[0]
-    start = keyword_column(inst) - 1
-    if after_keyword:
-        start += len(inst.keyword_text or inst.keyword)
+    return first, keyword_column(inst) - 1 + len(inst.keyword_text or inst.keyword)
+
+
+def word_column(inst: ast.Instruction, word: str, *, key: bool = False, after: int = 0) -> int:
+    """1-based column of `word` as a whole word on the instruction's first line after
+    its keyword (and from column `after` on): preceded by a blank (or `[`/`"` of a JSON
+    form) and followed by a blank, the line's end or `"`/`,`/`]` - with `key`, also `=`
+    (an ENV/ARG/LABEL key, a `--flag=`). The keyword's column when it is not there
+    (on a continuation line)."""
+    first, start = _first_line(inst)
+    start = max(start, after - 1)
+    ends = ' \t",]' + ("=" if key else "")
     at = first.find(word, start) if word else -1
-    return at + 1 if at >= 0 else keyword_column(inst)
+    while at >= 0:
+        before = first[at - 1] if at > 0 else " "
+        after = first[at + len(word)] if at + len(word) < len(first) else " "
+        if before in ' \t["' and after in ends:
+            return at + 1
+        at = first.find(word, at + 1)
+    return keyword_column(inst)
+
+
+def _name_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def variable_column(inst: ast.Instruction, name: str, escape: str = "\\", *,
+                    quotes: bool = True) -> int:
+    """1-based column of the `$` of the first reference to `name` (`$name`, `${name}`,
+    `${name:-...}`, ...) on the instruction's first line after its keyword: not an
+    escaped `$`, not inside single quotes (with `quotes`, as the words are expanded).
+    The keyword's column when the reference is on a later line."""
+    first, i = _first_line(inst)
+    single = double = False
+    while i < len(first):
+        c = first[i]
+        if c == escape and not single:
+            i += 2
+            continue
+        if quotes and c == "'" and not double:
+            single = not single
+        elif quotes and c == '"' and not single:
+            double = not double
+        elif c == "$" and not single:
+            rest = first[i + 1:]
+            if rest.startswith("{"):
+                rest = rest[1:]
+            if rest.startswith(name) and not _name_char(rest[len(name):len(name) + 1] or " "):
+                return i + 1
+        i += 1
+    return keyword_column(inst)
 
 
 def _finding(path: str, rule: str, message: str, inst: ast.Instruction,
@@ -194,7 +268,7 @@ def _from_casing(path: str, inst: ast.From) -> Iterator[Finding]:
     words = inst.words
     if len(words) == 3 and words[2] != words[2].lower():
         yield _finding(path, "StageNameCasing", f"Stage name '{words[2]}' should be lowercase",
-                       inst, column=word_column(inst, words[2]))
+                       inst, column=stage_name_column(inst))
     if len(words) >= 3:
         keyword = _keyword(inst)
         as_word = words[1]
@@ -210,6 +284,15 @@ def _from_casing(path: str, inst: ast.From) -> Iterator[Finding]:
                            column=word_column(inst, as_word))
 
 
+def stage_name_column(inst: ast.From) -> int:
+    """The column of the stage name (the word after AS, not an image of that name)."""
+    words = inst.words
+    if len(words) != 3:
+        return keyword_column(inst)
+    as_column = word_column(inst, words[1])
+    return word_column(inst, words[2], after=as_column + len(words[1]))
+
+
 def _stage_names(path: str, stages: Iterable[StageText]) -> Iterator[Finding]:
     seen: set[str] = set()
     for st in stages:
@@ -219,11 +302,11 @@ def _stage_names(path: str, stages: Iterable[StageText]) -> Iterator[Finding]:
         if name in RESERVED_STAGE_NAMES:
             yield _finding(path, "ReservedStageName",
                            f"Stage name should not use the same name as reserved stage {go_quote(name)}",
-                           st.from_)
+                           st.from_, column=stage_name_column(st.from_))
         if name in seen:
             yield _finding(path, "DuplicateStageName",
                            f"Duplicate stage name {go_quote(name)}, stage names should be unique",
-                           st.from_)
+                           st.from_, column=stage_name_column(st.from_))
         seen.add(name)
 
 
@@ -325,7 +408,7 @@ class StageChecker:
                     out.append(_finding(path, "LegacyKeyValueFormat",
                                         f'"{keyword} key=value" should be used instead of legacy '
                                         f'"{keyword} key value" format', inst,
-                                        column=word_column(inst, pair.key)))
+                                        column=word_column(inst, pair.key, key=True)))
                 if isinstance(inst, ast.Env):
                     key = self._value(inst, pair.key)
                     if key is not None and is_secret_name(key):
@@ -349,7 +432,7 @@ class StageChecker:
     def _secret(self, inst: ast.Instruction, kind: str, key: str, raw: str) -> Finding:
         return _finding(self.path, "SecretsUsedInArgOrEnv",
                         f"Do not use ARG or ENV instructions for sensitive data ({kind} {go_quote(key)})",
-                        inst, column=word_column(inst, raw))
+                        inst, column=word_column(inst, raw, key=True))
 
     def _expose(self, inst: ast.Expose) -> Iterator[Finding]:
         for word in inst.ports:

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from lamina.builder.errors import BuildError
-from lamina.grammar.checks import EXPLANATIONS, Finding
+from lamina.grammar.checks import Finding, explain
 from lamina.grammar.directives import CheckOptions
 
 EXIT_FINDINGS = 1
@@ -77,7 +77,7 @@ def check_command(store, *, context: Path, dockerfile: Path, build_args: Mapping
                              target=target, all_stages=True)
     for f in findings:
         click.echo(f"WARN: {f.short()}")
-        click.echo(f"  {f.file}:{f.line}:{f.column}: {EXPLANATIONS.get(f.rule, '')}")
+        click.echo(f"  {f.file}:{f.line}:{f.column}: {explain(f)}")
     if not findings:
         click.echo("Check complete, no warnings found.")
         return 0

@@ -29,7 +29,7 @@ from lamina.builder.plan.resolved import Platform, normalize_arch
 from lamina.grammar import ast
 from lamina.grammar.checks import (
     Finding, StageChecker, StageText, dockerfile_check_options, file_findings,
-    filter_findings, split_stages, word_column,
+    filter_findings, split_stages, variable_column, word_column,
 )
 from lamina.grammar.directives import CheckOptions, parse_check_options
 from lamina.grammar.errors import DockerfileError
@@ -144,12 +144,12 @@ def from_findings(path: str, stages: Iterable[StageText], globals_: Globals,
                 if hint:
                     message += f" (did you mean {hint}?)"
                 out.append(Finding("UndefinedArgInFrom", message, from_.span.start,
-                                   word_column(from_, word), path))
+                                   variable_column(from_, name, escape), path))
         if platform is None:
             continue
         names = _names(platform, escape)
         value = _expand(platform, globals_.env, escape)
-        column = word_column(from_, "--platform")
+        column = word_column(from_, "--platform", key=True)
         if names == {"TARGETPLATFORM"} and value == globals_.env.get("TARGETPLATFORM"):
             out.append(Finding("RedundantTargetPlatform",
                                f"Setting platform to predefined {platform} in FROM is redundant as "
@@ -278,10 +278,9 @@ class StageWalk:
             message = f"Usage of undefined variable '${name}'"
             if hint:
                 message += f" (did you mean ${hint}?)"
-            first_line = inst.source.split("\n", 1)[0]
-            marker = "${" + name if "${" + name in first_line and "$" + name not in first_line else "$" + name
             self.findings.append(Finding("UndefinedVar", message, inst.span.start,
-                                         word_column(inst, marker), self.path))
+                                         variable_column(inst, name, self.escape, quotes=quotes),
+                                         self.path))
 
     def visit(self, inst: ast.Instruction) -> None:
         self.findings.extend(self.checker.visit(inst))

@@ -163,6 +163,70 @@ def test_copy_ignored_file(ignore, text, expected):
     assert found(text, ignore=IgnoreRules.parse(ignore), all_stages=True) == ordered(expected)
 
 
+# -- columns ------------------------------------------------------------------------------------
+# BuildKit locates findings by line only; lamina's column (grammar.checks documents it)
+# is the 1-based column of what the rule is about on that line: the `$` of a variable,
+# the `--platform` flag, the image, the source. A caret marks it (one per finding).
+
+ARM = {"busybox": image("arm64")}
+COLUMNS = [
+    ("UndefinedArgInFrom", "FROM busybox:${VERSION}\n", {}, None, 1,
+     "FROM busybox:${VERSION}",
+     "             ^"),
+    ("UndefinedArgInFrom", "FROM --platform=$BULIDPLATFORM scratch\n", {}, None, 1,
+     "FROM --platform=$BULIDPLATFORM scratch",
+     "                ^"),
+    # `$foo`, not the `$foo` that starts `$foobar`
+    ("UndefinedVar", "FROM alpine\nCOPY $foobar $foo /\n", {}, None, 2,
+     "COPY $foobar $foo /",
+     "     ^       ^"),
+    # a single-quoted `$foo` is no reference; the `${` of the one that is
+    ("UndefinedVar", "FROM alpine\nENV a='$foo' b=${foo}\n", {}, None, 2,
+     "ENV a='$foo' b=${foo}",
+     "               ^"),
+    # an escaped `\$foo` is no reference either
+    ("UndefinedVar", "FROM alpine\nENV a=\\$foo b=${foo:-x}/$foo\n", {}, None, 2,
+     r"ENV a=\$foo b=${foo:-x}/$foo",
+     r"              ^"),
+    ("UndefinedVar", "FROM alpine\nRUN --mount=type=bind,target=$MNT true\n", {}, None, 2,
+     "RUN --mount=type=bind,target=$MNT true",
+     "                             ^"),
+    ("RedundantTargetPlatform", "FROM  --platform=$TARGETPLATFORM scratch\n", {}, None, 1,
+     "FROM  --platform=$TARGETPLATFORM scratch",
+     "      ^"),
+    ("FromPlatformFlagConstDisallowed", "FROM --platform=linux/amd64 scratch\n", {}, None, 1,
+     "FROM --platform=linux/amd64 scratch",
+     "     ^"),
+    ("InvalidDefaultArgInFrom", "ARG VERSION\nFROM   busybox:$VERSION\n", {}, None, 2,
+     "FROM   busybox:$VERSION",
+     "       ^"),
+    ("InvalidBaseImagePlatform", "FROM  busybox\n", ARM, None, 1,
+     "FROM  busybox",
+     "      ^"),
+    # the source, not the same word in the --chown value
+    ("CopyIgnoredFile", "FROM scratch\nCOPY --chown=app app /x\n", {}, "app\n", 2,
+     "COPY --chown=app app /x",
+     "                 ^"),
+]
+
+
+@pytest.mark.parametrize("rule,text,images,ignore,line,shown,caret", COLUMNS,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(COLUMNS)])
+def test_column_of_each_semantic_rule(rule, text, images, ignore, line, shown, caret):
+    assert text.split("\n")[line - 1] == shown  # the case shows the finding's line
+    findings = check_dockerfile(parse(text), base_config=lambda ref: {**ALPINE, **images}.get(ref),
+                                platform=AMD64, all_stages=True,
+                                ignore=IgnoreRules.parse(ignore) if ignore else None)
+    hits = sorted((f.line, f.column) for f in findings if f.rule == rule)
+    assert hits == [(line, i + 1) for i, c in enumerate(caret) if c == "^"]
+
+
+def test_undefined_var_on_a_continuation_line_points_at_the_keyword():
+    findings = check_dockerfile(parse("FROM alpine\n  ENV a=1 \\\n    b=$foo\n"),
+                                base_config=ALPINE.get, platform=AMD64)
+    assert [(f.rule, f.line, f.column) for f in findings] == [("UndefinedVar", 2, 3)]
+
+
 # -- which stages a build checks ------------------------------------------------------------
 
 def test_build_checks_only_the_stages_it_needs_and_check_all_of_them():
@@ -245,6 +309,17 @@ def test_check_exit_status_and_report(tmp_path, capsys):
     ]
     assert any(":1:14:" in line for line in out)  # file:line:column of the AS keyword
     assert out[-1] == "Check complete, 3 warnings have been found!"
+
+
+def test_check_report_explains_legacy_format_for_the_instruction_it_fired_on(tmp_path, capsys):
+    ctx = _project(tmp_path, "FROM scratch\nLABEL  maintainer me\n")
+    assert _lamina(tmp_path, "build", "--check", str(ctx)) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ('WARN: LegacyKeyValueFormat: "LABEL key=value" should be used instead of '
+                      'legacy "LABEL key value" format (line 2)')
+    # file:line:column of the key, and the explanation names LABEL, not ENV
+    assert out[1].startswith(f"  {ctx / 'Dockerfile'}:2:8: ")
+    assert "`LABEL key value`" in out[1] and "ENV" not in out[1]
 
 
 def test_check_clean_exits_zero(tmp_path, capsys):

@@ -14,7 +14,7 @@ import pytest
 
 from lamina.grammar import DockerfileError, dump, parse
 from lamina.grammar.checks import (
-    EXPLANATIONS, Finding, file_findings, stage_findings, text_findings,
+    EXPLANATIONS, Finding, explain, file_findings, stage_findings, text_findings,
 )
 from lamina.grammar.directives import CheckOptions, check_options_in_comments, parse_check_options
 
@@ -284,3 +284,82 @@ def test_comment_options_take_value_up_to_a_space_and_ignore_bad_ones():
         skip=frozenset({"A", "B"}))
     assert check_options_in_comments(["check=bogus"]) is None
     assert check_options_in_comments(["nothing here"]) is None
+
+
+# -- columns ------------------------------------------------------------------------------
+# BuildKit locates findings by line only (its ranges carry no character); lamina's
+# column, as grammar.checks documents it, is the 1-based column of the word the rule
+# is about on that line. Each case shows the line and a caret under that word (one per
+# finding on it).
+
+COLUMNS = [
+    # an image path holding the name must not be taken for the stage name
+    ("StageNameCasing", "FROM ghcr.io/org/Base:1 AS Base\n", 1,
+     "FROM ghcr.io/org/Base:1 AS Base",
+     "                           ^"),
+    # nor the `as` inside an image name for the AS keyword
+    ("FromAsCasing", "FROM alias as base\n", 1,
+     "FROM alias as base",
+     "           ^"),
+    ("NoEmptyContinuation", "FROM scratch\nCOPY a \\\n\n  b /\n", 4,
+     "  b /",
+     "^"),
+    ("ConsistentInstructionCasing", "FROM scratch\nCOPY a /a\n  copy b /b\n", 3,
+     "  copy b /b",
+     "  ^"),
+    ("DuplicateStageName", "FROM scratch AS b\nFROM b AS b\n", 2,
+     "FROM b AS b",
+     "          ^"),
+    ("ReservedStageName", "FROM scratch AS scratch\n", 1,
+     "FROM scratch AS scratch",
+     "                ^"),
+    ("JSONArgsRecommended", "FROM scratch\n\tCMD run\n", 2,
+     "\tCMD run",
+     " ^"),
+    ("MaintainerDeprecated", "FROM scratch\n  MAINTAINER me\n", 2,
+     "  MAINTAINER me",
+     "  ^"),
+    ("WorkdirRelativePath", "FROM scratch\nWORKDIR   app/\n", 2,
+     "WORKDIR   app/",
+     "          ^"),
+    ("MultipleInstructionsDisallowed", 'FROM scratch\n CMD ["a"]\nCMD ["b"]\n', 2,
+     ' CMD ["a"]',
+     " ^"),
+    ("LegacyKeyValueFormat", "FROM scratch\nLABEL  maintainer me\n", 2,
+     "LABEL  maintainer me",
+     "       ^"),
+    # the whole key, not the same letters at the end of another key
+    ("SecretsUsedInArgOrEnv", "FROM scratch\nENV my_password_file=1 password=2\n", 2,
+     "ENV my_password_file=1 password=2",
+     "                       ^"),
+    # the whole port, not the same characters at the end of another port
+    ("ExposeProtoCasing", "FROM scratch\nEXPOSE 8080/TCP 80/TCP\n", 2,
+     "EXPOSE 8080/TCP 80/TCP",
+     "       ^        ^"),
+    ("ExposeInvalidFormat", "FROM scratch\nEXPOSE 8000 18000:8000 127.0.0.1:8000:8000 8000:8000\n", 2,
+     "EXPOSE 8000 18000:8000 127.0.0.1:8000:8000 8000:8000",
+     "            ^          ^                   ^"),
+]
+
+
+@pytest.mark.parametrize("rule,text,line,shown,caret", COLUMNS, ids=[c[0] for c in COLUMNS])
+def test_column_of_each_text_rule(rule, text, line, shown, caret):
+    assert text.split("\n")[line - 1] == shown  # the case shows the finding's line
+    hits = [(f.line, f.column) for f in text_findings(parse(text)) if f.rule == rule]
+    assert sorted(hits) == [(line, i + 1) for i, c in enumerate(caret) if c == "^"]
+
+
+def test_column_falls_back_to_the_keyword_on_a_continuation_line():
+    text = "FROM scratch\n  WORKDIR \\\n    app/\n"
+    assert [(f.line, f.column) for f in text_findings(parse(text))] == [(2, 3)]
+
+
+def test_legacy_key_value_explanation_names_the_instruction():
+    label, env = (text_findings(parse(f"FROM scratch\n{word} key value\n"))[0]
+                  for word in ("LABEL", "ENV"))
+    assert label.message == LEGACY.format("LABEL") and env.message == LEGACY.format("ENV")
+    assert "`LABEL key value`" in explain(label) and "ENV" not in explain(label)
+    assert "`ENV key value`" in explain(env) and "LABEL" not in explain(env)
+    assert "ENV" not in EXPLANATIONS["LegacyKeyValueFormat"]  # the rule's generic line
+    other = text_findings(parse("FROM scratch\nMAINTAINER me\n"))[0]
+    assert explain(other) == EXPLANATIONS["MaintainerDeprecated"]
