@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lamina.builder.context.dockerignore import IgnoreRules, MatchInfo, go_clean, load_ignore_rules
+from lamina.builder.context.dockerignore import IgnoreRules, MatchInfo, load_ignore_rules
+from lamina.builder.context.patterns import go_clean
 from lamina.builder.context.statcache import StatCache
 from lamina.builder.errors import BuildError
 

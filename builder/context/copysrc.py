@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from lamina.builder.context.context import ContextEntry, SourceTree
-from lamina.builder.context.dockerignore import (GlobPattern, IgnoreRules, PatternError, ensure_patterns,
-                                  go_clean, has_wildcards)
+from lamina.builder.context.dockerignore import IgnoreRules, ensure_patterns
+from lamina.builder.context.patterns import GlobPattern, PatternError, go_clean, has_wildcards
 from lamina.builder.errors import BuildError
 
 __all__ = ["CopyAction", "CopySelection", "SelectedEntry", "SelectedSource",

@@ -1,15 +1,13 @@
-"""Docker path patterns: `.dockerignore` files and the pattern language they share
-with `COPY --exclude` and `COPY --parents`.
+"""Ignore lists: `.dockerignore` files and the patterns of `COPY --exclude` and
+`COPY --parents`, compiled and matched against context paths. The pattern syntax
+itself (Go path cleaning, `filepath.Match`, `**`) is builder.context.patterns.
 
 Owns, written after moby/patternmatcher + patternmatcher/ignorefile (read, not copied):
 
-- `go_clean`: Go's `path.Clean`; `go_trim_space`: Go's `strings.TrimSpace`.
-- `GlobPattern`: one Go `filepath.Match` pattern (`*` `?` `[...]` `\\` escapes, `*`/`?`
-  never match `/`), used for COPY source wildcards.
 - `IgnoreRules`: an ordered list of ignore patterns (`**` any number of directories,
   `!` exceptions, last matching pattern wins, a pattern that matches a directory
-  matches everything below it), with `excluded(path)` and a sound pruning test
-  `may_include_under(dir)` for walkers.
+  matches everything below it), with `excluded(path)`, incremental `match` for
+  walkers (`MatchInfo`, `WalkMatcher`) and a sound pruning test `may_include_under(dir)`.
 - `load_ignore_rules(context_dir, dockerfile_path)`: `<Dockerfile>.dockerignore` next to
   the Dockerfile wins over `<context>/.dockerignore`.
 
@@ -24,203 +22,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from lamina.builder.context.globmatch import LazyDFA, Token, compile_tokens
+from lamina.builder.context.globmatch import LazyDFA, compile_tokens
+from lamina.builder.context.patterns import (EXACT, PREFIX, REGEX, SUFFIX, PatternError, glob_tokens,
+                                             go_clean, go_trim_space, ignore_tokens)
 from lamina.builder.errors import BuildError
 
-__all__ = [
-    "GlobPattern", "IgnorePattern", "IgnoreRules", "MatchInfo", "PatternError", "WalkMatcher",
-    "go_clean", "go_trim_space", "has_wildcards", "load_ignore_rules",
-]
-
-
-class PatternError(BuildError):
-    """A malformed pattern (Go's filepath.ErrBadPattern or an illegal `!`)."""
-
-
-# Go's unicode.IsSpace: Latin-1 space characters plus the White_Space property.
-_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006" \
-            "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-
-
-def go_trim_space(s: str) -> str:
-    """Go's strings.TrimSpace (Python's str.strip also strips \\x1c-\\x1f, Go does not)."""
-    return s.strip(_GO_SPACE)
-
-
-def go_clean(p: str) -> str:
-    """Go's path.Clean: collapse `//`, drop `.`, resolve `..` lexically (a rooted path
-    never goes above `/`), "" -> ".", no trailing slash except for "/"."""
-    if p == "":
-        return "."
-    rooted = p.startswith("/")
-    parts: list[str] = []
-    for comp in p.split("/"):
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if parts and parts[-1] != "..":
-                parts.pop()
-            elif not rooted:
-                parts.append("..")
-            continue
-        parts.append(comp)
-    out = "/".join(parts)
-    if rooted:
-        return "/" + out
-    return out or "."
-
-
-def has_wildcards(component: str) -> bool:
-    """True when a path component holds an unescaped `*`, `?` or `[` (fsutil's
-    containsWildcards: a backslash escapes the next character)."""
-    i = 0
-    while i < len(component):
-        ch = component[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch in "*?[":
-            return True
-        i += 1
-    return False
-
-
-def _char_class(p: str, i: int) -> tuple[Token, int]:
-    """Parse a Go filepath.Match character class starting after `[` at index i.
-    Returns (its token, index after the closing `]`). Raises PatternError on
-    Go's ErrBadPattern cases: empty class, leading `-` or `]`, dangling `\\`,
-    unterminated class, range missing its upper bound."""
-    negated = False
-    if i < len(p) and p[i] == "^":
-        negated = True
-        i += 1
-    ranges: list[tuple[int, int]] = []
-
-    def get_esc(j: int) -> tuple[str, int]:
-        if j >= len(p) or p[j] in "-]":
-            raise PatternError("syntax error in pattern")
-        if p[j] == "\\":
-            j += 1
-            if j >= len(p):
-                raise PatternError("syntax error in pattern")
-        ch = p[j]
-        j += 1
-        if j >= len(p):
-            raise PatternError("syntax error in pattern")
-        return ch, j
-
-    while True:
-        if i < len(p) and p[i] == "]" and ranges:
-            i += 1
-            break
-        lo, i = get_esc(i)
-        hi = lo
-        if p[i] == "-":
-            hi, i = get_esc(i + 1)
-        ranges.append((ord(lo), ord(hi)))
-    return ("class", negated, tuple(ranges)), i
-
-
-def _glob_tokens(p: str) -> list[Token]:
-    """A Go filepath.Match pattern as tokens (builder.context.globmatch)."""
-    out: list[Token] = []
-    i = 0
-    while i < len(p):
-        ch = p[i]
-        i += 1
-        if ch == "*":
-            out.append(("star",))
-        elif ch == "?":
-            out.append(("one",))
-        elif ch == "\\":
-            if i >= len(p):
-                raise PatternError("syntax error in pattern")
-            out.append(("lit", p[i]))
-            i += 1
-        elif ch == "[":
-            cls, i = _char_class(p, i)
-            out.append(cls)
-        else:
-            out.append(("lit", ch))
-    return out
-
-
-@dataclass(frozen=True)
-class GlobPattern:
-    """One Go `filepath.Match` pattern. `*` and `?` do not match `/`; a `[...]` class
-    may (as in Go); `**` is not special (it is `*` twice)."""
-
-    text: str
-    matcher: object  # builder.context.globmatch: linear in the name, whatever the pattern
-
-    @classmethod
-    def compile(cls, text: str) -> "GlobPattern":
-        try:
-            return cls(text, compile_tokens(_glob_tokens(text)))
-        except PatternError as e:
-            raise PatternError(f"invalid pattern {text!r}: {e.message}") from None
-
-    def match(self, name: str) -> bool:
-        return self.matcher.matches(name)
-
-
-# ---------------------------------------------------------------------------------
-# ignore patterns (moby/patternmatcher semantics)
-
-_EXACT, _PREFIX, _SUFFIX, _REGEX = "exact", "prefix", "suffix", "regex"
-
-
-def _ignore_tokens(p: str) -> tuple[str, list[Token]]:
-    """Translate a cleaned ignore pattern into (kind, tokens) the way
-    patternmatcher classifies it: exact / prefix (`foo/**`) / suffix (`**/foo`) /
-    regex. `**` followed by `/` (or at the end) matches any number of directories."""
-    out: list[Token] = []
-    kind = _EXACT
-    i = 0
-    first = True
-    while i < len(p):
-        ch = p[i]
-        at_start = first
-        first = False
-        i += 1
-        if ch == "*":
-            if i < len(p) and p[i] == "*":
-                i += 1
-                if i < len(p) and p[i] == "/":
-                    i += 1
-                if i >= len(p):
-                    if kind == _EXACT:
-                        kind = _PREFIX
-                    else:
-                        kind = _REGEX
-                    out.append(("any",))
-                else:
-                    out.append(("dirs",))
-                    kind = _REGEX
-                if at_start:
-                    kind = _SUFFIX
-            else:
-                out.append(("star",))
-                kind = _REGEX
-        elif ch == "?":
-            out.append(("one",))
-            kind = _REGEX
-        elif ch == "\\":
-            if i >= len(p):
-                raise PatternError("syntax error in pattern")
-            out.append(("lit", p[i]))
-            i += 1
-            kind = _REGEX
-        elif ch == "[":
-            cls, i = _char_class(p, i)
-            out.append(cls)
-            kind = _REGEX
-        elif ch == "]":
-            out.append(("lit", ch))
-            kind = _REGEX
-        else:
-            out.append(("lit", ch))
-    return kind, out
+__all__ = ["IgnorePattern", "IgnoreRules", "MatchInfo", "WalkMatcher", "ensure_patterns",
+           "load_ignore_rules"]
 
 
 @dataclass(frozen=True)
@@ -243,10 +51,10 @@ class IgnorePattern:
             exception = True
             p = p[1:]
         try:
-            kind, tokens = _ignore_tokens(p)
+            kind, tokens = ignore_tokens(p)
             comps = None
             if "**" not in p and "[" not in p and "\\" not in p:
-                comps = tuple(compile_tokens(_glob_tokens(c)) for c in p.split("/"))
+                comps = tuple(compile_tokens(glob_tokens(c)) for c in p.split("/"))
         except PatternError as e:
             raise PatternError(f"invalid pattern {raw!r}: {e.message}") from None
         return cls(p, exception, kind, LazyDFA(tokens), comps)
@@ -254,19 +62,19 @@ class IgnorePattern:
     @property
     def fixed(self) -> str:
         """The fixed text of an exact, prefix (without `**`) or suffix (without `**`) pattern."""
-        if self.kind == _EXACT:
+        if self.kind == EXACT:
             return self.text
-        if self.kind == _PREFIX:
+        if self.kind == PREFIX:
             return self.text[:-2]
         return self.text[2:]
 
     def matches(self, path: str) -> bool:
         """Does this pattern match `path` itself (no parent matching)?"""
-        if self.kind == _EXACT:
+        if self.kind == EXACT:
             return path == self.text
-        if self.kind == _PREFIX:
+        if self.kind == PREFIX:
             return path.startswith(self.text[:-2])
-        if self.kind == _SUFFIX:
+        if self.kind == SUFFIX:
             suffix = self.text[2:]
             if path.endswith(suffix):
                 return True
@@ -333,7 +141,7 @@ class IgnoreRules:
     MATCH_CACHE_MIN = 64
 
     def __post_init__(self) -> None:
-        dfas = [p.matcher for p in self.patterns if p.kind == _REGEX]
+        dfas = [p.matcher for p in self.patterns if p.kind == REGEX]
         if dfas:
             share = max(self.MATCH_CACHE_MIN, self.MATCH_CACHE_BUDGET // len(dfas))
             for dfa in dfas:
@@ -402,14 +210,14 @@ class IgnoreRules:
         """Per pattern: (kind, exception, fixed text, automaton, suffix's path form)."""
         out = []
         for p in self.patterns:
-            fixed = p.fixed if p.kind != _REGEX else ""
-            bare = fixed[1:] if p.kind == _SUFFIX and fixed.startswith("/") else None
+            fixed = p.fixed if p.kind != REGEX else ""
+            bare = fixed[1:] if p.kind == SUFFIX and fixed.startswith("/") else None
             out.append((p.kind, p.exception, fixed, p.matcher, bare))
         return tuple(out)
 
     @cached_property
     def _root(self) -> MatchInfo:
-        states = tuple((None if p.matcher.start.dead else p.matcher.start) if p.kind == _REGEX
+        states = tuple((None if p.matcher.start.dead else p.matcher.start) if p.kind == REGEX
                        else False for p in self.patterns)
         return MatchInfo(0, 0, states, False)
 
@@ -431,16 +239,16 @@ class IgnoreRules:
             if st is None:
                 states.append(None)
                 continue
-            if kind is _REGEX:
+            if kind is REGEX:
                 st = dfa.feed(st, segment)
                 hit = st.accept
                 if not hit and st.dead:
                     st = None
-            elif kind is _EXACT:
+            elif kind is EXACT:
                 hit = end == len(fixed) and path.startswith(fixed)
                 if not hit and not _alive_below(fixed, path, end):
                     st = None
-            elif kind is _PREFIX:
+            elif kind is PREFIX:
                 hit = path.startswith(fixed, 0, end)
                 if not hit and not _alive_below(fixed, path, end):
                     st = None

@@ -1,7 +1,7 @@
 """Matching a parsed docker path pattern against a path in time linear in the path,
 whatever the pattern.
 
-builder.context.dockerignore parses `.dockerignore`, `COPY` source and `--exclude`
+builder.context.patterns parses `.dockerignore`, `COPY` source and `--exclude`
 patterns into tokens (below). Go matches them with its regexp package (RE2: linear
 time); Python's `re` backtracks, and a hostile repository's pattern such as
 `*a*a*a*a*a*a*a*a*a*a*a*a*b`, or `**/` ten times, takes minutes on one long name.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from lamina.builder.context.copysrc import CopySelection, plan_copy
-from lamina.builder.context.dockerignore import go_clean
+from lamina.builder.context.patterns import go_clean
 from lamina.builder.errors import BuildError
 from lamina.builder.sandbox.rootpath import RootDir
 from lamina.builder.steps.chmod import ChmodSpec, parse_chmod

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lamina.builder.context.dockerignore import (GlobPattern, IgnoreRules, PatternError, _ignore_tokens,
-                                                 go_clean, go_trim_space, load_ignore_rules)
+from lamina.builder.context.dockerignore import IgnoreRules, load_ignore_rules
+from lamina.builder.context.patterns import GlobPattern, PatternError, go_clean, go_trim_space
+from lamina.builder.context.patterns import ignore_tokens as _ignore_tokens
 from lamina.builder.context.globmatch import regex_of
 from lamina.builder.errors import BuildError
 

@@ -11,7 +11,8 @@ import signal
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lamina.builder.context.dockerignore import GlobPattern, IgnoreRules
+from lamina.builder.context.dockerignore import IgnoreRules
+from lamina.builder.context.patterns import GlobPattern
 from lamina.builder.context.globmatch import LazyDFA, _Automaton, compile_tokens, regex_of
 
 _TOKEN = st.one_of(
