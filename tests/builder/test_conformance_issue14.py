@@ -94,6 +94,24 @@ def test_bare_run_cmd_entrypoint(build_store, tmp_path):
     assert cfg["Cmd"] == ["x"]  # a CMD set in the same stage survives (d.cmd.IsSet)
 
 
+def test_bare_entrypoint_clears_an_inherited_cmd(build_store, tmp_path):
+    """BuildKit's dispatchEntrypoint: Cmd = nil unless CMD was set in this stage
+    (d.cmd.IsSet is per stage), so a CMD from the base image - or from a base stage -
+    goes; the bare ENTRYPOINT itself is withShell(img, nil) = /bin/sh -c ""."""
+    root, _ = build_store
+    base = make_context(tmp_path / "base", 'FROM bb\nCMD ["from-image"]\n')
+    build(root, base, "-t", "issue14-cmd-base").check()
+    assert image_config(root, "issue14-cmd-base")["config"]["Cmd"] == ["from-image"]
+    ctx = make_context(tmp_path / "ctx", 'FROM issue14-cmd-base AS img\nENTRYPOINT\n\n'
+                       'FROM bb AS withcmd\nCMD ["from-stage"]\nFROM withcmd\nENTRYPOINT\n')
+    for target in ("img", ""):
+        tag = f"issue14-ep-{target or 'stage'}"
+        build(root, ctx, "-t", tag, *(("--target", target) if target else ())).check()
+        cfg = image_config(root, tag)["config"]
+        assert cfg["Entrypoint"] == ["/bin/sh", "-c", ""]
+        assert cfg.get("Cmd") is None, target
+
+
 # --- COPY --chown ----------------------------------------------------------------------------
 
 CHOWN = """\
