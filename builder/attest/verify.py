@@ -126,7 +126,16 @@ def clone_context(url: str, commit: str | None, dest: Path) -> tuple[Path, str]:
         raise BuildError(f"the provenance names the git commit {commit!r}, which is not a commit")
     _git("clone", "--quiet", "--no-checkout", "--", url, str(dest))
     if commit:
-        _git("checkout", "--quiet", "--detach", commit, cwd=dest)
+        # a commit (full or abbreviated), a tag, or a branch of the origin
+        for name in (commit, f"origin/{commit}"):
+            try:
+                found = _git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}", cwd=dest)
+                break
+            except BuildError:
+                continue
+        else:
+            raise BuildError(f"the git repository {url} has no commit, tag or branch {commit!r}")
+        _git("checkout", "--quiet", "--detach", found, cwd=dest)
     else:
         _git("checkout", "--quiet", cwd=dest)
     return dest, _git("rev-parse", "HEAD", cwd=dest)
