@@ -120,6 +120,17 @@ def test_ssh_agent_socket_forwarded(build_store, tmp_path, keypair, monkeypatch)
         build_rootfs(root, ctx, out, "--no-cache", "--ssh", "default")
         assert (out / "tmp" / "listed").read_text().strip() == listing
         assert "Permission denied" in (out / "tmp" / "refused").read_text()
+        # --ssh ID=SOCKET (buildx's form): that agent for the mounts with id=ID, without
+        # SSH_AUTH_SOCK in lamina's environment; a mount of another id stays optional
+        monkeypatch.delenv("SSH_AUTH_SOCK")
+        (ctx / "Dockerfile.id").write_text(
+            "FROM bb\nCOPY tools/ /\n"
+            "RUN --mount=type=ssh,id=deploy ssh-add -l > /listed-id && echo $SSH_AUTH_SOCK > /sock-id\n"
+            "RUN --mount=type=ssh [ ! -e /run/buildkit/ssh_agent.0 ] && touch /no-default\n")
+        build_rootfs(root, ctx, out, "-f", str(ctx / "Dockerfile.id"), "--ssh", f"deploy={sock}")
+        assert (out / "listed-id").read_text().strip() == listing
+        assert (out / "sock-id").read_text() == "/run/buildkit/ssh_agent.0\n"
+        assert (out / "no-default").exists()
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait()
