@@ -7,10 +7,27 @@ Package databases read (pure parsers, one per format):
 - Alpine: /lib/apk/db/installed (its `L:` license field);
 - Python: every `*.dist-info/METADATA` and `*.egg-info` (PKG-INFO), anywhere
   (License-Expression, else License);
-- npm: every `node_modules/<name>/package.json` and `node_modules/@scope/<name>/...`.
+- npm: every `node_modules/<name>/package.json` and `node_modules/@scope/<name>/...`;
+  and a project's `package-lock.json` (or `npm-shrinkwrap.json`, which npm prefers
+  when both are there) when no `node_modules` directory sits beside it — an image
+  that ships the lock file but installs at start, or keeps it as the record.
+  lockfileVersion 2 and 3: the `packages` map (keys `node_modules/...`, an alias's
+  real name from its `name`; the root `""` and `link` entries skipped — a link's
+  target is its own entry, e.g. a workspace folder); lockfileVersion 1: the nested
+  `dependencies` tree (`npm:NAME@VERSION` aliases resolved; `file:` entries skipped:
+  v1 records no version for a local folder or tarball). Entries marked `dev` are
+  left out, as syft (BuildKit's SBOM scanner) does by default: a production image
+  is built with `npm ci --omit=dev`. When `node_modules` is there, the installed
+  tree is what the image holds and the lock adds nothing: its entries not installed
+  (another platform's optional packages, pruned ones) are not in the image, and the
+  installed ones are listed once, from their package.json. Lock files under a
+  `node_modules` directory are ignored, as npm ignores them.
 
 Each package has its purl (pkg:deb/debian/NAME@VERSION?arch=..&distro=debian-12,
-pkg:apk/alpine/..., pkg:pypi/..., pkg:npm/...). A declared license that is an SPDX
+pkg:apk/alpine/NAME@VERSION?arch=..&distro=alpine-3.19.1 — the namespace is the
+vendor, os-release's ID, and the distro qualifier names the release as the
+purl-spec apk type's repository note asks —, pkg:pypi/..., pkg:npm/%40scope/name@...;
+names lowercased where the purl-spec type says so). A declared license that is an SPDX
 expression of known identifiers is kept as it is; any other text becomes a
 `LicenseRef-` with the text in hasExtractedLicensingInfos, so the document always
 validates.
@@ -134,6 +151,61 @@ def parse_package_json(text: str, location: str) -> Package | None:
     return Package("npm", doc["name"], doc["version"], lic if isinstance(lic, str) else None, location)
 
 
+NPM_LOCK_FILES = ("npm-shrinkwrap.json", "package-lock.json")  # npm's order of preference
+
+
+def _lock_key_name(key: str) -> str | None:
+    """The package name a `packages` key installs: what follows its last
+    `node_modules/` (`node_modules/a/node_modules/@s/b` -> `@s/b`)."""
+    if "node_modules/" not in key:
+        return None
+    return key.rpartition("node_modules/")[2] or None
+
+
+def parse_package_lock(text: str, location: str) -> list[Package]:
+    """The packages of an npm lock file (package-lock.json / npm-shrinkwrap.json),
+    each located at `LOCATION#KEY` where KEY is its folder relative to the project
+    (`node_modules/a/node_modules/b`). Dev-only entries are left out."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    out: list[Package] = []
+    packages = doc.get("packages")
+    if isinstance(packages, dict):  # lockfileVersion 2/3: npm >= 7 reads only this when present
+        for key, entry in sorted(packages.items()):
+            if not key or not isinstance(entry, dict) or entry.get("link") or entry.get("dev"):
+                continue
+            name = entry.get("name") if isinstance(entry.get("name"), str) else _lock_key_name(key)
+            version = entry.get("version")
+            if not name or not isinstance(version, str) or not version:
+                continue
+            lic = entry.get("license")
+            out.append(Package("npm", name, version, lic if isinstance(lic, str) else None, f"{location}#{key}"))
+        return out
+
+    def walk(deps: Any, prefix: str, depth: int) -> None:  # lockfileVersion 1
+        if not isinstance(deps, dict) or depth > 256:
+            return
+        for name, entry in sorted(deps.items()):
+            if not isinstance(entry, dict):
+                continue
+            key = f"{prefix}node_modules/{name}"
+            version = entry.get("version")
+            real = name
+            if isinstance(version, str) and version.startswith("npm:"):
+                real, _, version = version[4:].rpartition("@")
+            if not entry.get("dev") and real and isinstance(version, str) and version \
+                    and not version.startswith("file:"):
+                out.append(Package("npm", real, version, None, f"{location}#{key}"))
+            walk(entry.get("dependencies"), key + "/", depth + 1)
+
+    walk(doc.get("dependencies"), "", 0)
+    return out
+
+
 def parse_os_release(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
@@ -160,15 +232,21 @@ def purl(p: Package, os_release: Mapping[str, str] | None = None) -> str:
             q.append(f"distro={_q(distro + '-' + osr['VERSION_ID'])}")
         return f"pkg:deb/{_q(distro)}/{_q(p.name)}@{_q(p.version)}" + ("?" + "&".join(q) if q else "")
     if p.kind == "apk":
-        distro = osr.get("ID", "alpine")
-        return f"pkg:apk/{_q(distro)}/{_q(p.name)}@{_q(p.version)}" + (f"?arch={_q(p.arch)}" if p.arch else "")
+        vendor = (osr.get("ID") or "alpine").lower()
+        q = []
+        if p.arch:
+            q.append(f"arch={_q(p.arch)}")
+        if osr.get("VERSION_ID"):
+            q.append(f"distro={_q(vendor + '-' + osr['VERSION_ID'])}")
+        return f"pkg:apk/{_q(vendor)}/{_q(p.name.lower())}@{_q(p.version)}" + ("?" + "&".join(q) if q else "")
     if p.kind == "pypi":
         return f"pkg:pypi/{_q(re.sub(r'[-_.]+', '-', p.name).lower())}@{_q(p.version)}"
     if p.kind == "npm":
-        if p.name.startswith("@") and "/" in p.name:
-            scope, name = p.name.split("/", 1)
+        name = p.name.lower()
+        if name.startswith("@") and "/" in name:
+            scope, name = name.split("/", 1)
             return f"pkg:npm/{_q(scope)}/{_q(name)}@{_q(p.version)}"
-        return f"pkg:npm/{_q(p.name)}@{_q(p.version)}"
+        return f"pkg:npm/{_q(name)}@{_q(p.version)}"
     raise ValueError(p.kind)
 
 
@@ -312,7 +390,8 @@ def scan_root(root: Path) -> tuple[list[Package], dict[str, str]]:
     packages: list[Package] = []
     with RootDir(root) as r:
         def text(path: str) -> str | None:
-            data = r.read_file(path, max_bytes=64 << 20 if path.endswith("status") else MAX_METADATA_BYTES)
+            big = path.endswith(("/status", "/installed") + NPM_LOCK_FILES)  # databases, lock files
+            data = r.read_file(path, max_bytes=64 << 20 if big else MAX_METADATA_BYTES)
             return None if data is None else data.decode("utf-8", "replace")
 
         osr = parse_os_release(text("/etc/os-release") or text("/usr/lib/os-release") or "")
@@ -322,6 +401,7 @@ def scan_root(root: Path) -> tuple[list[Package], dict[str, str]]:
         apk = text("/lib/apk/db/installed")
         if apk:
             packages += parse_apk_installed(apk)
+        locks: list[str] = []
         for dirpath, dirnames, filenames in os.walk(root):
             rel = os.path.relpath(dirpath, root)
             image_dir = "/" if rel == "." else "/" + rel
@@ -340,6 +420,10 @@ def scan_root(root: Path) -> tuple[list[Package], dict[str, str]]:
                     pkg = parse_python_metadata(t, full) if t else None
                     if pkg:
                         packages.append(pkg)
+            if "node_modules" not in rel.split(os.sep):
+                lock = next((f for f in NPM_LOCK_FILES if f in filenames), None)
+                if lock and "node_modules" not in dirnames:
+                    locks.append(os.path.join(image_dir, lock))
             for f in filenames:
                 if f.endswith(".egg-info"):
                     full = os.path.join(image_dir, f)
@@ -361,6 +445,10 @@ def scan_root(root: Path) -> tuple[list[Package], dict[str, str]]:
                         pkg = parse_package_json(t, loc) if t else None
                         if pkg:
                             packages.append(pkg)
+        for lock in locks:
+            t = text(lock)
+            if t:
+                packages += parse_package_lock(t, lock)
     return packages, osr
 
 
