@@ -46,7 +46,8 @@ from lamina.builder.baseimages import BaseImages
 from lamina.builder.errors import BuildError
 from lamina.builder.missrecords import MissRecords
 from lamina.builder.plan.imageconfig import ImageConfig, platform_config_fields
-from lamina.builder.sandbox.cgroups import Limits, check as cgroup_notes
+from lamina.builder.sandbox.cgrouplayout import check as cgroup_notes
+from lamina.builder.sandbox.limits import Limits
 from lamina.builder.plan.plan import BuildPlan, Stage, plan_build
 from lamina.builder.progress import Progress, StepLabel
 from lamina.builder.remotecache import RemoteCache, RemoteLayerLost

@@ -7,7 +7,8 @@ creates, with the build's resource limits, killed and removed after the step.
     cg.oom_killed()                  # did the kernel's OOM killer strike inside?
     cg.close()                       # kill whatever is left, rmdir (P, always)
 
-Where (``layout()``): on a cgroup v1 host (this project's CI: hybrid, controllers on
+Where (builder.sandbox.cgrouplayout: ``layout()`` finds lamina's own cgroups and what
+the host offers): on a cgroup v1 host (this project's CI: hybrid, controllers on
 v1, an empty unified hierarchy) one dir per v1 hierarchy lamina uses — pids, memory,
 devices (docker's device list, builder.sandbox.devices), freezer (to stop a step's
 processes before killing them), cpu and cpuset only when a limit asks — at
@@ -32,7 +33,7 @@ never keeps the cgroup lamina runs in from being removed.
 
 Limits: builder.sandbox.limits (``Limits``, what is written to which file), re-exported
 here. A limit the user asked for whose controller this host lacks is an error
-(``check``); a default one (the pids limit) is skipped with one note.
+(``cgrouplayout.check``); a default one (the pids limit) is skipped with one note.
 
 The forked child only calls ``join`` (plain ``os`` calls, no import).
 """
@@ -44,142 +45,19 @@ import itertools
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from lamina.builder.errors import SandboxError
-from lamina.builder.sandbox import devices
+from lamina.builder.sandbox.cgrouplayout import DIR_NAME, Layout, layout, read_or_empty, v2_root
 from lamina.builder.sandbox.limits import (DEFAULT_PIDS_LIMIT, Limits, human_bytes,
                                            shares_to_weight, v1_settings, v2_settings)
 
-__all__ = ["DEFAULT_PIDS_LIMIT", "Limits", "Layout", "StepCgroup", "check", "layout",
-           "shares_to_weight", "sweep_stale", "v1_settings", "v2_settings"]
-
-# "auto" | "v1" | "v2" | "off": which cgroup interface lamina uses (tests force each);
-# also LAMINA_CGROUPS=v1|v2|off
-VERSION = "auto"
-DIR_NAME = "lamina"
-# the delegated v2 cgroup rootless lamina moved itself out of, to put step cgroups
-# under (set by builder.sandbox.delegation, inherited by lamina's children)
-PARENT_ENV = "LAMINA_CGROUP_PARENT"
+__all__ = ["DEFAULT_PIDS_LIMIT", "Limits", "StepCgroup", "members", "owner_alive",
+           "shares_to_weight", "start_time", "sweep_stale", "v1_settings", "v2_settings"]
 
 
 def _v2_controller(file: str) -> str:
     return file.split(".", 1)[0]
-
-
-# --- where the cgroups are ----------------------------------------------------------
-
-@dataclass(frozen=True)
-class Layout:
-    """lamina's own cgroup dir in each v1 hierarchy (controller -> dir; co-mounted
-    controllers share a dir) and in the v2 hierarchy, with v2's available controllers."""
-
-    v1: Mapping[str, Path] = field(default_factory=dict)
-    v2: Path | None = None
-    v2_controllers: frozenset[str] = frozenset()
-    delegated: bool = False  # v2 is the subtree delegated to rootless lamina: nothing above
-
-    @property
-    def version(self) -> str:
-        mode = os.environ.get("LAMINA_CGROUPS") or VERSION
-        if mode in ("v1", "v2", "off"):
-            return mode
-        if self.v2 is not None and {"pids", "memory"} & self.v2_controllers:
-            return "v2"
-        if self.v1:
-            return "v1"
-        return "v2" if self.v2 is not None else "off"
-
-
-def _mountinfo_cgroups() -> tuple[dict[str, Path], Path | None]:
-    """v1 hierarchy mount points by controller, and the cgroup2 mount point."""
-    v1: dict[str, Path] = {}
-    v2 = None
-    for entry in devices.parse_mountinfo(Path("/proc/self/mountinfo").read_text()):
-        if entry.fstype == "cgroup2" and v2 is None:
-            v2 = Path(entry.mount_point)
-        elif entry.fstype == "cgroup":
-            for opt in entry.super_options:
-                if opt not in ("rw", "ro"):
-                    v1.setdefault(opt, Path(entry.mount_point))
-    return v1, v2
-
-
-def layout() -> Layout:
-    v1_mounts, v2_mount = _mountinfo_cgroups()
-    v1: dict[str, Path] = {}
-    v2 = None
-    parent = os.environ.get(PARENT_ENV)
-    if (parent and v2_mount is not None and os.environ.get("LAMINA_CGROUPS") == "v2"
-            and os.environ.get("LAMINA_ROOTLESS")):  # set with it by builder.sandbox.userns
-        v2 = Path(parent)  # rootless, delegated: builder.sandbox.delegation
-        return Layout(v2=v2, v2_controllers=frozenset(_read(v2 / "cgroup.controllers").split()),
-                      delegated=True)
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        rel = path.lstrip("/")
-        if controllers == "":
-            if v2_mount is not None:
-                v2 = v2_mount / rel
-            continue
-        for c in controllers.split(","):
-            if c in v1_mounts:
-                v1[c] = v1_mounts[c] / rel
-    available: frozenset[str] = frozenset()
-    if v2 is not None:
-        try:
-            available = frozenset((v2 / "cgroup.controllers").read_text().split())
-        except OSError:
-            available = frozenset()
-        if not available and v2 != v2_mount:
-            try:
-                available = frozenset((v2_mount / "cgroup.controllers").read_text().split())
-            except OSError:
-                pass
-    wanted = ("pids", "memory", "devices", "freezer", "cpu", "cpuset")
-    return Layout(v1={c: p for c, p in v1.items() if c in wanted}, v2=v2,
-                  v2_controllers=available)
-
-
-def check(limits: Limits, lay: Layout | None = None) -> list[str]:
-    """Raise SandboxError if a limit the user asked for cannot be applied here; return
-    notes (once per build) about what lamina cannot do on this host."""
-    limits.validate()
-    lay = lay or layout()
-    have = _controllers(lay)
-    missing = sorted({flag for flag, c in limits.asked().items() if c not in have})
-    if lay.version == "v1" and limits.memory_swap not in (None, -1) and "memory" in have:
-        if not (lay.v1["memory"] / "memory.memsw.limit_in_bytes").exists():
-            missing.append("--memory-swap")
-    if lay.version == "off" and os.environ.get("LAMINA_ROOTLESS"):  # set by builder.sandbox.userns
-        skipped = f" ({', '.join(missing)} skipped)" if missing else ""
-        why = os.environ.get("LAMINA_CGROUPS_WHY")  # builder.sandbox.delegation
-        return [f"note: rootless lamina has no step cgroups{f' ({why})' if why else ''}: "
-                f"RUN steps run without resource limits{skipped}; host devices are kept "
-                "out by nodev mounts"]
-    if missing:
-        why = ("cgroups are switched off" if lay.version == "off" else
-               f"this host's cgroup {lay.version} lacks the controller")
-        raise SandboxError(f"cannot apply {', '.join(missing)}: {why} "
-                           f"(available: {', '.join(sorted(have)) or 'none'})")
-    notes = []
-    if "pids" not in have and limits.pids is None:
-        notes.append(f"note: no pids cgroup controller here: RUN steps run without the "
-                     f"default limit of {DEFAULT_PIDS_LIMIT} processes")
-    if lay.version == "v2" or "devices" not in have:
-        notes.append("note: no device cgroup here: host devices are kept out of RUN steps "
-                     "by nodev mounts only")
-    return notes
-
-
-def _controllers(lay: Layout) -> set[str]:
-    if lay.version == "v1":
-        return set(lay.v1)
-    if lay.version == "v2":
-        return set(lay.v2_controllers)
-    return set()
 
 
 # --- one step's cgroup --------------------------------------------------------------
@@ -281,7 +159,7 @@ def sweep_stale(lay: Layout | None = None) -> list[Path]:
     them); returns the dirs removed."""
     lay = lay or layout()
     bases = {p / DIR_NAME for p in lay.v1.values()}
-    for parent in (lay.v2, _v2_root(lay)):
+    for parent in (lay.v2, v2_root(lay)):
         if parent is not None:
             bases.add(parent / DIR_NAME)
     freezer = lay.v1.get("freezer")
@@ -306,17 +184,6 @@ def sweep_stale(lay: Layout | None = None) -> list[Path]:
                 pass
         _remove_base(base)
     return removed
-
-
-def _v2_root(lay: Layout) -> Path | None:
-    if lay.v2 is None or lay.delegated:
-        return None
-    p = lay.v2
-    while not (p / "cgroup.controllers").exists() or (p.parent / "cgroup.controllers").exists():
-        if p.parent == p:
-            return None
-        p = p.parent
-    return p
 
 
 class StepCgroup:
@@ -380,7 +247,7 @@ class StepCgroup:
         writes = v2_settings(limits)
         needed = {_v2_controller(f) for f, _ in writes} & set(lay.v2_controllers)
         writes = tuple(w for w in writes if _v2_controller(w[0]) in needed)
-        for parent in (lay.v2, _v2_root(lay)):
+        for parent in (lay.v2, v2_root(lay)):
             if parent is None:
                 continue
             base = parent / DIR_NAME
@@ -423,9 +290,9 @@ class StepCgroup:
 
     def oom_killed(self) -> bool:
         if self.version == "v1" and "memory" in self.dirs:
-            text = _read(self.dirs["memory"] / "memory.oom_control")
+            text = read_or_empty(self.dirs["memory"] / "memory.oom_control")
         elif self.version == "v2":
-            text = _read(self.dirs[""] / "memory.events")
+            text = read_or_empty(self.dirs[""] / "memory.events")
         else:
             return False
         counts = {}
@@ -436,7 +303,7 @@ class StepCgroup:
         if "oom_kill" in counts:
             return counts["oom_kill"] > 0
         # kernels before 4.13 count no OOM kills: the limit was hit at least
-        return self.version == "v1" and _read(
+        return self.version == "v1" and read_or_empty(
             self.dirs["memory"] / "memory.failcnt").strip() not in ("", "0")
 
     def check_exit(self, code: int) -> None:
@@ -479,13 +346,6 @@ def _remove_base(base: Path) -> None:
         pass  # another step (of this or another build) still has its cgroup there
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
 def _apply(step: Path, writes) -> None:
     for file, value in writes:
         _write(step / file, value)
@@ -515,12 +375,7 @@ def _inherit_cpuset(parent: Path, child: Path) -> None:
 
 def _enable(parent: Path, controllers: set[str]) -> None:
     """Enable `controllers` for the children of v2 cgroup `parent`."""
-    have = set(_read(parent / "cgroup.subtree_control").split())
+    have = set(read_or_empty(parent / "cgroup.subtree_control").split())
     todo = controllers - have
     if todo:
         _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(todo)))
-
-
-def device_cgroup_available() -> bool:
-    """Does this host have a cgroup v1 devices hierarchy lamina can use?"""
-    return "devices" in layout().v1

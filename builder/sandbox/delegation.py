@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import MutableMapping
 
 from lamina.builder.errors import SandboxError
-from lamina.builder.sandbox import cgroups
+from lamina.builder.sandbox import cgrouplayout, cgroups
 
 LEAF_PREFIX = "lamina-"
 WHY_ENV = "LAMINA_CGROUPS_WHY"
@@ -140,7 +140,7 @@ def settle(environ: MutableMapping[str, str], own: Path | None = None) -> None:
     """Decide rootless lamina's cgroups before it enters (or adopts) its user
     namespace, and record the decision in `environ` (see the module docstring)."""
     asked = environ.get("LAMINA_CGROUPS", "auto")
-    if asked == "off" or (asked == "v2" and environ.get(cgroups.PARENT_ENV)):
+    if asked == "off" or (asked == "v2" and environ.get(cgrouplayout.PARENT_ENV)):
         return  # switched off, or settled by the lamina that started this one
     own = own if own is not None else current()
     why = None
@@ -158,17 +158,17 @@ def settle(environ: MutableMapping[str, str], own: Path | None = None) -> None:
     if why is not None:
         environ["LAMINA_CGROUPS"] = "off"
         environ[WHY_ENV] = why
-        environ.pop(cgroups.PARENT_ENV, None)
+        environ.pop(cgrouplayout.PARENT_ENV, None)
         return
     environ["LAMINA_CGROUPS"] = "v2"
-    environ[cgroups.PARENT_ENV] = str(own)
+    environ[cgrouplayout.PARENT_ENV] = str(own)
     environ.pop(WHY_ENV, None)
 
 
 def report(environ: MutableMapping[str, str]) -> str:
     """One line for `lamina unshare --check`: what rootless step cgroups this run has."""
-    if environ.get("LAMINA_CGROUPS") == "v2" and environ.get(cgroups.PARENT_ENV):
-        parent = Path(environ[cgroups.PARENT_ENV])
+    if environ.get("LAMINA_CGROUPS") == "v2" and environ.get(cgrouplayout.PARENT_ENV):
+        parent = Path(environ[cgrouplayout.PARENT_ENV])
         offered = ", ".join(sorted(controllers(parent))) or "none"
         return (f"cgroups: step cgroups under the delegated {parent} "
                 f"(controllers: {offered})")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.builder.sandbox import cgroups, sandbox
+from lamina.builder.sandbox import cgrouplayout, cgroups, sandbox
 from lamina.builder.errors import SandboxError
 from tests.builder.buildkit import build, lamina_argv, make_context, python_env
 from tests.builder.conftest import DEFAULT_ENV
@@ -21,14 +21,14 @@ from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.root
 
-LAYOUT = cgroups.layout()
+LAYOUT = cgrouplayout.layout()
 V1 = LAYOUT.version == "v1"
 # CI machines are like this one (cgroup v1 hybrid: v1 controllers and a v2 unified
 # hierarchy): there these tests run, and fail rather than skip if a hierarchy is missing
 
 
 def _step_dirs(controller: str) -> list[Path]:
-    base = LAYOUT.v1[controller] / cgroups.DIR_NAME
+    base = LAYOUT.v1[controller] / cgrouplayout.DIR_NAME
     try:
         return [p for p in base.iterdir() if p.is_dir()
                 and p.name.startswith(f"{os.getpid()}-")]
@@ -184,7 +184,7 @@ def test_memory_hog_is_killed_with_a_clear_message(build_store, tmp_path):
 
 def test_limit_without_its_controller_is_an_error(build_store, tmp_path, monkeypatch):
     root, _ = build_store
-    monkeypatch.setattr(cgroups, "VERSION", "off")
+    monkeypatch.setattr(cgrouplayout, "VERSION", "off")
     ctx = make_context(tmp_path / "off", "FROM bb\nRUN echo ran-without-cgroups\n")
     run = build(root, ctx, "--no-cache", "--memory", "64m", "--pids-limit", "10")
     assert run.code == 1
@@ -223,7 +223,7 @@ def test_stale_cgroups_of_a_killed_lamina_are_removed(build_store, tmp_path):
     proc = subprocess.Popen(lamina_argv(root, "build", "--progress", "plain", "--no-cache",
                                         str(ctx)),
                             env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = LAYOUT.v1["pids"] / cgroups.DIR_NAME
+    base = LAYOUT.v1["pids"] / cgrouplayout.DIR_NAME
     deadline = time.monotonic() + 60
     left = []
     while time.monotonic() < deadline and not left:
@@ -246,9 +246,9 @@ def test_stale_cgroups_of_a_killed_lamina_are_removed(build_store, tmp_path):
 
 @pytest.mark.skipif(LAYOUT.v2 is None and not IN_CI, reason="no cgroup v2 hierarchy")
 def test_v2_step_cgroup_holds_and_kills_every_process(busybox_rootfs, step_dirs, monkeypatch):
-    monkeypatch.setattr(cgroups, "VERSION", "v2")
-    lay = cgroups.layout()
-    bases = {p / cgroups.DIR_NAME for p in (lay.v2, cgroups._v2_root(lay)) if p is not None}
+    monkeypatch.setattr(cgrouplayout, "VERSION", "v2")
+    lay = cgrouplayout.layout()
+    bases = {p / cgrouplayout.DIR_NAME for p in (lay.v2, cgrouplayout.v2_root(lay)) if p is not None}
 
     def inspect():
         found = [p for b in bases if b.exists() for p in b.glob(f"{os.getpid()}-*")]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.builder.sandbox import cgroups, devices
+from lamina.builder.sandbox import cgrouplayout, devices
 from tests.builder.buildkit import build, make_context
 
 pytestmark = pytest.mark.root
@@ -122,7 +122,7 @@ def test_host_disk_cannot_be_opened_from_a_run(build_store, tmp_path, host_disk)
     _assert_all_denied(results, DENIED)
 
 
-@pytest.mark.skipif(not cgroups.device_cgroup_available(),
+@pytest.mark.skipif(not cgrouplayout.device_cgroup_available(),
                     reason="no cgroup v1 devices controller on this host")
 def test_device_cgroup_alone_denies_the_host_disk(build_store, tmp_path, monkeypatch, host_disk):
     # a v1 host: the devices controller alone (nodev switched off) gives EPERM
@@ -157,7 +157,7 @@ def test_allowed_devices_still_work(build_store, tmp_path, monkeypatch, mode):
     if mode == "nodev-only":
         monkeypatch.setattr(devices, "DEVICE_CGROUP", False)
     if mode == "cgroup-only":
-        if not cgroups.device_cgroup_available():
+        if not cgrouplayout.device_cgroup_available():
             pytest.skip("no cgroup v1 devices controller on this host")
         monkeypatch.setattr(devices, "NODEV_MOUNTS", False)
     root, _ = build_store
