@@ -23,6 +23,11 @@ Cases:
   dockerd has no bridge; what apt installs does not depend on the network mode), and
   they run when the debootstrap base does (CI, or LAMINA_SLOW_TESTS=1).
 
+dockerd runs in a mount namespace of its own, with a file of the test bound over its
+/etc/resolv.conf (a copy of the host's): a case can give both builders the same host
+resolv.conf (`resolv_conf`; lamina reads it through LAMINA_HOST_RESOLV_CONF), so what a
+RUN sees there is compared whatever the machine's own file says.
+
 The oracle is docker.io 20.10's BuildKit (v0.8 with its built-in Dockerfile frontend),
 older than the BuildKit lamina follows (the Dockerfile reference and moby/buildkit
 master). Where the two BuildKits differ, lamina does as the current one, and the
@@ -35,6 +40,7 @@ second `docker build` of the same Dockerfile also changes).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fnmatch
 import hashlib
@@ -122,6 +128,9 @@ class Dockerd:
     dir: Path
     proc: subprocess.Popen
     env: dict
+    # the file dockerd (in a mount namespace of its own) reads as /etc/resolv.conf: a
+    # copy of the host's, which a case may rewrite for one build (Builders.resolv_conf)
+    resolv_conf: Path | None = None
 
     def docker(self, *args: str, timeout: int = 600, check: bool = True,
                cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -139,15 +148,23 @@ class Dockerd:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DOCKER_HOST": f"unix://{sock}",
                "DOCKER_BUILDKIT": "1", "DOCKER_CONFIG": str(config), "HOME": str(directory)}
         log = open(directory / "dockerd.log", "wb")
-        proc = subprocess.Popen(
-            [DOCKERD, "--host", f"unix://{sock}", "--data-root", str(directory / "data"),
-             "--exec-root", str(directory / "exec"), "--pidfile", str(directory / "dockerd.pid"),
-             "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-masq=false",
-             "--storage-driver=overlay2"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_pdeathsig, env={"PATH": env["PATH"]})
+        argv = [DOCKERD, "--host", f"unix://{sock}", "--data-root", str(directory / "data"),
+                "--exec-root", str(directory / "exec"), "--pidfile", str(directory / "dockerd.pid"),
+                "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-masq=false",
+                "--storage-driver=overlay2"]
+        resolv = None
+        if os.path.exists("/etc/resolv.conf"):
+            # dockerd in a private mount namespace (its mounts stay out of the host's too),
+            # with a file of ours bound over /etc/resolv.conf: what BuildKit makes of a
+            # given host file can be checked (the file's content is the host's until then)
+            resolv = directory / "host-resolv.conf"
+            resolv.write_bytes(Path("/etc/resolv.conf").read_bytes())
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv), *argv]
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_pdeathsig, env={"PATH": env["PATH"]})
         log.close()
-        d = cls(directory, proc, env)
+        d = cls(directory, proc, env, resolv)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -209,6 +226,29 @@ class Builders:
     lamina_root: Path
     dockerd: Dockerd
     count: int = 0
+    lamina_env: dict = field(default_factory=dict)   # more environment of lamina builds
+
+    @contextlib.contextmanager
+    def resolv_conf(self, content: bytes | None):
+        """Both builders read `content` as the host's /etc/resolv.conf for the builds in
+        the block (dockerd: the file bound over its /etc/resolv.conf, which BuildKit
+        re-reads when its mtime is newer than its own copy's; lamina:
+        LAMINA_HOST_RESOLV_CONF). None: the host's own, untouched."""
+        if content is None:
+            yield
+            return
+        theirs = self.dockerd.resolv_conf
+        assert theirs is not None, "dockerd has no /etc/resolv.conf of ours (the host has none)"
+        ours = self.tmp / "lamina-host-resolv.conf"
+        ours.write_bytes(content)
+        host = theirs.read_bytes()
+        theirs.write_bytes(content)   # in place: the bind mount holds this inode
+        self.lamina_env = {"LAMINA_HOST_RESOLV_CONF": str(ours)}
+        try:
+            yield
+        finally:
+            self.lamina_env = {}
+            theirs.write_bytes(host)
 
     def lamina(self, ctx: Path, out: Path, args: dict, target: str | None, network: str,
                flags: tuple[str, ...] = ()):
@@ -218,7 +258,7 @@ class Builders:
         cmd += [f"--build-arg={k}={v}" for k, v in args.items()]
         cmd += ["--target", target] if target else []
         r = subprocess.run(cmd + [str(ctx)], cwd=REPO, capture_output=True, text=True,
-                           timeout=900)
+                           timeout=900, env={**os.environ, **self.lamina_env})
         assert r.returncode == 0, f"lamina build failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
         return dt.read_docker_archive(out)
 
@@ -517,6 +557,10 @@ class BuildkitCase:
     target: str | None = None
     # more flags of both builds (--secret, --ssh), given the context dir
     flags: Callable[[Path], tuple[str, ...]] | None = None
+    # the host /etc/resolv.conf both builders read during the build (None: the host's)
+    resolv_conf: bytes | None = None
+    # puts images the case builds FROM into both stores (once per session)
+    setup: Callable[["Builders"], None] | None = None
 
 
 def _check_run_environment(c: Compared) -> None:
@@ -533,6 +577,89 @@ def _check_run_environment(c: Compared) -> None:
     assert (seen / "home-alice").read_text() == "HOME=/home/alice\n"
     assert (seen / "home-env").read_text() == "HOME=/custom\n"
     assert "etc/hosts" not in c.ours and "etc/hostname" not in c.ours
+    # docker's FilterResolvDNS (v0.8; current BuildKit's TransformForLegacyNw likewise):
+    # the loopback nameserver goes, the rest stays
+    assert (seen / "resolv.conf").read_bytes() == (
+        b"# the resolv.conf of a host (given by the test)\nsearch corp.example lan\n"
+        b"nameserver 192.0.2.53\noptions ndots:2 timeout:1\nnameserver 198.51.100.53\n")
+
+
+_HOST_RESOLV_CONF = (b"# the resolv.conf of a host (given by the test)\nsearch corp.example lan\n"
+                     b"nameserver 127.0.0.1\nnameserver 192.0.2.53\nnameserver 2001:db8::53\n"
+                     b"options ndots:2 timeout:1\nnameserver 198.51.100.53\n")
+# An IPv6 nameserver of the host: BuildKit keeps it (v0.8's FilterResolvDNS(dt, true),
+# current TransformForLegacyNw(true): "IPv6 enabled" whatever the step's network);
+# lamina drops it - its steps have no IPv6 route (slirp4netns without IPv6, or none),
+# so the resolver would only try it and fail (builder/sandbox/network.py).
+_RESOLV_IPV6 = Known("seen/resolv-ipv6", "an IPv6 nameserver: kept by BuildKit, dropped by lamina",
+                     {"content": b""}, {"content": b"nameserver 2001:db8::53\n"})
+
+# A host whose only nameservers are loopback ones: BuildKit (v0.8 and current) writes
+# Google's public resolvers (v0.8 appends them after "\n" with no final newline, IPv6
+# ones included); lamina's default network names slirp4netns's forwarder 10.0.2.3, which
+# relays to the host's own resolver - names resolve as on the host (internal names too)
+# and builds work where outbound DNS to public resolvers is blocked. (`--network none`
+# keeps docker's 8.8.8.8/8.8.4.4: test_sandbox_network.py.)
+_LOOPBACK_ONLY_RESOLV = b"# only a local cache\nnameserver 127.0.0.1\nsearch lan\n"
+_RESOLV_FALLBACK = Known(
+    "resolv.conf", "no reachable nameserver on the host: slirp4netns's forwarder (lamina) / "
+    "Google's public resolvers (BuildKit)",
+    {"content": b"# only a local cache\nsearch lan\nnameserver 10.0.2.3\n"},
+    {"content": b"# only a local cache\nsearch lan\n\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+                b"nameserver 2001:4860:4860::8888\nnameserver 2001:4860:4860::8844"})
+
+
+# A base image whose config Env names a variable twice (docker load keeps such a config
+# as it is). BuildKit (dockerfile2llb) keeps the image's Env list and its ENV replaces
+# the first entry of a name (addEnv); the LLB environment a RUN and every expansion see
+# holds one entry per name, the last value (AddEnv over the list in order).
+_ENV_REPEATED = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                 "DUP=first", "KEEP=k1", "DUP=second", "KEEP=k2", "LAST=l"]
+
+
+def _load_env_repeated(b: "Builders") -> None:
+    """envdup:1: diffbase's root filesystem tar as the one layer of a docker-archive
+    whose config has _ENV_REPEATED, loaded into both stores."""
+    tar = b.tmp / "envdup.tar"
+    if tar.exists():
+        return
+    import io
+    import tarfile
+    layer = (b.tmp / "base.tar").read_bytes()
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = json.dumps({
+        "architecture": _ARCH, "os": "linux", "created": "1970-01-01T00:00:00Z",
+        "config": {"Env": _ENV_REPEATED, "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created": "1970-01-01T00:00:00Z",
+                     "created_by": "a config Env with repeated names"}]}).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": ["envdup:1"],
+                            "Layers": ["layer/layer.tar"]}]).encode()
+    part = tar.with_suffix(".part")
+    with tarfile.open(part, "w") as out:
+        for name, data in ((config_name, config), ("layer/layer.tar", layer),
+                           ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            out.addfile(info, io.BytesIO(data))
+    subprocess.run([sys.executable, "-m", "lamina", "--root", str(b.lamina_root), "load",
+                    "-i", str(part)], cwd=REPO, check=True, capture_output=True, timeout=300)
+    b.dockerd.docker("load", "-i", str(part), timeout=300)
+    part.rename(tar)
+
+
+def _check_env_repeated(c: Compared) -> None:
+    """The values BuildKit's source gives (above), on our side."""
+    seen = c.our_root / "seen"
+    assert (seen / "env-base").read_text() == "DUP=second\nKEEP=k2\nLAST=l\n"
+    assert (seen / "expanded-base").read_text() == "second k2\n"
+    assert (seen / "env-after").read_text() == "DUP=third\nKEEP=k2\nLAST=l\n"
+    assert (seen / "expanded-after").read_text() == "third k2\n"
+    env = c.our_config["config"]["Env"]
+    assert env == [_ENV_REPEATED[0], "DUP=third", *_ENV_REPEATED[2:], "FROM_DUPS=third-k2"]
+    assert c.our_config["config"]["Labels"] == {"from-dups": "third k2"}
+    assert c.our_config["config"]["WorkingDir"] == "/w-k2"
 
 
 # ENTRYPOINT ["x"] # comment: v0.8's parseJSON used json.NewDecoder(...).Decode, which
@@ -721,7 +848,11 @@ def _prepare_context_names(ctx: Path) -> None:
 
 
 BUILDKIT_CASES: dict[str, BuildkitCase] = {
-    "run-environment": BuildkitCase(check=_check_run_environment),
+    "run-environment": BuildkitCase(check=_check_run_environment, resolv_conf=_HOST_RESOLV_CONF,
+                                    difference=OracleDifference(known=(_RESOLV_IPV6,))),
+    "resolv-fallback": BuildkitCase(network="default", resolv_conf=_LOOPBACK_ONLY_RESOLV,
+                                    difference=OracleDifference(known=(_RESOLV_FALLBACK,))),
+    "base-env-repeated": BuildkitCase(setup=_load_env_repeated, check=_check_env_repeated),
     "config-verbatim": BuildkitCase(difference=OracleDifference(
         known_config={"Entrypoint": (_ENTRYPOINT_NOW, _ENTRYPOINT_V08)},
         known_history={-2: ('ENTRYPOINT ["/bin/sh" "-c" "[\\"myentrypoint\\"] # the entrypoint"]',
@@ -840,8 +971,11 @@ def test_buildkit_case(builders, request, tmp_path, name):
     if case.prepare:
         case.prepare(ctx)
     flags = case.flags(ctx) if case.flags else ()
-    c = compare(builders, name, ctx, network=case.network, args=case.args, target=case.target,
-                flags=flags)
+    if case.setup:
+        case.setup(builders)
+    with builders.resolv_conf(case.resolv_conf):
+        c = compare(builders, name, ctx, network=case.network, args=case.args,
+                    target=case.target, flags=flags)
     d = case.difference
     history_known = {(i if i >= 0 else len(history(c.our_config, 1)) + i): v
                      for i, v in d.known_history.items()}
