@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from lamina.store.compression import media_type_for
 from lamina.store.errors import BlobNotFound, StoreError
-from lamina.store.layers import DEFAULT_COMPRESSION, LayerBlob, write_layer as write_layer_blob, write_layer_pair
+from lamina.store.layers import LayerBlob, write_layer as write_layer_blob, write_layer_pair
 from lamina.store.root import StoreRoot
 
 if TYPE_CHECKING:
@@ -35,13 +35,15 @@ def record_layer(root: StoreRoot, layer: LayerBlob) -> None:
             insert_layer(c, layer)
 
 
-def write_layer(root: StoreRoot, src_dir: Path, *, compression: str = DEFAULT_COMPRESSION,
+def write_layer(root: StoreRoot, src_dir: Path, *, compression: str | None = None,
                 source_date_epoch: int | None = None, lease: "Lease | None" = None,
                 clamp_epoch: int | None = None) -> LayerBlob:
     """Archive `src_dir` as a layer blob and record it, safe from a concurrent gc
     (held by `lease` if given). With `clamp_epoch`, the same walk also stores the
     layer store.layertimes.clamped_layer would make for that epoch, and remembers it
-    there, so committing the layer for that epoch costs one lookup."""
+    there, so committing the layer for that epoch costs one lookup. `compression`:
+    default the store's (root.layer_compression)."""
+    compression = compression or root.layer_compression
     with root.writing():
         if clamp_epoch is None:
             layer = write_layer_blob(root.blobs, Path(src_dir), compression=compression,  # type: ignore[arg-type]
@@ -90,12 +92,12 @@ def layer_row(root: StoreRoot, diff_id: str):
 
 
 def preferred_blob(root: StoreRoot, diff_id: str) -> LayerBlob:
-    """The blob the build engine uses for a layer: the DEFAULT_COMPRESSION one when
-    several exist (e.g. a gzip blob an OCI export added), else the smallest."""
+    """The blob the build engine uses for a layer: the one in the store's compression
+    when several exist (e.g. a gzip blob an OCI export added), else the smallest."""
     row = root.db.query_one(
         f"SELECT {_BLOB_COLUMNS} FROM layer_blobs WHERE diff_id=? "
         "ORDER BY media_type = ? DESC, size, digest LIMIT 1",
-        (diff_id, media_type_for(DEFAULT_COMPRESSION)))
+        (diff_id, media_type_for(root.layer_compression)))
     if row is None:
         raise StoreError(f"layer {diff_id} has no stored blob", digest=diff_id)
     return layer_blob(row)

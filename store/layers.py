@@ -11,19 +11,64 @@ measurement (bench/layer_bench.py); the numbers are in MEASUREMENT below.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from lamina.store.blobs import BlobStore, check_digest
 from lamina.store.compression import (Compression, PrefixedReader, compress_stream, detect,
                                kind_for_media_type, media_type_for, open_decompressed)
-from lamina.store.errors import CorruptContent
+from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.tarextract import extract_tar
 from lamina.store.tarformat import TarScan
 from lamina.store.tarwrite import TarMirror, write_tar
 
 DEFAULT_COMPRESSION: Compression = "zstd"
+
+# The compression of the layer blobs a store writes (a step's layer, `import`,
+# `commit`, a layer re-stamped for an epoch of a layer written so): `Store(root,
+# compression=...)`, else the process's choice (`lamina --store-compression` /
+# LAMINA_STORE_COMPRESSION, set by builder.cli.app through `store_compression_in_effect`),
+# else DEFAULT_COMPRESSION. It changes blobs, never content: the image ID (config,
+# diff_ids) is the same in a zstd and a gzip store; the manifest digest is not. Blobs
+# already stored keep their compression (layers are content-addressed and each blob is
+# recorded with the media type of its real bytes), so a store written under both
+# settings holds both kinds, and an image may list both: a cache hit reuses the stored
+# layer's blob - the one of the store's compression when there are both - as BuildKit
+# reuses existing blobs unless told to force a compression.
+STORE_COMPRESSIONS: tuple[str, ...] = ("zstd", "gzip")
+_in_effect: list[str] = []
+
+
+def check_store_compression(kind: str) -> Compression:
+    if kind not in STORE_COMPRESSIONS:
+        raise StoreError(f"unknown store compression {kind!r} (expected {' or '.join(STORE_COMPRESSIONS)})")
+    return kind  # type: ignore[return-value]
+
+
+def store_compression(kind: str | None = None) -> Compression:
+    """The compression a store writes new layer blobs in: `kind` if given, else the
+    one in effect for this process, else DEFAULT_COMPRESSION."""
+    if kind is not None:
+        return check_store_compression(kind)
+    return _in_effect[-1] if _in_effect else DEFAULT_COMPRESSION  # type: ignore[return-value]
+
+
+@contextmanager
+def store_compression_in_effect(kind: str | None) -> Iterator[None]:
+    """Stores opened inside the block (without an explicit compression) write new layer
+    blobs as `kind` (None: no change). Process-wide (the build's threads see it), undone
+    on leaving, so in-process callers (tests) do not leak it."""
+    if kind is None:
+        yield
+        return
+    _in_effect.append(check_store_compression(kind))
+    try:
+        yield
+    finally:
+        _in_effect.pop()
+
 MEASUREMENT = """\
 bench/layer_bench.py --levels, 2 vCPU VM, ext4, one thread, write = tar + compress +
 fsync'd blob, extract = decompress + safe extract (noisy: page-cache writeback):
@@ -244,5 +289,6 @@ def extract_layer(blobs: BlobStore, layer_digest: str, dest: Path, *,
     return diff_id
 
 
-__all__ = ["LayerBlob", "DEFAULT_COMPRESSION", "write_layer", "write_layer_pair", "write_layer_from_tar", "extract_as_layer",
+__all__ = ["LayerBlob", "DEFAULT_COMPRESSION", "STORE_COMPRESSIONS", "store_compression",
+           "store_compression_in_effect", "write_layer", "write_layer_pair", "write_layer_from_tar", "extract_as_layer",
            "extract_layer", "diff_id_of", "describe_layer", "kind_for_media_type"]

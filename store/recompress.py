@@ -1,14 +1,15 @@
 """Layers in the compression an export asks for: `lamina save --format oci
 --compression gzip|zstd` and `lamina build --output type=oci,compression=...`.
 
-The store keeps layers zstd (store.layers.DEFAULT_COMPRESSION, measured 3-4x faster
+The store keeps layers zstd by default (store.layers.DEFAULT_COMPRESSION, measured 3-4x faster
 than gzip), but many consumers cannot read zstd layers (umoci 0.4.7, skopeo 1.9
 converting to docker-archive, docker < 23). An OCI export therefore asks for a
 compression, gzip by default:
 
 - "gzip": each zstd layer is exported as gzip; gzip and uncompressed layers are
   exported as they are stored (every consumer reads them).
-- "zstd": every layer is exported as stored.
+- "zstd": every layer is exported as stored (a layer stored gzip - `lamina
+  --store-compression gzip`, a pull, a load - stays gzip: nothing is recompressed).
 
 A layer to convert is streamed once, memory independent of its size:
 

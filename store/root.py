@@ -29,6 +29,7 @@ from lamina.store import overlayform
 from lamina.store.blobs import BlobStore
 from lamina.store.db import Database
 from lamina.store.errors import StoreError
+from lamina.store.layers import store_compression
 from lamina.store.locks import GcLock, Owner, clean_stale_temp
 
 STORE_MODE = 0o700
@@ -102,11 +103,14 @@ def mark_top_directory(path: Path) -> None:
 
 class StoreRoot:
     """The directories, database, blobs and locks of the store at `root` (created on
-    first use). `file_dedup`: see store.store.Store."""
+    first use). `file_dedup`: see store.store.Store. `compression`: of the layer blobs
+    this store writes (store.layers.store_compression: default the process's setting,
+    else zstd)."""
 
-    def __init__(self, root: Path, *, file_dedup: bool = False) -> None:
+    def __init__(self, root: Path, *, file_dedup: bool = False, compression: str | None = None) -> None:
         self.root = Path(root)
         self.file_dedup = file_dedup
+        self.layer_compression = store_compression(compression)
         try:
             self.root_tightened_from = make_private_root(self.root)
             for sub in PRIVATE_DIRS:

@@ -17,14 +17,14 @@ from lamina.store.epoch import source_date_epoch as sde_in_force
 from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.images import Image, commit_image, load_image
 from lamina.store.layerdirs import make_layer_dir
-from lamina.store.layers import DEFAULT_COMPRESSION, extract_as_layer
+from lamina.store.layers import extract_as_layer
 from lamina.store.locks import remove_tree
 from lamina.store.root import StoreRoot
 
 
 def import_rootfs(store: StoreRoot, tarball: Path, ref: str | None, *,
                   changes: Mapping[str, Any] | None = None, message: str | None = None,
-                  compression: str = DEFAULT_COMPRESSION, source_date_epoch: int | None = None) -> Image:
+                  compression: str | None = None, source_date_epoch: int | None = None) -> Image:
     parsed = [refs.parse_tag(ref)] if ref else []  # a bad name fails before any work
     sde = sde_in_force(source_date_epoch)
     created = oci.format_time(sde if sde is not None else time.time())
@@ -38,7 +38,7 @@ def import_rootfs(store: StoreRoot, tarball: Path, ref: str | None, *,
                 raise StoreError(f"cannot read {tarball}: {e.strerror or e}", path=str(tarball)) from None
             with f:  # extracted and archived in one pass when the tar allows it
                 layer = extract_as_layer(store.blobs, open_any_compression(f, tarball), tmp,
-                                         compression=compression,  # type: ignore[arg-type]
+                                         compression=compression or store.layer_compression,  # type: ignore[arg-type]
                                          source_date_epoch=sde)
             history = {"created": created, "comment": message or f"Imported from {tarball.name}"}
             cfg = oci.build_config(diff_ids=[layer.diff_id], history=[history],

@@ -41,7 +41,7 @@ from lamina.store.errors import CorruptContent
 from lamina.store.imageviews import HistoryEntry
 from lamina.store.images import Image, ImageSummary
 from lamina.store.layerdirs import make_layer_dir
-from lamina.store.layers import DEFAULT_COMPRESSION, LayerBlob
+from lamina.store.layers import LayerBlob
 from lamina.store.lease import Lease
 from lamina.store.root import STORE_MODE, StoreRoot, disk_errors, make_private_root
 from lamina.store.rootfs import import_rootfs
@@ -62,8 +62,8 @@ class Store(StoreRoot):
     built on (e.g. an archive of imported images); blobs are deduplicated always.
     """
 
-    def __init__(self, root: Path, *, file_dedup: bool = False) -> None:
-        super().__init__(root, file_dedup=file_dedup)
+    def __init__(self, root: Path, *, file_dedup: bool = False, compression: str | None = None) -> None:
+        super().__init__(root, file_dedup=file_dedup, compression=compression)
         self.cache = BuildCache(self)
         self.blobs.fetch_missing = self._fetch_remote
 
@@ -114,7 +114,7 @@ class Store(StoreRoot):
 
     @disk_errors
     def import_rootfs(self, tarball: Path, ref: str | None, *, changes: Mapping[str, Any] | None = None,
-                      message: str | None = None, compression: str = DEFAULT_COMPRESSION,
+                      message: str | None = None, compression: str | None = None,
                       source_date_epoch: int | None = None) -> Image:
         """`docker import`: a root filesystem tar (plain, gzip, zstd, xz or bzip2)
         becomes a one-layer image tagged `ref` (see store.rootfs)."""
@@ -168,20 +168,22 @@ class Store(StoreRoot):
         return remoteblobs.source_of(self, digest)
 
     @disk_errors
-    def write_layer(self, src_dir: Path, *, compression: str = DEFAULT_COMPRESSION,
+    def write_layer(self, src_dir: Path, *, compression: str | None = None,
                     source_date_epoch: int | None = None, lease: Lease | None = None,
                     clamp_epoch: int | None = None) -> LayerBlob:
         """Archive `src_dir` as a layer blob and record it, safe from a concurrent gc
         (held by `lease` if given); `clamp_epoch`: also its form with mtimes clamped to
-        that epoch, in the same walk (store.layertimes finds it)."""
+        that epoch, in the same walk (store.layertimes finds it). `compression`: default
+        the store's (`layer_compression`)."""
         return layerrecords.write_layer(self, src_dir, compression=compression,
                                         source_date_epoch=source_date_epoch, lease=lease,
                                         clamp_epoch=clamp_epoch)
 
     def layer(self, diff_id: str) -> LayerBlob:
-        """The blob the build engine uses for a layer: the DEFAULT_COMPRESSION one when
-        several exist (e.g. a gzip blob an OCI export added), else the smallest. So an
-        export never changes what a build commits, nor a built image's manifest."""
+        """The blob the build engine uses for a layer: the one in the store's compression
+        (`layer_compression`) when several exist (e.g. a gzip blob an OCI export added to
+        a zstd store), else the smallest. So an export never changes what a build
+        commits, nor a built image's manifest."""
         return layerrecords.preferred_blob(self, diff_id)
 
     def layer_blobs(self, diff_id: str) -> tuple[LayerBlob, ...]:

@@ -1,4 +1,4 @@
-"""The `lamina` click group and its global options (`--root`).
+"""The `lamina` click group and its global options (`--root`, `--store-compression`).
 
 Command modules (build, images, archive, maintenance) register themselves on
 `cli`; `builder.cli.main` wraps it so that every lamina error becomes one clear
@@ -52,9 +52,14 @@ class LaminaGroup(click.Group):
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Store directory (default: $LAMINA_ROOT, /var/lib/lamina for root, "
                    "else $XDG_DATA_HOME/lamina).")
+@click.option("--store-compression", "store_compression", type=click.Choice(["zstd", "gzip"]), default=None,
+              envvar="LAMINA_STORE_COMPRESSION", show_envvar=True,
+              help="Compression of the layer blobs this command stores (default zstd). The image "
+                   "ID is the same either way; the manifest digest is not. Blobs already stored "
+                   "keep theirs.")
 @click.version_option(package_name="lamina", prog_name="lamina")
 @click.pass_context
-def cli(ctx: click.Context, root: Path | None) -> None:
+def cli(ctx: click.Context, root: Path | None, store_compression: str | None) -> None:
     """lamina: build OCI images from Dockerfiles, without a daemon."""
     from lamina.builder.sandbox import userns
     own = getattr(ctx.command, "own_command_line", False)
@@ -67,3 +72,6 @@ def cli(ctx: click.Context, root: Path | None) -> None:
                                                          userns.own_command_line()))
     userns.adopt_namespace()  # root of a user namespace lamina did not make (a container)
     ctx.obj = Globals(root=root if root is not None else default_root())
+    if store_compression is not None:  # every store the command opens writes new layers so
+        from lamina.store.layers import store_compression_in_effect
+        ctx.with_resource(store_compression_in_effect(store_compression))
