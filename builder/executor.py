@@ -18,7 +18,7 @@ COPY, ADD, WORKDIR):
   layer (builder.stepexec): a blob for the image and, by rename, the layer's
   extracted dir for the next step's lowerdir. A step whose diff is empty adds the
   empty layer where BuildKit does (builder.stepexec.adds_layer). Base images come from the store or their registry
-  (builder.baseimages); independent stages run in parallel.
+  (builder.baseimages); independent stages run in parallel (builder.stagewaves).
 
 Metadata steps (ENV, LABEL, CMD...) only change the config, computed by the plan;
 they are not part of the cache chain, so changing a LABEL never invalidates a RUN
@@ -31,7 +31,6 @@ Everything the build uses is held by a store lease, so a concurrent gc keeps it.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -54,6 +53,7 @@ from lamina.builder.remotecache import RemoteCache, RemoteLayerLost
 from lamina.builder.plan.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun
 from lamina.builder.plan.stageplan import BaseImage, StagePlan, Step, plan_stage
 from lamina.builder.steps.files import fetch_copy, identify_copy, remote_sources
+from lamina.builder.stagewaves import build_in_waves
 from lamina.builder.stepexec import EmptyLayer, adds_layer, execute_step
 from lamina.builder.steps.run import RunEnvironment, check_network
 from lamina.grammar import parse
@@ -229,54 +229,12 @@ class Build:
             raise BuildError(message) from None
 
     def build_stages(self, plan: BuildPlan) -> None:
-        """Every stage the target needs, wave by wave (plan.levels(): a wave needs only
-        earlier ones). The stages of one wave are built at the same time, one thread
-        each besides the main one: a RUN waits for its sandbox child and a layer is
-        hashed and compressed outside the GIL, so two independent stages take about
-        as long as the longer one. A failure is raised once the wave has ended (the
-        first in file order); an interrupt (Ctrl-C, SIGTERM: the main thread) stops
-        the other stages' running steps - their processes are this one's children -
-        and waits for their cleanup."""
-        for wave in plan.levels():
-            if len(wave) == 1:
-                self.results[wave[0]] = self.build_stage(plan, plan.stage(wave[0]))
-            else:
-                self._build_wave(plan, wave)
+        """Every stage the target needs, wave by wave, the stages of one wave at the
+        same time (builder.stagewaves)."""
+        def build(index: int) -> None:
+            self.results[index] = self.build_stage(plan, plan.stage(index))
 
-    def _build_wave(self, plan: BuildPlan, wave: tuple[int, ...]) -> None:
-        # modules a step's child process imports lazily: imported here, before any other
-        # thread can hold their import locks while a fork copies them
-        import lamina.builder.steps.add  # noqa: F401
-        import lamina.builder.steps.reuse  # noqa: F401
-        from lamina.builder.sandbox.overlay import finalize_upper  # noqa: F401
-
-        failures: dict[int, BaseException] = {}
-
-        def work(index: int) -> None:
-            try:
-                self.results[index] = self.build_stage(plan, plan.stage(index))
-            except BaseException as e:  # noqa: BLE001 - raised by the main thread
-                failures[index] = e
-
-        threads = [threading.Thread(target=work, args=(index,), daemon=True,
-                                    name=f"lamina-stage-{index}") for index in wave[1:]]
-        for t in threads:
-            t.start()
-        try:
-            work(wave[0])
-            if isinstance(failures.get(wave[0]), KeyboardInterrupt):
-                raise failures.pop(wave[0])
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
-        except BaseException:
-            _kill_children()
-            for t in threads:
-                t.join()
-            raise
-        for index in wave:
-            if index in failures:
-                raise failures[index]
+        build_in_waves(plan.levels(), build)
 
     def build_stage(self, plan: BuildPlan, stage: Stage) -> StageResult:
         if stage.base_stage is not None:
@@ -511,24 +469,3 @@ class Build:
 
     def _remember(self, stage: Stage, step: Step, inputs: CacheInputs) -> None:
         self.misses.remember(stage.display_name, step.index, inputs)
-
-
-def _kill_children() -> None:
-    """SIGKILL every child process of this one (the running steps of the other stages
-    of a wave, when the build is interrupted or fails); their threads then clean up."""
-    import signal
-
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == me:
-            try:
-                os.kill(int(entry), signal.SIGKILL)
-            except OSError:
-                pass
