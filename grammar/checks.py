@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import re
 
 from lamina.grammar import ast
+from lamina.grammar.columns import keyword_column, word_column
 from lamina.grammar.directives import CheckOptions, check_options_in_comments
 from lamina.grammar.goquote import go_quote
 
@@ -120,69 +121,7 @@ _NOT_SECRET = re.compile(r"(?i)(?:_|^)(?:public|file|version)(?:_|$)")
 Expand = Callable[[ast.Instruction, str], "str | None"]
 
 
-# -- positions ---------------------------------------------------------------------
-
-def keyword_column(inst: ast.Instruction) -> int:
-    """1-based column of the instruction's keyword on its first line."""
-    first = inst.source.split("\n", 1)[0]
-    return len(first) - len(first.lstrip(" \t")) + 1
-
-
-def _first_line(inst: ast.Instruction) -> tuple[str, int]:
-    """The instruction's first source line and the index just past its keyword."""
-    first = inst.source.split("\n", 1)[0]
-    return first, keyword_column(inst) - 1 + len(inst.keyword_text or inst.keyword)
-
-
-def word_column(inst: ast.Instruction, word: str, *, key: bool = False, after: int = 0) -> int:
-    """1-based column of `word` as a whole word on the instruction's first line after
-    its keyword (and from column `after` on): preceded by a blank (or `[`/`"` of a JSON
-    form) and followed by a blank, the line's end or `"`/`,`/`]` - with `key`, also `=`
-    (an ENV/ARG/LABEL key, a `--flag=`). The keyword's column when it is not there
-    (on a continuation line)."""
-    first, start = _first_line(inst)
-    start = max(start, after - 1)
-    ends = ' \t",]' + ("=" if key else "")
-    at = first.find(word, start) if word else -1
-    while at >= 0:
-        before = first[at - 1] if at > 0 else " "
-        after = first[at + len(word)] if at + len(word) < len(first) else " "
-        if before in ' \t["' and after in ends:
-            return at + 1
-        at = first.find(word, at + 1)
-    return keyword_column(inst)
-
-
-def _name_char(c: str) -> bool:
-    return c.isalnum() or c == "_"
-
-
-def variable_column(inst: ast.Instruction, name: str, escape: str = "\\", *,
-                    quotes: bool = True) -> int:
-    """1-based column of the `$` of the first reference to `name` (`$name`, `${name}`,
-    `${name:-...}`, ...) on the instruction's first line after its keyword: not an
-    escaped `$`, not inside single quotes (with `quotes`, as the words are expanded).
-    The keyword's column when the reference is on a later line."""
-    first, i = _first_line(inst)
-    single = double = False
-    while i < len(first):
-        c = first[i]
-        if c == escape and not single:
-            i += 2
-            continue
-        if quotes and c == "'" and not double:
-            single = not single
-        elif quotes and c == '"' and not single:
-            double = not double
-        elif c == "$" and not single:
-            rest = first[i + 1:]
-            if rest.startswith("{"):
-                rest = rest[1:]
-            if rest.startswith(name) and not _name_char(rest[len(name):len(name) + 1] or " "):
-                return i + 1
-        i += 1
-    return keyword_column(inst)
-
+# -- positions: lamina.grammar.columns -------------------------------------------------
 
 def _finding(path: str, rule: str, message: str, inst: ast.Instruction,
              column: int | None = None, line: int | None = None) -> Finding:

@@ -29,8 +29,9 @@ from lamina.builder.plan.resolved import Platform, normalize_arch
 from lamina.grammar import ast
 from lamina.grammar.checks import (
     Finding, StageChecker, StageText, dockerfile_check_options, file_findings,
-    filter_findings, split_stages, variable_column, word_column,
+    filter_findings, split_stages,
 )
+from lamina.grammar.columns import variable_column, word_column
 from lamina.grammar.directives import CheckOptions, parse_check_options
 from lamina.grammar.errors import DockerfileError
 from lamina.grammar.goquote import go_quote

@@ -10,7 +10,6 @@ copy MkdirAll) and the Dockerfile reference, never from lamina's output."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
