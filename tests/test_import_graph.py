@@ -190,3 +190,37 @@ def test_imports_go_one_way():
         banned = forbidden.get(package_of(mod), set())
         bad += [f"{mod} -> {d}" for d in sorted(deps) if package_of(d) in banned]
     assert bad == []
+
+
+# -- no import fallbacks ----------------------------------------------------------------
+
+def import_fallbacks(source: str, filename: str = "<module>") -> list[int]:
+    """Lines of the `except` clauses that catch ImportError or ModuleNotFoundError
+    (alone, in a tuple, as `builtins.X`): the "filled in as the modules land" fallbacks
+    issue 12 removed, which hide a broken import behind a stand-in."""
+    names = {"ImportError", "ModuleNotFoundError"}
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if not isinstance(node, ast.ExceptHandler) or node.type is None:
+            continue
+        caught = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+        if any((isinstance(c, ast.Name) and c.id in names)
+               or (isinstance(c, ast.Attribute) and c.attr in names) for c in caught):
+            found.append(node.lineno)
+    return found
+
+
+def test_fallback_finder():
+    src = ("try:\n    import x\nexcept ImportError:\n    x = None\n"
+           "try:\n    import y\nexcept (OSError, ModuleNotFoundError) as e:\n    pass\n"
+           "try:\n    pass\nexcept builtins.ImportError:\n    pass\n"
+           "try:\n    pass\nexcept OSError:\n    pass\nexcept:\n    pass\n")
+    assert import_fallbacks(src) == [3, 7, 11]
+
+
+def test_no_import_fallbacks_in_packages():
+    """No module of lamina catches ImportError: every import it needs is a dependency
+    (pyproject.toml) or its own module, and a missing one fails loudly."""
+    bad = [f"{path.relative_to(REPO)}:{line}" for path in lamina_modules().values()
+           for line in import_fallbacks(path.read_text(), str(path))]
+    assert bad == []
