@@ -1,9 +1,12 @@
 """`--filter KEY=VALUE` of `lamina images`, as docker's image list filters:
 
-- `dangling=true|false` - images without / with a tag;
-- `reference=PATTERN` - a tag whose familiar form `name:tag`, or whose name, matches
-  PATTERN as Go's path.Match (`*` and `?` never match `/`, `[a-z]` classes, `\\`
-  escapes); only the matching tags of an image are listed, untagged images never;
+- `dangling=true|false` - images without a tag / with a tag or a repository digest
+  (docker's daemon: an image known only by digest, e.g. pulled by digest, is in both
+  lists);
+- `reference=PATTERN` - a tag whose familiar form `name:tag`, or a repository digest
+  whose `name@digest`, or their name, matches PATTERN as Go's path.Match (`*` and `?`
+  never match `/`, `[a-z]` classes, `\\` escapes); only the matching references of an
+  image are listed, images without any never;
 - `label=KEY` / `label=KEY=VALUE` - the image config has that label (and value);
 - `before=REF` / `since=REF` - created strictly before / after the image REF names.
 
@@ -44,6 +47,12 @@ class ImageFilters:
         if not self.references:
             return tags
         return tuple(t for t in tags if any(reference_match(p, t) for p in self.references))
+
+    def matching_references(self, repo_digests: list[str]) -> list[str]:
+        """The repository digests (familiar `name@digest`) the reference patterns select."""
+        if not self.references:
+            return repo_digests
+        return [d for d in repo_digests if any(reference_match(p, d) for p in self.references)]
 
 
 def parse_image_filters(values: tuple[str, ...] | list[str]) -> ImageFilters:
@@ -135,8 +144,12 @@ def path_match(pattern: str, name: str) -> bool:
 
 
 def reference_match(pattern: str, familiar_tag: str) -> bool:
-    """docker's reference.FamiliarMatch: the pattern against `name:tag`, then `name`."""
+    """docker's reference.FamiliarMatch: the pattern against `name:tag` (or
+    `name@digest`), then `name`."""
     if path_match(pattern, familiar_tag):
         return True
-    name = familiar_tag.rsplit(":", 1)[0] if ":" in familiar_tag.rsplit("/", 1)[-1] else familiar_tag
+    if "@" in familiar_tag:
+        name = familiar_tag.partition("@")[0]
+    else:
+        name = familiar_tag.rsplit(":", 1)[0] if ":" in familiar_tag.rsplit("/", 1)[-1] else familiar_tag
     return path_match(pattern, name)

@@ -21,7 +21,7 @@ from lamina.builder.cli.gotemplate import Record, TemplateError
 from lamina.builder.cli.inspectview import typed_inspect
 from lamina.builder.cli.listing import FormatError, check_format, render_objects, render_rows
 from lamina.builder.cli.units import human_size, since
-from lamina.store import oci, refs
+from lamina.store import oci, refs, repodigests
 from lamina.store.errors import ImageNotFound, StoreError
 from lamina.store.store import Store
 
@@ -205,6 +205,10 @@ def images_cmd(g: Globals, all_: bool, quiet: bool, no_trunc: bool, digests: boo
         raise click.BadParameter(str(e), param_hint="'--filter'") from None
     now = datetime.now(timezone.utc)
     epoch = datetime.fromtimestamp(0, timezone.utc)
+    if fmt is None and quiet:
+        fmt = "{{.ID}}"
+    elif digests and fmt and fmt.startswith("table ") and "{{.Digest}}" not in fmt:
+        fmt += "\t{{.Digest}}"  # docker's NewImageFormat: --digests adds the column
     with open_store(g) as store:
         summaries = store.images()
         bounds = [(op, _created(store.resolve(ref).config.get("created")) or epoch)
@@ -212,28 +216,59 @@ def images_cmd(g: Globals, all_: bool, quiet: bool, no_trunc: bool, digests: boo
         rows = []
         for s in sorted(summaries, key=lambda s: (_created(s.created) or epoch, s.added), reverse=True):
             created = _created(s.created)
-            if flt.dangling is not None and flt.dangling == bool(s.tags):
+            repo_digests = repodigests.for_image(store, s.config_digest)
+            # docker: dangling=true lists the images without a tag, dangling=false those
+            # with any reference (a digest-only image is in both lists)
+            if flt.dangling is True and s.tags or flt.dangling is False and not (s.tags or repo_digests):
                 continue
             if any((created or epoch) >= t if op == "before" else (created or epoch) <= t for op, t in bounds):
                 continue
             if flt.labels and not flt.labels_match(
                     (store.resolve(s.manifest_digest).config.get("config") or {}).get("Labels")):
                 continue
-            tags = flt.matching_tags(s.tags)
-            if flt.references and not tags:
+            tags, repo_digests = flt.matching_tags(s.tags), flt.matching_references(repo_digests)
+            if flt.references and not (tags or repo_digests):
                 continue
-            for t in tags or [None]:
-                r = refs.parse(t, default_tag=False) if t else None
-                size = human_size(s.size)
+            size = human_size(s.size)
+            for repo, tag, digest in image_rows(tags, repo_digests, digests, need_digest(fmt, digests)):
                 rows.append(Record(
                     Containers="N/A", CreatedAt=go_time(created), CreatedSince=since(created, now),
-                    Digest=s.manifest_digest or "<none>", ID=short_id(s.config_digest, no_trunc),
-                    Repository=r.familiar_name if r else "<none>", SharedSize="N/A", Size=size,
-                    Tag=(r.tag or "<none>") if r else "<none>", UniqueSize="N/A",
+                    Digest=digest, ID=short_id(s.config_digest, no_trunc), Repository=repo,
+                    SharedSize="N/A", Size=size, Tag=tag, UniqueSize="N/A",
                     VirtualSize=human_size(s.size, 4)))  # docker's units.HumanSize: 4 digits
-    if fmt is None and quiet:
-        fmt = "{{.ID}}"
     _render(fmt, rows, IMAGE_HEADERS, IMAGES_TABLE_DIGESTS if digests else IMAGES_TABLE)
+
+
+def need_digest(fmt: str | None, digests: bool) -> bool:
+    """docker's needDigest: the rows of a tag carry the repository's digest with
+    --digests or when the format names `{{.Digest}}` (written just so)."""
+    return digests or "{{.Digest}}" in (fmt or "")
+
+
+def image_rows(tags: tuple[str, ...], repo_digests: list[str], digests: bool,
+               with_digest: bool) -> list[tuple[str, str, str]]:
+    """(REPOSITORY, TAG, DIGEST) rows of one image, as docker's CLI makes them from the
+    image's RepoTags and RepoDigests (formatter.imageFormatTaggedAndDigest): the digest
+    of a tag's row is the RepoDigests entry of the same repository, one row per digest,
+    "<none>" when the repository has none (an image never pushed or pulled there) or
+    `with_digest` is off; a repository known only by digest gets rows of its own (tag
+    "<none>"; digest "" without --digests). No reference at all: one "<none>" row."""
+    if not tags and not repo_digests:
+        return [("<none>", "<none>", "<none>")]
+    by_repo: dict[str, list[str]] = {}
+    for ref in repo_digests:
+        name, _, digest = ref.rpartition("@")
+        by_repo.setdefault(name, []).append(digest)
+    rows = []
+    for t in tags:
+        r = refs.parse(t, default_tag=False)
+        repo = r.familiar_name
+        known = by_repo.get(repo, []) if with_digest else []
+        rows += [(repo, r.tag or "<none>", d) for d in known] or [(repo, r.tag or "<none>", "<none>")]
+    tagged = {refs.parse(t, default_tag=False).familiar_name for t in tags}
+    for repo in sorted(set(by_repo) - tagged):
+        rows += [(repo, "<none>", d) for d in by_repo[repo]] if digests else [(repo, "<none>", "")]
+    return rows
 
 
 # -- inspect -----------------------------------------------------------------------

@@ -145,12 +145,18 @@ def test_quiet_no_trunc_digests_and_table_templates(doc_store, capsys):
     lines = out.splitlines()
     assert lines[0] == "IMAGE ID       REPOSITORY   TAG"
     assert lines[1] == f"{ids['ubuntu:24.04'][7:19]}   ubuntu       24.04"
-    # --digests adds docker's DIGEST column after TAG
+    # --digests adds docker's DIGEST column after TAG. The digest is the image's
+    # RepoDigests entry for the row's repository: an image never pushed or pulled has
+    # none, and docker prints <none> (docs.docker.com `docker images --digests`; docker
+    # 20.10: `docker import` then `docker images --digests` shows <none>)
     rc, out, _ = lamina(root, capsys, "images", "--digests", "alpine:latest")
     header, row = out.splitlines()
     assert re.split(r"\s{3,}", header)[:4] == ["REPOSITORY", "TAG", "DIGEST", "IMAGE ID"]
-    digest = json.loads(lamina(root, capsys, "inspect", "alpine:latest")[1])[0]["Descriptor"]["digest"]
-    assert row.split()[2] == digest
+    assert re.split(r"\s{3,}", row)[:4] == ["alpine", "latest", "<none>", ids["alpine:latest"][7:19]]
+    assert lamina(root, capsys, "images", "--format", "{{.Digest}}", "alpine:latest")[1] == "<none>\n"
+    # docker's NewImageFormat: --digests appends the DIGEST column to a table template
+    rc, out, _ = lamina(root, capsys, "images", "--digests", "--format", r"table {{.ID}}", "alpine:latest")
+    assert out.splitlines() == ["IMAGE ID       DIGEST", f"{ids['alpine:latest'][7:19]}   <none>"]
 
 
 def test_format_json_has_dockers_fields(doc_store, capsys):
@@ -202,6 +208,63 @@ def test_label_dangling_before_since(store_root, rootfs_tar, capsys):
     assert refs("since=image3", "before=image1") == ["image2"]
     assert refs("before=image3", "label=a") == []
     assert refs("reference=image*", "dangling=false", "since=image2") == ["image1"]
+
+
+def test_digest_column_is_the_repositorys(store_root, rootfs_tar, capsys):
+    """The DIGEST of a row is the RepoDigests entry of the row's repository (docker's
+    formatter.imageFormatTaggedAndDigest). Expected rows are what docker 20.10.24 printed
+    for the same references: `docker import` as local:1, tagged REG/app:1, REG/app:2,
+    REG/other:1, REG/app:1 pushed; then everything removed and REG/app@DIGEST pulled."""
+    from lamina.store import repodigests
+
+    reg, digest = "127.0.0.1:5000", "sha256:" + "4a9387" * 10 + "abcd"
+    with Store(store_root) as store:
+        image = store.import_rootfs(rootfs_tar, "local:1")
+        for ref in (f"{reg}/app:1", f"{reg}/app:2", f"{reg}/other:1"):
+            store.tag(ref, "local:1")
+        repodigests.record(store, f"{reg}/app", digest, image.manifest_digest)  # as a push does
+
+    def rows(*args: str, fmt="{{.Repository}}:{{.Tag}} [{{.Digest}}]") -> list[str]:
+        rc, out, err = lamina(store_root, capsys, "images", *args, "--format", fmt)
+        assert rc == 0, err
+        return out.splitlines()
+
+    pushed = [f"{reg}/app:1 [{digest}]", f"{reg}/app:2 [{digest}]", f"{reg}/other:1 [<none>]",
+              "local:1 [<none>]"]
+    assert rows("--digests") == pushed
+    assert rows() == pushed  # a format naming {{.Digest}} shows it without --digests too
+    # ...written just so: docker's needDigest is a text search for "{{.Digest}}"
+    assert rows(fmt="{{ .Digest }}") == ["<none>"] * 4
+    assert {json.loads(l)["Digest"] for l in rows(fmt="{{json .}}")} == {"<none>"}
+    rc, out, _ = lamina(store_root, capsys, "images", "--digests", f"{reg}/app")
+    assert [re.split(r"\s{3,}", l)[:3] for l in out.splitlines()[1:]] == [
+        [f"{reg}/app", "1", digest], [f"{reg}/app", "2", digest]]
+    # the reference filter selects RepoDigests too: `REG/app:1` does not match
+    # `REG/app@DIGEST`, so docker 20.10 shows <none> for `images --digests REG/app:1`
+    assert rows("--digests", f"{reg}/app:1") == [f"{reg}/app:1 [<none>]"]
+    assert rows("--digests", "--filter", f"reference={reg}/app@{digest}") == [
+        f"{reg}/app:<none> [{digest}]"]
+    # only the digest of the repository: REG/other was never pushed
+    assert rows("--digests", f"{reg}/other") == [f"{reg}/other:1 [<none>]"]
+
+    # an image known only by digest (pulled by digest, no tag): a row of its own
+    with Store(store_root) as store:
+        for ref in ("local:1", f"{reg}/app:1", f"{reg}/app:2", f"{reg}/other:1"):
+            store.remove_image(ref)
+        image = store.import_rootfs(rootfs_tar, None)
+        repodigests.record(store, f"{reg}/app", digest, image.manifest_digest)
+    assert rows("--digests") == [f"{reg}/app:<none> [{digest}]"]
+    assert rows() == [f"{reg}/app:<none> []"]  # docker: "" without --digests
+    assert rows(fmt="{{.Repository}}:{{.Tag}}") == [f"{reg}/app:<none>"]
+    assert rows("--digests", "--filter", "dangling=true") == [f"{reg}/app:<none> [{digest}]"]
+    assert rows("--digests", "--filter", "dangling=false") == [f"{reg}/app:<none> [{digest}]"]
+    assert rows("--digests", f"{reg}/app") == [f"{reg}/app:<none> [{digest}]"]
+    assert rows("--digests", "local") == []
+    # tagged in another repository: the tag's row has no digest, the digest its own row
+    with Store(store_root) as store:
+        store.tag("local:2", image.manifest_digest)
+    assert rows("--digests") == ["local:2 [<none>]", f"{reg}/app:<none> [{digest}]"]
+    assert rows("--digests", "local") == ["local:2 [<none>]"]
 
 
 @pytest.mark.parametrize("args, message", [
