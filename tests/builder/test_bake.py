@@ -487,3 +487,42 @@ def test_compose_values_of_the_wrong_type_are_one_clear_error(tmp_path, build):
     assert run.code == 1
     assert "internal error" not in run.stderr and "Traceback" not in run.stderr
     assert run.stderr.startswith("lamina: ")
+
+
+def test_jobs_defaults_to_the_core_count(tmp_path, monkeypatch):
+    """Without --jobs, as many targets build at once as os.cpu_count() says (the issue's
+    "bounded by --jobs, default the core count"); --jobs N bounds them to N. Each
+    target's build is replaced by a stand-in that records how many run at once."""
+    import threading
+    import time
+
+    from lamina.builder.bake import runner
+
+    names = [f"s{i}" for i in range(5)]
+    services = []
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "Dockerfile").write_text(f"FROM scratch\nENV N={name}\n")
+        services.append(f"  {name}:\n    build: ./{name}\n")
+    (tmp_path / "compose.yaml").write_text("services:\n" + "".join(services))
+    lock = threading.Lock()
+    running, peak = [0], [0]
+
+    def stand_in(self, t):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        return runner.TargetResult(t.name, "built", image_id="sha256:" + "0" * 64)
+
+    monkeypatch.setattr(runner.Bake, "_one", stand_in)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 3)
+    run = lamina(tmp_path / "store", "bake", "-f", str(tmp_path / "compose.yaml"))
+    assert run.code == 0, run.stderr
+    assert peak[0] == 3
+    peak[0] = 0
+    run = lamina(tmp_path / "store", "bake", "-f", str(tmp_path / "compose.yaml"), "--jobs", "2")
+    assert run.code == 0, run.stderr
+    assert peak[0] == 2

@@ -279,6 +279,42 @@ def test_bakefile_hcl_and_json_build_the_same_images(shared_root, tmp_path, monk
     assert tools.code == 0 and set(image_ids(tools.stdout)) == {"inline"}
 
 
+# Go's GOARCH names of the machines lamina runs on (the OCI platform's architecture)
+GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
+          "s390x": "s390x", "riscv64": "riscv64", "i686": "386"}
+
+INLINE_TEXT = "FROM bb\nRUN echo made-inline > /made\nENV FROM=inline\n"
+
+
+def test_compose_dockerfile_inline_and_the_hosts_platform(shared_root, tmp_path):
+    """Compose `build.dockerfile_inline` builds that text (the same image as `lamina
+    build -f` of a file holding it); `build.platforms` naming the host's platform is
+    accepted (the image is the host's: its config says so)."""
+    import os
+
+    import yaml
+
+    root = shared_root
+    host = f"linux/{GOARCH[os.uname().machine]}"
+    ctx = make_context(tmp_path / "proj" / "ctx", "FROM bb\nRUN echo from-file > /made\n")
+    (tmp_path / "proj" / "compose.yaml").write_text(yaml.safe_dump({"services": {
+        "inl": {"image": "compose/inline:1",
+                "build": {"context": "ctx", "dockerfile_inline": INLINE_TEXT}},
+        "plat": {"image": "compose/plat:1",
+                 "build": {"context": "ctx", "platforms": [host]}},
+    }}))
+    run = bake(root, "-f", str(tmp_path / "proj" / "compose.yaml"))
+    assert run.code == 0, run.stderr
+    ids = image_ids(run.stdout)
+    inline_file = tmp_path / "inline.Dockerfile"
+    inline_file.write_text(INLINE_TEXT)
+    assert ids["inl"] == build(root, ctx, "-f", str(inline_file)).check().image_id
+    assert ids["plat"] == build(root, ctx).check().image_id
+    plat = image_config(root, "compose/plat:1")
+    assert f"{plat['os']}/{plat['architecture']}" == host
+    assert image_config(root, "compose/inline:1")["config"]["Env"][-1] == "FROM=inline"
+
+
 LABELLED_DOCKERFILE = """\
 FROM bb
 LABEL keep=dockerfile over=dockerfile

@@ -265,7 +265,7 @@ def test_logs_follow_detached_tty_and_exec_options(store):
     assert gone.returncode == 1 and "No such container" in gone.stderr
 
 
-@pytest.mark.parametrize("sample", ["hello", "multistage"])
+@pytest.mark.parametrize("sample", ["hello", "multistage", "moby-style"])
 def test_samples_run_as_containers(store, tmp_path, sample):
     import hashlib
     import shutil
@@ -280,6 +280,14 @@ def test_samples_run_as_containers(store, tmp_path, sample):
     assert r.returncode == 0, r.stderr
     if sample == "hello":  # the sample's script, as its Dockerfile's USER/WORKDIR/ENV say
         assert r.stdout == "hello from lamina, running as 1000 in /app\n"
+    elif sample == "moby-style":  # CMD ["tool", "hello"]: src/tool.sh stamped with ARG VERSION=dev
+        assert r.stdout == "tool dev: hello\n"
+        other = lamina(store, "run", "--rm", "--network", "none", f"sample-{sample}:run",
+                       "sh", "-c", "tool a b; cat /validated")
+        assert other.returncode == 0, other.stderr
+        # validate.sh's line per shell file of src/ (glob order), made from a context bind mount
+        checked = [f"ok {p.name}" for p in sorted((ctx / "src").glob("*.sh"))]
+        assert other.stdout.splitlines() == ["tool dev: a b", *checked]
     else:  # ENTRYPOINT cat + CMD the report the build stage wrote
         words = (ctx / "src" / "words.txt").read_bytes()
         assert r.stdout.splitlines()[0] == "report version 1.0"
@@ -288,6 +296,66 @@ def test_samples_run_as_containers(store, tmp_path, sample):
         other = lamina(store, "run", "--rm", "--network", "none", f"sample-{sample}:run",
                        "/srv/missing")
         assert other.returncode == 1 and "missing" in other.stderr
+
+
+@pytest.mark.skipif(not (os.environ.get("CI") == "true" or os.environ.get("LAMINA_SLOW_TESTS")),
+                    reason="debootstrap base (~2 min): runs in CI, or with LAMINA_SLOW_TESTS=1")
+def test_python_sample_runs_its_self_test(store, tmp_path_factory, tmp_path):
+    """samples/python-app on the debootstrap base (the session's shared root filesystem
+    tar of make-base.sh, imported as the sample's Dockerfile names it): its CMD
+    `python3 -m app --self-test` runs as the Dockerfile's USER in its WORKDIR and
+    counts the words of the app's own .py files."""
+    import shutil
+
+    from tests.builder.test_differential import DEBIAN_REF, debian_rootfs_tar
+
+    tar = debian_rootfs_tar(tmp_path_factory)
+    imported = lamina(store, "import", tar, DEBIAN_REF, timeout=600)
+    assert imported.returncode == 0, imported.stderr
+    ctx = tmp_path / "python-app"
+    shutil.copytree(REPO / "samples" / "python-app", ctx,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    build(store, ctx, "-t", "sample-python-app:run").check()
+    r = lamina(store, "run", "--rm", "--network", "none", "sample-python-app:run")
+    assert r.returncode == 0, r.stderr
+    words = sum(len(p.read_text().split()) for p in sorted((ctx / "app").glob("*.py")))
+    m = re.fullmatch(r"app running as uid 10001 in /srv/app, python (3\.\d+\.\d+), "
+                     r"(\d+) words of source\n", r.stdout)
+    assert m, r.stdout
+    assert int(m.group(2)) == words
+    # the interpreter of the image (not the host's) ran it
+    version = lamina(store, "run", "--rm", "--network", "none", "sample-python-app:run",
+                     "python3", "-c", "import platform; print(platform.python_version())")
+    assert version.stdout == m.group(1) + "\n"
+
+
+# docker's default masked paths (moby oci/defaults.go, runc: /dev/null over a file, an
+# empty read-only tmpfs over a directory); the probe prints what a process reads there
+MASKED = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+          "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+          "/sys/firmware", "/sys/devices/virtual/powercap")
+MASK_PROBE = ("for p in " + " ".join(MASKED) + "; do"
+              " if [ -d $p ]; then echo \"$p dir $(ls -A $p | wc -l)\";"
+              " elif [ -e $p ]; then echo \"$p file $(cat $p 2>/dev/null | wc -c)\";"
+              " else echo \"$p absent\"; fi; done")
+
+
+def test_masked_paths_in_a_container_as_in_a_run_step(store, tmp_path):
+    """The container's PID 1 reads docker's masked paths as a RUN step does: /proc/keys
+    (the host's lists keys) and /proc/timer_list read empty, /sys/firmware (the host's
+    holds acpi, ...) lists nothing."""
+    ctx = make_context(tmp_path / "ctx", f"FROM bb\nRUN {MASK_PROBE} > /probe\n", {})
+    build(store, ctx, "-t", "masked:1").check()
+    r = lamina(store, "run", "--rm", "--network", "none", "masked:1", "sh", "-c",
+               f"{MASK_PROBE}; echo ---; cat /probe")
+    assert r.returncode == 0, r.stderr
+    in_container, in_run = r.stdout.split("---\n")
+    assert in_container == in_run
+    seen = dict(line.split(" ", 1) for line in in_container.splitlines())
+    assert seen["/proc/keys"] == "file 0" and seen["/sys/firmware"] == "dir 0"
+    for path, what in seen.items():
+        assert what in ("absent", "file 0", "dir 0"), (path, what)
+    # (unmasked, these hosts' /proc/keys lists keys and /sys/firmware holds acpi, memmap)
 
 
 def test_pid1_gets_the_sandbox_of_a_run_step(store):
