@@ -267,6 +267,41 @@ def test_digest_column_is_the_repositorys(store_root, rootfs_tar, capsys):
     assert rows("--digests", "local") == ["local:2 [<none>]"]
 
 
+def test_repo_digests_of_a_pushed_image(store_root, rootfs_tar, capsys, tmp_path):
+    """After a push to a real registry (Debian's docker-registry), `inspect --format
+    '{{index .RepoDigests 0}}'` is `REPOSITORY@DIGEST` with the digest the registry
+    serves for the tag (its Docker-Content-Digest, and the sha256 of the bytes it
+    returns), and `images --digests` shows that digest on the pushed repository's row."""
+    import hashlib
+
+    import httpx
+
+    from tests.store.registryfix import registry
+
+    with Store(store_root) as store:
+        store.import_rootfs(rootfs_tar, "local:1")
+    assert lamina(store_root, capsys, "inspect", "--format", "{{json .RepoDigests}}", "local:1")[1] == "[]\n"
+    with registry(tmp_path / "registry") as host:
+        rc, _, err = lamina(store_root, capsys, "push", "local:1", f"{host}/team/app:1")
+        assert rc == 0, err
+        accept = ", ".join(["application/vnd.oci.image.manifest.v1+json",
+                            "application/vnd.oci.image.index.v1+json",
+                            "application/vnd.docker.distribution.manifest.v2+json",
+                            "application/vnd.docker.distribution.manifest.list.v2+json"])
+        served = httpx.get(f"http://{host}/v2/team/app/manifests/1", headers={"Accept": accept})
+        assert served.status_code == 200
+    digest = served.headers["Docker-Content-Digest"]
+    assert digest == "sha256:" + hashlib.sha256(served.content).hexdigest()
+    rc, out, err = lamina(store_root, capsys, "inspect", "--format", "{{index .RepoDigests 0}}", "local:1")
+    assert rc == 0, err
+    assert out == f"{host}/team/app@{digest}\n"
+    rc, out, err = lamina(store_root, capsys, "images", "--digests", "--format",
+                          "{{.Repository}}:{{.Tag}} {{.Digest}}")
+    # pushed as another name, not tagged here: the repository has a row of its own, after
+    # the tags' rows (docker's order), TAG <none>
+    assert out.splitlines() == ["local:1 <none>", f"{host}/team/app:<none> {digest}"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--filter", "color=red"], "invalid filter 'color'"),
     (["--filter", "dangling"], "bad format of filter"),
@@ -499,3 +534,24 @@ def test_exit_codes(store_root, capsys):
     assert main(["--root", str(store_root), "inspect", "nothere"]) == 1         # command failure
     assert main(["--root", str(store_root), "images"]) == 0
     capsys.readouterr()
+
+
+@pytest.mark.root
+def test_build_exit_codes_are_dockers(build_store, tmp_path):
+    """`docker build` exits 1 when the build fails (a RUN's own status is not passed
+    through: 7 here) and 2 for a usage error (docker's cobra flag errors, `docker
+    build` without a context): scripts test exactly these."""
+    from tests.builder.buildkit import build, lamina as run_lamina, make_context
+
+    root, _ = build_store
+    failing = build(root, make_context(tmp_path / "run", "FROM bb\nRUN exit 7\n"))
+    assert failing.code == 1, failing.stderr
+    assert "did not complete successfully: exit code: 7" in failing.stderr  # BuildKit's words
+    syntax = build(root, make_context(tmp_path / "syntax", "FROM bb\nCOPY --nosuch=1 a /a\n"))
+    assert syntax.code == 1 and "unknown flag: nosuch" in syntax.stderr, syntax.stderr
+    unknown = build(root, make_context(tmp_path / "unknown", "FROM bb\nFROBNICATE x\n"))
+    assert unknown.code == 1, unknown.stderr
+    assert "Traceback" not in failing.stderr + syntax.stderr + unknown.stderr
+    assert run_lamina(root, "build", "--no-such-flag", str(tmp_path / "run")).code == 2
+    assert run_lamina(root, "build").code == 2  # no context
+    assert run_lamina(root, "build", "--network", "bogus", str(tmp_path / "run")).code == 2

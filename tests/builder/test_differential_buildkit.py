@@ -1099,6 +1099,11 @@ def test_cli_views(builders, tmp_path):
     lb = [l for l in theirs("images", "--format", fmt).splitlines() if l.startswith("cli-")]
     assert sorted(l.split()[0] for l in la) == sorted(l.split()[0] for l in lb) == ["cli-base:1", "cli-full:1"]
     assert all(len(l.split()[1]) == 12 for l in la + lb)
+    # DIGEST of images never pushed or pulled: no RepoDigests, so <none> (not the manifest's)
+    fmt = "{{.Repository}}:{{.Tag}} {{.Digest}}"
+    da = sorted(l for l in ours("images", "--digests", "--format", fmt).splitlines() if l.startswith("cli-"))
+    db = sorted(l for l in theirs("images", "--digests", "--format", fmt).splitlines() if l.startswith("cli-"))
+    assert da == db == ["cli-base:1 <none>", "cli-full:1 <none>"]
     sizes = ours("images", "--format", "{{.Size}} {{.VirtualSize}}", "cli-full").split()
     # docker's units.HumanSize (VirtualSize) keeps 4 digits, HumanSizeWithPrecision(3) Size
     assert len(sizes[0].rstrip("kMGB").replace(".", "")) <= 3 and len(sizes[1].rstrip("kMGB").replace(".", "")) <= 4
