@@ -13,10 +13,14 @@ not.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
+
+
+STORE_COMPRESSION_ENV = "LAMINA_STORE_COMPRESSION"
 
 
 def default_root() -> Path:
@@ -28,6 +32,25 @@ def default_root() -> Path:
         return Path("/var/lib/lamina")
     xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(xdg) / "lamina"
+
+
+@contextmanager
+def _store_compression(kind: str):
+    """While the command runs: every store it opens writes new layer blobs as `kind`,
+    and so do the lamina processes it starts (bake's builds): they get the environment
+    variable. Both are undone afterwards (in-process callers: tests)."""
+    from lamina.store.layers import store_compression_in_effect
+
+    old = os.environ.get(STORE_COMPRESSION_ENV)
+    os.environ[STORE_COMPRESSION_ENV] = kind
+    try:
+        with store_compression_in_effect(kind):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop(STORE_COMPRESSION_ENV, None)
+        else:
+            os.environ[STORE_COMPRESSION_ENV] = old
 
 
 @dataclass(frozen=True)
@@ -53,7 +76,7 @@ class LaminaGroup(click.Group):
               help="Store directory (default: $LAMINA_ROOT, /var/lib/lamina for root, "
                    "else $XDG_DATA_HOME/lamina).")
 @click.option("--store-compression", "store_compression", type=click.Choice(["zstd", "gzip"]), default=None,
-              envvar="LAMINA_STORE_COMPRESSION", show_envvar=True,
+              envvar=STORE_COMPRESSION_ENV, show_envvar=True,
               help="Compression of the layer blobs this command stores (default zstd). The image "
                    "ID is the same either way; the manifest digest is not. Blobs already stored "
                    "keep theirs.")
@@ -72,6 +95,5 @@ def cli(ctx: click.Context, root: Path | None, store_compression: str | None) ->
                                                          userns.own_command_line()))
     userns.adopt_namespace()  # root of a user namespace lamina did not make (a container)
     ctx.obj = Globals(root=root if root is not None else default_root())
-    if store_compression is not None:  # every store the command opens writes new layers so
-        from lamina.store.layers import store_compression_in_effect
-        ctx.with_resource(store_compression_in_effect(store_compression))
+    if store_compression is not None:
+        ctx.with_resource(_store_compression(store_compression))

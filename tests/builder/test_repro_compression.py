@@ -9,6 +9,7 @@ both, and an export of such an image loads elsewhere."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -79,6 +80,12 @@ def test_the_setting_and_its_errors(tmp_path, monkeypatch):
         assert ids[name][2] == [(MEDIA[kind], kind)] * 3
     assert gz.image_id == zs.image_id == ids["gz"][0] == ids["zs"][0] == ids["opt"][0]
     assert ids["gz"][1] == ids["opt"][1] != ids["zs"][1]
+    assert "LAMINA_STORE_COMPRESSION" not in os.environ  # the option's export was undone
+    # bake builds in child processes: they write with the option of the bake command
+    (ctx / "compose.yaml").write_text("services:\n  x:\n    build:\n      context: .\n    image: baked:1\n")
+    baked = lamina(tmp_path / "bake", "--store-compression", "gzip", "bake", "-f", ctx / "compose.yaml")
+    assert baked.code == 0, baked.stdout + baked.stderr
+    assert manifest_layers(tmp_path / "bake", "baked:1")[1:] == ids["gz"][1:]
 
 
 def test_a_store_written_under_both_settings(tmp_path):
