@@ -427,7 +427,12 @@ def test_build_sbom_of_an_alpine_style_image_with_npm_lock_files(tmp_path):
                     reason="debootstrap base (~2 min): runs in CI, or with LAMINA_SLOW_TESTS=1")
 def test_sbom_of_the_python_sample_on_a_debootstrap_base_lists_its_dpkg_packages(tmp_path_factory, tmp_path):
     """samples/python-app on the debootstrap base (the root filesystem tar the
-    differential suite makes): every package dpkg-query calls installed, by version."""
+    differential suite makes): every package dpkg-query calls installed, by version;
+    and every Python distribution of the image (the app's libraries, from Debian's
+    python3-idna and python3-packaging) as the standard library's importlib.metadata
+    reads their metadata files out of the same tar."""
+    import importlib.metadata
+    import re
     from tests.builder.test_differential import DEBIAN_REF, debian_rootfs_tar
 
     tar = debian_rootfs_tar(tmp_path_factory)
@@ -448,3 +453,23 @@ def test_sbom_of_the_python_sample_on_a_debootstrap_base_lists_its_dpkg_packages
     got = {(p["name"], p["versionInfo"]) for p in doc["packages"]
            if any(r["referenceLocator"].startswith("pkg:deb/debian/") for r in p.get("externalRefs", []))}
     assert got == {(name, version) for name, version, _arch in want}
+
+    # the dist-info/egg-info metadata in the tar, read by importlib.metadata (the oracle)
+    meta = tmp_path / "meta"
+    with tarfile.open(tar) as tf:
+        for m in tf.getmembers():
+            found = re.fullmatch(r"(?:.*/)?([^/]+\.(?:dist|egg)-info)/(METADATA|PKG-INFO)", m.name)
+            if m.isfile() and found:
+                dest = meta / found.group(1) / found.group(2)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(tf.extractfile(m).read())
+    dists = {(d.metadata["Name"], d.version) for d in importlib.metadata.distributions(path=[str(meta)])}
+    assert {"idna", "packaging"} <= {n for n, _v in dists}  # the app's libraries, as make-base.sh installs them
+    pypi = {(p["name"], p["versionInfo"], p["externalRefs"][0]["referenceLocator"]) for p in doc["packages"]
+            if p.get("externalRefs", [{}])[0].get("referenceLocator", "").startswith("pkg:pypi/")}
+    # purl: the name normalised as PEP 503 says (runs of -_. to one -, lowercase)
+    assert pypi == {(n, v, f"pkg:pypi/{re.sub(r'[-_.]+', '-', n).lower()}@{v}") for n, v in dists}
+    # and each is the upstream version of the Debian package that installed it
+    dpkg_versions = {name: version for name, version, _arch in want}
+    for n, v in dists:
+        assert re.sub(r"^\d+:", "", dpkg_versions[f"python3-{n}"]).rsplit("-", 1)[0] == v
