@@ -4,8 +4,8 @@ run (issue 10). Run as root from the repository:
     .venv/bin/python bench/rebuild_bench.py [--repeat 5] [--json bench/out/rebuild.json]
 
 The workload: a Debian bookworm minbase root filesystem (debootstrap, cached as
-bench/out/debian-bookworm-rootfs.tar; the same tar as samples/python-app/make-base.sh
-makes, so `--base TAR` may name one made there), imported as `bench/debian:bookworm`
+bench/out/debian-bookworm-rootfs.tar: minbase with python3-minimal and passwd; `--base
+TAR` takes another, e.g. the one samples/python-app/make-base.sh makes), imported as `bench/debian:bookworm`
 into each builder's own store, a context of 5,000 Python files, and the Dockerfile of
 issue 10. Scenarios:
 
@@ -104,7 +104,8 @@ RSS_SCENARIOS = ("cold", "scale cold", "scale COPY changed")
 # ------------------------------------------------------------------ the workload
 
 def make_base(tar: Path) -> None:
-    """debootstrap minbase (+ python3-minimal, passwd, as samples/python-app) -> tar."""
+    """debootstrap minbase (+ python3-minimal, passwd: the sample's base before it gained
+    its Python libraries) -> tar."""
     if tar.exists():
         return
     if not shutil.which("debootstrap"):
