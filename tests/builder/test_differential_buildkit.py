@@ -846,6 +846,55 @@ def _prepare_context_names(ctx: Path) -> None:
         ("keep/", "dir", 0o750, 0, 0, None),
         ("keep/inner", "file", 0o644, 0, 0, b"dir over a file\n")]))
 
+# ADD of a zstd-compressed tar: current BuildKit extracts it (go-archive's
+# compression.DecompressStream knows zstd; solver/llbsolver/file/unpack.go
+# isArchivePath); v0.8's docker pkg/archive knew gzip, bzip2 and xz only, and copied it
+# as a file. lamina extracts it.
+_ZSTD_ADD = "a zstd tar is extracted by current BuildKit, copied as a file by v0.8"
+
+
+def _prepare_add_compressed(ctx: Path) -> None:
+    import gzip
+    import lzma
+    long_dir, long_file = "d" * 60, "f" * 80      # a member path past ustar's 100 bytes
+    (ctx / "tree.tar.xz").write_bytes(lzma.compress(_tar([
+        ("tree/", "dir", 0o755, 0, 0, None),
+        (f"tree/{long_dir}/{long_file}", "file", 0o644, 0, 0, b"long\n"),
+        ("tree/\u00fcn\u00ef-\u540d.txt", "file", 0o640, 1000, 50, b"unicode\n"),
+        ("tree/hl", "hardlink", 0o640, 1000, 50, "tree/\u00fcn\u00ef-\u540d.txt"),
+        ("tree/empty/", "dir", 0o700, 1001, 10, None),
+        ("keep/", "dir", 0o750, 1000, 50, None),
+        ("keep/k2", "file", 0o600, 0, 0, b"k2\n")]), format=lzma.FORMAT_XZ))
+    (ctx / "notes.txt.gz").write_bytes(gzip.compress(b"plain notes, not a tar\n", mtime=0))
+    (ctx / "empty.tar").write_bytes(b"\0" * 1024)
+    (ctx / "zero.tar").write_bytes(b"")
+    (ctx / "empty.gz").write_bytes(gzip.compress(b"", mtime=0))
+    plain = _tar([("p/", "dir", 0o711, 0, 0, None), ("p/run.sh", "file", 0o755, 0, 0, b"#!/bin/sh\n"),
+                  ("p/data", "file", 0o644, 0, 0, b"d\n")])
+    (ctx / "plain.tar").write_bytes(plain)
+    os.symlink("plain.tar", ctx / "link-to-tree.tar")
+    (ctx / "b.tbz").write_bytes(_tar([("bz/x", "file", 0o644, 0, 0, b"bz\n")], "bz2"))
+    (ctx / "dir" / "inner.tar").write_bytes(plain)
+    (ctx / "z.tar.zst").write_bytes(subprocess.run(
+        ["zstd", "-q", "-c"], input=_tar([("zs/x", "file", 0o644, 0, 0, b"zstd\n")]),
+        capture_output=True, check=True).stdout)
+
+
+def _build_obbase(b: "Builders") -> None:
+    """obbase:1 (onbuild-image/base/Dockerfile) built and tagged by each builder in its
+    own store, once per session."""
+    marker = b.tmp / "obbase.built"
+    if marker.exists():
+        return
+    ctx = BUILDKIT_CASES_DIR / "onbuild-image" / "base"
+    r = subprocess.run([sys.executable, "-m", "lamina", "--root", str(b.lamina_root), "build",
+                        "--progress", "plain", "--network", "none", "-t", "obbase:1", str(ctx)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"lamina build of obbase:1 failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+    b.dockerd.docker("build", "--progress", "plain", "--network", "none", "-t", "obbase:1",
+                     str(ctx), timeout=600)
+    marker.touch()
+
 
 BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "run-environment": BuildkitCase(check=_check_run_environment, resolv_conf=_HOST_RESOLV_CONF,
@@ -943,6 +992,19 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     # RemoveAll; lamina followed it); a fifo of a stage copied (current BuildKit)
     "overwrite-types": BuildkitCase(prepare=_prepare_overwrite_types, difference=OracleDifference(
         known=(Known("h-copy/pipe", _FIFO_COPY, {"type": "fifo", "mode": 0o644}, None),))),
+    "add-compressed": BuildkitCase(prepare=_prepare_add_compressed, difference=OracleDifference(
+        known=(Known("x/zst/z.tar.zst", _ZSTD_ADD, None, {"type": "file", "mode": 0o644}),
+               Known("x/zst/zs", _ZSTD_ADD, {"type": "dir", "mode": 0o755}, None),
+               Known("x/zst/zs/x", _ZSTD_ADD, {"type": "file", "content": b"zstd\n"}, None)))),
+    # an image's ONBUILD ARG: its value in effect in current BuildKit's history line, and
+    # the later stage inherits it (see "args", "onbuild-chain")
+    "onbuild-image": BuildkitCase(setup=_build_obbase, args={"BUILD_FLAVOR": "cli"},
+                                  difference=OracleDifference(known_history={
+        11: ("ARG BUILD_FLAVOR=cli", "ARG BUILD_FLAVOR=default"),
+        -3: ("RUN |1 BUILD_FLAVOR=cli /bin/sh -ec echo child-trigger > /child-trigger # buildkit",
+             "RUN /bin/sh -ec echo child-trigger > /child-trigger # buildkit"),
+        -2: ("RUN |1 BUILD_FLAVOR=cli /bin/sh -ec echo \"shell=$0 $-\" > grand.txt # buildkit",
+             "RUN /bin/sh -ec echo \"shell=$0 $-\" > grand.txt # buildkit")})),
 }
 
 
