@@ -46,6 +46,8 @@ builder.sandbox.rootpath (symlinks resolved inside the root, never the host's).
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
 import os
 import re
@@ -54,10 +56,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 SPDX_VERSION = "SPDX-2.3"
 MAX_METADATA_BYTES = 4 << 20
+MAX_DATABASE_BYTES = 64 << 20      # one dpkg/apk database or npm lock file
+MAX_JSON_CONTAINERS = 4_000_000    # objects + arrays of one JSON file (~250 MB parsed)
+MAX_SCAN_BYTES = 1 << 30           # all the files one scan reads together
 
 
 @dataclass(frozen=True)
@@ -73,25 +78,34 @@ class Package:
 
 # -- parsers (pure) ------------------------------------------------------------------------
 
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text`, one at a time (a 64 MiB database is not split into a list
+    of millions of strings at once)."""
+    for line in io.StringIO(text, newline=""):
+        yield line.rstrip("\r\n")
+
+
 def _paragraphs(text: str) -> Iterable[dict[str, str]]:
-    """RFC 822-style paragraphs (dpkg status): fields, continuation lines folded."""
-    fields: dict[str, str] = {}
+    """RFC 822-style paragraphs (dpkg status): fields, continuation lines folded.
+    Linear in the text: continuation lines are gathered in a list and joined once
+    (appending to a growing string is quadratic: a hostile image's status file)."""
+    fields: dict[str, list[str]] = {}
     last = None
-    for line in text.splitlines():
+    for line in _lines(text):
         if not line.strip():
             if fields:
-                yield fields
+                yield {k: "\n".join(v) for k, v in fields.items()}
             fields, last = {}, None
             continue
         if line[0] in " \t" and last is not None:
-            fields[last] += "\n" + line.strip()
+            fields[last].append(line.strip())
             continue
         key, sep, value = line.partition(":")
         if sep:
             last = key.strip()
-            fields[last] = value.strip()
+            fields[last] = [value.strip()]
     if fields:
-        yield fields
+        yield {k: "\n".join(v) for k, v in fields.items()}
 
 
 def parse_dpkg_status(text: str, location: str = "/var/lib/dpkg/status") -> list[Package]:
@@ -107,14 +121,15 @@ def parse_dpkg_status(text: str, location: str = "/var/lib/dpkg/status") -> list
 
 def parse_apk_installed(text: str, location: str = "/lib/apk/db/installed") -> list[Package]:
     out = []
-    for block in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        for line in block.splitlines():
-            if len(line) > 2 and line[1] == ":":
-                fields.setdefault(line[0], line[2:])
-        if fields.get("P") and fields.get("V"):
-            out.append(Package("apk", fields["P"], fields["V"], fields.get("L") or None, location,
-                               fields.get("A"), fields.get("m")))
+    fields: dict[str, str] = {}
+    for line in itertools.chain(_lines(text), [""]):  # a blank line ends a package
+        if not line.strip():
+            if fields.get("P") and fields.get("V"):
+                out.append(Package("apk", fields["P"], fields["V"], fields.get("L") or None, location,
+                                   fields.get("A"), fields.get("m")))
+            fields = {}
+        elif len(line) > 2 and line[1] == ":":
+            fields.setdefault(line[0], line[2:])
     return out
 
 
@@ -135,10 +150,23 @@ def parse_python_metadata(text: str, location: str) -> Package | None:
                    supplier=(msg.get("Author") or "").strip() or None)
 
 
-def parse_package_json(text: str, location: str) -> Package | None:
+def _json(text: str) -> Any:
+    """`text` parsed as JSON, or None when it is not JSON or is hostile: nested deeper
+    than Python's recursion allows (RecursionError), or holding more objects/arrays
+    than MAX_JSON_CONTAINERS (each costs ~60 bytes of memory from 2 bytes of text:
+    a 64 MiB file of `{},` would take gigabytes). The count is taken on the raw text,
+    brackets inside strings included, so it can only err on the side of skipping."""
+    if text.count("{") + text.count("[") > MAX_JSON_CONTAINERS:
+        return None
     try:
-        doc = json.loads(text)
-    except ValueError:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def parse_package_json(text: str, location: str) -> Package | None:
+    doc = _json(text)
+    if doc is None:
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not isinstance(doc.get("version"), str):
         return None
@@ -166,10 +194,7 @@ def parse_package_lock(text: str, location: str) -> list[Package]:
     """The packages of an npm lock file (package-lock.json / npm-shrinkwrap.json),
     each located at `LOCATION#KEY` where KEY is its folder relative to the project
     (`node_modules/a/node_modules/b`). Dev-only entries are left out."""
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return []
+    doc = _json(text)
     if not isinstance(doc, dict):
         return []
     out: list[Package] = []
@@ -384,15 +409,40 @@ _SKIP_TOP = {"proc", "sys", "dev"}
 def scan_root(root: Path) -> tuple[list[Package], dict[str, str]]:
     """(packages, os-release fields) of the root filesystem at `root` (a directory
     standing for an image's /)."""
-    from lamina.builder.sandbox.rootpath import RootDir
+    from lamina.builder.sandbox.rootpath import RootDir, RootPathError
+
+    from lamina.builder.errors import BuildError
 
     root = Path(root)
     packages: list[Package] = []
+    budget = [MAX_SCAN_BYTES]
     with RootDir(root) as r:
         def text(path: str) -> str | None:
             big = path.endswith(("/status", "/installed") + NPM_LOCK_FILES)  # databases, lock files
-            data = r.read_file(path, max_bytes=64 << 20 if big else MAX_METADATA_BYTES)
-            return None if data is None else data.decode("utf-8", "replace")
+            data = r.read_file(path, max_bytes=MAX_DATABASE_BYTES if big else MAX_METADATA_BYTES)
+            if data is None:
+                return None
+            # symlinks make one big file readable from many places: a bounded scan fails
+            # rather than leave packages out of the SBOM without a word
+            budget[0] -= len(data)
+            if budget[0] < 0:
+                raise BuildError(f"SBOM: the image's package records (read up to {path}) add up to "
+                                 f"more than {MAX_SCAN_BYTES} bytes; not scanned further")
+            return data.decode("utf-8", "replace")
+
+        def scope_names(image_dir: str) -> list[str]:
+            """The entries of an @scope folder, symlinks resolved inside the root (never
+            the host's directory a `@scope -> /root` names)."""
+            try:
+                fd = r.open_dir(image_dir)
+            except (RootPathError, OSError):
+                return []
+            try:
+                return sorted(os.listdir(fd))
+            except OSError:
+                return []
+            finally:
+                os.close(fd)
 
         osr = parse_os_release(text("/etc/os-release") or text("/usr/lib/os-release") or "")
         status = text("/var/lib/dpkg/status")
@@ -435,10 +485,7 @@ def scan_root(root: Path) -> tuple[list[Package], dict[str, str]]:
                 for d in dirnames:
                     names = [d]
                     if d.startswith("@"):
-                        try:
-                            names = [f"{d}/{s}" for s in sorted(os.listdir(os.path.join(dirpath, d)))]
-                        except OSError:
-                            names = []
+                        names = [f"{d}/{s}" for s in scope_names(os.path.join(image_dir, d))]
                     for n in names:
                         loc = os.path.join(image_dir, n, "package.json")
                         t = text(loc)
