@@ -65,10 +65,9 @@ def variable_column(inst: ast.Instruction, name: str, escape: str = "\\", *,
         elif quotes and c == '"' and not single:
             double = not double
         elif c == "$" and not single:
-            rest = first[i + 1:]
-            if rest.startswith("{"):
-                rest = rest[1:]
-            if rest.startswith(name) and not _name_char(rest[len(name):len(name) + 1] or " "):
+            # offsets, not slices: a copy of the rest of the line per `$` is quadratic
+            j = i + 2 if first.startswith("{", i + 1) else i + 1
+            if first.startswith(name, j) and not _name_char(first[j + len(name):j + len(name) + 1] or " "):
                 return i + 1
         i += 1
     return keyword_column(inst)
