@@ -53,5 +53,13 @@ def loose_modes(root: Path) -> list[LooseMode]:
 
 
 def tighten(loose: LooseMode) -> None:
-    """Take group and other users' bits away (the owner's stay as they were)."""
-    os.chmod(loose.path, (loose.mode & ~LOOSE_BITS) | PRIVATE_MODE, follow_symlinks=False)
+    """Take group and other users' bits away (the owner's stay as they were). The
+    directory is opened without following a symlink and changed through that
+    descriptor: one replaced by a symlink (or a file) since it was found is an OSError,
+    never a chmod of what the link names (os.chmod(follow_symlinks=False) raises
+    NotImplementedError on a symlink on Linux)."""
+    fd = os.open(loose.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, (loose.mode & ~LOOSE_BITS) | PRIVATE_MODE)
+    finally:
+        os.close(fd)
