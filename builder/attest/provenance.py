@@ -297,6 +297,27 @@ def _sha256(d: Mapping[str, Any] | None, what: str) -> str:
     return "sha256:" + d["sha256"]
 
 
+def _text(value: Any, what: str) -> str | None:
+    """A string field of a (possibly hostile) predicate, or None when absent."""
+    if value is not None and not isinstance(value, str):
+        raise BuildError(f"the provenance's {what} is not a string: {json.dumps(value)[:80]}")
+    return value
+
+
+def _strings(args: Mapping[str, Any], prefix: str) -> dict[str, str]:
+    """The `PREFIX:K: V` request args as {K: V}: names non-empty, values strings (a
+    hostile predicate's list or number never reaches the rebuild's config)."""
+    out = {}
+    for k, v in args.items():
+        if k.startswith(prefix):
+            name = k[len(prefix):]
+            if not name or not isinstance(v, str):
+                raise BuildError(f"the provenance's request arg {k!r} is not {prefix}NAME with a "
+                                 f"string value")
+            out[name] = v
+    return out
+
+
 def read_predicate(pred: Mapping[str, Any]) -> RecordedBuild:
     """The build a lamina provenance predicate records (BuildError if it is not one)."""
     try:
@@ -309,7 +330,7 @@ def read_predicate(pred: Mapping[str, Any]) -> RecordedBuild:
         ctx = ext["context"]
         git = ctx.get("git") or {}
         args = ext.get("request", {}).get("args", {})
-        build_args = {k[len("build-arg:"):]: v for k, v in args.items() if k.startswith("build-arg:")}
+        build_args = _strings(args, "build-arg:")
         bases = []
         remote: dict[str, str] = {}
         for dep in bd.get("resolvedDependencies") or []:
@@ -323,13 +344,14 @@ def read_predicate(pred: Mapping[str, Any]) -> RecordedBuild:
             dockerfile_path=cs["path"], dockerfile_digest=_sha256(cs.get("digest"), "the Dockerfile"),
             dockerfile_text=(bd.get("internalParameters") or {}).get("dockerfile"),
             context_digest=_sha256(ctx.get("digest"), "the context"),
-            git_remote=git.get("uri") or None, git_commit=(git.get("digest") or {}).get("sha1"),
+            git_remote=_text(git.get("uri"), "context.git.uri") or None,
+            git_commit=_text((git.get("digest") or {}).get("sha1"), "context.git.digest.sha1"),
             git_dirty=bool(git.get("dirty")),
             build_args=build_args, target=args.get("target"),
             source_date_epoch=int(ext.get("sourceDateEpoch", 0)),
             bases=tuple(bases), remote_sources=remote,
             network=args.get("force-network-mode", "default"),
-            labels={k[len("label:"):]: v for k, v in args.items() if k.startswith("label:")},
+            labels=_strings(args, "label:"),
             lamina_version=(pred.get("runDetails", {}).get("builder", {}).get("version", {})
                             .get("lamina", "unknown")))
     except (KeyError, TypeError, AttributeError, ValueError) as e:
