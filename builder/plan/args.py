@@ -11,7 +11,11 @@
   config; ARG never is. Every arg with a value is in the environment of a RUN.
 - The predefined proxy args (HTTP_PROXY ... NO_PROXY, ALL_PROXY, either case) given
   as build args reach RUN steps without a declaration, but stay out of the cache key
-  and the history unless declared.
+  and the history unless declared. As in BuildKit (dockerfile2llb proxyEnvFromBuildArgs,
+  llbsolver/ops/exec.go proxyEnvList) a RUN gets each given one under both names
+  (HTTP_PROXY and http_proxy), after its environment: they replace an ENV or ARG of
+  those names there (declared or not), and of two spellings given, the lower-case
+  one's value wins (the names are taken in sorted order).
 
 Pure values and functions; the planner (`builder.plan`) drives them.
 """
@@ -54,6 +58,21 @@ def platform_args(build: Platform, target: Platform) -> dict[str, str]:
 def proxy_env(build_args: Mapping[str, str]) -> Pairs:
     """The proxy settings given as build args, for the environment of RUN steps."""
     return tuple((k, build_args[k]) for k in sorted(build_args) if is_proxy_arg(k))
+
+
+def proxy_run_env(env: Pairs, proxies: Pairs) -> Pairs:
+    """The environment of a RUN: `env`, then each proxy setting of `proxies` (build
+    args, see proxy_env) under its upper- and lower-case name, replacing an entry of
+    that name where it is and appending the others, as BuildKit's executor applies
+    the proxy list after the step's env (containerd oci.WithEnv)."""
+    values: dict[str, str] = {}
+    for k, v in sorted(proxies):
+        values[k.upper()] = v
+    out = dict(env)
+    for base in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY"):
+        if base in values:
+            out[base] = out[base.lower()] = values[base]
+    return tuple(out.items())
 
 
 def _set(pairs: Pairs, key: str, value: str) -> Pairs:
@@ -181,7 +200,7 @@ def unconsumed_warning(names: Sequence[str]) -> str:
 
 
 __all__ = [
-    "PROXY_ARGS", "PLATFORM_ARGS", "is_proxy_arg", "platform_args", "proxy_env",
+    "PROXY_ARGS", "PLATFORM_ARGS", "is_proxy_arg", "platform_args", "proxy_env", "proxy_run_env",
     "GlobalScope", "global_scope", "ArgScope", "resolve_arg", "unconsumed_build_args",
     "unconsumed_warning",
 ]

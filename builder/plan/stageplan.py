@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from lamina.builder.plan.args import ArgScope, resolve_arg
+from lamina.builder.plan.args import ArgScope, proxy_run_env, resolve_arg
 from lamina.builder.plan.cachekey import CacheInputs, pairs
 from lamina.builder.errors import BuildError
 from lamina.builder.plan.history import HistoryEntry
@@ -98,11 +98,9 @@ class Step:
         return error_at(self.path, self.instruction, message)
 
     def run_env(self) -> Pairs:
-        """The full environment of a RUN: build env plus undeclared proxy args."""
-        env = dict(self.env)
-        for k, v in self.proxy_env:
-            env.setdefault(k, v)
-        return tuple(env.items())
+        """The full environment of a RUN: build env, then the proxy args under both
+        names (args.proxy_run_env)."""
+        return proxy_run_env(self.env, self.proxy_env)
 
     def context_reads(self) -> tuple[str, ...]:
         """The build-context paths this step reads (COPY/ADD sources without --from,
@@ -292,13 +290,11 @@ def plan_stage(plan: BuildPlan, stage: Stage | int | str, *,
                                           env=dict(env_before))
         entry = entry_state.history[-1] if len(entry_state.history) > len(image_state.history) \
             else None
-        declared_names = {k for k, _ in args_before}
         steps.append(Step(
             stage=stage.index, index=position, instruction=inst, resolved=resolved,
             env=env_before, args=args_before, used_args=used, config=image_state.config,
             history=entry, platform=stage.platform,
-            proxy_env=tuple(p for p in plan.proxy_env if p[0] not in declared_names)
-            if isinstance(resolved, ResolvedRun) else (),
+            proxy_env=plan.proxy_env if isinstance(resolved, ResolvedRun) else (),
             onbuild=from_trigger, path=path))
         image_state = entry_state
 

@@ -852,6 +852,33 @@ def _prepare_context_names(ctx: Path) -> None:
 # as a file. lamina extracts it.
 _ZSTD_ADD = "a zstd tar is extracted by current BuildKit, copied as a file by v0.8"
 
+# The predefined proxy args: each one given (either spelling) reaches every RUN under
+# both names, after the step's env (an ENV of that name loses there), in BuildKit v0.8
+# and current alike (proxyEnvFromBuildArgs, ops/exec.go proxyEnvList); ALL_PROXY is one
+# of them since BuildKit v0.9 (ProxyEnv.AllProxy) - v0.8 passed all_proxy only once
+# declared, under its own name.
+_PROXY_ARGS = {"HTTP_PROXY": "http://p.example:3128", "https_proxy": "http://s.example:3129",
+               "no_proxy": "localhost,.corp", "all_proxy": "socks5://a.example:1080",
+               "FTP_PROXY": "ftp://f.example"}
+_ALL_PROXY = "ALL_PROXY/all_proxy are proxy args in current BuildKit, not in v0.8"
+
+
+def _proxy_lines(all_upper: bool = False, all_lower: bool = False) -> bytes:
+    """`env | grep -i proxy | sort` of a RUN given _PROXY_ARGS (C collation)."""
+    lines = [f"{k.upper()}={v}" for k, v in _PROXY_ARGS.items() if k.lower() != "all_proxy"]
+    lines += [f"{k.lower()}={v}" for k, v in _PROXY_ARGS.items() if k.lower() != "all_proxy"]
+    lines += ["ALL_PROXY=socks5://a.example:1080"] if all_upper else []
+    lines += ["all_proxy=socks5://a.example:1080"] if all_lower else []
+    return "".join(l + "\n" for l in sorted(lines)).encode()
+
+
+# COPY to a destination ending in "/.": current BuildKit keeps the "/." (util/system
+# NormalizePath keepSlash, d6124fce5 "Add path handling functions", 2023; FileOp
+# cleanPath, fsutil Copy) so the destination is a directory the file goes into; v0.8's
+# dispatchCopy cleaned it away (path.Join) and wrote a file of that name. lamina follows
+# current BuildKit.
+_DOT_DEST = "a destination ending in /. is a directory (current) / a file name (v0.8)"
+
 
 def _prepare_add_compressed(ctx: Path) -> None:
     import gzip
@@ -998,6 +1025,20 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
                Known("x/zst/zs/x", _ZSTD_ADD, {"type": "file", "content": b"zstd\n"}, None)))),
     # an image's ONBUILD ARG: its value in effect in current BuildKit's history line, and
     # the later stage inherits it (see "args", "onbuild-chain")
+    "proxy-and-dots": BuildkitCase(args=_PROXY_ARGS, difference=OracleDifference(known=(
+        Known("proxy-env", _ALL_PROXY, {"content": _proxy_lines(all_upper=True, all_lower=True)},
+              {"content": _proxy_lines()}),
+        Known("proxy-env2", _ALL_PROXY, {"content": _proxy_lines(all_upper=True, all_lower=True)},
+              {"content": _proxy_lines(all_lower=True)}),
+        *(Known(p, _DOT_DEST, {"type": "dir", "mode": 0o755, "uid": uid, "gid": gid},
+                {"type": "file", "mode": 0o644, "uid": uid, "gid": gid, "content": b"a\n"})
+          for p, uid, gid in (("dot", 0, 0), ("wd/rel", 0, 0), ("chowned", 1000, 50))),
+        *(Known(p + "/a.txt", _DOT_DEST, {"type": "file", "content": b"a\n"}, None)
+          for p in ("dot", "wd/rel", "chowned"))),
+        # the declared proxy ARGs: their value in current BuildKit's line (see "args")
+        known_history={1: ("ARG HTTP_PROXY=http://p.example:3128", "ARG HTTP_PROXY"),
+                       2: ("ARG all_proxy=socks5://a.example:1080", "ARG all_proxy")},
+        empty_layers=(1, 1))),   # WORKDIR sub/.. of the existing /wd: the empty tar
     "onbuild-image": BuildkitCase(setup=_build_obbase, args={"BUILD_FLAVOR": "cli"},
                                   difference=OracleDifference(known_history={
         11: ("ARG BUILD_FLAVOR=cli", "ARG BUILD_FLAVOR=default"),

@@ -147,8 +147,28 @@ def test_predefined_proxy_args():
 def test_declared_proxy_arg_is_an_ordinary_arg():
     text = "FROM scratch\nARG HTTP_PROXY\nRUN curl x\n"
     run = step(target_steps(text, build_args={"HTTP_PROXY": "http://p"}), "RUN")
-    assert dict(run.env)["HTTP_PROXY"] == "http://p" and run.proxy_env == ()
+    assert dict(run.env)["HTTP_PROXY"] == "http://p"
     assert run.history.created_by == "RUN |1 HTTP_PROXY=http://p /bin/sh -c curl x # buildkit"
+    # the RUN gets it under both names all the same (BuildKit's proxy list)
+    assert dict(run.run_env())["http_proxy"] == "http://p"
+
+
+def test_proxy_args_reach_a_run_under_both_names_over_its_env():
+    # BuildKit: proxyEnvFromBuildArgs (EqualFold, keys sorted: a lower-case spelling's
+    # value wins) and exec.go proxyEnvList (UPPER=v, lower=v, in the order HTTP, HTTPS,
+    # FTP, NO, ALL) applied after the step's env, replacing entries in place
+    text = "FROM scratch\nENV FTP_PROXY=from-env A=1\nARG no_proxy=default\nRUN curl x\n"
+    run = step(target_steps(text, build_args={
+        "https_proxy": "s-lower", "HTTPS_PROXY": "s-upper", "FTP_PROXY": "f", "no_proxy": "n",
+        "all_proxy": "socks5://a", "OTHER": "o"}), "RUN")
+    env = list(run.run_env())
+    assert env[-6:] == [("HTTPS_PROXY", "s-lower"), ("https_proxy", "s-lower"),
+                        ("ftp_proxy", "f"), ("NO_PROXY", "n"), ("ALL_PROXY", "socks5://a"),
+                        ("all_proxy", "socks5://a")]
+    d = dict(env)
+    assert (d["FTP_PROXY"], d["no_proxy"], d["A"]) == ("f", "n", "1")
+    assert "OTHER" not in d and "HTTP_PROXY" not in d
+    assert [k for k, _ in env].index("FTP_PROXY") < [k for k, _ in env].index("A")
 
 
 def test_automatic_platform_args():
