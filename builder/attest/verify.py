@@ -107,8 +107,11 @@ def _looks_like_git(text: str) -> bool:
 
 def _git(*args: str, cwd: Path | None = None) -> str:
     try:
-        p = subprocess.run(["git", "-c", "safe.directory=*", *args], capture_output=True, text=True,
-                           timeout=600, cwd=cwd)
+        # the URL comes from a (possibly hostile) provenance: never a transport that runs
+        # a command (ext::, fd::), even where the user's git config allows them
+        p = subprocess.run(["git", "-c", "safe.directory=*", "-c", "protocol.ext.allow=never",
+                            "-c", "protocol.fd.allow=never", "-c", "submodule.recurse=false", *args],
+                           capture_output=True, text=True, timeout=600, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise BuildError(f"git {args[0]} failed: {e}") from None
     if p.returncode != 0:
