@@ -28,7 +28,7 @@ import httpx
 from lamina.store import attestations, oci, refs, repodigests
 from lamina.store.blobs import check_digest, sha256_digest
 from lamina.store.errors import CorruptContent, StoreError
-from lamina.store.compression import media_type_for
+from lamina.store.compression import kind_for_media_type, media_type_for
 from lamina.store.layerdigest import LayerDigester
 from lamina.store.layers import LayerBlob, describe_layer
 from lamina.store.registry.session import RegistryError, RegistrySession
@@ -444,12 +444,31 @@ def _fetch_layer(session: RegistrySession, store, path: str, desc: dict, where: 
         return n, _layer_blob(store, desc, where)
     try:
         diff_id, usize, kind = box[0].finish()
+        media_type = _media_type(desc, kind, where)
     except CorruptContent as e:
         store.blobs.delete(desc["digest"])  # downloaded by this pull: not a layer, not kept
         raise CorruptContent(f"{where}: {e.message}", digest=desc["digest"]) from None
     return n, LayerBlob(diff_id=diff_id, digest=desc["digest"], size=desc.get("size") or n,
-                        media_type=desc.get("mediaType") or media_type_for(kind),
-                        uncompressed_size=usize)
+                        media_type=media_type, uncompressed_size=usize)
+
+
+def _media_type(desc: dict, kind: str, where: str) -> str:
+    """The layer's media type: the manifest's when it names the compression the bytes
+    really have (a gzip type on zstd bytes would be stored, exported and pushed as a
+    gzip layer that gzip-only consumers cannot read: refused, as `load` refuses it),
+    else the one of the bytes when the manifest names none."""
+    declared = desc.get("mediaType")
+    if not declared:
+        return media_type_for(kind)
+    try:
+        promised = kind_for_media_type(declared)
+    except StoreError:
+        raise CorruptContent(f"unsupported layer media type {declared!r}",
+                             digest=desc["digest"]) from None
+    if promised != kind:
+        raise CorruptContent(f"media type {declared} promises {promised} but the blob is {kind}",
+                             digest=desc["digest"])
+    return declared
 
 
 def _layer_blob(store, desc: dict, where: str) -> LayerBlob:
@@ -457,6 +476,9 @@ def _layer_blob(store, desc: dict, where: str) -> LayerBlob:
         described = describe_layer(store.blobs, desc["digest"])
     except CorruptContent as e:
         raise CorruptContent(f"{where}: {e.message}", digest=desc["digest"]) from None
+    try:
+        media_type = _media_type(desc, kind_for_media_type(described.media_type), where)
+    except CorruptContent as e:
+        raise CorruptContent(f"{where}: {e.message}", digest=desc["digest"]) from None
     return LayerBlob(diff_id=described.diff_id, digest=described.digest, size=described.size,
-                     media_type=desc.get("mediaType") or described.media_type,
-                     uncompressed_size=described.uncompressed_size)
+                     media_type=media_type, uncompressed_size=described.uncompressed_size)

@@ -121,3 +121,51 @@ def test_index_entry_with_a_good_digest_still_pulls(hostile_registry, tmp_path):
     with Store(tmp_path / "s") as store:
         pulled = pull_image(store, f"{host}/r@{_sha(index)}")
         assert pulled.image.manifest_digest == _sha(image["manifest"])
+
+
+def _zstd_image_labelled_gzip(content: bytes) -> dict[str, bytes]:
+    """A one-layer image whose layer blob is zstd while its manifest says tar+gzip."""
+    import zstandard
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("file")
+        info.size = len(content)
+        t.addfile(info, io.BytesIO(content))
+    tar = buf.getvalue()
+    layer = zstandard.ZstdCompressor().compress(tar)
+    assert layer[:4] == b"\x28\xb5\x2f\xfd"  # zstd's frame magic, not gzip's 1f 8b
+    me = host_platform()
+    config = json.dumps({"architecture": me.architecture, "os": me.os,
+                         "rootfs": {"type": "layers", "diff_ids": [_sha(tar)]}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                           "config": {"mediaType": oci.OCI_CONFIG, "digest": _sha(config),
+                                      "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                       "digest": _sha(layer), "size": len(layer)}]}).encode()
+    return {"manifest": manifest, _sha(config): config, _sha(layer): layer}
+
+
+def test_a_layer_whose_media_type_lies_about_its_compression_is_refused(hostile_registry, tmp_path):
+    """A registry planting zstd bytes under a gzip media type: stored as they were
+    labelled, lamina would export and push a 'gzip' layer gzip-only consumers cannot
+    read (and a gzip store would pick it as its gzip blob). `load` refuses that
+    mismatch; pull refuses it too, keeps nothing, and so does a pull of a blob the
+    store already holds under its real type."""
+    host, serve = hostile_registry
+    image = _zstd_image_labelled_gzip(b"labelled gzip, compressed with zstd\n")
+    for name, data in image.items():
+        if name != "manifest":
+            serve[name] = ("application/octet-stream", data)
+    serve["1"] = (oci.OCI_MANIFEST, image["manifest"])
+    layer_digest = json.loads(image["manifest"])["layers"][0]["digest"]
+    with Store(tmp_path / "s") as store:
+        with pytest.raises(CorruptContent, match="promises gzip but the blob is zstd"):
+            pull_image(store, f"{host}/r:1")
+        assert store.images() == []
+        assert not store.blobs.exists(layer_digest)
+        # the same bytes already stored (as what they are): the lying manifest is still refused
+        assert store.blobs.put(image[layer_digest]) == layer_digest
+        with pytest.raises(CorruptContent, match="promises gzip but the blob is zstd"):
+            pull_image(store, f"{host}/r:1")
+        assert store.images() == []
