@@ -330,6 +330,12 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
         rel = os.path.normpath(recorded.dockerfile_path or "Dockerfile")
         in_context = (None if os.path.isabs(rel) or rel == ".." or rel.startswith("../")
                       else ctx_dir / rel)
+        if in_context is not None:
+            # and it stays inside through the links of the (possibly cloned, hostile)
+            # context: `sub -> /etc` must not make verify hash and name a host file
+            real_ctx = os.path.realpath(ctx_dir)
+            if not os.path.realpath(in_context).startswith(real_ctx.rstrip("/") + "/"):
+                in_context = None
         if dockerfile is not None:
             df = Path(dockerfile)
         elif in_context is not None and (in_context.is_file() or recorded.dockerfile_text is None):

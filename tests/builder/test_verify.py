@@ -217,3 +217,26 @@ def test_a_changed_add_url_is_named(store, tmp_path, monkeypatch):
 
 # Each sample built and verified in two stores (another day, umask, checkout, store
 # compression): tests/builder/test_repro_samples.py.
+
+
+def test_a_recorded_dockerfile_path_through_a_link_out_of_the_context_is_not_read(store, tmp_path):
+    """The provenance names `sub/Dockerfile`; in the context verify is given, `sub` is a
+    link to a host directory. verify must not read (and hash, and name in its error)
+    the host file there: the path is outside the context."""
+    ctx = make_context(tmp_path / "ctx", "FROM bb\nCOPY app/ /app/\n", FILES)
+    (ctx / "sub").mkdir()
+    (ctx / "Dockerfile").rename(ctx / "sub" / "Dockerfile")
+    build(store, ctx, "-f", ctx / "sub" / "Dockerfile", "-t", "subdf:1").check()
+    other = context_copy(ctx, tmp_path / "other")
+    host = tmp_path / "host-secrets"
+    host.mkdir()
+    (host / "Dockerfile").write_text("a host file verify must not read\n")
+    shutil.rmtree(other / "sub")
+    os.symlink(host, other / "sub")
+    import hashlib
+
+    host_sha = hashlib.sha256((host / "Dockerfile").read_bytes()).hexdigest()
+    result = verify(store, "subdf:1", other)
+    assert result.code != 0
+    assert host_sha not in result.stdout + result.stderr
+    assert "outside the context" in result.stderr
