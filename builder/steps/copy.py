@@ -35,7 +35,10 @@ Semantics (BuildKit's FileOp copy through fsutil's copier, read not copied):
   (fsutil resolves the whole destination with fs.RootPath): `COPY x /etc/link`
   rewrites the link's target, inside the root. Below a copied directory nothing is
   followed: a symlink there is a non-directory.
-- Sockets are skipped (nothing a layer can hold).
+- A socket of the build context becomes an empty regular file of its mode, as in
+  BuildKit, whose context transfer clears the socket bit (fsutil mkstat) and sends no
+  data (the sender's open fails); a socket of a stage or image is skipped (nothing a
+  layer can hold: containerd's and docker's layer tars leave sockets out).
 - `COPY --link` changes nothing here: the layer is the same diff; only the cache key's
   dependency on the parent differs (builder.plan.cachekey's concern).
 - Heredocs: destination rules as for a file source.
@@ -230,7 +233,11 @@ class _Copier:
         """Copy the non-directory source `src` (entry `e`) to `name` in `parent`."""
         kind = e.kind
         if kind == "socket":
-            self.n.skipped += 1
+            if self.entries.preserve:   # a stage's or an image's
+                self.n.skipped += 1
+                return
+            clear_target(parent, name, dest)
+            self.empty_file(parent, name, src)
             return
         if kind == "file" and self.reuse is not None and self.reuse.claim(
                 parent, name, dest, e.path, src, self.owner, self.mode):
@@ -247,6 +254,22 @@ class _Copier:
             self.n.specials += 1
         else:
             raise BuildError(f"cannot copy {src}: unsupported file type {kind}")
+
+    def empty_file(self, parent: int, name: str, src: str) -> None:
+        """A socket of the build context: an empty file with the socket's mode and mtime."""
+        try:
+            st = os.lstat(src)
+        except OSError as err:
+            raise BuildError(f"cannot read source {src}: {err.strerror}") from None
+        if not stat.S_ISSOCK(st.st_mode):
+            raise BuildError(f"source {src} changed during the build (no longer a socket)")
+        rfd, wfd = os.pipe()
+        os.close(wfd)
+        try:
+            write_file(rfd, st, parent, name, src, digest=None, owner=self.entries, xattrs=False)
+        finally:
+            os.close(rfd)
+        self.n.files += 1
 
     def file(self, parent: int, name: str, dest: str, e: SelectedEntry, src: str) -> None:
         """A regular file: a hard link to the copy of an inode seen before in the same

@@ -344,6 +344,29 @@ def test_fifo_copied_socketless(env):
     assert mode(root / "f" / "pipe") == 0o640
 
 
+def test_socket_of_the_context_is_an_empty_file_of_a_stage_skipped(env, tmp_path):
+    # BuildKit's context transfer clears the socket bit (fsutil mkstat) and sends no data:
+    # `docker build` makes an empty file of the socket's mode; a stage's socket is not
+    # in a layer (containerd's tar writer skips sockets)
+    import socket
+    ctx, root, _ = env
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(ctx / "dir" / "sock"))
+    os.chmod(ctx / "dir" / "sock", 0o750)
+    copy(root, ctx, ["dir"], "/f")
+    st = os.lstat(root / "f" / "sock")
+    assert stat.S_ISREG(st.st_mode) and st.st_size == 0 and mode(root / "f" / "sock") == 0o750
+    copy(root, ctx, ["dir/sock"], "/one", chmod=parse_chmod("600"))
+    assert stat.S_ISREG(os.lstat(root / "one").st_mode) and mode(root / "one") == 0o600
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(stage / "sock"))
+    (stage / "f").write_text("f")
+    copy(root, stage, ["/"], "/from-stage/", tree=SourceTree(stage))
+    assert sorted(os.listdir(root / "from-stage")) == ["f"]
+
+
 @pytest.mark.root
 def test_whiteout_device_refused_and_devices_copied(env, tmp_path):
     _, root, _ = env

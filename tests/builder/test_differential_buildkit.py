@@ -880,6 +880,24 @@ def _proxy_lines(all_upper: bool = False, all_lower: bool = False) -> bytes:
 _DOT_DEST = "a destination ending in /. is a directory (current) / a file name (v0.8)"
 
 
+def _bind_socket(path: Path) -> None:
+    """A unix socket at `path` (bound through /proc/self/fd: a long path stays short)."""
+    import socket
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(f"/proc/self/fd/{dfd}/{path.name}")
+    finally:
+        os.close(dfd)
+
+
+def _prepare_context_sources(ctx: Path) -> None:
+    for d in (ctx, ctx / "sub"):
+        _bind_socket(d / "sock")
+        os.mkfifo(d / "fifo")
+    os.chmod(ctx / "sub" / "sock", 0o750)
+
+
 def _prepare_add_compressed(ctx: Path) -> None:
     import gzip
     import lzma
@@ -1039,6 +1057,13 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
         known_history={1: ("ARG HTTP_PROXY=http://p.example:3128", "ARG HTTP_PROXY"),
                        2: ("ARG all_proxy=socks5://a.example:1080", "ARG all_proxy")},
         empty_layers=(1, 1))),   # WORKDIR sub/.. of the existing /wd: the empty tar
+    # a socket of the context: an empty file (BuildKit's context transfer); its fifos are
+    # copied by current BuildKit only (_FIFO_COPY)
+    "context-sources": BuildkitCase(prepare=_prepare_context_sources, difference=OracleDifference(
+        known=tuple(Known(p, _FIFO_COPY, {"type": "fifo", "mode": m}, None)
+                    for p, m in (("ctx/fifo", 0o644), ("ctx/sub/fifo", 0o644),
+                                 ("sub/fifo", 0o644), ("abs-sub/fifo", 0o644),
+                                 ("w/climb/fifo", 0o644))))),
     "onbuild-image": BuildkitCase(setup=_build_obbase, args={"BUILD_FLAVOR": "cli"},
                                   difference=OracleDifference(known_history={
         11: ("ARG BUILD_FLAVOR=cli", "ARG BUILD_FLAVOR=default"),
@@ -1230,6 +1255,9 @@ _REFUSED = {
     "from-index-out-of-range": "COPY --from=2 /etc/passwd /x\nFROM diffbase:1\n",
     "from-variable-unused-stage": "ARG S=0\nCOPY --from=$S /etc/passwd /x\nFROM diffbase:1\n",
     "cycle-in-unused-stage": "COPY --from=0 /etc/passwd /x\nFROM diffbase:1\n",
+    # a --from source is relative to the stage's root, never its WORKDIR
+    "from-source-under-workdir": "WORKDIR /src\nRUN mkdir out && echo x > out/f\n"
+                                 "FROM diffbase:1\nCOPY --from=0 out/f /f\n",
 }
 _ACCEPTED = {
     "optional-secret-and-ssh": "RUN --mount=type=secret,id=nope --mount=type=ssh "
