@@ -109,13 +109,12 @@ def resolve_user(rootfs_lookup: Callable[[str], bytes | None], user_spec: str) -
     spec = user_spec.strip()
     if not spec:
         spec = "0"
-    user_arg, sep, group_arg = spec.partition(":")
-    if not user_arg:
-        raise UserLookupError(f"invalid user {user_spec!r}: empty user name")
-    if sep and not group_arg:
-        raise UserLookupError(f"invalid user {user_spec!r}: empty group name")
-
+    # an empty part is not given (GetExecUser's parseLine): "alice:" is alice with her
+    # primary group and supplementary groups, ":staff" the default user 0 with group staff
+    user_arg, _, group_arg = spec.partition(":")
     passwd = parse_passwd(rootfs_lookup("/etc/passwd"))
+    if not user_arg:
+        user_arg = "0"
     numeric_uid = _to_id(user_arg)
     if numeric_uid is None and user_arg.isdigit():
         raise UserLookupError(f"invalid user {user_spec!r}: uid out of range")

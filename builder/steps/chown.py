@@ -12,7 +12,9 @@ Rules (BuildKit's llb.WithUser and its FileOp's readUser, read not copied):
   will use the same numeric UID as the GID") — not the passwd entry's gid;
 - a user name without a group gives the name's uid and primary gid from the image's
   /etc/passwd; a group name is looked up in /etc/group;
-- an empty user (``:grp``) is uid 0, an empty group (``usr:``) keeps the user's gid;
+- an empty user (``:grp``) is uid 0, an empty group (``usr:``) is gid 0: llb.WithUser
+  makes an empty part a name "", which its UserOpt marshals as id 0 (docker 20.10's
+  BuildKit: `USER alice:` then WORKDIR makes the directory 1000:0);
 - a name the image does not know (or an image without /etc/passwd, /etc/group) is
   not an error: an unknown user is 0:0, an unknown group leaves the gid as the user
   part made it - what docker 20.10's BuildKit and current BuildKit's readUser do
@@ -59,7 +61,9 @@ def resolve_chown(read_file: Callable[[str], bytes | None], spec: str) -> tuple[
             found = [e for e in parse_passwd(read_file("/etc/passwd")) if e.name == user]
             if found:  # else 0:0, as BuildKit
                 uid, gid = found[0].uid, found[0].gid
-    if sep and group:
+    if sep and not group:
+        gid = 0
+    elif sep:
         number = _numeric(group, "gid", spec)
         if number is not None:
             gid = number

@@ -91,7 +91,8 @@ def _files(path: str):
     ("4242", (4242, 4242)), ("2000", (2000, 2000)), ("carol", (2000, 50)),
     ("carol:wheel", (2000, 10)), ("carol:77", (2000, 77)), ("4242:wheel", (4242, 10)),
     ("4242:77", (4242, 77)), ("root", (0, 0)), ("root:root", (0, 0)), ("root:staff", (0, 50)),
-    (":staff", (0, 50)), ("carol:", (2000, 50)), ("0", (0, 0)), ("+7", (7, 7)),
+    (":staff", (0, 50)), ("carol:", (2000, 0)), ("4242:", (4242, 0)), ("0", (0, 0)),
+    ("+7", (7, 7)),
 ])
 def test_resolve_chown(spec, expected):
     assert resolve_chown(_files, spec) == expected

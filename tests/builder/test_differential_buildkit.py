@@ -1064,6 +1064,7 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
                     for p, m in (("ctx/fifo", 0o644), ("ctx/sub/fifo", 0o644),
                                  ("sub/fifo", 0o644), ("abs-sub/fifo", 0o644),
                                  ("w/climb/fifo", 0o644))))),
+    "users-empty-parts": BuildkitCase(),
     "onbuild-image": BuildkitCase(setup=_build_obbase, args={"BUILD_FLAVOR": "cli"},
                                   difference=OracleDifference(known_history={
         11: ("ARG BUILD_FLAVOR=cli", "ARG BUILD_FLAVOR=default"),
