@@ -35,8 +35,9 @@ Semantics (BuildKit's dockerfile2llb + FileOp copy/unpack + http/git sources):
   Ownership comes from the archive unless --chown; mode and
   mtime from the archive; --chmod does not apply; xattrs are set best-effort
   (`trusted.*` dropped). `.wh.*` names are NOT whiteouts here: they extract as
-  plain files, as in BuildKit (a consumer of the layer will read them as whiteouts:
-  that is docker's behaviour too). Device members are refused (BuildKit:
+  plain files, as in BuildKit - but the step then fails: store.tarwrite refuses to
+  write such a name into a layer, where BuildKit stores it and a consumer of the
+  layer reads it as a whiteout (README: a deliberate difference). Device members are refused (BuildKit:
   "unsupported tar entry"); fifos are created. A `..` after the destination root is an
   error here as in BuildKit, but `..` inside a symlink target is clamped at the
   extraction root (BuildKit errors on a relative target that climbs out).
