@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from lamina.builder.context.patterns import go_clean
 from lamina.builder.errors import BuildError
 
 MINIMUM_DURATION_NS = 1_000_000  # docker's container.MinimumDuration (1ms)
@@ -185,37 +186,15 @@ def check_signal(text: str) -> str:
     return text
 
 
-def clean_path(path: str) -> str:
-    """Go's path.Clean."""
-    if path == "":
-        return "."
-    rooted = path.startswith("/")
-    out: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if out and out[-1] != "..":
-                out.pop()
-            elif not rooted:
-                out.append("..")
-            continue
-        out.append(part)
-    text = "/".join(out)
-    if rooted:
-        return "/" + text
-    return text or "."
-
-
 def normalize_workdir(current: str, path: str) -> str:
     """BuildKit's NormalizeWorkdir (util/system, keepSlash=false): an absolute path is
     stored as written (`/usr/src/` keeps its slash, nothing is cleaned); a relative one
     is path.Join'ed (cleaned) onto the previous WORKDIR; an empty one keeps it."""
     parent = current or "/"
     if not parent.startswith("/"):
-        parent = clean_path("/" + parent)
+        parent = go_clean("/" + parent)
     if path == "":
         return parent
     if path.startswith("/"):
         return path
-    return clean_path(parent + "/" + path)
+    return go_clean(parent + "/" + path)

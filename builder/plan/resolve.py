@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from lamina.builder.errors import BuildError
 from lamina.builder.plan.configvalues import (
-    check_signal, clean_path, normalize_workdir, parse_healthcheck_interval, parse_port_specs,
+    check_signal, go_clean, normalize_workdir, parse_healthcheck_interval, parse_port_specs,
 )
 from lamina.builder.plan.imageconfig import ImageConfig
 from lamina.builder.plan.resolved import (
@@ -255,12 +255,12 @@ def resolve_mount(ctx: ResolveContext, value: str, ssh_index: int) -> Mount:
         # no target: BuildKit mounts at the working directory (an error only at "/")
         if not target.startswith("/"):
             target = "/" + ctx.config.working_dir.strip("/") + "/" + target
-        target = clean_path(target)
+        target = go_clean(target)
         if target == "/":
             raise ctx.error(f'invalid mount target "{target}"')
         if m.type == "cache":
             # BuildKit's default id: the target as written, cleaned ("." when absent)
-            mount_id = mount_id or clean_path(m.target or ".")
+            mount_id = mount_id or go_clean(m.target or ".")
     elif m.type == "secret":
         mount_id = m.source or m.id or (m.target.rstrip("/").rsplit("/", 1)[-1] if m.target else "")
         if not mount_id:
@@ -326,7 +326,7 @@ def dest_path(workdir: str, dest: str) -> str:
     """BuildKit's pathRelativeToWorkingDir: absolute, cleaned, trailing slash kept."""
     keep_slash = dest.endswith("/") or dest.endswith("/.") or dest in ("", ".")
     joined = dest if dest.startswith("/") else (workdir or "/") + "/" + dest
-    path = clean_path(joined)
+    path = go_clean(joined)
     if keep_slash and path != "/":
         path += "/"
     return path

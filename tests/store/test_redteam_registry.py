@@ -28,15 +28,16 @@ def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _image(content: bytes) -> dict[str, bytes]:
-    """{name: bytes} of a one-layer image: its manifest under "manifest", blobs by digest."""
+def _image(content: bytes, compress=lambda tar: gzip.compress(tar, mtime=0)) -> dict[str, bytes]:
+    """{name: bytes} of a one-layer image whose manifest says tar+gzip (whatever
+    `compress` makes of the layer): its manifest under "manifest", blobs by digest."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
         info = tarfile.TarInfo("file")
         info.size = len(content)
         t.addfile(info, io.BytesIO(content))
     tar = buf.getvalue()
-    layer = gzip.compress(tar, mtime=0)
+    layer = compress(tar)
     me = host_platform()
     config = json.dumps({"architecture": me.architecture, "os": me.os,
                          "rootfs": {"type": "layers", "diff_ids": [_sha(tar)]}}).encode()
@@ -127,23 +128,10 @@ def _zstd_image_labelled_gzip(content: bytes) -> dict[str, bytes]:
     """A one-layer image whose layer blob is zstd while its manifest says tar+gzip."""
     import zstandard
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        info = tarfile.TarInfo("file")
-        info.size = len(content)
-        t.addfile(info, io.BytesIO(content))
-    tar = buf.getvalue()
-    layer = zstandard.ZstdCompressor().compress(tar)
-    assert layer[:4] == b"\x28\xb5\x2f\xfd"  # zstd's frame magic, not gzip's 1f 8b
-    me = host_platform()
-    config = json.dumps({"architecture": me.architecture, "os": me.os,
-                         "rootfs": {"type": "layers", "diff_ids": [_sha(tar)]}}).encode()
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
-                           "config": {"mediaType": oci.OCI_CONFIG, "digest": _sha(config),
-                                      "size": len(config)},
-                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                       "digest": _sha(layer), "size": len(layer)}]}).encode()
-    return {"manifest": manifest, _sha(config): config, _sha(layer): layer}
+    image = _image(content, zstandard.ZstdCompressor().compress)
+    layer = json.loads(image["manifest"])["layers"][0]
+    assert image[layer["digest"]][:4] == b"\x28\xb5\x2f\xfd"  # zstd's magic, not gzip's 1f 8b
+    return image
 
 
 def test_a_layer_whose_media_type_lies_about_its_compression_is_refused(hostile_registry, tmp_path):
