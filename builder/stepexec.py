@@ -53,8 +53,7 @@ def execute_step(store, lease, step: Step, *, lowers: tuple[Path, ...], label: S
                         workdir=workdir, env=run_env,
                         on_output=lambda data: progress.output(label, data),
                         fail=step.error, layers_of=mount_layers)
-            from lamina.builder.sandbox.overlay import finalize_upper
-            finalize_upper(upper)
+            # the sandbox's cleanup has stripped overlayfs's bookkeeping (finalize_upper)
         elif isinstance(r, ResolvedCopy):
             _copy(r, prepared, lowers, upper, work, scratch, workdir, source_lowers, reuse)
         elif isinstance(r, ResolvedWorkdir):
