@@ -163,6 +163,15 @@ class _Lexer:
         self.names.add(name)
         return self.lookup(name)
 
+    def grown(self, size: int, text: str) -> int:
+        """`size` plus the substituted `text`; past shellpattern.MAX_EXPANSION (beyond
+        what the word's own characters give) the word is refused, before the joined
+        result is built: `ARG a1=${a0}${a0}` repeated asks for 2^n bytes."""
+        size += len(text)
+        if size > shellpattern.MAX_EXPANSION + len(self.src):
+            raise _ShellError(str(shellpattern.ExpansionTooLong()))
+        return size
+
     # the grammar ---------------------------------------------------------------
 
     def run(self, words: _Words | None) -> str:
@@ -174,6 +183,7 @@ class _Lexer:
         self.raw_escapes = raw_escapes
         try:
             out: list[str] = []
+            size = 0
             while True:
                 ch = self.peek()
                 if ch == _EOF:
@@ -184,6 +194,7 @@ class _Lexer:
                 if ch == "$":
                     text = self.dollar()
                     out.append(text)
+                    size = self.grown(size, text)
                     if words is not None:
                         words.add_string(text)  # expansions are split on blanks
                     continue
@@ -195,6 +206,7 @@ class _Lexer:
                     else:
                         text = self.double_quote()
                     out.append(text)
+                    size = self.grown(size, text)
                     if words is not None:
                         words.add_raw(text)  # quoted text is never split
                     continue
@@ -237,6 +249,7 @@ class _Lexer:
 
     def double_quote(self) -> str:
         out: list[str] = []
+        size = 0
         quote = self.next()
         if self.raw_quotes:
             out.append(quote)
@@ -252,6 +265,7 @@ class _Lexer:
                 return "".join(out)
             if ch == "$":
                 out.append(self.dollar())
+                size = self.grown(size, out[-1])
                 continue
             ch = self.next()
             if ch == self.escape:

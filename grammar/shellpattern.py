@@ -18,7 +18,6 @@ Each raises PatternError with BuildKit's message for a malformed pattern.
 
 from __future__ import annotations
 
-import re
 
 __all__ = ["PatternError", "trim_prefix", "trim_suffix", "replace"]
 
@@ -30,23 +29,135 @@ class PatternError(ValueError):
     """A pattern BuildKit cannot convert; str() is BuildKit's message."""
 
 
+# The longest text one substitution may produce (lamina's limit; BuildKit has none):
+# `ARG a1=${a0}${a0}` repeated doubles a value per line, and `${v//?/$0$0$0}` multiplies
+# one, so a Dockerfile of a few lines asked for terabytes (MemoryError, or the host's
+# OOM killer). No real Dockerfile comes near it: Linux refuses a single environment
+# string past 128 KiB to any RUN anyway.
+MAX_EXPANSION = 1 << 20
+
+
+class ExpansionTooLong(PatternError):
+    """A substitution's result would pass MAX_EXPANSION characters."""
+
+    def __init__(self) -> None:
+        super().__init__(f"the expansion is longer than {MAX_EXPANSION} characters "
+                         "(lamina's limit)")
+
+
 def _is_name_char(ch: str) -> bool:
     return ch.isalpha() or ch.isdecimal() or ch == "_"
 
 
-def _compile_pattern(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
-    """A shell pattern as a regular expression, the way BuildKit converts it."""
-    out = ["^"] if anchored else []
-    star = ".*" if greedy else ".*?"
+class _Match:
+    """Where a pattern matched: `span()`, `start()`, `end()`, `group(0)` as re's."""
+
+    __slots__ = ("value", "_start", "_end")
+
+    def __init__(self, value: str, start: int, end: int) -> None:
+        self.value, self._start, self._end = value, start, end
+
+    def span(self) -> tuple[int, int]:
+        return self._start, self._end
+
+    def start(self) -> int:
+        return self._start
+
+    def end(self) -> int:
+        return self._end
+
+    def group(self, _index: int = 0) -> str:
+        return self.value[self._start:self._end]
+
+
+_LIT, _ANY, _STAR = 0, 1, 2
+
+
+class _Program:
+    """A shell pattern as tokens (a literal character, `?`, `*`), matched with Go's
+    leftmost-first preference by a Pike VM: one pass over the value holding at most
+    one thread per token, so a match costs O(len(value) * len(pattern)) — never the
+    exponential backtracking Python's `re` does on `^.*?a.*?a.*?a...b` (a hostile
+    Dockerfile's `${v#*a*a*a*a*a*a*b}` hung the build; Go's RE2 answers at once)."""
+
+    __slots__ = ("tokens", "greedy", "anchored")
+
+    def __init__(self, tokens: list[tuple[int, str]], greedy: bool, anchored: bool) -> None:
+        self.tokens = tokens
+        self.greedy = greedy
+        self.anchored = anchored
+
+    def _add(self, threads: list[tuple[int, int]], seen: set[int], j: int, start: int) -> None:
+        """Thread at token `j` with the ones it reaches without reading, by priority."""
+        tokens = self.tokens
+        while True:
+            if j in seen:
+                return
+            seen.add(j)
+            if j == len(tokens) or tokens[j][0] != _STAR:
+                threads.append((j, start))
+                return
+            # a star: read one more character, or go on (greedy prefers reading);
+            # stars never follow each other (collapsed), so this recursion is one deep
+            if self.greedy:
+                threads.append((j, start))
+                j += 1
+            else:
+                self._add(threads, seen, j + 1, start)
+                threads.append((j, start))
+                return
+
+    def search(self, value: str, pos: int = 0) -> _Match | None:
+        tokens = self.tokens
+        m = len(tokens)
+        n = len(value)
+        found: tuple[int, int] | None = None
+        current: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        self._add(current, seen, 0, pos)
+        i = pos
+        while True:
+            if found is None and not self.anchored and i > pos:
+                self._add(current, seen, 0, i)  # a later start: the lowest priority
+            if not current:
+                break
+            ch = value[i] if i < n else None
+            following: list[tuple[int, int]] = []
+            next_seen: set[int] = set()
+            for j, start in current:
+                if j == m:
+                    found = (start, i)
+                    break  # the threads after this one are preferred less: dropped
+                if ch is None:
+                    continue
+                kind, want = tokens[j]
+                if kind == _LIT:
+                    if ch == want:
+                        self._add(following, next_seen, j + 1, start)
+                elif ch != "\n":  # `?` and `*` are Go's `.`: no newline
+                    self._add(following, next_seen, j + 1 if kind == _ANY else j, start)
+            if ch is None:
+                break
+            current, seen = following, next_seen
+            i += 1
+            if found is None and self.anchored and not current:
+                break
+        return None if found is None else _Match(value, found[0], found[1])
+
+
+def _compile_pattern(pattern: str, *, greedy: bool, anchored: bool) -> _Program:
+    """A shell pattern as a program, the way BuildKit converts it to a regexp."""
+    tokens: list[tuple[int, str]] = []
     i = 1 if pattern.startswith(_BOM) else 0  # text/scanner again
     n = len(pattern)
     while i < n:
         ch = pattern[i]
         i += 1
         if ch == "*":
-            out.append(star)
+            if not tokens or tokens[-1][0] != _STAR:  # `.*.*` matches as `.*`
+                tokens.append((_STAR, ""))
         elif ch == "?":
-            out.append(".")
+            tokens.append((_ANY, ""))
         elif ch == "\\":
             follower = pattern[i] if i < n else ""
             if follower in ("}", "/") and follower:
@@ -56,13 +167,10 @@ def _compile_pattern(pattern: str, *, greedy: bool, anchored: bool) -> re.Patter
                     f"invalid pattern ({pattern}) in substitution: "
                     f"invalid escape '\\{follower or _BAD_RUNE}'")
             i += 1
-            out.append(re.escape(follower))
+            tokens.append((_LIT, follower))
         else:
-            out.append(re.escape(ch))
-    try:
-        return re.compile("".join(out))
-    except re.error as exc:  # pragma: no cover - every literal is escaped
-        raise PatternError(f"invalid pattern ({pattern}) in substitution: {exc}") from None
+            tokens.append((_LIT, ch))
+    return _Program(tokens, greedy, anchored)
 
 
 def trim_prefix(pattern: str, value: str, longest: bool) -> str:
@@ -91,8 +199,9 @@ def trim_suffix(pattern: str, value: str, longest: bool) -> str:
     return trim_prefix(_reverse_pattern(pattern), value[::-1], longest)[::-1]
 
 
-def _go_template(template: str, match: str) -> str:
-    """Expand a Go regexp replacement template for a match with no groups."""
+def _go_template(template: str, match: str, room: int = MAX_EXPANSION) -> str:
+    """Expand a Go regexp replacement template for a match with no groups (at most
+    `room` characters of it, else ExpansionTooLong)."""
     out: list[str] = []
     i, n = 0, len(template)
     while i < n:
@@ -121,25 +230,33 @@ def _go_template(template: str, match: str) -> str:
         i = j
         if name == "0":  # group 0 is the whole match ("00" is no number for Go)
             out.append(match)
+            room -= len(match)
+            if room < 0:
+                raise ExpansionTooLong()
         # every other number or name refers to a group that does not exist
     out.append(template[i:])
     return "".join(out)
 
 
-def _go_replace_all(regex: re.Pattern[str], value: str, template: str) -> str:
+def _go_replace_all(regex: _Program, value: str, template: str) -> str:
     """Go's Regexp.ReplaceAllString: an empty match right after a match is skipped."""
     out: list[str] = []
     last_end = 0
     pos = 0
     end = len(value)
+    size = 0
     while pos <= end:
         match = regex.search(value, pos)
         if match is None:
             break
         start, stop = match.span()
         out.append(value[last_end:start])
+        size += start - last_end
         if stop > last_end or start == 0:
-            out.append(_go_template(template, match.group(0)))
+            out.append(_go_template(template, match.group(0), MAX_EXPANSION - size))
+            size += len(out[-1])
+        if size > MAX_EXPANSION:
+            raise ExpansionTooLong()
         last_end = stop
         width = 1 if pos < end else 0
         if pos + width > stop:
