@@ -82,6 +82,8 @@ def _parse_checksum(url: str, checksum: str | None) -> tuple[str, str] | None:
 def _check_url(url: str, network: bool) -> None:
     if not is_url_source(url):
         raise BuildError(f"ADD {url}: not an http(s) URL")
+    if "\0" in url_filename(url):  # %00: no file can take that name (Go: EINVAL)
+        raise BuildError(f"ADD {url}: the file name of the URL holds a NUL byte (%00)")
     if not network:
         raise BuildError(f"ADD {url}: network access is disabled for this build "
                          "(use --network host)")
@@ -151,9 +153,15 @@ def _save_record(records_dir: str | os.PathLike, record: URLRecord) -> None:
 # requests
 
 class _KeepHead(urllib.request.HTTPRedirectHandler):
-    """Follow redirects of a HEAD as a HEAD (urllib turns them into GETs)."""
+    """Follow redirects of a HEAD as a HEAD (urllib turns them into GETs), and only
+    to http(s): urllib also follows one to ftp://, which Go's client (BuildKit's)
+    refuses - a hostile server made lamina speak FTP to any host and port."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
+        target = urllib.parse.urljoin(req.full_url, newurl)
+        if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
+            raise urllib.error.HTTPError(target, code, f"{msg} - redirection to {target!r} "
+                                         "is not allowed (only http and https)", headers, fp)
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None and req.get_method() == "HEAD":
             new.method = "HEAD"
