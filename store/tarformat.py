@@ -46,6 +46,14 @@ GNU_LONGNAME = b"L"
 GNU_LONGLINK = b"K"
 
 MAX_META = 16 << 20  # largest PAX / GNU long-name block we accept (bytes)
+# PAX records pile up: every `x` header before a member and every `g` header of the
+# stream are merged (Go's archive/tar keeps only the last `x` and applies no `g`), so
+# a hostile layer of thousands of 16 MiB headers (a few MB gzipped) asked for
+# gigabytes. What one member's local headers and the stream's global headers may add
+# up to (the global ones are merged into every member: kept small, git archive's
+# comment is 52 bytes):
+MAX_LOCAL_PAX = MAX_META
+MAX_GLOBAL_PAX = 64 << 10
 _MAX_OCTAL7 = 0o7777777
 _MAX_OCTAL11 = 0o77777777777
 XATTR_PREFIX = "SCHILY.xattr."
@@ -193,6 +201,16 @@ def parse_pax(data: bytes) -> dict[bytes, bytes]:
     return out
 
 
+def _add_pax(into: dict[bytes, bytes], data: bytes, held: int, limit: int, what: str) -> int:
+    """Merge the records of PAX header `data` into `into`; `held` bytes of such headers
+    were merged before. Returns the new total, CorruptContent past `limit`."""
+    held += len(data)
+    if held > limit:
+        raise CorruptContent(f"tar {what}s add up to more than allowed ({limit} bytes)")
+    into.update(parse_pax(data))
+    return held
+
+
 def _pax_int(value: bytes, key: str) -> int:
     if len(value) > 30:  # (and int() refuses more than 4300 digits with ValueError)
         raise CorruptContent(f"tar PAX record {key}={value[:40]!r}... is out of range")
@@ -310,7 +328,9 @@ class TarScan:
         self._part = bytearray()
         self._unit_start = 0
         self._global: dict[bytes, bytes] = {}
+        self._global_bytes = 0
         self._pax: dict[bytes, bytes] = {}
+        self._pax_bytes = 0
         self._longname: bytes | None = None
         self._longlink: bytes | None = None
 
@@ -367,14 +387,17 @@ class TarScan:
             return
         e = _entry(unit, typeflag, size, {**self._global, **self._pax}, self._longname, self._longlink)
         self._pax, self._longname, self._longlink = {}, None, None
+        self._pax_bytes = 0
         data = _data_size(e)
         self._skip = data + (-data % BLOCK)
 
     def _apply(self, typeflag: bytes, data: bytes) -> None:
         if typeflag == PAX_LOCAL:
-            self._pax.update(parse_pax(data))
+            self._pax_bytes = _add_pax(self._pax, data, self._pax_bytes, MAX_LOCAL_PAX,
+                                       "PAX header of one member")
         elif typeflag == PAX_GLOBAL:
-            self._global.update(parse_pax(data))
+            self._global_bytes = _add_pax(self._global, data, self._global_bytes,
+                                          MAX_GLOBAL_PAX, "PAX global header")
         elif typeflag == GNU_LONGNAME:
             self._longname = _cstr(data)
         else:
@@ -403,6 +426,7 @@ class TarReader:
         self._remaining = 0  # data bytes of the current member not yet read
         self._pad = 0
         self._global: dict[bytes, bytes] = {}
+        self._global_bytes = 0
         self.offset = 0
 
     def _read_exact(self, n: int) -> bytes:
@@ -458,6 +482,7 @@ class TarReader:
     def next(self) -> Entry | None:
         self._finish_member()
         pax: dict[bytes, bytes] = {}
+        pax_bytes = 0
         longname = longlink = None
         while True:
             start = self.offset
@@ -476,10 +501,13 @@ class TarReader:
                 return None
             typeflag, size = _check_header(block, start)
             if typeflag == PAX_LOCAL:
-                pax.update(parse_pax(self._read_meta(size, "PAX header")))
+                pax_bytes = _add_pax(pax, self._read_meta(size, "PAX header"), pax_bytes,
+                                     MAX_LOCAL_PAX, "PAX header of one member")
                 continue
             if typeflag == PAX_GLOBAL:
-                self._global.update(parse_pax(self._read_meta(size, "PAX global header")))
+                self._global_bytes = _add_pax(
+                    self._global, self._read_meta(size, "PAX global header"),
+                    self._global_bytes, MAX_GLOBAL_PAX, "PAX global header")
                 continue
             if typeflag == GNU_LONGNAME:
                 longname = _cstr(self._read_meta(size, "GNU long name"))
