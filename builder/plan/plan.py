@@ -179,18 +179,33 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
     stages: dict[int, Stage] = {}
     state: dict[int, str] = {}  # "visiting" | "done"
 
-    def visit(i: int) -> None:
+    def enter(i: int):
+        """Start visiting stage i: its dependencies still to visit, or None if done."""
         if state.get(i) == "done":
-            return
+            return None
         if state.get(i) == "visiting":
             raise error_at(path, sections[i][0],
                            f"circular dependency detected on stage: {names[i] or f'stage-{i}'}")
         state[i] = "visiting"
         stage = _build_stage(i)
         stages[i] = stage
-        for dep in stage.stage_deps:
-            visit(dep)
-        state[i] = "done"
+        return iter(stage.stage_deps)
+
+    def visit(i: int) -> None:
+        # depth first with a stack of our own: a chain of thousands of `FROM prev AS
+        # next` stages (a few KB of Dockerfile) passed Python's recursion limit
+        deps = enter(i)
+        stack = [] if deps is None else [(i, deps)]
+        while stack:
+            top, deps = stack[-1]
+            dep = next(deps, None)
+            if dep is None:
+                state[top] = "done"
+                stack.pop()
+                continue
+            more = enter(dep)
+            if more is not None:
+                stack.append((dep, more))
 
     def _build_stage(i: int) -> Stage:
         from_, body = sections[i]
