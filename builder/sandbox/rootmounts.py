@@ -1,6 +1,7 @@
 """The mounts of a sandbox's root, made inside its private mount namespace before
 pivot_root: the system ones (/proc with docker's read-only and masked paths, a
-minimal /dev, /sys read-only, /etc/hosts and /etc/resolv.conf as read-only bind
+minimal /dev, /sys read-only with the cgroup hierarchies at /sys/fs/cgroup (as
+BuildKit's runc mounts them: ``mount_cgroups``), /etc/hosts and /etc/resolv.conf as read-only bind
 mounts — BuildKit's pair: a RUN has no /etc/hostname) and the RUN --mount ones.
 
 The RUN --mount types (frozen dataclasses, re-exported by builder.sandbox):
@@ -162,6 +163,8 @@ def mount_system(rec: StubRecorder, hosts: Path, resolv: Path) -> None:
             raise
         linux.mount("tmpfs", sys_dir, "tmpfs", linux.MS_RDONLY | linux.MS_NOSUID
                     | linux.MS_NODEV | linux.MS_NOEXEC, "mode=755")
+    else:
+        mount_cgroups(f"{sys_dir}/fs/cgroup")
     # docker's read-only and masked /proc and /sys paths (builder.sandbox.kernelpaths)
     protect_kernel_paths(rec.root, f"{dev}/null")
     # injected files: bind mounts, so they never land in the upper dir. BuildKit's
@@ -173,6 +176,75 @@ def mount_system(rec: StubRecorder, hosts: Path, resolv: Path) -> None:
         linux.mount(None, target, None,
                     linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_NOSUID
                     | linux.MS_NODEV | linux.MS_NOEXEC)
+
+
+_CGROUP2_MAGIC = 0x63677270
+_KERNEL_FLAGS = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+
+
+def cgroup_hierarchies(proc_self_cgroup: str) -> list[tuple[str, str]]:
+    """The cgroup v1 hierarchies of /proc/self/cgroup ("4:memory:/x", "1:name=systemd:/")
+    as (directory, mount data): the directory as runc names it under /sys/fs/cgroup
+    ("memory", "cpu,cpuacct", "systemd": a named one without its "name="), the data the
+    controllers field ("cpu,cpuacct", "name=systemd"). The v2 line (0::) is not one."""
+    out: list[tuple[str, str]] = []
+    for line in proc_self_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[0] != "0" and parts[1]:
+            name = ",".join(c.removeprefix("name=") for c in parts[1].split(","))
+            if name and "/" not in name and name not in (".", "..") \
+                    and name not in (n for n, _ in out):
+                out.append((name, parts[1]))
+    return out
+
+
+def mount_cgroups(target: str, host_cgroup: str = "/sys/fs/cgroup") -> None:
+    """/sys/fs/cgroup as BuildKit has runc mount it in every RUN (executor/oci
+    withCGroup: type cgroup, ro,nosuid,noexec,nodev), seen from the step's cgroup
+    namespace (its own cgroup is the root): on a cgroup v2 host one cgroup2 mount; on a
+    v1 or hybrid host runc's mountCgroupV1 layout - a tmpfs (rw, nosuid,nodev,noexec,
+    mode=755) with each v1 hierarchy mounted read-only in a directory of its name and a
+    symlink per controller of a co-mounted one (cpu -> cpu,cpuacct). Without it a RUN
+    saw an empty /sys/fs/cgroup (what a JVM, a Go runtime or a test suite reads for its
+    limits). Optional, like sysfs: where the kernel refuses (cgroup v1 inside a user
+    namespace), /sys/fs/cgroup stays as sysfs has it."""
+    try:
+        v2 = linux.statfs_type(host_cgroup) == _CGROUP2_MAGIC
+        with open("/proc/self/cgroup") as f:
+            hierarchies = [] if v2 else cgroup_hierarchies(f.read())
+    except (OSError, SandboxError):
+        return
+    if not os.path.isdir(target) or not (v2 or hierarchies):
+        return
+    if v2:
+        try:
+            linux.mount("cgroup", target, "cgroup2", linux.MS_RDONLY | _KERNEL_FLAGS)
+        except SandboxError as exc:
+            if getattr(exc, "errno", None) not in _REFUSED:
+                raise
+        return
+    try:
+        linux.mount("tmpfs", target, "tmpfs", _KERNEL_FLAGS, "mode=755")
+    except SandboxError as exc:
+        if getattr(exc, "errno", None) not in _REFUSED:
+            raise
+        return
+    try:
+        for name, data in hierarchies:
+            os.mkdir(f"{target}/{name}", 0o755)
+            linux.mount("cgroup", f"{target}/{name}", "cgroup", linux.MS_RDONLY | _KERNEL_FLAGS,
+                        data)
+        for name, _ in hierarchies:
+            for controller in name.split(",") if "," in name else ():
+                if not os.path.lexists(f"{target}/{controller}"):
+                    os.symlink(name, f"{target}/{controller}")
+    except SandboxError as exc:
+        if getattr(exc, "errno", None) not in _REFUSED:
+            raise
+        linux.umount2(target, linux.MNT_DETACH)  # all or nothing: sysfs's empty dir again
+
+
+_REFUSED = (errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENODEV, errno.EBUSY)
 
 
 # statvfs flag -> mount flag: what a bind remount must keep (a user namespace may not

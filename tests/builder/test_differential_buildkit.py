@@ -1065,6 +1065,8 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
                                  ("sub/fifo", 0o644), ("abs-sub/fifo", 0o644),
                                  ("w/climb/fifo", 0o644))))),
     "users-empty-parts": BuildkitCase(),
+    # the cgroup hierarchies mounted read-only at /sys/fs/cgroup in a RUN (runc's layout)
+    "run-cgroupfs": BuildkitCase(),
     "onbuild-image": BuildkitCase(setup=_build_obbase, args={"BUILD_FLAVOR": "cli"},
                                   difference=OracleDifference(known_history={
         11: ("ARG BUILD_FLAVOR=cli", "ARG BUILD_FLAVOR=default"),

@@ -139,6 +139,31 @@ def test_step_runs_in_its_own_cgroup_with_the_limits(busybox_rootfs, step_dirs):
         assert not d.exists(), d
 
 
+@pytest.mark.skipif(not V1 and not IN_CI, reason="needs cgroup v1 controllers (this project's CI host)")
+def test_step_reads_its_limits_in_sys_fs_cgroup(busybox_rootfs, step_dirs):
+    """BuildKit has runc mount /sys/fs/cgroup in every RUN (executor/oci withCGroup:
+    ro,nosuid,noexec,nodev; runc's v1 layout: a tmpfs with each hierarchy read-only in
+    a dir of its name): a JVM or a Go runtime in a RUN reads its memory and pids limits
+    there. Here the step's own cgroup is each hierarchy's root (cgroup namespace)."""
+    upper, work = step_dirs()
+    script = ("cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; "
+              "grep -q \"^$$ *$\" /sys/fs/cgroup/pids/cgroup.procs && echo own-root; "
+              "awk '$5 ~ \"^/sys/fs/cgroup\" { for (i = 7; $i != \"-\"; i++); "
+              "print $5, $6, $(i + 1) }' /proc/self/mountinfo | sed 's/,relatime//' | sort; "
+              "touch /sys/fs/cgroup/memory/x 2>/dev/null || echo hierarchy-read-only")
+    spec = sandbox.SandboxSpec(lower_dirs=(busybox_rootfs,), upper_dir=upper, work_dir=work,
+                               argv=("sh", "-c", script), env=DEFAULT_ENV,
+                               limits=cgroups.Limits(memory=48 << 20, pids=66))
+    out = bytearray()
+    assert sandbox.run(spec, out.extend) == 0, out
+    lines = out.decode().splitlines()
+    assert lines[:2] == [str(48 << 20), "66"], lines
+    assert "/sys/fs/cgroup rw,nosuid,nodev,noexec tmpfs" in lines, lines
+    for controller in ("memory", "pids", "cpu", "devices"):
+        assert f"/sys/fs/cgroup/{controller} ro,nosuid,nodev,noexec cgroup" in lines, lines
+    assert lines[-1] == "hierarchy-read-only" and not list(upper.iterdir()), lines
+
+
 @pytest.mark.skipif(not V1 and not IN_CI, reason="needs cgroup v1 controllers")
 def test_fork_bomb_is_stopped_by_the_pids_limit(build_store, tmp_path):
     root, _ = build_store
