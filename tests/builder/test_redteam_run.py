@@ -46,15 +46,34 @@ def test_step_init_holds_no_descriptor_of_lamina(build_store, tmp_path):
     proc = subprocess.Popen(lamina_argv(root, "build", "--no-cache", "--progress", "plain", str(ctx)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        def descends_from_the_build(pid: int) -> bool:
+            # only this build's init (other builds may run on the machine meanwhile)
+            while pid > 1:
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        pid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    return False
+                if pid == proc.pid:
+                    return True
+            return False
+
         deadline = time.monotonic() + 20
-        inits = []
-        while not inits and time.monotonic() < deadline:
-            inits = [p for p in procs_with_cmdline(b"lamina-init") if p != os.getpid()]
+        fds = None
+        while fds is None and time.monotonic() < deadline:
+            for init in procs_with_cmdline(b"lamina-init"):
+                if init == os.getpid() or not descends_from_the_build(init):
+                    continue
+                time.sleep(0.3)  # past its fork of the command
+                try:  # `sleep 5` keeps it alive; a process that ended meanwhile is looked for again
+                    fds = sorted(int(fd) for fd in os.listdir(f"/proc/{init}/fd"))
+                    targets = [os.readlink(f"/proc/{init}/fd/{fd}") for fd in fds if fd > 2]
+                except FileNotFoundError:
+                    fds = None
+                    continue
+                break
             time.sleep(0.05)
-        assert inits, "the step's init was not seen"
-        time.sleep(0.3)  # past its fork of the command
-        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{inits[0]}/fd"))
-        targets = [os.readlink(f"/proc/{inits[0]}/fd/{fd}") for fd in fds if fd > 2]
+        assert fds is not None, "the step's init was not seen"
         assert fds and max(fds) <= 2, targets
     finally:
         proc.kill()  # the build is stopped on purpose: only its init was of interest
