@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from lamina.builder.steplog import terminal_safe
+from lamina.builder.steplog import controls_shown, terminal_safe
 
 TAIL_LINES = 6  # output lines of the running step shown by the tty view
 
@@ -213,6 +213,9 @@ class TtyProgress(Progress):
                     self._draw()
 
     def _clip(self, text: str) -> str:
+        # every line drawn passes here: a step title or message holds text of the
+        # Dockerfile (or an image), whose control characters are shown, never sent
+        text = controls_shown(text)
         return text if len(text) <= self.width else text[: self.width - 1] + "…"
 
     def _erase(self) -> None:

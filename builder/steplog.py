@@ -8,6 +8,7 @@ discarded — the command keeps running, its exit status is kept.
     StepLog(sink, max_size).feed(data)         # the clipping filter; O(len(data)) per call
     OutputTail(lines).feed(data) / .text()     # the last lines, for a failed step's message
     terminal_safe(text) -> str                 # control characters shown, not sent
+    controls_shown(text) -> str                # the same for many lines (newlines kept)
 
 What lamina itself draws on a terminal (the tty progress, a failed step's error message)
 shows a step's output with its control characters made visible in `cat -v`'s caret form
@@ -109,6 +110,16 @@ def terminal_safe(text: str) -> str:
     if "\r" in text:
         text = text.rstrip("\r").rpartition("\r")[2]
     return text.translate(_CONTROLS)
+
+
+_LINE_CONTROLS = {c: s for c, s in _CONTROLS.items() if c != 0x0a}
+
+
+def controls_shown(text: str) -> str:
+    """`text` (of any number of lines) with every control character but newline and
+    tab in caret form (ESC -> ^[, CR -> ^M): what lamina writes to a terminal of text a
+    Dockerfile, an image or a registry chose (a step title, an error message)."""
+    return text.translate(_LINE_CONTROLS)
 
 
 class OutputTail:

@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("lamina: interrupted", err=True)
         return EXIT_INTERRUPTED
     except (DockerfileError, StoreError, BuildError) as e:
-        click.echo(f"lamina: {e}", err=True)
+        # the message may quote a Dockerfile line, a RUN's output, a registry's answer:
+        # their control characters are shown in caret form, never sent to the terminal
+        from lamina.builder.steplog import controls_shown
+        click.echo(f"lamina: {controls_shown(str(e))}", err=True)
         return EXIT_ERROR
     except OSError as e:
         # disk full, permission denied, ...: one line naming the path
