@@ -326,7 +326,18 @@ class RegistrySession:
         msg = f"registry {self.host}: {method} {_where(path)} answered {resp.status_code}"
         if resp.status_code == 401:
             msg = self._denied(self.credentials())
-        return cls(msg + (f" ({detail})" if detail else ""), status=resp.status_code)
+        return cls(msg + (f" ({self._redacted(detail)})" if detail else ""), status=resp.status_code)
+
+    def _redacted(self, text: str) -> str:
+        """`text` (words a registry sent back) with every credential this session sent
+        replaced by `***`: a registry or proxy may echo the Authorization header."""
+        creds = self._creds if self._creds_loaded else None
+        secrets = [t.value for t in list(self._tokens.values())]
+        if creds is not None:
+            secrets += [creds.password, creds.basic_header().split(" ", 1)[1]]
+        for secret in sorted((s for s in secrets if isinstance(s, str) and s), key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
 
 
 def _where(path: str) -> str:
