@@ -688,6 +688,13 @@ _ADD_CHOWN = "ADD --chown applies to an extracted archive (current) / not (v0.8)
 # "stubs cleaner should recursively remove empty directory mounts", 2022, with the
 # RemoveMountStubsRecursive the Dockerfile frontend sets); v0.8 removed stub files only.
 _MOUNT_STUB = "mount-point directory left by v0.8, removed by current BuildKit"
+# Not compared (the trees are the same): v0.8's layer of such a RUN also holds the
+# stub's existing parent directories (etc/, etc/apt/... for a target in /etc/apt),
+# their mtime changed by the stub's removal, so a later RUN sees them merged (st_nlink 1
+# in `ls -la`); current BuildKit restores the parent's times (executor/stubs.go, "Back
+# up the timestamps of the dir", moby/buildkit#3148) and its overlay differ skips a
+# directory equal to the lower one (util/overlay Changes, sameDirent); lamina's layer
+# has no such entry either.
 _MOUNT_STUBS = ("etc/ctx-in-etc", "mnt", "mnt/ctx", "scratch", "scratch/tmp", "srv",
                 "srv/stage-data", "var/cache", "var/cache/thing")
 
