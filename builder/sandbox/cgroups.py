@@ -195,6 +195,12 @@ class StepCgroup:
         self.limits = limits
         self._closed = False
 
+    @property
+    def denies_devices(self) -> bool:
+        """Has this step a device cgroup denying every device outside docker's list
+        (a v1 ``devices`` dir with builder.sandbox.devices.v1_rules written)?"""
+        return self.version == "v1" and "devices" in self.dirs
+
     @classmethod
     def create(cls, limits: Limits, lay: Layout | None = None) -> "StepCgroup":
         global _swept

@@ -25,8 +25,11 @@ Two independent mechanisms, both used where the host has them:
 
 Switches (tests force each path; a host without the controller is the other path):
 ``DEVICE_CGROUP`` (also ``LAMINA_DEVICE_CGROUP=off``) and ``NODEV_MOUNTS``.
-Consequence of ``nodev``, unlike docker: a node a RUN makes outside /dev cannot be
-opened even when its numbers are allowed (e.g. a chroot's own /dev/null).
+Where the step's device cgroup is in force (a v1 host), the image's filesystem (the
+overlay root) keeps ``dev``, as in docker: a node a RUN makes there with allowed
+numbers (a chroot's own /dev/null, as debootstrap makes) opens, any other gets EPERM
+from the cgroup. Every other mount stays ``nodev``; without a device cgroup (cgroup v2,
+rootless) the root is ``nodev`` too, and such a node cannot be opened, unlike docker.
 """
 
 from __future__ import annotations
@@ -183,11 +186,17 @@ def _read_mountinfo() -> str:
         return f.read()
 
 
-def seal_mounts(root: str | os.PathLike) -> None:
+def seal_mounts(root: str | os.PathLike, *, root_keeps_dev: bool = False) -> None:
     """Remount every mount at or under `root` nodev, keeping its other per-mount
     flags; allowed single-node mounts and devpts keep (or get back) dev. Runs in the
     sandbox's private mount namespace (each remount changes only that namespace's
-    mount), before pivot_root. No-op when ``NODEV_MOUNTS`` is off."""
+    mount), before pivot_root. No-op when ``NODEV_MOUNTS`` is off.
+
+    `root_keeps_dev`: the mount at `root` itself (the image's filesystem, mounted
+    nodev) gets dev back - for a step whose device cgroup already denies every device outside the
+    list, where docker relies on that cgroup alone: a node the step makes there with
+    allowed numbers (a chroot's own /dev/null, as debootstrap makes) opens as in
+    docker, any other still fails (EPERM from the cgroup)."""
     if not NODEV_MOUNTS:
         return
     root = os.path.realpath(os.fspath(root))
@@ -203,7 +212,7 @@ def seal_mounts(root: str | os.PathLike) -> None:
         for option, bit in _OPTION_FLAGS:
             if option in entry.options:
                 flags |= bit
-        if _keeps_dev(entry):
+        if _keeps_dev(entry) or (root_keeps_dev and point == root):  # (mounted nodev first)
             if "nodev" not in entry.options:
                 continue
         else:

@@ -425,7 +425,9 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
         if recorder is not None:
             send(ctl_w, {"stubs": recorder.report()})
 
-    seal_mounts(plan.root)  # nodev on every mount but the allowed /dev nodes
+    # nodev on every mount but the allowed /dev nodes (and the image's filesystem
+    # where the step's device cgroup denies other devices, as docker does)
+    seal_mounts(plan.root, root_keeps_dev=plan.cgroup is not None and plan.cgroup.denies_devices)
     os.chdir(plan.root)
     linux.pivot_root(".", ".")
     linux.umount2(".", linux.MNT_DETACH)

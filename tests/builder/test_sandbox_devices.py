@@ -172,6 +172,28 @@ def test_allowed_devices_still_work(build_store, tmp_path, monkeypatch, mode):
     assert any(l.startswith("tty:") and "No such device or address" in l for l in out), out
 
 
+@pytest.mark.skipif(not cgrouplayout.device_cgroup_available(),
+                    reason="no cgroup v1 devices controller on this host")
+def test_a_chroots_own_allowed_nodes_open_as_in_docker(build_store, tmp_path):
+    """debootstrap (and any chroot builder) makes its own /dev/null, /dev/zero... in
+    the image's filesystem and uses them; docker allows it (its device cgroup allows
+    those numbers wherever the node is). Where lamina's step has that cgroup, the
+    image's filesystem is not nodev: the nodes open - and a node outside the list
+    there is still refused, by the cgroup."""
+    root, _ = build_store
+    script = ("mkdir -p /target/dev && mknod -m 666 /target/dev/null c 1 3 && "
+              "mknod -m 666 /target/dev/zero c 1 5 && "
+              "echo x > /target/dev/null && head -c 4 /target/dev/zero | wc -c && echo chroot-null: OK; "
+              "mknod /target/dev/kmsg c 1 11 && "
+              "if (exec 3>/target/dev/kmsg) 2>/tmp/err; then echo 'kmsg: OK'; "
+              "else echo \"kmsg: $(cat /tmp/err)\"; fi")
+    ctx = make_context(tmp_path / "chroot", f"FROM bb\nRUN {script}\n")
+    out = build(root, ctx, "--no-cache").check().step("RUN mkdir").output
+    assert "4" in out and "chroot-null: OK" in out, out
+    kmsg = next(line for line in out if line.startswith("kmsg:"))
+    assert "Operation not permitted" in kmsg, out
+
+
 def test_copy_cannot_read_a_device_node_of_a_stage(build_store, tmp_path, host_disk):
     # lamina's own COPY runs on the overlay too: a node a RUN made must not be read
     # through it (COPY recreates the node; it never copies the disk's bytes)
