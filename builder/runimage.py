@@ -21,6 +21,7 @@ from lamina.builder.errors import BuildError
 from lamina.builder.sandbox.sandbox import SandboxSpec, run
 from lamina.builder.sandbox.users import resolve_user_in_layers
 from lamina.store.locks import remove_tree
+from lamina.store.oci import check_runtime_config
 from lamina.store.store import Store
 
 
@@ -48,6 +49,7 @@ def run_image(store: Store, ref: str, args: Sequence[str], *, network: str = "no
 
 def _run(store: Store, image, args, *, network, env, user, workdir, on_output) -> int:
     config = dict(image.config.get("config") or {})
+    check_runtime_config(config)  # an image stored before the store checked its types
     argv = image_command(config, args)
     lowers = tuple(store.layer_dir(l.diff_id) for l in reversed(image.layers))
     environ = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)

@@ -328,8 +328,32 @@ def check_config(cfg: Mapping[str, Any], what: str = "image config") -> None:
         raise CorruptContent(f"{what}: architecture and os are required")
     if "config" in cfg and not isinstance(cfg["config"], (Mapping, type(None))):
         raise CorruptContent(f"{what}: config is not an object")
+    check_runtime_config(cfg.get("config") or {}, what)
     if "history" in cfg and not isinstance(cfg["history"], (list, type(None))):
         raise CorruptContent(f"{what}: history is not a list")
+
+
+# the fields of the image-spec's ImageConfig that a container runs with, by their Go
+# types (null is Go's nil: allowed); docker, containerd and podman decode a config into
+# these types, so an image whose fields have others fails to load or pull there
+CONFIG_STRINGS = ("User", "WorkingDir", "StopSignal")
+CONFIG_LISTS = ("Env", "Entrypoint", "Cmd", "Shell", "OnBuild")
+
+
+def check_runtime_config(cc: Mapping[str, Any], what: str = "image config") -> None:
+    """`cc` (a config's "config" object) has the spec's types in its runtime fields, else
+    CorruptContent naming the field: a hostile image must not reach `run` or a build
+    with, say, an int in its Cmd."""
+    for key in CONFIG_STRINGS:
+        if cc.get(key) is not None and not isinstance(cc[key], str):
+            raise CorruptContent(f"{what}: config.{key} is not a string")
+    for key in CONFIG_LISTS:
+        value = cc.get(key)
+        if value is not None and not (isinstance(value, list)
+                                      and all(isinstance(v, str) for v in value)):
+            raise CorruptContent(f"{what}: config.{key} is not an array of strings")
+    if cc.get("ArgsEscaped") is not None and not isinstance(cc["ArgsEscaped"], bool):
+        raise CorruptContent(f"{what}: config.ArgsEscaped is not a boolean")
 
 
 def diff_ids(cfg: Mapping[str, Any]) -> list[str]:

@@ -32,6 +32,7 @@ from lamina.builder.containers.state import (Container, ContainerError, Containe
 from lamina.builder.errors import BuildError
 from lamina.builder.runimage import image_command
 from lamina.builder.sandbox.users import resolve_user_in_layers
+from lamina.store.oci import check_runtime_config
 from lamina.store.store import Store
 
 START_TIMEOUT = 60.0  # seconds a monitor may take to start its container (check_monitor)
@@ -144,6 +145,8 @@ def create(store: Store, opts: RunOptions) -> Container:
             lease.hold(layers=[l.diff_id for l in image.layers], images=[image.manifest_digest])
         lowers = tuple(store.layer_dir(l.diff_id) for l in reversed(image.layers))
         config = dict(image.config.get("config") or {})
+        # an image stored before the store checked these types (store.oci)
+        check_runtime_config(config, f"image {opts.image}")
         if opts.entrypoint is not None:
             argv = tuple(([opts.entrypoint] if opts.entrypoint else []) + list(opts.args))
             if not argv:

@@ -17,6 +17,7 @@ from lamina.builder.plan.resolved import (
     ResolvedOnbuild, ResolvedRun, ResolvedShell, ResolvedStopsignal, ResolvedUser,
     ResolvedVolume, ResolvedWorkdir,
 )
+from lamina.store.oci import check_runtime_config
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -108,6 +109,7 @@ class ImageConfig:
         """Read a config section (fields unknown to the OCI/docker schema are dropped,
         as BuildKit drops them)."""
         data = data or {}
+        check_runtime_config(data, "base image config")  # one stored before the store checked
         # kept in order and with duplicates, as BuildKit keeps a base image's Env (its
         # addEnv then replaces the first entry of a key; lookups see the last one)
         env = tuple(tuple(str(item).partition("=")[::2]) for item in data.get("Env") or ())
