@@ -63,7 +63,7 @@ def echoing_registry():
             self._send(code, body.encode(), [("Content-Type", "application/json")])
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
         yield f"127.0.0.1:{srv.server_port}", state
     finally:
