@@ -246,24 +246,22 @@ def _q(s: str) -> str:
     return urllib.parse.quote(s, safe="")
 
 
+def _distro_purl(kind: str, vendor: str, name: str, p, osr: dict) -> str:
+    """A distribution package's purl: pkg:KIND/VENDOR/NAME@VERSION?arch=..&distro=VENDOR-VERSION_ID."""
+    q = []
+    if p.arch:
+        q.append(f"arch={_q(p.arch)}")
+    if osr.get("VERSION_ID"):
+        q.append(f"distro={_q(vendor + '-' + osr['VERSION_ID'])}")
+    return f"pkg:{kind}/{_q(vendor)}/{_q(name)}@{_q(p.version)}" + ("?" + "&".join(q) if q else "")
+
+
 def purl(p: Package, os_release: Mapping[str, str] | None = None) -> str:
     osr = os_release or {}
     if p.kind == "deb":
-        distro = osr.get("ID", "debian")
-        q = []
-        if p.arch:
-            q.append(f"arch={_q(p.arch)}")
-        if osr.get("VERSION_ID"):
-            q.append(f"distro={_q(distro + '-' + osr['VERSION_ID'])}")
-        return f"pkg:deb/{_q(distro)}/{_q(p.name)}@{_q(p.version)}" + ("?" + "&".join(q) if q else "")
+        return _distro_purl("deb", osr.get("ID", "debian"), p.name, p, osr)
     if p.kind == "apk":
-        vendor = (osr.get("ID") or "alpine").lower()
-        q = []
-        if p.arch:
-            q.append(f"arch={_q(p.arch)}")
-        if osr.get("VERSION_ID"):
-            q.append(f"distro={_q(vendor + '-' + osr['VERSION_ID'])}")
-        return f"pkg:apk/{_q(vendor)}/{_q(p.name.lower())}@{_q(p.version)}" + ("?" + "&".join(q) if q else "")
+        return _distro_purl("apk", (osr.get("ID") or "alpine").lower(), p.name.lower(), p, osr)
     if p.kind == "pypi":
         return f"pkg:pypi/{_q(re.sub(r'[-_.]+', '-', p.name).lower())}@{_q(p.version)}"
     if p.kind == "npm":
