@@ -103,11 +103,14 @@ class Container:
     def from_json(cls, data: dict) -> "Container":
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        for k in ("argv", "args", "env", "groups", "cgroup_dirs"):
+        for k in ("groups", "cgroup_dirs"):
             if values.get(k) is not None:
                 values[k] = tuple(values[k])
-        if values.get("entrypoint") is not None:
-            values["entrypoint"] = tuple(values["entrypoint"])
+        # strings, whatever a record written from an unchecked image config holds (an
+        # older lamina stored Cmd ["echo", 5] as it was: `ps` must still list it)
+        for k in ("argv", "args", "env", "entrypoint"):
+            if values.get(k) is not None:
+                values[k] = tuple(str(x) for x in values[k])
         if values.get("volumes"):
             values["volumes"] = tuple(tuple(v) for v in values["volumes"])
         if values.get("tty_size"):

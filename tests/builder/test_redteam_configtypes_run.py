@@ -38,3 +38,15 @@ def test_run_of_such_an_image_stored_before_is_one_clear_error(build_store, monk
         assert after.code == 0 and after.stdout == before.stdout
     finally:
         lamina(root, "rmi", "redteam-cmdint")
+
+
+def test_a_container_record_of_an_unchecked_config_still_reads():
+    """A record an older lamina wrote from an image whose Cmd held a number
+    (["echo", 5]): `ps`, `logs`, `rm` read it as strings instead of failing on it."""
+    from lamina.builder.containers.state import Container
+
+    fields = {f: None for f in Container.__dataclass_fields__}
+    fields.update({"argv": ["echo", 5], "entrypoint": [1.5], "env": ["A=1", 2]})
+    rec = Container.from_json(json.loads(json.dumps(fields)))
+    assert rec.argv == ("echo", "5") and rec.entrypoint == ("1.5",) and rec.env == ("A=1", "2")
+    assert " ".join(rec.argv) == "echo 5"
