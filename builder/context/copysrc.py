@@ -88,9 +88,12 @@ class CopySelection:
 class CopyAction:
     """One step of a copy. kind "mkdir": make sure directory `dest` exists (0755 when
     created, source metadata not applied); other kinds copy `entry` to `dest`.
-    `source` is the source argument the action comes from: hard links are kept among
-    the files of one source argument (its wildcard matches included), never across
-    two (BuildKit runs one fsutil copy, with its own inode map, per source)."""
+    `source` names the matched source the action comes from (its place in the
+    selection, then the argument): hard links are kept among the files of one match
+    (inside one directory source), never across two - not across two matches of one
+    wildcard either (BuildKit's file backend resolves the wildcard itself and runs one
+    fsutil copy, with its own inode map, per match: solver/llbsolver/file/backend.go
+    docopy)."""
 
     src_abs: str
     dest: str
@@ -387,19 +390,20 @@ def plan_copy(selection: CopySelection, dest: str, workdir: str = "/",
     is_dir = dir_hint or dest_abs == "/" or is_dir_in_image(dest_abs)
     wrote_file = False   # an earlier source of this step made `dest` a file
     actions: list[CopyAction] = []
-    for src in selection.sources:
+    for index, src in enumerate(selection.sources):
+        scope = f"{index}:{src.spec}"   # one hard-link scope per match (see CopyAction)
         if src.kind == "dir":
             if wrote_file:
                 raise BuildError(f"{instruction} {src.spec}: cannot copy to non-directory: "
                                  f"{dest_abs}")
-            actions.append(CopyAction(src.abs_path, dest_abs, "mkdir", source=src.spec))
+            actions.append(CopyAction(src.abs_path, dest_abs, "mkdir", source=scope))
             for e in src.entries:
                 actions.append(CopyAction(e.abs_path, _join(dest_abs, e.rel), e.kind, e,
-                                          source=src.spec))
+                                          source=scope))
             is_dir = True
         else:
             (e,) = src.entries
             target = _join(dest_abs, src.name) if is_dir else dest_abs
-            actions.append(CopyAction(e.abs_path, target, e.kind, e, source=src.spec))
+            actions.append(CopyAction(e.abs_path, target, e.kind, e, source=scope))
             wrote_file = wrote_file or not is_dir
     return actions

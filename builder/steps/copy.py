@@ -13,9 +13,9 @@ The entry point that reads the destination in the image first is
 `builder.steps.copyinto.copy_selection`.
 
 Semantics (BuildKit's FileOp copy through fsutil's copier, read not copied):
-- Hard links among the files of one source argument (same source inode) stay hard
-  links in the destination; two source arguments never share a link (one fsutil copy
-  per source in BuildKit).
+- Hard links among the files of one matched source (same source inode) stay hard
+  links in the destination; two sources never share a link, nor two matches of one
+  wildcard (one fsutil copy per match in BuildKit).
 - A directory source copies its content; an existing destination directory is
   merged into. Nested directories that already exist get the source's owner, mode,
   mtime and xattrs (fsutil's overwriteTargetMetadata); the top-level destination
@@ -318,7 +318,7 @@ class _Copier:
     def run(self, actions: Iterable[CopyAction], follow_final: frozenset[str]) -> None:
         source = None
         for a in actions:
-            if a.source != source:  # a new source argument: a new hard-link scope
+            if a.source != source:  # a new matched source: a new hard-link scope
                 source = a.source
                 self.inodes.clear()
             if a.kind == "mkdir":

@@ -932,6 +932,28 @@ def _prepare_add_compressed(ctx: Path) -> None:
         capture_output=True, check=True).stdout)
 
 
+# COPY --chmod=$ARG: current BuildKit expands the flag (CopyCommand.Expand, 22fbeaf78 "Add
+# environment replacement support for chmod option", 2024); v0.8 did not, and its
+# dispatchCopy ignored a --chmod that did not parse as octal: the context's modes stay.
+_CHMOD_ARG = "--chmod=$ARG expanded (current) / not expanded, so ignored (v0.8)"
+
+
+_SCOPED_ARGS = ("NAME=diffbase TAG= REF=diffbase:1 UNSET=stage-default "
+                "LATE=diffbase-notag-stage-default OB=onbuild-value")
+
+
+def _prepare_copy_owners_links(ctx: Path) -> None:
+    (ctx / "hl1").write_text("one inode, two names\n")
+    os.link(ctx / "hl1", ctx / "hl2")
+    (ctx / "members.tar").write_bytes(_tar([
+        ("./", "dir", 0o755, 0, 0, None),
+        ("./dot-x", "file", 0o644, 0, 0, b"x\n"),
+        ("/abs/", "dir", 0o750, 0, 0, None),
+        ("/abs/y", "file", 0o600, 1000, 50, b"y\n"),
+        ("/abs-link", "hardlink", 0o600, 1000, 50, "/abs/y"),
+        ("./d/./z", "file", 0o644, 0, 0, b"z\n")]))
+
+
 def _build_obbase(b: "Builders") -> None:
     """obbase:1 (onbuild-image/base/Dockerfile) built and tagged by each builder in its
     own store, once per session."""
@@ -1074,6 +1096,27 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "users-empty-parts": BuildkitCase(),
     # the cgroup hierarchies mounted read-only at /sys/fs/cgroup in a RUN (runc's layout)
     "run-cgroupfs": BuildkitCase(),
+    # re-declared global ARGs: their value in current BuildKit's line (see "expansion");
+    # the stage FROM `first` inherits its ARGs, which its RUNs list, the ONBUILD trigger's
+    # included, each name once (see "args", "arg-chains")
+    "arg-env-scoping": BuildkitCase(difference=OracleDifference(known_history={
+        0: ("ARG NAME=diffbase", "ARG NAME"),
+        2: ("ARG REF=diffbase:1", "ARG REF"),
+        -4: (f"RUN |6 {_SCOPED_ARGS} /bin/sh -c echo \"ob=[$OB] [$A]\" > /ob # buildkit",
+             "RUN |1 OB=onbuild-value /bin/sh -c echo \"ob=[$OB] [$A]\" > /ob # buildkit"),
+        -2: ("ARG NAME=diffbase", "ARG NAME"),
+        -1: (f"RUN |6 {_SCOPED_ARGS} /bin/sh -c echo \"[$OB] [$NAME] [$A$B$C]\" > /child # buildkit",
+             "RUN |3 OB=onbuild-value OB=onbuild-value NAME=diffbase /bin/sh -c "
+             "echo \"[$OB] [$NAME] [$A$B$C]\" > /child # buildkit")})),
+    # --chmod=${MODE}: expanded by current BuildKit, left unexpanded and then dropped by v0.8
+    "copy-owners-links": BuildkitCase(prepare=_prepare_copy_owners_links, difference=OracleDifference(
+        known=tuple(Known(p, _CHMOD_ARG, {"type": t, "mode": 0o750}, {"type": t, "mode": m})
+                    for p, t, m in (("mode-from-arg", "file", 0o644), ("both", "dir", 0o755),
+                                    ("both/d", "file", 0o644), ("both/sub", "dir", 0o755),
+                                    ("both/sub/s", "file", 0o644))),
+        known_history={0: ("ARG OWNER=appuser", "ARG OWNER"), 2: ("ARG MODE=0750", "ARG MODE")},
+        empty_layers=(1, 1))),   # WORKDIR /app, a symlink to an existing dir: the empty tar
+    "run-traps-config": BuildkitCase(),
     "onbuild-image": BuildkitCase(setup=_build_obbase, args={"BUILD_FLAVOR": "cli"},
                                   difference=OracleDifference(known_history={
         11: ("ARG BUILD_FLAVOR=cli", "ARG BUILD_FLAVOR=default"),
