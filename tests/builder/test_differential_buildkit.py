@@ -942,6 +942,66 @@ _SCOPED_ARGS = ("NAME=diffbase TAG= REF=diffbase:1 UNSET=stage-default "
                 "LATE=diffbase-notag-stage-default OB=onbuild-value")
 
 
+def _check_arg_env_scoping(c: Compared) -> None:
+    """The values the Dockerfile reference gives (ARG/ENV scoping, quoting), on our side:
+    one ENV line expands with the values from before it (B="" as A is unset there)."""
+    root, cfg = c.our_root, c.our_config["config"]
+    assert (root / "args").read_text() == \
+        "[diffbase] [] [diffbase:1] [stage-default] [diffbase-notag-stage-default]\n"
+    assert (root / "ob").read_text() == "ob=[onbuild-value] [2]\n"
+    assert (root / "child").read_text() == "[onbuild-value] [diffbase] [21]\n"
+    env = dict(e.split("=", 1) for e in cfg["Env"])
+    base_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert {k: env[k] for k in "ABCDEFGH"} == {
+        "A": "2", "B": "", "C": "1", "D": "1x", "E": "", "F": "dflt", "G": "",
+        "H": "diffbase-notag-stage-default"}
+    assert (env["PATH"], env["PATH2"]) == ("/y:/x:" + base_path, "/x:" + base_path)
+    assert cfg["Labels"] == {"q": 'a "b" c', "s": "single $A \\n", "cont": "one two",
+                             "esc": "a b", "dollar": "$A", "mixed": "x2$Ay"}
+    assert cfg["ExposedPorts"] == {"8080/udp": {}, "22/tcp": {}, "92/tcp": {}}
+    assert cfg["StopSignal"] == "9"
+
+
+def _check_run_traps_config(c: Compared) -> None:
+    root, cfg = c.our_root, c.our_config["config"]
+    assert (root / "trap").read_text() == "trapped\n"
+    assert (root / "recovered").read_text() == "recovered\n"
+    assert "e" in (root / "shell-flags").read_text().split()[1]
+    assert "e" not in (root / "shell-flags2").read_text().split(" ", 1)[1]
+    assert (root / "cont").read_text() == "one two\n"
+    assert len((root / "long").read_text().splitlines()) == 150
+    assert cfg["Cmd"] == ["caf\u00e9", "a/b", '"q"', "tab\t", "\u2713"]
+    assert cfg["Entrypoint"] == ["/bin/sh", "-c", 'echo \u00e9 "$@"', "sh"]
+    assert cfg["Healthcheck"] == {"Test": ["CMD", "CMD-SHELL", "test -e /trap"], "Interval": 5 * 10**9,
+                                  "Timeout": 3 * 10**9, "StartPeriod": 10 * 10**9, "Retries": 2}
+    assert cfg["StopSignal"] == "2"
+
+
+def _check_escape_windows_paths(c: Compared) -> None:
+    root, cfg = c.our_root, c.our_config["config"]
+    names = {"C:\\dest\\", ".\\rel\\file", "C:\\json\\", "sub\\..\\up", "C:\\arg\\path"}
+    assert names <= {p.name for p in (root / "w").iterdir()}
+    assert (root / "env").read_text() == 'C:\\a\\b|C:\\q\\|a`b|x"y|one two|C:\\arg\\path\n'
+    assert cfg["Labels"] == {"win": "C:\\x\\y", "esc": "a`b", "tail": "z\\"}
+    assert cfg["WorkingDir"] == "/w/C:\\Users\\C:\\arg\\path"
+
+
+def _check_copy_owners_links(c: Compared) -> None:
+    root = c.our_root
+    hl = [os.lstat(root / "hl-glob" / n) for n in ("hl1", "hl2")]
+    assert hl[0].st_ino != hl[1].st_ino, "two wildcard matches never share a hard link"
+    y, link = os.lstat(root / "untar/abs/y"), os.lstat(root / "untar/abs-link")
+    assert (y.st_ino, y.st_mode & 0o7777, y.st_uid, y.st_gid) == (link.st_ino, 0o600, 1000, 50)
+    assert (root / "untar/dot-x").read_text() == "x\n" and (root / "untar/d/z").read_text() == "z\n"
+    assert (root / "existing-dir/a.txt").read_text() == "a\n"
+    for p, owner in (("opt/app/a.txt", (1500, 1500)), ("opt/app/owner-only", (1500, 1500)),
+                     ("opt/app/dir/d", (1500, 1500)), ("opt/app/owned/by/user", (1500, 1500))):
+        st = os.lstat(root / p)
+        assert (st.st_uid, st.st_gid) == owner, p
+    assert os.lstat(root / "mode-from-arg").st_mode & 0o777 == 0o750
+    assert (root / "home/appuser/work/pwd").read_text() == "/home/appuser/work\n"
+
+
 def _prepare_copy_owners_links(ctx: Path) -> None:
     (ctx / "hl1").write_text("one inode, two names\n")
     os.link(ctx / "hl1", ctx / "hl2")
@@ -1099,7 +1159,8 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     # re-declared global ARGs: their value in current BuildKit's line (see "expansion");
     # the stage FROM `first` inherits its ARGs, which its RUNs list, the ONBUILD trigger's
     # included, each name once (see "args", "arg-chains")
-    "arg-env-scoping": BuildkitCase(difference=OracleDifference(known_history={
+    "arg-env-scoping": BuildkitCase(check=_check_arg_env_scoping, difference=OracleDifference(
+        known_history={
         0: ("ARG NAME=diffbase", "ARG NAME"),
         2: ("ARG REF=diffbase:1", "ARG REF"),
         -4: (f"RUN |6 {_SCOPED_ARGS} /bin/sh -c echo \"ob=[$OB] [$A]\" > /ob # buildkit",
@@ -1109,14 +1170,17 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
              "RUN |3 OB=onbuild-value OB=onbuild-value NAME=diffbase /bin/sh -c "
              "echo \"[$OB] [$NAME] [$A$B$C]\" > /child # buildkit")})),
     # --chmod=${MODE}: expanded by current BuildKit, left unexpanded and then dropped by v0.8
-    "copy-owners-links": BuildkitCase(prepare=_prepare_copy_owners_links, difference=OracleDifference(
+    "copy-owners-links": BuildkitCase(
+        prepare=_prepare_copy_owners_links, check=_check_copy_owners_links,
+        difference=OracleDifference(
         known=tuple(Known(p, _CHMOD_ARG, {"type": t, "mode": 0o750}, {"type": t, "mode": m})
                     for p, t, m in (("mode-from-arg", "file", 0o644), ("both", "dir", 0o755),
                                     ("both/d", "file", 0o644), ("both/sub", "dir", 0o755),
                                     ("both/sub/s", "file", 0o644))),
         known_history={0: ("ARG OWNER=appuser", "ARG OWNER"), 2: ("ARG MODE=0750", "ARG MODE")},
         empty_layers=(1, 1))),   # WORKDIR /app, a symlink to an existing dir: the empty tar
-    "run-traps-config": BuildkitCase(),
+    "run-traps-config": BuildkitCase(check=_check_run_traps_config),
+    "escape-windows-paths": BuildkitCase(check=_check_escape_windows_paths),
     "onbuild-image": BuildkitCase(setup=_build_obbase, args={"BUILD_FLAVOR": "cli"},
                                   difference=OracleDifference(known_history={
         11: ("ARG BUILD_FLAVOR=cli", "ARG BUILD_FLAVOR=default"),
@@ -1311,12 +1375,26 @@ _REFUSED = {
     # a --from source is relative to the stage's root, never its WORKDIR
     "from-source-under-workdir": "WORKDIR /src\nRUN mkdir out && echo x > out/f\n"
                                  "FROM diffbase:1\nCOPY --from=0 out/f /f\n",
+    # SHELL with -e: a failing command mid-script fails the step, its EXIT trap runs
+    "shell-e-fails-mid-script": "SHELL [\"/bin/sh\", \"-ec\"]\n"
+                                "RUN trap 'echo t' EXIT; echo a; false; echo never\n",
+    "onbuild-onbuild": "ONBUILD ONBUILD RUN true\n",
+    "stopsignal-unknown": "STOPSIGNAL SIGNOPE\n",
+    "expose-bad-protocol": "EXPOSE 80/xyz\n",
+    "healthcheck-negative-start-period": "HEALTHCHECK --start-period=-1s CMD true\n",
+    "workdir-under-a-file": "RUN touch /f\nWORKDIR /f/sub\n",
+    "from-empty-variable": "FROM ${NOPE}\n",
 }
 _ACCEPTED = {
     "optional-secret-and-ssh": "RUN --mount=type=secret,id=nope --mount=type=ssh "
                                "test \"$SSH_AUTH_SOCK\" = /run/buildkit/ssh_agent.0\n",
     # a stage index is any stage of the file, a later one too (findStateByIndex)
     "from-later-stage": "COPY --from=1 /etc/passwd /x\nFROM diffbase:1\n",
+    # an EXIT trap's `exit 0` is the shell's status, whatever failed before it
+    "trap-exit-zero": "RUN trap 'exit 0' EXIT; false\n",
+    # a symbolic --chmod from an ARG (v0.8 ignores it, current BuildKit applies it)
+    "chmod-symbolic-arg": "ARG M=u+x\nCOPY --chmod=$M a.txt /x\n",
+    "stopsignal-number-and-rt": "STOPSIGNAL 34\nSTOPSIGNAL SIGRTMAX-1\n",
 }
 
 
