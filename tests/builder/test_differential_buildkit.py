@@ -1002,6 +1002,20 @@ def _check_copy_owners_links(c: Compared) -> None:
     assert (root / "home/appuser/work/pwd").read_text() == "/home/appuser/work\n"
 
 
+def _check_copy_link_dests(c: Compared) -> None:
+    """fsutil's copy on our side: the destination resolved in the root (final symlink
+    followed), one inode map per matched source."""
+    root = c.our_root
+    assert (root / "opt/app/a.txt").read_text() == "a\n" and (root / "opt/data/d").read_text() == "d\n"
+    assert (root / "opt/target").read_text() == "a\n" and (root / "opt/nowhere").read_text() == "a\n"
+    assert os.path.islink(root / "file-link") and os.path.islink(root / "dangling")
+    ino = {p: os.lstat(root / p).st_ino for p in ("glob/a", "glob/b", "glob/c", "whole/a",
+                                                   "whole/b", "whole/sub/c", "two/a", "two/b")}
+    assert len({ino["glob/a"], ino["glob/b"], ino["glob/c"]}) == 3
+    assert ino["whole/a"] == ino["whole/b"] == ino["whole/sub/c"]
+    assert ino["two/a"] != ino["two/b"]
+
+
 def _prepare_copy_owners_links(ctx: Path) -> None:
     (ctx / "hl1").write_text("one inode, two names\n")
     os.link(ctx / "hl1", ctx / "hl2")
@@ -1181,6 +1195,9 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
         empty_layers=(1, 1))),   # WORKDIR /app, a symlink to an existing dir: the empty tar
     "run-traps-config": BuildkitCase(check=_check_run_traps_config),
     "escape-windows-paths": BuildkitCase(check=_check_escape_windows_paths),
+    # WORKDIR /w of an existing dir: the empty tar on both sides
+    "copy-link-dests": BuildkitCase(check=_check_copy_link_dests,
+                                    difference=OracleDifference(empty_layers=(1, 1))),
     "onbuild-image": BuildkitCase(setup=_build_obbase, args={"BUILD_FLAVOR": "cli"},
                                   difference=OracleDifference(known_history={
         11: ("ARG BUILD_FLAVOR=cli", "ARG BUILD_FLAVOR=default"),
