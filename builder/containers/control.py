@@ -80,7 +80,7 @@ def exec_in(c: Container, argv, *, tty: bool, interactive: bool, env=(), user=No
             workdir=None, layer_dirs=()) -> int:
     """`lamina exec`: run `argv` in the running container `c`; its exit status."""
     from lamina.builder.containers.attach import terminal_size
-    from lamina.builder.containers.create import _env_item, merge_env
+    from lamina.builder.containers.create import _env_item, merge_env, process_groups
     from lamina.builder.containers.attach import relay_tty
     from lamina.builder.sandbox.container import ExecSpec, ExecTarget, exec_in as enter
     from lamina.builder.sandbox.users import resolve_user_in_layers
@@ -92,7 +92,7 @@ def exec_in(c: Container, argv, *, tty: bool, interactive: bool, env=(), user=No
     uid, gid, groups = c.uid, c.gid, c.groups
     if user is not None:  # looked up in the container's files: upper dir over the image
         who = resolve_user_in_layers(tuple(layer_dirs), user)
-        uid, gid, groups = who.uid, who.gid, tuple(who.groups)
+        uid, gid, groups = who.uid, who.gid, process_groups(who)
     spec = ExecSpec(argv=tuple(argv), env=tuple(tuple(e.split("=", 1)) for e in environ),
                     cwd=workdir or c.workdir, uid=uid, gid=gid, groups=tuple(groups), tty=tty,
                     interactive=interactive, tty_size=terminal_size() if tty else None)

@@ -6,9 +6,11 @@ its monitor.
     spawn_monitor(store.root, record.id, stdin_fd=..., attach_fd=...)
 
 Docker's rules: the command is Entrypoint + Cmd, or Entrypoint + the arguments given;
-`--entrypoint` replaces the Entrypoint and drops the image's Cmd; the environment is the
-image's Env, then `--env-file` lines, then `-e` (a bare `-e NAME` takes lamina's own
-value, or is skipped); user and working dir default to the image's; the hostname to
+`--entrypoint` replaces the Entrypoint and drops the image's Cmd; the environment is
+PATH, HOSTNAME and (with -t) TERM=xterm, overridden by the image's Env, then
+`--env-file` lines, then `-e` (a bare `-e NAME` takes lamina's own value, or is
+skipped), then HOME from the user's passwd entry if still unset; the process's groups
+are its primary gid and the supplementary ones (docker's); user and working dir default to the image's; the hostname to
 the short container ID, or with `--network host` to the host's (docker's
 initializeNetworking: os.Hostname(); `--hostname` still names it, inside the container
 alone: its UTS namespace stays its own, as in current docker - old docker refused the
@@ -127,6 +129,32 @@ def signal_number(name: str | int) -> int:
     return n
 
 
+def default_env(hostname: str, tty: bool) -> list[str]:
+    """docker's defaults under the image's Env and the user's: PATH, HOSTNAME (the
+    container's hostname) and, with -t only, TERM=xterm; a name the merged env already
+    sets keeps its value (moby's Container.CreateDaemonEnvironment)."""
+    return [f"{k}={v}" for k, v in (
+        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        ("HOSTNAME", hostname), ("TERM", "xterm" if tty else None)) if v is not None]
+
+
+def with_defaults(defaults: list[str], env: list[str]) -> list[str]:
+    names = {e.split("=", 1)[0] for e in env}
+    return [d for d in defaults if d.split("=", 1)[0] not in names] + env
+
+
+def process_groups(who) -> tuple[int, ...]:
+    """A container process's supplementary groups as docker sets them (moby's getUser:
+    AdditionalGids = [the primary gid] + runc's GetExecUser Sgids): `-u 4242:4343` runs
+    with groups 4343, `-u alice` with alice's gid and every group listing alice. A gid
+    listed twice is kept once."""
+    out: list[int] = []
+    for g in (who.gid, *who.groups):
+        if g not in out:
+            out.append(g)
+    return tuple(out)
+
+
 def create(store: Store, opts: RunOptions) -> Container:
     """Resolve the image, extract its layer dirs, write the record ("created") and
     hold the image for the container's life."""
@@ -158,18 +186,18 @@ def create(store: Store, opts: RunOptions) -> Container:
         env = merge_env(config.get("Env") or [], env_items)
         if not any(e.startswith("HOME=") for e in env):
             env.append(f"HOME={who.home or '/'}")
-        if not any(e.startswith("PATH=") for e in env):
-            env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         cs = ContainerStore(store.root)
         cid = cs.new_id()
+        hostname = opts.hostname or (socket.gethostname() if opts.network == "host" else cid[:12])
+        env = with_defaults(default_env(hostname, opts.tty), env)
         record = Container(
             id=cid, name=opts.name, image=opts.image, image_id=image.config_digest,
             manifest=image.manifest_digest, argv=argv, args=tuple(opts.args),
             entrypoint=(tuple([opts.entrypoint] if opts.entrypoint else [])
                         if opts.entrypoint is not None else None),
-            env=tuple(env), user=user, uid=who.uid, gid=who.gid, groups=tuple(who.groups),
+            env=tuple(env), user=user, uid=who.uid, gid=who.gid, groups=process_groups(who),
             workdir=opts.workdir or config.get("WorkingDir") or "/",
-            hostname=opts.hostname or (socket.gethostname() if opts.network == "host" else cid[:12]),
+            hostname=hostname,
             network="default" if opts.network == "bridge" else opts.network,
             volumes=volumes, tty=opts.tty, interactive=opts.interactive, detach=opts.detach,
             auto_remove=opts.auto_remove, stop_signal=str(config.get("StopSignal") or "SIGTERM"),
