@@ -44,6 +44,8 @@ def run(g: Globals, detach, rm, name, interactive, tty, env, env_files, workdir,
     from lamina.builder.containers.attach import Attached, terminal_size
     from lamina.builder.containers.create import RunOptions, check_monitor, create, spawn_monitor
     from lamina.builder.containers.state import ContainerStore
+    from lamina.builder.errors import BuildError
+    from lamina.store.errors import StoreError
     from lamina.store.store import Store
 
     if tty and interactive and not os.isatty(0):
@@ -54,8 +56,15 @@ def run(g: Globals, detach, rm, name, interactive, tty, env, env_files, workdir,
                       workdir=workdir, user=user, volumes=tuple(volumes), network=network,
                       hostname=hostname, entrypoint=entrypoint,
                       tty_size=terminal_size() if tty else None)
-    with Store(g.root) as store:
-        record = create(store, opts)
+    try:
+        with Store(g.root) as store:
+            record = create(store, opts)
+    except (BuildError, StoreError) as e:
+        # docker run: 125 when the container cannot be made (no such image or user,
+        # no command) - the command's own statuses stay 1 and 2
+        from lamina.builder.steplog import controls_shown
+        click.echo(f"lamina: {controls_shown(str(e))}", err=True)
+        raise click.exceptions.Exit(125) from None
     cs = ContainerStore(g.root)
     d = cs.path(record.id)
     if detach:

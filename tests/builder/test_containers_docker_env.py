@@ -46,3 +46,14 @@ def test_process_groups_include_primary_gid(store):
     # an explicit group: that group only (no supplementary lookup)
     r = lamina(store, "run", "--rm", "--network", "none", "-u", "alice:staff", "bb", "id")
     assert r.stdout.strip() == "uid=1000(alice) gid=50(staff) groups=50(staff)", r.stderr
+
+
+def test_a_container_that_cannot_be_made_exits_125(store):
+    # docker run's statuses: 125 for its own failures (no such image, an unknown user,
+    # --entrypoint '' with nothing left to run), 126/127 for a command it cannot run
+    for args in (["no-such-image:1", "true"], ["-u", "nosuchuser", "bb", "true"],
+                 ["--entrypoint", "", "bb"], ["bb", "/etc/passwd"], ["bb", "no-such-cmd"]):
+        r = lamina(store, "run", "--rm", "--network", "none", *args)
+        expected = {"/etc/passwd": 126, "no-such-cmd": 127}.get(args[-1], 125)
+        assert r.returncode == expected, (args, r.stderr)
+        assert r.stderr.startswith("lamina: ") and "Traceback" not in r.stderr
