@@ -114,14 +114,30 @@ def _substitute(body: str, env: Mapping[str, str], where: str) -> str:
     return value
 
 
+# a YAML alias is one shared node for the parser, but every later walk (interpolation,
+# str() of a list) expands it: nine levels of ten aliases make 10^9 nodes from a few
+# hundred bytes ("billion laughs"). compose-go's YAML decoder refuses such a file
+# ("excessive aliasing"); so does lamina, once the expanded tree passes this many nodes.
+MAX_NODES = 1_000_000
+
+
 def interpolate_tree(value: Any, env: Mapping[str, str], where: str = "") -> Any:
-    if isinstance(value, str):
-        return interpolate(value, env, where)
-    if isinstance(value, list):
-        return [interpolate_tree(v, env, where) for v in value]
-    if isinstance(value, dict):
-        return {k: interpolate_tree(v, env, where) for k, v in value.items()}
-    return value
+    budget = [MAX_NODES]
+
+    def walk(value: Any) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise BuildError(f"{where}the document expands to more than {MAX_NODES} values "
+                             "(excessive YAML aliasing?)")
+        if isinstance(value, str):
+            return interpolate(value, env, where)
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        return value
+
+    return walk(value)
 
 
 # -- .env ----------------------------------------------------------------------------------------

@@ -38,8 +38,12 @@ def load_definition(files: list[Path], environ: Mapping[str, str] | None = None)
     definition = Definition()
     compose = [p for p in files if is_compose_name(p)]
     bake = [p for p in files if not is_compose_name(p)]
-    if compose:
-        load_compose(compose, definition, environ)
-    if bake:
-        load_bakefiles(bake, definition, environ)
+    try:
+        if compose:
+            load_compose(compose, definition, environ)
+        if bake:
+            load_bakefiles(bake, definition, environ)
+    except RecursionError:  # `[[[[...]]]]` or `${A:-${A:-...}}` thousands deep
+        raise BuildError(f"{', '.join(map(str, files))}: the bake definition is nested too "
+                         "deeply to read") from None
     return definition

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from lamina.builder.bake.hclfuncs import FUNCTIONS, ExpressionError, to_string
+from lamina.builder.bake.hclfuncs import FUNCTIONS, ExpressionError, check_size, to_string
 from lamina.builder.bake.hclfuncs import number as _number
 from lamina.builder.bake.hclfuncs import truth as _truth
 
@@ -146,7 +146,8 @@ def evaluate_template(text: str, scope: Scope) -> Any:
         parts.append("".join(literal))
     if len(parts) == 1 and isinstance(parts[0], _Value):
         return parts[0].value
-    return "".join(p if isinstance(p, str) else to_string(p.value) for p in parts)
+    return check_size("".join(p if isinstance(p, str) else to_string(p.value) for p in parts),
+                      "string template")
 
 
 @dataclass(frozen=True)
@@ -359,7 +360,7 @@ class _Parser:
             args = args[:-1] + list(args[-1])
         if name in FUNCTIONS:
             try:
-                return FUNCTIONS[name](*args)
+                return check_size(FUNCTIONS[name](*args), f"{name}()")
             except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError, re.error) as e:
                 raise ExpressionError(f"{name}({', '.join(map(repr, args))}): {e}") from None
         if self.scope.call is not None:

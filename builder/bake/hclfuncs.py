@@ -86,6 +86,50 @@ def _substr(s, offset, length):
     return s[offset:] if length < 0 else s[offset:offset + length]
 
 
+# A bake file is hostile input. Go's RE2 (buildx) matches in linear time; Python's
+# backtracking `re` takes exponential time on `(a+)+$`, so patterns run on the
+# `regex` engine (python-hcl2's own dependency) under a time limit. Values are capped:
+# `"${v}${v}"` over forty variables, or one `replace` of every character by a long
+# string, would otherwise grow past any memory.
+REGEX_SECONDS = 2.0
+MAX_VALUE = 1 << 20   # characters of a string, items of a list
+
+
+def check_size(value: Any, what: str) -> Any:
+    if isinstance(value, (str, list, dict)) and len(value) > MAX_VALUE:
+        raise ExpressionError(f"{what}: the value is longer than {MAX_VALUE} "
+                              f"{'characters' if isinstance(value, str) else 'items'}")
+    return value
+
+
+def _replace(s, old, new):
+    s, old, new = str(s), str(old), str(new)
+    grows = (len(s) + 1 if old == "" else s.count(old)) * len(new)
+    if grows > MAX_VALUE:
+        raise ExpressionError(f"replace(): the result would be longer than {MAX_VALUE} characters")
+    return s.replace(old, new)
+
+
+def _regex_replace(s, pattern, new):
+    import regex
+
+    s, new = str(s), re.sub(r"\$(\d)", r"\\\1", str(new))
+    try:
+        compiled = regex.compile(str(pattern))
+        count = sum(1 for _ in compiled.finditer(s, timeout=REGEX_SECONDS))
+        # a back-reference copies at most the whole input
+        each = len(new) * (len(s) + 1 if "\\" in new else 1)
+        if count * each > MAX_VALUE:
+            raise ExpressionError(f"regex_replace(): the result could be longer than "
+                                  f"{MAX_VALUE} characters")
+        return compiled.sub(new, s, timeout=REGEX_SECONDS)
+    except TimeoutError:
+        raise ExpressionError(f"regex_replace(): pattern {str(pattern)!r} took longer than "
+                              f"{REGEX_SECONDS:g}s on a {len(s)}-character input") from None
+    except regex.error as e:
+        raise ExpressionError(f"regex_replace(): bad pattern {str(pattern)!r}: {e}") from None
+
+
 def _timestamp():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -102,8 +146,8 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "trim": lambda s, chars: str(s).strip(str(chars)),
     "trimprefix": lambda s, p: str(s)[len(p):] if str(s).startswith(p) else str(s),
     "trimsuffix": lambda s, p: str(s)[:-len(p)] if p and str(s).endswith(p) else str(s),
-    "replace": lambda s, old, new: str(s).replace(str(old), str(new)),
-    "regex_replace": lambda s, pattern, new: re.sub(str(pattern), re.sub(r"\$(\d)", r"\\\1", str(new)), str(s)),
+    "replace": _replace,
+    "regex_replace": _regex_replace,
     "join": _join,
     "split": lambda sep, s: str(s).split(str(sep)),
     "concat": lambda *lists: [x for l in lists for x in l],
