@@ -61,8 +61,10 @@ class RunOptions:
 
 
 def parse_env_file(path: str) -> list[str]:
-    """docker's --env-file: KEY=VALUE lines, `#` comments and blank lines skipped, a
-    bare KEY takes lamina's own value (or is skipped)."""
+    """docker's --env-file: KEY=VALUE lines (the value kept verbatim, spaces and quotes
+    included), `#` comments and blank lines skipped, leading whitespace and a UTF-8 BOM
+    dropped, a name with whitespace refused, a bare KEY takes lamina's own value (or is
+    skipped)."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -70,10 +72,14 @@ def parse_env_file(path: str) -> list[str]:
     except UnicodeDecodeError:
         raise ContainerError(f"env file {path} is not UTF-8 text") from None
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
         line = line.lstrip()
         if not line or line.startswith("#"):
             continue
+        key = line.partition("=")[0]
+        if " " in key or "\t" in key:  # docker's CLI: "variable 'K ' contains whitespaces"
+            raise ContainerError(f"invalid environment variable {key!r} in {path}:{n}: "
+                                 "the name contains whitespace")
         out.extend(_env_item(line, f"{path}:{n}"))
     return out
 

@@ -57,3 +57,24 @@ def test_a_container_that_cannot_be_made_exits_125(store):
         expected = {"/etc/passwd": 126, "no-such-cmd": 127}.get(args[-1], 125)
         assert r.returncode == expected, (args, r.stderr)
         assert r.stderr.startswith("lamina: ") and "Traceback" not in r.stderr
+
+
+def test_env_file_and_bare_names_as_docker(store, tmp_path, monkeypatch):
+    # docker CLI's env-file rules: BOM dropped, leading whitespace dropped, `#` lines and
+    # blank lines skipped, the value verbatim, a bare name takes the caller's value (or is
+    # left out), an empty value kept; a name with whitespace refuses the file
+    monkeypatch.setenv("FROMHOST", "host value")
+    monkeypatch.delenv("NOTSET", raising=False)
+    good = tmp_path / "good.env"
+    good.write_bytes(b"\xef\xbb\xbfFIRST=1\n# c\n\n\t  # indented\n  LEAD= v 'q' \nFROMHOST\n"
+                     b"NOTSET\nEMPTY=\n")
+    r = lamina(store, "run", "--rm", "--network", "none", "--env-file", good, "-e", "FROMHOST",
+               "-e", "CLI=", "bb", "cat", "/proc/self/environ")
+    assert r.returncode == 0, r.stderr
+    env = [e for e in r.stdout.split("\0") if e and not e.startswith(("HOSTNAME=", "PATH="))]
+    assert env == ["FIRST=1", "LEAD= v 'q' ", "FROMHOST=host value", "EMPTY=", "CLI=",
+                   "HOME=/root"]
+    bad = tmp_path / "bad.env"
+    bad.write_text("OK=1\nSPACED =x\n")
+    r = lamina(store, "run", "--rm", "--network", "none", "--env-file", bad, "bb", "true")
+    assert r.returncode == 125 and "SPACED" in r.stderr, r.stderr
