@@ -321,7 +321,10 @@ def load(store, source: str | os.PathLike) -> list[Loaded]:
             for img in images:
                 layers = []
                 for l in img.layers:
-                    key = (l.member, l.diff_id, l.digest, l.media_type)
+                    # keyed by the member a name resolves to: a hostile manifest can
+                    # name one big layer 400 000 times through as many links
+                    where = reader.resolve(l.member).offset_data
+                    key = (where, l.diff_id, l.digest, l.media_type)
                     if key not in seen:
                         seen[key] = ingest_layer(blobs, reader, l, added)
                     layers.append(seen[key])

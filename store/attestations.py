@@ -221,9 +221,12 @@ def archive_predicates(reader) -> dict[str, dict[str, dict[str, Any]]]:
     if not reader.has(INDEX_JSON):
         return out
     top = oci.decode(reader.read(INDEX_JSON), INDEX_JSON)
+    seen: set[str] = set()  # an index listed 100 000 times is read once
     for d in top.get("manifests") or []:
-        if d.get("mediaType") not in oci.INDEX_TYPES or not reader.has(blob_member(d.get("digest", ""))):
+        if d.get("mediaType") not in oci.INDEX_TYPES or d.get("digest") in seen \
+                or not reader.has(blob_member(d.get("digest", ""))):
             continue
+        seen.add(d["digest"])
         try:
             index = oci.decode(reader.read(blob_member(d["digest"])), f"index {d['digest']}")
             for target, att in attestation_descriptors(index):

@@ -170,7 +170,13 @@ def read_docker_archive(reader: ArchiveReader) -> list[ArchivedImage]:
         raise CorruptContent(f"{where} is not valid JSON: {e}", path=reader.path) from None
     if not isinstance(entries, list) or not entries:
         raise CorruptContent(f"{where}: expected a non-empty list of images", path=reader.path)
+    # A hostile manifest.json (32 MiB) can list one big config 100 000 times, under
+    # names or links that all lead to the same member: each config member is read and
+    # checked once, and entries of an image already listed (same config = same image
+    # ID) only add their names, so the work stays proportional to the archive.
     images: list[ArchivedImage] = []
+    by_member: dict[int, str] = {}       # resolved config member -> config digest
+    by_config: dict[str, int] = {}       # config digest -> index in images
     for i, e in enumerate(entries):
         w = f"{where}: image {i}"
         if not isinstance(e, dict) or not isinstance(e.get("Config"), str) \
@@ -178,6 +184,13 @@ def read_docker_archive(reader: ArchiveReader) -> list[ArchivedImage]:
                 or not all(isinstance(l, str) for l in e["Layers"]):
             raise CorruptContent(f"{w}: needs Config (a path) and Layers (a list of paths)",
                                  path=reader.path)
+        known = by_config.get(by_member.get(reader.resolve(e["Config"]).offset_data, ""))
+        if known is not None:
+            prev = images[known]
+            names = _tags(e.get("RepoTags"), w)
+            images[known] = ArchivedImage(prev.config, prev.config_digest, prev.layers,
+                                          prev.names + tuple(n for n in names if n not in prev.names))
+            continue
         config = reader.read(e["Config"])
         config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
         cfg = oci.decode(config, f"{reader.path}: image config {e['Config']}")
@@ -188,6 +201,15 @@ def read_docker_archive(reader: ArchiveReader) -> list[ArchivedImage]:
                                  f"{len(diffs)} diff_ids", path=reader.path)
         layers = tuple(ArchivedLayer(member=path, diff_id=d, size=reader.size(path))
                        for path, d in zip(e["Layers"], diffs))
-        images.append(ArchivedImage(config=config, config_digest=config_digest, layers=layers,
-                                    names=_tags(e.get("RepoTags"), w)))
+        image = ArchivedImage(config=config, config_digest=config_digest, layers=layers,
+                              names=_tags(e.get("RepoTags"), w))
+        by_member[reader.resolve(e["Config"]).offset_data] = config_digest
+        if config_digest in by_config:  # the same config in another member
+            prev = images[by_config[config_digest]]
+            images[by_config[config_digest]] = ArchivedImage(
+                prev.config, prev.config_digest, prev.layers,
+                prev.names + tuple(n for n in image.names if n not in prev.names))
+            continue
+        by_config[config_digest] = len(images)
+        images.append(image)
     return images

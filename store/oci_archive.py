@@ -169,9 +169,13 @@ def read_oci_archive(reader: ArchiveReader) -> list[ArchivedImage]:
     if not index["manifests"]:
         raise CorruptContent(f"{reader.path}: {INDEX_JSON} lists no images", path=reader.path)
     found: dict[str, ArchivedImage] = {}
+    picked: dict[str, oci.Descriptor] = {}  # each nested index read once, however often listed
     for i, d in enumerate(index["manifests"]):
         top = oci.Descriptor.from_json(d, f"{reader.path}: {INDEX_JSON}: manifest {i}")
-        desc = _pick_manifest(reader, top)
+        key = f"{top.media_type} {top.digest} {top.size}"
+        if key not in picked:
+            picked[key] = _pick_manifest(reader, top)
+        desc = picked[key]
         names = names_of(top.annotations)
         if desc.digest in found:
             prev = found[desc.digest]
