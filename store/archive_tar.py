@@ -149,6 +149,19 @@ class _BoundedReader:
         pass
 
 
+class _CopyingReader:
+    """A stream that writes everything read from `src` to `out`."""
+
+    def __init__(self, src, out: BinaryIO) -> None:
+        self._src = src
+        self._out = out
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        self._out.write(data)
+        return data
+
+
 class ArchiveReader:
     """Random access to the members of a (possibly compressed) tar archive by name."""
 
@@ -179,12 +192,18 @@ class ArchiveReader:
         out = tempfile.TemporaryFile(dir=tmp_dir)
         try:
             with f:
-                src = compression.open_decompressed(f)
-                while True:
-                    chunk = src.read(CHUNK)
-                    if not chunk:
-                        break
-                    out.write(chunk)
+                # copied only up to the tar's end-of-archive block: a few MiB of
+                # compressed zeros after it would otherwise fill the disk with
+                # gigabytes nothing reads (a "zip bomb"); a tar that ends badly is
+                # copied up to the bad block, which _index then refuses
+                copy = _CopyingReader(compression.open_decompressed(f), out)
+                try:
+                    with tarfile.open(fileobj=copy, mode="r|") as tf:
+                        for _ in tf:
+                            pass
+                except (tarfile.TarError, EOFError, ValueError, UnicodeError, OverflowError):
+                    pass
+                copy.read(2 * BLOCK)  # the second zero block, when tarfile did not read it
         except CorruptContent as e:
             out.close()
             raise CorruptContent(f"{self.path}: compressed archive is corrupt: {e.message}",

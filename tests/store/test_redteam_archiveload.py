@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 
 import pytest
@@ -122,3 +123,32 @@ def test_one_nested_index_listed_thousands_of_times_is_read_once(tmp_path, bytes
     loaded = load(Store(tmp_path / "store"), path)
     assert [l.manifest_digest for l in loaded] == [sha(manifest)]
     assert bytes_read[0] < 3 * path.stat().st_size
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_compressed_zeros_after_the_archive_are_not_copied_to_disk(tmp_path, kind):
+    # a tiny archive, then 256 MiB of zeros that compress to almost nothing: only the
+    # tar up to its end-of-archive marker is decompressed into the temp file
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"[]"))
+    path = tmp_path / "bomb.tar.z"
+    zeros = b"\0" * (1 << 20)
+    if kind == "gzip":
+        import gzip
+        with gzip.open(path, "wb", compresslevel=1) as g:
+            g.write(buf.getvalue())
+            for _ in range(256):
+                g.write(zeros)
+    else:
+        import zstandard
+        with open(path, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as z:
+            z.write(buf.getvalue())
+            for _ in range(256):
+                z.write(zeros)
+    assert path.stat().st_size < 2 << 20
+    with archive_tar.ArchiveReader(path, tmp_dir=tmp_path) as reader:
+        assert reader.read("manifest.json") == b"[]"
+        assert os.fstat(reader._file.fileno()).st_size < 1 << 20
