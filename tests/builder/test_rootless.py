@@ -399,7 +399,8 @@ def test_other_commands_work_unprivileged(users, work):
     assert (out / "d" / "g").stat().st_mode & 0o7777 == 0o755
     # run: the image's command in the sandbox, as the image's user
     ran = lamina_as(user, python, "run", "--rm", "--network", "none", "hello:rl", "id", root=store)
-    assert ran.stdout.strip() == "uid=1000 gid=1000"
+    # the primary gid is among the process's groups, as docker's getUser gives them
+    assert ran.stdout.strip() == "uid=1000 gid=1000 groups=1000"
     # a file of the store the user cannot remove from outside goes from inside
     check = lamina_as(user, python, "unshare", "--check", root=store)
     assert f"uid {user.uid} outside" in check.stdout and "subordinate IDs: 0..65536" in check.stdout
