@@ -1028,6 +1028,35 @@ def _prepare_copy_owners_links(ctx: Path) -> None:
         ("./d/./z", "file", 0o644, 0, 0, b"z\n")]))
 
 
+# An exception (`!pattern`) with a wildcard under an excluded directory: current
+# BuildKit's context walk enters the excluded dir whenever an exception has a wildcard
+# (fsutil filter.go onlyPrefixExcludeExceptions, d7eeb96 "Avoid traversal of directories
+# whose children are impossible to match", 2021) and sends what it re-includes with the
+# parent dirs; v0.8's walker entered it only when an exception's text began with the
+# dir's path, so `!docs/**/*.md` re-included docs/README.md but nothing in docs/guide/.
+_IGNORE_WILDCARD = "a wildcard exception re-includes inside a subdir of an excluded dir (current) / not (v0.8)"
+
+
+def _prepare_ignore_reinclude(ctx: Path) -> None:
+    """A project tree for ignore-reinclude's .dockerignore (git holds neither logs nor
+    node_modules nor modes), with the special mode bits a context may carry."""
+    files = ("a.log", "sub/b.log", "sub/deep/c.log", "node_modules/x.js", "app/node_modules/y.js",
+             "keep/node_modules/z.js", "keep/node_modules/n.log", "docs/index.html",
+             "docs/README.md", "docs/guide/intro.md", "docs/guide/img.png",
+             "docs/internal/secret.md", "docs/internal/notes.txt", "secrets/key",
+             "secrets/public.pem", "x.tmp", "important.tmp", "sub/important.tmp", "build/obj.o",
+             "build/dist/app", "build/dist/keep-me", "build/dist/sub/lib", "src/main.c",
+             "src/.hidden", "src/pkg/mod.c", "modes/shared/f", "modes/sticky/s", "modes/suid",
+             "modes/gw")
+    for name in files:
+        (ctx / name).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / name).write_text(name + "\n")
+    for name, mode in (("modes/shared", 0o2775), ("modes/sticky", 0o1777), ("modes/suid", 0o4755),
+                       ("modes/gw", 0o664), ("modes/shared/f", 0o660), ("modes/sticky/s", 0o600),
+                       ("src/pkg", 0o750), ("docs/guide", 0o700)):
+        os.chmod(ctx / name, mode)
+
+
 def _build_obbase(b: "Builders") -> None:
     """obbase:1 (onbuild-image/base/Dockerfile) built and tagged by each builder in its
     own store, once per session."""
@@ -1205,6 +1234,25 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
              "RUN /bin/sh -ec echo child-trigger > /child-trigger # buildkit"),
         -2: ("RUN |1 BUILD_FLAVOR=cli /bin/sh -ec echo \"shell=$0 $-\" > grand.txt # buildkit",
              "RUN /bin/sh -ec echo \"shell=$0 $-\" > grand.txt # buildkit")})),
+    # triggers copying --from stages of this file (by name, by index); the stage FROM
+    # `template` inherits its ARG, which its RUNs list (see "args")
+    "onbuild-copy-from": BuildkitCase(difference=OracleDifference(known_history={
+        7: ("RUN |1 SIG=SIGTERM /bin/sh -c find /srv | sort > /srv-listing # buildkit",
+            "RUN /bin/sh -c find /srv | sort > /srv-listing # buildkit"),
+        8: ("RUN |1 SIG=SIGTERM /bin/sh -c echo app > /app # buildkit",
+            "RUN /bin/sh -c echo app > /app # buildkit")})),
+    # `!docs/**/*.md` under an excluded `docs`: current BuildKit walks the excluded dir
+    # (docs/guide/intro.md re-included, with its dir); v0.8 did not (_IGNORE_WILDCARD)
+    # mount targets that did not exist (/mnt/data, a relative one under WORKDIR): left
+    # by v0.8, removed by current BuildKit and lamina (_MOUNT_STUB)
+    "run-mounts-rw": BuildkitCase(difference=OracleDifference(known=tuple(
+        Known(p, _MOUNT_STUB, None, {"type": "dir", "mode": 0o755, "uid": 0, "gid": 0})
+        for p in ("mnt", "mnt/data", "srv/app/sub/ctx-sub")))),
+    "ignore-reinclude": BuildkitCase(prepare=_prepare_ignore_reinclude, difference=OracleDifference(
+        known=tuple(k for d in ("app/docs", "docs-slash", "docs-noslash") for k in (
+            Known(f"{d}/guide", _IGNORE_WILDCARD, {"type": "dir", "mode": 0o700}, None),
+            Known(f"{d}/guide/intro.md", _IGNORE_WILDCARD,
+                  {"type": "file", "content": b"docs/guide/intro.md\n"}, None))))),
 }
 
 
