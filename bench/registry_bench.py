@@ -29,7 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("lamina", "grammar", "store", "builder")
+sys.path.insert(0, str(REPO))
 
 from bench.store_bench import generate_rootfs  # noqa: E402
 from tests.store.registryfix import registry  # noqa: E402
@@ -51,6 +53,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
+    # lamina byte-compiled, as installed from a wheel (skopeo is a compiled binary too)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *PACKAGES], check=True,
+                   cwd=REPO, stdout=subprocess.DEVNULL)
     work = Path(args.work or tempfile.mkdtemp(prefix="lamina-regbench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

@@ -102,6 +102,52 @@ class _GzipReader:
         return True
 
 
+class GzipInflater:
+    """Push-style streaming gzip decoder with the rules of _GzipReader (multi-member,
+    zero padding after a member tolerated, CorruptContent on bad data or truncation):
+    `feed(chunk)` yields the uncompressed blocks (at most OUT_BLOCK bytes each) that
+    chunk completes, as isal returns them - no copies, so a download's inflate thread
+    hands them on as they are; `finish()` at the end of the input."""
+
+    OUT_BLOCK = READ_SIZE
+
+    def __init__(self) -> None:
+        self._z = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._started = False  # the current member has received input
+
+    def feed(self, data: bytes):
+        src = data
+        while True:
+            if not self._started:
+                if not src:
+                    return
+                if src[0] == 0:  # zero padding between or after members
+                    src = bytes(src).lstrip(b"\0")
+                    if not src:
+                        return
+                self._started = True
+            try:
+                out = self._z.decompress(src, self.OUT_BLOCK)
+            except (inflate.error, zlib.error) as e:
+                raise CorruptContent(f"gzip stream is corrupt: {e}") from None
+            if out:
+                yield out
+            if self._z.eof:
+                src = self._z.unused_data
+                self._z = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                self._started = False
+            elif self._z.unconsumed_tail:
+                src = self._z.unconsumed_tail
+            elif len(out) == self.OUT_BLOCK:
+                src = b""  # output may be pending with all input taken: ask again
+            else:
+                return
+
+    def finish(self) -> None:
+        if self._started:
+            raise CorruptContent("gzip stream is truncated")
+
+
 class ZstdFrameTracker:
     """Follows zstd frame structure (RFC 8878: frame header, block headers, checksum,
     skippable frames) over the compressed bytes, without decompressing, so a stream cut

@@ -23,12 +23,13 @@ import hashlib
 import queue
 import threading
 
-from lamina.store.decompress import PrefixedReader, detect, open_decompressed
+from lamina.store.decompress import GzipInflater, PrefixedReader, detect, open_decompressed
 from lamina.store.tarformat import TarScan
 
-QUEUE_CHUNKS = 32          # compressed chunks waiting for the inflate thread
+QUEUE_CHUNKS = 8           # compressed pieces (FEED_SIZE) waiting for the inflate thread
 QUEUE_BLOCKS = 8           # decompressed blocks waiting for the scan thread
 BLOCK_SIZE = 1 << 20       # decompressed bytes handed over at once
+FEED_SIZE = 1 << 19        # received bytes handed to the inflate thread at once
 SHORT_READS = 1 << 16      # reads this large may be short (the decompressors' reads)
 
 
@@ -70,6 +71,19 @@ class _QueueReader:
     def readable(self) -> bool:
         return True
 
+    def next_chunk(self) -> bytes:
+        """What is buffered, else the next chunk as it was put (b"" at the end)."""
+        if self._buf:
+            data, self._buf = bytes(self._buf), bytearray()
+            return data
+        if self._eof:
+            return b""
+        chunk = self._q.get()
+        if chunk is None:
+            self._eof = True
+            return b""
+        return chunk
+
     def drain(self) -> None:
         while not self._eof:
             if self._q.get() is None:
@@ -88,6 +102,7 @@ class LayerDigester:
         self._scan_failed_early = False  # a bad header, not an early end of the stream
         self._stop = threading.Event()
         self._closed = False
+        self._pending = bytearray()  # received bytes not yet handed on
         self._inflate = threading.Thread(target=self._run_inflate, name="layer-inflate", daemon=True)
         self._scan = threading.Thread(target=self._run_scan, name="layer-scan", daemon=True)
         self._inflate.start()
@@ -98,6 +113,9 @@ class LayerDigester:
         try:
             head = reader.read(6)
             self._kind = detect(head)
+            if self._kind in ("gzip", "none"):  # chunks in, blocks out, nothing copied
+                self._pass_on(head, reader)
+                return
             stream = open_decompressed(PrefixedReader(head, reader))
             while not self._stop.is_set():
                 block = stream.read(BLOCK_SIZE)
@@ -109,6 +127,21 @@ class LayerDigester:
         finally:
             self._blocks.put(None)
             reader.drain()  # never leave the receiving thread blocked on a full queue
+
+    def _pass_on(self, head: bytes, reader: _QueueReader) -> None:
+        """gzip or plain tar: each received chunk inflated (or not) straight into the
+        scan thread's queue."""
+        inflater = GzipInflater() if self._kind == "gzip" else None
+        chunk = head
+        while chunk and not self._stop.is_set():
+            if inflater is None:
+                self._blocks.put(chunk)
+            else:
+                for block in inflater.feed(chunk):
+                    self._blocks.put(block)
+            chunk = reader.next_chunk()
+        if inflater is not None and not self._stop.is_set():
+            inflater.finish()
 
     def _run_scan(self) -> None:
         sha, size, scan = hashlib.sha256(), 0, TarScan()
@@ -136,12 +169,20 @@ class LayerDigester:
                 ended = self._blocks.get() is None
 
     def feed(self, chunk: bytes) -> None:
+        """Take the next received chunk; handed on in FEED_SIZE pieces (fewer, larger
+        calls into the decompressor, fewer hand-overs between the threads)."""
         if chunk and not self._closed:
-            self._chunks.put(chunk)
+            self._pending += chunk
+            if len(self._pending) >= FEED_SIZE:
+                self._chunks.put(bytes(self._pending))
+                self._pending = bytearray()
 
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._pending:
+                self._chunks.put(bytes(self._pending))
+                self._pending = bytearray()
             self._chunks.put(None)
         self._inflate.join()
         self._scan.join()
