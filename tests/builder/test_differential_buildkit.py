@@ -1253,6 +1253,7 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
         Known("etc", "the parent of the /etc/hosts stub: v0.8 left it, current BuildKit "
               "removes it (recursive stub removal, see _MOUNT_STUB)",
               None, {"type": "dir", "mode": 0o755, "uid": 0, "gid": 0}),))),
+    "word-expansion": BuildkitCase(),
     "ignore-reinclude": BuildkitCase(prepare=_prepare_ignore_reinclude, difference=OracleDifference(
         known=tuple(k for d in ("app/docs", "docs-slash", "docs-noslash") for k in (
             Known(f"{d}/guide", _IGNORE_WILDCARD, {"type": "dir", "mode": 0o700}, None),
@@ -1454,6 +1455,8 @@ _REFUSED = {
     "healthcheck-negative-start-period": "HEALTHCHECK --start-period=-1s CMD true\n",
     "workdir-under-a-file": "RUN touch /f\nWORKDIR /f/sub\n",
     "from-empty-variable": "FROM ${NOPE}\n",
+    # a variable holding two source names is one (missing) source: COPY does not split it
+    "copy-sources-in-one-variable": "ENV SRCS=\"a.txt dir\"\nCOPY $SRCS /dst/\n",
 }
 _ACCEPTED = {
     "optional-secret-and-ssh": "RUN --mount=type=secret,id=nope --mount=type=ssh "
