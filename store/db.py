@@ -4,7 +4,8 @@ Tables: images (manifest digest -> config digest, sizes), image_layers (the
 ordered layers of each manifest), tags (canonical reference -> manifest digest),
 layers (diff_id -> extracted directory name), layer_blobs (compressed blob digest
 -> diff_id, media type, sizes), cache (build cache key -> result), leases and
-lease_items (what running builds hold), content (the file-dedup index).
+lease_items (what running builds hold), content (the file-dedup index),
+repo_digests, remote_blobs (store.remoteblobs), blob_locations (store.bloblocations).
 
 The database runs in WAL mode (readers never block the writer, and never see a
 half-done update), with a busy timeout so that several lamina processes can share
@@ -28,7 +29,7 @@ from typing import Any, Iterator, Mapping
 
 from lamina.store.errors import StoreError
 
-SCHEMA_VERSION = 3  # 2: repo_digests, 3: remote_blobs
+SCHEMA_VERSION = 4  # 2: repo_digests, 3: remote_blobs, 4: blob_locations
 BUSY_TIMEOUT_S = 60.0
 
 _SCHEMA = """
@@ -111,6 +112,14 @@ CREATE TABLE IF NOT EXISTS remote_blobs (
     digest          TEXT PRIMARY KEY,      -- a layer blob recorded, not fetched yet
     source          TEXT NOT NULL          -- the repository that has it: DOMAIN/PATH
 );
+CREATE TABLE IF NOT EXISTS blob_locations (
+    registry        TEXT NOT NULL,         -- host[:port] as in a reference: localhost:5000
+    digest          TEXT NOT NULL,         -- a blob a pull or push saw there
+    repository      TEXT NOT NULL,         -- its repository on that registry: team/app
+    seen            REAL NOT NULL,         -- when last seen (unix time)
+    PRIMARY KEY (registry, digest, repository)
+);
+CREATE INDEX IF NOT EXISTS blob_locations_by_seen ON blob_locations(seen);
 """
 
 LEASE_KINDS = ("blob", "layer", "cache", "image")

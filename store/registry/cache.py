@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from lamina.store import oci, refs
+from lamina.store import bloblocations, oci, refs
 from lamina.store.blobs import sha256_digest
 from lamina.store.compression import kind_for_media_type
 from lamina.store.errors import CorruptContent, StoreError
@@ -46,7 +46,7 @@ from lamina.store.layers import LayerBlob, describe_layer
 from lamina.store.registry.pull import (choose_manifest, fetch_blob, fetch_manifest,
                                         fetch_small_blob, host, repo_scope)
 from lamina.store.registry.push import PARALLEL_UPLOADS, upload_blob
-from lamina.store.registry.session import RegistryError, RegistrySession
+from lamina.store.registry.session import RegistryError, RegistrySession, Unauthorized
 
 SCHEMA = "lamina.cache.v1"
 ARTIFACT_TYPE = "application/vnd.lamina.cache.v1+json"
@@ -341,6 +341,8 @@ def import_layer(store, source: CacheSource, layer: LayerBlob, lease=None) -> La
                          media_type=layer.media_type if same_kind else described.media_type,
                          uncompressed_size=described.uncompressed_size)
         record_layer(store, blob)
+        if source.origin is not None:  # verified from there: pushes to its registry mount it
+            bloblocations.remember(store, *source.origin, [blob.digest])
         if lease is not None:
             lease.hold(layers=[blob.diff_id], blobs=[blob.digest])
     return blob
@@ -381,12 +383,16 @@ def _has(session: RegistrySession, path: str, digest: str, scope: str) -> bool:
 
 def _mount(session: RegistrySession, path: str, digest: str, source: str, scope: str) -> bool:
     """Cross-repository mount of `digest` from `source`; False when the registry
-    declines (the upload it opened instead is cancelled)."""
-    with session.request("POST", f"/v2/{path}/blobs/uploads/", scope=scope,
-                         params={"mount": digest, "from": source}, ok=(201, 202)) as resp:
-        if resp.status_code == 201:
-            return True
-        location = resp.headers.get("location")
+    declines (the upload it opened instead is cancelled) or the credentials have no
+    pull on `source` (asked along with `scope`, as push.upload_blob asks)."""
+    try:
+        with session.request("POST", f"/v2/{path}/blobs/uploads/", scope=f"{scope} {repo_scope(source)}",
+                             params={"mount": digest, "from": source}, ok=(201, 202)) as resp:
+            if resp.status_code == 201:
+                return True
+            location = resp.headers.get("location")
+    except Unauthorized:
+        return False
     if location:
         try:
             with session.request("DELETE", location if "://" in location else session.base_url() + location,
@@ -437,9 +443,13 @@ def push_cache(store, reference: str, data: CacheData, *, mode: str = "min", pro
                 return -1
             if not store.blobs.exists(layer.digest):
                 provide(layer)
-            return upload_blob(session, store.blobs, dest.path, layer.digest, scope, None, None, "layer")
+            return upload_blob(session, store.blobs, dest.path, layer.digest, scope, known[layer.digest],
+                               None, "layer", refuted=refuted)
 
         uploaded = reused = 0
+        known = bloblocations.candidates(store, dest.domain, [l.digest for l in data.used_layers()],
+                                         exclude=dest.path)
+        refuted: list[tuple[str, str]] = []
         with ThreadPoolExecutor(max_workers=PARALLEL_UPLOADS) as pool:
             futures = [pool.submit(send, l) for l in data.used_layers()]
             for f in futures:  # every upload ends (or fails) before the manifest is written
@@ -462,6 +472,8 @@ def push_cache(store, reference: str, data: CacheData, *, mode: str = "min", pro
                 if n == len(attempts) - 1 or e.status != 400:
                     raise
                 time.sleep(0.2 * (n + 1))
+        bloblocations.forget(store, dest.domain, refuted)
+        bloblocations.remember(store, dest.domain, dest.path, [l.digest for l in data.used_layers()])
         return PushedCache(reference=str(dest.with_tag(tag)) if dest.tag is None else str(dest),
                            manifest_digest=sha256_digest(manifest), records=len(attempt.records),
                            uploaded=uploaded, reused=reused)

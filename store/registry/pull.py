@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import httpx
 
-from lamina.store import attestations, oci, refs, repodigests
+from lamina.store import attestations, bloblocations, oci, refs, repodigests
 from lamina.store.blobs import check_digest, sha256_digest
 from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.compression import kind_for_media_type, media_type_for
@@ -306,6 +306,8 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
                 remoteblobs.settle(store, layer)
             image = store.add_manifest(data, config, layers, names)
             repodigests.record(store, ref.name, digest, image.manifest_digest)
+            # verified blobs of this repository: a push to another repository here mounts them
+            bloblocations.remember(store, session.host, ref.path, [cdesc["digest"]] + [l.digest for l in layers])
             if predicates and image.manifest_digest == digest:  # provenance/SBOM came along
                 attestations.attach(store, image.manifest_digest, predicates)
         except BaseException:

@@ -6,11 +6,20 @@ Layers go as the store's export does (gzip by default, which every registry clie
 reads — the image ID stays the same; ``compression="zstd"`` pushes the stored
 bytes). Each blob is first asked for with HEAD and skipped when the registry has it;
 a blob the registry has in another repository of the same registry is mounted
-(``?mount=&from=``) instead of uploaded — a layer recorded but not fetched
-(store.remoteblobs) from the repository that has it, so pushing it downloads nothing
-when that repository is on the same registry; otherwise it is uploaded monolithically
-(POST, then one PUT with the digest) from the blob file, so a retry re-sends it
-from its start. The manifest goes last, with its own media type. An image with
+(``?mount=&from=``) instead of uploaded. The repositories tried, at most
+bloblocations.MAX_CANDIDATES, in order: the one a layer recorded but not fetched
+(store.remoteblobs) comes from (pushing it then downloads nothing), those where earlier
+pulls and pushes saw the blob (store.bloblocations, most recent first), then the
+source's own repository when it is named on the destination registry. A mount asks
+for pull on the source repository along with push on the destination (one token of
+both scopes, as docker and containers/image ask); a token service or registry that
+refuses it, or a registry that answers 202 (no mount: the blob is not there any
+more), costs only that attempt: the upload it opened is used (or, when another
+repository is left to try, cancelled), and a refuted record is forgotten. Otherwise
+the blob is uploaded monolithically (POST, then one PUT with the digest) from the
+blob file, so a retry re-sends it from its start. Every blob of a pushed image is
+recorded as present in the destination repository (store.bloblocations). The
+manifest goes last, with its own media type. An image with
 attestations (store.attestations) goes as BuildKit pushes it: the statements and the
 attestation config as blobs, the image manifest and the attestation manifest by
 digest, then the index holding both under the tag.
@@ -20,13 +29,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
-from lamina.store import attestations, oci, refs, repodigests
+from lamina.store import attestations, bloblocations, oci, refs, repodigests
 from lamina.store.blobs import sha256_digest
 from lamina.store.errors import StoreError
 from lamina.store.registry.pull import repo_scope
-from lamina.store.registry.session import RegistryError, RegistrySession
+from lamina.store.registry.session import RegistryError, RegistrySession, Unauthorized
 
 PARALLEL_UPLOADS = 4
 CHUNK = 1 << 20
@@ -55,20 +64,20 @@ def _has_blob(session: RegistrySession, path: str, digest: str, scope: str) -> b
 
 
 def upload_blob(session: RegistrySession, blobs, path: str, digest: str, scope: str,
-                mount_from: str | None, progress: Progress | None, what: str) -> int:
+                mount_from: str | Sequence[str] | None, progress: Progress | None, what: str,
+                *, refuted: list[tuple[str, str]] | None = None) -> int:
     """Make stored blob `digest` present in repository `path`: skipped when the
-    registry has it, mounted from `mount_from` when it can be, uploaded otherwise.
-    Returns the bytes sent, or -1 when nothing had to be sent."""
+    registry has it, mounted from one of the repositories `mount_from` (tried in
+    order) when it can be, uploaded otherwise. (repository, digest) of each mount the
+    registry declined go to `refuted`. Returns the bytes sent, or -1 when nothing had
+    to be sent."""
     if _has_blob(session, path, digest, scope):
         return -1
-    params = {"mount": digest, "from": mount_from} if mount_from and mount_from != path else None
-    with session.request("POST", f"/v2/{path}/blobs/uploads/", scope=scope, params=params,
-                         ok=(201, 202)) as resp:
-        if resp.status_code == 201:
-            return -1  # mounted from the other repository
-        location = resp.headers.get("location")
-    if not location:
-        raise RegistryError(f"registry {session.host} started an upload without a Location")
+    sources = [mount_from] if isinstance(mount_from, str) else list(mount_from or ())
+    location = _start_upload(session, path, digest, scope, [s for s in sources if s and s != path],
+                             refuted)
+    if location is None:
+        return -1  # mounted from another repository
     size = blobs.size(digest)
     if size > CHUNKED_THRESHOLD:
         location = _patch_chunks(session, blobs, digest, size, _absolute(session, location), scope,
@@ -104,6 +113,50 @@ def upload_blob(session: RegistrySession, blobs, path: str, digest: str, scope: 
                                   "Content-Length": str(size)}, ok=(201, 204)):
         pass
     return size
+
+
+def _start_upload(session: RegistrySession, path: str, digest: str, scope: str,
+                  sources: Sequence[str], refuted: list[tuple[str, str]] | None) -> str | None:
+    """Open an upload of `digest` to `path`, first asking the registry to mount it from
+    each of `sources`: None when one did, else the upload's location."""
+    for i, source in enumerate(sources):
+        # the mount needs pull on the source too: one token for both scopes
+        mount_scope = f"{scope} {repo_scope(source, 'pull')}"
+        try:
+            with session.request("POST", f"/v2/{path}/blobs/uploads/", scope=mount_scope,
+                                 params={"mount": digest, "from": source}, ok=(201, 202)) as resp:
+                if resp.status_code == 201:
+                    return None
+                location = resp.headers.get("location")
+        except Unauthorized:
+            continue  # no pull on the source for these credentials: try the next, or upload
+        except RegistryError as e:
+            if e.status is None or e.status >= 500:
+                raise  # the registry is failing, not declining the mount
+            if refuted is not None:
+                refuted.append((source, digest))
+            continue
+        if refuted is not None:
+            refuted.append((source, digest))  # 202: the source does not have it (any more)
+        if not location:
+            continue
+        if i == len(sources) - 1:
+            return _absolute(session, location)  # the upload the registry opened instead
+        _cancel(session, _absolute(session, location), scope)
+    with session.request("POST", f"/v2/{path}/blobs/uploads/", scope=scope, ok=(202,)) as resp:
+        location = resp.headers.get("location")
+    if not location:
+        raise RegistryError(f"registry {session.host} started an upload without a Location")
+    return _absolute(session, location)
+
+
+def _cancel(session: RegistrySession, location: str, scope: str) -> None:
+    """Cancel an upload the registry opened (best effort: it expires anyway)."""
+    try:
+        with session.request("DELETE", location, scope=scope, ok=(200, 204, 404), retry=False):
+            pass
+    except RegistryError:
+        pass
 
 
 def _absolute(session: RegistrySession, location: str) -> str:
@@ -156,9 +209,12 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
         if att is not None:
             blobs += [(d, "attestation") for d in (att.config_digest, *att.statements)]
         uploaded = skipped = 0
+        known = bloblocations.candidates(store, dest.domain, [d for d, _ in blobs], exclude=dest.path)
+        refuted: list[tuple[str, str]] = []
         with ThreadPoolExecutor(max_workers=PARALLEL_UPLOADS) as pool:
             futures = [pool.submit(upload_blob, session, store.blobs, dest.path, d, scope,
-                                   _remote_repo(store, d, dest) or mount_from, progress, what)
+                                   mount_sources(_remote_repo(store, d, dest), known[d], mount_from),
+                                   progress, what, refuted=refuted)
                        for d, what in blobs]
             for f in futures:
                 n = f.result()
@@ -184,11 +240,24 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
         if att is not None:  # the tag names the index; the image manifest's digest stays the RepoDigest
             index_digest, digest = digest, image.manifest_digest
         repodigests.record(store, dest.name, digest, store.resolve(source).manifest_digest)
+        bloblocations.forget(store, dest.domain, refuted)
+        bloblocations.remember(store, dest.domain, dest.path, [d for d, _ in blobs])
         return Pushed(reference=str(dest.with_tag(tag)) if dest.tag is None else str(dest),
                       manifest_digest=digest, uploaded=uploaded, skipped=skipped, index_digest=index_digest)
     finally:
         if own:
             session.close()
+
+
+def mount_sources(*groups: str | Sequence[str] | None) -> list[str]:
+    """The repositories to try a mount from: `groups` in order, each once, at most
+    bloblocations.MAX_CANDIDATES."""
+    out: list[str] = []
+    for g in groups:
+        for repo in ([g] if isinstance(g, str) else (g or ())):
+            if repo and repo not in out:
+                out.append(repo)
+    return out[:bloblocations.MAX_CANDIDATES]
 
 
 def _remote_repo(store, digest: str, dest: refs.Reference) -> str | None:

@@ -142,7 +142,8 @@ def make_pki(workdir: Path) -> dict[str, Path]:
 class TokenService:
     """A bearer-token service as the registry's `auth: token` expects: checks basic
     credentials, issues an RS256 JWT (x5c header, the signing certificate in the
-    registry's rootcertbundle) granting the asked scope. Counts the tokens issued."""
+    registry's rootcertbundle) granting the asked scopes (one `scope` parameter each), but
+    never an (action, repository) of `denied`. Counts the tokens issued, keeps the scopes asked."""
 
     def __init__(self, workdir: Path, user: str, password: str) -> None:
         import datetime
@@ -154,6 +155,8 @@ class TokenService:
 
         self.user, self.password = user, password
         self.issued = 0
+        self.scopes: list[list[str]] = []  # the scope parameters of each token request
+        self.denied: set[tuple[str, str]] = set()  # (action, repository) never granted
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token signer")])
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -180,9 +183,10 @@ class TokenService:
             return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
         access = []
-        if scope:
-            kind, name, actions = scope.split(":", 2) if scope.count(":") >= 2 else (scope, "", "")
-            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        for one in (scope or "").split():  # several scopes: space-separated
+            kind, name, actions = one.split(":", 2) if one.count(":") >= 2 else (one, "", "")
+            granted = [a for a in actions.split(",") if a and (a, name) not in self.denied]
+            access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self._der).decode()]}
         claims = {"iss": "test-issuer", "sub": self.user, "aud": "test-registry", "exp": now + 300,
@@ -213,7 +217,8 @@ class TokenService:
                     self.end_headers()
                     return
                 q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
-                body = _json.dumps({"token": service.token((q.get("scope") or [None])[0]),
+                service.scopes.append(q.get("scope") or [])
+                body = _json.dumps({"token": service.token(" ".join(q.get("scope") or []) or None),
                                     "expires_in": 300}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
