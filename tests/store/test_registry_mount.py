@@ -242,3 +242,23 @@ def test_cache_export_then_image_push_mounts_the_cache_layers(tmp_path):
         assert pushed.uploaded == store.blobs.size(image.config_digest)  # only the config went
         copied = _skopeo_copy(f"{host}/team/app:1", tmp_path / "copy")
         assert [d["digest"] for d in copied["layers"]] == _layer_digests(store, "app:1")
+
+
+def test_a_schema_3_store_gains_the_table_and_rows_are_capped(tmp_path, monkeypatch):
+    import sqlite3
+
+    with Store(tmp_path / "s"):
+        pass
+    conn = sqlite3.connect(tmp_path / "s" / "lamina.db")
+    conn.execute("DROP TABLE blob_locations")
+    conn.execute("UPDATE meta SET value='3' WHERE key='schema'")
+    conn.commit()
+    conn.close()
+    monkeypatch.setattr(bloblocations, "MAX_ROWS", 5)
+    digests = [f"sha256:{i:064x}" for i in range(8)]
+    with Store(tmp_path / "s") as store:
+        for i, d in enumerate(digests):
+            bloblocations.remember(store, "reg:5000", "a/app", [d], now=1000.0 + i)
+        kept = [r["digest"] for r in store.db.query("SELECT digest FROM blob_locations ORDER BY seen")]
+        assert kept == digests[3:]  # the least recently seen went
+        assert bloblocations.candidates(store, "other:5000", digests)[digests[7]] == []
