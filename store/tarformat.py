@@ -23,6 +23,7 @@ oversized metadata with CorruptContent, so a damaged layer never extracts silent
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
@@ -169,6 +170,14 @@ def _parse_number(raw: bytes, what: str) -> int:
         return int(s, 8)
     except ValueError:
         raise CorruptContent(f"tar header has an invalid {what} field {raw!r}") from None
+
+
+# a number field _parse_number reads without question: octal digits, NUL/space padded
+# (base-256 fields, signs or other spellings go the long way)
+_PLAIN_OCTAL = re.compile(rb"[ \0]*[0-7]*[ \0]*")
+# the old regular type (a trailing '/' makes it a directory), sparse files and the
+# extended headers: _entry / _apply decide these
+_NOT_FAST = frozenset((b"\0", b"S", b"x", b"g", b"L", b"K"))
 
 
 def _cstr(raw: bytes) -> bytes:
@@ -359,6 +368,23 @@ class TarScan:
             self.offset += k
             self._unit(unit)
 
+    def _member_fast(self, unit: bytes, typeflag: bytes, size: int) -> bool:
+        """The common member - no PAX or GNU long name before it, a type other than
+        the old regular type (whose trailing-slash rule needs the name) or sparse, and
+        plain octal number fields - checked as _entry checks it without building an
+        Entry; False leaves the member to _entry (whatever it decides)."""
+        if self._global or self._pending() or typeflag in _NOT_FAST:
+            return False
+        octal = _PLAIN_OCTAL.fullmatch
+        if not (octal(unit, 100, 108) and octal(unit, 108, 116) and octal(unit, 116, 124)
+                and octal(unit, 136, 148)):
+            return False
+        if unit[257:262] == b"ustar" and not (octal(unit, 329, 337) and octal(unit, 337, 345)):
+            return False
+        regular = typeflag in (REGTYPE, CONTTYPE) or typeflag not in _NO_DATA_TYPES
+        self._skip = size + (-size % BLOCK) if regular else 0
+        return True
+
     def _pending(self) -> bool:
         return bool(self._pax) or self._longname is not None or self._longlink is not None
 
@@ -376,6 +402,8 @@ class TarScan:
             self.ended = True
             return
         typeflag, size = _check_header(unit, start)
+        if self._member_fast(unit, typeflag, size):
+            return
         what = _EXTENDED.get(typeflag)
         if what is not None:
             if size > MAX_META:

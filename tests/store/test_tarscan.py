@@ -110,3 +110,44 @@ def test_a_huge_pax_number_is_corrupt_content_not_a_crash(key):
     data = buf.getvalue()
     assert _reader_verdict(data) == "corrupt"
     assert _scan_verdict(data, [700]) == "corrupt"
+
+
+FIELDS = {"mode": (100, 8), "uid": (108, 8), "gid": (116, 8), "mtime": (136, 12),
+          "devmajor": (329, 8), "devminor": (337, 8)}
+
+
+def _with_checksum(header: bytearray) -> None:
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(FIELDS)),
+       st.lists(st.sampled_from(list(b"0123457 \0+-_o9x\t") + [0x80, 0xFF]), min_size=1, max_size=12),
+       st.sampled_from([b"0", b"\0", b"1", b"2", b"3", b"5", b"6", b"7", b"Z", b"S"]),
+       st.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT]))
+def test_number_fields_and_types_get_the_readers_verdict(field, value, typeflag, fmt):
+    """Member headers with re-checksummed odd number fields and types: the scan's quick
+    path for plain members must never accept what the reader refuses, nor refuse what
+    it accepts."""
+    data = bytearray(_archive([("dir/", b"", "dir"), ("f", b"x" * 700, "file")], fmt))
+    header = data[512:1024]  # the file's header
+    start, width = FIELDS[field]
+    header[start:start + width] = bytes(value[:width]).ljust(width, b"\0")
+    header[156:157] = typeflag
+    _with_checksum(header)
+    data[512:1024] = header
+    data = bytes(data)
+    assert _scan_verdict(data, [700, 1500]) == _reader_verdict(data)
+
+
+def test_old_regular_type_with_a_trailing_slash_is_a_directory_without_data():
+    """A '\\0'-typed member named 'd/' is a directory (tarfile, GNU tar): its size field
+    brings no data, so what follows is read as the next header - the scan agrees."""
+    data = bytearray(_archive([("d/", b"x" * 700, "file")], tarfile.USTAR_FORMAT))
+    header = data[:512]
+    header[156:157] = b"\0"
+    _with_checksum(header)
+    data[:512] = header
+    assert _reader_verdict(bytes(data)) == "corrupt"
+    assert _scan_verdict(bytes(data), [100]) == "corrupt"
