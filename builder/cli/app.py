@@ -84,7 +84,21 @@ class LaminaGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, root: Path | None, store_compression: str | None) -> None:
     """lamina: build OCI images from Dockerfiles, without a daemon."""
+    from lamina.store import overlayform
+
+    if os.geteuid() != 0 or overlayform.unprivileged():  # rootless: userns decides the rest
+        _rootless(ctx, root)
+    ctx.obj = Globals(root=root if root is not None else default_root())
+    if store_compression is not None:
+        ctx.with_resource(_store_compression(store_compression))
+
+
+def _rootless(ctx: click.Context, root: Path | None) -> None:
+    """An ordinary user re-executes in lamina's user namespace; root of a namespace
+    lamina did not make adopts it (builder.sandbox.userns). Root on the host skips
+    this and its imports."""
     from lamina.builder.sandbox import userns
+
     own = getattr(ctx.command, "own_command_line", False)
     if own and not ctx.resilient_parsing and userns.needs_reexec():
         from lamina.builder.containers.userns import namespace_to_join
@@ -94,6 +108,3 @@ def cli(ctx: click.Context, root: Path | None, store_compression: str | None) ->
         userns.reexec(store_root, join=namespace_to_join(store_root, ctx.invoked_subcommand,
                                                          userns.own_command_line()))
     userns.adopt_namespace()  # root of a user namespace lamina did not make (a container)
-    ctx.obj = Globals(root=root if root is not None else default_root())
-    if store_compression is not None:
-        ctx.with_resource(_store_compression(store_compression))
