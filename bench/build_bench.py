@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.compiled import byte_compile  # noqa: E402
 SAMPLE = REPO / "samples" / "multistage"
 
 
@@ -46,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
+    byte_compile()  # lamina as installed from a wheel (bench/compiled.py)
     if os.geteuid() != 0 or not shutil.which("buildah"):
         sys.exit("needs root and buildah (dev/setup installs it)")
     results: dict[str, dict[str, list[float]]] = {"lamina": {}, "buildah": {}}

@@ -56,10 +56,19 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.compiled import byte_compile  # noqa: E402
+
+
+def debian_mirror() -> str:
+    """The Debian mirror of this host's apt sources (dev/debian-mirror)."""
+    return subprocess.run([str(REPO / "dev" / "debian-mirror")], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 OUT = REPO / "bench" / "out"
 BASE_TAR = OUT / "debian-bookworm-rootfs.tar"
 BASE_REF = "bench/debian:bookworm"
-MIRROR = "http://deb.debian.org/debian"
 FILES = 5000
 
 DOCKERFILE = """\
@@ -114,7 +123,7 @@ def make_base(tar: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-base-", dir=tar.parent))
     try:
         subprocess.run(["debootstrap", "--variant=minbase", "--include=python3-minimal,passwd",
-                        "bookworm", str(work / "rootfs"), MIRROR], check=True,
+                        "bookworm", str(work / "rootfs"), debian_mirror()], check=True,
                        stdout=subprocess.DEVNULL)
         subprocess.run(["tar", "-C", str(work / "rootfs"), "--numeric-owner", "-cf",
                         str(work / "rootfs.tar"), "."], check=True)
@@ -493,6 +502,7 @@ def main() -> None:
                     help="also time lamina at this git revision (before/after in one run)")
     ap.add_argument("--no-disk", action="store_true", help="skip the store disk use figure")
     args = ap.parse_args()
+    byte_compile()  # lamina as installed from a wheel (bench/compiled.py)
     if os.geteuid() != 0:
         sys.exit("run as root (dockerd, buildah and lamina's sandbox need it)")
     scenarios = args.scenario or list(SCENARIOS)

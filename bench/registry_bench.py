@@ -29,10 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("lamina", "grammar", "store", "builder")
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.compiled import byte_compile  # noqa: E402
 from bench.store_bench import generate_rootfs  # noqa: E402
 from tests.store.registryfix import registry  # noqa: E402
 
@@ -53,9 +52,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
-    # lamina byte-compiled, as installed from a wheel (skopeo is a compiled binary too)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *PACKAGES], check=True,
-                   cwd=REPO, stdout=subprocess.DEVNULL)
+    byte_compile()  # as installed from a wheel (bench/compiled.py)
     work = Path(args.work or tempfile.mkdtemp(prefix="lamina-regbench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
