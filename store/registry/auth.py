@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -67,11 +68,31 @@ def login_file() -> Path:
     return Path(env) if env else docker_config_path()
 
 
+MAX_CREDENTIALS_FILE = 16 << 20
+
+
 def _read_json(path: Path) -> dict:
+    """A credentials file's JSON object ({} when there is none). Only a regular file is
+    read: a FIFO (which would block lamina until someone writes to it) or a device
+    gets a clear error, as does a file too large to be one."""
     try:
-        data = json.loads(path.read_text())
+        # O_NONBLOCK: opening a FIFO does not wait for a writer; a regular file ignores it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return {}
+    except OSError as e:
+        raise CredentialError(f"cannot read credentials file {path}: {e.strerror or e}",
+                              path=str(path)) from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise CredentialError(f"credentials file {path} is not a regular file", path=str(path))
+            raw = f.read(MAX_CREDENTIALS_FILE + 1)
+        if len(raw) > MAX_CREDENTIALS_FILE:
+            raise CredentialError(f"credentials file {path} is larger than "
+                                  f"{MAX_CREDENTIALS_FILE >> 20} MiB", path=str(path))
+        data = json.loads(raw)
     except (OSError, ValueError) as e:
         raise CredentialError(f"cannot read credentials file {path}: {getattr(e, 'strerror', None) or e}",
                               path=str(path)) from None
@@ -85,10 +106,14 @@ def _decode_auth(entry: dict, path: Path) -> Credentials | None:
     if not auth:
         return None
     try:
-        user, _, password = base64.b64decode(auth).decode().partition(":")
+        user, colon, password = base64.b64decode(auth).decode().partition(":")
     except (ValueError, TypeError):
+        user = colon = ""
+    if not colon or not user:
+        # (docker's "invalid auth configuration file"): without the colon the whole
+        # secret would be taken for the user name, which error messages show
         raise CredentialError(f"credentials file {path}: an 'auth' entry is not base64 of user:password",
-                              path=str(path)) from None
+                              path=str(path))
     return Credentials(user, password)
 
 

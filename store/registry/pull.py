@@ -31,7 +31,7 @@ from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.compression import kind_for_media_type, media_type_for
 from lamina.store.layerdigest import LayerDigester
 from lamina.store.layers import LayerBlob, describe_layer
-from lamina.store.registry.session import RegistryError, RegistrySession
+from lamina.store.registry.session import RegistryError, RegistrySession, read_small
 
 MAX_MANIFEST_BYTES = 4 << 20   # containerd's limit for manifests and indexes
 MAX_CONFIG_BYTES = 16 << 20
@@ -87,18 +87,9 @@ def fetch_manifest(session: RegistrySession, path: str, ref: str) -> tuple[bytes
     """(bytes, media type, digest) of manifest `ref` (tag or digest) of repository `path`."""
     with session.request("GET", f"/v2/{path}/manifests/{ref}", scope=repo_scope(path),
                          headers={"Accept": ACCEPT}) as resp:
-        declared = int(resp.headers.get("content-length") or 0)
-        if declared > MAX_MANIFEST_BYTES:
-            raise RegistryError(f"registry {session.host}: manifest {path}:{ref} is {declared} bytes "
-                                f"(more than the {MAX_MANIFEST_BYTES >> 20} MiB a manifest may have)")
-        data = bytearray()
-        for chunk in resp.iter_bytes():
-            data += chunk
-            if len(data) > MAX_MANIFEST_BYTES:
-                raise RegistryError(f"registry {session.host}: manifest {path}:{ref} is larger than "
-                                    f"{MAX_MANIFEST_BYTES >> 20} MiB")
+        # capped in size and in time (a registry dripping bytes stalls no build)
+        data = read_small(resp, MAX_MANIFEST_BYTES, f"registry {session.host}: manifest {path}:{ref}")
         content_type = resp.headers.get("content-type", "").split(";")[0].strip()
-    data = bytes(data)
     digest = sha256_digest(data)
     if ":" in ref and digest != ref:  # a digest (a tag has no ':'): the bytes must hash to it
         raise CorruptContent(f"registry {session.host} sent a manifest for {path}@{ref} whose content "
@@ -144,6 +135,8 @@ def choose_manifest(index: dict, want: Platform, where: str) -> str:
         p = e.get("platform") or {}
         if not isinstance(p, dict):
             continue
+        # only strings count (a registry's JSON may hold anything there)
+        p = {k: v for k, v in p.items() if k in ("os", "architecture", "variant") and isinstance(v, str)}
         offered.append("/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x))
         if p.get("os") != want.os or p.get("architecture") != want.architecture:
             continue
@@ -210,12 +203,7 @@ def _dropped(e: RegistryError) -> bool:
 
 def fetch_small_blob(session: RegistrySession, path: str, digest: str, limit: int) -> bytes:
     with session.request("GET", f"/v2/{path}/blobs/{digest}", scope=repo_scope(path)) as resp:
-        data = bytearray()
-        for chunk in resp.iter_bytes():
-            data += chunk
-            if len(data) > limit:
-                raise RegistryError(f"registry {session.host}: blob {digest} is larger than {limit} bytes")
-    data = bytes(data)
+        data = read_small(resp, limit, f"registry {session.host}: blob {digest}")
     if sha256_digest(data) != digest:
         raise CorruptContent(f"registry {session.host} sent blob {digest} with other content", digest=digest)
     return data
@@ -411,17 +399,18 @@ def fetch_remote(store, digest: str, source: str, described: LayerBlob | None = 
 def _attestations(session: RegistrySession, path: str, index: dict, image_digest: str) -> dict:
     """The predicates of the attestation manifest an index holds for `image_digest`
     (BuildKit's layout, store.attestations); {} when it has none or they cannot be read
-    (attestations never fail a pull)."""
-    for target, desc in attestations.attestation_descriptors(index):
-        if target != image_digest:
-            continue
-        try:
+    (attestations never fail a pull: malformed entries, annotations or layers of the
+    registry's JSON included)."""
+    try:
+        for target, desc in attestations.attestation_descriptors(index):
+            if target != image_digest:
+                continue
             data, _, _ = fetch_manifest(session, path, _entry_digest(desc.get("digest"), path))
             statements = attestations.read_statements(
                 data, lambda d: fetch_small_blob(session, path, d, MAX_CONFIG_BYTES))
-        except (StoreError, KeyError, TypeError):
-            return {}
-        return {t: st.get("predicate") or {} for t, st in statements.items()}
+            return {t: st.get("predicate") or {} for t, st in statements.items()}
+    except (StoreError, KeyError, TypeError, AttributeError, ValueError):
+        return {}
     return {}
 
 

@@ -16,7 +16,11 @@ What it does for every request:
 - retries with back-off on connection errors, 5xx and 429 (honouring
   ``Retry-After``), for requests whose body can be sent again;
 - redirects followed (blob storage URLs), at most 10, credentials never sent to
-  another host; no secret in any error message.
+  another host: not in the redirected request, nor to the token service a 401 from
+  that other host names; never to a plain-HTTP token service of an HTTPS registry;
+  no secret in any error message;
+- small documents (tokens, manifests, configs) read with a size cap and within
+  `SMALL_READ_SECONDS` (`read_small`): a registry dripping bytes cannot stall a build.
 
 Imports only lamina.store.
 """
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
+import math
 import os
 import re
 import ssl
@@ -48,7 +54,11 @@ def certs_dirs() -> tuple[Path, ...]:
     extra = tuple(Path(d) for d in os.environ.get("LAMINA_CERTS_D", "").split(":") if d)
     return extra + (Path.home() / ".config" / "containers" / "certs.d",) + SYSTEM_CERTS_DIRS
 MAX_ATTEMPTS = 5
-MAX_RETRY_WAIT = 30.0
+MAX_RETRY_WAIT = 30.0          # the longest wait between attempts, whatever Retry-After asks
+MAX_TOKEN_BYTES = 1 << 20      # a token answer (a JWT is a few kB)
+SMALL_READ_SECONDS = 300.0     # the longest a token, manifest or config may take to arrive
+# RFC 6750's b64token, widened to any visible ASCII: what can go into a header as is
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 USER_AGENT = "lamina/0.1"
 
 
@@ -127,15 +137,43 @@ def _ssl_context(host: str) -> ssl.SSLContext:
     return ctx
 
 
-_CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+# (?<!\w): a parameter name starts a word (linear time on a long header without '=')
+_CHALLENGE_PARAM = re.compile(r'(?<!\w)(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+_QUOTED_PAIR = re.compile(r"\\(.)")
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """`Bearer realm="https://auth",service="reg",scope="x"` -> ("bearer", {...})."""
+    """`Bearer realm="https://auth",service="reg",scope="x"` -> ("bearer", {...});
+    quoted values unescaped (RFC 9110 quoted-pair: `\\/` is `/`)."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
+    params = {m.group(1).lower(): (_QUOTED_PAIR.sub(r"\1", m.group(2)) if m.group(2) is not None
+                                   else m.group(3))
               for m in _CHALLENGE_PARAM.finditer(rest)}
     return scheme.lower(), params
+
+
+def read_small(resp: httpx.Response, limit: int, what: str, *,
+               seconds: float | None = None) -> bytes:
+    """The body of streamed `resp`, which must be at most `limit` bytes and arrive
+    within `seconds` (default SMALL_READ_SECONDS); RegistryError naming `what` else."""
+    seconds = SMALL_READ_SECONDS if seconds is None else seconds
+    declared = resp.headers.get("content-length") or "0"
+    if declared.isdigit() and int(declared) > limit:
+        raise RegistryError(f"{what} is {int(declared)} bytes (more than the {_size(limit)} allowed)")
+    deadline = time.monotonic() + seconds
+    data = bytearray()
+    for chunk in resp.iter_bytes():
+        data += chunk
+        if len(data) > limit:
+            raise RegistryError(f"{what} is larger than {_size(limit)}")
+        if time.monotonic() > deadline:
+            raise RegistryError(f"{what} did not arrive within {seconds:g} s "
+                                f"({len(data)} bytes came): the registry is too slow or stalling")
+    return bytes(data)
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and not n % (1 << 20) else f"{n} bytes"
 
 
 @dataclass
@@ -263,22 +301,40 @@ class RegistrySession:
         # several scopes (a mount: push here, pull there) go as one `scope` parameter each
         query = [("service", params["service"])] if params.get("service") else []
         query += [("scope", s) for s in scope.split()]
+        try:
+            target = httpx.URL(realm)
+        except httpx.InvalidURL as e:
+            raise RegistryError(f"registry {self.host}: its auth service realm is not a URL "
+                                f"({_reason(e)})") from None
+        if creds and target.scheme == "http" and self.base_url().startswith("https:"):
+            # the registry speaks TLS: its credentials never travel in clear text
+            raise RegistryError(f"registry {self.host} speaks HTTPS but names a plain-HTTP auth "
+                                f"service (http://{target.netloc.decode()}): lamina does not send "
+                                "its credentials there")
         headers = {"Authorization": creds.basic_header()} if creds else {}
         try:
-            resp = self._client.get(realm, params=query, headers=headers)
-        except httpx.HTTPError as e:
-            raise RegistryError(f"cannot get a token for {self.host} from its auth service: {_reason(e)}") from None
-        if resp.status_code in (401, 403):
-            raise Unauthorized(self._denied(creds), status=resp.status_code)
-        if resp.status_code != 200:
-            raise RegistryError(f"the auth service of {self.host} answered {resp.status_code}",
-                                status=resp.status_code)
+            with self._client.stream("GET", target, params=query, headers=headers) as resp:
+                if resp.status_code in (401, 403):
+                    raise Unauthorized(self._denied(creds), status=resp.status_code)
+                if resp.status_code != 200:
+                    raise RegistryError(f"the auth service of {self.host} answered {resp.status_code}",
+                                        status=resp.status_code)
+                raw = read_small(resp, MAX_TOKEN_BYTES, f"the token answer of the auth service of {self.host}")
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            raise RegistryError(f"cannot get a token for {self.host} from its auth service: "
+                                f"{self._redacted(_reason(e))}") from None
         try:
-            body = resp.json()
+            body = json.loads(raw)
             value = body.get("token") or body["access_token"]
             expires_in = float(body.get("expires_in") or 60)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise RegistryError(f"the auth service of {self.host} sent no token") from None
+        if not isinstance(value, str) or not _TOKEN_CHARS.fullmatch(value):
+            # never shown: it is a credential, however malformed
+            raise RegistryError(f"the auth service of {self.host} sent a token that cannot go into "
+                                "an HTTP header (not a string of visible ASCII characters)")
+        if not math.isfinite(expires_in):
+            expires_in = 60
         return _Token(value, time.time() + max(expires_in, 10))
 
     # -- requests ------------------------------------------------------------------
@@ -301,7 +357,12 @@ class RegistrySession:
             h = dict(headers or {})
             # credentials go only to the registry itself: a Location it hands out (an
             # upload URL) may name another host, which must not get them
-            auth = self._auth_header(scope) if self._same_origin(url) else None
+            try:
+                same = self._same_origin(url)
+            except httpx.InvalidURL as e:  # an upload Location the registry gave
+                raise RegistryError(f"registry {self.host}: {method} {_where(path)}: invalid URL "
+                                    f"({_reason(e)})") from None
+            auth = self._auth_header(scope) if same else None
             if auth:
                 h["Authorization"] = auth
             content = body() if callable(body) else body
@@ -310,12 +371,22 @@ class RegistrySession:
                 resp = self._client.send(req, stream=True)
             except httpx.TooManyRedirects:
                 raise RegistryError(f"registry {self.host}: too many redirects for {method} {_where(path)}") from None
+            except httpx.InvalidURL as e:  # a Location the registry gave that is no URL
+                raise RegistryError(f"registry {self.host}: {method} {_where(path)}: invalid URL "
+                                    f"({self._redacted(_reason(e))})") from None
             except httpx.HTTPError as e:
                 if attempt < attempts:
                     _sleep(attempt, None)
                     continue
-                raise RegistryError(f"registry {self.host}: {method} {_where(path)} failed: {_reason(e)}") from None
+                raise RegistryError(f"registry {self.host}: {method} {_where(path)} failed: "
+                                    f"{self._redacted(_reason(e))}") from None
             try:
+                if resp.status_code == 401 and not self._same_origin(str(resp.url)):
+                    # a redirect target (blob storage) asks for credentials: the registry's
+                    # are not for it, nor for the token service it would name
+                    raise Unauthorized(f"registry {self.host}: {method} {_where(path)} was redirected "
+                                       f"to {resp.url.host}, which asks for credentials (401); lamina "
+                                       "sends the registry's credentials only to the registry", status=401)
                 if resp.status_code == 401 and auth_rounds < 2:
                     auth_rounds += 1
                     resp.read()
@@ -329,7 +400,13 @@ class RegistrySession:
                     _sleep(attempt, wait)
                     continue
                 if resp.status_code not in ok:
-                    raise self.error_for(resp, method, path)
+                    error = self.error_for(resp, method, path)
+                    asked = _retry_after(resp.headers.get("retry-after"))
+                    if resp.status_code == 429 and asked is not None and asked > MAX_RETRY_WAIT:
+                        error.message += (f" (it asked to retry after {asked:g} s; lamina waits at most "
+                                          f"{MAX_RETRY_WAIT:g} s between its {attempts} attempts)")
+                        error.args = (error.message,)
+                    raise error
                 yield resp
                 return
             finally:
@@ -379,11 +456,18 @@ def _reason(e: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+def _retry_after(value: str | None) -> float | None:
+    """The seconds a Retry-After header asks for (its delay-seconds form), or None."""
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None  # an HTTP date, or garbage: the usual back-off
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
+
+
 def _sleep(attempt: int, retry_after: str | None) -> None:
     wait = min(0.25 * 2 ** (attempt - 1), MAX_RETRY_WAIT)
-    if retry_after:
-        try:
-            wait = min(max(float(retry_after), 0.0), MAX_RETRY_WAIT)
-        except ValueError:
-            pass
+    asked = _retry_after(retry_after)
+    if asked is not None:
+        wait = min(asked, MAX_RETRY_WAIT)
     time.sleep(wait)
