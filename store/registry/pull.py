@@ -240,7 +240,12 @@ def mirrors_for(domain: str) -> tuple[str, ...]:
     if domain != refs.DEFAULT_DOMAIN:
         return ()
     raw = os.environ.get("LAMINA_REGISTRY_MIRRORS", "")
-    return tuple(m.strip().split("://", 1)[-1].rstrip("/") for m in raw.split(",") if m.strip())
+    mirrors = tuple(m.strip().split("://", 1)[-1].rstrip("/") for m in raw.split(",") if m.strip())
+    if any("@" in m.split("/", 1)[0] for m in mirrors):
+        # it would be the mirror's "host" in every message (and sent as is): never shown
+        raise StoreError("LAMINA_REGISTRY_MIRRORS: a mirror URL may not carry credentials "
+                         "(user:password@): log in to the mirror with `lamina login HOST[:PORT]`")
+    return mirrors
 
 
 def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,

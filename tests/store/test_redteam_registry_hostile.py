@@ -417,3 +417,14 @@ def test_a_manifest_dripping_byte_by_byte_is_given_up(tmp_path, monkeypatch):
             pull_image(store, f"{host}/r:1")
         assert time.monotonic() - start < 8
         assert store.images() == []
+
+
+def test_a_mirror_url_with_credentials_is_refused_unshown(tmp_path, monkeypatch):
+    """`https://user:password@mirror/` in the mirror list became the mirror's host
+    name, which every error message (and the list of mirrors tried) printed."""
+    monkeypatch.setenv("LAMINA_REGISTRY_MIRRORS", f"http://ci:{PASSWORD}@127.0.0.1:1/")
+    with Store(tmp_path / "s") as store:
+        with pytest.raises(StoreError) as info:
+            pull_image(store, "busybox:latest")
+        assert PASSWORD not in str(info.value) and "lamina login" in str(info.value)
+        assert store.images() == []
