@@ -9,6 +9,7 @@ command — stdio, signals, capabilities, working dir, IDs, exec.
     parent_gone(alive_r) -> bool          # arm PDEATHSIG; True if the parent already left
     set_stdio(stdin, stdout, stderr, controlling=False)
     linux.reset_signals()
+    make_working_dir(cwd)                 # a step's missing working dir, as BuildKit/runc
     exec_command(argv, env, cwd, uid, gid, groups, keep=())   # never returns
     exit_code(wait_status) -> int         # 128+N for a death by signal N
 
@@ -104,6 +105,25 @@ def set_stdio(stdin: int, stdout: int, stderr: int, controlling: bool = False) -
         fcntl.ioctl(stdin, termios.TIOCSCTTY, 0)
     for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
         os.dup2(fd, target, inheritable=True)
+
+
+def make_working_dir(cwd: str) -> None:
+    """Make a step's missing working dir, in its root (after pivot_root, still root),
+    as BuildKit does: its executor MkdirAll's the path cleaned as text and resolved in
+    the root (fs.RootPath), root-owned 0755; then runc MkdirAll's the process cwd as
+    written, which the kernel resolves - `..` after a symlink climbs from the link's
+    target (/lnk/../c with /lnk -> /a/b is /a/c, while WORKDIR made /c). What cannot be
+    made is left to the chdir to report."""
+    old = os.umask(0o022)
+    try:
+        for path in dict.fromkeys((os.path.normpath(cwd), cwd)):
+            if not os.path.isdir(path):
+                try:
+                    os.makedirs(path, 0o755, exist_ok=True)
+                except OSError:
+                    pass
+    finally:
+        os.umask(old)
 
 
 def exec_command(argv, env: dict, cwd: str, uid: int, gid: int, groups, keep=(),

@@ -68,8 +68,8 @@ from lamina.builder.sandbox import (fuseoverlay, fuseviews, linux, network as ne
                                     privileges)
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox.cgroups import Limits, StepCgroup
-from lamina.builder.sandbox.childproc import (describe, exec_command, exit_code, parent_gone, send,
-                                              validate_process)
+from lamina.builder.sandbox.childproc import (describe, exec_command, exit_code, make_working_dir,
+                                              parent_gone, send, validate_process)
 from lamina.builder.sandbox.devices import seal_mounts
 from lamina.builder.sandbox.mountpoints import RUNC_MOUNT_POINTS, StubRecorder, remove_stubs
 from lamina.builder.sandbox.privateroot import make_private
@@ -435,6 +435,7 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
     linux.sethostname(spec.hostname)
     if netstack.own_namespace(spec.network):
         linux.interface_up("lo")
+    make_working_dir(spec.cwd)
 
     pid = os.fork()
     if pid == 0:

@@ -1038,6 +1038,17 @@ def _prepare_copy_owners_links(ctx: Path) -> None:
 _IGNORE_WILDCARD = "a wildcard exception re-includes inside a subdir of an excluded dir (current) / not (v0.8)"
 
 
+def _check_workdir_climb_links(c: Compared) -> None:
+    """What docker 20.10's BuildKit gave (runc's MkdirAll of the cwd: current BuildKit
+    runs runc likewise), on our side."""
+    root = c.our_root
+    assert (root / "pwd1").read_text() == "/a/c\n" and (root / "pwd2").read_text() == "/a/b/d\n"
+    assert (root / "c").is_dir() and (root / "a/c").is_dir()
+    assert (root / "gone/pwd3").read_text() == "/a/b/alice-sibling\n"
+    st = os.lstat(root / "gone")
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o755, 0, 0)
+
+
 def _prepare_ignore_reinclude(ctx: Path) -> None:
     """A project tree for ignore-reinclude's .dockerignore (git holds neither logs nor
     node_modules nor modes), with the special mode bits a context may carry."""
@@ -1266,6 +1277,7 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
         Known(p, _MOUNT_STUB, None, {"type": "dir", "mode": 0o755, "uid": 0, "gid": 0})
         for p in ("c1", "c2", "c3", "elsewhere", "img-etc", "via-link")), empty_layers=(1, 0))),
     "stage-duplicates": BuildkitCase(),
+    "workdir-climb-links": BuildkitCase(check=_check_workdir_climb_links),
     "ignore-reinclude": BuildkitCase(prepare=_prepare_ignore_reinclude, difference=OracleDifference(
         known=tuple(k for d in ("app/docs", "docs-slash", "docs-noslash") for k in (
             Known(f"{d}/guide", _IGNORE_WILDCARD, {"type": "dir", "mode": 0o700}, None),

@@ -77,9 +77,17 @@ def test_cwd(busybox_rootfs, run_sandbox):
     assert (code, out) == (0, b"/home/alice\n")
 
 
-def test_missing_cwd_is_a_clear_error(busybox_rootfs, run_sandbox):
-    with pytest.raises(SandboxError, match="working directory /nope"):
-        run_sandbox([busybox_rootfs], ["pwd"], cwd="/nope")
+def test_missing_cwd_is_made_as_buildkit(busybox_rootfs, run_sandbox):
+    """A missing working dir is made, root-owned 0755 (BuildKit's executor MkdirAll's it
+    before runc starts the step, runc MkdirAll's the process cwd), even for a user."""
+    code, out, _ = run_sandbox([busybox_rootfs], _sh("pwd; stat -c '%a %u:%g' /nope /nope/deep"),
+                               cwd="/nope/deep", uid=1000, gid=1000)
+    assert (code, out) == (0, b"/nope/deep\n755 0:0\n755 0:0\n")
+
+
+def test_unmakeable_cwd_is_a_clear_error(busybox_rootfs, run_sandbox):
+    with pytest.raises(SandboxError, match="working directory /etc/passwd/x"):
+        run_sandbox([busybox_rootfs], ["pwd"], cwd="/etc/passwd/x")
 
 
 def test_missing_executable_is_a_clear_error(busybox_rootfs, run_sandbox):
