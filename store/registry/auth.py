@@ -178,6 +178,9 @@ def find_credentials(host: str) -> Credentials | None:
 
 
 def _write_private_json(path: Path, data: dict) -> None:
+    # a login file that is a symlink (a dotfiles checkout) is written where it points,
+    # as docker does: the link stays, the file it names gets the credentials
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # exclusive and unguessable: the file's dir may be shared with other users
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

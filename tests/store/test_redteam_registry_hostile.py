@@ -428,3 +428,24 @@ def test_a_mirror_url_with_credentials_is_refused_unshown(tmp_path, monkeypatch)
             pull_image(store, "busybox:latest")
         assert PASSWORD not in str(info.value) and "lamina login" in str(info.value)
         assert store.images() == []
+
+
+def test_login_through_a_symlinked_auth_file_keeps_the_link(tmp_path, monkeypatch):
+    """docker's config save resolves the symlink and writes its target; lamina replaced
+    the link by a file of its own, leaving the linked file (a dotfiles checkout) stale
+    and the two diverging."""
+    from lamina.store.registry.auth import remove_credentials, store_credentials
+
+    (tmp_path / "dotfiles").mkdir()
+    real = tmp_path / "dotfiles" / "auth.json"
+    real.write_text(json.dumps({"auths": {"other.example": {"auth": base64.b64encode(b"a:b").decode()}}}))
+    link = tmp_path / "auth.json"
+    link.symlink_to(real)
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(link))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
+    store_credentials("example.com", Credentials("u", "p"))
+    assert link.is_symlink()
+    assert set(json.loads(real.read_text())["auths"]) == {"other.example", "example.com"}
+    assert real.stat().st_mode & 0o777 == 0o600
+    assert remove_credentials("example.com") and link.is_symlink()
+    assert set(json.loads(real.read_text())["auths"]) == {"other.example"}
