@@ -24,7 +24,7 @@ import queue
 import threading
 
 from lamina.store.decompress import GzipInflater, PrefixedReader, detect, open_decompressed
-from lamina.store.tarformat import TarScan
+from lamina.store.tarscan import TarScan
 
 QUEUE_CHUNKS = 8           # compressed pieces (FEED_SIZE) waiting for the inflate thread
 QUEUE_BLOCKS = 8           # decompressed blocks waiting for the scan thread

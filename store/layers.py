@@ -21,7 +21,7 @@ from lamina.store.compression import (Compression, PrefixedReader, compress_stre
                                kind_for_media_type, media_type_for, open_decompressed)
 from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.tarextract import extract_tar
-from lamina.store.tarformat import TarScan
+from lamina.store.tarscan import TarScan
 from lamina.store.tarwrite import TarMirror, write_tar
 
 DEFAULT_COMPRESSION: Compression = "zstd"

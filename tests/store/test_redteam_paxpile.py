@@ -18,7 +18,8 @@ import resource
 import pytest
 
 from lamina.store.errors import CorruptContent
-from lamina.store.tarformat import MAX_GLOBAL_PAX, MAX_LOCAL_PAX, TarReader, TarScan
+from lamina.store.tarformat import MAX_GLOBAL_PAX, MAX_LOCAL_PAX, TarReader
+from lamina.store.tarscan import TarScan
 
 
 def _header(name: bytes, typeflag: bytes, size: int) -> bytes:

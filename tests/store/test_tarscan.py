@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lamina.store.errors import CorruptContent
-from lamina.store.tarformat import TarReader, TarScan
+from lamina.store.tarformat import TarReader
+from lamina.store.tarscan import TarScan
 
 
 def _reader_verdict(data: bytes) -> str:
