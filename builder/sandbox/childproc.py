@@ -9,7 +9,7 @@ command — stdio, signals, capabilities, working dir, IDs, exec.
     parent_gone(alive_r) -> bool          # arm PDEATHSIG; True if the parent already left
     set_stdio(stdin, stdout, stderr, controlling=False)
     linux.reset_signals()
-    make_working_dir(cwd)                 # a step's missing working dir, as BuildKit/runc
+    make_working_dir(cwd, uid, gid)       # a step's missing working dir, as BuildKit/runc
     exec_command(argv, env, cwd, uid, gid, groups, keep=())   # never returns
     exit_code(wait_status) -> int         # 128+N for a death by signal N
 
@@ -107,21 +107,30 @@ def set_stdio(stdin: int, stdout: int, stderr: int, controlling: bool = False) -
         os.dup2(fd, target, inheritable=True)
 
 
-def make_working_dir(cwd: str) -> None:
+def make_working_dir(cwd: str, uid: int, gid: int) -> None:
     """Make a step's missing working dir, in its root (after pivot_root, still root),
     as BuildKit does: its executor MkdirAll's the path cleaned as text and resolved in
-    the root (fs.RootPath), root-owned 0755; then runc MkdirAll's the process cwd as
-    written, which the kernel resolves - `..` after a symlink climbs from the link's
-    target (/lnk/../c with /lnk -> /a/b is /a/c, while WORKDIR made /c). What cannot be
-    made is left to the chdir to report."""
+    the root (fs.RootPath) and gives the dirs it made to the step's user (uid, gid:
+    MkdirAllAndChown 0755); then runc, still root, MkdirAll's the process cwd as written,
+    which the kernel resolves - `..` after a symlink climbs from the link's target
+    (/lnk/../c with /lnk -> /a/b is /a/c, while WORKDIR made /c). What cannot be made is
+    left to the chdir to report."""
     old = os.umask(0o022)
     try:
-        for path in dict.fromkeys((os.path.normpath(cwd), cwd)):
-            if not os.path.isdir(path):
-                try:
-                    os.makedirs(path, 0o755, exist_ok=True)
-                except OSError:
-                    pass
+        for path, owner in ((os.path.normpath(cwd), (uid, gid)), (cwd, None)):
+            missing = []
+            probe = path
+            while not os.path.isdir(probe) and probe not in ("/", ""):
+                missing.append(probe)
+                probe = os.path.dirname(probe)
+            if not missing:
+                continue
+            try:
+                os.makedirs(path, 0o755, exist_ok=True)
+                for made in missing if owner else ():
+                    os.chown(made, *owner)
+            except OSError:
+                pass
     finally:
         os.umask(old)
 

@@ -435,7 +435,7 @@ def _stage2(spec: SandboxSpec, plan: _Plan, out_w: int, ctl_w: int, alive_r: int
     linux.sethostname(spec.hostname)
     if netstack.own_namespace(spec.network):
         linux.interface_up("lo")
-    make_working_dir(spec.cwd)
+    make_working_dir(spec.cwd, spec.uid, spec.gid)
 
     pid = os.fork()
     if pid == 0:

@@ -1044,8 +1044,12 @@ def _check_workdir_climb_links(c: Compared) -> None:
     root = c.our_root
     assert (root / "pwd1").read_text() == "/a/c\n" and (root / "pwd2").read_text() == "/a/b/d\n"
     assert (root / "c").is_dir() and (root / "a/c").is_dir()
-    assert (root / "gone/pwd3").read_text() == "/a/b/alice-sibling\n"
-    st = os.lstat(root / "gone")
+    assert (root / "gone/deeper/pwd3").read_text() == "/a/b/alice-sibling\n"
+    assert (root / "gone/deeper/pwd4").read_text() == "/gone/deeper\n"
+    for p in ("gone", "gone/deeper"):
+        st = os.lstat(root / p)
+        assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o755, 1000, 1000), p
+    st = os.lstat(root / "a/b/alice-made")   # runc's, as root
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o755, 0, 0)
 
 

@@ -78,11 +78,11 @@ def test_cwd(busybox_rootfs, run_sandbox):
 
 
 def test_missing_cwd_is_made_as_buildkit(busybox_rootfs, run_sandbox):
-    """A missing working dir is made, root-owned 0755 (BuildKit's executor MkdirAll's it
-    before runc starts the step, runc MkdirAll's the process cwd), even for a user."""
-    code, out, _ = run_sandbox([busybox_rootfs], _sh("pwd; stat -c '%a %u:%g' /nope /nope/deep"),
-                               cwd="/nope/deep", uid=1000, gid=1000)
-    assert (code, out) == (0, b"/nope/deep\n755 0:0\n755 0:0\n")
+    """A missing working dir is made 0755, the dirs made owned by the step's user
+    (BuildKit's executor: MkdirAllAndChown before runc starts the step)."""
+    code, out, _ = run_sandbox([busybox_rootfs], _sh("pwd; stat -c '%a %u:%g' /home /home/new /home/new/deep"),
+                               cwd="/home/new/deep", uid=1000, gid=1001)
+    assert (code, out) == (0, b"/home/new/deep\n755 0:0\n755 1000:1001\n755 1000:1001\n")
 
 
 def test_unmakeable_cwd_is_a_clear_error(busybox_rootfs, run_sandbox):
