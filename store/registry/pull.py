@@ -266,20 +266,27 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
     manifest = oci.decode(data, f"{where}: manifest")
     oci.check_manifest(manifest, f"{where}: manifest")
     cdesc = manifest["config"]
-    config = fetch_small_blob(session, ref.path, cdesc["digest"], MAX_CONFIG_BYTES)
     layers_desc = manifest["layers"]
     downloaded = 0
     added: list[str] = []
     if lazy:
+        config = fetch_small_blob(session, ref.path, cdesc["digest"], MAX_CONFIG_BYTES)
         return _record_lazily(store, ref, data, digest, config, layers_desc, predicates, tag)
     with store.writing():
         try:
             with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
+                # the config first, beside the layers: they start a round trip earlier
+                config_future = pool.submit(fetch_small_blob, session, ref.path, cdesc["digest"],
+                                            MAX_CONFIG_BYTES)
                 futures = [pool.submit(_fetch_layer, session, store, ref.path, d,
                                        f"{where}: layer {i + 1}/{len(layers_desc)} ({d['digest']})",
                                        progress, f"layer {i + 1}/{len(layers_desc)}")
                            for i, d in enumerate(layers_desc)]
                 failure = None
+                try:
+                    config = config_future.result()
+                except BaseException as e:  # noqa: BLE001 - re-raised once the layers ended
+                    failure = e
                 layers = []
                 for d, f in zip(layers_desc, futures):  # every download ends before we go on
                     try:
