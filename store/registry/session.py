@@ -57,6 +57,9 @@ MAX_ATTEMPTS = 5
 MAX_RETRY_WAIT = 30.0          # the longest wait between attempts, whatever Retry-After asks
 MAX_TOKEN_BYTES = 1 << 20      # a token answer (a JWT is a few kB)
 SMALL_READ_SECONDS = 300.0     # the longest a token, manifest or config may take to arrive
+MAX_ERROR_BODY = 64 << 10      # an error answer's body read for its message, at most
+ERROR_BODY_SECONDS = 10.0
+MAX_ERROR_DETAIL = 500         # characters of the registry's own words in an error
 # RFC 6750's b64token, widened to any visible ASCII: what can go into a header as is
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 USER_AGENT = "lamina/0.1"
@@ -389,7 +392,7 @@ class RegistrySession:
                                        "sends the registry's credentials only to the registry", status=401)
                 if resp.status_code == 401 and auth_rounds < 2:
                     auth_rounds += 1
-                    resp.read()
+                    _error_body(resp)  # (only its headers count)
                     resp.close()
                     self._answer_challenge(resp, scope, auth)
                     attempt -= 1
@@ -420,10 +423,11 @@ class RegistrySession:
 
     def error_for(self, resp: httpx.Response, method: str, path: str) -> RegistryError:
         try:
-            resp.read()
-            body = resp.json()
+            body = json.loads(_error_body(resp))
             errs = body.get("errors") or []
             detail = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errs[:3])
+            if len(detail) > MAX_ERROR_DETAIL:
+                detail = detail[:MAX_ERROR_DETAIL] + "..."
         except Exception:  # noqa: BLE001 - any non-JSON error body
             detail = ""
         cls = Unauthorized if resp.status_code in (401, 403) else RegistryError
@@ -442,6 +446,15 @@ class RegistrySession:
         for secret in sorted((s for s in secrets if isinstance(s, str) and s), key=len, reverse=True):
             text = text.replace(secret, "***")
         return text
+
+
+def _error_body(resp: httpx.Response) -> bytes:
+    """The body of an error answer, read only when it is small and comes quickly
+    (b"" else): a registry's endless or broken error body must not hold lamina."""
+    try:
+        return read_small(resp, MAX_ERROR_BODY, "error", seconds=ERROR_BODY_SECONDS)
+    except (RegistryError, httpx.HTTPError):
+        return b""
 
 
 def _where(path: str) -> str:

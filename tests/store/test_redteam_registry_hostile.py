@@ -449,3 +449,45 @@ def test_login_through_a_symlinked_auth_file_keeps_the_link(tmp_path, monkeypatc
     assert real.stat().st_mode & 0o777 == 0o600
     assert remove_credentials("example.com") and link.is_symlink()
     assert set(json.loads(real.read_text())["auths"]) == {"other.example"}
+
+
+# -- error answers -------------------------------------------------------------------
+
+@pytest.mark.parametrize("body", ["truncated", "endless", "long message"])
+@pytest.mark.parametrize("status", [401, 404])
+def test_an_error_answer_s_body_never_holds_or_breaks_lamina(status, body):
+    """The body of a 401/404 was read whole: an endless one held lamina (and its
+    memory) as long as the registry liked, a truncated one was an internal error
+    (httpx's RemoteProtocolError), a long message went whole into the error."""
+    def handle(h):
+        if h.path == "/v2/":
+            return 200, {}, b"{}"
+        if body == "long message":
+            words = json.dumps({"errors": [{"code": "DENIED", "message": "z" * 60000}]}).encode()
+            return status, {"WWW-Authenticate": 'Basic realm="r"'}, words
+        h.send_response(status)
+        h.send_header("WWW-Authenticate", 'Basic realm="r"')
+        h.close_connection = True
+        if body == "truncated":
+            h.send_header("Content-Length", "100")
+            h.end_headers()
+            h.wfile.write(b"x" * 10)
+            return None
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        start = time.monotonic()
+        try:
+            while time.monotonic() - start < 20:
+                h.wfile.write(b"4000\r\n" + b"x" * 0x4000 + b"\r\n")
+                time.sleep(0.01)
+        except OSError:
+            pass  # lamina hung up
+        return None
+
+    with server(handle) as host:
+        start = time.monotonic()
+        with pytest.raises(RegistryError) as info:
+            _get(host, retry=False)
+        assert time.monotonic() - start < 5
+    assert str(status) in str(info.value) or "refused the credentials" in str(info.value)
+    assert len(str(info.value)) < 1000
