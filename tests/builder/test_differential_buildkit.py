@@ -1282,6 +1282,7 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
         for p in ("c1", "c2", "c3", "elsewhere", "img-etc", "via-link")), empty_layers=(1, 0))),
     "stage-duplicates": BuildkitCase(),
     "workdir-climb-links": BuildkitCase(check=_check_workdir_climb_links),
+    "chown-unknown-names": BuildkitCase(),
     "ignore-reinclude": BuildkitCase(prepare=_prepare_ignore_reinclude, difference=OracleDifference(
         known=tuple(k for d in ("app/docs", "docs-slash", "docs-noslash") for k in (
             Known(f"{d}/guide", _IGNORE_WILDCARD, {"type": "dir", "mode": 0o700}, None),
@@ -1484,6 +1485,9 @@ _REFUSED = {
     "workdir-under-a-file": "RUN touch /f\nWORKDIR /f/sub\n",
     "from-empty-variable": "FROM ${NOPE}\n",
     "healthcheck-interval-below-1ms": "HEALTHCHECK --interval=500us CMD true\n",
+    # a user or group /etc/passwd or /etc/group does not name, when a RUN or COPY needs it
+    "user-unknown-then-run": "USER nosuch\nRUN true\n",
+    "group-unknown-then-run": "USER alice:nosuchgroup\nRUN true\n",
     # a variable holding two source names is one (missing) source: COPY does not split it
     "copy-sources-in-one-variable": "ENV SRCS=\"a.txt dir\"\nCOPY $SRCS /dst/\n",
 }
@@ -1517,6 +1521,10 @@ _ACCEPTED_SINCE_V08 = {
     # stage and copied from an empty state (moby/buildkit#816)
     "onbuild-copy-from-unreached-stage": "RUN echo s > /s\nFROM diffbase:1 AS t\n"
                                          "ONBUILD COPY --from=0 /s /s\nFROM t\n",
+    # variables in RUN --mount options (aa467196b "feat(run-mount): add support for
+    # variable expansion", 2021); v0.8 looked for the source "/$SRC"
+    "run-mount-options-from-args": "ARG SRC=/etc T=/m\nRUN --mount=type=bind,from=diffbase:1,"
+                                   "source=$SRC,target=$T test -f /m/passwd\n",
     # heredocs (frontend 1.4); v0.8 read the body lines as instructions
     "run-heredoc": "SHELL [\"/bin/sh\", \"-ec\"]\nRUN <<EOF\necho a > /a\ntest -s /a\nEOF\n",
 }
