@@ -31,7 +31,7 @@ from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.compression import kind_for_media_type, media_type_for
 from lamina.store.layerdigest import LayerDigester
 from lamina.store.layers import LayerBlob, describe_layer
-from lamina.store.registry.session import RegistryError, RegistrySession, read_small
+from lamina.store.registry.session import RegistryError, RegistrySession
 
 MAX_MANIFEST_BYTES = 4 << 20   # containerd's limit for manifests and indexes
 MAX_CONFIG_BYTES = 16 << 20
@@ -85,11 +85,11 @@ def repo_scope(path: str, actions: str = "pull") -> str:
 
 def fetch_manifest(session: RegistrySession, path: str, ref: str) -> tuple[bytes, str, str]:
     """(bytes, media type, digest) of manifest `ref` (tag or digest) of repository `path`."""
-    with session.request("GET", f"/v2/{path}/manifests/{ref}", scope=repo_scope(path),
-                         headers={"Accept": ACCEPT}) as resp:
-        # capped in size and in time (a registry dripping bytes stalls no build)
-        data = read_small(resp, MAX_MANIFEST_BYTES, f"registry {session.host}: manifest {path}:{ref}")
-        content_type = resp.headers.get("content-type", "").split(";")[0].strip()
+    # capped in size and in time (a registry dripping bytes stalls no build)
+    data, headers = session.get_small(f"/v2/{path}/manifests/{ref}", scope=repo_scope(path),
+                                      limit=MAX_MANIFEST_BYTES, headers={"Accept": ACCEPT},
+                                      what=f"registry {session.host}: manifest {path}:{ref}")
+    content_type = headers.get("content-type", "").split(";")[0].strip()
     digest = sha256_digest(data)
     if ":" in ref and digest != ref:  # a digest (a tag has no ':'): the bytes must hash to it
         raise CorruptContent(f"registry {session.host} sent a manifest for {path}@{ref} whose content "
@@ -202,8 +202,8 @@ def _dropped(e: RegistryError) -> bool:
 
 
 def fetch_small_blob(session: RegistrySession, path: str, digest: str, limit: int) -> bytes:
-    with session.request("GET", f"/v2/{path}/blobs/{digest}", scope=repo_scope(path)) as resp:
-        data = read_small(resp, limit, f"registry {session.host}: blob {digest}")
+    data, _ = session.get_small(f"/v2/{path}/blobs/{digest}", scope=repo_scope(path), limit=limit,
+                                what=f"registry {session.host}: blob {digest}")
     if sha256_digest(data) != digest:
         raise CorruptContent(f"registry {session.host} sent blob {digest} with other content", digest=digest)
     return data

@@ -415,6 +415,23 @@ class RegistrySession:
             finally:
                 resp.close()
 
+    def get_small(self, path: str, *, scope: str, limit: int, what: str,
+                  headers: Mapping[str, str] | None = None) -> tuple[bytes, httpx.Headers]:
+        """(body, headers) of a GET of a small document (a manifest, a config): capped
+        in size and time (`read_small`); a connection that drops while the body
+        arrives is retried as `request` retries one that drops before."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self.request("GET", path, scope=scope, headers=headers) as resp:
+                    return read_small(resp, limit, what), resp.headers
+            except httpx.TransportError as e:
+                if attempt >= MAX_ATTEMPTS:
+                    raise RegistryError(f"{what}: the connection broke while it arrived "
+                                        f"({self._redacted(_reason(e))})") from None
+                _sleep(attempt, None)
+
     def _same_origin(self, url: str) -> bool:
         """Same scheme, host and port as the registry (never credentials to another
         host, nor over plain HTTP when the registry speaks HTTPS)."""

@@ -491,3 +491,40 @@ def test_an_error_answer_s_body_never_holds_or_breaks_lamina(status, body):
         assert time.monotonic() - start < 5
     assert str(status) in str(info.value) or "refused the credentials" in str(info.value)
     assert len(str(info.value)) < 1000
+
+
+@pytest.mark.parametrize("drops", [1, 99])
+def test_a_manifest_whose_connection_drops_is_retried_then_a_clear_error(drops, tmp_path, monkeypatch):
+    """A manifest body cut short (Content-Length 100, 10 bytes, closed) was httpx's
+    RemoteProtocolError raised raw (an internal error), and never retried: issue 8
+    retries dropped connections."""
+    monkeypatch.setattr(session_mod, "MAX_ATTEMPTS", 3)
+    image = _one_layer_image()
+    files = {k: ("application/octet-stream", v) for k, v in image.items() if k != "manifest"}
+    files["1"] = (oci.OCI_MANIFEST, image["manifest"])
+    served = []
+
+    def handle(h):
+        if h.path == "/v2/":
+            return 200, {}, b"{}"
+        name = h.path.rpartition("/")[2]
+        if name == "1":
+            served.append(name)
+            if len(served) <= drops:
+                h.send_response(200)
+                h.send_header("Content-Type", oci.OCI_MANIFEST)
+                h.send_header("Content-Length", str(len(image["manifest"])))
+                h.end_headers()
+                h.wfile.write(image["manifest"][:10])
+                h.close_connection = True
+                return None
+        media_type, data = files[name]
+        return 200, {"Content-Type": media_type}, data
+
+    with server(handle) as host, Store(tmp_path / "s") as store:
+        if drops == 1:
+            assert pull_image(store, f"{host}/r:1").manifest_digest == _sha(image["manifest"])
+        else:
+            with pytest.raises(RegistryError, match="connection broke"):
+                pull_image(store, f"{host}/r:1")
+            assert len(served) == 3 and store.images() == []
