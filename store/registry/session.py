@@ -286,7 +286,10 @@ class RegistrySession:
                 current = self._tokens.get(scope)
                 if current is not None and sent != "Bearer " + current.value:
                     return  # another thread already fetched a newer token
-                if current is not None and current.expires > time.time() + 5:
+                # (a token the registry calls invalid_token has expired there, whatever
+                # its expires_in said, e.g. clocks apart: a new one is fetched, once)
+                if (current is not None and current.expires > time.time() + 5
+                        and params.get("error") != "invalid_token"):
                     raise Unauthorized(self._denied(creds), status=401)
             self._tokens[scope] = self._fetch_token(params, scope, creds)
             return
@@ -431,6 +434,8 @@ class RegistrySession:
                     raise RegistryError(f"{what}: the connection broke while it arrived "
                                         f"({self._redacted(_reason(e))})") from None
                 _sleep(attempt, None)
+            except httpx.HTTPError as e:  # e.g. a Content-Encoding the body does not have
+                raise RegistryError(f"{what}: cannot be read ({self._redacted(_reason(e))})") from None
 
     def _same_origin(self, url: str) -> bool:
         """Same scheme, host and port as the registry (never credentials to another

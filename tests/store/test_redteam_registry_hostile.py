@@ -528,3 +528,17 @@ def test_a_manifest_whose_connection_drops_is_retried_then_a_clear_error(drops, 
             with pytest.raises(RegistryError, match="connection broke"):
                 pull_image(store, f"{host}/r:1")
             assert len(served) == 3 and store.images() == []
+
+
+def test_a_manifest_with_a_false_content_encoding_is_a_clear_error(tmp_path):
+    """`Content-Encoding: gzip` on bytes that are not gzip was httpx's DecodingError
+    raised raw (an internal error)."""
+    def handle(h):
+        if h.path == "/v2/":
+            return 200, {}, b"{}"
+        return 200, {"Content-Type": oci.OCI_MANIFEST, "Content-Encoding": "gzip"}, b"not gzip at all"
+
+    with server(handle) as host, Store(tmp_path / "s") as store:
+        with pytest.raises(RegistryError, match="manifest r:1: cannot be read"):
+            pull_image(store, f"{host}/r:1")
+        assert store.images() == []
