@@ -20,7 +20,12 @@ build for ever). Each test here failed before its fix:
 - index entries whose platform fields or annotations are not strings/objects were
   internal errors;
 - a manifest dripping one byte at a time held a pull for as long as the registry
-  liked (read timeouts are per read).
+  liked (read timeouts are per read);
+- a mirror URL with user:password@ printed the password in every pull error;
+- login through a symlinked credentials file replaced the link (docker writes its target);
+- an error answer's body was read whole (endless: held lamina; truncated 401: internal error);
+- a manifest whose connection dropped mid-body, or whose Content-Encoding lied, was
+  an internal error (httpx's exception raised raw), never retried.
 """
 
 from __future__ import annotations
