@@ -157,6 +157,10 @@ class TokenService:
         self.issued = 0
         self.scopes: list[list[str]] = []  # the scope parameters of each token request
         self.denied: set[tuple[str, str]] = set()  # (action, repository) never granted
+        self.lifetime = 300  # the expires_in of each token answer, in seconds
+        # True: the JWT's exp is set so that the registry (which allows 60 s of clock
+        # skew past exp) refuses a token `lifetime` seconds after it was issued
+        self.exact_expiry = False
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token signer")])
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -189,7 +193,7 @@ class TokenService:
             access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self._der).decode()]}
-        claims = {"iss": "test-issuer", "sub": self.user, "aud": "test-registry", "exp": now + 300,
+        claims = {"iss": "test-issuer", "sub": self.user, "aud": "test-registry", "exp": now + self.lifetime - (60 if self.exact_expiry else 0),
                   "nbf": now - 10, "iat": now, "jti": f"t{self.issued}", "access": access}
         signing = b64(_json.dumps(header).encode()) + "." + b64(_json.dumps(claims).encode())
         sig = self.key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
@@ -219,7 +223,7 @@ class TokenService:
                 q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
                 service.scopes.append(q.get("scope") or [])
                 body = _json.dumps({"token": service.token(" ".join(q.get("scope") or []) or None),
-                                    "expires_in": 300}).encode()
+                                    "expires_in": service.lifetime}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
