@@ -160,7 +160,7 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
     genv = scope.env()
 
     names = tuple(f.name for f, _ in sections)
-    warnings: list[str] = []
+    warnings: list[str] = [w for w in (frontend_warning(dockerfile),) if w]
     for name in sorted({n for n in names if n}):
         if names.count(name) > 1:
             warnings.append(f'duplicate stage name "{name}": references use the last one')
@@ -332,6 +332,31 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
         warnings=tuple(warnings), stage_names=names)
 
 
-__all__ = ["Stage", "BuildPlan", "plan_build", "lookup_stage"]
+# the Dockerfile frontend lamina implements itself, by the image names it is published
+# under (docker.io/docker/dockerfile:1.7, docker/dockerfile-upstream:master, @sha256:...)
+STANDARD_FRONTENDS = ("docker/dockerfile", "docker/dockerfile-upstream")
+
+
+def frontend_warning(dockerfile: ast.Dockerfile) -> str | None:
+    """A warning when `# syntax=` names another frontend than the Dockerfile one: BuildKit
+    would fetch and run that image to read the file; lamina reads it as a Dockerfile
+    (the standard frontend's own names, whatever tag or digest, say nothing)."""
+    for d in dockerfile.directives:
+        if d.name != "syntax" or not d.value.strip():
+            continue
+        name = d.value.strip().split("@", 1)[0]
+        if name.rfind(":") > name.rfind("/"):
+            name = name[:name.rfind(":")]
+        for registry in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+            if name.lower().startswith(registry):
+                name = name[len(registry):]
+        if name.lower() not in STANDARD_FRONTENDS:
+            return (f"[Warning] {dockerfile.path}:{d.line}: `# syntax={d.value.strip()}` names "
+                    "a frontend other than the Dockerfile one; lamina builds the file with its "
+                    "own Dockerfile frontend and does not run that image")
+    return None
+
+
+__all__ = ["Stage", "BuildPlan", "plan_build", "lookup_stage", "frontend_warning"]
 # Phase 2 (steps of a stage: plan_stage, plan_all, StagePlan) is builder.plan.stageplan,
 # which builds on this module.

@@ -604,3 +604,18 @@ def test_changing_a_build_arg_changes_exactly_the_run_steps_that_see_it(lines):
         elif line.startswith("RUN"):
             expected.append(arg_live or b_from_arg)
     assert [a != b for a, b in zip(before, after)] == expected
+
+
+@pytest.mark.parametrize("syntax", ["docker/dockerfile:1", "docker/dockerfile:1.7-labs",
+                                    "docker.io/docker/dockerfile:1.4",
+                                    "docker/dockerfile-upstream:master",
+                                    "docker/dockerfile@sha256:" + "a" * 64])
+def test_syntax_of_the_dockerfile_frontend_warns_nothing(syntax):
+    assert make_plan(f"# syntax={syntax}\nFROM scratch\n").warnings == ()
+
+
+@pytest.mark.parametrize("syntax", ["tonistiigi/dockerfile:runmount", "example.com/team/frontend:2",
+                                    "localhost:5000/docker/dockerfile:1"])
+def test_syntax_naming_another_frontend_warns(syntax):
+    (warning,) = make_plan(f"# syntax={syntax}\nFROM scratch\n").warnings
+    assert f"# syntax={syntax}" in warning and ":1:" in warning and "does not run" in warning
