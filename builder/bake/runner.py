@@ -16,8 +16,9 @@ then find it in the cache.
 
 `labels` go to the child as `lamina build --label` (BuildKit's frontend
 `label:` attributes: set on the final config over the Dockerfile's LABELs, no
-history entry); `--push` and `output type=registry` push every tag
-(`lamina build --push`).
+history entry); `--push` and `output type=registry` / `type=image,push=true` go to
+the child as `lamina build -o` (builder.outputs: tagged and pushed once each, name=
+or else the target's tags).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import TextIO
 from lamina.builder.bake.targets import Target
 from lamina.builder.context.contextfile import read_context_file
 from lamina.builder.errors import BuildError
+from lamina.builder.outputs import TYPES, image_names, output_from_fields
 
 NETWORKS = ("default", "none", "host")
 
@@ -102,12 +104,19 @@ def check_target(t: Target) -> list[str]:
             raise BuildError(f"{where}: secret {ident}: {src} is not a readable file")
         if env and env not in os.environ:
             raise BuildError(f"{where}: secret {ident}: environment variable {env} is not set")
+    wanted = []
     for output in t.outputs:
-        kind = dict(output).get("type", "")
-        if kind not in ("docker", "image", "registry", "oci", "tar", "local", "cacheonly"):
+        fields = dict(output)
+        kind = fields.get("type", "")
+        if kind == "cacheonly" or (kind == "docker" and "dest" not in fields):
+            continue  # nothing to write: the image is in the store
+        if kind not in TYPES:
             raise BuildError(f"{where}: output type {kind!r} is not supported")
-    if t.push and not t.tags:
-        raise BuildError(f"{where}: pushing needs a tag (image: or tags)")
+        try:  # as `lamina build -o` reads it (builder.outputs), before anything runs
+            wanted.append(output_from_fields(fields, _csv(output)))
+            image_names(wanted, t.tags)
+        except BuildError as e:
+            raise BuildError(f"{where}: {e}") from None
     return []
 
 
@@ -140,7 +149,7 @@ def build_argv(t: Target, options: BakeOptions, workspace: _Workspace, iidfile: 
             "-f", str(dockerfile), "--iidfile", str(iidfile)]
     for tag in t.tags:
         argv += ["-t", tag]
-    if t.push or options.push:
+    if options.push:  # also a registry output (with_push): pushed once
         argv.append("--push")
     for key, value in t.labels:
         argv += ["--label", f"{key}={value}"]
@@ -166,7 +175,7 @@ def build_argv(t: Target, options: BakeOptions, workspace: _Workspace, iidfile: 
         argv += ["--cache-to", _csv(entry)]
     for output in t.outputs:
         fields = dict(output)
-        if fields.get("type") in ("oci", "tar", "local"):
+        if fields.get("type") in ("oci", "tar", "local", "image", "registry"):
             argv += ["--output", _csv(output)]
     argv.append(str(t.context))
     return argv

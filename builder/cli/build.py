@@ -27,7 +27,8 @@ from lamina.builder.errors import BuildError
 @click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
 @click.option("--pull", is_flag=True, help="Look up every base image tag in its registry again "
               "(a base named by digest is never fetched twice).")
-@click.option("--push", is_flag=True, help="Push every -t tag to its registry after the build.")
+@click.option("--push", is_flag=True, help="Push every -t tag to its registry after the build "
+              "(as -o type=registry).")
 @click.option("--network", type=click.Choice(["default", "none", "host"]), default="default",
               help="Network for RUN steps: default (own namespace with outbound access, as "
                    "docker), none (only lo) or host.")
@@ -38,7 +39,10 @@ from lamina.builder.errors import BuildError
 @click.option("--ssh", "ssh", multiple=True, metavar="default|ID[=SOCKET|KEY[,KEY]]",
               help="SSH agent socket or keys to expose to RUN --mount=type=ssh.")
 @click.option("--iidfile", metavar="FILE", default=None, help="Write the image ID (config digest) here.")
-@click.option("--output", "-o", "outputs", multiple=True, metavar="type=...,dest=PATH")
+@click.option("--output", "-o", "outputs", multiple=True,
+              metavar="type=oci|docker|tar|local,dest=PATH|type=image|registry[,name=REF][,push=true]",
+              help="Also write the image there (buildx's exporters); type=image tags it name= "
+                   "(default: the -t tags), push=true or type=registry pushes those.")
 @click.option("--allow", "allow", multiple=True, metavar="network.host|fs.read=PATH",
               help="Entitlement: network.host lets RUN --network=host use the host's network; "
                    "fs.read=PATH lets ADD read a git repository (file://) under PATH.")
@@ -109,7 +113,7 @@ def _build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, pus
                 click.echo(unchanged)
                 return
     from lamina.builder.executor import BuildOptions
-    from lamina.builder.outputs import parse_output, write_output
+    from lamina.builder.outputs import deliver_image, image_names, parse_output, write_output
     from lamina.builder.progress import make_progress
     from lamina.builder.steps.ssh import parse_ssh_flags
     from lamina.store.store import Store
@@ -147,6 +151,8 @@ def _build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, pus
         labels=_labels(labels),
     )
     wanted = [parse_output(o) for o in outputs]
+    image_names(wanted, tuple(tags), push)  # a name to tag/push is missing: said before the build
+    json_view = progress == "json"
     progress = make_progress(progress)
     if key is not None:
         progress = rebuild.ProgressRecorder(progress)
@@ -161,8 +167,8 @@ def _build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, pus
             attest.attach(store, build, image)  # provenance / SBOM, before any output or push
             for out in wanted:
                 write_output(store, image, out, epoch=build.epoch, tags=tuple(tags))
-            if push:
-                _push_tags(store, tags)
+            deliver_image(store, image, wanted, tuple(tags), push,
+                          progress_for=lambda ref: _push_progress(quiet=json_view), report=_pushed)
             if key is not None:
                 rebuild.record(g.root, key, store=store, build=build, image=image,
                                recorder=progress, findings=findings, tags=tags,
@@ -262,12 +268,13 @@ def _allowed_reads(values) -> tuple[Path, ...]:
     return tuple(out)
 
 
-def _push_tags(store, tags) -> None:
-    """`build --push`: every -t tag to its registry (as buildx --push)."""
-    from lamina.store.registry.push import push_image
+def _push_progress(quiet: bool):
+    """Per-layer progress of a push (`lamina push`'s; none in a --progress json stream)."""
+    from lamina.builder.cli.registry import TransferProgress
 
-    if not tags:
-        raise BuildError("--push needs at least one -t NAME:TAG to push to")
-    for tag in tags:
-        pushed = push_image(store, tag)
-        click.echo(f"pushed {pushed.reference}: digest: {pushed.manifest_digest}", err=True)
+    return TransferProgress("pushed", quiet)
+
+
+def _pushed(pushed) -> None:
+    """`build --push` / `-o type=registry`: each push said as it is done."""
+    click.echo(f"pushed {pushed.reference}: digest: {pushed.manifest_digest}", err=True)
