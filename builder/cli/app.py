@@ -1,4 +1,5 @@
-"""The `lamina` click group and its global options (`--root`, `--store-compression`).
+"""The `lamina` click group and its global options (`--root`, `--store-compression`,
+`--registry-mirror`).
 
 Command modules (build, images, archive, maintenance) register themselves on
 `cli`; `builder.cli.main` wraps it so that every lamina error becomes one clear
@@ -21,6 +22,7 @@ import click
 
 
 STORE_COMPRESSION_ENV = "LAMINA_STORE_COMPRESSION"
+REGISTRY_MIRRORS_ENV = "LAMINA_REGISTRY_MIRRORS"  # read by store.registry.pull.mirrors_for
 
 
 def default_root() -> Path:
@@ -53,6 +55,36 @@ def _store_compression(kind: str):
             os.environ[STORE_COMPRESSION_ENV] = old
 
 
+def _mirror(ctx, param, values) -> tuple[str, ...]:
+    """`--registry-mirror HOST[:PORT]` (a scheme and a trailing / are dropped)."""
+    out = []
+    for value in values:
+        host = value.strip().split("://", 1)[-1].rstrip("/")
+        if not host or "," in host or any(c.isspace() for c in host):
+            raise click.BadParameter(f"{value!r} is not HOST[:PORT]", ctx, param)
+        if "@" in host.split("/", 1)[0]:  # never echo it: it would hold a password
+            raise click.BadParameter("a mirror may not carry credentials (user:password@): "
+                                     "log in to it with `lamina login HOST[:PORT]`", ctx, param)
+        out.append(host)
+    return tuple(out)
+
+
+@contextmanager
+def _registry_mirrors(mirrors: tuple[str, ...]):
+    """While the command runs, the mirrors of the command line replace those of
+    $LAMINA_REGISTRY_MIRRORS (the command line wins, as --root over $LAMINA_ROOT), for
+    this process and the lamina processes it starts (bake's builds)."""
+    old = os.environ.get(REGISTRY_MIRRORS_ENV)
+    os.environ[REGISTRY_MIRRORS_ENV] = ",".join(mirrors)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(REGISTRY_MIRRORS_ENV, None)
+        else:
+            os.environ[REGISTRY_MIRRORS_ENV] = old
+
+
 @dataclass(frozen=True)
 class Globals:
     """What the global options decided, handed to every command via the click context."""
@@ -80,9 +112,15 @@ class LaminaGroup(click.Group):
               help="Compression of the layer blobs this command stores (default zstd). The image "
                    "ID is the same either way; the manifest digest is not. Blobs already stored "
                    "keep theirs.")
+@click.option("--registry-mirror", "registry_mirrors", multiple=True, metavar="HOST[:PORT]",
+              callback=_mirror,
+              help="A pull-through mirror of Docker Hub, tried before docker.io for docker.io "
+                   "images (repeatable, tried in order). Replaces $LAMINA_REGISTRY_MIRRORS "
+                   "(HOST[:PORT],...) when given.")
 @click.version_option(package_name="lamina", prog_name="lamina")
 @click.pass_context
-def cli(ctx: click.Context, root: Path | None, store_compression: str | None) -> None:
+def cli(ctx: click.Context, root: Path | None, store_compression: str | None,
+        registry_mirrors: tuple[str, ...] = ()) -> None:
     """lamina: build OCI images from Dockerfiles, without a daemon."""
     from lamina.store import overlayform
 
@@ -91,6 +129,8 @@ def cli(ctx: click.Context, root: Path | None, store_compression: str | None) ->
     ctx.obj = Globals(root=root if root is not None else default_root())
     if store_compression is not None:
         ctx.with_resource(_store_compression(store_compression))
+    if registry_mirrors:
+        ctx.with_resource(_registry_mirrors(registry_mirrors))
 
 
 def _rootless(ctx: click.Context, root: Path | None) -> None:
