@@ -140,6 +140,9 @@ def _ssl_context(host: str) -> ssl.SSLContext:
     return ctx
 
 
+# TLS alerts of a server that refuses the client's certificate, or wants one
+_CLIENT_CERT_ALERT = re.compile(r"ALERT_(BAD_CERTIFICATE|CERTIFICATE_REQUIRED|UNKNOWN_CA|"
+                                r"CERTIFICATE_UNKNOWN)")
 # (?<!\w): a parameter name starts a word (linear time on a long header without '=')
 _CHALLENGE_PARAM = re.compile(r'(?<!\w)(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 _QUOTED_PAIR = re.compile(r"\\(.)")
@@ -239,6 +242,7 @@ class RegistrySession:
             self._client.get(f"https://{self.api}/v2/", timeout=10.0)
             return "https"
         except (httpx.ConnectError, httpx.ConnectTimeout, ssl.SSLError) as e:
+            self._refuse_client_cert_alert(e)
             if "CERTIFICATE_VERIFY_FAILED" in str(e) or "certificate verify failed" in str(e):
                 # it speaks TLS with a certificate we do not trust: never fall back to
                 # plain HTTP (that would hide a man in the middle)
@@ -246,8 +250,13 @@ class RegistrySession:
                     f"registry {self.host} presents a TLS certificate that is not trusted "
                     f"({_reason(e)}): put its CA in /etc/docker/certs.d/{self.api}/ca.crt") from None
             if not self.plain_allowed:
-                raise RegistryError(f"cannot reach registry {self.host} over HTTPS: {_reason(e)}") from None
+                hint = ""
+                if "WRONG_VERSION_NUMBER" in str(e):  # what a plain-HTTP server answers
+                    hint = (" (it seems to speak plain HTTP: if the network to it can be trusted, "
+                            "name it in LAMINA_INSECURE_REGISTRIES)")
+                raise RegistryError(f"cannot reach registry {self.host} over HTTPS: {_reason(e)}{hint}") from None
         except httpx.HTTPError as e:
+            self._refuse_client_cert_alert(e)
             if not self.plain_allowed:
                 raise RegistryError(f"cannot reach registry {self.host}: {_reason(e)}") from None
         try:
@@ -255,6 +264,16 @@ class RegistrySession:
         except httpx.HTTPError as e:
             raise RegistryError(f"cannot reach registry {self.host} (HTTPS, then HTTP): {_reason(e)}") from None
         return "http"
+
+    def _refuse_client_cert_alert(self, e: BaseException) -> None:
+        """A TLS alert saying the registry wants a client certificate (it refused ours or
+        got none, during the handshake with TLS 1.2, at the first read with 1.3): one
+        clear error, never the plain-HTTP fall-back (its TLS port would answer 400)."""
+        if _CLIENT_CERT_ALERT.search(str(e)):
+            places = ", ".join(f"{d}/{self.api}/" for d in certs_dirs())
+            raise RegistryError(f"registry {self.host} requires a client certificate it trusts "
+                                f"({_reason(e)}): lamina presents client.cert + client.key "
+                                f"from the first of {places} that has them") from None
 
     # -- auth ----------------------------------------------------------------------
 

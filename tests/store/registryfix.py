@@ -37,9 +37,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def registry(workdir: Path, *, htpasswd: str | None = None, tls: dict | None = None,
-             token: "TokenService | None" = None):
-    """Yields "127.0.0.1:PORT" of a fresh registry storing under `workdir`: plain
-    HTTP, or with htpasswd basic auth, TLS (`make_pki` files) or token auth."""
+             token: "TokenService | None" = None, bind: str = "127.0.0.1"):
+    """Yields "BIND:PORT" of a fresh registry storing under `workdir`: plain
+    HTTP, or with htpasswd basic auth, TLS (`make_pki` files; with `clientcas`, a CA
+    file, clients must present a certificate it signed: `client_cert`/`client_key`
+    are the one the start-up probe presents) or token auth."""
     binary = require_tool("docker-registry")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -51,24 +53,28 @@ def registry(workdir: Path, *, htpasswd: str | None = None, tls: dict | None = N
         auth = (f"auth:\n  token:\n    realm: {token.realm}\n    service: test-registry\n"
                 f"    issuer: test-issuer\n    rootcertbundle: {token.bundle}\n")
     tls_conf = f"  tls:\n    certificate: {tls['cert']}\n    key: {tls['key']}\n" if tls else ""
+    if tls and tls.get("clientcas"):
+        tls_conf += f"    clientcas:\n      - {tls['clientcas']}\n"
     config = workdir / "config.yml"
     config.write_text(
         "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'data'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n" + tls_conf + auth)
+        f"http:\n  addr: {bind}:{port}\n" + tls_conf + auth)
     log = open(workdir / "registry.log", "wb")
     # the registry reads REGISTRY_* variables as config overrides (REGISTRY_AUTH_FILE
     # of a test would become its auth section): start it without them
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
-    host = f"127.0.0.1:{port}"
+    host = f"{bind}:{port}"
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
                 if tls:
-                    httpx.get(f"https://{host}/v2/", timeout=1,
-                              verify=ssl.create_default_context(cafile=str(tls["ca"])))
+                    ctx = ssl.create_default_context(cafile=str(tls["ca"]))
+                    if tls.get("client_cert"):
+                        ctx.load_cert_chain(str(tls["client_cert"]), str(tls["client_key"]))
+                    httpx.get(f"https://{host}/v2/", timeout=1, verify=ctx)
                 else:
                     httpx.get(f"http://{host}/v2/", timeout=1)
                 break
