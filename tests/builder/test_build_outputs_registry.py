@@ -226,3 +226,20 @@ def test_pinned_from_never_re_resolves_and_pull_moves_a_tag(source_store, upstre
         assert (out / "g").read_text() == "hello\n"
         asked = counter.manifest_requests("pin/app")
         assert asked and all(a == pinned for a in asked), asked
+
+
+def test_bake_registry_output_pushes_its_name_not_the_tags(source_store, upstream, tmp_path):
+    """A bake target's `output = ["type=registry,name=REF"]` goes to the build as its
+    -o (buildx: the exporter pushes name=), not as --push of the target's tags (a
+    docker.io name here, which cannot be pushed)."""
+    name = f"{upstream}/bk/app:1"
+    ctx = make_context(tmp_path / "ctx", "FROM app:1\nRUN echo bake > /bk\n")
+    bakefile = tmp_path / "docker-bake.json"
+    bakefile.write_text(json.dumps({"target": {"app": {
+        "context": str(ctx), "tags": ["bk-local:1"], "output": [f"type=registry,name={name}"]}}}))
+    run = lamina(source_store, "bake", "-f", str(bakefile), "app")
+    assert run.code == 0, run.stderr
+    digest = _skopeo_digest(name)
+    stored = _inspect(source_store, name)
+    assert stored["Id"] == _inspect(source_store, "bk-local:1")["Id"]
+    assert f"{upstream}/bk/app@{digest}" in stored["RepoDigests"]
