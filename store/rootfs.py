@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Mapping
 from lamina.store import oci, refs
 from lamina.store.compression import PrefixedReader, open_decompressed
 from lamina.store.epoch import source_date_epoch as sde_in_force
-from lamina.store.errors import CorruptContent, StoreError
+from lamina.store.errors import CorruptContent, StoreError, UnsafeArchive
 from lamina.store.images import Image, commit_image, load_image
 from lamina.store.layerdirs import make_layer_dir
 from lamina.store.layers import extract_as_layer
@@ -37,9 +37,15 @@ def import_rootfs(store: StoreRoot, tarball: Path, ref: str | None, *,
             except OSError as e:
                 raise StoreError(f"cannot read {tarball}: {e.strerror or e}", path=str(tarball)) from None
             with f:  # extracted and archived in one pass when the tar allows it
-                layer = extract_as_layer(store.blobs, open_any_compression(f, tarball), tmp,
-                                         compression=compression or store.layer_compression,  # type: ignore[arg-type]
-                                         source_date_epoch=sde)
+                try:
+                    layer = extract_as_layer(store.blobs, open_any_compression(f, tarball), tmp,
+                                             compression=compression or store.layer_compression,  # type: ignore[arg-type]
+                                             source_date_epoch=sde)
+                except (CorruptContent, UnsafeArchive) as e:
+                    # the tar's own words ("truncated at byte N") name no file: say which
+                    if str(tarball) in e.message:
+                        raise
+                    raise type(e)(f"cannot import {tarball}: {e.message}", path=str(tarball)) from None
             history = {"created": created, "comment": message or f"Imported from {tarball.name}"}
             cfg = oci.build_config(diff_ids=[layer.diff_id], history=[history],
                                    container_config=dict(changes or {}), created=created)
