@@ -19,9 +19,11 @@ def _open_store(g: Globals):
 
 
 class TransferProgress:
-    """Per-blob progress of a pull or push on stderr: on a terminal one live line per
-    transfer (bytes and rate, redrawn at most 5 times a second), otherwise one plain
-    line when each blob is done. Called from the transfer threads."""
+    """Per-blob progress of a pull or push on stderr. On a terminal, one live line per
+    blob as docker draws them (bytes and rate, the block redrawn in place at most 5
+    times a second and when a blob completes; parallel transfers each keep their own
+    line); otherwise one plain line when each blob is done. Called from the transfer
+    threads."""
 
     def __init__(self, verb: str, quiet: bool = False) -> None:
         import threading
@@ -31,6 +33,8 @@ class TransferProgress:
         self.tty = sys.stderr.isatty()
         self.lock = threading.Lock()
         self.started: dict[str, float] = {}
+        self.lines: dict[str, str] = {}  # what -> its line, in order of first report
+        self.drawn = 0                   # lines of the block on screen
         self.shown = 0.0
 
     def __call__(self, what: str, done: int, total: int) -> None:
@@ -41,17 +45,29 @@ class TransferProgress:
         with self.lock:
             now = time.monotonic()
             start = self.started.setdefault(what, now)
-            finished = total and done >= total
-            if self.tty and not finished and now - self.shown < 0.2:
-                return
-            self.shown = now
-            rate = done / max(now - start, 1e-3) / 1e6
-            line = f"{what}: {done / 1e6:.1f}/{total / 1e6:.1f} MB ({rate:.1f} MB/s)"
+            finished = bool(total) and done >= total
             if finished:
-                click.echo(("\r\x1b[K" if self.tty else "") + f"{what}: {self.verb} {total / 1e6:.1f} MB",
-                           err=True)
-            elif self.tty:
-                click.echo("\r\x1b[K" + line, err=True, nl=False)
+                line = f"{what}: {self.verb} {total / 1e6:.1f} MB"
+            else:
+                rate = done / max(now - start, 1e-3) / 1e6
+                line = f"{what}: {done / 1e6:.1f}/{total / 1e6:.1f} MB ({rate:.1f} MB/s)"
+            if not self.tty:
+                if finished and self.lines.get(what) != line:
+                    click.echo(line, err=True)
+                self.lines[what] = line
+                return
+            self.lines[what] = line
+            if finished or now - self.shown >= 0.2:
+                self.shown = now
+                self._draw()
+
+    def _draw(self) -> None:
+        """The block again, over the one drawn before: up to its first line, each line
+        cleared and written."""
+        up = f"\x1b[{self.drawn}F" if self.drawn else ""
+        click.echo(up + "".join(f"\x1b[2K{line}\n" for line in self.lines.values()),
+                   err=True, nl=False)
+        self.drawn = len(self.lines)
 
 
 def _session_for(reference: str):

@@ -113,3 +113,125 @@ def test_registry_mirror_flag(source_store, plain_registry, tmp_path, monkeypatc
 
     secret = lamina(tmp_path / "x", "--registry-mirror", "http://u:hunter2@mirror.example", "pull", "m:1")
     assert secret.code != 0 and "hunter2" not in secret.stderr + secret.stdout
+
+
+class _SlowRelay:
+    """TCP relay to the registry that sends its answers at `rate` bytes/s per
+    connection: transfers last long enough for a terminal view to redraw."""
+
+    def __init__(self, upstream: str, rate: int) -> None:
+        import socket
+        import threading
+
+        self.upstream = upstream
+        self.rate = rate
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            host, port = self.upstream.rsplit(":", 1)
+            server = socket.create_connection((host, int(port)))
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src, dst, slow: bool) -> None:
+        import time
+
+        try:
+            while data := src.recv(16384):
+                dst.sendall(data)
+                if slow:
+                    time.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+
+def _screen(raw: str) -> tuple[list[str], int]:
+    """What a terminal shows after `raw` (lines; the codes a progress view writes:
+    CSI n F, CSI [2] K, CR, LF), and the most lines with a rate shown at once."""
+    lines: list[str] = []
+    row, col0, most = 0, True, 0
+    for token in re.findall(r"\x1b\[(\d*)([A-Za-z])|(\r)|(\n)|([^\x1b\r\n]+)", raw):
+        n, code, cr, lf, text = token
+        if code == "F":
+            row -= int(n or 1)
+        elif code == "K":
+            if row < len(lines):
+                lines[row] = ""
+        elif cr:
+            col0 = True
+        elif lf:
+            row += 1
+        elif text:
+            while len(lines) <= row:
+                lines.append("")
+            lines[row] = text if col0 else lines[row] + text
+            col0 = False
+            most = max(most, sum("MB/s" in line for line in lines))
+    return [line for line in lines if line], most
+
+
+def test_terminal_view_keeps_one_live_line_per_layer(source_store, plain_registry, tmp_path):
+    """On a terminal (a pty here), parallel downloads each keep their own line with
+    bytes and rate while they run, and the screen ends with one finished line per
+    blob - not one shared line that the last writer wins."""
+    import pty
+    import threading
+
+    from tests.builder.buildkit import lamina_argv
+
+    dest = f"{plain_registry}/tty/app:1"
+    assert lamina(source_store, "push", "app:1", dest).code == 0
+    manifest = _manifest(dest)
+    relay = _SlowRelay(plain_registry, rate=2_000_000)
+    try:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(lamina_argv(tmp_path / "fresh", "pull", f"{relay.host}/tty/app:1"),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        chunks: list[bytes] = []
+
+        def read() -> None:
+            while True:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the pty's other end is closed
+                    return
+                if not data:
+                    return
+                chunks.append(data)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert proc.wait(timeout=120) == 0
+        reader.join(10)
+        os.close(master)
+    finally:
+        relay.close()
+    shown, live = _screen(b"".join(chunks).decode())
+    assert live >= 2, "parallel downloads never had a live line each (bytes and rate)"
+    layers = manifest["layers"]
+    expected = {f"layer {i + 1}/{len(layers)}: downloaded {l['size'] / 1e6:.1f} MB"
+                for i, l in enumerate(layers)}  # (a pull reports its layers, as docker pull)
+    finished = [line for line in shown if ": downloaded " in line]
+    assert sorted(finished) == sorted(expected), shown
