@@ -404,8 +404,11 @@ def _exec_child(target: ExecTarget, spec: ExecSpec, ns_fds: list[int],
             os.close(alive_w)
             if parent_gone(alive_r, close=False):
                 raise SandboxError("lamina exec went away")
+            # a session of its own, as runc gives every process it starts: else the
+            # user's terminal stays its controlling terminal (/dev/tty names it), and
+            # TIOCSTI on it types commands into the user's shell once exec returns
+            os.setsid()
             if spec.tty:
-                os.setsid()
                 set_stdio(slave, slave, slave, controlling=True)
             elif not spec.interactive:
                 null = os.open("/dev/null", os.O_RDONLY)

@@ -1,0 +1,129 @@
+"""Red team, round 8: what a container's process can do to the terminal of the user who
+runs `lamina exec` / `lamina run`.
+
+- `lamina exec CONTAINER CMD` without `-t` forked the command into the container with
+  the session of the user's shell: its controlling terminal was the user's terminal, so
+  a process of the (hostile) image opened /dev/tty (docker's device list allows 5:0, and
+  it names the caller's own controlling terminal) and pushed bytes into the terminal's
+  input queue with TIOCSTI: when `lamina exec` returned, the user's shell read and ran
+  them - a command of the image's choosing, run on the host as the user (root). runc
+  starts every container process, exec'd ones too, in a session of its own (nsexec's
+  setsid), so there /dev/tty is ENXIO and TIOCSTI EPERM.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.builder.buildkit import REPO, build, make_context
+from tests.conftest import IN_CI
+
+pytestmark = pytest.mark.root
+
+# pushes argv[1] into the input queue of the terminal /dev/tty names (else of fd 0)
+TIOCSTI_SOURCE = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <errno.h>
+#include <sys/ioctl.h>
+int main(int argc, char **argv) {
+    int fd = open("/dev/tty", O_RDWR);
+    if (fd < 0) { printf("devtty errno=%d\n", errno); fd = 0; }
+    for (const char *s = argv[1]; *s; s++)
+        if (ioctl(fd, TIOCSTI, s) < 0) { printf("tiocsti errno=%d\n", errno); return 1; }
+    printf("tiocsti ok\n");
+    return 0;
+}
+"""
+
+
+def _lamina(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def _in_a_terminal(script: str, timeout: float = 30.0) -> str:
+    """Run `bash -c script` as the session leader of a new pseudo-terminal, as a user's
+    shell runs; all it writes to the terminal."""
+    pid, master = pty.fork()
+    if pid == 0:  # pragma: no cover - the child execs
+        os.execv("/bin/bash", ["bash", "-c", script])
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:  # EIO: the terminal's last process is gone
+                    break
+                if not data:
+                    break
+                out += data
+            elif os.waitpid(pid, os.WNOHANG)[0]:
+                break
+    finally:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        os.close(master)
+    return out.decode(errors="replace")
+
+
+@pytest.fixture
+def tiocsti_image(build_store, tmp_path):
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        if IN_CI:
+            pytest.fail("gcc is needed (dev/setup installs it)")
+        pytest.skip("gcc is not installed")
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx", "FROM bb\nCOPY sti /sti\n")
+    (tmp_path / "sti.c").write_text(TIOCSTI_SOURCE)
+    subprocess.run([gcc, "-static", "-O1", "-o", str(ctx / "sti"), str(tmp_path / "sti.c")],
+                   check=True, capture_output=True)
+    build(root, ctx, "-t", "redteam8-sti").check()
+    yield root, "redteam8-sti"
+    _lamina(root, "rmi", "redteam8-sti")
+
+
+def test_exec_never_hands_the_users_terminal_to_the_container(tiocsti_image, tmp_path):
+    root, image = tiocsti_image
+    marker = tmp_path / "ran-on-the-host"
+    started = _lamina(root, "run", "-d", "--network", "none", image, "sleep", "60")
+    assert started.returncode == 0, started.stderr
+    cid = started.stdout.strip()
+    try:
+        lamina = f"{sys.executable} -m lamina --root {root}"
+        injected = f"touch {marker}\n"
+        # what the user's shell reads after `lamina exec` returned is what it would run
+        out = _in_a_terminal(
+            f"cd {REPO}; {lamina} exec {cid} /sti '{injected}'; "
+            f"{lamina} exec {cid} cat /proc/self/stat; "
+            "read -t 2 -r line; echo \"SHELL READ [$line]\"; eval \"$line\"")
+        assert "tiocsti ok" not in out, out
+        assert not marker.exists(), out
+        assert "SHELL READ []" in out, out
+        # docker (runc): the exec'd process has no controlling terminal
+        assert "devtty errno=6" in out, out  # ENXIO
+        stat_line = next(l for l in out.splitlines() if "(cat) " in l)
+        tty_nr = int(stat_line.rsplit(")", 1)[1].split()[4])
+        assert tty_nr == 0, stat_line
+    finally:
+        _lamina(root, "rm", "-f", cid)
