@@ -358,6 +358,9 @@ class Build:
             if isinstance(r, ResolvedRun) and r.network not in ("none", "host"):
                 # a RUN without --network= runs with the build's --network
                 inputs = replace(inputs, network=self.options.network)
+            if isinstance(r, ResolvedRun) and self.options.limits.ulimits:
+                # --ulimit: part of the exec's metadata, and of the key, as in BuildKit
+                inputs = replace(inputs, ulimits=self.options.limits.ulimits)
             # no epoch in the key: step layers keep real times, the commit clamps them
             key = inputs.key()
             if not self.options.no_cache:

@@ -9,7 +9,8 @@ BuildKit's (docs/attestations/slsa-definitions.md) where both have the field:
         configSource   {path, digest.sha256}       the Dockerfile (path relative to the
                                                     context when inside it)
         context        {digest.sha256} + {uri, digest.sha1 (commit), dirty} for a git work tree
-        request        {frontend: dockerfile.v0, args: {build-arg:K: V, label:K: V, target: T}}
+        request        {frontend: dockerfile.v0, args: {build-arg:K: V, label:K: V, target: T,
+                        ulimit: "nofile=S:H,..." (--ulimit, BuildKit's frontend option)}}
         sourceDateEpoch                              the epoch the image's times come from
     buildDefinition.internalParameters
         builderPlatform                              os/arch of the build machine
@@ -136,6 +137,7 @@ class BuildInputs:
     network: str = "default"           # the build's --network
     lamina_version: str = "unknown"
     labels: Mapping[str, str] = field(default_factory=dict)  # the build's --label
+    ulimits: tuple[str, ...] = ()      # the build's --ulimit, "name=soft:hard" sorted by name
     platform: str = field(default_factory=lambda: "linux/" + _arch())
 
 
@@ -233,6 +235,8 @@ def provenance_predicate(inputs: BuildInputs, mode: str = "min") -> dict[str, An
     if inputs.network != "default":  # --network none|host of the whole build (BuildKit's frontend option)
         args["force-network-mode"] = inputs.network
     args.update({f"label:{k}": v for k, v in sorted(inputs.labels.items())})  # --label, as BuildKit's
+    if inputs.ulimits:  # --ulimit: BuildKit's "ulimit" option, comma-separated name=soft:hard
+        args["ulimit"] = ",".join(str(u) for u in inputs.ulimits)
     context: dict[str, Any] = {"digest": _digest_map(inputs.context_digest)}
     if inputs.git is not None:
         context["git"] = {"uri": inputs.git.remote or "", "digest": {"sha1": inputs.git.commit},
@@ -289,6 +293,24 @@ class RecordedBuild:
     remote_sources: Mapping[str, str] = field(default_factory=dict)  # URL or git source -> digest/commit
     network: str = "default"
     labels: Mapping[str, str] = field(default_factory=dict)
+    ulimits: tuple = ()   # builder.sandbox.ulimits.Ulimit
+
+
+def _ulimits(args: Mapping[str, Any]) -> tuple:
+    """The recorded --ulimit values, read with the flag's own rules (a hostile predicate's
+    value is refused, never applied as it is)."""
+    from lamina.builder.sandbox.ulimits import UlimitError, parse_ulimits
+
+    value = args.get("ulimit")
+    if value is None or value == "":
+        return ()
+    if not isinstance(value, str):
+        raise BuildError(f"the provenance's request arg 'ulimit' is not a string: "
+                         f"{json.dumps(value)[:80]}")
+    try:
+        return parse_ulimits(value.split(","))
+    except UlimitError as e:
+        raise BuildError(f"the provenance's request arg 'ulimit' is not valid: {e.message}") from None
 
 
 def _sha256(d: Mapping[str, Any] | None, what: str) -> str:
@@ -352,6 +374,7 @@ def read_predicate(pred: Mapping[str, Any]) -> RecordedBuild:
             bases=tuple(bases), remote_sources=remote,
             network=args.get("force-network-mode", "default"),
             labels=_strings(args, "label:"),
+            ulimits=_ulimits(args),
             lamina_version=(pred.get("runDetails", {}).get("builder", {}).get("version", {})
                             .get("lamina", "unknown")))
     except (KeyError, TypeError, AttributeError, ValueError) as e:

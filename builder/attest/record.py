@@ -89,6 +89,7 @@ def build_inputs(store: Store, build: RecordingBuild) -> BuildInputs:
         network_used=build.network_used and opts.network != "none",
         network=opts.network,
         labels=dict(opts.labels),
+        ulimits=tuple(str(u) for u in opts.limits.ulimits),
         lamina_version=lamina_version(),
     )
 

@@ -181,12 +181,13 @@ def _verify_build_class():
 
 def _rebuild(tstore, user_store, *, context: Path, dockerfile: Path, build_args: Mapping[str, str],
              target: str | None, epoch: int | None, progress, network: str = "default",
-             labels: Mapping[str, str] | None = None):
+             labels: Mapping[str, str] | None = None, ulimits: tuple = ()):
     from lamina.builder.executor import BuildOptions
 
     options = BuildOptions(context_dir=context, dockerfile=dockerfile, build_args=dict(build_args),
                            target=target, no_cache=True, source_date_epoch=epoch, network=network,
-                           labels=dict(labels or {}))
+                           labels=dict(labels or {}), limits=Limits(ulimits=tuple(ulimits)))
+    from lamina.builder.sandbox.limits import Limits
     cls = _verify_build_class()
     build = cls(tstore, options, progress)
     build.user_store = user_store
@@ -363,7 +364,7 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
         rebuilt, rebuild = _rebuild(tstore, user_store, context=ctx_dir, dockerfile=df,
                                     build_args=recorded.build_args, target=recorded.target,
                                     epoch=recorded.source_date_epoch, progress=progress,
-                                    labels=recorded.labels,
+                                    labels=recorded.labels, ulimits=recorded.ulimits,
                                     # never the host's network because a
                                     # (possibly hostile) provenance says so
                                     network="none" if recorded.network == "host" else recorded.network)

@@ -5,7 +5,7 @@ Every service with a `build:` section becomes a target named after the service
 
     build: DIR | {context, dockerfile, dockerfile_inline, args, target, labels,
                   cache_from, cache_to, secrets, ssh, platforms, tags, network,
-                  pull, no_cache, x-bake}
+                  pull, no_cache, ulimits, x-bake}
     image: NAME          -> the tag, when build.tags names none
 
 `args` and `labels` take both the map and the list (`K=V`) forms; an arg given
@@ -281,6 +281,26 @@ def _strings(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def _ulimits(service: str, value: Any) -> list[str]:
+    """Compose's `build.ulimits` (`nproc: 65535`, `nofile: {soft: 20000, hard: 40000}`)
+    as `lamina build --ulimit` values (TYPE=SOFT[:HARD]), in the file's order."""
+    if not isinstance(value, dict):
+        raise BuildError(f"service {service!r}: build.ulimits must be a map of limits")
+    out = []
+    for kind, limit in value.items():
+        if isinstance(limit, dict):
+            if set(limit) != {"soft", "hard"}:
+                raise BuildError(f"service {service!r}: build.ulimits.{kind} needs soft and "
+                                 "hard (or a single number)")
+            out.append(f"{kind}={_text(limit['soft'])}:{_text(limit['hard'])}")
+        elif isinstance(limit, (int, str)) and not isinstance(limit, bool):
+            out.append(f"{kind}={_text(limit)}")
+        else:
+            raise BuildError(f"service {service!r}: build.ulimits.{kind} must be a number "
+                             "or {soft, hard}")
+    return out
+
+
 def _service_target(name: str, service: dict, build: Any, secrets: dict, env: Mapping[str, str],
                     project_dir: Path) -> dict[str, Any]:
     if isinstance(build, str):
@@ -326,6 +346,8 @@ def _service_target(name: str, service: dict, build: Any, secrets: dict, env: Ma
         raw["no-cache"] = True
     if build.get("platforms"):
         raw["platforms"] = _strings(build["platforms"])
+    if build.get("ulimits"):
+        raw["ulimits"] = _ulimits(name, build["ulimits"])
     ssh = build.get("ssh")
     if ssh:
         entries = []

@@ -14,6 +14,7 @@ have one named last stage, and no build arg they differ in is read by those
 stages, that stage is built first (one child, labelled `[A+B]`), and the targets
 then find it in the cache.
 
+`ulimits` go to the child as `lamina build --ulimit` (every RUN's rlimits);
 `labels` go to the child as `lamina build --label` (BuildKit's frontend
 `label:` attributes: set on the final config over the Dockerfile's LABELs, no
 history entry); `--push` and `output type=registry` / `type=image,push=true` go to
@@ -88,6 +89,12 @@ def check_target(t: Target) -> list[str]:
         for key, _ in pairs:
             if not key or "=" in key:
                 raise BuildError(f"{where}: {what} name {key!r} is empty or holds a '='")
+    for ulimit in t.ulimits:  # `lamina build --ulimit`'s rules, said before any build
+        from lamina.builder.sandbox.ulimits import UlimitError, parse_ulimit
+        try:
+            parse_ulimit(ulimit)
+        except UlimitError as e:
+            raise BuildError(f"{where}: ulimits: {e.message}") from None
     if t.network is not None and t.network not in NETWORKS:
         raise BuildError(f"{where}: network {t.network!r} is not supported "
                          f"(use one of {', '.join(NETWORKS)})")
@@ -163,6 +170,8 @@ def build_argv(t: Target, options: BakeOptions, workspace: _Workspace, iidfile: 
         argv.append("--pull")
     if t.network:
         argv += ["--network", t.network]
+    for ulimit in t.ulimits:
+        argv += ["--ulimit", ulimit]
     if options.allow_network_host:
         argv += ["--allow", "network.host"]
     for number, (ident, src, env) in enumerate(t.secrets):
@@ -348,7 +357,7 @@ def shared_stages(targets: list[Target]) -> list[SharedStages]:
                 read_context_file(t.dockerfile, "Dockerfile").decode("utf-8")
         except (OSError, UnicodeDecodeError, BuildError):
             continue
-        key = (str(t.context), text, t.network, t.no_cache, t.pull, t.secrets)
+        key = (str(t.context), text, t.network, t.no_cache, t.pull, t.secrets, t.ulimits)
         groups.setdefault(key, []).append(t)
     out = []
     for (_, text, *_rest), members in groups.items():

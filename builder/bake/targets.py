@@ -2,12 +2,13 @@
 
 A raw target is a dict with buildx's JSON names (`context`, `dockerfile`,
 `dockerfile-inline`, `args`, `labels`, `tags`, `cache-from`, `cache-to`, `target`,
-`secret`, `ssh`, `platforms`, `output`, `pull`, `no-cache`, `network`, `inherits`),
+`secret`, `ssh`, `platforms`, `output`, `pull`, `no-cache`, `network`, `ulimits`,
+`inherits`),
 as the compose and bake-file readers produce it. This module:
 
 - merges raw targets (several files, `inherits`) with buildx's rules: scalars and
   lists like `tags`/`platforms`/`cache-to`/`output` are replaced, `args`/`labels`
-  merged by key, `cache-from`/`secret`/`ssh` appended without duplicates;
+  merged by key, `cache-from`/`secret`/`ssh`/`ulimits` appended without duplicates;
 - applies `--set PATTERN.KEY[+]=VALUE` overrides;
 - resolves the names asked for (targets, groups, glob patterns, `default`) into
   the targets to build and the groups `--print` shows (buildx's shape:
@@ -29,14 +30,14 @@ from lamina.builder.errors import BuildError
 # the order buildx prints a target's fields in (its struct order)
 FIELD_ORDER = ("description", "context", "contexts", "dockerfile", "dockerfile-inline", "args",
                "labels", "tags", "cache-from", "cache-to", "target", "secret", "ssh",
-               "platforms", "output", "pull", "no-cache", "network")
+               "platforms", "output", "pull", "no-cache", "network", "ulimits")
 KNOWN_FIELDS = frozenset(FIELD_ORDER) | {"inherits", "name", "matrix", "attest", "annotations",
                                          "entitlements", "no-cache-filter", "shm-size",
-                                         "ulimits", "call", "extra-hosts"}
+                                         "call", "extra-hosts"}
 REPLACED = ("context", "dockerfile", "dockerfile-inline", "tags", "target", "platforms",
             "cache-to", "output", "pull", "no-cache", "network", "description", "contexts")
 MAPPED = ("args", "labels")
-APPENDED = ("cache-from", "secret", "ssh")
+APPENDED = ("cache-from", "secret", "ssh", "ulimits")
 
 
 # -- entries of cache-from/cache-to, secret, ssh, output ---------------------------------
@@ -119,7 +120,7 @@ def normalize(raw: dict[str, Any]) -> dict[str, Any]:
         if t.get(key) is not None:
             values = t[key] if isinstance(t[key], list) else [t[key]]
             t[key] = _append_unique([], [conv(v) for v in values])
-    for key in ("tags", "platforms"):
+    for key in ("tags", "platforms", "ulimits"):
         if t.get(key) is not None:
             values = t[key] if isinstance(t[key], list) else [t[key]]
             t[key] = list(dict.fromkeys(str(v) for v in values if v is not None and v != ""))
@@ -433,6 +434,7 @@ class Target:
     pull: bool = False
     no_cache: bool = False
     network: str | None = None
+    ulimits: tuple[str, ...] = ()   # `lamina build --ulimit`, each TYPE=SOFT[:HARD]
 
     @property
     def push(self) -> bool:
@@ -480,4 +482,5 @@ def freeze(name: str, raw: dict[str, Any], base_dir: Path) -> Target:
         pull=bool(raw.get("pull")),
         no_cache=bool(raw.get("no-cache")),
         network=raw.get("network") or None,
+        ulimits=tuple(raw.get("ulimits") or ()),
     )

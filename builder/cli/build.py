@@ -16,6 +16,17 @@ from lamina.builder.cli.resources import parse_limits, resource_options
 from lamina.builder.errors import BuildError
 
 
+def parse_ulimit_flags(ctx, param, values):
+    """`--ulimit TYPE=SOFT[:HARD]` (repeatable): builder.sandbox.ulimits' canonical tuple;
+    a bad one is a usage error (exit 2), with docker's wording."""
+    from lamina.builder.sandbox.ulimits import UlimitError, parse_ulimits
+
+    try:
+        return parse_ulimits(values)
+    except UlimitError as e:
+        raise click.BadParameter(e.message, ctx, param) from None
+
+
 @cli.command()
 @click.option("-t", "--tag", "tags", multiple=True, metavar="REF", help="Name and optionally tag (name:tag).")
 @click.option("-f", "--file", "dockerfile", metavar="FILE", default=None,
@@ -56,18 +67,21 @@ from lamina.builder.errors import BuildError
                    "then $SOURCE_DATE_EPOCH, then 0); git: the commit time of the context's HEAD.")
 @click.option("--check", "check", is_flag=True,
               help="Run the build checks only (no build): print findings, exit 1 if any.")
+@click.option("--ulimit", "ulimits", multiple=True, metavar="TYPE=SOFT[:HARD]", callback=parse_ulimit_flags,
+              help="Resource limit (rlimit) of every RUN, as docker's: nofile=1024:2048, "
+                   "fsize=1048576; -1 is unlimited (default: what lamina has).")
 @resource_options  # -m/--memory, --pids-limit, --cpu-*... (builder.cli.resources)
 @attestation_options  # --provenance, --sbom (builder.cli.attest; read from **resource_flags)
 @click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.pass_obj
 def build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
           ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool = False, timestamp: str | None = None,
-          quiet: bool = False, labels=(), **resource_flags) -> None:
+          quiet: bool = False, labels=(), ulimits=(), **resource_flags) -> None:
     """Build an image from a Dockerfile and a context directory."""
     with _quiet_stderr(quiet):
         _build(g, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
                ssh, iidfile, outputs, allow, cache_from, cache_to, context, check, timestamp,
-               labels=labels, **resource_flags)
+               labels=labels, ulimits=ulimits, **resource_flags)
 
 
 @contextlib.contextmanager
@@ -91,7 +105,8 @@ def _quiet_stderr(quiet: bool):
 
 def _build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, push, network, progress, secrets,
            ssh, iidfile, outputs, allow, cache_from, cache_to, context: Path, check: bool, timestamp: str | None,
-           labels=(), **resource_flags) -> None:
+           labels=(), ulimits=(), **resource_flags) -> None:
+    import dataclasses
     import os
     from lamina.builder.context.sourcedate import ARG, resolve_source_date
 
@@ -145,7 +160,7 @@ def _build(g: Globals, tags, dockerfile, build_args, target, no_cache, pull, pus
         secrets=_secrets(secrets),
         ssh=parse_ssh_flags(ssh),
         allowed_reads=_allowed_reads(allow),
-        limits=parse_limits(resource_flags),
+        limits=dataclasses.replace(parse_limits(resource_flags), ulimits=ulimits),
         cache_from=cache_imports,
         cache_to=cache_exports,
         labels=_labels(labels),

@@ -14,6 +14,7 @@ import time
 import click
 
 from lamina.builder.cli.app import Globals, cli
+from lamina.builder.cli.build import parse_ulimit_flags
 
 
 @cli.command(context_settings={"allow_interspersed_args": False, "help_option_names": ["--help"]})
@@ -35,11 +36,15 @@ from lamina.builder.cli.app import Globals, cli
 @click.option("-h", "--hostname", default=None, metavar="NAME",
               help="Container hostname (default: its short ID; with --network host the host's).")
 @click.option("--entrypoint", default=None, metavar="CMD", help="Replace the image's Entrypoint.")
+@click.option("--ulimit", "ulimits", multiple=True, metavar="TYPE=SOFT[:HARD]",
+              callback=parse_ulimit_flags,
+              help="Resource limit (rlimit) of the command, as docker's: nofile=1024:2048; "
+                   "-1 is unlimited (default: what lamina has).")
 @click.argument("ref")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def run(g: Globals, detach, rm, name, interactive, tty, env, env_files, workdir, user, volumes,
-        network, hostname, entrypoint, ref: str, command) -> None:
+        network, hostname, entrypoint, ref: str, command, ulimits=()) -> None:
     """Run a command in a new container from image REF."""
     from lamina.builder.containers.attach import Attached, terminal_size
     from lamina.builder.containers.create import RunOptions, check_monitor, create, spawn_monitor
@@ -55,7 +60,7 @@ def run(g: Globals, detach, rm, name, interactive, tty, env, env_files, workdir,
                       interactive=interactive, tty=tty, env=tuple(env), env_files=tuple(env_files),
                       workdir=workdir, user=user, volumes=tuple(volumes), network=network,
                       hostname=hostname, entrypoint=entrypoint,
-                      tty_size=terminal_size() if tty else None)
+                      tty_size=terminal_size() if tty else None, ulimits=ulimits)
     try:
         with Store(g.root) as store:
             record = create(store, opts)

@@ -58,6 +58,7 @@ class RunOptions:
     hostname: str | None = None
     entrypoint: str | None = None
     tty_size: tuple[int, int] | None = None
+    ulimits: tuple = ()   # --ulimit: builder.sandbox.ulimits.Ulimit, applied before the exec
 
 
 def parse_env_file(path: str) -> list[str]:
@@ -208,7 +209,7 @@ def create(store: Store, opts: RunOptions) -> Container:
             volumes=volumes, tty=opts.tty, interactive=opts.interactive, detach=opts.detach,
             auto_remove=opts.auto_remove, stop_signal=str(config.get("StopSignal") or "SIGTERM"),
             created=time.time(), boot_id=boot_id(), tty_size=opts.tty_size,
-            overlay=overlay_kind(store.tmp_dir))
+            overlay=overlay_kind(store.tmp_dir), ulimits=tuple(str(u) for u in opts.ulimits))
         # the container holds its image until `rm` (builder.containers.imagehold)
         cs.create(record, on_create=lambda: hold_image(store, cid, image))
         return cs.read(cid) or record

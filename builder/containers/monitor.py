@@ -70,6 +70,8 @@ def _supervise(root: Path, cs: ContainerStore, record, stdin_fd, attach_fd) -> i
     from lamina.builder.containers.imagehold import container_image
     from lamina.builder.errors import SandboxError, BuildError
     from lamina.builder.sandbox.container import ContainerSpec, Volume, start
+    from lamina.builder.sandbox.limits import Limits
+    from lamina.builder.sandbox.ulimits import parse_ulimits
     from lamina.builder.sandbox.overlay import empty_dir
     from lamina.store.errors import StoreError
     from lamina.store.store import Store
@@ -94,7 +96,8 @@ def _supervise(root: Path, cs: ContainerStore, record, stdin_fd, attach_fd) -> i
                     cwd=record.workdir, uid=record.uid, gid=record.gid, groups=record.groups,
                     hostname=record.hostname, network=record.network,
                     volumes=tuple(Volume(Path(s), t, ro) for s, t, ro in record.volumes),
-                    tty=record.tty, tty_size=record.tty_size, root_mounted=fuse is not None)
+                    tty=record.tty, tty_size=record.tty_size, root_mounted=fuse is not None,
+                    limits=Limits(ulimits=parse_ulimits(record.ulimits)))
                 started = start(spec, stdin_fd)
             except (SandboxError, BuildError, StoreError, OSError) as exc:
                 message = str(exc) if not isinstance(exc, OSError) else \

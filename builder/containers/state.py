@@ -91,6 +91,7 @@ class Container:
     stubs: dict = field(default_factory=dict)
     tty_size: tuple[int, int] | None = None
     overlay: str = "kernel"         # its root: "kernel" overlayfs or "fuse" (builder.containers.fuseroot)
+    ulimits: tuple[str, ...] = ()   # --ulimit, each name=soft:hard (builder.sandbox.ulimits)
 
     @property
     def short_id(self) -> str:

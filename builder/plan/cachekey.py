@@ -3,7 +3,8 @@
 A step's key is the sha256 of the canonical encoding of its `CacheInputs`: the
 labeled components that can change what the step produces (parent, expanded
 instruction and the flags that matter, the env and args it sees, user, workdir,
-shell, the content key of the files it reads, mount specs, network, platform).
+shell, the content key of the files it reads, mount specs, network, platform, and a
+RUN's --ulimit values, as BuildKit's exec op carries them in its metadata).
 The encoding starts with a schema version, so a change of the rules here changes
 every key instead of silently reusing a stale layer. Secrets never enter: a mount
 is described by its id and target only.
@@ -83,6 +84,8 @@ class CacheInputs:
     mounts       canonical RUN --mount specs (never secret contents)
     network      RUN network mode
     platform     target platform, e.g. linux/amd64
+    ulimits      a RUN's rlimits (the build's --ulimit), "name=soft:hard" sorted by name;
+                 left out of the encoding when empty, so keys without any stay as they were
     """
 
     parent: str
@@ -99,6 +102,7 @@ class CacheInputs:
     mounts: tuple[str, ...] = ()
     network: str = ""
     platform: str = ""
+    ulimits: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # normalise maps given in any order, so equal inputs are equal values
@@ -108,12 +112,15 @@ class CacheInputs:
                 object.__setattr__(self, name, pairs(value))
         object.__setattr__(self, "shell", tuple(self.shell))
         object.__setattr__(self, "mounts", tuple(self.mounts))
+        object.__setattr__(self, "ulimits", tuple(sorted(str(u) for u in self.ulimits)))
 
     def canonical(self) -> bytes:
         """The byte string hashed into the key (schema version first)."""
         body = {"schema": SCHEMA}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in _OMITTED_WHEN_EMPTY and not value:
+                continue
             body[f.name] = [list(p) for p in value] if f.name in _PAIR_FIELDS else (
                 list(value) if isinstance(value, tuple) else value)
         return json.dumps(body, sort_keys=True, separators=(",", ":"),
@@ -139,7 +146,7 @@ class CacheInputs:
             user=seal(self.user), workdir=seal(self.workdir), shell=self.shell,
             content=self.content, files=self.files, sources=self.sources,
             mounts=tuple(seal(m) for m in self.mounts), network=self.network,
-            platform=self.platform)
+            platform=self.platform, ulimits=self.ulimits)
 
     def to_json(self) -> str:
         """A storable form (the executor keeps the last build's inputs per step)."""
@@ -165,6 +172,8 @@ class CacheInputs:
 
 
 _PAIR_FIELDS = frozenset({"flags", "env", "args", "files", "sources"})
+# fields added after v1: not encoded when empty, so that every older key stays valid
+_OMITTED_WHEN_EMPTY = frozenset({"ulimits"})
 
 _SEALED = "sealed:hmac-sha256:"
 
@@ -256,6 +265,9 @@ def explain_miss(previous: CacheInputs | None, current: CacheInputs, *, limit: i
                 reasons.append(f"{label} changed")
         elif before != after:
             reasons.append(f"{label} changed: {_q(before)} -> {_q(after)}")
+    if previous.ulimits != current.ulimits:
+        reasons.append(f"--ulimit changed: {' '.join(previous.ulimits) or 'none'} -> "
+                       f"{' '.join(current.ulimits) or 'none'}")
     if previous.shell != current.shell:
         reasons.append(f"SHELL changed: {list(previous.shell)} -> {list(current.shell)}")
     if len(previous.mounts) != len(current.mounts) or not all(

@@ -10,7 +10,7 @@ command — stdio, signals, capabilities, working dir, IDs, exec.
     set_stdio(stdin, stdout, stderr, controlling=False)
     linux.reset_signals()
     make_working_dir(cwd, uid, gid)       # a step's missing working dir, as BuildKit/runc
-    exec_command(argv, env, cwd, uid, gid, groups, keep=())   # never returns
+    exec_command(argv, env, cwd, uid, gid, groups, keep=(), ulimits=())   # never returns
     exit_code(wait_status) -> int         # 128+N for a death by signal N
 
 A child reports with ``send`` and leaves with ``os._exit``: it never returns into
@@ -31,6 +31,7 @@ from typing import Iterable
 
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox import linux, network as netstack, overlay, privileges
+from lamina.builder.sandbox import ulimits as rlimits
 
 
 def validate_process(argv, env, cwd: str, hostname: str, network: str, upper_dir: Path,
@@ -136,9 +137,10 @@ def make_working_dir(cwd: str, uid: int, gid: int) -> None:
 
 
 def exec_command(argv, env: dict, cwd: str, uid: int, gid: int, groups, keep=(),
-                 alive_r: int | None = None) -> None:
+                 alive_r: int | None = None, ulimits=()) -> None:
     """Close every fd but stdio (and `keep`, close-on-exec), reset signals, drop the
-    capability bounding set to docker's, chdir, enter docker's privileges (fresh
+    capability bounding set to docker's, chdir, set the `ulimits` (--ulimit, while
+    still privileged: builder.sandbox.ulimits), enter docker's privileges (fresh
     session keyring, no inheritable/ambient caps, seccomp, groups/gid/uid:
     builder.sandbox.privileges), exec `argv` (argv[0] looked up in env's PATH).
 
@@ -161,6 +163,7 @@ def exec_command(argv, env: dict, cwd: str, uid: int, gid: int, groups, keep=(),
     except OSError as exc:
         raise SandboxError(f"cannot change to working directory {cwd}: "
                            f"{linux.errno_text(exc.errno or 0)}") from None
+    rlimits.apply(ulimits)
     privileges.enter(uid, gid, tuple(groups))
     if alive_r is not None and parent_gone(alive_r):
         raise SandboxError("the process that started the command went away")

@@ -274,7 +274,7 @@ def _init(spec: ContainerSpec, stdin_fd: int | None, cgroup: StepCgroup,
         stdin = stdin_fd if stdin_fd is not None else os.open("/dev/null", os.O_RDONLY)
         set_stdio(stdin, out_w, err_w)
     exec_command(spec.argv, dict(spec.env), spec.cwd, spec.uid, spec.gid, spec.groups,
-                 keep=(ctl.fileno(),), alive_r=alive_r)
+                 keep=(ctl.fileno(),), alive_r=alive_r, ulimits=spec.limits.ulimits)
 
 
 # --- terminals (PID 1 and exec) ---------------------------------------------------

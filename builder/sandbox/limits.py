@@ -4,7 +4,8 @@ files they become (pure: builder.sandbox.cgroups writes them).
 ``Limits`` (docker's ``build``/``run`` flags): ``memory`` (bytes), ``memory_swap``
 (memory + swap, docker's meaning: unset = twice ``memory``, -1 = unlimited), ``pids``
 (None = ``DEFAULT_PIDS_LIMIT``, -1 = unlimited), ``cpu_shares``, ``cpu_quota`` /
-``cpu_period`` (microseconds), ``cpuset_cpus``.
+``cpu_period`` (microseconds), ``cpuset_cpus``; and ``ulimits`` (``--ulimit``: rlimits
+set in the command's process before it execs, not in the cgroup: builder.sandbox.ulimits).
 
 The default pids limit: docker build sets none; lamina sets ``DEFAULT_PIDS_LIMIT``
 (4096, twice podman's default) so that a fork bomb in a Dockerfile stops at the step
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from lamina.builder.errors import SandboxError
 from lamina.builder.sandbox import devices
+from lamina.builder.sandbox.ulimits import Ulimit
 
 DEFAULT_PIDS_LIMIT = 4096
 
@@ -38,6 +40,7 @@ class Limits:
     cpu_quota: int | None = None
     cpu_period: int | None = None
     cpuset_cpus: str | None = None
+    ulimits: tuple[Ulimit, ...] = ()  # --ulimit: setrlimit before the exec, not cgroup files
 
     def asked(self) -> dict[str, str]:
         """flag -> controller, for every limit the user set."""

@@ -466,4 +466,4 @@ def _stage3(spec: SandboxSpec, out_w: int, ctl_w: int) -> None:
     os.dup2(out_w, 1)
     os.dup2(out_w, 2)
     exec_command(spec.argv, dict(spec.env), spec.cwd, spec.uid, spec.gid, spec.groups,
-                 keep=(ctl_w,))
+                 keep=(ctl_w,), ulimits=spec.limits.ulimits)

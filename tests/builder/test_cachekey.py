@@ -78,6 +78,7 @@ CHANGES = {
     "mounts": (),
     "network": "host",
     "platform": "linux/arm64",
+    "ulimits": ("nofile=1024:2048",),   # --ulimit, as BuildKit's exec op metadata
 }
 
 
