@@ -98,6 +98,27 @@ def test_bake_and_compose_ulimits_reach_the_target(tmp_path):
     assert parse_ulimits(got) == (Ulimit("nofile", 20000, 40000), Ulimit("nproc", 65535, 65535))
 
 
+def test_provenance_records_ulimits_and_reads_back_only_valid_ones():
+    from lamina.builder.attest.provenance import BuildInputs, provenance_predicate, read_predicate
+    from lamina.builder.errors import BuildError
+
+    d = "sha256:" + "a" * 64
+    inputs = BuildInputs(dockerfile_path="Dockerfile", dockerfile_digest=d, dockerfile_text="",
+                         context_digest=d, git=None, build_args={}, target=None,
+                         source_date_epoch=0, bases=(), remote_sources={},
+                         ulimits=("fsize=1024:1024", "nofile=100:200"))
+    pred = provenance_predicate(inputs)
+    args = pred["buildDefinition"]["externalParameters"]["request"]["args"]
+    assert args == {"ulimit": "fsize=1024:1024,nofile=100:200"}   # BuildKit's frontend option
+    assert read_predicate(pred).ulimits == (Ulimit("fsize", 1024, 1024), Ulimit("nofile", 100, 200))
+    for hostile in (["nofile=1"], "nofile=5:4", "as=1", "nofile=1,"):
+        args["ulimit"] = hostile
+        with pytest.raises(BuildError, match="ulimit"):
+            read_predicate(pred)
+    del args["ulimit"]
+    assert read_predicate(pred).ulimits == ()
+
+
 # --- real builds and containers (root) ------------------------------------------------
 
 LIMITS_DOCKERFILE = """\
