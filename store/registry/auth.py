@@ -1,15 +1,37 @@
 """Registry credentials: where they are read from and written to, never shown.
 
-Sources, first match wins (as docker, podman and buildx look):
-  1. ``$REGISTRY_AUTH_FILE`` (containers' auth.json: ``{"auths": {host: {"auth": b64}}}``)
-  2. docker's ``config.json`` in ``$DOCKER_CONFIG`` or ``~/.docker``: ``credHelpers[host]``,
-     then ``auths[host]``, then ``credsStore`` — the two helper forms through the
-     ``docker-credential-<name> get`` protocol (server URL on stdin, JSON on stdout).
-  3. ``${XDG_RUNTIME_DIR}/containers/auth.json``.
+Reading, first source with an answer wins:
+  1. ``$REGISTRY_AUTH_FILE`` (containers' auth.json: ``{"auths": {host: {"auth": b64}}}``),
+     when set: a file the user names explicitly wins, as for podman, skopeo and buildah.
+  2. docker's credentials, as the docker CLI finds them: ``$DOCKER_AUTH_CONFIG``
+     (``{"auths": {key: {"auth": b64}}}``) for its exact key; else config.json in
+     ``$DOCKER_CONFIG`` or ``~/.docker``: the helper of ``credHelpers[key]``, else the
+     helper of ``credsStore``, else the plaintext ``auths[key]``. A configured helper
+     is the only source for its registries: ``auths`` then holds at most the ``{}``
+     placeholder docker login writes, and is not read (a helper that knows nothing
+     means anonymous). Helpers speak ``docker-credential-<name> get|store|erase``.
+  3. ``${XDG_RUNTIME_DIR}/containers/auth.json`` (podman login's file), only when
+     docker has nothing for the registry: podman and skopeo read it before docker's
+     file; lamina, whose own login is docker's, after it.
 
-`lamina login` writes the file of source 1 when it is set, else docker's config.json
-(so docker, buildx and lamina share one login), mode 0600, created so from the first
-byte. Docker Hub is keyed as docker does (``https://index.docker.io/v1/``).
+``key`` is the registry's ``host[:port]``, Docker Hub's ``https://index.docker.io/v1/``
+(docker's key); ``credHelpers`` and ``$DOCKER_AUTH_CONFIG`` match it exactly. In
+``auths`` the exact key wins, then a legacy key written as a URL (``https://host/v2/``)
+naming the host (for Docker Hub only in containers' files, which also call it
+``docker.io``).
+
+Writing (`lamina login`, `lamina logout`) goes where docker's and podman's logins
+would: the ``$REGISTRY_AUTH_FILE`` when set (plaintext ``auths``), else docker's
+config.json: through the registry's helper when one is configured (``store`` with
+``{ServerURL, Username, Secret}`` on stdin, then the ``auths[key] = {}`` placeholder;
+``erase`` with the key on stdin, then the placeholder dropped), else plaintext
+``auths[key]``. The file is written 0600, created so from its first byte.
+
+Not supported (docker uses them, lamina refuses them with a clear error when the
+registry asks for credentials, instead of going anonymous): an ``identitytoken``
+(an OAuth refresh token, or a helper's answer with user ``<token>``) and a
+``registrytoken`` (a bearer token sent as is). `lamina login HOST` with a user and
+password or access token replaces them.
 """
 
 from __future__ import annotations
@@ -26,6 +48,8 @@ from pathlib import Path
 from lamina.store.errors import StoreError
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+TOKEN_USERNAME = "<token>"  # a helper's answer that is an identity token
+HELPER_TIMEOUT = 60
 
 
 class CredentialError(StoreError):
@@ -99,81 +123,157 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _decode_auth(entry: dict, path: Path) -> Credentials | None:
-    if entry.get("username") and entry.get("password") is not None:
-        return Credentials(entry["username"], entry["password"])
+def _unusable(host: str, where: str, kind: str) -> CredentialError:
+    return CredentialError(
+        f"the credentials for {host} in {where} are {kind}, which lamina does not use: "
+        f"run `lamina login {host}` with a user name and a password or access token")
+
+
+def _decode_auth(entry: dict, where: str, host: str) -> Credentials | None:
+    """One ``auths`` entry (docker's AuthConfig): ``auth`` (base64 of user:password)
+    wins over ``username``/``password``; ``{}`` (docker login's placeholder) is None."""
+    if entry.get("identitytoken"):
+        raise _unusable(host, where, "an identity token (an OAuth refresh token)")
+    if entry.get("registrytoken"):
+        raise _unusable(host, where, "a registry token")
     auth = entry.get("auth")
     if not auth:
+        if entry.get("username") and entry.get("password") is not None:
+            return Credentials(str(entry["username"]), str(entry["password"]))
         return None
     try:
-        user, colon, password = base64.b64decode(auth).decode().partition(":")
+        user, colon, password = base64.b64decode(auth, validate=True).decode().partition(":")
     except (ValueError, TypeError):
         user = colon = ""
     if not colon or not user:
         # (docker's "invalid auth configuration file"): without the colon the whole
         # secret would be taken for the user name, which error messages show
-        raise CredentialError(f"credentials file {path}: an 'auth' entry is not base64 of user:password",
-                              path=str(path))
-    return Credentials(user, password)
+        raise CredentialError(f"{where}: an 'auth' entry is not base64 of user:password")
+    return Credentials(user, password.strip("\x00"))
 
 
-def _from_auths(data: dict, host: str, path: Path) -> Credentials | None:
+def _auths_entry(data: dict, host: str, *, lenient_hub: bool) -> dict | None:
+    """The ``auths`` entry for `host`: the exact key, else the first legacy key (a URL)
+    naming the host. Docker matches Docker Hub by its exact key only; containers' files
+    (`lenient_hub`) also know it as ``docker.io`` or ``index.docker.io``."""
     auths = data.get("auths")
     if not isinstance(auths, dict):
         return None
-    for key, entry in auths.items():
-        if isinstance(entry, dict) and _key_matches(key, host):
-            found = _decode_auth(entry, path)
-            if found:
-                return found
+    key = registry_key(host)
+    if isinstance(auths.get(key), dict):
+        return auths[key]
+    if lenient_hub and key == DOCKER_HUB_KEY and isinstance(auths.get("docker.io"), dict):
+        return auths["docker.io"]
+    for k, entry in auths.items():
+        if isinstance(entry, dict) and _key_matches(k, host) and (lenient_hub or key != DOCKER_HUB_KEY):
+            return entry
     return None
+
+
+def _from_auth_file(path: Path, host: str) -> Credentials | None:
+    """containers' auth.json (``$REGISTRY_AUTH_FILE``, ``$XDG_RUNTIME_DIR``)."""
+    entry = _auths_entry(_read_json(path), host, lenient_hub=True)
+    return _decode_auth(entry, f"credentials file {path}", host) if entry is not None else None
+
+
+def configured_helper(data: dict, host: str) -> str | None:
+    """The credential helper docker uses for `host` with config.json `data`:
+    ``credHelpers`` by the exact key (an empty name there means "the file"), else
+    ``credsStore``; None when the plaintext ``auths`` serve."""
+    helpers = data.get("credHelpers")
+    key = registry_key(host)
+    if isinstance(helpers, dict) and key in helpers:
+        return helpers[key] or None if isinstance(helpers[key], str) else None
+    store = data.get("credsStore")
+    return store if isinstance(store, str) and store else None
+
+
+def _run_helper(helper: str, action: str, stdin: str) -> subprocess.CompletedProcess:
+    program = f"docker-credential-{helper}"
+    if "/" in helper:
+        raise CredentialError(f"credential helper name {helper!r} is not a program name")
+    try:
+        return subprocess.run([program, action], input=stdin, capture_output=True, text=True,
+                              timeout=HELPER_TIMEOUT)
+    except FileNotFoundError:
+        raise CredentialError(f"credential helper {program} is configured but not installed") from None
+    except subprocess.TimeoutExpired:
+        raise CredentialError(f"credential helper {program} did not answer in {HELPER_TIMEOUT} s") from None
+    except OSError as e:
+        raise CredentialError(f"cannot run credential helper {program}: {e.strerror or e}") from None
+
+
+def _not_found(proc: subprocess.CompletedProcess) -> bool:
+    # the protocol's answer: "credentials not found in native keychain" on stdout, exit 1
+    return "credentials not found" in (proc.stdout + proc.stderr).lower()
 
 
 def _from_helper(helper: str, host: str) -> Credentials | None:
     program = f"docker-credential-{helper}"
-    try:
-        proc = subprocess.run([program, "get"], input=registry_key(host), capture_output=True,
-                              text=True, timeout=60)
-    except FileNotFoundError:
-        raise CredentialError(f"credential helper {program} is configured but not installed") from None
-    except subprocess.TimeoutExpired:
-        raise CredentialError(f"credential helper {program} did not answer in 60 s") from None
+    proc = _run_helper(helper, "get", registry_key(host))
     if proc.returncode != 0:
-        if "credentials not found" in (proc.stdout + proc.stderr).lower():
+        if _not_found(proc):
             return None
+        # its words are not shown: a helper may say the secret
         raise CredentialError(f"credential helper {program} failed (exit {proc.returncode})")
     try:
         data = json.loads(proc.stdout)
-        return Credentials(data["Username"], data["Secret"])
+        user, secret = data["Username"], data["Secret"]
+        if not isinstance(user, str) or not isinstance(secret, str):
+            raise TypeError
     except (ValueError, KeyError, TypeError):
         raise CredentialError(f"credential helper {program} gave an answer that is not "
                               "{Username, Secret} JSON") from None
+    if user == TOKEN_USERNAME:
+        raise _unusable(host, f"credential helper {program}", "an identity token (an OAuth refresh token)")
+    if not user and not secret:
+        return None
+    return Credentials(user, secret)
+
+
+def _from_env_config(host: str) -> Credentials | None:
+    """``$DOCKER_AUTH_CONFIG``: docker's in-memory store, read before config.json, by
+    exact key only; each entry must be ``{"auth": b64}``."""
+    raw = os.environ.get("DOCKER_AUTH_CONFIG")
+    if not raw:
+        return None
+    where = "$DOCKER_AUTH_CONFIG"
+    try:
+        data = json.loads(raw)
+        auths = data["auths"] if isinstance(data, dict) and set(data) <= {"auths"} else None
+    except (ValueError, KeyError):
+        auths = None
+    if not isinstance(auths, dict) or not all(
+            isinstance(e, dict) and set(e) == {"auth"} and e["auth"] for e in auths.values()):
+        raise CredentialError(f"{where} is not {{\"auths\": {{REGISTRY: {{\"auth\": BASE64}}}}}} JSON")
+    entry = auths.get(registry_key(host))
+    return _decode_auth(entry, where, host) if entry is not None else None
 
 
 def find_credentials(host: str) -> Credentials | None:
-    """The credentials for registry `host`, or None (anonymous)."""
+    """The credentials for registry `host`, or None (anonymous). See the module
+    docstring for the order."""
     env = os.environ.get("REGISTRY_AUTH_FILE")
     if env:
-        found = _from_auths(_read_json(Path(env)), host, Path(env))
+        found = _from_auth_file(Path(env), host)
         if found:
             return found
-    path = docker_config_path()
-    data = _read_json(path)
-    helpers = data.get("credHelpers") or {}
-    for key, helper in helpers.items():
-        if _key_matches(key, host):
-            return _from_helper(helper, host)
-    found = _from_auths(data, host, path)
+    found = _from_env_config(host)
     if found:
         return found
-    if data.get("credsStore"):
-        found = _from_helper(data["credsStore"], host)
-        if found:
-            return found
+    path = docker_config_path()
+    data = _read_json(path)
+    helper = configured_helper(data, host)
+    if helper:
+        found = _from_helper(helper, host)
+    else:
+        entry = _auths_entry(data, host, lenient_hub=False)
+        found = _decode_auth(entry, f"credentials file {path}", host) if entry is not None else None
+    if found:
+        return found
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
-        p = Path(runtime) / "containers" / "auth.json"
-        return _from_auths(_read_json(p), host, p)
+        return _from_auth_file(Path(runtime) / "containers" / "auth.json", host)
     return None
 
 
@@ -198,34 +298,86 @@ def _write_private_json(path: Path, data: dict) -> None:
         raise
 
 
-def store_credentials(host: str, creds: Credentials) -> Path:
-    """Record `creds` for `host` in the login file (0600); the file's path."""
-    path = login_file()
-    data = _read_json(path)
-    auths = data.setdefault("auths", {})
-    for key in [k for k in auths if _key_matches(k, host)]:
-        del auths[key]
-    raw = f"{creds.username}:{creds.password}".encode()
-    auths[registry_key(host)] = {"auth": base64.b64encode(raw).decode()}
+def _save(path: Path, data: dict) -> None:
     try:
         _write_private_json(path, data)
     except OSError as e:
         raise CredentialError(f"cannot write credentials to {path}: {e.strerror or e}", path=str(path)) from None
-    return path
+
+
+def _drop_entries(auths: dict, host: str) -> bool:
+    keys = [k for k in auths if _key_matches(k, host)]
+    for key in keys:
+        del auths[key]
+    return bool(keys)
+
+
+def _redacted(text: str, creds: Credentials) -> str:
+    """A helper's words for an error: one line, printable, without the secret."""
+    for secret in (f"{creds.username}:{creds.password}".encode(), creds.password.encode()):
+        if len(secret) >= 4:
+            text = text.replace(base64.b64encode(secret).decode(), "***")
+    if len(creds.password) >= 1:
+        text = text.replace(creds.password, "***")
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text[:300]
+
+
+@dataclass(frozen=True)
+class StoredCredentials:
+    """Where `lamina login` put the credentials: a file, or a helper (and its file's
+    ``{}`` placeholder)."""
+    path: Path
+    helper: str | None = None
+
+    def __str__(self) -> str:
+        return f"docker-credential-{self.helper}" if self.helper else str(self.path)
+
+
+def store_credentials(host: str, creds: Credentials) -> StoredCredentials:
+    """Record `creds` for `host` as docker login (or podman login, with
+    ``$REGISTRY_AUTH_FILE``) would: see the module docstring."""
+    path = login_file()
+    data = _read_json(path)
+    key = registry_key(host)
+    helper = None if os.environ.get("REGISTRY_AUTH_FILE") else configured_helper(data, host)
+    if helper:
+        answer = json.dumps({"ServerURL": key, "Username": creds.username, "Secret": creds.password})
+        proc = _run_helper(helper, "store", answer)
+        if proc.returncode != 0:
+            said = _redacted(proc.stdout + " " + proc.stderr, creds)
+            raise CredentialError(f"credential helper docker-credential-{helper} could not store the "
+                                  f"credentials for {host} (exit {proc.returncode})"
+                                  + (f": {said}" if said else ""))
+    auths = data.get("auths")
+    if not isinstance(auths, dict):
+        auths = data["auths"] = {}
+    _drop_entries(auths, host)  # and any legacy form of the key, with its secret
+    if helper:
+        auths[key] = {}
+    else:
+        raw = f"{creds.username}:{creds.password}".encode()
+        auths[key] = {"auth": base64.b64encode(raw).decode()}
+    _save(path, data)
+    return StoredCredentials(path, helper)
 
 
 def remove_credentials(host: str) -> bool:
-    """Forget `host`'s credentials in the login file; False if there were none."""
+    """Forget `host`'s credentials where `lamina login` put them (the helper's
+    ``erase``, then the file's entries); False if there were none."""
     path = login_file()
     data = _read_json(path)
-    auths = data.get("auths") or {}
-    keys = [k for k in auths if _key_matches(k, host)]
-    if not keys:
-        return False
-    for key in keys:
-        del auths[key]
-    try:
-        _write_private_json(path, data)
-    except OSError as e:
-        raise CredentialError(f"cannot write credentials to {path}: {e.strerror or e}", path=str(path)) from None
-    return True
+    helper = None if os.environ.get("REGISTRY_AUTH_FILE") else configured_helper(data, host)
+    erased = False
+    if helper:
+        proc = _run_helper(helper, "erase", registry_key(host))
+        if proc.returncode != 0 and not _not_found(proc):
+            # nothing of the file is changed then, as docker does
+            raise CredentialError(f"credential helper docker-credential-{helper} could not erase the "
+                                  f"credentials for {host} (exit {proc.returncode})")
+        erased = proc.returncode == 0
+    auths = data.get("auths")
+    if isinstance(auths, dict) and _drop_entries(auths, host):
+        _save(path, data)
+        return True
+    return erased

@@ -1,28 +1,22 @@
-"""Where lamina finds registry credentials, against a real docker-registry with
-htpasswd basic auth (HOME, XDG_RUNTIME_DIR and PATH pointed into tmp_path): docker's
-``~/.docker/config.json`` (``auths``, ``credHelpers``, ``credsStore`` through a
-``docker-credential-*`` helper of the test that speaks the helper protocol: ``get``,
-the server on stdin, ``{ServerURL, Username, Secret}`` on stdout, "credentials not
-found" and exit 1 otherwise) and containers' ``$XDG_RUNTIME_DIR/containers/auth.json``;
-`lamina login` / `logout` on docker's file; no secret in any output. And bearer
-tokens that expire between two operations of one session are fetched anew.
+"""Where lamina finds registry credentials and where `lamina login` puts them, against
+a real docker-registry with htpasswd basic auth (HOME, XDG_RUNTIME_DIR and PATH
+pointed into tmp_path): docker's ``~/.docker/config.json`` (``auths``,
+``credHelpers``, ``credsStore``) through ``docker-credential-*`` helpers of the test
+that speak the helper protocol (``get``: the server on stdin, ``{ServerURL, Username,
+Secret}`` on stdout, "credentials not found" and exit 1 otherwise; ``store``: that
+JSON on stdin, kept in a file of the test; ``erase``: the server on stdin),
+``$DOCKER_AUTH_CONFIG`` and containers' ``$XDG_RUNTIME_DIR/containers/auth.json``; no
+secret in any output. And bearer tokens that expire between two operations of one
+session are fetched anew.
 
-The precedence lamina follows (a decision; docker and containers-image differ, and
-lamina is used like docker, whose file `lamina login` writes):
-
-1. ``$REGISTRY_AUTH_FILE`` when set: a file the user names explicitly wins, as it
-   does for podman, skopeo and buildah.
-2. docker's config.json: ``credHelpers[host]`` first (docker and containers-image both
-   ask a registry's own helper before anything else, and when it has nothing the
-   answer is "anonymous": neither falls back to the file's ``auths``), then
-   ``auths[host]``, then ``credsStore``. Docker itself asks ``credsStore`` instead of
-   ``auths`` when both are set, but docker never writes both for one host (with a
-   store its ``auths`` entries are ``{}``, which lamina skips too); a real ``auths``
-   entry next to a store is what `lamina login` writes, and the user expects the
-   login they just made to be used.
-3. containers' ``$XDG_RUNTIME_DIR/containers/auth.json`` (podman login's file) only
-   when docker's config has nothing for the registry: podman reads it before docker's
-   file, lamina after, since its own login is docker's file.
+The expected order is docker CLI's (cli/config/configfile/file.go: GetCredentialsStore,
+credentials/native_store.go), with containers' files around it as lamina documents
+(store/registry/auth.py): ``$REGISTRY_AUTH_FILE`` first (podman, skopeo and buildah
+let a named file win too), then docker's: ``$DOCKER_AUTH_CONFIG``, ``credHelpers[host]``,
+else ``credsStore``, else ``auths[host]`` - a configured helper is the only source,
+``auths`` then holds docker login's ``{}`` placeholder - then
+``$XDG_RUNTIME_DIR/containers/auth.json`` (podman reads it before docker's file;
+lamina, whose login writes docker's file, after it).
 """
 
 from __future__ import annotations
@@ -31,6 +25,7 @@ import base64
 import json
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,6 +37,7 @@ from lamina.store.registry.pull import pull_image
 from lamina.store.registry.session import RegistrySession
 from lamina.store.store import Store
 from tests.builder.buildkit import lamina
+from tests.conftest import require_tool
 from tests.store.registryblobs import push_layers, tar_layer
 from tests.store.registryfix import TokenService, htpasswd_line, registry
 
@@ -71,10 +67,11 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    for var in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE"):
+    for var in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "DOCKER_AUTH_CONFIG"):
         monkeypatch.delenv(var, raising=False)
     return SimpleNamespace(home=home, bin=bindir, config=home / ".docker" / "config.json",
-                           containers=runtime / "containers" / "auth.json", log=tmp_path / "helper.log")
+                           containers=runtime / "containers" / "auth.json", log=tmp_path / "helper.log",
+                           keychain=tmp_path / "keychain")
 
 
 def _auth(user: str, password: str) -> dict:
@@ -87,17 +84,43 @@ def _write(path: Path, doc: dict) -> None:
 
 
 def _helper(home, name: str, server: str, user: str, secret: str) -> None:
-    """docker-credential-NAME: knows `server` only; logs every server asked."""
+    """docker-credential-NAME: knows `server`, and what `store` gave it (one file per
+    server under home.keychain/NAME/); logs every call as "NAME ACTION SERVER"."""
     script = home.bin / f"docker-credential-{name}"
     answer = json.dumps({"ServerURL": server, "Username": user, "Secret": secret})
+    keep = home.keychain / name
+    keep.mkdir(parents=True, exist_ok=True)
     script.write_text(
         "#!/bin/sh\n"
-        '[ "$1" = get ] || exit 3\n'
-        "read -r server\n"
-        f'echo "{name} $server" >> {home.log}\n'
-        f'if [ "$server" = "{server}" ]; then echo \'{answer}\'; exit 0; fi\n'
-        'echo "credentials not found in native keychain"; exit 1\n')
+        "kept() { printf %s \"$1\" | tr -c 'A-Za-z0-9.' _; }\n"
+        'case "$1" in\n'
+        "get)\n"
+        "  read -r server\n"
+        f'  echo "{name} get $server" >> {home.log}\n'
+        f'  f="{keep}/$(kept "$server")"\n'
+        '  if [ -f "$f" ]; then cat "$f"; exit 0; fi\n'
+        f'  if [ "$server" = "{server}" ]; then echo \'{answer}\'; exit 0; fi\n'
+        '  echo "credentials not found in native keychain"; exit 1;;\n'
+        "store)\n"
+        '  doc=$(cat)\n'
+        """  server=$(printf %s "$doc" | sed -n 's/.*"ServerURL": *"\\([^"]*\\)".*/\\1/p')\n"""
+        f'  echo "{name} store $server" >> {home.log}\n'
+        f'  printf %s "$doc" > "{keep}/$(kept "$server")";;\n'
+        "erase)\n"
+        "  read -r server\n"
+        f'  echo "{name} erase $server" >> {home.log}\n'
+        f'  f="{keep}/$(kept "$server")"\n'
+        '  [ -f "$f" ] || { echo "credentials not found in native keychain"; exit 1; }\n'
+        '  rm "$f";;\n'
+        "*) exit 3;;\n"
+        "esac\n")
     script.chmod(0o755)
+
+
+def _kept(home, name: str, server: str) -> dict | None:
+    """What helper `name` was given by `store` for `server` (None: nothing)."""
+    f = home.keychain / name / "".join(c if c.isalnum() or c == "." else "_" for c in server)
+    return json.loads(f.read_text()) if f.exists() else None
 
 
 def _asked(home) -> list[str]:
@@ -129,10 +152,14 @@ def test_each_source_gives_a_working_pull(basic_registry, home, tmp_path):
     _write(home.config, {"credHelpers": {host: "pass"}})
     run = _pull(tmp_path, host, "helper")
     assert run.code == 0, run.stderr
-    assert _asked(home) == [f"pass {host}"]  # the protocol: the bare host:port on stdin
+    assert _asked(home) == [f"pass get {host}"]  # the protocol: the bare host:port on stdin
 
     _write(home.config, {"credsStore": "pass", "auths": {host: {}}})  # as docker writes it
     run = _pull(tmp_path, host, "store")
+    assert run.code == 0, run.stderr
+    # a plaintext auths entry beside a store is not read (docker asks the store)
+    _write(home.config, {"credsStore": "pass", "auths": {host: _auth("ci", WRONG_PW)}})
+    run = _pull(tmp_path, host, "store-over-auths")
     assert run.code == 0, run.stderr
 
     home.config.unlink()
@@ -145,20 +172,32 @@ def test_precedence(basic_registry, home, tmp_path, monkeypatch):
     """See the module docstring for why this order."""
     host = basic_registry
     _helper(home, "pass", host, "helped", HELPER_PW)
+    _helper(home, "empty", "elsewhere:1", "x", "y")
     _write(home.containers, {"auths": {host: _auth("podman", WRONG_PW)}})
-    _write(home.config, {"credHelpers": {host: "pass"}, "credsStore": "pass",
+    _write(home.config, {"credHelpers": {host: "pass"}, "credsStore": "empty",
                          "auths": {host: _auth("ci", WRONG_PW)}})
     assert find_credentials(host).username == "helped"  # credHelpers over auths
 
-    _write(home.config, {"credsStore": "pass", "auths": {host: _auth("ci", PW)}})
-    assert find_credentials(host).username == "ci"  # lamina login's auths over the store
+    # docker: with a store configured, the store is asked, never auths
+    _write(home.config, {"credsStore": "pass", "auths": {host: _auth("ci", WRONG_PW)}})
+    assert find_credentials(host).username == "helped"
     _write(home.config, {"credsStore": "pass", "auths": {host: {}}})
-    assert find_credentials(host).username == "helped"  # an empty auths entry: the store
+    assert find_credentials(host).username == "helped"  # docker login's placeholder
+    _write(home.config, {"credsStore": "empty", "auths": {host: _auth("ci", PW)}})
+    assert find_credentials(host).username == "podman"  # the store knows nothing: not auths
+    # DOCKER_AUTH_CONFIG (docker's in-memory store) before config.json, by exact key
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": {host: _auth("env", PW)}}))
+    _write(home.config, {"credHelpers": {host: "pass"}})
+    assert find_credentials(host).username == "env"
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": {"https://" + host: _auth("env", PW)}}))
+    assert find_credentials(host).username == "helped"
+    monkeypatch.delenv("DOCKER_AUTH_CONFIG")
 
     # a registry's helper that knows nothing: anonymous, no fall-back to auths
+    home.containers.unlink()
     _write(home.config, {"credHelpers": {host: "empty"}, "auths": {host: _auth("ci", PW)}})
-    _helper(home, "empty", "elsewhere:1", "x", "y")
     assert find_credentials(host) is None
+    _write(home.containers, {"auths": {host: _auth("podman", WRONG_PW)}})
 
     _write(home.config, {"auths": {"other:5000": _auth("ci", PW)}})
     assert find_credentials(host).username == "podman"  # containers' file only as last resort
@@ -207,6 +246,113 @@ def test_login_and_logout_on_docker_s_config(basic_registry, home, tmp_path):
     assert stat.S_IMODE(home.config.stat().st_mode) == 0o600
     again = _pull(tmp_path, host, "after-logout")
     assert again.code == 1 and "requires authentication" in again.stderr
+
+
+def test_login_and_logout_through_the_store(basic_registry, home, tmp_path):
+    """docker login with a credsStore: the helper's `store` gets {ServerURL, Username,
+    Secret}, config.json only the {} placeholder; docker logout: `erase`, placeholder gone."""
+    host = basic_registry
+    _helper(home, "pass", "elsewhere:1", "x", "y")
+    _write(home.config, {"credsStore": "pass", "psFormat": "table {{.ID}}",
+                         "auths": {f"https://{host}/v1/": _auth("ci", WRONG_PW)}})  # a legacy key
+    ok = lamina(tmp_path / "s", "login", host, "-u", "ci", "-p", PW)
+    assert ok.code == 0, ok.stderr
+    _no_secret(ok)
+    assert _kept(home, "pass", host) == {"ServerURL": host, "Username": "ci", "Secret": PW}
+    text = home.config.read_text()
+    assert PW not in text and _auth("ci", WRONG_PW)["auth"] not in text  # the legacy secret dropped too
+    doc = json.loads(text)
+    assert doc["auths"] == {host: {}} and doc["psFormat"] == "table {{.ID}}"
+    assert stat.S_IMODE(home.config.stat().st_mode) == 0o600
+    assert _pull(tmp_path, host).code == 0  # read back through `get`
+
+    out = lamina(tmp_path / "s", "logout", host)
+    assert out.code == 0, out.stderr
+    assert _asked(home)[-1] == f"pass erase {host}"
+    assert _kept(home, "pass", host) is None
+    assert host not in json.loads(home.config.read_text())["auths"]
+    again = _pull(tmp_path, host, "after-logout")
+    assert again.code == 1 and "requires authentication" in again.stderr
+
+
+def test_login_uses_the_registry_s_own_helper(basic_registry, home, tmp_path):
+    host = basic_registry
+    _helper(home, "pass", "elsewhere:1", "x", "y")
+    _helper(home, "own", "elsewhere:1", "x", "y")
+    _write(home.config, {"credsStore": "pass", "credHelpers": {host: "own", "https://" + host: "pass"}})
+    ok = lamina(tmp_path / "s", "login", host, "-u", "ci", "-p", PW)
+    assert ok.code == 0, ok.stderr
+    assert _kept(home, "own", host)["Secret"] == PW and _kept(home, "pass", host) is None
+    assert json.loads(home.config.read_text())["auths"] == {host: {}}
+    assert find_credentials(host).username == "ci"
+    assert lamina(tmp_path / "s", "logout", host).code == 0
+    assert _kept(home, "own", host) is None
+    assert [line.split()[:2] for line in _asked(home)] == [["own", "store"], ["own", "get"], ["own", "erase"]]
+
+
+def test_login_and_logout_as_docker_does_them(basic_registry, home, tmp_path, monkeypatch):
+    """The docker CLI as the oracle (its client-side login, no daemon): the same config
+    (credsStore, and credHelpers for this registry) in two DOCKER_CONFIG dirs, `docker
+    login`/`logout` on one, `lamina login`/`logout` on the other: the registry's own
+    helper gets the same `store` document, the files the same auths."""
+    docker = require_tool("docker")
+    host = basic_registry
+    _helper(home, "pass", "elsewhere:1", "x", "y")
+    _helper(home, "own", "elsewhere:1", "x", "y")
+    config = {"credsStore": "pass", "credHelpers": {host: "own"}}
+    seen = {}
+    for tool in ("docker", "lamina"):
+        cfg = tmp_path / tool
+        _write(cfg / "config.json", config)
+        monkeypatch.setenv("DOCKER_CONFIG", str(cfg))
+        if tool == "docker":
+            env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no-daemon.sock")
+            login = subprocess.run([docker, "login", host, "-u", "ci", "--password-stdin"], input=PW,
+                                   env=env, capture_output=True, text=True, timeout=60)
+            assert login.returncode == 0, login.stderr
+        else:
+            login = lamina(tmp_path / "s", "login", host, "-u", "ci", "-p", PW)
+            assert login.code == 0, login.stderr
+        kept, after_login = _kept(home, "own", host), json.loads((cfg / "config.json").read_text())
+        if tool == "docker":
+            assert subprocess.run([docker, "logout", host], env=env, capture_output=True,
+                                  timeout=60).returncode == 0
+        else:
+            assert lamina(tmp_path / "s", "logout", host).code == 0
+        seen[tool] = (kept, after_login["auths"], json.loads((cfg / "config.json").read_text())["auths"],
+                      _kept(home, "own", host), _kept(home, "pass", host))
+    assert seen["lamina"] == seen["docker"]
+    assert seen["docker"][0] == {"ServerURL": host, "Username": "ci", "Secret": PW}
+
+
+def test_a_helper_that_cannot_store(basic_registry, home, tmp_path):
+    """The helper's own words are shown (they say why), its echo of the secret is not;
+    the file is left as it was."""
+    host = basic_registry
+    failing = home.bin / "docker-credential-locked"
+    failing.write_text("#!/bin/sh\nread -r doc\necho \"keychain locked, got $doc\"\n"
+                       f"echo '{base64.b64encode(PW.encode()).decode()}' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    _write(home.config, {"credsStore": "locked"})
+    before = home.config.read_text()
+    run = lamina(tmp_path / "s", "login", host, "-u", "ci", "-p", PW)
+    assert run.code == 1
+    assert "docker-credential-locked" in run.stderr and "keychain locked" in run.stderr
+    _no_secret(run)
+    assert base64.b64encode(PW.encode()).decode() not in run.stderr
+    assert home.config.read_text() == before
+
+
+def test_identity_tokens_are_refused_clearly(basic_registry, home, tmp_path):
+    """docker trades an identitytoken (OAuth refresh token) for access tokens; lamina
+    does not, and says so instead of sending it as a password or going anonymous."""
+    host = basic_registry
+    token = "refresh-Hh27-secret"
+    _write(home.config, {"auths": {host: {"auth": base64.b64encode(b"ci:").decode(),
+                                          "identitytoken": token}}})
+    run = _pull(tmp_path, host)
+    assert run.code == 1 and "identity token" in run.stderr and f"lamina login {host}" in run.stderr
+    assert token not in run.stderr + run.stdout
 
 
 def test_a_fresh_home_gets_a_private_docker_dir(basic_registry, home, tmp_path):
