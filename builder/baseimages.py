@@ -47,4 +47,4 @@ class BaseImages:
         self.progress.note(f"pulling {parsed.familiar}")
         pulled = pull_image(self.store, ref, lazy=True)  # layers fetched when first read
         self._pulled.add(ref)
-        self.progress.note(f"pulled {parsed.familiar}: {pulled.manifest_digest}")
+        self.progress.note(f"pulled {parsed.familiar}: {pulled.repo_digest}")

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from lamina.store import oci, refs, remoteblobs
+from lamina.store import oci, refs, remoteblobs, repodigests
 from lamina.store.blobs import sha256_digest
 from lamina.store.errors import BlobNotFound, CorruptContent, ImageNotFound, StoreError
 from lamina.store.layerrecords import insert_layer
@@ -76,6 +76,10 @@ def resolve_digest(root: StoreRoot, ref: str) -> str:
     if r is not None:
         if r.digest is not None:
             row = db.query_one("SELECT manifest_digest FROM images WHERE manifest_digest=?", (r.digest,))
+            if row is None:  # an index's digest: the image its repository pulled or pushed under it
+                found = repodigests.image_for(root, r.name, r.digest)
+                if found is not None:
+                    return found
         else:
             row = db.query_one("SELECT manifest_digest FROM tags WHERE name=?", (str(r),))
         if row is not None:

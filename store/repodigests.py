@@ -1,7 +1,13 @@
-"""Repository digests: which registry manifest digest an image is known by in which
-repository (docker's RepoDigests, `name@sha256:…`). Recorded when an image is pulled
-(the registry's manifest, kept byte for byte) or pushed (the manifest as sent, which
-may differ from the stored one by its layer compression); shown per image ID."""
+"""Repository digests: which digest an image is known by in which repository (docker's
+RepoDigests, `name@sha256:…`): the digest its reference resolves to in the registry,
+as docker records it. Recorded when an image is pulled (the manifest the reference
+names, kept byte for byte, or the index / manifest list it names, from which the
+platform's image was taken) or pushed (the manifest as sent, which may differ from the
+stored one by its layer compression, or the index holding it and its attestations);
+shown per image ID, and resolved: `name@digest` names the image recorded under it
+(`image_for`) when no stored manifest has that digest (an index's, never stored as an
+image). One image per (repository, digest): the last pulled or pushed, as docker's
+reference store keeps it."""
 
 from __future__ import annotations
 
@@ -15,6 +21,14 @@ def record(root: StoreRoot, repository: str, digest: str, manifest_digest: str) 
     with root.db.write() as c:
         c.execute("INSERT OR REPLACE INTO repo_digests(repository, digest, manifest_digest) "
                   "VALUES (?,?,?)", (repository, digest, manifest_digest))
+
+
+def image_for(root: StoreRoot, repository: str, digest: str) -> str | None:
+    """The manifest digest of the image `repository` (a canonical name) serves under
+    `digest`, when recorded."""
+    row = root.db.query_one("SELECT manifest_digest FROM repo_digests WHERE repository=? AND digest=?",
+                            (repository, digest))
+    return row["manifest_digest"] if row is not None else None
 
 
 def for_image(root: StoreRoot, config_digest: str) -> list[str]:

@@ -38,7 +38,7 @@ from typing import Mapping
 
 from lamina.builder.attest.provenance import RecordedBuild, context_digest, read_predicate
 from lamina.builder.errors import BuildError
-from lamina.store import attestations, refs
+from lamina.store import attestations, refs, repodigests
 from lamina.store.errors import ImageNotFound, StoreError
 
 
@@ -172,8 +172,12 @@ def _verify_build_class():
                 except (ImageNotFound, StoreError):
                     found = None
                 if found is not None:
-                    _copy_image(self.user_store, found.manifest_digest, self.store,
-                                None if "@" in ref or refs.looks_like_id(ref) else ref)
+                    copied = _copy_image(self.user_store, found.manifest_digest, self.store,
+                                         None if "@" in ref or refs.looks_like_id(ref) else ref)
+                    pinned = refs.parse(ref) if "@" in ref else None
+                    if pinned is not None and pinned.digest not in (None, copied.manifest_digest):
+                        # name@<index digest>: the image the user's store knows it by (a RepoDigest)
+                        repodigests.record(self.store, pinned.name, pinned.digest, copied.manifest_digest)
             return super().resolve_image(ref, stage)
 
     return VerifyBuild

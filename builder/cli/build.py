@@ -292,4 +292,4 @@ def _push_progress(quiet: bool):
 
 def _pushed(pushed) -> None:
     """`build --push` / `-o type=registry`: each push said as it is done."""
-    click.echo(f"pushed {pushed.reference}: digest: {pushed.manifest_digest}", err=True)
+    click.echo(f"pushed {pushed.reference}: digest: {pushed.digest}", err=True)  # what the tag names

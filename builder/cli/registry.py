@@ -94,7 +94,7 @@ def pull(g: Globals, reference: str, platform: str | None, quiet: bool) -> None:
     if quiet:
         click.echo(pulled.reference)
         return
-    click.echo(f"Digest: {pulled.manifest_digest}", err=True)
+    click.echo(f"Digest: {pulled.repo_digest}", err=True)  # what the reference names (docker's)
     click.echo(f"Status: pulled {pulled.reference} ({pulled.downloaded} bytes downloaded)", err=True)
     click.echo(pulled.reference)
 
@@ -115,10 +115,11 @@ def push(g: Globals, source: str, destination: str | None, compression: str, qui
         pushed = push_image(store, source, destination, compression=compression,
                             progress=TransferProgress("pushed", quiet))
     if quiet:
-        click.echo(pushed.manifest_digest)
+        click.echo(pushed.digest)  # what the tag names: the RepoDigest
         return
-    index = f", index with attestations: {pushed.index_digest}" if pushed.index_digest else ""
-    click.echo(f"{pushed.reference}: digest: {pushed.manifest_digest} "
+    index = f", an index of image manifest {pushed.manifest_digest} and its attestations" \
+        if pushed.index_digest else ""
+    click.echo(f"{pushed.reference}: digest: {pushed.digest} "
                f"(uploaded {pushed.uploaded} bytes, {pushed.skipped} blobs already there{index})")
 
 

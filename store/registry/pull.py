@@ -8,10 +8,13 @@ platform (default: the host's). Schema 1 gets a clear error. Manifests and confi
 are read with a size cap; blobs stream into the blob store while being hashed, a
 dropped connection resumes with ``Range``, and nothing is stored whose digest or
 size differs from its descriptor. Layers download in parallel (bounded). The image
-is recorded with its manifest bytes as the registry sent them, so its digest (the
-RepoDigest) and its image ID are the registry's. When the index holds an attestation
-manifest for the chosen image (BuildKit's layout), its provenance and SBOM are
-recorded with the image (store.attestations), so `lamina verify` works on it.
+is recorded with its manifest bytes as the registry sent them, so its manifest digest
+and its image ID are the registry's. Its RepoDigest (store.repodigests) is, as docker
+records it, the digest the reference resolves to in the registry: the index's when a
+tag names an index (the digest users pin, valid for every platform), the manifest's
+for a single image or a pull by a platform manifest's digest. When the index holds an
+attestation manifest for the chosen image (BuildKit's layout), its provenance and SBOM
+are recorded with the image (store.attestations), so `lamina verify` works on it.
 """
 
 from __future__ import annotations
@@ -74,9 +77,10 @@ def parse_platform(text: str) -> Platform:
 @dataclass(frozen=True)
 class Pulled:
     reference: str          # the normalized reference pulled
-    manifest_digest: str    # the digest the registry serves (RepoDigest)
+    manifest_digest: str    # the image's manifest (the platform's, for an index)
     image: Any              # lamina.store Image
     downloaded: int         # blob bytes fetched
+    repo_digest: str        # what the reference resolves to (RepoDigest): an index's, or manifest_digest
 
 
 def repo_scope(path: str, actions: str = "pull") -> str:
@@ -253,6 +257,7 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
     where = ref.familiar
     target = ref.digest or ref.tag or refs.DEFAULT_TAG
     data, media_type, digest = fetch_manifest(session, ref.path, target)
+    resolved = digest  # what `ref` names in the registry: the RepoDigest (an index's, as docker)
     seen = {digest}
     predicates: dict = {}
     if media_type in oci.INDEX_TYPES:
@@ -271,7 +276,7 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
     added: list[str] = []
     if lazy:
         config = fetch_small_blob(session, ref.path, cdesc["digest"], MAX_CONFIG_BYTES)
-        return _record_lazily(store, ref, data, digest, config, layers_desc, predicates, tag)
+        return _record_lazily(store, ref, data, digest, config, layers_desc, predicates, tag, resolved)
     with store.writing():
         try:
             with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
@@ -305,7 +310,7 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
             for layer in layers:  # verified bytes replace another image's claim for them
                 remoteblobs.settle(store, layer)
             image = store.add_manifest(data, config, layers, names)
-            repodigests.record(store, ref.name, digest, image.manifest_digest)
+            repodigests.record(store, ref.name, resolved, image.manifest_digest)
             # verified blobs of this repository: a push to another repository here mounts them
             bloblocations.remember(store, session.host, ref.path, [cdesc["digest"]] + [l.digest for l in layers])
             if predicates and image.manifest_digest == digest:  # provenance/SBOM came along
@@ -318,14 +323,16 @@ def _pull(store, session: RegistrySession, ref: refs.Reference, want: Platform,
                 except StoreError:
                     pass
             raise
-    return Pulled(reference=str(ref), manifest_digest=digest, image=image, downloaded=downloaded)
+    return Pulled(reference=str(ref), manifest_digest=digest, image=image, downloaded=downloaded,
+                  repo_digest=resolved)
 
 
 def _record_lazily(store, ref: refs.Reference, data: bytes, digest: str, config: bytes,
-                   layers_desc: list, predicates: dict, tag: bool) -> Pulled:
+                   layers_desc: list, predicates: dict, tag: bool, resolved: str) -> Pulled:
     """Record the image with its layers as remote blobs of its repository: described by
     the manifest (digest, size, media type) and the config (diff_id); fetched, and
-    checked against all of these, when first read (`fetch_remote`)."""
+    checked against all of these, when first read (`fetch_remote`). `resolved`: the
+    digest `ref` names in the registry (the RepoDigest: an index's or `digest`)."""
     where = ref.familiar
     diff_ids = oci.diff_ids(oci.decode(config, f"{where}: config"))
     if len(diff_ids) != len(layers_desc):
@@ -342,10 +349,11 @@ def _record_lazily(store, ref: refs.Reference, data: bytes, digest: str, config:
         store.record_remote_layers(layers, f"{ref.domain}/{ref.path}")
         names = [str(refs.parse_tag(str(ref)))] if tag and ref.digest is None else []
         image = store.add_manifest(data, config, layers, names)
-        repodigests.record(store, ref.name, digest, image.manifest_digest)
+        repodigests.record(store, ref.name, resolved, image.manifest_digest)
         if predicates and image.manifest_digest == digest:
             attestations.attach(store, image.manifest_digest, predicates)
-    return Pulled(reference=str(ref), manifest_digest=digest, image=image, downloaded=0)
+    return Pulled(reference=str(ref), manifest_digest=digest, image=image, downloaded=0,
+                  repo_digest=resolved)
 
 
 def fetch_remote(store, digest: str, source: str, described: LayerBlob | None = None) -> None:

@@ -22,7 +22,9 @@ recorded as present in the destination repository (store.bloblocations). The
 manifest goes last, with its own media type. An image with
 attestations (store.attestations) goes as BuildKit pushes it: the statements and the
 attestation config as blobs, the image manifest and the attestation manifest by
-digest, then the index holding both under the tag.
+digest, then the index holding both under the tag. The digest the tag then resolves
+to (the index's, with attestations) is the image's RepoDigest in the destination
+repository (store.repodigests), as docker records it.
 """
 
 from __future__ import annotations
@@ -52,10 +54,15 @@ Progress = Callable[[str, int, int], None]
 @dataclass(frozen=True)
 class Pushed:
     reference: str
-    manifest_digest: str
+    manifest_digest: str  # the image manifest as pushed
     uploaded: int      # blob bytes sent
     skipped: int       # blobs the registry already had (or mounted)
     index_digest: str | None = None  # the index the tag names, when attestations went along
+
+    @property
+    def digest(self) -> str:
+        """What the tag resolves to in the registry (the RepoDigest recorded)."""
+        return self.index_digest or self.manifest_digest
 
 
 def _has_blob(session: RegistrySession, path: str, digest: str, scope: str) -> bool:
@@ -236,10 +243,11 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
         digest = sha256_digest(manifest)
         if served and served != digest:
             raise RegistryError(f"registry {session.host} stored the manifest as {served}, not {digest}")
-        index_digest = None
-        if att is not None:  # the tag names the index; the image manifest's digest stays the RepoDigest
-            index_digest, digest = digest, image.manifest_digest
+        # the RepoDigest: what the tag names (the index, with attestations), as docker records it
         repodigests.record(store, dest.name, digest, store.resolve(source).manifest_digest)
+        index_digest = None
+        if att is not None:
+            index_digest, digest = digest, image.manifest_digest
         bloblocations.forget(store, dest.domain, refuted)
         bloblocations.remember(store, dest.domain, dest.path, [d for d, _ in blobs])
         return Pushed(reference=str(dest.with_tag(tag)) if dest.tag is None else str(dest),

@@ -295,8 +295,8 @@ def test_pushed_index_holds_the_attestation_manifest(store, tmp_path):
             return httpx.get(f"http://{host}/v2/team/pushme/blobs/{digest}").content
 
         _check_index(index, member)
-        # the digest push prints is the image manifest's (the RepoDigest), as pull reports it
-        assert pushed.stdout.strip() == index["manifests"][0]["digest"]
+        # the digest push prints is what the tag resolves to: the index's (docker's RepoDigest)
+        assert pushed.stdout.strip() == "sha256:" + hashlib.sha256(raw.stdout.encode()).hexdigest()
         pulled = lamina(tmp_path / "fresh", "pull", dest)
         assert pulled.code == 0, pulled.stderr
         assert inspect(tmp_path / "fresh", dest)["Id"] == run.image_id

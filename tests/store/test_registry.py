@@ -107,8 +107,14 @@ def test_multi_platform_index_picks_the_host_platform(source_store, plain_regist
     dest = f"{plain_registry}/multi/app"
     pushed = lamina(source_store, "push", "-q", "app:1", f"{dest}:single")
     assert pushed.code == 0, pushed.stderr
-    digest = pushed.stdout.strip()
     with RegistrySession(plain_registry) as s:
+        # app:1 has provenance: the tag (whose digest push prints) names an index of the
+        # image manifest and its attestation manifest
+        with s.request("GET", f"/v2/multi/app/manifests/{pushed.stdout.strip()}",
+                       scope="repository:multi/app:pull", headers={"Accept": oci.OCI_INDEX}) as r:
+            r.read()
+            (digest,) = [m["digest"] for m in json.loads(r.content)["manifests"]
+                         if "vnd.docker.reference.type" not in (m.get("annotations") or {})]
         with s.request("GET", f"/v2/multi/app/manifests/{digest}", scope="repository:multi/app:pull",
                        headers={"Accept": oci.OCI_MANIFEST}) as r:
             r.read()
@@ -128,11 +134,13 @@ def test_multi_platform_index_picks_the_host_platform(source_store, plain_regist
     pulled = lamina(fresh, "pull", f"{dest}:multi")
     assert pulled.code == 0, pulled.stderr
     assert _inspect(fresh, f"{dest}:multi")["Id"] == _inspect(source_store, "app:1")["Id"]
+    # the RepoDigest is what the tag names, the index (as docker records it)
+    assert f"Digest: {sha256_digest(body)}" in pulled.stderr
+    assert _inspect(fresh, f"{dest}:multi")["RepoDigests"] == [f"{dest}@{sha256_digest(body)}"]
     missing = lamina(fresh, "pull", "--platform", "linux/mips64le", f"{dest}:multi")
     assert missing.code == 1
     assert "no image for platform linux/mips64le" in missing.stderr
     assert "s390x" in missing.stderr and "Traceback" not in missing.stderr
-    assert sha256_digest(body)  # the index itself was accepted by the registry
 
 
 def test_basic_auth_login_push_pull(source_store, tmp_path, monkeypatch):
