@@ -187,11 +187,11 @@ def _rebuild(tstore, user_store, *, context: Path, dockerfile: Path, build_args:
              target: str | None, epoch: int | None, progress, network: str = "default",
              labels: Mapping[str, str] | None = None, ulimits: tuple = ()):
     from lamina.builder.executor import BuildOptions
+    from lamina.builder.sandbox.limits import Limits
 
     options = BuildOptions(context_dir=context, dockerfile=dockerfile, build_args=dict(build_args),
                            target=target, no_cache=True, source_date_epoch=epoch, network=network,
                            labels=dict(labels or {}), limits=Limits(ulimits=tuple(ulimits)))
-    from lamina.builder.sandbox.limits import Limits
     cls = _verify_build_class()
     build = cls(tstore, options, progress)
     build.user_store = user_store
