@@ -168,6 +168,64 @@ def terminal_size() -> tuple[int, int] | None:
     return None
 
 
+def relay_pipes(pid: int, stdin: int | None, stdout: int, stderr: int) -> int:
+    """`exec` without -t: lamina's stdin to the command's pipe (`stdin`, with -i) and
+    its stdout/stderr pipes to lamina's, until the child `pid` (the exec's helper)
+    exits, then what the pipes already hold; its wait status. A process the command
+    left running in the container keeps only these pipes, closed here - never the
+    user's terminal (as docker's exec streams)."""
+    outs = {stdout: 1, stderr: 2}
+    pending = b""
+    if stdin is not None:
+        os.set_blocking(stdin, False)  # a command that does not read never stalls its output
+
+    def close_stdin() -> None:
+        nonlocal stdin, pending
+        if stdin is not None:
+            os.close(stdin)
+        stdin, pending = None, b""
+
+    def copy_out(ready) -> None:
+        for fd in ready:
+            if fd in outs:
+                data = os.read(fd, 65536)
+                if data:
+                    _write(outs[fd], data)
+                else:
+                    del outs[fd]
+
+    status = None
+    try:
+        while status is None:
+            wanted = list(outs) + ([0] if stdin is not None and not pending else [])
+            ready, writable, _ = select.select(wanted, [stdin] if pending else [], [], 0.05)
+            copy_out(ready)
+            if 0 in ready:
+                pending = os.read(0, 65536)
+                if not pending:
+                    close_stdin()  # EOF: the command reads EOF too
+            if writable and pending:
+                try:
+                    pending = pending[os.write(stdin, pending):]
+                except BlockingIOError:
+                    pass
+                except BrokenPipeError:
+                    close_stdin()
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+        while outs:  # written before the command exited; a process it left may hold them
+            ready, _, _ = select.select(list(outs), [], [], 0.05)
+            if not ready:
+                break
+            copy_out(ready)
+    finally:
+        close_stdin()
+        for fd in (stdout, stderr):
+            os.close(fd)
+    return status
+
+
 def relay_tty(pid: int, master: int, stdin: bool) -> int:
     """`exec -t`: lamina is the hub between its terminal and the exec's pty master
     until the child `pid` (the exec's helper) exits; its exit status."""

@@ -81,7 +81,7 @@ def exec_in(c: Container, argv, *, tty: bool, interactive: bool, env=(), user=No
     """`lamina exec`: run `argv` in the running container `c`; its exit status."""
     from lamina.builder.containers.attach import terminal_size
     from lamina.builder.containers.create import _env_item, merge_env, process_groups
-    from lamina.builder.containers.attach import relay_tty
+    from lamina.builder.containers.attach import relay_pipes, relay_tty
     from lamina.builder.sandbox.container import ExecSpec, ExecTarget, exec_in as enter
     from lamina.builder.sandbox.users import resolve_user_in_layers
 
@@ -97,9 +97,10 @@ def exec_in(c: Container, argv, *, tty: bool, interactive: bool, env=(), user=No
                     cwd=workdir or c.workdir, uid=uid, gid=gid, groups=tuple(groups), tty=tty,
                     interactive=interactive, tty_size=terminal_size() if tty else None)
     target = ExecTarget(pid=c.init_pid, cgroup_dirs=c.cgroup_dirs)
-    pid, master = enter(target, spec)
-    if master is not None:
-        return relay_tty(pid, master, stdin=interactive)
+    started = enter(target, spec)
+    pid = started.pid
+    if started.master is not None:
+        return relay_tty(pid, started.master, stdin=interactive)
     forwarded = {}
 
     def forward(sig, frame):
@@ -111,12 +112,7 @@ def exec_in(c: Container, argv, *, tty: bool, interactive: bool, env=(), user=No
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         forwarded[sig] = signal.signal(sig, forward)
     try:
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
+        status = relay_pipes(pid, started.stdin, started.stdout, started.stderr)
     finally:
         for sig, h in forwarded.items():
             signal.signal(sig, h)

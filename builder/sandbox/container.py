@@ -3,7 +3,7 @@ sandbox a RUN step gets (builder.sandbox.sandbox), arranged for a process that l
 on after lamina exits.
 
     start(spec: ContainerSpec, stdin_fd) -> Started      # in the container's monitor
-    exec_in(target: ExecTarget, spec: ExecSpec, ...) -> int   # `lamina exec`
+    exec_in(target: ExecTarget, spec: ExecSpec) -> Exec   # `lamina exec`
 
 How ``start`` differs from a RUN step: the caller (the per-container monitor,
 builder.containers.monitor) unshares PID/IPC/UTS(/net) itself and stays outside the
@@ -20,7 +20,10 @@ those of a RUN (builder.sandbox.privileges, rootmounts, devices).
 
 ``exec_in`` joins the cgroup and the namespaces (setns: ipc, uts, net, cgroup, pid,
 mnt) of a running container's PID 1, forks the command into its PID namespace and
-applies the same privileges.
+applies the same privileges. The command never gets lamina's own stdio: a pty (``-t``)
+or pipes that lamina relays (docker's exec streams), so nothing it leaves running in
+the container holds the user's terminal once exec returns (it would read what the
+user types next, or change the terminal's modes).
 
 What a RUN step's child does too (checks, error reports, the final exec step) is
 builder.sandbox.childproc.
@@ -325,10 +328,32 @@ class ExecSpec:
     tty_size: tuple[int, int] | None = None
 
 
-def exec_in(target: ExecTarget, spec: ExecSpec) -> tuple[int, int | None]:
+@dataclass(frozen=True)
+class Exec:
+    """A started exec: X's pid (its exit status is the command's), and lamina's ends
+    of the command's stdio: the pty master (TTY), else pipes (stdin's only with -i)."""
+
+    pid: int
+    master: int | None = None
+    stdin: int | None = None    # write end
+    stdout: int | None = None   # read ends
+    stderr: int | None = None
+
+
+def _stdio_pipes(spec: ExecSpec) -> tuple[tuple, tuple]:
+    """(the command's ends (stdin, stdout, stderr), lamina's ends) of the pipes of an
+    exec without a TTY; stdin None (the command reads /dev/null) without -i."""
+    if spec.tty:
+        return (), ()
+    inp = os.pipe2(os.O_CLOEXEC) if spec.interactive else None
+    out, err = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
+    return ((inp[0] if inp else None, out[1], err[1]),
+            (inp[1] if inp else None, out[0], err[0]))
+
+
+def exec_in(target: ExecTarget, spec: ExecSpec) -> Exec:
     """Fork X, which enters the container and forks the command into its PID
-    namespace. Returns (pid of X, pty master or None); X's exit status is the
-    command's (`wait_exec`)."""
+    namespace; X's exit status is the command's (`wait_exec`)."""
     if not spec.argv:
         raise SandboxError("nothing to run: empty command")
     privileges.prepare()
@@ -342,19 +367,26 @@ def exec_in(target: ExecTarget, spec: ExecSpec) -> tuple[int, int | None]:
         raise SandboxError(f"cannot enter the container's namespaces: "
                            f"{linux.errno_text(exc.errno or 0)}") from None
     ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs, ours = _stdio_pipes(spec)
     pid = os.fork()
     if pid == 0:
         code = 126
         try:
             gc.disable()
             ctl_parent.close()
-            code = _exec_child(target, spec, ns_fds, ctl_child)
+            for fd in ours:
+                if fd is not None:
+                    os.close(fd)
+            code = _exec_child(target, spec, ns_fds, ctl_child, theirs)
         except BaseException as exc:  # noqa: BLE001
             send(ctl_child, {"error": describe(exc, "exec")})
         finally:
             os._exit(code)
     for fd in ns_fds:
         os.close(fd)
+    for fd in theirs:
+        if fd is not None:
+            os.close(fd)
     ctl_child.close()
     master = None
     errors = []
@@ -372,12 +404,17 @@ def exec_in(target: ExecTarget, spec: ExecSpec) -> tuple[int, int | None]:
                 break
     if errors:
         os.waitpid(pid, 0)
+        for fd in ours:
+            if fd is not None:
+                os.close(fd)
         raise SandboxError(errors[0])
-    return pid, master
+    if spec.tty:
+        return Exec(pid, master=master)
+    return Exec(pid, stdin=ours[0], stdout=ours[1], stderr=ours[2])
 
 
 def _exec_child(target: ExecTarget, spec: ExecSpec, ns_fds: list[int],
-                ctl: socket.socket) -> int:
+                ctl: socket.socket, stdio: tuple = ()) -> int:
     for d in target.cgroup_dirs:
         try:
             with open(os.path.join(d, "cgroup.procs"), "w") as f:
@@ -410,9 +447,11 @@ def _exec_child(target: ExecTarget, spec: ExecSpec, ns_fds: list[int],
             os.setsid()
             if spec.tty:
                 set_stdio(slave, slave, slave, controlling=True)
-            elif not spec.interactive:
-                null = os.open("/dev/null", os.O_RDONLY)
-                os.dup2(null, 0)
+            else:
+                stdin, stdout, stderr = stdio
+                if stdin is None:
+                    stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                set_stdio(stdin, stdout, stderr)
             exec_command(spec.argv, dict(spec.env), spec.cwd, spec.uid, spec.gid, spec.groups,
                          keep=(ctl.fileno(),), alive_r=alive_r)
         except BaseException as exc:  # noqa: BLE001
@@ -420,6 +459,9 @@ def _exec_child(target: ExecTarget, spec: ExecSpec, ns_fds: list[int],
         finally:
             os._exit(126)
     os.close(alive_r)  # alive_w stays open until this process exits
+    for fd in stdio:  # the command holds them now: EOF once it and its children close them
+        if fd is not None:
+            os.close(fd)
     if master is not None:
         send(ctl, {"master": True}, (master,))
         os.close(master)

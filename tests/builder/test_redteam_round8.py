@@ -9,6 +9,11 @@ runs `lamina exec` / `lamina run`.
   them - a command of the image's choosing, run on the host as the user (root). runc
   starts every container process, exec'd ones too, in a session of its own (nsexec's
   setsid), so there /dev/tty is ENXIO and TIOCSTI EPERM.
+- Without `-t`, that command also got lamina's own stdout and stderr - the user's
+  terminal, opened read-write: a process it left running in the container read what
+  the user typed into the shell after `lamina exec` returned (a password), and `stty`
+  there changed the user's terminal. docker's exec streams go through pipes (FIFOs of
+  containerd's shim); lamina's now go through pipes it relays and closes.
 """
 
 from __future__ import annotations
@@ -52,9 +57,10 @@ def _lamina(root: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
-def _in_a_terminal(script: str, timeout: float = 30.0) -> str:
+def _in_a_terminal(script: str, timeout: float = 30.0, typed: tuple[bytes, bytes] | None = None) -> str:
     """Run `bash -c script` as the session leader of a new pseudo-terminal, as a user's
-    shell runs; all it writes to the terminal."""
+    shell runs; all it writes to the terminal. `typed` = (cue, keys): the user types
+    `keys` once the terminal shows `cue`."""
     pid, master = pty.fork()
     if pid == 0:  # pragma: no cover - the child execs
         os.execv("/bin/bash", ["bash", "-c", script])
@@ -71,6 +77,10 @@ def _in_a_terminal(script: str, timeout: float = 30.0) -> str:
                 if not data:
                     break
                 out += data
+                if typed is not None and typed[0] in out:
+                    time.sleep(0.5)
+                    os.write(master, typed[1])
+                    typed = None
             elif os.waitpid(pid, os.WNOHANG)[0]:
                 break
     finally:
@@ -125,5 +135,32 @@ def test_exec_never_hands_the_users_terminal_to_the_container(tiocsti_image, tmp
         stat_line = next(l for l in out.splitlines() if "(cat) " in l)
         tty_nr = int(stat_line.rsplit(")", 1)[1].split()[4])
         assert tty_nr == 0, stat_line
+    finally:
+        _lamina(root, "rm", "-f", cid)
+
+
+def test_exec_leaves_nothing_holding_the_users_terminal(tiocsti_image, tmp_path):
+    root, image = tiocsti_image
+    started = _lamina(root, "run", "-d", "--network", "none", image, "sleep", "60")
+    assert started.returncode == 0, started.stderr
+    cid = started.stdout.strip()
+    try:
+        lamina = f"{sys.executable} -m lamina --root {root}"
+        # a process left behind keeps the command's stdout, and reads from it once the
+        # user types again (a terminal is opened read-write)
+        thief = "exec 3<&1 >/dev/null 2>&1; (sleep 1; head -c 8 <&3 > /tmp/stolen) &"
+        out = _in_a_terminal(
+            f"cd {REPO}; {lamina} exec {cid} sh -c '{thief}'; echo EXEC-RETURNED; "
+            "sleep 3; read -t 1 -r line; echo \"SHELL READ [$line]\"; "
+            f"echo STOLEN[$({lamina} exec {cid} cat /tmp/stolen)]; "
+            f"{lamina} exec {cid} sh -c 'stty -echo <&1; ls -l /proc/self/fd/0 /proc/self/fd/1'; "
+            "stty -a | tr ' ' '\\n' | grep -x -e echo -e -echo; "
+            f"echo out-and-err | {lamina} exec -i {cid} sh -c 'cat; echo to-err >&2'",
+            typed=(b"EXEC-RETURNED", b"hunter2\n"))
+        assert "SHELL READ [hunter2]" in out, out
+        assert "STOLEN[]" in out, out
+        assert "/dev/pts" not in out, out  # the command's stdio are pipes, as docker's
+        assert "-echo" not in out.split(), out  # the user's terminal kept its modes
+        assert "out-and-err" in out and "to-err" in out, out  # still relayed
     finally:
         _lamina(root, "rm", "-f", cid)
