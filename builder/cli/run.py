@@ -89,15 +89,20 @@ def run(g: Globals, detach, rm, name, interactive, tty, env, env_files, workdir,
     lock = os.open(d / "attach.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(lock, fcntl.LOCK_SH)  # --rm: the monitor waits for us to read the status
     try:
-        ours = None
+        ours = stdin_pipe = None
         if tty:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             monitor = spawn_monitor(g.root, record.id, attach_fd=theirs.fileno())
             theirs.close()
+        elif interactive:
+            # a pipe, never lamina's own stdin (the user's terminal): builder.containers.attach
+            stdin_r, stdin_pipe = os.pipe2(os.O_CLOEXEC)
+            monitor = spawn_monitor(g.root, record.id, stdin_fd=stdin_r)
+            os.close(stdin_r)
         else:
-            monitor = spawn_monitor(g.root, record.id, stdin_fd=0 if interactive else None)
+            monitor = spawn_monitor(g.root, record.id)
         sys.stdout.flush()
-        code = Attached(cs, record.id, ours, monitor, interactive).run()
+        code = Attached(cs, record.id, ours, monitor, interactive, stdin_pipe=stdin_pipe).run()
     finally:
         os.close(lock)
     if code != 0:

@@ -8,7 +8,10 @@ loses nothing and leaves the container to its monitor. Signals lamina receives
 sig-proxy). With `-t` lamina receives the pty master from the monitor (SCM_RIGHTS),
 puts its own terminal in raw mode (so Ctrl-C is a byte the container's line
 discipline turns into SIGINT for its foreground job), copies its stdin to the master
-and keeps the window size in step (SIGWINCH).
+and keeps the window size in step (SIGWINCH). With `-i` alone it copies its stdin to
+a pipe, the container's stdin (as docker's attach stream): the container never holds
+the user's terminal, whose modes it could change and which it could go on reading
+once lamina is gone.
 """
 
 from __future__ import annotations
@@ -63,13 +66,15 @@ def send_signal(c: Container, sig: int) -> bool:
 
 class Attached:
     def __init__(self, cs: ContainerStore, cid: str, master_sock: socket.socket | None,
-                 monitor_pid: int = 0, interactive: bool = False) -> None:
+                 monitor_pid: int = 0, interactive: bool = False,
+                 stdin_pipe: int | None = None) -> None:
         self.cs = cs
         self.cid = cid
         self.master_sock = master_sock
         self.monitor_pid = monitor_pid
         self.interactive = interactive
         self.master: int | None = None
+        self.stdin_pipe = stdin_pipe  # write end of the container's stdin (-i without -t)
         self.pending: list[int] = []
         self.record: Container | None = None
         self.spawned = time.monotonic()  # check_monitor's start deadline counts from here
@@ -109,7 +114,9 @@ class Attached:
                             saved_tty = None
                         print(f"lamina: {record.error}", file=sys.stderr)
                     return record.exit_code if record.exit_code is not None else 125
-                if stdin_open and self.master is not None:
+                if self.stdin_pipe is not None:
+                    self._feed_stdin_pipe()
+                elif stdin_open and self.master is not None:
                     ready, _, _ = select.select([0], [], [], POLL_SECONDS)
                     if ready:
                         data = os.read(0, 65536)
@@ -128,8 +135,21 @@ class Attached:
             signal.signal(signal.SIGWINCH, old_winch)
             if self.master is not None:
                 os.close(self.master)
+            if self.stdin_pipe is not None:
+                os.close(self.stdin_pipe)
             if self.master_sock is not None:
                 self.master_sock.close()
+
+    def _feed_stdin_pipe(self) -> None:
+        ready, _, _ = select.select([0], [], [], POLL_SECONDS)
+        if not ready:
+            return
+        data = os.read(0, 65536)
+        if data:
+            _write(self.stdin_pipe, data)
+        else:  # EOF: the container reads EOF too
+            os.close(self.stdin_pipe)
+            self.stdin_pipe = None
 
     def _receive_master(self) -> None:
         self.master_sock.settimeout(5)

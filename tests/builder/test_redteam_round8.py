@@ -14,6 +14,10 @@ runs `lamina exec` / `lamina run`.
   the user typed into the shell after `lamina exec` returned (a password), and `stty`
   there changed the user's terminal. docker's exec streams go through pipes (FIFOs of
   containerd's shim); lamina's now go through pipes it relays and closes.
+- `lamina run -i` (no `-t`) gave the container lamina's own stdin as its fd 0: with the
+  user's terminal there, the image changed its modes (`stty -echo` outlived the run)
+  and, were lamina killed, kept reading what the user typed. docker attaches stdin
+  through a pipe; lamina now copies its stdin into one.
 """
 
 from __future__ import annotations
@@ -164,3 +168,17 @@ def test_exec_leaves_nothing_holding_the_users_terminal(tiocsti_image, tmp_path)
         assert "out-and-err" in out and "to-err" in out, out  # still relayed
     finally:
         _lamina(root, "rm", "-f", cid)
+
+
+def test_run_i_gives_the_container_a_pipe_not_the_users_terminal(build_store):
+    root, _ = build_store
+    lamina = f"{sys.executable} -m lamina --root {root}"
+    out = _in_a_terminal(
+        f"cd {REPO}; stty echo; {lamina} run --rm -i --network none bb sh -c "
+        "'stty -echo; ls -l /proc/self/fd/0; head -c 5'; "
+        "stty -a | tr ' ' '\\n' | grep -x -e echo -e -echo",
+        typed=(b"/proc/self/fd/0", b"typed\n"))
+    assert "/dev/pts" not in out, out
+    assert "-echo" not in out.split(), out  # the user's terminal kept its modes
+    # what the user typed still reached the command (`head -c 5` printed it), echo on
+    assert "\ntypedecho\n" in out.replace("\r", ""), out
