@@ -18,6 +18,9 @@ runs `lamina exec` / `lamina run`.
   user's terminal there, the image changed its modes (`stty -echo` outlived the run)
   and, were lamina killed, kept reading what the user typed. docker attaches stdin
   through a pipe; lamina now copies its stdin into one.
+- On a cgroup v1 host the tmpfs at /sys/fs/cgroup of a RUN (and of a container) was
+  writable: runc remounts it read-only when the cgroup mount is (docker's and
+  BuildKit's are), so a step can plant nothing there.
 """
 
 from __future__ import annotations
@@ -182,3 +185,13 @@ def test_run_i_gives_the_container_a_pipe_not_the_users_terminal(build_store):
     assert "-echo" not in out.split(), out  # the user's terminal kept its modes
     # what the user typed still reached the command (`head -c 5` printed it), echo on
     assert "\ntypedecho\n" in out.replace("\r", ""), out
+
+
+def test_sys_fs_cgroup_takes_no_writes(build_store, tmp_path):
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx", "FROM bb\nRUN touch /sys/fs/cgroup/planted; "
+                       "ln -s / /sys/fs/cgroup/link; ls /sys/fs/cgroup\n")
+    run = build(root, ctx, "--no-cache").check()
+    out = run.steps[-1].output
+    assert not {"planted", "link"} & set(out), out
+    assert any("Read-only file system" in line for line in out), out
