@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+import unicodedata
 from datetime import datetime, timezone
 
 import click
@@ -32,6 +32,31 @@ def ellipsis(s: str, n: int) -> str:
     return s if len(s) <= n else s[:n - 1] + "…"
 
 
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+               "\v": "\\v", "\\": "\\\\", '"': '\\"'}
+
+
+def go_quote(s: str) -> str:
+    """Go's strconv.Quote, as docker ps shows COMMAND: printable runes (unicode.IsPrint:
+    letters, marks, numbers, punctuation, symbols, the ASCII space) as they are, every
+    other one escaped - C1 controls too (U+009B is an 8-bit CSI), so an image's command
+    never drives the terminal of `lamina ps`."""
+    out = []
+    for ch in s:
+        code = ord(ch)
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch == " " or unicodedata.category(ch)[0] in "LMNPS":
+            out.append(ch)
+        elif code < 0x20 or code == 0x7f:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
+
+
 def status_text(c, now: float) -> str:
     """docker's container Status column."""
     from lamina.builder.cli.units import human_duration
@@ -54,7 +79,7 @@ def ps_row(c, now: float, no_trunc: bool) -> Record:
     return Record(
         ID=c.id if no_trunc else c.short_id,
         Image=c.image,
-        Command=json.dumps(command if no_trunc else ellipsis(command, 20), ensure_ascii=False),
+        Command=go_quote(command if no_trunc else ellipsis(command, 20)),
         CreatedAt=created.strftime("%Y-%m-%d %H:%M:%S +0000 UTC"),
         RunningFor=human_duration(timedelta(seconds=now - c.created)) + " ago",
         Ports="", State=c.status, Status=status_text(c, now), Size="0B", Names=c.name,

@@ -21,6 +21,9 @@ runs `lamina exec` / `lamina run`.
 - On a cgroup v1 host the tmpfs at /sys/fs/cgroup of a RUN (and of a container) was
   writable: runc remounts it read-only when the cgroup mount is (docker's and
   BuildKit's are), so a step can plant nothing there.
+- `lamina ps` showed an image's command through JSON quoting, which leaves C1 controls
+  (U+009B, the 8-bit CSI) and other non-printable runes raw; docker quotes COMMAND with
+  Go's strconv.Quote, which escapes every rune unicode.IsPrint rejects.
 """
 
 from __future__ import annotations
@@ -195,3 +198,20 @@ def test_sys_fs_cgroup_takes_no_writes(build_store, tmp_path):
     out = run.steps[-1].output
     assert not {"planted", "link"} & set(out), out
     assert any("Read-only file system" in line for line in out), out
+
+
+def test_ps_quotes_the_command_as_go_does(build_store):
+    root, _ = build_store
+    script = "exit 0 \x1b[2J \x9b2J \u00a0 \t \"q\" \\ é"
+    done = _lamina(root, "run", "--network", "none", "--name", "redteam8-ps", "bb", "sh", "-c",
+                   script)
+    try:
+        assert done.returncode == 0, done.stderr
+        rows = _lamina(root, "ps", "-a", "--no-trunc", "--format",
+                       "{{.Names}}|{{.Command}}").stdout.splitlines()
+        shown = "".join(r.partition("|")[2] + "\n" for r in rows if r.startswith("redteam8-ps|"))
+        # strconv.Quote: \x1b for C0, \u009b and \u00a0 (not unicode.IsPrint), é kept
+        assert shown == ('"sh -c exit 0 \\x1b[2J \\u009b2J \\u00a0 \\t \\"q\\" '
+                         '\\\\ é"\n'), repr(shown)
+    finally:
+        _lamina(root, "rm", "-f", "redteam8-ps")
