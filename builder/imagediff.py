@@ -25,6 +25,11 @@ compression), diff_ids, the number of layers and which layer holds a file (files
 compared on the final filesystems), tar entry order, and the history (which follows
 the layer boundaries; its commands are what made the files, which are compared).
 
+The text report is written to terminals: whatever in it an image chose (file names,
+history commands, the lines of a text diff, config values) shows its control
+characters in lamina's caret form (ESC as ^[, a newline inside a name as ^J:
+builder.steplog.controls_shown), never as the bytes that would drive the terminal.
+
 Layers are streamed twice at most (records, then the bytes of the few small text
 files whose content differs); nothing is held whole in memory but file records.
 """
@@ -37,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from lamina.builder.steplog import controls_shown
 from lamina.store.imagesource import ImageSource
 from lamina.store.layerfiles import FileRecord, MergedFile, layer_files, merge_layers, read_files
 
@@ -431,7 +437,8 @@ def render_text(report: Report) -> str:
         lines.append(f"identical{mode}")
     else:
         lines.append(f"{report.count()} difference{'s' if report.count() != 1 else ''}{mode}")
-    return "\n".join(lines) + "\n"
+    # one report line each: a newline an image put in a name or a value is shown too
+    return "\n".join(controls_shown(line).replace("\n", "^J") for line in lines) + "\n"
 
 
 def render_json(report: Report) -> str:

@@ -24,6 +24,11 @@ runs `lamina exec` / `lamina run`.
 - `lamina ps` showed an image's command through JSON quoting, which leaves C1 controls
   (U+009B, the 8-bit CSI) and other non-printable runes raw; docker quotes COMMAND with
   Go's strconv.Quote, which escapes every rune unicode.IsPrint rejects.
+- `lamina diff` (and `lamina verify`, which prints the same report) wrote an image's
+  file names, history commands and text-file lines as they are: a file holding OSC 52
+  set the user's clipboard, and a file name holding a newline or a cursor move could
+  print a fake "identical" verdict. The text report now shows control characters in
+  lamina's caret form (ESC as ^[, a newline in a name as ^J), as its error lines do.
 """
 
 from __future__ import annotations
@@ -215,3 +220,26 @@ def test_ps_quotes_the_command_as_go_does(build_store):
                          '\\\\ é"\n'), repr(shown)
     finally:
         _lamina(root, "rm", "-f", "redteam8-ps")
+
+
+def test_diff_report_never_sends_an_images_controls(build_store, tmp_path):
+    root, _ = build_store
+    plain = make_context(tmp_path / "a", "FROM bb\nRUN echo a > /t\n")
+    hostile = make_context(tmp_path / "b", (
+        "FROM bb\n"
+        "RUN printf 'a\\033]52;c;cHduZWQ=\\007b\\302\\233\\n' > /t && "
+        "touch \"/x$(printf '\\033[2J\\nidentical')\"\n"))
+    build(root, plain, "-t", "redteam8-diff-a").check()
+    build(root, hostile, "-t", "redteam8-diff-b").check()
+    try:
+        shown = subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), "diff",
+                                "redteam8-diff-a", "redteam8-diff-b"],
+                               capture_output=True, cwd=REPO, timeout=60).stdout
+        assert shown, "no report"
+        text = shown.decode()
+        assert not [c for c in text if ord(c) < 0x20 and c != "\n" or 0x7f <= ord(c) < 0xa0], text
+        assert "+a^[]52;c;cHduZWQ=^Gb" in text, text  # the content line, in caret form
+        assert "/x^[[2J^Jidentical" in text, text      # one line for the file, not two
+        assert not [l for l in text.splitlines() if l.strip() == "identical"], text
+    finally:
+        _lamina(root, "rmi", "redteam8-diff-a", "redteam8-diff-b")
