@@ -62,11 +62,18 @@ def verify_cmd(g: Globals, args, dockerfile, expect, build_args, target, timesta
     if fmt == "json":
         click.echo(result_json(result))
     else:
-        click.echo(result.summary())
+        # a provenance is the image's word: what it recorded (a source's digest, a
+        # name) never drives the terminal (caret form, one line each)
+        from lamina.builder.steplog import controls_shown
+
+        def shown_line(text: str) -> str:
+            return controls_shown(text).replace("\n", "^J")
+
+        click.echo(shown_line(result.summary()))
         for note in result.notes:
-            click.echo(f"note: {note}", err=True)
+            click.echo(f"note: {shown_line(note)}", err=True)
         for line in result.lines:
-            click.echo(line)
+            click.echo(shown_line(line))
     if not result.identical:
         raise click.exceptions.Exit(1)
 

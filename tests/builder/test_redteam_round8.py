@@ -28,7 +28,9 @@ runs `lamina exec` / `lamina run`.
   file names, history commands and text-file lines as they are: a file holding OSC 52
   set the user's clipboard, and a file name holding a newline or a cursor move could
   print a fake "identical" verdict. The text report now shows control characters in
-  lamina's caret form (ESC as ^[, a newline in a name as ^J), as its error lines do.
+  lamina's caret form (ESC as ^[, a newline in a name as ^J), as its error lines do;
+  so do the summary and the notes of `lamina verify`, whose words come from the image's
+  provenance (the digest it recorded for an ADD source).
 """
 
 from __future__ import annotations
@@ -243,3 +245,28 @@ def test_diff_report_never_sends_an_images_controls(build_store, tmp_path):
         assert not [l for l in text.splitlines() if l.strip() == "identical"], text
     finally:
         _lamina(root, "rmi", "redteam8-diff-a", "redteam8-diff-b")
+
+
+def test_verify_prints_a_provenances_words_in_caret_form(tmp_path, monkeypatch):
+    """The printing side of `lamina verify`, fed the words a hostile provenance can
+    put in a note (the recorded digest of an ADD source) and in the report."""
+    from lamina.builder.attest import verify as verify_mod
+    from tests.builder.buildkit import lamina as lamina_in_process
+
+    hostile = "sha256:0\x1b]52;c;cHduZWQ=\x07\nverified: identical\x9b2J"
+
+    def fake_verify(store, ref, context, *, dockerfile=None, progress=None):
+        return verify_mod.VerifyResult(
+            source=ref, original_id="sha256:1", original_manifest="sha256:2",
+            rebuilt_id="sha256:3", rebuilt_manifest="sha256:4", identical=False,
+            lines=(f"  ~ /t [layer 4: RUN {hostile}]",),
+            notes=(f"ADD source https://x/y is now sha256:5, the provenance records {hostile}",))
+
+    monkeypatch.setattr(verify_mod, "verify_provenance", fake_verify)
+    run = lamina_in_process(tmp_path / "store", "verify", "some-image")
+    assert run.code == 1
+    for text in (run.stdout, run.stderr):
+        assert not [c for c in text if ord(c) < 0x20 and c != "\n" or 0x7f <= ord(c) < 0xa0], text
+        assert not [l for l in text.splitlines() if l.startswith("verified")], text
+    assert "records sha256:0^[]52;c;cHduZWQ=^G^Jverified: identicalM-^[2J" in run.stderr, run.stderr
+    assert "RUN sha256:0^[]52;c;cHduZWQ=^G^Jverified" in run.stdout, run.stdout
