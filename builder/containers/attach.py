@@ -75,6 +75,9 @@ class Attached:
         self.interactive = interactive
         self.master: int | None = None
         self.stdin_pipe = stdin_pipe  # write end of the container's stdin (-i without -t)
+        self.stdin_pending = b""      # read from our stdin, not yet taken by the container
+        if stdin_pipe is not None:
+            os.set_blocking(stdin_pipe, False)  # a container that does not read never stalls us
         self.pending: list[int] = []
         self.record: Container | None = None
         self.spawned = time.monotonic()  # check_monitor's start deadline counts from here
@@ -141,15 +144,23 @@ class Attached:
                 self.master_sock.close()
 
     def _feed_stdin_pipe(self) -> None:
-        ready, _, _ = select.select([0], [], [], POLL_SECONDS)
-        if not ready:
-            return
-        data = os.read(0, 65536)
-        if data:
-            _write(self.stdin_pipe, data)
-        else:  # EOF: the container reads EOF too
+        """One turn of copying our stdin into the container's (waits at most
+        POLL_SECONDS, never for a container that does not read)."""
+        pending = self.stdin_pending
+        ready, writable, _ = select.select([] if pending else [0],
+                                           [self.stdin_pipe] if pending else [], [], POLL_SECONDS)
+        try:
+            if writable:
+                self.stdin_pending = pending[os.write(self.stdin_pipe, pending):]
+            elif ready:
+                self.stdin_pending = os.read(0, 65536)
+                if not self.stdin_pending:  # EOF: the container reads EOF too
+                    raise BrokenPipeError
+        except BlockingIOError:
+            pass
+        except BrokenPipeError:  # or the container closed its stdin: nothing more to give
             os.close(self.stdin_pipe)
-            self.stdin_pipe = None
+            self.stdin_pipe, self.stdin_pending = None, b""
 
     def _receive_master(self) -> None:
         self.master_sock.settimeout(5)
