@@ -121,6 +121,10 @@ def mount_system(rec: StubRecorder, hosts: Path, resolv: Path) -> None:
         os.close(os.open(node, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         try:
             bind(f"/dev/{name}", node, readonly=False)
+            # the host's own inode: read-only, so the step's chmod/chown/touch cannot
+            # change the host's /dev/null (reads and writes of a device still work)
+            linux.mount(None, node, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY
+                        | _kept_flags(node))
         except SandboxError:  # no such node on the host: make one
             os.unlink(node)
             os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(major, minor))

@@ -31,6 +31,12 @@ runs `lamina exec` / `lamina run`.
   lamina's caret form (ESC as ^[, a newline in a name as ^J), as its error lines do;
   so do the summary and the notes of `lamina verify`, whose words come from the image's
   provenance (the digest it recorded for an ADD source).
+- /dev/null, zero, full, random, urandom and tty of a RUN (and of a container) are bind
+  mounts of the host's own nodes, and docker's masked /proc files bind mounts of that
+  /dev/null: a step's `chmod 000 /dev/null` (or chown, touch) changed the host's
+  /dev/null for every host user and service. runc mknod's nodes of the container's
+  own; here the binds are read-only (reading and writing the device still work, a
+  change of its inode is EROFS).
 """
 
 from __future__ import annotations
@@ -270,3 +276,23 @@ def test_verify_prints_a_provenances_words_in_caret_form(tmp_path, monkeypatch):
         assert not [l for l in text.splitlines() if l.startswith("verified")], text
     assert "records sha256:0^[]52;c;cHduZWQ=^G^Jverified: identicalM-^[2J" in run.stderr, run.stderr
     assert "RUN sha256:0^[]52;c;cHduZWQ=^G^Jverified" in run.stdout, run.stdout
+
+
+def test_a_step_cannot_change_the_hosts_device_nodes(build_store, tmp_path):
+    root, _ = build_store
+    nodes = ("null", "zero", "full", "random", "urandom", "tty")
+    before = {n: os.stat(f"/dev/{n}") for n in nodes}
+    # changes that would leave each host node as it is (same mode, owner, times) but
+    # for its ctime: what they may do is seen without harming the host if they succeed
+    script = " ".join(f"chmod {oct(before[n].st_mode & 0o7777)[2:]} /dev/{n} && echo CHANGED-{n};"
+                      f" touch -c -r /dev/{n} /dev/{n} && echo TOUCHED-{n};" for n in nodes)
+    script += " chown 0:0 /proc/keys && echo CHANGED-masked; echo x > /dev/null && echo WROTE"
+    ctx = make_context(tmp_path / "ctx", f"FROM bb\nRUN {script}\n")
+    out = build(root, ctx, "--no-cache").check().steps[-1].output
+    ran = _lamina(root, "run", "--rm", "--network", "none", "bb", "sh", "-c", script)
+    for shown in (out, ran.stdout.splitlines()):
+        assert not [l for l in shown if l.startswith(("CHANGED", "TOUCHED"))], shown
+        assert "WROTE" in shown, shown  # the devices themselves still work
+    after = {n: os.stat(f"/dev/{n}") for n in nodes}
+    assert {n: st.st_ctime_ns for n, st in after.items()} == \
+        {n: st.st_ctime_ns for n, st in before.items()}
