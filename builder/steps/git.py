@@ -116,6 +116,10 @@ def parse_git_source(src: str, *, allow_file: bool = False) -> GitSource | None:
     else:
         return None
     ref, subdir, commit = _fragment(fragment)
+    for what, value in (("ref", ref), ("commit", commit)):
+        if value.startswith("-"):  # would reach git fetch / ls-remote as an option
+            raise BuildError(f"invalid git {what} {value!r} in {remote}: a ref or commit cannot "
+                             "start with '-'")
     return GitSource(remote=remote, ref=ref, subdir=subdir, commit=commit)
 
 
@@ -133,7 +137,8 @@ def _git_env(home: Path) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LC_ALL": "C",
             "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": os.devnull, "GIT_ASKPASS": "true",
-            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+            # not the invoking user's ~/.ssh/config (its hosts, proxies, commands), as BuildKit
+            "GIT_SSH_COMMAND": "ssh -F /dev/null -o BatchMode=yes"}
 
 
 def _die_with_parent() -> None:

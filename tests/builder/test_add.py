@@ -378,6 +378,23 @@ def repo(tmp_path: Path) -> Path:
     return r
 
 
+@pytest.mark.parametrize("src", ["https://x.org/r.git#--upload-pack=touch /tmp/pwned",
+                                 "https://x.org/r.git##ref=-c,subdir=a",
+                                 "git@x.org:r.git##commit=--exec=x"])
+def test_git_refs_that_git_would_read_as_options_are_refused(src):
+    with pytest.raises(BuildError, match="cannot start with '-'"):
+        parse_git_source(src)
+
+
+def test_git_over_ssh_reads_no_ssh_config_of_the_user(tmp_path):
+    """BuildKit's git source runs ssh with -F /dev/null: the invoking user's ssh config
+    (aliases, ProxyCommand) plays no part in an ADD."""
+    from lamina.builder.steps.git import _git_env
+
+    argv = _git_env(tmp_path)["GIT_SSH_COMMAND"].split()
+    assert argv[0] == "ssh" and argv[argv.index("-F") + 1] == "/dev/null"
+
+
 def test_add_local_git_repo_at_ref_and_subdir(env, repo, tmp_path):
     _, root, _ = env
     src = parse_git_source(f"file://{repo}#v1:sub", allow_file=True)
