@@ -107,6 +107,8 @@ class Container:
         for k in ("groups", "cgroup_dirs"):
             if values.get(k) is not None:
                 values[k] = tuple(values[k])
+        if values.get("ulimits") is not None:
+            values["ulimits"] = tuple(str(u) for u in values["ulimits"])
         # strings, whatever a record written from an unchecked image config holds (an
         # older lamina stored Cmd ["echo", 5] as it was: `ps` must still list it)
         for k in ("argv", "args", "env", "entrypoint"):

@@ -206,10 +206,10 @@ def mount_cgroups(target: str, host_cgroup: str = "/sys/fs/cgroup") -> None:
     """/sys/fs/cgroup as BuildKit has runc mount it in every RUN (executor/oci
     withCGroup: type cgroup, ro,nosuid,noexec,nodev), seen from the step's cgroup
     namespace (its own cgroup is the root): on a cgroup v2 host one cgroup2 mount; on a
-    v1 or hybrid host runc's mountCgroupV1 layout - a tmpfs (nosuid,nodev,noexec,
+    v1 or hybrid host runc's mountCgroupV1 layout - a tmpfs (rw as runc leaves it: the
+    step's own, in its mount namespace, kept in no layer; nosuid,nodev,noexec,
     mode=755) with each v1 hierarchy mounted read-only in a directory of its name and a
-    symlink per controller of a co-mounted one (cpu -> cpu,cpuacct), the tmpfs then
-    remounted read-only as runc does for a read-only cgroup mount. Without it a RUN
+    symlink per controller of a co-mounted one (cpu -> cpu,cpuacct). Without it a RUN
     saw an empty /sys/fs/cgroup (what a JVM, a Go runtime or a test suite reads for its
     limits). Optional, like sysfs: where the kernel refuses (cgroup v1 inside a user
     namespace), /sys/fs/cgroup stays as sysfs has it."""
@@ -243,9 +243,6 @@ def mount_cgroups(target: str, host_cgroup: str = "/sys/fs/cgroup") -> None:
             for controller in name.split(",") if "," in name else ():
                 if not os.path.lexists(f"{target}/{controller}"):
                     os.symlink(name, f"{target}/{controller}")
-        # runc: "remount cgroup root as readonly" - else the step writes files there
-        linux.mount(None, target, None,
-                    linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | _KERNEL_FLAGS)
     except SandboxError as exc:
         if getattr(exc, "errno", None) not in _REFUSED:
             raise

@@ -99,7 +99,7 @@ def test_state_record_round_trips_and_is_written_atomically(tmp_path):
     cs = ContainerStore(tmp_path)
     c = Container(id=cs.new_id(), name="n1", image="img", image_id="sha256:1", manifest="sha256:2",
                   argv=("sh", "-c", "x"), volumes=(("/h", "/c", True),), tty_size=(24, 80),
-                  created=time.time())
+                  created=time.time(), ulimits=("nofile=100:200",))
     cs.create(c)
     assert cs.read(c.id) == c
     assert not [p for p in os.listdir(cs.path(c.id)) if p.endswith(".tmp")]

@@ -370,6 +370,17 @@ def history(image_config: dict, skip: int) -> list[tuple[str, bool]]:
             for h in image_config.get("history", [])[skip:]]
 
 
+def _contents(c: Compared, problems: list[str]) -> str:
+    """Both sides of the small files that differ, to read in the failure."""
+    out = []
+    for problem in problems[:5]:
+        path = problem.split(":", 1)[0]
+        sides = [(who, root / path) for who, root in (("lamina", c.our_root), ("buildkit", c.their_root))]
+        if all(f.is_file() and not f.is_symlink() and f.stat().st_size < 4096 for _, f in sides):
+            out += [f"--- {who} {path}:\n{f.read_bytes().decode(errors='replace')}" for who, f in sides]
+    return "\n" + "\n".join(out) if out else ""
+
+
 def assert_same(c: Compared, *, known: tuple[Known, ...] = (),
                 known_config: dict | None = None, known_history: dict | None = None,
                 empty_layers: tuple[int, int] = (0, 0), skip_history: int = 1,
@@ -380,7 +391,7 @@ def assert_same(c: Compared, *, known: tuple[Known, ...] = (),
         _check_known(theirs, c.their_root, k, k.theirs, "buildkit")
         ours.pop(k.path, None), theirs.pop(k.path, None)   # that path only: not its children
     problems = [p.replace(" buildah=", " buildkit=") for p in dt.diff_trees(ours, theirs)]
-    assert not problems, "root filesystems differ:\n" + "\n".join(problems[:60])
+    assert not problems, "root filesystems differ:\n" + "\n".join(problems[:60]) + _contents(c, problems)
     assert c.our_links == c.their_links, "hard-link groups differ"
     for path, (want_ours, want_theirs) in (known_xattrs or {}).items():
         assert (c.our_xattrs.get(path), c.their_xattrs.get(path)) == (want_ours, want_theirs), path

@@ -18,9 +18,6 @@ runs `lamina exec` / `lamina run`.
   user's terminal there, the image changed its modes (`stty -echo` outlived the run)
   and, were lamina killed, kept reading what the user typed. docker attaches stdin
   through a pipe; lamina now copies its stdin into one.
-- On a cgroup v1 host the tmpfs at /sys/fs/cgroup of a RUN (and of a container) was
-  writable: runc remounts it read-only when the cgroup mount is (docker's and
-  BuildKit's are), so a step can plant nothing there.
 - `lamina ps` showed an image's command through JSON quoting, which leaves C1 controls
   (U+009B, the 8-bit CSI) and other non-printable runes raw; docker quotes COMMAND with
   Go's strconv.Quote, which escapes every rune unicode.IsPrint rejects.
@@ -202,15 +199,6 @@ def test_run_i_gives_the_container_a_pipe_not_the_users_terminal(build_store):
     # what the user typed still reached the command (`head -c 5` printed it), echo on
     assert "\ntypedecho\n" in out.replace("\r", ""), out
 
-
-def test_sys_fs_cgroup_takes_no_writes(build_store, tmp_path):
-    root, _ = build_store
-    ctx = make_context(tmp_path / "ctx", "FROM bb\nRUN touch /sys/fs/cgroup/planted; "
-                       "ln -s / /sys/fs/cgroup/link; ls /sys/fs/cgroup\n")
-    run = build(root, ctx, "--no-cache").check()
-    out = run.steps[-1].output
-    assert not {"planted", "link"} & set(out), out
-    assert any("Read-only file system" in line for line in out), out
 
 
 def test_ps_quotes_the_command_as_go_does(build_store):

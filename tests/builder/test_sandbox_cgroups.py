@@ -143,9 +143,8 @@ def test_step_runs_in_its_own_cgroup_with_the_limits(busybox_rootfs, step_dirs):
 def test_step_reads_its_limits_in_sys_fs_cgroup(busybox_rootfs, step_dirs):
     """BuildKit has runc mount /sys/fs/cgroup in every RUN (executor/oci withCGroup:
     ro,nosuid,noexec,nodev; runc's v1 layout: a tmpfs with each hierarchy read-only in
-    a dir of its name, the tmpfs remounted read-only as the cgroup mount is): a JVM or a
-    Go runtime in a RUN reads its memory and pids limits there. Here the step's own
-    cgroup is each hierarchy's root (cgroup namespace)."""
+    a dir of its name): a JVM or a Go runtime in a RUN reads its memory and pids limits
+    there. Here the step's own cgroup is each hierarchy's root (cgroup namespace)."""
     upper, work = step_dirs()
     script = ("cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; "
               "grep -q \"^$$ *$\" /sys/fs/cgroup/pids/cgroup.procs && echo own-root; "
@@ -159,7 +158,7 @@ def test_step_reads_its_limits_in_sys_fs_cgroup(busybox_rootfs, step_dirs):
     assert sandbox.run(spec, out.extend) == 0, out
     lines = out.decode().splitlines()
     assert lines[:2] == [str(48 << 20), "66"], lines
-    assert "/sys/fs/cgroup ro,nosuid,nodev,noexec tmpfs" in lines, lines
+    assert "/sys/fs/cgroup rw,nosuid,nodev,noexec tmpfs" in lines, lines
     for controller in ("memory", "pids", "cpu", "devices"):
         assert f"/sys/fs/cgroup/{controller} ro,nosuid,nodev,noexec cgroup" in lines, lines
     assert lines[-1] == "hierarchy-read-only" and not list(upper.iterdir()), lines
