@@ -34,7 +34,7 @@ from lamina.store.errors import CorruptContent, StoreError
 from lamina.store.compression import kind_for_media_type, media_type_for
 from lamina.store.layerdigest import LayerDigester
 from lamina.store.layers import LayerBlob, describe_layer
-from lamina.store.registry.session import RegistryError, RegistrySession
+from lamina.store.registry.session import RegistryError, RegistrySession, repo_scope
 
 MAX_MANIFEST_BYTES = 4 << 20   # containerd's limit for manifests and indexes
 MAX_CONFIG_BYTES = 16 << 20
@@ -81,10 +81,6 @@ class Pulled:
     image: Any              # lamina.store Image
     downloaded: int         # blob bytes fetched
     repo_digest: str        # what the reference resolves to (RepoDigest): an index's, or manifest_digest
-
-
-def repo_scope(path: str, actions: str = "pull") -> str:
-    return f"repository:{path}:{actions}"
 
 
 def fetch_manifest(session: RegistrySession, path: str, ref: str) -> tuple[bytes, str, str]:

@@ -36,8 +36,7 @@ from typing import Callable, Sequence
 from lamina.store import attestations, bloblocations, oci, refs, repodigests
 from lamina.store.blobs import sha256_digest
 from lamina.store.errors import StoreError
-from lamina.store.registry.pull import repo_scope
-from lamina.store.registry.session import RegistryError, RegistrySession, Unauthorized
+from lamina.store.registry.session import RegistryError, RegistrySession, Unauthorized, repo_scope
 
 PARALLEL_UPLOADS = 4
 CHUNK = 1 << 20

@@ -96,6 +96,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def repo_scope(path: str, actions: str = "pull") -> str:
+    """The token scope of `actions` ("pull", "pull,push") on repository `path`."""
+    return f"repository:{path}:{actions}"
+
+
 def insecure_registries() -> tuple[str, ...]:
     raw = os.environ.get("LAMINA_INSECURE_REGISTRIES", "")
     return tuple(h.strip() for h in raw.split(",") if h.strip())
