@@ -71,7 +71,10 @@ def _value(text: str, spec: str) -> int:
     if not re.fullmatch(r"[+-]?[0-9]+", text):  # ASCII digits only, as Go's ParseInt
         raise UlimitError(f"invalid ulimit {spec!r}: {text!r} is not a number "
                           "(an integer, -1 or infinity for unlimited)")
-    value = int(text, 10)
+    sign = "-" if text.startswith("-") else ""
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    # past 19 digits it is out of int64 anyway (and int() refuses more than 4300)
+    value = int(sign + ("9" * 20 if len(digits) > 19 else digits), 10)
     if not _INT64[0] <= value <= _INT64[1]:
         raise UlimitError(f"invalid ulimit {spec!r}: {text} is out of range (int64)")
     return value
