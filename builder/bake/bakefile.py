@@ -71,6 +71,8 @@ def parse_json(text: str, path: Path) -> dict[str, list[tuple[str, dict]]]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise BuildError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+    except ValueError as e:  # a number of more than 4300 digits (int() refuses it)
+        raise BuildError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise BuildError(f"{path}: a bake file in JSON is an object")
     out: dict[str, list[tuple[str, dict]]] = {kind: [] for kind in _BLOCKS}

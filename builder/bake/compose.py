@@ -210,6 +210,8 @@ def load_compose(files: list[Path], definition: Definition,
                              f"{getattr(e, 'problem', None) or e}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise BuildError(f"cannot read {path}: {e}") from None
+        except ValueError as e:  # an integer of more than 4300 digits (int() refuses it)
+            raise BuildError(f"{path}: not a valid YAML file: {e}") from None
         if data is None:
             raise BuildError(f"{path}: empty compose file")
         if not isinstance(data, dict):

@@ -36,3 +36,21 @@ def test_provenance_ulimit_with_thousands_of_digits_is_one_build_error():
     pred["buildDefinition"]["externalParameters"]["request"]["args"]["ulimit"] = "nofile=" + "7" * 6000
     with pytest.raises(BuildError, match="ulimit"):
         read_predicate(pred)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("compose.yaml", "services:\n  a:\n    build:\n      context: .\n      ulimits:\n        nofile: {n}\n"),
+    ("docker-bake.json", '{{"target": {{"default": {{"context": ".", "ulimits": ["nofile={n}"], '
+                         '"args": {{"A": {n}}}}}}}}}'),
+])
+def test_bake_file_with_a_huge_integer_is_one_error_naming_it(tmp_path, name, text):
+    import subprocess
+    import sys
+
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / name).write_text(text.format(n="1" * 5000))
+    r = subprocess.run([sys.executable, "-m", "lamina", "--root", str(tmp_path / "store"), "bake",
+                        "--print", "-f", name], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "internal error" not in r.stderr and name in r.stderr and "4300 digits" in r.stderr
