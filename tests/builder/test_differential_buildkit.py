@@ -1100,6 +1100,34 @@ def _build_obbase(b: "Builders") -> None:
     marker.touch()
 
 
+
+def _prepare_node_app(ctx: Path) -> None:
+    """What a Node project's .dockerignore keeps out (git holds none of it here)."""
+    for name in ("node_modules/express/index.js", "node_modules/.bin/x", "npm-debug.log",
+                 "src/debug.log", "src/deep/er/trace.log", ".git/HEAD", "coverage/lcov.info",
+                 "docs/guide.md", "Dockerfile.dev"):
+        (ctx / name).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / name).write_text(name + "\n")
+
+_NODE_INSTALL = ("/bin/sh -c mkdir -p node_modules/left-pad && cp package.json node_modules/left-pad/ "
+                 " && stat -c '%a %U:%G %n' . * node_modules/* > /home/node/app/after-install.txt "
+                 " && echo \"$NODE_ENV $PATH\" > env.txt # buildkit")
+_NODE_LIST = ("/bin/sh -c touch made-by-node && stat -c '%a %U:%G %n' /home/node/app/* "
+              "/home/node/app/data > ../listing.txt # buildkit")
+_PY_ARGS = "APP_HOME=/app UID=10001 BUILD_DATE=2024-05-01T10:00:00Z VCS_REF=abc1234"
+_PY_RUN1 = ('/bin/sh -c echo "appuser:x:${UID}:${UID}::/nonexistent:/sbin/nologin" >> /etc/passwd '
+            ' && echo "appuser:x:${UID}:" >> /etc/group # buildkit')
+_PY_RUN2 = ("/bin/sh -c mkdir -p var/run && gunicorn --version > var/run/version "
+            "&& which gunicorn >> var/run/version # buildkit")
+_PYTHON_APP_HISTORY = {
+    0: ("ARG PYTHON_VERSION=3.12", "ARG PYTHON_VERSION"),
+    2: ("ARG APP_HOME=/app", "ARG APP_HOME"),
+    3: ("ARG UID=10001", "ARG UID"),
+    4: ("ARG BUILD_DATE=2024-05-01T10:00:00Z", "ARG BUILD_DATE"),
+    5: ("ARG VCS_REF=abc1234", "ARG VCS_REF=unknown"),
+    7: (f"RUN |5 PYTHON_VERSION=3.12 {_PY_ARGS} {_PY_RUN1}", f"RUN |4 {_PY_ARGS} {_PY_RUN1}"),
+    -4: (f"RUN |5 PYTHON_VERSION=3.12 {_PY_ARGS} {_PY_RUN2}", f"RUN |4 {_PY_ARGS} {_PY_RUN2}")}
+
 BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "run-environment": BuildkitCase(check=_check_run_environment, resolv_conf=_HOST_RESOLV_CONF,
                                     difference=OracleDifference(known=(_RESOLV_IPV6,))),
@@ -1299,6 +1327,27 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
             Known(f"{d}/guide", _IGNORE_WILDCARD, {"type": "dir", "mode": 0o700}, None),
             Known(f"{d}/guide/intro.md", _IGNORE_WILDCARD,
                   {"type": "file", "content": b"docs/guide/intro.md\n"}, None))))),
+    # real-world Dockerfile patterns (Node, Go + cargo-chef, Python, nginx, Java/OpenShift)
+    # (each: the re-declared global ARGs with their value in current BuildKit's line, see
+    # "expansion"; a stage FROM another stage lists the ARGs it inherits, see "args")
+    # WORKDIR of the app dir the base's RUN made, twice: the empty tar on both sides
+    "node-app": BuildkitCase(prepare=_prepare_node_app, difference=OracleDifference(
+        empty_layers=(2, 2), known_history={
+        0: ("ARG NODE_VERSION=20", "ARG NODE_VERSION"),
+        7: (f"RUN |1 NODE_VERSION=20 {_NODE_INSTALL}", f"RUN {_NODE_INSTALL}"),
+        10: (f"RUN |1 NODE_VERSION=20 {_NODE_LIST}", f"RUN {_NODE_LIST}")})),
+    "compiled-stages": BuildkitCase(difference=OracleDifference(known_history={
+        0: ("ARG APP=app", "ARG APP"), 1: ("ARG GO_VERSION=1.22", "ARG GO_VERSION")})),
+    "python-app": BuildkitCase(args={"BUILD_DATE": "2024-05-01T10:00:00Z", "VCS_REF": "abc1234"},
+                               difference=OracleDifference(known_history=_PYTHON_APP_HISTORY)),
+    # --chmod=0644 of a directory source: current BuildKit gives the copied dir that mode
+    # too (see "chown-chmod")
+    "nginx-style": BuildkitCase(difference=OracleDifference(known=(
+        Known("usr/share/nginx/html", _CHMOD_V08, {"type": "dir", "mode": 0o644},
+              {"type": "dir", "mode": 0o755}),))),
+    # WORKDIR of the /deployments an ADD made: the empty tar on both sides
+    "java-openshift": BuildkitCase(difference=OracleDifference(empty_layers=(1, 1), known_history={
+        0: ("ARG JAR_FILE=target/*.jar", "ARG JAR_FILE")})),
 }
 
 

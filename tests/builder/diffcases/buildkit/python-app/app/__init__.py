@@ -1,0 +1,2 @@
+def create():
+    return None
