@@ -38,6 +38,7 @@ from typing import Mapping
 
 from lamina.builder.attest.provenance import RecordedBuild, context_digest, read_predicate
 from lamina.builder.errors import BuildError
+from lamina.builder.sandbox.ulimits import within_own
 from lamina.store import attestations, refs, repodigests
 from lamina.store.errors import ImageNotFound, StoreError
 
@@ -365,10 +366,13 @@ def verify_provenance(user_store, source: str, context: str | None, *, dockerfil
                              f"provenance records {recorded.context_digest}: it is not the context that was "
                              "built (files, their permission bits or links differ)")
         notes += _seed_bases(tstore, user_store, recorded)
+        # never limits above lamina's own because a (possibly hostile) provenance says so
+        ulimits, lowered = within_own(recorded.ulimits)
+        notes += lowered
         rebuilt, rebuild = _rebuild(tstore, user_store, context=ctx_dir, dockerfile=df,
                                     build_args=recorded.build_args, target=recorded.target,
                                     epoch=recorded.source_date_epoch, progress=progress,
-                                    labels=recorded.labels, ulimits=recorded.ulimits,
+                                    labels=recorded.labels, ulimits=ulimits,
                                     # never the host's network because a
                                     # (possibly hostile) provenance says so
                                     network="none" if recorded.network == "host" else recorded.network)

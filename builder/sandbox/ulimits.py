@@ -151,3 +151,24 @@ def _current(name: str) -> str:
     soft, hard = resource.getrlimit(RESOURCES[name])
     show = (lambda v: "unlimited" if v == resource.RLIM_INFINITY else str(v))
     return f"soft {show(soft)}, hard {show(hard)}"
+
+
+def within_own(ulimits: Iterable[Ulimit]) -> tuple[tuple[Ulimit, ...], tuple[str, ...]]:
+    """`ulimits` with every hard limit above lamina's own lowered to it (and a soft one
+    with it): what a rebuild may take from a recorded, possibly hostile, build (verify
+    of someone else's image) - it never gets more than lamina has (no rtprio/nice for
+    real-time or raised priority, no memlock beyond lamina's, ...). Also the words
+    saying what was lowered."""
+    kept, lowered = [], []
+    for u in ulimits:
+        own = resource.getrlimit(RESOURCES[u.name])[1]
+        own_hard = -1 if own == resource.RLIM_INFINITY else own
+        hard = u.hard
+        if own_hard != -1 and (hard == -1 or hard > own_hard):
+            hard = own_hard
+        soft = u.soft if hard == -1 or (u.soft != -1 and u.soft <= hard) else hard
+        v = Ulimit(u.name, soft, hard)
+        if v != u:
+            lowered.append(f"--ulimit {u} recorded; rebuilt with {v}: never above lamina's own limits")
+        kept.append(v)
+    return tuple(kept), tuple(lowered)

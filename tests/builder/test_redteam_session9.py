@@ -54,3 +54,35 @@ def test_bake_file_with_a_huge_integer_is_one_error_naming_it(tmp_path, name, te
                        timeout=60)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "internal error" not in r.stderr and name in r.stderr and "4300 digits" in r.stderr
+
+
+@pytest.mark.root
+def test_verify_never_rebuilds_with_limits_above_laminas_own(build_store, tmp_path):
+    """A provenance's `ulimit` is the image author's word: verify's rebuild takes it only
+    up to lamina's own hard limits. With CAP_SYS_RESOURCE (root on a host) the old code
+    raised them for the rebuild's RUNs (rtprio=99: real-time scheduling without
+    CAP_SYS_NICE, memlock=-1: all memory locked); without it, it failed. Here lamina
+    runs under a lower hard RLIMIT_NOFILE than the recorded one (the kernel refuses
+    raising it, as it would refuse rtprio above lamina's own without the capability):
+    the rebuild's RUN gets lamina's own limit and the notes say so."""
+    import resource
+    import subprocess
+    import sys
+
+    from tests.builder.buildkit import REPO, build, make_context
+
+    root, _ = build_store
+    ctx = make_context(tmp_path / "ctx", "FROM bb\nRUN ulimit -Hn > /hn; cat /hn\n")
+    first = build(root, ctx, "-t", "s9-ulimited:1", "--ulimit", "nofile=1024:1024").check()
+    assert first.step("ulimit -Hn").output == ["1024"]
+
+    def lower():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+
+    r = subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), "verify",
+                        "s9-ulimited:1", str(ctx)], capture_output=True, text=True, cwd=REPO,
+                       timeout=240, preexec_fn=lower)
+    out = r.stdout + r.stderr
+    assert "cannot set --ulimit" not in out, out
+    assert "nofile=1024:1024 recorded; rebuilt with nofile=512:512" in out, out
+    assert "rebuilds identically" not in out  # /hn holds 512 in the rebuild
