@@ -1109,6 +1109,24 @@ def _prepare_node_app(ctx: Path) -> None:
         (ctx / name).parent.mkdir(parents=True, exist_ok=True)
         (ctx / name).write_text(name + "\n")
 
+
+def _prepare_dockerignore_real(ctx: Path) -> None:
+    """A project tree for dockerignore-real's patterns (most are dotfiles, build output
+    and caches that git would not hold)."""
+    for name in (".DS_Store", "app/.DS_Store", "app/__pycache__/m.cpython-312.pyc", "app/m.py",
+                 "app/m.pyc", ".venv/bin/python", "sub/.venv/x", ".env", "app/.env.local", ".git/HEAD",
+                 "lib/.gitignore", ".vscode/settings.json", "web/web.csproj.user", "web/Web.csproj",
+                 "bin/tool", "cmd/bin/tool", "cmd/binary", "charts/c.yaml", "docker-compose.yml",
+                 "deploy/docker-compose.override.yml", "compose.yaml", "compose.yml", "compose.json",
+                 "Dockerfile.dev", "sub/Dockerfile", "node_modules/a.js", "web/node_modules/b.js",
+                 "web/npm-debug.log", "obj/o", "web/obj/o", "LICENSE", "docs/LICENSE", "README.md",
+                 "docs/README.md", "bundles/b", "vendor/pkg/p", "vendor/src/s", "target/debug/app",
+                 "crate/target/x", "src/main.rs.bk", "src/a/b.rs.bk", "src/main.rs", "abs-excluded",
+                 "sub/abs-excluded", "dot-excluded", "sub/dot-excluded", "top.pyc", "keep/a.pyc",
+                 "keep/deep/b.pyc", "keep/c.py", "secrets.dev.yaml", "cfg/values.dev.yaml"):
+        (ctx / name).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / name).write_text(name + "\n")
+
 _NODE_INSTALL = ("/bin/sh -c mkdir -p node_modules/left-pad && cp package.json node_modules/left-pad/ "
                  " && stat -c '%a %U:%G %n' . * node_modules/* > /home/node/app/after-install.txt "
                  " && echo \"$NODE_ENV $PATH\" > env.txt # buildkit")
@@ -1346,6 +1364,8 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
         Known("usr/share/nginx/html", _CHMOD_V08, {"type": "dir", "mode": 0o644},
               {"type": "dir", "mode": 0o755}),))),
     # WORKDIR of the /deployments an ADD made: the empty tar on both sides
+    "patterns-misc": BuildkitCase(),
+    "dockerignore-real": BuildkitCase(prepare=_prepare_dockerignore_real),
     "java-openshift": BuildkitCase(difference=OracleDifference(empty_layers=(1, 1), known_history={
         0: ("ARG JAR_FILE=target/*.jar", "ARG JAR_FILE")})),
 }
