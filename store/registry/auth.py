@@ -190,7 +190,7 @@ def configured_helper(data: dict, host: str) -> str | None:
 
 def _run_helper(helper: str, action: str, stdin: str) -> subprocess.CompletedProcess:
     program = f"docker-credential-{helper}"
-    if "/" in helper:
+    if "/" in helper or not helper.isprintable():  # a NUL was exec's raw ValueError
         raise CredentialError(f"credential helper name {helper!r} is not a program name")
     try:
         return subprocess.run([program, action], input=stdin, capture_output=True, text=True,
