@@ -413,7 +413,7 @@ def check_dockerfile(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str
     for st in stages:
         word = _expand(st.from_.image, globals_.env, escape) if globals_ else None
         base_words[st.index] = word
-        earlier = [j for j in range(st.index) if word is not None and names[j] == word.lower()]
+        earlier = [j for j in range(st.index) if word is not None and names[j] == word]
         bases[st.index] = earlier[-1] if earlier else None
     if globals_ is not None:
         findings += from_findings(path, stages, globals_, escape)
@@ -441,7 +441,7 @@ def _walk_stage(st: StageText, states: dict[int, StageState], bases: Mapping[int
         declared = parent.declared
         if parent.checker is not None:
             shell_set, workdir_set = parent.checker.shell_set, parent.checker.workdir_set
-    elif word is not None and word.lower() == "scratch":
+    elif word == "scratch":
         env = {"PATH": DEFAULT_PATH}
     else:
         config = base_config(word) if (word and report) else None

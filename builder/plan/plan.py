@@ -56,7 +56,8 @@ class Stage:
 
     @property
     def is_scratch(self) -> bool:
-        return self.base_stage is None and self.base.lower() == SCRATCH
+        # as written: dockerfile2llb compares the base name with emptyImageName
+        return self.base_stage is None and self.base == SCRATCH
 
     @property
     def base_image(self) -> str | None:
@@ -214,7 +215,10 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
         if base == "":
             raise error_at(path, from_, f"base name ({from_.image}) should not be blank")
         base_stage = None
-        earlier = [j for j in range(i) if names[j] == base.lower()]
+        # the stage of that exact name (names are lowercased, the base name is not:
+        # dockerfile2llb's addState looks up statesByName[BaseName]); `FROM Builder`
+        # is an image reference, invalid in upper case
+        earlier = [j for j in range(i) if names[j] == base]
         if earlier:
             base_stage = earlier[-1]
         stage_platform = platform
@@ -280,7 +284,7 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
                 continue
             seen.add(j)
             try:
-                base_word = expand(sections[j][0].image, genv, escape=escape).lower()
+                base_word = expand(sections[j][0].image, genv, escape=escape)
             except DockerfileError:
                 base_word = ""
             bases = [k for k in range(j) if names[k] == base_word]

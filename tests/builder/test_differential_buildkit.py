@@ -1366,6 +1366,12 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     # WORKDIR of the /deployments an ADD made: the empty tar on both sides
     "patterns-misc": BuildkitCase(),
     "dockerignore-real": BuildkitCase(prepare=_prepare_dockerignore_real),
+    # WORKDIR /data of the dir a RUN made: the empty tar on both sides
+    "official-images": BuildkitCase(difference=OracleDifference(empty_layers=(1, 1))),
+    # the trigger's ARG given by --build-arg: its value in current BuildKit's line; WORKDIR
+    # of the dir a RUN made: the empty tar on both sides
+    "onbuild-template": BuildkitCase(args={"NODE_ENV": "production"}, difference=OracleDifference(
+        empty_layers=(1, 1), known_history={3: ("ARG NODE_ENV=production", "ARG NODE_ENV")})),
     "java-openshift": BuildkitCase(difference=OracleDifference(empty_layers=(1, 1), known_history={
         0: ("ARG JAR_FILE=target/*.jar", "ARG JAR_FILE")})),
 }
@@ -1570,6 +1576,13 @@ _REFUSED = {
     "group-unknown-then-run": "USER alice:nosuchgroup\nRUN true\n",
     # a variable holding two source names is one (missing) source: COPY does not split it
     "copy-sources-in-one-variable": "ENV SRCS=\"a.txt dir\"\nCOPY $SRCS /dst/\n",
+    # FROM names a stage by its exact (lowercased) name: dockerfile2llb's addState looks
+    # the base name up as written (statesByName[BaseName]), and `scratch` is compared as
+    # written (emptyImageName); else it is an image reference, and one in upper case is
+    # invalid ("repository name must be lowercase"). (COPY --from and --target lower the
+    # name: findStateByName.)
+    "from-stage-name-in-upper-case": "RUN echo x > /x\nFROM diffbase:1 AS Builder\nFROM Builder\n",
+    "from-scratch-upper-case": "FROM SCRATCH\n",
 }
 _ACCEPTED = {
     "optional-secret-and-ssh": "RUN --mount=type=secret,id=nope --mount=type=ssh "
@@ -1587,6 +1600,9 @@ _ACCEPTED = {
     "from-later-stage-by-name": "COPY --from=later /etc/passwd /x\nFROM diffbase:1 AS later\n",
     "expose-with-host-ip-and-port": "EXPOSE 127.0.0.1:8080:80/udp 9000:9000\n",
     "from-default-modifier": "FROM ${NOPE:-diffbase:1} AS d\nFROM d\n",
+    # COPY --from finds a stage whatever the case (findStateByName lowers the name)
+    "copy-from-stage-in-upper-case": "FROM diffbase:1 AS Build\nRUN echo x > /x\n"
+                                     "FROM diffbase:1\nCOPY --from=BUILD /x /x\n",
 }
 
 
