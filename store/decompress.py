@@ -48,42 +48,27 @@ class PrefixedReader:
 
 class _GzipReader:
     """Streaming gzip decoder (multi-member, zero padding after a member tolerated);
-    CorruptContent on bad data or truncation."""
+    CorruptContent on bad data or truncation: GzipInflater pulled by reads."""
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
-        self._z = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        self._started = False  # the current member has received input
-        self._pending = b""
+        self._inflater = GzipInflater()
+        self._blocks = iter(())  # what the last chunk read inflates to, taken as needed
         self._buf = bytearray()
         self._eof = False
 
     def _fill(self, want: int) -> None:
         while len(self._buf) < want and not self._eof:
-            if self._z.unconsumed_tail:
-                src = self._z.unconsumed_tail
-            elif self._pending:
-                src, self._pending = self._pending, b""
-            else:
-                src = self._raw.read(READ_SIZE)
-                if not src:
-                    if self._started:
-                        raise CorruptContent("gzip stream is truncated")
-                    self._eof = True
-                    break
-            if not self._started:
-                src = src.lstrip(b"\0")
-                if not src:
-                    continue
-                self._started = True
-            try:
-                self._buf += self._z.decompress(src, READ_SIZE)
-            except (inflate.error, zlib.error) as e:
-                raise CorruptContent(f"gzip stream is corrupt: {e}") from None
-            if self._z.eof:
-                self._pending = self._z.unused_data
-                self._z = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
-                self._started = False
+            block = next(self._blocks, None)
+            if block is not None:
+                self._buf += block
+                continue
+            src = self._raw.read(READ_SIZE)
+            if not src:
+                self._inflater.finish()  # CorruptContent when a member is cut
+                self._eof = True
+                break
+            self._blocks = self._inflater.feed(src)
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
@@ -103,44 +88,54 @@ class _GzipReader:
 
 
 class GzipInflater:
-    """Push-style streaming gzip decoder with the rules of _GzipReader (multi-member,
-    zero padding after a member tolerated, CorruptContent on bad data or truncation):
-    `feed(chunk)` yields the uncompressed blocks (at most OUT_BLOCK bytes each) that
-    chunk completes, as isal returns them - no copies, so a download's inflate thread
-    hands them on as they are; `finish()` at the end of the input."""
+    """Push-style streaming gzip decoder (multi-member, zero padding between and after
+    members tolerated, CorruptContent on bad data or truncation): `feed(chunk)` yields
+    the uncompressed blocks (at most OUT_BLOCK bytes each) that chunk completes, as isal
+    returns them - no copies, so a download's inflate thread hands them on as they
+    are; `finish()` at the end of the input.
+
+    Once a member has ended, the input goes to the decompressor in pieces of at most
+    MEMBER_WINDOW bytes: at each member's end isal copies what follows it in the piece
+    it was given (unused_data), so a stream of tiny members (an empty one is 20 bytes)
+    fed whole chunks cost a chunk-sized copy per member - about a second of CPU per
+    MiB of such a layer."""
 
     OUT_BLOCK = READ_SIZE
+    MEMBER_WINDOW = 4096
 
     def __init__(self) -> None:
         self._z = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
         self._started = False  # the current member has received input
+        self._window = 0  # 0: whole chunks (one member so far), else the piece size
 
     def feed(self, data: bytes):
-        src = data
+        view = memoryview(data)
+        pos, n = 0, len(view)
         while True:
             if not self._started:
-                if not src:
+                while pos < n and view[pos] == 0:  # zero padding between or after members
+                    piece = bytes(view[pos:pos + self.MEMBER_WINDOW])
+                    pos += len(piece) - len(piece.lstrip(b"\0"))
+                if pos >= n:
                     return
-                if src[0] == 0:  # zero padding between or after members
-                    src = bytes(src).lstrip(b"\0")
-                    if not src:
-                        return
                 self._started = True
+            piece = view[pos:pos + self._window] if self._window else view[pos:]
             try:
-                out = self._z.decompress(src, self.OUT_BLOCK)
+                out = self._z.decompress(piece, self.OUT_BLOCK)
             except (inflate.error, zlib.error) as e:
                 raise CorruptContent(f"gzip stream is corrupt: {e}") from None
-            if out:
-                yield out
             if self._z.eof:
-                src = self._z.unused_data
+                pos += len(piece) - len(self._z.unused_data)
                 self._z = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
                 self._started = False
-            elif self._z.unconsumed_tail:
-                src = self._z.unconsumed_tail
-            elif len(out) == self.OUT_BLOCK:
-                src = b""  # output may be pending with all input taken: ask again
+                self._window = self.MEMBER_WINDOW
             else:
+                pos += len(piece) - len(self._z.unconsumed_tail)
+            if out:
+                yield out
+            if self._started and len(out) == self.OUT_BLOCK:
+                continue  # output may be pending with all input taken: ask again
+            if pos >= n:
                 return
 
     def finish(self) -> None:

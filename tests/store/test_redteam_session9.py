@@ -22,3 +22,79 @@ def test_helper_name_that_is_no_program_name_is_one_credential_error(tmp_path, m
     monkeypatch.delenv("DOCKER_AUTH_CONFIG", raising=False)
     with pytest.raises(CredentialError, match="is not a program name"):
         find_credentials("localhost:5000")
+
+
+def _empty_members(total: int) -> bytes:
+    import gzip
+
+    member = gzip.compress(b"", mtime=0)  # RFC 1952: a 20-byte member inflating to nothing
+    return member * (total // len(member))
+
+
+def _inflate_seconds(data: bytes, chunk: int) -> float:
+    import time
+
+    from lamina.store.decompress import GzipInflater
+
+    g = GzipInflater()
+    t = time.process_time()
+    for i in range(0, len(data), chunk):
+        for _ in g.feed(data[i:i + chunk]):
+            pass
+    g.finish()
+    return time.process_time() - t
+
+
+def test_a_layer_of_tiny_gzip_members_costs_no_more_in_big_chunks():
+    """A layer made of empty gzip members (a hostile registry's, or a loaded archive's):
+    each member's end made isal copy the rest of the chunk it was fed (unused_data), so
+    the work grew with the chunk size - 1 MiB chunks (pull hands over large pieces, load
+    reads 1 MiB) took ~10x the CPU of 32 KiB ones, about a second per MiB of layer. The
+    work must not depend on how the bytes arrive."""
+    import io
+    import time
+
+    from lamina.store.decompress import _GzipReader
+
+    data = _empty_members(2 << 20)
+    small = _inflate_seconds(data, 32 << 10)
+    big = _inflate_seconds(data, 1 << 20)
+    t = time.process_time()
+    assert _GzipReader(io.BytesIO(data)).read() == b""
+    reader = time.process_time() - t
+    assert big < 3 * small + 0.05, (big, small)
+    assert reader < 3 * small + 0.05, (reader, small)
+
+
+def test_gzip_member_boundaries_still_decide_as_before():
+    """Multi-member rules unchanged by feeding after a member in windows: zero padding
+    between and after members taken, anything else after a member refused, a cut
+    member refused - whatever the pieces."""
+    import gzip
+    import io
+
+    from lamina.store.decompress import GzipInflater, _GzipReader
+    from lamina.store.errors import CorruptContent
+
+    one = gzip.compress(b"abc" * 5000, mtime=0)
+    empty = gzip.compress(b"", mtime=0)
+    good = {one + empty + one: b"abc" * 10000, one + b"\0" * 9000 + one + b"\0" * 5: b"abc" * 10000,
+            empty * 500 + one: b"abc" * 5000}
+    bad = [one + b"junk" + one, one + b"\0" * 5000 + b"\x1f", one[:-1], empty * 300 + b"\x1f\x8b"]
+    for chunk in (1, 7, 4096, 4097, 1 << 20):
+        for data, want in good.items():
+            g, out = GzipInflater(), b""
+            for i in range(0, len(data), chunk):
+                out += b"".join(bytes(b) for b in g.feed(data[i:i + chunk]))
+            g.finish()
+            assert out == want
+            assert _GzipReader(io.BytesIO(data)).read() == want
+        for data in bad:
+            with pytest.raises(CorruptContent):
+                g = GzipInflater()
+                for i in range(0, len(data), chunk):
+                    for _ in g.feed(data[i:i + chunk]):
+                        pass
+                g.finish()
+            with pytest.raises(CorruptContent):
+                _GzipReader(io.BytesIO(data)).read()
