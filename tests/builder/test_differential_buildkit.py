@@ -1365,6 +1365,8 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
               {"type": "dir", "mode": 0o755}),))),
     # WORKDIR of the /deployments an ADD made: the empty tar on both sides
     "patterns-misc": BuildkitCase(),
+    "nextjs-spring": BuildkitCase(),
+    "config-resets": BuildkitCase(),
     "dockerignore-real": BuildkitCase(prepare=_prepare_dockerignore_real),
     # WORKDIR /data of the dir a RUN made: the empty tar on both sides
     "official-images": BuildkitCase(difference=OracleDifference(empty_layers=(1, 1))),
