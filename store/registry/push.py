@@ -243,7 +243,9 @@ def push_image(store, source: str, destination: str | None = None, *, compressio
         if served and served != digest:
             raise RegistryError(f"registry {session.host} stored the manifest as {served}, not {digest}")
         # the RepoDigest: what the tag names (the index, with attestations), as docker records it
-        repodigests.record(store, dest.name, digest, store.resolve(source).manifest_digest)
+        # the image exported above: `source` may name another one by now (a concurrent
+        # build moved the tag while the blobs went up)
+        repodigests.record(store, dest.name, digest, stored.manifest_digest)
         index_digest = None
         if att is not None:
             index_digest, digest = digest, image.manifest_digest

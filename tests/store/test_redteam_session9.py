@@ -98,3 +98,44 @@ def test_gzip_member_boundaries_still_decide_as_before():
                 g.finish()
             with pytest.raises(CorruptContent):
                 _GzipReader(io.BytesIO(data)).read()
+
+
+@pytest.mark.root
+def test_push_records_the_repodigest_of_the_image_it_sent_not_what_the_tag_names_after(tmp_path):
+    """`lamina push app:1` while a concurrent build moves the tag app:1 to another image:
+    the RepoDigest recorded (REG/team/app@D, D the index of image + provenance the tag
+    names, never a stored manifest) must name the image that went up under D - the old
+    code re-resolved app:1 after the upload, so `FROM REG/team/app@D` then built,
+    offline, from the other image. The registry (read back by skopeo) says which image
+    D holds."""
+    import subprocess
+
+    from lamina.store.registry.push import push_image
+    from lamina.store.store import Store
+    from tests.conftest import require_tool
+    from tests.store.registryfix import registry, store_with_app
+
+    store = Store(store_with_app(tmp_path, "FROM bb\nRUN echo app > /app\n"))
+    other = store.resolve("bb")
+    moved = []
+
+    def concurrent_build(what, done, total):
+        if not moved:
+            store.tag("app:1", other.manifest_digest)
+            moved.append(what)
+
+    with registry(tmp_path / "reg") as host:
+        pushed = push_image(store, "app:1", f"{host}/team/app:1", progress=concurrent_build)
+        assert moved and pushed.index_digest is not None
+        skopeo = require_tool("skopeo")
+        index = subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false",
+                                f"docker://{host}/team/app@{pushed.digest}"], capture_output=True,
+                               timeout=60)
+        assert index.returncode == 0, index.stderr
+        image = json.loads(index.stdout)["manifests"][0]["digest"]
+        raw = subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false",
+                              f"docker://{host}/team/app@{image}"], capture_output=True, timeout=60)
+        assert raw.returncode == 0, raw.stderr
+        sent_config = json.loads(raw.stdout)["config"]["digest"]
+    assert sent_config != other.config_digest
+    assert store.resolve(f"{host}/team/app@{pushed.digest}").config_digest == sent_config
