@@ -151,7 +151,9 @@ def deliver_image(store: Store, image: Image, outputs, tags: tuple[str, ...], pu
         if name not in tags:  # the -t tags are the build's own
             store.tag(name, image.manifest_digest)
     for name, compression in pushed.items():
-        result = push_image(store, name, compression=compression,
+        # the built image itself, not what `name` names when its push starts (a
+        # concurrent build may have moved the tag since)
+        result = push_image(store, image.manifest_digest, name, compression=compression,
                             progress=progress_for(name) if progress_for else None)
         if report:
             report(result)

@@ -283,6 +283,8 @@ def _remote_repo(store, digest: str, dest: refs.Reference) -> str | None:
 def _same_registry_repo(source: str, dest: refs.Reference) -> str | None:
     """The repository of `source` when it is another repository of dest's registry:
     its blobs are mounted there (no upload) when the registry allows it."""
+    if refs.is_digest(source) or refs.looks_like_id(source):
+        return None  # an image ID or manifest digest names no repository
     try:
         src = refs.parse(source)
     except StoreError:

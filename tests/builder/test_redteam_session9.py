@@ -86,3 +86,37 @@ def test_verify_never_rebuilds_with_limits_above_laminas_own(build_store, tmp_pa
     assert "cannot set --ulimit" not in out, out
     assert "nofile=1024:1024 recorded; rebuilt with nofile=512:512" in out, out
     assert "rebuilds identically" not in out  # /hn holds 512 in the rebuild
+
+
+@pytest.mark.root
+def test_build_push_sends_the_built_image_even_when_its_tag_moves_meanwhile(tmp_path):
+    """`build -t REG/app:1 --push` (deliver_image) while a concurrent build tags
+    REG/app:1 with another image: the registry must get the image this build made.
+    The old code pushed by name, resolved when the push started: the other image went
+    up. skopeo reads back the image config the registry holds."""
+    import json
+    import subprocess
+
+    from lamina.builder.outputs import deliver_image
+    from lamina.store.store import Store
+    from tests.conftest import require_tool
+    from tests.store.registryfix import registry, store_with_app
+
+    store = Store(store_with_app(tmp_path, "FROM bb\nRUN echo app > /app\n"))
+    built = store.resolve("app:1")
+    other = store.resolve("bb")
+    with registry(tmp_path / "reg") as host:
+        name = f"{host}/team/app:1"
+        store.tag(name, built.manifest_digest)  # the build's -t
+
+        def progress_for(ref):
+            store.tag(name, other.manifest_digest)  # the concurrent build, before the push
+            return None
+
+        deliver_image(store, built, [], (name,), push=True, progress_for=progress_for)
+        skopeo = require_tool("skopeo")
+        r = subprocess.run([skopeo, "inspect", "--config", "--raw", "--tls-verify=false",
+                            f"docker://{name}"], capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    sent = "sha256:" + __import__("hashlib").sha256(r.stdout).hexdigest()
+    assert sent == built.config_digest != other.config_digest

@@ -139,3 +139,17 @@ def test_push_records_the_repodigest_of_the_image_it_sent_not_what_the_tag_names
         sent_config = json.loads(raw.stdout)["config"]["digest"]
     assert sent_config != other.config_digest
     assert store.resolve(f"{host}/team/app@{pushed.digest}").config_digest == sent_config
+
+
+def test_a_push_of_an_image_id_or_digest_mounts_from_no_repository():
+    """`lamina push <image ID> docker.io/team/app:1` (and build --push, which now pushes
+    the built image by its manifest digest): an ID read as a reference is
+    docker.io/library/sha256:<hex>, a repository that does not exist - the old code
+    asked Docker Hub to mount every blob from it."""
+    from lamina.store import refs
+    from lamina.store.registry.push import _same_registry_repo
+
+    dest = refs.parse("docker.io/team/app:1")
+    for source in ("sha256:" + "ab" * 32, "ab" * 32):
+        assert _same_registry_repo(source, dest) is None
+    assert _same_registry_repo("docker.io/team/base:1", dest) == "team/base"
