@@ -1370,6 +1370,8 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     # WORKDIR /var/www/html of the dir a RUN made: the empty tar on both sides
     "quoting-real": BuildkitCase(difference=OracleDifference(empty_layers=(1, 1))),
     "docker-init": BuildkitCase(),
+    "lowercase-keywords": BuildkitCase(),
+    "copy-globs-real": BuildkitCase(),
     "dockerignore-real": BuildkitCase(prepare=_prepare_dockerignore_real),
     # WORKDIR /data of the dir a RUN made: the empty tar on both sides
     "official-images": BuildkitCase(difference=OracleDifference(empty_layers=(1, 1))),
