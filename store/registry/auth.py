@@ -117,6 +117,9 @@ def _read_json(path: Path) -> dict:
             raise CredentialError(f"credentials file {path} is larger than "
                                   f"{MAX_CREDENTIALS_FILE >> 20} MiB", path=str(path))
         data = json.loads(raw)
+    except RecursionError:  # `[[[[...` nested past what json decodes
+        raise CredentialError(f"cannot read credentials file {path}: JSON nested too deeply",
+                              path=str(path)) from None
     except (OSError, ValueError) as e:
         raise CredentialError(f"cannot read credentials file {path}: {getattr(e, 'strerror', None) or e}",
                               path=str(path)) from None
@@ -221,7 +224,7 @@ def _from_helper(helper: str, host: str) -> Credentials | None:
         user, secret = data["Username"], data["Secret"]
         if not isinstance(user, str) or not isinstance(secret, str):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise CredentialError(f"credential helper {program} gave an answer that is not "
                               "{Username, Secret} JSON") from None
     if user == TOKEN_USERNAME:
@@ -241,7 +244,7 @@ def _from_env_config(host: str) -> Credentials | None:
     try:
         data = json.loads(raw)
         auths = data["auths"] if isinstance(data, dict) and set(data) <= {"auths"} else None
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, RecursionError):
         auths = None
     if not isinstance(auths, dict) or not all(
             isinstance(e, dict) and set(e) == {"auth"} and e["auth"] for e in auths.values()):

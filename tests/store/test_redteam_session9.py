@@ -153,3 +153,31 @@ def test_a_push_of_an_image_id_or_digest_mounts_from_no_repository():
     for source in ("sha256:" + "ab" * 32, "ab" * 32):
         assert _same_registry_repo(source, dest) is None
     assert _same_registry_repo("docker.io/team/base:1", dest) == "team/base"
+
+
+def test_credentials_json_nested_too_deeply_is_one_credential_error(tmp_path, monkeypatch):
+    """config.json, $DOCKER_AUTH_CONFIG and a helper's answer are JSON lamina decodes;
+    `[[[[...` a few thousand deep made json raise RecursionError (an internal error)."""
+    import os
+    import stat
+
+    deep = "[" * 5000
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("DOCKER_AUTH_CONFIG", raising=False)
+    (tmp_path / "config.json").write_text(deep)
+    with pytest.raises(CredentialError, match="config.json"):
+        find_credentials("localhost:5000")
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", deep)
+    with pytest.raises(CredentialError, match="DOCKER_AUTH_CONFIG"):
+        find_credentials("localhost:5000")
+    monkeypatch.delenv("DOCKER_AUTH_CONFIG")
+    helper = tmp_path / "bin" / "docker-credential-deep"
+    helper.parent.mkdir()
+    helper.write_text(f"#!/bin/sh\necho '{deep}'\n")
+    helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{helper.parent}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "config.json").write_text(json.dumps({"credsStore": "deep"}))
+    with pytest.raises(CredentialError, match="docker-credential-deep"):
+        find_credentials("localhost:5000")
