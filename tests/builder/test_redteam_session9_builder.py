@@ -1,5 +1,6 @@
 """Red team, session 9 (builder parts): --ulimit values from hostile bake / compose files
-and provenances (`lamina verify` of an image someone else built).
+and provenances (`lamina verify` of an image someone else built); build --push while a
+concurrent build moves the tag.
 
 Expected values: Go's strconv.ParseInt (what docker's go-units ParseUlimit uses) says
 "value out of range" for a number past int64, however many digits it has (and takes
