@@ -1372,6 +1372,7 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "docker-init": BuildkitCase(),
     "lowercase-keywords": BuildkitCase(),
     "copy-globs-real": BuildkitCase(),
+    "scratch-final": BuildkitCase(),
     # the trigger WORKDIR /ob of the dir its COPY made: the empty tar on both sides
     "onbuild-forms": BuildkitCase(difference=OracleDifference(empty_layers=(1, 1))),
     "dockerignore-real": BuildkitCase(prepare=_prepare_dockerignore_real),
