@@ -261,8 +261,14 @@ def test_stale_cgroups_of_a_killed_lamina_are_removed(build_store, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
-    time.sleep(0.3)
+    # the step's processes die with lamina (parent-death signal), which takes a moment
+    # on a loaded machine: a cgroup still holding them cannot be removed yet
+    procs = left[0] / "cgroup.procs"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and procs.exists() and procs.read_text().strip():
+        time.sleep(0.05)
     assert left[0].exists()  # nobody removed it: lamina was killed
+    assert not procs.read_text().strip(), "the killed lamina's step processes lived on"
     removed = cgroups.sweep_stale()
     assert left[0] in removed and not left[0].exists()
 
