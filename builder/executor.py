@@ -47,7 +47,7 @@ from lamina.builder.missrecords import MissRecords
 from lamina.builder.plan.imageconfig import ImageConfig, platform_config_fields
 from lamina.builder.sandbox.cgrouplayout import check as cgroup_notes
 from lamina.builder.sandbox.limits import Limits
-from lamina.builder.plan.plan import BuildPlan, Stage, plan_build
+from lamina.builder.plan.plan import SCRATCH, BuildPlan, Stage, plan_build
 from lamina.builder.progress import Progress, StepLabel
 from lamina.builder.remotecache import RemoteCache, RemoteLayerLost
 from lamina.builder.plan.resolved import FILESYSTEM_KINDS, Platform, ResolvedCopy, ResolvedRun
@@ -295,6 +295,8 @@ class Build:
         if r.from_stage is not None:
             res = self.results[r.from_stage]
             return f"stage:{r.from_stage}={res.parent}", res.layers
+        if r.from_image == SCRATCH:   # the empty filesystem, never an image to pull
+            return "scratch", ()
         if r.from_image is not None:
             img = self.resolve_image(r.from_image)
             return f"image:{r.from_image}={img.config_digest}", tuple(img.layers)
@@ -306,6 +308,8 @@ class Build:
             res = self.results[m.from_stage]
             return ((f"stage:{m.from_stage}", res.parent), self._lower_dirs(res.layers),
                     f"stage {m.from_}")
+        if m.from_image == SCRATCH:   # the empty filesystem (see _source_stack)
+            return ("scratch", ""), (), "scratch"
         img = self.resolve_image(m.from_image)
         return ((f"image:{m.from_image}", img.config_digest), self._lower_dirs(img.layers),
                 f"image {m.from_image}")

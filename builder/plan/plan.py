@@ -253,7 +253,9 @@ def plan_build(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | No
                                        f'"{names[i] or f"stage-{i}"}"')
                     if dep not in deps:
                         deps.append(dep)
-                elif image and image not in images:
+                # from=scratch (as written) is the empty filesystem: dockerfile2llb makes
+                # an unregistered stage of it, whose BaseName is emptyImageName
+                elif image and image != SCRATCH and image not in images:
                     images.append(image)
         return Stage(index=i, name=names[i], from_=from_, base=base, base_stage=base_stage,
                      platform=stage_platform, instructions=tuple(body),

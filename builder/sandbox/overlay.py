@@ -142,14 +142,15 @@ def mount_overlay(lower_dirs: tuple[Path, ...] | list[Path], upper: Path, work: 
 
 def mount_overlay_readonly(lower_dirs, target: Path, scratch_dir: Path) -> None:
     """Mount the merged, read-only view of a layer stack (top-most first) on `target`:
-    an overlay without an upper dir (an empty dir pads a stack of 0 or 1 layers); with
-    fuse-overlayfs (builder.sandbox.fuseoverlay) its daemon lives until the caller,
-    always a short-lived child in a private mount namespace, exits."""
+    an overlay without an upper dir (empty dirs pad a stack of 0 or 1 layers: two
+    distinct ones for the empty stack of `--from=scratch`, as overlayfs refuses a dir
+    given twice, ELOOP); with fuse-overlayfs (builder.sandbox.fuseoverlay) its daemon
+    lives until the caller, always a short-lived child in a private mount namespace,
+    exits."""
     lowers = _distinct(lower_dirs)
-    empty = scratch_dir / "empty"
-    empty.mkdir(exist_ok=True)
-    while len(lowers) < 2:
-        lowers.append(empty)
+    for pad in (scratch_dir / "empty", scratch_dir / "empty2")[:max(0, 2 - len(lowers))]:
+        pad.mkdir(exist_ok=True)
+        lowers.append(pad)
     from lamina.builder.sandbox import fuseoverlay
     if fuseoverlay.use_fuse(scratch_dir):  # the daemon dies with the caller (read-only)
         fuseoverlay.mount(lowers, None, None, target, scratch_dir)

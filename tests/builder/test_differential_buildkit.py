@@ -1610,6 +1610,10 @@ _ACCEPTED = {
     "from-later-stage-by-name": "COPY --from=later /etc/passwd /x\nFROM diffbase:1 AS later\n",
     "expose-with-host-ip-and-port": "EXPOSE 127.0.0.1:8080:80/udp 9000:9000\n",
     "from-default-modifier": "FROM ${NOPE:-diffbase:1} AS d\nFROM d\n",
+    # `scratch` after from= is the empty filesystem (an unregistered dispatchState whose
+    # BaseName is emptyImageName: llb.Scratch()), never an image to pull
+    "run-mount-from-scratch": "RUN --mount=type=bind,from=scratch,target=/m test -z \"$(ls -A /m)\"\n",
+    "copy-from-scratch-empty-wildcard": "COPY --from=scratch /nothing* /x/\n",
     # COPY --from finds a stage whatever the case (findStateByName lowers the name)
     "copy-from-stage-in-upper-case": "FROM diffbase:1 AS Build\nRUN echo x > /x\n"
                                      "FROM diffbase:1\nCOPY --from=BUILD /x /x\n",
