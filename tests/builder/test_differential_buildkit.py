@@ -1127,6 +1127,15 @@ def _prepare_dockerignore_real(ctx: Path) -> None:
         (ctx / name).parent.mkdir(parents=True, exist_ok=True)
         (ctx / name).write_text(name + "\n")
 
+# RUN --mount=type=cache,mode=0777: BuildKit makes the cache dir with a FileOp mkdir
+# (convert_runmount.go "settings cache mount permissions"; solver/llbsolver/file/
+# backend.go mkdir: os.Mkdir(mode & 0777), no chmod), so the daemon's umask applies:
+# buildkitd sets umask 0 (cmd/buildkitd/main_unix.go) and the mode is as given; dockerd,
+# whose BuildKit is the oracle here, runs with umask 022 (moby's setDefaultUmask), so
+# 0777 becomes 0755 and a non-root user cannot write there. lamina gives the mode as
+# given (builder/steps/cachemount.py), as buildkitd does.
+_CACHE_MODE_UMASK = "a cache mount's mode as given (buildkitd, umask 0) / masked by dockerd's umask 022"
+
 _NODE_INSTALL = ("/bin/sh -c mkdir -p node_modules/left-pad && cp package.json node_modules/left-pad/ "
                  " && stat -c '%a %U:%G %n' . * node_modules/* > /home/node/app/after-install.txt "
                  " && echo \"$NODE_ENV $PATH\" > env.txt # buildkit")
@@ -1373,6 +1382,13 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "lowercase-keywords": BuildkitCase(),
     "copy-globs-real": BuildkitCase(),
     "scratch-final": BuildkitCase(),
+    # mode=0777 of a cache mount: the mode as given (buildkitd, umask 0) / 0755 (dockerd's
+    # BuildKit under dockerd's umask 022, _CACHE_MODE_UMASK); mount points left by v0.8
+    "cache-as-user": BuildkitCase(difference=OracleDifference(known=(
+        Known("app/root-cache.txt", _CACHE_MODE_UMASK, {"content": b"777 0:0\n0\n"},
+              {"content": b"755 0:0\ntouch: /tmp/root-cache/by-alice: Permission denied\n1\n"}),
+        *(Known(p, _MOUNT_STUB, None, {"type": "dir", "mode": 0o755, "uid": 0, "gid": 0})
+          for p in ("home/alice/.npm", "srv", "srv/gradle"))))),
     # the trigger WORKDIR /ob of the dir its COPY made: the empty tar on both sides
     "onbuild-forms": BuildkitCase(difference=OracleDifference(empty_layers=(1, 1))),
     "dockerignore-real": BuildkitCase(prepare=_prepare_dockerignore_real),
