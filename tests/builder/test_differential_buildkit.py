@@ -1382,6 +1382,10 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "lowercase-keywords": BuildkitCase(),
     "copy-globs-real": BuildkitCase(),
     "scratch-final": BuildkitCase(),
+    # the re-declared global ARGs: their value in current BuildKit's line (see "expansion")
+    "conditional-stages": BuildkitCase(args={"BUILD_ENV": "dev"}, target="final",
+                                       difference=OracleDifference(known_history={
+        2: ("ARG BUILD_ENV=dev", "ARG BUILD_ENV"), 3: ("ARG DEBUG_TOOLS=false", "ARG DEBUG_TOOLS")})),
     # mode=0777 of a cache mount: the mode as given (buildkitd, umask 0) / 0755 (dockerd's
     # BuildKit under dockerd's umask 022, _CACHE_MODE_UMASK); mount points left by v0.8
     "cache-as-user": BuildkitCase(difference=OracleDifference(known=(
