@@ -1382,6 +1382,7 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "lowercase-keywords": BuildkitCase(),
     "copy-globs-real": BuildkitCase(),
     "scratch-final": BuildkitCase(),
+    "run-privileges": BuildkitCase(),
     "common-mistakes": BuildkitCase(),
     # the re-declared global ARGs: their value in current BuildKit's line (see "expansion")
     "conditional-stages": BuildkitCase(args={"BUILD_ENV": "dev"}, target="final",
