@@ -1383,6 +1383,7 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "copy-globs-real": BuildkitCase(),
     "scratch-final": BuildkitCase(),
     "run-privileges": BuildkitCase(),
+    "run-mount-table": BuildkitCase(),
     "common-mistakes": BuildkitCase(),
     # the re-declared global ARGs: their value in current BuildKit's line (see "expansion")
     "conditional-stages": BuildkitCase(args={"BUILD_ENV": "dev"}, target="final",
