@@ -1384,6 +1384,11 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "scratch-final": BuildkitCase(),
     "run-privileges": BuildkitCase(),
     "run-mount-table": BuildkitCase(),
+    # the command is PID 2 under lamina's init, PID 1 under runc (the Dockerfile says why)
+    "run-process": BuildkitCase(difference=OracleDifference(known=(Known(
+        "pid", "lamina's init is the namespace's PID 1, the command PID 2 (runc: the command)",
+        {"content": b"pid=2 ppid=1\nlamina-init\npgrp=0 session=0\n/dev/null\n"},
+        {"content": b"pid=1 ppid=0\n/bin/sh\npgrp=1 session=1\npipe:\n"}),))),
     "common-mistakes": BuildkitCase(),
     # the re-declared global ARGs: their value in current BuildKit's line (see "expansion")
     "conditional-stages": BuildkitCase(args={"BUILD_ENV": "dev"}, target="final",
