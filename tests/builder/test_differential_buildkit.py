@@ -1382,6 +1382,7 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "lowercase-keywords": BuildkitCase(),
     "copy-globs-real": BuildkitCase(),
     "scratch-final": BuildkitCase(),
+    "rails-style": BuildkitCase(),
     "run-privileges": BuildkitCase(),
     "run-mount-table": BuildkitCase(),
     # the command is PID 2 under lamina's init, PID 1 under runc (the Dockerfile says why)
