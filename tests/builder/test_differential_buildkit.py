@@ -1386,6 +1386,7 @@ BUILDKIT_CASES: dict[str, BuildkitCase] = {
     "run-privileges": BuildkitCase(),
     "run-mount-table": BuildkitCase(),
     "run-net-sysctls": BuildkitCase(),
+    "run-background": BuildkitCase(),
     # the command is PID 2 under lamina's init, PID 1 under runc (the Dockerfile says why)
     "run-process": BuildkitCase(difference=OracleDifference(known=(Known(
         "pid", "lamina's init is the namespace's PID 1, the command PID 2 (runc: the command)",
