@@ -10,9 +10,11 @@ Reading, first source with an answer wins:
      is the only source for its registries: ``auths`` then holds at most the ``{}``
      placeholder docker login writes, and is not read (a helper that knows nothing
      means anonymous). Helpers speak ``docker-credential-<name> get|store|erase``.
-  3. ``${XDG_RUNTIME_DIR}/containers/auth.json`` (podman login's file), only when
-     docker has nothing for the registry: podman and skopeo read it before docker's
-     file; lamina, whose own login is docker's, after it.
+  3. containers' login files, only when docker has nothing for the registry:
+     ``${XDG_RUNTIME_DIR}/containers/auth.json`` (``/run/containers/<uid>/auth.json``
+     without XDG_RUNTIME_DIR: where podman/skopeo login write), then
+     ``$XDG_CONFIG_HOME/containers/auth.json``. podman and skopeo read them before
+     docker's file; lamina, whose own login is docker's, after it.
 
 ``key`` is the registry's ``host[:port]``, Docker Hub's ``https://index.docker.io/v1/``
 (docker's key); ``credHelpers`` and ``$DOCKER_AUTH_CONFIG`` match it exactly. In
@@ -274,10 +276,26 @@ def find_credentials(host: str) -> Credentials | None:
         found = _decode_auth(entry, f"credentials file {path}", host) if entry is not None else None
     if found:
         return found
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return _from_auth_file(Path(runtime) / "containers" / "auth.json", host)
+    for auth_file in containers_login_files():
+        found = _from_auth_file(auth_file, host)
+        if found:
+            return found
     return None
+
+
+RUN_CONTAINERS = Path("/run/containers")  # podman/skopeo login's dir without XDG_RUNTIME_DIR
+
+
+def containers_login_files() -> list[Path]:
+    """containers' login files, in containers-image's order: the one `podman login` and
+    `skopeo login` write - ``$XDG_RUNTIME_DIR/containers/auth.json``, or
+    ``/run/containers/<uid>/auth.json`` where XDG_RUNTIME_DIR is unset (root in CI, sudo)
+    - then the user's own ``$XDG_CONFIG_HOME/containers/auth.json``
+    (``~/.config/containers/auth.json``), which containers-image also reads."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    first = (Path(runtime) / "containers" if runtime else RUN_CONTAINERS / str(os.getuid())) / "auth.json"
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return [first, Path(config_home) / "containers" / "auth.json"]
 
 
 def _write_private_json(path: Path, data: dict) -> None:

@@ -399,3 +399,35 @@ def test_expired_token_is_fetched_again(tmp_path, monkeypatch, lifetime):
             pulled = pull_image(store, f"{host}/tok/app:2", session=s)
             assert store.resolve(f"{host}/tok/app:2").config_digest == pulled.image.config_digest
             assert tokens.issued > issued
+
+
+def test_podman_and_skopeo_logins_are_found_where_they_write_them(basic_registry, home, tmp_path,
+                                                                   monkeypatch):
+    """Without XDG_RUNTIME_DIR (root in CI, sudo) `podman login` / `skopeo login` write
+    /run/containers/<uid>/auth.json (containers-image's default); the user's own
+    $XDG_CONFIG_HOME/containers/auth.json is read too. The files here are written by
+    skopeo itself (--authfile at the default's place under a test root)."""
+    from lamina.store.registry import auth
+
+    skopeo = require_tool("skopeo")
+    host = basic_registry
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setattr(auth, "RUN_CONTAINERS", tmp_path / "run-containers")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+    def skopeo_login(authfile: Path) -> None:
+        r = subprocess.run([skopeo, "login", "--tls-verify=false", "--authfile", str(authfile),
+                            "-u", "ci", "--password-stdin", host], input=PW, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+
+    assert _pull(tmp_path, host, "anon").code == 1
+    runtime_file = tmp_path / "run-containers" / str(os.getuid()) / "auth.json"
+    skopeo_login(runtime_file)
+    run = _pull(tmp_path, host, "runtime")
+    assert run.code == 0, run.stderr
+    runtime_file.unlink()
+    skopeo_login(tmp_path / "config" / "containers" / "auth.json")
+    run = _pull(tmp_path, host, "config-home")
+    assert run.code == 0, run.stderr
+    _no_secret(run)
