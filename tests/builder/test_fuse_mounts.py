@@ -97,6 +97,15 @@ def test_run_mount_of_a_stage_through_fuse_gives_the_kernel_image_id(context, ke
     assert not any((store / "tmp").iterdir())
 
 
+def _program(pid) -> bytes:
+    """argv[0] of process `pid`; b"" once it has exited (a short-lived helper the scan
+    saw a moment ago)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
 def test_sigkill_during_a_run_mount_leaves_no_daemon_and_no_mount(context, tmp_path):
     store, ctx = tmp_path / "store", tmp_path / "ctx"
     ctx.mkdir()
@@ -114,8 +123,7 @@ def test_sigkill_during_a_run_mount_leaves_no_daemon_and_no_mount(context, tmp_p
         deadline = time.monotonic() + 60
         while True:
             procs, mounts = _mentions(str(store))
-            daemons = [p for p in procs if b"fuse-overlayfs" in
-                       Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]]
+            daemons = [p for p in procs if b"fuse-overlayfs" in _program(p)]
             if len(daemons) == 2 and mounts and _mentions(marker)[0]:
                 break  # the step's root and the view of the other stage
             assert time.monotonic() < deadline and proc.poll() is None, "the RUN never started"
