@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.builder.test_fuse_overlay import (ENV, NOTE, _fuse_open_to_users, _iid, _lamina,
-                                             _mentions)
+                                             _mentions, _program)
 from tests.builder.test_rootless import lamina_as, users  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.root
@@ -95,15 +95,6 @@ def test_run_mount_of_a_stage_through_fuse_gives_the_kernel_image_id(context, ke
     assert (context / "Dockerfile").read_text() == DOCKERFILE  # the context was not written
     assert _mentions(str(store)) == ([], [])  # no daemon, no mount after the steps
     assert not any((store / "tmp").iterdir())
-
-
-def _program(pid) -> bytes:
-    """argv[0] of process `pid`; b"" once it has exited (a short-lived helper the scan
-    saw a moment ago)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return b""
 
 
 def test_sigkill_during_a_run_mount_leaves_no_daemon_and_no_mount(context, tmp_path):

@@ -291,6 +291,15 @@ def kernel_ids(contexts, tmp_path_factory):
             _builds(contexts, tmp_path_factory.mktemp("kernel-store"), "kernel").items()}
 
 
+def _program(pid) -> bytes:
+    """argv[0] of process `pid`; b"" once it has exited (a short-lived helper the scan
+    saw a moment ago)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
 def _mentions(text: str) -> tuple[list[int], list[int]]:
     """Processes whose command line, and mount namespaces whose mounts, name `text`."""
     procs, mounts = [], []
@@ -383,8 +392,7 @@ def test_sigkill_of_lamina_leaves_no_fuse_daemon_and_no_mount(contexts, tmp_path
         deadline = time.monotonic() + 30
         while True:
             procs, mounts = _mentions(str(store))
-            daemons = [p for p in procs if b"fuse-overlayfs" in
-                       Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]]
+            daemons = [p for p in procs if b"fuse-overlayfs" in _program(p)]
             running = _mentions(marker)[0]
             if daemons and mounts and running:
                 break
